@@ -1,0 +1,163 @@
+//! Diagnostics: every problem found in a configuration, with its place and a stable code.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::value::Pos;
+
+/// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The configuration cannot be used.
+    Error,
+    /// The configuration loads, but something looks wrong or risky.
+    Warning,
+}
+
+/// Stable diagnostic codes (documented in `docs/validate.md`).
+pub mod codes {
+    /// YAML syntax error.
+    pub const SYNTAX: &str = "E001";
+    /// A field that does not exist at this place.
+    pub const UNKNOWN_FIELD: &str = "E002";
+    /// A value of the wrong type, or a required field missing.
+    pub const WRONG_TYPE: &str = "E003";
+    /// A value of the right type that is not allowed (bad duration, address, status, regex, ...).
+    pub const BAD_VALUE: &str = "E004";
+    /// The same name defined twice.
+    pub const DUPLICATE: &str = "E005";
+    /// A reference to a name that is not defined.
+    pub const DANGLING_REFERENCE: &str = "E006";
+    /// Two sockets on one address.
+    pub const ADDRESS_CONFLICT: &str = "E007";
+    /// A file or directory that cannot be read.
+    pub const IO: &str = "E008";
+    /// A file that defines nothing.
+    pub const EMPTY_FILE: &str = "W001";
+}
+
+/// Another place that explains a diagnostic (e.g. the first definition of a duplicate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Related {
+    /// What this place is.
+    pub message: String,
+    /// File of the related place.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+}
+
+/// One problem in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Stable code such as `E005`.
+    pub code: &'static str,
+    /// One-line description.
+    pub message: String,
+    /// File the problem is in.
+    pub file: PathBuf,
+    /// 1-based line (0 when the problem concerns a whole file or directory).
+    pub line: u32,
+    /// 1-based column (0 when unknown).
+    pub column: u32,
+    /// A suggestion, such as "did you mean `timeout`?".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+    /// Other places involved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<Related>,
+}
+
+impl Diagnostic {
+    /// An error at `file:pos`.
+    pub fn error(code: &'static str, file: &Path, pos: Pos, message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, code, file, pos, message)
+    }
+
+    /// A warning at `file:pos`.
+    pub fn warning(code: &'static str, file: &Path, pos: Pos, message: impl Into<String>) -> Self {
+        Self::new(Severity::Warning, code, file, pos, message)
+    }
+
+    fn new(
+        severity: Severity,
+        code: &'static str,
+        file: &Path,
+        pos: Pos,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity,
+            code,
+            message: message.into(),
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            help: None,
+            related: Vec::new(),
+        }
+    }
+
+    /// Adds a suggestion.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Adds a related place.
+    pub fn with_related(mut self, message: impl Into<String>, file: &Path, pos: Pos) -> Self {
+        self.related.push(Related {
+            message: message.into(),
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+        });
+        self
+    }
+
+    /// True for errors.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// `file:line:column: error[E005]: message`, the form editors and CI logs link to.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}[{}]: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            sev,
+            self.code,
+            self.message
+        )?;
+        for r in &self.related {
+            write!(
+                f,
+                " ({} at {}:{}:{})",
+                r.message,
+                r.file.display(),
+                r.line,
+                r.column
+            )?;
+        }
+        if let Some(h) = &self.help {
+            write!(f, " help: {h}")?;
+        }
+        Ok(())
+    }
+}

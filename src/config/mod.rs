@@ -1,0 +1,106 @@
+//! The one configuration model shared by `tern`, `tern-validate` and `tern-sync`:
+//! types, discovery of split files, parsing with source positions, merging and checks.
+//!
+//! YAML is read with `serde-saphyr` (maintained, panic-free, and its `Spanned<T>` and error
+//! locations give every diagnostic a `file:line:column`); see `docs/config.md`.
+
+pub mod check;
+pub mod diag;
+pub mod lint;
+pub mod model;
+pub mod source;
+pub mod value;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+pub use diag::{Diagnostic, Severity};
+pub use model::*;
+pub use source::{SourceFile, Sources};
+pub use value::{Dur, Pattern, Pos, Spanned};
+
+/// An item of a list merged from several files, with the file and position it came from.
+#[derive(Debug, Clone)]
+pub struct Def<T> {
+    /// Index into [`Config::files`].
+    pub file: usize,
+    /// Position of the item in its file.
+    pub pos: Pos,
+    /// The item.
+    pub value: T,
+}
+
+impl<T: Serialize> Serialize for Def<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+/// A complete, checked configuration merged from all files.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Config {
+    /// The admin endpoint.
+    pub admin: Admin,
+    /// All listeners, in file order.
+    pub listeners: Vec<Def<Listener>>,
+    /// All route configs, in file order.
+    pub route_configs: Vec<Def<RouteConfig>>,
+    /// All clusters, in file order.
+    pub clusters: Vec<Def<Cluster>>,
+    /// The files, indexed by [`Def::file`].
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// The file a definition came from.
+    pub fn file_of<T>(&self, d: &Def<T>) -> &Path {
+        &self.files[d.file]
+    }
+}
+
+/// Everything known after loading a configuration path.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The files read (absent when the path itself could not be read).
+    pub sources: Option<Sources>,
+    /// The merged configuration, present only when there are no errors.
+    pub config: Option<Config>,
+    /// Content hash of the files (see [`Sources::version`]).
+    pub version: Option<String>,
+    /// Errors and warnings, sorted by severity, file, line.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    /// Number of errors.
+    pub fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+}
+
+/// Loads, merges and checks the configuration at `path` (a directory or a single file).
+///
+/// This is the function every program uses: `tern` at start and on reload, `tern-validate`,
+/// and `tern-sync` before making a snapshot current.
+pub fn load(path: &Path) -> Report {
+    match source::read(path) {
+        Ok(sources) => check_sources(sources),
+        Err(diagnostics) => Report {
+            diagnostics,
+            ..Default::default()
+        },
+    }
+}
+
+/// Parses and checks sources already read (the watcher reads first to skip unchanged content).
+pub fn check_sources(sources: Sources) -> Report {
+    let (config, diagnostics) = check::check(&sources);
+    Report {
+        version: Some(sources.version()),
+        sources: Some(sources),
+        config,
+        diagnostics,
+    }
+}

@@ -1,0 +1,108 @@
+//! Loading split configurations: merging, positions, and errors across files.
+
+use std::fs;
+use std::path::Path;
+
+use tern::config::{self, Severity};
+
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = d.path().join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    }
+    d
+}
+
+#[test]
+fn quickstart_loads() {
+    let r = config::load(Path::new("config-examples/quickstart"));
+    assert_eq!(r.error_count(), 0, "{:#?}", r.diagnostics);
+    let c = r.config.unwrap();
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.clusters[0].value.name.as_str(), "api");
+    assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
+}
+
+#[test]
+fn duplicates_name_both_files_and_lines() {
+    let d = dir_with(&[
+        ("a.yaml", "clusters:\n  - name: api\n    endpoints: []\n"),
+        ("sub/b.yml", "# b\nclusters:\n  - name: api\n"),
+    ]);
+    let r = config::load(d.path());
+    assert!(r.config.is_none());
+    let e = &r.diagnostics[0];
+    assert_eq!(e.code, "E005");
+    assert!(e.file.ends_with("sub/b.yml"));
+    assert_eq!((e.line, e.column), (3, 11));
+    assert!(e.related[0].file.ends_with("a.yaml"));
+    assert_eq!(e.related[0].line, 2);
+}
+
+#[test]
+fn dangling_reference_at_referencing_line_and_typo_suggestion() {
+    let d = dir_with(&[(
+        "x.yaml",
+        "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    route_config: mian\nroute_configs:\n  - name: main\n    virtual_hosts: []\n",
+    )]);
+    let r = config::load(d.path());
+    let e = &r.diagnostics[0];
+    assert_eq!((e.code, e.line, e.column), ("E006", 4, 19));
+    assert_eq!(e.help.as_deref(), Some("did you mean `main`?"));
+}
+
+#[test]
+fn unknown_field_and_bad_duration_are_located() {
+    let d = dir_with(&[
+        ("a.yaml", "clusters:\n  - name: a\n    conect_timeout: 1s\n"),
+        ("b.yaml", "clusters:\n  - name: b\n    connect_timeout: 5\n"),
+    ]);
+    let r = config::load(d.path());
+    let codes: Vec<_> = r
+        .diagnostics
+        .iter()
+        .map(|d| (d.code, d.line, d.column))
+        .collect();
+    assert_eq!(codes, vec![("E002", 3, 5), ("E004", 3, 22)]);
+    assert_eq!(
+        r.diagnostics[0].help.as_deref(),
+        Some("did you mean `connect_timeout`?")
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let d = dir_with(&[(
+        "a.yaml",
+        "listeners:\n  - { name: a, address: 0.0.0.0:8080, tcp_proxy: { cluster: c } }\n  - { name: b, address: 127.0.0.1:8080, tcp_proxy: { cluster: c } }\nclusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n",
+    )]);
+    let r = config::load(d.path());
+    assert_eq!(r.diagnostics.len(), 1, "{:#?}", r.diagnostics);
+    assert_eq!(r.diagnostics[0].code, "E007");
+    assert_eq!(r.diagnostics[0].line, 3);
+}
+
+#[test]
+fn hidden_files_skipped_empty_file_warns() {
+    let d = dir_with(&[
+        (".hidden.yaml", "this: is: not: yaml"),
+        ("empty.yaml", "# nothing\n"),
+        ("c.yaml", "clusters: [{ name: c }]\n"),
+    ]);
+    let r = config::load(d.path());
+    assert!(r.config.is_some(), "{:#?}", r.diagnostics);
+    assert_eq!(r.diagnostics.len(), 1);
+    assert_eq!(r.diagnostics[0].severity, Severity::Warning);
+    assert_eq!(r.diagnostics[0].code, "W001");
+}
+
+#[test]
+fn version_changes_with_content_only() {
+    let d = dir_with(&[("c.yaml", "clusters: [{ name: c }]\n")]);
+    let v1 = config::load(d.path()).version.unwrap();
+    assert_eq!(v1, config::load(d.path()).version.unwrap());
+    fs::write(d.path().join("c.yaml"), "clusters: [{ name: d }]\n").unwrap();
+    assert_ne!(v1, config::load(d.path()).version.unwrap());
+}
