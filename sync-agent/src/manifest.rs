@@ -105,9 +105,10 @@ pub fn valid_version(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A new version id for content hash `hash` created at `now`, e.g. `20261122T022412Z-1a2b3c4d5e6f`.
+/// A new version id for content hash `hash` created at `now`, e.g. `20261122T022412.345Z-1a2b3c4d5e6f`
+/// (milliseconds, so versions published in one second still sort in publication order).
 pub fn new_version(now: std::time::SystemTime, hash: &str) -> String {
-    let t = humantime::format_rfc3339_seconds(now).to_string();
+    let t = humantime::format_rfc3339_millis(now).to_string();
     let compact: String = t.chars().filter(|c| *c != '-' && *c != ':').collect();
     format!("{compact}-{hash}")
 }
@@ -132,7 +133,7 @@ mod tests {
         assert_eq!(Layout::new("").manifest(), ".tern/manifest.json");
         assert_eq!(Layout::new("/a/b/").blob("ff"), "a/b/.tern/blobs/ff");
         let v = new_version(std::time::UNIX_EPOCH, "abc");
-        assert_eq!(v, "19700101T000000Z-abc");
+        assert_eq!(v, "19700101T000000.000Z-abc");
         assert!(valid_version(&v));
         assert!(!valid_version("../x"));
         assert!(!valid_version(".x"));

@@ -249,6 +249,9 @@ impl S3 {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                // XML cannot carry every byte a key may hold (control characters): ask for
+                // URL-encoded keys so one hostile key cannot break every listing.
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                 .set_continuation_token(token.take())
                 .send()
                 .await
@@ -261,8 +264,17 @@ impl S3 {
                     s
                 })?;
             for o in page.contents() {
+                let raw = o.key().unwrap_or_default();
+                let Some(key) = url_decode(raw) else {
+                    // Not UTF-8 once decoded: no path could be made of it anyway.
+                    tracing::error!("skipping undecodable key {raw:?}");
+                    self.metrics
+                        .keys_rejected
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
                 out.push(Listed {
-                    key: o.key().unwrap_or_default().to_string(),
+                    key,
                     etag: o.e_tag().unwrap_or_default().to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     modified: o.last_modified().map(|t| t.secs()).unwrap_or(0),
@@ -275,6 +287,31 @@ impl S3 {
         }
         Ok(out)
     }
+}
+
+/// Decodes a key from a listing with `encoding-type=url` (`%XX` escapes, `+` for space).
+pub fn url_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Exponential backoff with full jitter: the n-th retry waits a random time in
@@ -323,6 +360,16 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_decoding() {
+        assert_eq!(
+            url_decode("a%20b%2Bc+d%01%C3%A9").as_deref(),
+            Some("a b+c d\u{1}é")
+        );
+        assert_eq!(url_decode("%FF"), None);
+        assert_eq!(url_decode("%4"), None);
+    }
 
     #[test]
     fn backoff_grows_within_cap_and_resets() {
