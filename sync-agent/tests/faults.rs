@@ -69,3 +69,76 @@ fn restart_while_s3_is_unreachable_keeps_the_snapshot() {
     assert!(e.contains("no valid snapshot after"), "{e}");
     assert_eq!(current_version(dest.path()).as_deref(), Some(v1.as_str()));
 }
+
+#[test]
+fn write_error_mid_snapshot_removes_the_partial_one() {
+    let b = Bucket::new(&shared_endpoint(), "diskfull");
+    let mut files = config_files(free_port(), free_port(), "small");
+    let src = dir_with(&files);
+    let v1 = b.publish_ok("", src.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("dest");
+    let port = free_port();
+    // A file size limit stands in for a full disk: writes past 8 KiB fail with EFBIG (the
+    // signal that would kill the process is ignored, and that disposition survives exec).
+    let cmd = b.cmd("run");
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into()).collect();
+    let mut sh = std::process::Command::new("bash");
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let _child = Killed(
+        sh.args(["-c", "trap '' XFSZ; ulimit -f 8; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_tern-sync"))
+            .args(&args)
+            .arg("--dest")
+            .arg(&dest)
+            .args(["--interval", "200ms", "--backoff-max", "500ms"])
+            .args(["--health-address", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let metric = |series: &str| -> f64 {
+        http_get(port, "/metrics")
+            .and_then(|(_, t)| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    wait_until("first snapshot", || {
+        current_version(&dest) == Some(v1.clone())
+    });
+
+    files.push(("big.yaml".into(), format!("# {}\n", "x".repeat(20_000))));
+    write_files(src.path(), &files);
+    let v2 = b.publish_ok("", src.path());
+    wait_until("a failed write", || {
+        metric("tern_sync_polls_total{result=\"error\"}") >= 2.0
+    });
+    let (_, h) = http_get(port, "/healthz").unwrap();
+    assert!(h.contains("writing snapshot"), "{h}");
+    assert_eq!(current_version(&dest), Some(v1.clone()));
+    let leftovers: Vec<String> = std::fs::read_dir(dest.join(".snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(&v1))
+        .collect();
+    assert!(leftovers.is_empty(), "partial snapshot left: {leftovers:?}");
+    assert!(!dest.join(".snapshots").join(&v2).exists());
+}
+
+/// Kills the child on drop, also when an assertion fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
