@@ -460,6 +460,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut backoff = Backoff::new(args.interval, args.backoff_max);
     loop {
+        let poll_started = tokio::time::Instant::now();
         let result = agent.poll().await;
         let delay = match result {
             Ok(outcome) => {
@@ -526,7 +527,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                         _ => {}
                     }
                 }
-                args.interval
+                // Fixed rate: polls start one interval apart, however long the poll took.
+                (poll_started + args.interval)
+                    .saturating_duration_since(tokio::time::Instant::now())
             }
             Err(e) => {
                 metrics.poll("error");

@@ -356,10 +356,20 @@ impl Agent {
 
     /// A metric value from `/metrics` (full name with labels), 0 when absent.
     pub fn metric(&self, series: &str) -> f64 {
+        self.metrics(&[series])[0]
+    }
+
+    /// Several metric values read from one scrape.
+    pub fn metrics(&self, series: &[&str]) -> Vec<f64> {
         let (_, text) = http_get(self.port, "/metrics").expect("metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        series
+            .iter()
+            .map(|s| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(s)?.strip_prefix(' ')?.parse().ok())
+                    .unwrap_or(0.0)
+            })
+            .collect()
     }
 
     /// The version `current` points to.
