@@ -108,8 +108,7 @@ fn plain_mode_takes_a_two_step_upload_only_when_complete() {
     }
     // A longer interval leaves room to finish the second step between two polls.
     let agent = Agent::start(&b, "p", None, &["--interval", "1500ms"]);
-    wait_until("first plain snapshot", || agent.current().is_some());
-    let first = agent.current().unwrap();
+    let first = agent.wait_any_current();
     assert!(first.starts_with("plain-"));
     assert_eq!(agent.healthz().unwrap().1["mode"], "plain");
     let changed0 = agent.metric("tern_sync_polls_total{result=\"changed\"}");
@@ -130,6 +129,7 @@ fn plain_mode_takes_a_two_step_upload_only_when_complete() {
         agent.current().is_some_and(|v| v != first)
             && agent.dest.join("current/extra.yaml").exists()
     });
+    agent.wait_current(&agent.current().unwrap());
     assert!(agent.dest.join("current/second.yaml").exists());
     // Exactly one new snapshot, never a half one, nothing refused.
     assert_eq!(
@@ -163,8 +163,7 @@ fn invalid_config_uploaded_by_hand_is_never_current() {
         b.put(&rel, text);
     }
     let agent = Agent::start(&b, "", None, &[]);
-    wait_until("first snapshot", || agent.current().is_some());
-    let good = agent.current().unwrap();
+    let good = agent.wait_any_current();
     b.put(
         "broken.yaml",
         "listeners:\n  - name: broken\n    address: 127.0.0.1:1\n    route_config: nowhere\n",
@@ -215,9 +214,7 @@ fn hostile_keys_are_skipped_counted_and_never_escape() {
     }
     let stored = hostile.len();
     let agent = Agent::start(&b, "h", None, &[]);
-    wait_until("snapshot despite hostile keys", || {
-        agent.current().is_some()
-    });
+    agent.wait_any_current();
     assert_eq!(
         agent.metric("tern_sync_keys_rejected_total"),
         stored as f64,

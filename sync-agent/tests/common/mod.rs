@@ -377,10 +377,15 @@ impl Agent {
         current_version(&self.dest)
     }
 
-    /// Waits until `current` is `version`.
+    /// Waits until `current` is `version` and the agent has finished that poll (health and
+    /// metrics are updated just after the symlink swap).
     pub fn wait_current(&self, version: &str) {
         let start = Instant::now();
-        while self.current().as_deref() != Some(version) {
+        while !(self.current().as_deref() == Some(version)
+            && self
+                .healthz()
+                .is_some_and(|(_, h)| h["current"].as_str() == Some(version)))
+        {
             assert!(
                 start.elapsed() < DEADLINE,
                 "agent never made {version} current; log:\n{}",
@@ -388,6 +393,14 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits for a first snapshot (any version) and returns its version.
+    pub fn wait_any_current(&self) -> String {
+        wait_until("a first snapshot", || self.current().is_some());
+        let v = self.current().unwrap();
+        self.wait_current(&v);
+        v
     }
 
     /// Waits until `metric` reaches at least `n`.
