@@ -239,7 +239,7 @@ async fn gc(
             _ => return Ok(()),
         }
     }
-    let now = health_now();
+    let now = now_unix();
     let dir = layout.blobs_dir();
     let mut blobs_removed = 0;
     for o in s3.list(&dir).await.map_err(|e| e.to_string())? {
@@ -256,6 +256,6 @@ async fn gc(
     Ok(())
 }
 
-fn health_now() -> u64 {
+fn now_unix() -> u64 {
     crate::health::unix(SystemTime::now())
 }

@@ -142,3 +142,87 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// A pass-through TCP proxy in front of moto that answers the next `fail` requests itself with
+/// S3's throttling error (503 SlowDown), the way S3 does under load.
+struct Throttle {
+    port: u16,
+    fail: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Throttle {
+    fn start(upstream: u16) -> Throttle {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let f = fail.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let take = f
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                std::thread::spawn(move || {
+                    if take {
+                        let mut buf = [0u8; 65536];
+                        let _ = client.read(&mut buf);
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                        let _ = write!(
+                            client,
+                            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        return;
+                    }
+                    let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream))
+                    else {
+                        return;
+                    };
+                    let (mut c2, mut s2) =
+                        (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut s2);
+                        let _ = s2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let _ = std::io::copy(&mut server, &mut client);
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Throttle { port, fail }
+    }
+}
+
+#[test]
+fn throttling_is_retried_with_backoff_and_recovers() {
+    let moto_url = shared_endpoint();
+    let moto_port: u16 = moto_url.rsplit(':').next().unwrap().parse().unwrap();
+    let throttle = Throttle::start(moto_port);
+    let direct = Bucket::new(&moto_url, "throttle");
+    let v1 = direct.publish_ok(
+        "",
+        dir_with(&config_files(free_port(), free_port(), "t1")).path(),
+    );
+    // The agent talks to S3 only through the throttling proxy.
+    let via = direct.via(&format!("http://127.0.0.1:{}", throttle.port));
+    let agent = Agent::start(&via, "", None, &[]);
+    agent.wait_current(&v1);
+
+    throttle.fail.store(4, std::sync::atomic::Ordering::SeqCst);
+    agent.wait_metric("tern_sync_polls_total{result=\"error\"}", 1.0);
+    let (_, h) = agent.healthz().unwrap();
+    assert!(
+        h["last_error"].as_str().unwrap().contains("SlowDown"),
+        "{h}"
+    );
+    agent.wait_metric("tern_sync_polls_total{result=\"error\"}", 4.0);
+    let v2 = direct.publish_ok(
+        "",
+        dir_with(&config_files(free_port(), free_port(), "t2")).path(),
+    );
+    agent.wait_current(&v2);
+    assert_eq!(agent.metric("tern_sync_polls_total{result=\"error\"}"), 4.0);
+    assert_eq!(agent.healthz().unwrap().1["consecutive_failures"], 0);
+}

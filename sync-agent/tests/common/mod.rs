@@ -177,6 +177,18 @@ impl Bucket {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         );
+        let b = Self::connect(endpoint, &name);
+        b.create();
+        b
+    }
+
+    /// The same bucket reached through another endpoint (e.g. a fault-injecting proxy).
+    pub fn via(&self, endpoint: &str) -> Bucket {
+        Self::connect(endpoint, &self.name)
+    }
+
+    fn connect(endpoint: &str, name: &str) -> Bucket {
+        let name = name.to_string();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -192,14 +204,12 @@ impl Bucket {
                 .build();
             aws_sdk_s3::Client::from_conf(conf)
         });
-        let b = Bucket {
+        Bucket {
             name,
             endpoint: endpoint.to_string(),
             rt,
             client,
-        };
-        b.create();
-        b
+        }
     }
 
     /// (Re)creates the bucket (moto forgets everything on restart).
