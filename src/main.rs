@@ -26,9 +26,12 @@ struct Args {
     /// Time in-flight requests get to finish on shutdown or when their listener is removed.
     #[arg(long, env = "TERN_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Quiet time after a file change before reloading.
+    /// Quiet time after a file change before reloading, while a write may still be going on.
     #[arg(long, env = "TERN_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
     reload_debounce: Duration,
+    /// Quiet time after a finished write (file closed, renamed into place, deleted) before reloading.
+    #[arg(long, env = "TERN_RELOAD_SETTLE", default_value = "10ms", value_parser = parse_duration)]
+    reload_settle: Duration,
     /// Re-read the files this often even without change events (for NFS/EFS); 0 turns it off.
     #[arg(long, env = "TERN_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     };
     let watch = WatchOptions {
         debounce: args.reload_debounce,
+        settle: args.reload_settle.min(args.reload_debounce),
         poll_interval: args.poll_interval,
     };
     match rt.block_on(server::run(opts, watch)) {
