@@ -328,6 +328,43 @@ impl Stats {
                 l(),
                 s.upstream_cx_total.get() as i64,
             );
+            let counters: [(&'static str, &Counter); 11] = [
+                ("upstream_cx_overflow", &s.upstream_cx_overflow),
+                (
+                    "upstream_rq_pending_overflow",
+                    &s.upstream_rq_pending_overflow,
+                ),
+                ("upstream_rq_retry_overflow", &s.upstream_rq_retry_overflow),
+                ("upstream_rq_retry", &s.upstream_rq_retry),
+                ("upstream_rq_retry_success", &s.upstream_rq_retry_success),
+                (
+                    "upstream_rq_retry_limit_exceeded",
+                    &s.upstream_rq_retry_limit_exceeded,
+                ),
+                (
+                    "upstream_rq_per_try_timeout",
+                    &s.upstream_rq_per_try_timeout,
+                ),
+                ("lb_healthy_panic", &s.lb_healthy_panic),
+                (
+                    "outlier_detection_ejections",
+                    &s.outlier_detection_ejections_total,
+                ),
+                ("health_check_success", &s.health_check_success),
+                ("health_check_failure", &s.health_check_failure),
+            ];
+            for (name, c) in counters {
+                push(name, Kind::Counter, l(), c.get() as i64);
+            }
+            let gauges: [(&'static str, &Gauge); 4] = [
+                ("upstream_cx_active", &s.upstream_cx_active),
+                ("upstream_rq_pending_active", &s.upstream_rq_pending_active),
+                ("upstream_rq_retry_active", &s.upstream_rq_retry_active),
+                ("membership_total", &s.membership_total),
+            ];
+            for (name, g) in gauges {
+                push(name, Kind::Gauge, l(), g.get());
+            }
         }
         let c = &self.config;
         push(
