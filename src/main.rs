@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tern::server::{self, Options, WatchOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -17,18 +17,23 @@ enum LogFormat {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration directory (every *.yaml/*.yml below it) or a single file.
     #[arg(long, env = "TERN_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Load and check the configuration (as a reload would), print problems, and exit 0 or 1.
     #[arg(long)]
     check: bool,
     /// Time in-flight requests get to finish on shutdown or when their listener is removed.
     #[arg(long, env = "TERN_DRAIN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     drain_timeout: Duration,
-    /// Quiet time after a file change before reloading.
+    /// Quiet time after a file change before reloading, while a write may still be going on.
     #[arg(long, env = "TERN_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
     reload_debounce: Duration,
+    /// Quiet time after a finished write (file closed, renamed into place, deleted) before reloading.
+    #[arg(long, env = "TERN_RELOAD_SETTLE", default_value = "10ms", value_parser = parse_duration)]
+    reload_settle: Duration,
     /// Re-read the files this often even without change events (for NFS/EFS); 0 turns it off.
     #[arg(long, env = "TERN_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -43,14 +48,80 @@ struct Args {
     worker_threads: Option<usize>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Exit 0 if the local proxy's admin `/ready` answers 200, else 1 (container health checks
+    /// without a shell or curl).
+    Health {
+        /// The admin endpoint's address.
+        #[arg(long, env = "TERN_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+        admin_address: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// `GET /ready` with the standard library only: no runtime, no configuration.
+fn health(addr: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let sa = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("bad admin address {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bad admin address {addr}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    write!(
+        s,
+        "GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("no answer from {addr}: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    match head.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        Some(code) => Err(format!("{addr}/ready answered {code}")),
+        None => Err(format!("{addr}/ready gave no HTTP answer")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     tern::config::Dur::parse(s).map(|d| d.0)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Health {
+        admin_address,
+        timeout,
+    }) = &args.command
+    {
+        return match health(admin_address, *timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern health: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(config) = args.config.clone() else {
+        eprintln!("tern: --config PATH (or TERN_CONFIG) is required");
+        return ExitCode::from(2);
+    };
     if args.check {
-        return match server::check(&args.config) {
+        return match server::check(&config) {
             Ok(v) => {
                 println!("configuration OK (version {v})");
                 ExitCode::SUCCESS
@@ -76,11 +147,18 @@ fn main() -> ExitCode {
     let threads = args
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-    {
+    // One CPU: the current-thread scheduler avoids the work-stealing machinery entirely.
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tern: cannot start runtime: {e}");
@@ -88,11 +166,12 @@ fn main() -> ExitCode {
         }
     };
     let opts = Options {
-        config: args.config,
+        config,
         drain_timeout: args.drain_timeout,
     };
     let watch = WatchOptions {
         debounce: args.reload_debounce,
+        settle: args.reload_settle.min(args.reload_debounce),
         poll_interval: args.poll_interval,
     };
     match rt.block_on(server::run(opts, watch)) {

@@ -148,6 +148,7 @@ impl Server {
                     .map_err(|e| e.to_string())?,
             );
         }
+        crate::health::start(&shared.snapshot.load_full());
         let admin = crate::admin::spawn(admin_sock, shared.clone()).map_err(|e| e.to_string())?;
         tracing::info!(version = %version, listeners = listeners.len(), admin = %admin_addr, "configuration loaded");
         Ok(Server {
@@ -225,7 +226,9 @@ impl Server {
             tracing::warn!("{w}");
         }
         let keep: BTreeSet<SocketAddr> = snap.listeners.keys().copied().collect();
-        self.shared.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.shared.snapshot.store(snap.clone());
+        crate::health::start(&snap);
 
         for (addr, l) in bound {
             match listener::spawn(l, self.shared.clone(), self.opts.drain_timeout) {
@@ -352,8 +355,10 @@ fn unix_now() -> i64 {
 /// How changes are noticed.
 #[derive(Debug, Clone)]
 pub struct WatchOptions {
-    /// Quiet time after the last event before reloading.
+    /// Quiet time after the last event before reloading, while a write may still be going on.
     pub debounce: Duration,
+    /// Quiet time after an event that shows a finished write (close-after-write, rename, delete).
+    pub settle: Duration,
     /// Periodic re-read for filesystems without change events (zero: off).
     pub poll_interval: Duration,
 }
@@ -362,10 +367,14 @@ pub struct WatchOptions {
 pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut server = Server::start(opts.clone()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut watcher = crate::watch::Watcher::new(&opts.config, tx)
         .map_err(|e| format!("cannot watch {}: {e}", opts.config.display()))?;
-    watcher.update(&server.watch_dirs);
+    if watcher.update(&server.watch_dirs) {
+        // Files may have changed between the initial read and the watches being in place.
+        server.reload(false).await;
+        watcher.update(&server.watch_dirs);
+    }
     let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
     let (mut term, mut int, mut hup) = (
         sig(SignalKind::terminate())?,
@@ -385,15 +394,27 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { tracing::info!("SIGHUP: forced reload"); true }
-            Some(()) = rx.recv() => {
-                // Debounce: wait until the burst is over (an editor or a sync writes several files).
-                while let Ok(Some(())) = tokio::time::timeout(watch.debounce, rx.recv()).await {}
+            Some(first) = rx.recv() => {
+                // Debounce: wait until the burst is over (an editor or a copy writes in several
+                // steps). A finished write needs only a short settle to catch a follow-up event.
+                let quiet = |w| if w == crate::watch::Wake::Complete { watch.settle } else { watch.debounce };
+                let mut wait = quiet(first);
+                while let Ok(Some(w)) = tokio::time::timeout(wait, rx.recv()).await {
+                    wait = quiet(w);
+                }
                 false
             }
             _ = ticker.tick() => false,
         };
         server.reload(force).await;
-        watcher.update(&server.watch_dirs);
+        // A directory that appeared during the read may have received files before it was
+        // watched; read again until the watch set is stable (bounded: each round adds a directory).
+        for _ in 0..16 {
+            if !watcher.update(&server.watch_dirs) {
+                break;
+            }
+            server.reload(false).await;
+        }
     }
     tracing::info!(timeout = ?opts.drain_timeout, "shutting down: draining listeners");
     server.shutdown().await;

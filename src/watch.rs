@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
@@ -40,6 +40,24 @@ impl Filter {
     }
 }
 
+/// What an event says about the write in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Data is still being written (a modify, a new empty file).
+    Partial,
+    /// A write finished: closed after writing, renamed into place, or deleted.
+    Complete,
+}
+
+fn wake_kind(kind: &EventKind) -> Wake {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        | EventKind::Remove(_) => Wake::Complete,
+        _ => Wake::Partial,
+    }
+}
+
 /// A filesystem watcher that wakes the reloader.
 pub struct Watcher {
     inner: RecommendedWatcher,
@@ -49,8 +67,8 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Watches `root`; each relevant event sends one (coalesced) wake-up on `tx`.
-    pub fn new(root: &Path, tx: mpsc::Sender<()>) -> notify::Result<Watcher> {
+    /// Watches `root`; each relevant event sends a wake-up on `tx` (dropped when the channel is full).
+    pub fn new(root: &Path, tx: mpsc::Sender<Wake>) -> notify::Result<Watcher> {
         let root = std::path::absolute(root)?;
         let mut chain = BTreeSet::new();
         let mut chain_parents = BTreeSet::new();
@@ -74,9 +92,10 @@ impl Watcher {
         let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 let relevant = f.read().map(|f| f.relevant(&ev)).unwrap_or(true);
+                tracing::trace!(?ev, relevant, "config path event");
                 if relevant {
-                    // A full channel already holds a wake-up: nothing is lost by dropping this one.
-                    let _ = tx.try_send(());
+                    // A full channel already holds wake-ups: nothing is lost by dropping this one.
+                    let _ = tx.try_send(wake_kind(&ev.kind));
                 }
             }
         })?;
@@ -91,7 +110,10 @@ impl Watcher {
     }
 
     /// Watches exactly `dirs` (from the last load) plus the configured path's parents.
-    pub fn update(&mut self, dirs: &BTreeSet<PathBuf>) {
+    ///
+    /// Returns true when a directory was added: anything written there between the read and the
+    /// new watch produced no event, so the caller must read once more.
+    pub fn update(&mut self, dirs: &BTreeSet<PathBuf>) -> bool {
         let want: BTreeSet<PathBuf> = dirs.union(&self.chain_parents).cloned().collect();
         for gone in self.watched.difference(&want) {
             let _ = self.inner.unwatch(gone);
@@ -103,9 +125,11 @@ impl Watcher {
                 now.insert(d.clone());
             }
         }
+        let added = now.difference(&self.watched).next().is_some();
         self.watched = now;
         if let Ok(mut f) = self.filter.write() {
             f.dirs = dirs.clone();
         }
+        added
     }
 }

@@ -111,6 +111,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     if !parse_failed {
         ck.references(&cfg);
     }
+    super::check_resilience::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {
@@ -468,8 +469,14 @@ impl Checker<'_> {
             for vh in &rc.value.virtual_hosts {
                 for r in &vh.routes {
                     if let Some(a) = &r.route {
-                        if !clusters.contains_key(a.cluster.as_str()) {
-                            missing.push((rc.file, &a.cluster, "cluster", clusters.keys()));
+                        let weighted = a
+                            .weighted_clusters
+                            .iter()
+                            .flat_map(|w| w.clusters.iter().map(|c| &c.name));
+                        for name in a.cluster.iter().chain(weighted) {
+                            if !clusters.contains_key(name.as_str()) {
+                                missing.push((rc.file, name, "cluster", clusters.keys()));
+                            }
                         }
                     }
                 }
