@@ -461,70 +461,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let mut backoff = Backoff::new(args.interval, args.backoff_max);
     loop {
         let poll_started = tokio::time::Instant::now();
-        let result = agent.poll().await;
-        let delay = match result {
+        let delay = match agent.poll().await {
             Ok(outcome) => {
                 backoff.succeed();
-                metrics.poll(outcome.label());
-                let now = SystemTime::now();
-                metrics.last_success.store(health::unix(now), Relaxed);
-                {
-                    let mut h = health.lock().unwrap();
-                    h.mode = match agent.mode {
-                        Mode::Manifest => "manifest",
-                        Mode::Plain => "plain",
-                        Mode::Unknown => "",
-                    };
-                    h.last_poll_ok = true;
-                    h.last_success = Some(health::unix(now));
-                    h.consecutive_failures = 0;
-                    h.last_error = None;
-                    h.rejected_keys = agent.rejected.clone();
-                    match &outcome {
-                        Outcome::Changed(v) => {
-                            h.current = Some(v.clone());
-                            h.refused = None;
-                        }
-                        Outcome::Invalid(v, errors) => {
-                            h.refused = Some(Refused {
-                                version: v.clone(),
-                                errors: errors.clone(),
-                            })
-                        }
-                        _ => {}
-                    }
-                }
-                match &outcome {
-                    Outcome::Changed(v) => {
-                        info!("snapshot {v} is current");
-                        *metrics.version.lock().unwrap() = Some(v.clone());
-                    }
-                    Outcome::Invalid(v, errors) => {
-                        metrics.snapshots_invalid.fetch_add(1, Relaxed);
-                        error!(
-                            "configuration {v} refused, keeping {}:",
-                            agent.current_version().unwrap_or("nothing")
-                        );
-                        for e in errors {
-                            error!("  {e}");
-                        }
-                    }
-                    _ => {}
-                }
+                record_success(&agent, &outcome, &metrics, &health);
                 if args.once {
-                    match (&outcome, agent.current_version()) {
-                        (Outcome::Invalid(v, errors), _) => {
-                            return Err(format!(
-                                "configuration {v} is invalid:\n  {}",
-                                errors.join("\n  ")
-                            ))
-                        }
-                        (Outcome::Pending, _) => {}
-                        (_, Some(v)) => {
-                            println!("snapshot {v} is current");
-                            return Ok(());
-                        }
-                        _ => {}
+                    if let Some(done) = once_result(&agent, &outcome) {
+                        return done;
                     }
                 }
                 // Fixed rate: polls start one interval apart, however long the poll took.
@@ -532,19 +475,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                     .saturating_duration_since(tokio::time::Instant::now())
             }
             Err(e) => {
-                metrics.poll("error");
                 let delay = backoff.fail();
-                warn!(
-                    "poll failed ({} in a row), keeping {}; retrying in {delay:?}: {e}",
-                    backoff.failures(),
-                    agent.current_version().unwrap_or("no snapshot")
-                );
-                {
-                    let mut h = health.lock().unwrap();
-                    h.last_poll_ok = false;
-                    h.consecutive_failures = backoff.failures();
-                    h.last_error = Some(e.to_string());
-                }
+                record_failure(&agent, &e, backoff.failures(), delay, &metrics, &health);
                 if args.once && started.elapsed() + delay > args.once_timeout {
                     return Err(format!(
                         "no valid snapshot after {:?}: {e}",
@@ -555,5 +487,90 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             }
         };
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Records a successful poll: metrics first, then health (readers of health see final metrics).
+fn record_success(agent: &Agent, outcome: &Outcome, metrics: &Metrics, health: &Shared) {
+    metrics.poll(outcome.label());
+    let now = health::unix(SystemTime::now());
+    metrics.last_success.store(now, Relaxed);
+    match outcome {
+        Outcome::Changed(v) => {
+            info!("snapshot {v} is current");
+            *metrics.version.lock().unwrap() = Some(v.clone());
+        }
+        Outcome::Invalid(v, errors) => {
+            metrics.snapshots_invalid.fetch_add(1, Relaxed);
+            error!(
+                "configuration {v} refused, keeping {}:",
+                agent.current_version().unwrap_or("nothing")
+            );
+            for e in errors {
+                error!("  {e}");
+            }
+        }
+        Outcome::Unchanged | Outcome::Pending => {}
+    }
+    let mut h = health.lock().unwrap();
+    h.mode = match agent.mode {
+        Mode::Manifest => "manifest",
+        Mode::Plain => "plain",
+        Mode::Unknown => "",
+    };
+    h.last_poll_ok = true;
+    h.last_success = Some(now);
+    h.consecutive_failures = 0;
+    h.last_error = None;
+    h.rejected_keys = agent.rejected.clone();
+    match outcome {
+        Outcome::Changed(v) => {
+            h.current = Some(v.clone());
+            h.refused = None;
+        }
+        Outcome::Invalid(v, errors) => {
+            h.refused = Some(Refused {
+                version: v.clone(),
+                errors: errors.clone(),
+            })
+        }
+        Outcome::Unchanged | Outcome::Pending => {}
+    }
+}
+
+/// Records a failed poll; the current snapshot stays.
+fn record_failure(
+    agent: &Agent,
+    e: &PollError,
+    failures: u32,
+    delay: std::time::Duration,
+    metrics: &Metrics,
+    health: &Shared,
+) {
+    metrics.poll("error");
+    warn!(
+        "poll failed ({failures} in a row), keeping {}; retrying in {delay:?}: {e}",
+        agent.current_version().unwrap_or("no snapshot")
+    );
+    let mut h = health.lock().unwrap();
+    h.last_poll_ok = false;
+    h.consecutive_failures = failures;
+    h.last_error = Some(e.to_string());
+}
+
+/// With `--once`: whether to exit after this outcome, and how.
+fn once_result(agent: &Agent, outcome: &Outcome) -> Option<Result<(), String>> {
+    match (outcome, agent.current_version()) {
+        (Outcome::Invalid(v, errors), _) => Some(Err(format!(
+            "configuration {v} is invalid:\n  {}",
+            errors.join("\n  ")
+        ))),
+        // Plain mode: the listing must be seen unchanged once more.
+        (Outcome::Pending, _) => None,
+        (_, Some(v)) => {
+            println!("snapshot {v} is current");
+            Some(Ok(()))
+        }
+        _ => None,
     }
 }
