@@ -324,7 +324,7 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
             l.max_retries
         );
         if let Some((p, m)) = l.retry_budget {
-            let _ = writeln!(t, "{name}::default_priority::retry_budget::{p}%,min {m}");
+            let _ = writeln!(t, "{name}::default_priority::retry_budget::budget_percent={p},min_retry_concurrency={m}");
         }
         for (k, v) in open {
             let _ = writeln!(t, "{name}::circuit_breakers::{k}::{v}");

@@ -132,7 +132,9 @@ impl EndpointOutlier {
     /// True while ejected.
     #[inline]
     pub fn is_ejected(&self) -> bool {
-        self.is_ejected_at(now_ms())
+        // No clock read unless an ejection is set (the sweeper clears finished ones).
+        let until = self.ejected_until_ms.load(Relaxed);
+        until != 0 && now_ms() < until
     }
 
     /// True while ejected at time `now` (ms of [`now_ms`]).
@@ -342,9 +344,24 @@ pub fn sweep(cluster: &Cluster, now: u64) -> Option<u64> {
     next
 }
 
-/// Runs the cluster's sweeper until `token` is cancelled or the cluster is dropped.
+/// Ends every ejection of `cluster` (its outlier detection was removed by a reload).
+pub fn clear(cluster: &Cluster) {
+    for e in cluster.endpoints.iter() {
+        let o = &e.state.outlier;
+        o.consecutive_5xx.store(0, Relaxed);
+        o.consecutive_gateway.store(0, Relaxed);
+        if o.ejected_until_ms.swap(0, Relaxed) != 0 {
+            tracing::info!(cluster = %cluster.name, endpoint = %e.address, "outlier detection removed; endpoint back in service");
+        }
+    }
+    cluster.refresh_membership();
+}
+
+/// Runs the cluster's sweeper until `token` is cancelled or the cluster is dropped; without
+/// outlier detection, ends ejections carried over from a version that had it.
 pub fn spawn_sweeper(cluster: &Arc<Cluster>, token: CancellationToken) {
     let Some(s) = cluster.outlier.as_ref() else {
+        clear(cluster);
         return;
     };
     let wake = s.wake.clone();
