@@ -467,3 +467,31 @@ async fn an_ejection_survives_a_reload_and_ends_when_outlier_detection_is_remove
     let got = hits(port, 4).await;
     assert!(got.iter().any(|h| h == "b"), "{got:?}");
 }
+
+#[tokio::test]
+async fn removing_health_checks_stops_the_checkers_and_restores_endpoints() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    b.ctl.set_hc_status(500);
+    let (t, port, cfg) = start(&[a.addr, b.addr], HC).await;
+    wait_line(
+        &t,
+        &format!("svc::{}::health_flags::/failed_active_hc", b.addr),
+    )
+    .await;
+    let applied = t.stat("server.config_update_success").await;
+    cfg.write("clusters.yaml", &clusters_yaml(&[a.addr, b.addr], ""));
+    wait_stat(&t, "server.config_update_success", applied + 1).await;
+    wait_line(&t, &format!("svc::{}::health_flags::healthy", b.addr)).await;
+    let got = hits(port, 4).await;
+    assert!(got.iter().any(|h| h == "b"), "{got:?}");
+    // The old checkers stop at their next round (interval 100ms): give them a few rounds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = a.ctl.hc_requests() + b.ctl.hc_requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        a.ctl.hc_requests() + b.ctl.hc_requests(),
+        n,
+        "checkers still running"
+    );
+}
