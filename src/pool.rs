@@ -190,4 +190,3 @@ impl Pool {
         Ok(tx)
     }
 }
-
