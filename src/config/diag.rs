@@ -67,11 +67,9 @@ pub struct Diagnostic {
     pub line: u32,
     /// 1-based column (0 when unknown).
     pub column: u32,
-    /// A suggestion, such as "did you mean `timeout`?".
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A suggestion, such as "did you mean `timeout`?" (`null` in JSON when there is none).
     pub help: Option<String>,
-    /// Other places involved.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Other places involved (always present in JSON, possibly empty).
     pub related: Vec<Related>,
 }
 
