@@ -223,7 +223,7 @@ pub fn json(
             .iter()
             .map(|o| JsonPath {
                 path: &o.path,
-                valid: o.report.config.is_some() && !(strict && !o.report.diagnostics.is_empty()),
+                valid: o.report.config.is_some() && (!strict || o.report.diagnostics.is_empty()),
                 version: o.report.version.as_deref(),
                 files: o
                     .report
