@@ -1,6 +1,6 @@
 //! Parsing fragments, merging them by name, and the semantic checks that need the whole set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,9 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let files: Vec<PathBuf> = sources.files.iter().map(|f| f.path.clone()).collect();
     let mut fragments = Vec::new();
-    let mut parse_failed = false;
+    // Names that files which failed to parse may define: references to them are not reported as
+    // dangling, so one broken file does not hide (or fake) problems in the others.
+    let mut maybe_defined: HashSet<String> = HashSet::new();
     for (i, f) in sources.files.iter().enumerate() {
         match serde_saphyr::from_str::<Fragment>(&f.text) {
             Ok(frag) => {
@@ -34,7 +36,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
                 fragments.push((i, frag));
             }
             Err(e) => {
-                parse_failed = true;
+                maybe_defined.extend(names_in_text(&f.text));
                 diags.push(yaml_error(&f.path, &e));
             }
         }
@@ -107,10 +109,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         ck.cluster(c);
     }
     ck.addresses(&cfg, admin_at);
-    // References into a file that failed to parse would all look dangling: report the parse error alone.
-    if !parse_failed {
-        ck.references(&cfg);
-    }
+    ck.references(&cfg, &maybe_defined);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {
@@ -254,6 +253,16 @@ impl Checker<'_> {
         if v.address.port() == 0 {
             self.bad(l.file, v.address.pos, "listener port must not be 0");
         }
+        if let Some(rc) = &v.route_config {
+            if rc.trim().is_empty() {
+                self.bad(l.file, rc.pos, "route_config must not be empty");
+            }
+        }
+        if let Some(t) = &v.tcp_proxy {
+            if t.cluster.trim().is_empty() {
+                self.bad(l.file, t.cluster.pos, "tcp_proxy cluster must not be empty");
+            }
+        }
     }
 
     fn route_config(&mut self, rc: &Def<RouteConfig>) {
@@ -333,6 +342,9 @@ impl Checker<'_> {
             );
         }
         if let Some(a) = &r.route {
+            if a.cluster.trim().is_empty() {
+                self.bad(f, a.cluster.pos, "route cluster must not be empty");
+            }
             if let Some(h) = &a.host_rewrite {
                 if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
                     self.bad(
@@ -353,6 +365,9 @@ impl Checker<'_> {
             }
         }
         if let Some(rd) = &r.redirect {
+            if rd.port_redirect == Some(0) {
+                self.bad(f, rd.pos, "redirect port_redirect must be 1-65535, not 0");
+            }
             if let Some(c) = &rd.response_code {
                 if ![301, 302, 303, 307, 308].contains(&c.value) {
                     self.bad(
@@ -408,6 +423,9 @@ impl Checker<'_> {
     fn addresses(&mut self, cfg: &Config, admin_at: Option<(usize, Pos)>) {
         let mut seen: Vec<(SocketAddr, usize, Pos, String)> = Vec::new();
         if let Some((file, _)) = admin_at {
+            if cfg.admin.address.port() == 0 {
+                self.bad(file, cfg.admin.address.pos, "admin port must not be 0");
+            }
             seen.push((
                 *cfg.admin.address,
                 file,
@@ -440,7 +458,7 @@ impl Checker<'_> {
         }
     }
 
-    fn references(&mut self, cfg: &Config) {
+    fn references(&mut self, cfg: &Config, maybe_defined: &HashSet<String>) {
         let clusters: HashMap<&str, ()> = cfg
             .clusters
             .iter()
@@ -476,6 +494,9 @@ impl Checker<'_> {
             }
         }
         for (file, name, what, known) in missing {
+            if maybe_defined.contains(name.as_str()) {
+                continue;
+            }
             let mut d = Diagnostic::error(
                 codes::DANGLING_REFERENCE,
                 &self.files[file],
@@ -492,6 +513,28 @@ impl Checker<'_> {
             self.diags.push(d);
         }
     }
+}
+
+/// Every `name:` value in a file's text, found without parsing it (it may not be valid YAML).
+fn names_in_text(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(i) = rest.find("name:") {
+            let before = rest[..i].chars().next_back();
+            let value = &rest[i + 5..];
+            rest = value;
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let end = value.find([',', '}', '#', ']']).unwrap_or(value.len());
+            let v = value[..end].trim().trim_matches(['"', '\'']);
+            if !v.is_empty() {
+                names.insert(v.to_string());
+            }
+        }
+    }
+    names
 }
 
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
@@ -553,6 +596,13 @@ mod tests {
             suggestion("unknown field `zzz`, expected one of name, address"),
             None
         );
+    }
+
+    #[test]
+    fn names_found_in_broken_text() {
+        let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");
+        assert!(n.contains("api") && n.contains("web"));
+        assert!(!n.contains("no"));
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub mod codes {
     pub const IO: &str = "E008";
     /// A file that defines nothing.
     pub const EMPTY_FILE: &str = "W001";
+    /// A route that can never match: an earlier route in the same virtual host takes all its requests.
+    pub const UNREACHABLE_ROUTE: &str = "W002";
+    /// A domain served by two virtual hosts of one route config; the second never sees its requests.
+    pub const DOMAIN_COLLISION: &str = "W003";
 }
 
 /// Another place that explains a diagnostic (e.g. the first definition of a duplicate).
