@@ -158,9 +158,18 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         E::DuplicateMappingKey { .. } => codes::DUPLICATE,
         _ => codes::SYNTAX,
     };
+    // serde-saphyr's advice about its own options means nothing to someone writing config.
+    let msg = match msg.find(", set DuplicateKeyPolicy") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
     let mut d = Diagnostic::error(code, file, pos, msg.clone());
     if let Some(s) = suggestion(&msg) {
         d = d.with_help(format!("did you mean `{s}`?"));
+    } else if msg.contains("invalid socket address syntax") {
+        d = d.with_help(
+            "write an IP address and port, e.g. 0.0.0.0:10000 or [::]:10000 (not a host name)",
+        );
     }
     d
 }
@@ -504,7 +513,9 @@ impl Checker<'_> {
                 format!("{what} `{}` is not defined in any file", name.value),
             );
             let best = known
-                .map(|k| (strsim::jaro_winkler(k, name), *k))
+                .copied()
+                .chain(maybe_defined.iter().map(String::as_str))
+                .map(|k| (strsim::jaro_winkler(k, name), k))
                 .filter(|(s, _)| *s > 0.8)
                 .max_by(|a, b| a.0.total_cmp(&b.0));
             if let Some((_, k)) = best {

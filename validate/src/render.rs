@@ -57,6 +57,22 @@ pub fn token_span(line: &str, column: u32) -> Range<usize> {
                 break;
             }
         }
+    } else if let Some(&(_, open @ ('{' | '['))) = chars.peek() {
+        // A flow collection: up to its closing bracket (or the end of the line).
+        let close = if open == '{' { '}' } else { ']' };
+        let mut depth = 0;
+        len = rest.len();
+        for (i, c) in chars {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth == 0 {
+                    len = i + 1;
+                    break;
+                }
+            }
+        }
     } else {
         while let Some((i, c)) = chars.next() {
             let key_end = c == ':' && chars.peek().is_none_or(|(_, n)| n.is_whitespace());
@@ -305,6 +321,11 @@ mod tests {
         let l = "    route: { cluster: \"a b\" }";
         assert_eq!(&l[token_span(l, 23)], "\"a b\"");
         assert_eq!(token_span("ab", 9), 2..2);
+        let l = "  - match: { prefix: /, headers: [{ name: a }] } # x";
+        assert_eq!(
+            &l[token_span(l, 12)],
+            "{ prefix: /, headers: [{ name: a }] }"
+        );
     }
 
     #[test]
