@@ -1,0 +1,257 @@
+//! Property: whatever `tern-validate` accepts, the proxy's loader loads, and the other way round.
+//!
+//! Configurations are generated from small pools of names, ports and values (so duplicates,
+//! dangling references, address conflicts and bad values occur often), spread over several files,
+//! and then optionally damaged as text (a deleted line, a stray character).
+
+use std::fs;
+use std::process::Command;
+
+use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tern-validate");
+
+const NAMES: &[&str] = &["api", "web", "db", "apii", ""];
+const PORTS: &[&str] = &["8080", "8081", "9901", "0", "70000"];
+const DURATIONS: &[&str] = &["1s", "250ms", "0", "5", "soon"];
+const STATUSES: &[&str] = &["200", "404", "99", "700", "ok"];
+const PATHS: &[&str] = &[
+    "prefix: /",
+    "prefix: /api/",
+    "path: /x",
+    "regex: \"/v[0-9]+\"",
+    "regex: \"(\"",
+    "prefix: api",
+];
+const DOMAINS: &[&str] = &["\"*\"", "example.com", "\"*.example.com\"", "\"a.*.b\""];
+
+/// One generated cluster: name, endpoint port, connect timeout.
+#[derive(Debug, Clone)]
+struct GenCluster(usize, usize, usize);
+
+/// One generated listener: name, port, HTTP (route config name) or TCP (cluster name).
+#[derive(Debug, Clone)]
+struct GenListener(usize, usize, bool, usize);
+
+/// One generated route: path matcher, then a cluster or a direct response status.
+#[derive(Debug, Clone)]
+struct GenRoute(usize, Result<usize, usize>);
+
+/// One generated route config: name, domains of its single virtual host, routes.
+#[derive(Debug, Clone)]
+struct GenRouteConfig(usize, Vec<usize>, Vec<GenRoute>);
+
+#[derive(Debug, Clone)]
+struct GenConfig {
+    clusters: Vec<GenCluster>,
+    listeners: Vec<GenListener>,
+    route_configs: Vec<GenRouteConfig>,
+    /// Which of three files each item goes to.
+    placement: Vec<usize>,
+    /// A text mutation: (file, line index seed, kind).
+    mutation: Option<(usize, usize, usize)>,
+}
+
+/// An index into a pool whose first `good` entries are valid: mostly those, sometimes any.
+fn pick(good: usize, n: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![12 => 0..good, 1 => 0..n]
+}
+
+fn idx(n: usize) -> impl Strategy<Value = usize> {
+    0..n
+}
+
+fn gen_config() -> impl Strategy<Value = GenConfig> {
+    let cluster = (idx(3), pick(3, PORTS.len()), pick(3, DURATIONS.len()))
+        .prop_map(|(a, b, c)| GenCluster(a, b, c));
+    let listener = (
+        idx(3),
+        pick(3, PORTS.len()),
+        any::<bool>(),
+        pick(3, NAMES.len()),
+    )
+        .prop_map(|(a, b, c, d)| GenListener(a, b, c, d));
+    let route = (
+        pick(4, PATHS.len()),
+        prop_oneof![
+            pick(3, NAMES.len()).prop_map(Ok),
+            pick(2, STATUSES.len()).prop_map(Err)
+        ],
+    )
+        .prop_map(|(p, a)| GenRoute(p, a));
+    let rc = (
+        pick(3, NAMES.len()),
+        prop::collection::vec(pick(3, DOMAINS.len()), 1..3),
+        prop::collection::vec(route, 0..4),
+    )
+        .prop_map(|(n, d, r)| GenRouteConfig(n, d, r));
+    (
+        prop::collection::vec(cluster, 0..3),
+        prop::collection::vec(listener, 0..2),
+        prop::collection::vec(rc, 0..2),
+        prop::collection::vec(idx(3), 12),
+        prop::option::weighted(0.25, (idx(3), any::<usize>(), idx(4))),
+    )
+        .prop_map(
+            |(clusters, listeners, route_configs, placement, mutation)| GenConfig {
+                clusters,
+                listeners,
+                route_configs,
+                placement,
+                mutation,
+            },
+        )
+}
+
+/// Renders the configuration as three YAML files.
+fn render(g: &GenConfig) -> [String; 3] {
+    let mut files: [String; 3] = Default::default();
+    let mut n = 0;
+    let mut place = |text: String, files: &mut [String; 3], key: &str| {
+        let f = &mut files[g.placement[n % g.placement.len()]];
+        n += 1;
+        if !f.contains(&format!("{key}:\n")) {
+            // Keys must be unique in a file, so each file gets one list per kind, in kind order.
+            f.push_str(&format!("{key}:\n"));
+        }
+        f.push_str(&text);
+    };
+    for GenCluster(name, port, dur) in &g.clusters {
+        place(
+            format!(
+                "  - name: \"{}\"\n    connect_timeout: {}\n    endpoints: [{{ address: \"10.0.0.1:{}\" }}]\n",
+                NAMES[*name], DURATIONS[*dur], PORTS[*port]
+            ),
+            &mut files,
+            "clusters",
+        );
+    }
+    // Lists of one kind must be contiguous within a file: finish clusters before listeners.
+    let mut out: [String; 3] = Default::default();
+    for (o, f) in out.iter_mut().zip(&files) {
+        o.push_str(f);
+    }
+    let mut files: [String; 3] = Default::default();
+    for GenListener(name, port, http, target) in &g.listeners {
+        let kind = if *http {
+            format!("route_config: \"{}\"", NAMES[*target])
+        } else {
+            format!("tcp_proxy: {{ cluster: \"{}\" }}", NAMES[*target])
+        };
+        place(
+            format!(
+                "  - name: \"{}\"\n    address: 127.0.0.1:{}\n    {kind}\n",
+                NAMES[*name], PORTS[*port]
+            ),
+            &mut files,
+            "listeners",
+        );
+    }
+    for (o, f) in out.iter_mut().zip(&files) {
+        o.push_str(f);
+    }
+    let mut files: [String; 3] = Default::default();
+    for GenRouteConfig(name, domains, routes) in &g.route_configs {
+        let domains: Vec<&str> = domains.iter().map(|d| DOMAINS[*d]).collect();
+        let mut t = format!(
+            "  - name: \"{}\"\n    virtual_hosts:\n      - name: vh\n        domains: [{}]\n        routes:\n",
+            NAMES[*name],
+            domains.join(", ")
+        );
+        if routes.is_empty() {
+            t.push_str("          []\n");
+        }
+        for GenRoute(p, action) in routes {
+            let action = match action {
+                Ok(c) => format!("route: {{ cluster: \"{}\" }}", NAMES[*c]),
+                Err(s) => format!("direct_response: {{ status: {} }}", STATUSES[*s]),
+            };
+            t.push_str(&format!(
+                "          - match: {{ {} }}\n            {action}\n",
+                PATHS[*p]
+            ));
+        }
+        place(t, &mut files, "route_configs");
+    }
+    for (o, f) in out.iter_mut().zip(&files) {
+        o.push_str(f);
+    }
+    if let Some((file, seed, kind)) = g.mutation {
+        let text = &mut out[file];
+        let lines: Vec<&str> = text.lines().collect();
+        if !lines.is_empty() {
+            let i = seed % lines.len();
+            let mut v: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+            match kind {
+                0 => {
+                    v.remove(i);
+                }
+                1 => v[i].push_str(" ]"),
+                2 => v[i] = v[i].replacen(':', "", 1),
+                _ => v.insert(i, "    retries: 3".into()),
+            }
+            *text = v.join("\n") + "\n";
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn validator_accepts_exactly_what_the_loader_loads(g in gen_config()) {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, text) in render(&g).iter().enumerate() {
+            fs::write(dir.path().join(format!("f{i}.yaml")), text).unwrap();
+        }
+        let report = tern::config::load(dir.path());
+        let out = Command::new(BIN)
+            .args(["--format", "json"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap();
+        prop_assert!(code == 0 || code == 1, "exit {code}");
+        prop_assert_eq!(code == 0, report.config.is_some(), "{:#?}", report.diagnostics);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        prop_assert_eq!(doc["errors"].as_u64().unwrap() as usize, report.error_count());
+        prop_assert_eq!(
+            doc["diagnostics"].as_array().unwrap().len(),
+            report.diagnostics.len()
+        );
+        // Loading is deterministic: a second run gives the same verdict.
+        prop_assert_eq!(tern::config::load(dir.path()).config.is_some(), report.config.is_some());
+    }
+}
+
+#[test]
+fn generator_produces_both_valid_and_invalid_configurations() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let (mut valid, mut invalid) = (0, 0);
+    for _ in 0..300 {
+        let g = gen_config().new_tree(&mut runner).unwrap().current();
+        let dir = tempfile::tempdir().unwrap();
+        for (i, text) in render(&g).iter().enumerate() {
+            fs::write(dir.path().join(format!("f{i}.yaml")), text).unwrap();
+        }
+        if tern::config::load(dir.path()).config.is_some() {
+            valid += 1;
+        } else {
+            invalid += 1;
+        }
+    }
+    // The property is only meaningful if both sides of the equivalence are exercised.
+    eprintln!("valid {valid}, invalid {invalid}");
+    assert!(
+        valid >= 20 && invalid >= 20,
+        "valid {valid}, invalid {invalid}"
+    );
+}
