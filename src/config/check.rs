@@ -163,6 +163,7 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         Some(i) => msg[..i].to_string(),
         None => msg,
     };
+    let msg = plain_message(msg);
     let mut d = Diagnostic::error(code, file, pos, msg.clone());
     if let Some(s) = suggestion(&msg) {
         d = d.with_help(format!("did you mean `{s}`?"));
@@ -172,6 +173,20 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         );
     }
     d
+}
+
+/// Rewords serde-saphyr messages that speak of parser events or Rust types in YAML terms.
+fn plain_message(msg: String) -> String {
+    let plain = match msg.as_str() {
+        "expected sequence start" => "expected a list (`[a, b]` or one `- item` per line)",
+        "expected mapping start" => "expected a mapping (`key: value` fields)",
+        "expected string scalar" => "expected a string",
+        m if m.starts_with("cannot deserialize null into string") => {
+            "expected a string, found nothing (null)"
+        }
+        _ => return msg,
+    };
+    plain.to_string()
 }
 
 /// For "unknown field `x`, expected one of a, b" (or variant), the closest expected name.

@@ -178,9 +178,10 @@ pub fn human(
             if let Some(s) = &o.report.sources {
                 writeln!(
                     out,
-                    "ok: {} ({} files, version {})",
+                    "ok: {} ({} file{}, version {})",
                     o.path.display(),
                     s.files.len(),
+                    if s.files.len() == 1 { "" } else { "s" },
                     o.report.version.as_deref().unwrap_or("-")
                 )?;
             }

@@ -434,3 +434,25 @@ fn schema_accepts_every_example_and_valid_fixture_and_rejects_typos() {
         assert!(!validator.is_valid(&v), "schema accepts {bad}");
     }
 }
+
+#[test]
+fn docs_examples_match_the_binary() {
+    let docs = fs::read_to_string(manifest_dir().join("../docs/validate.md")).unwrap();
+    let mut checked = 0;
+    let mut rest = docs.as_str();
+    while let Some(i) = rest.find("```console\n$ tern-validate ") {
+        let block = &rest[i + "```console\n$ tern-validate ".len()..];
+        let end = block.find("```\n").expect("closed block");
+        let (cmd, expected) = block[..end].split_once('\n').unwrap();
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        let out = run_in(&fixtures_dir(), &args);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expected,
+            "docs/validate.md example `tern-validate {cmd}` is out of date: run validate/docs-gen/generate.py"
+        );
+        checked += 1;
+        rest = &block[end..];
+    }
+    assert!(checked >= 15, "only {checked} examples found");
+}
