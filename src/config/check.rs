@@ -18,8 +18,8 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     // Names that files which failed to parse may define: references to them are not reported as
     // dangling, so one broken file does not hide (or fake) problems in the others.
     let mut maybe_defined: HashSet<String> = HashSet::new();
-    for (i, f) in sources.files.iter().enumerate() {
-        match serde_saphyr::from_str::<Fragment>(&f.text) {
+    for (i, (f, parsed)) in sources.files.iter().zip(parse_all(sources)).enumerate() {
+        match parsed {
             Ok(frag) => {
                 if frag.admin.is_none()
                     && frag.listeners.is_empty()
@@ -120,6 +120,32 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     } else {
         (Some(cfg), diags)
     }
+}
+
+/// Below this much YAML, parsing on one thread is faster than starting others.
+const PARALLEL_PARSE_BYTES: usize = 256 * 1024;
+
+/// Parses every file, in order. Large configurations are parsed on all cores: YAML parsing is
+/// most of the cost of loading, and files are independent until they are merged.
+fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
+    let parse = |f: &super::source::SourceFile| serde_saphyr::from_str::<Fragment>(&f.text);
+    let total: usize = sources.files.iter().map(|f| f.text.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || total < PARALLEL_PARSE_BYTES || sources.files.len() < 2 {
+        return sources.files.iter().map(parse).collect();
+    }
+    let chunk = sources.files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = sources
+            .files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("YAML parsing does not panic"))
+            .collect()
+    })
 }
 
 /// Turns a serde-saphyr error into a diagnostic with a stable code and, for typos, a suggestion.

@@ -77,13 +77,11 @@ fn domains(vhs: &[Spanned<VirtualHost>], mut out: impl FnMut(Local)) {
 
 /// Routes that an earlier route of the same virtual host always takes first.
 fn unreachable_routes(vh: &VirtualHost, mut out: impl FnMut(Local)) {
-    // Only earlier routes that could shadow anything are kept: for large tables this is the
-    // few catch-alls, not every route.
-    let mut earlier: Vec<(&RouteMatch, Pos)> = Vec::new();
+    let mut earlier = Earlier::default();
     for r in &vh.routes {
         let m = &r.matcher.value;
-        if let Some((by, pos)) = earlier.iter().find(|(e, _)| shadows(e, m)) {
-            let message = if *by == m {
+        if let Some((by, pos)) = earlier.first_shadowing(m) {
+            let message = if by == m {
                 format!(
                     "route can never match: the route at line {} has the same match",
                     pos.line
@@ -99,14 +97,113 @@ fn unreachable_routes(vh: &VirtualHost, mut out: impl FnMut(Local)) {
                 code: codes::UNREACHABLE_ROUTE,
                 pos: r.matcher.pos,
                 message,
-                related: Some(("matched first here".into(), *pos)),
+                related: Some(("matched first here".into(), pos)),
                 help: Some(
                     "routes are tried in order: move this route above the other one, or make the other one more specific (e.g. a header matcher)".into(),
                 ),
             });
         }
-        earlier.push((m, r.matcher.pos));
+        earlier.add(m, r.matcher.pos);
     }
+}
+
+/// The earlier routes of a virtual host, indexed so that checking a table of n routes costs
+/// about n lookups rather than n² comparisons (tables of thousands of routes exist).
+///
+/// Gives the same answer as trying [`shadows`] on every earlier route in order.
+#[derive(Default)]
+struct Earlier<'a> {
+    /// Routes without header or query matchers, by their `prefix`.
+    prefixes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, by `path`.
+    paths: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, by `regex` source.
+    regexes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, regex routes with the literal text every match starts with.
+    regex_list: Vec<(&'a str, &'a RouteMatch, Pos)>,
+    /// Routes with header or query matchers, compared one by one (they are few).
+    with_matchers: Vec<(&'a RouteMatch, Pos)>,
+}
+
+impl<'a> Earlier<'a> {
+    fn add(&mut self, m: &'a RouteMatch, pos: Pos) {
+        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
+            self.with_matchers.push((m, pos));
+        } else if let Some(p) = &m.prefix {
+            self.prefixes.entry(p.as_str()).or_insert((m, pos));
+        } else if let Some(p) = &m.path {
+            self.paths.entry(p.as_str()).or_insert((m, pos));
+        } else if let Some(r) = &m.regex {
+            if !self.regexes.contains_key(r.as_str()) {
+                self.regexes.insert(r.as_str(), (m, pos));
+                self.regex_list.push((literal_prefix(r.as_str()), m, pos));
+            }
+        }
+    }
+
+    /// The earliest route that takes every request `m` would match.
+    fn first_shadowing(&self, m: &RouteMatch) -> Option<(&'a RouteMatch, Pos)> {
+        let mut best: Option<(&'a RouteMatch, Pos)> = None;
+        let mut consider = |c: Option<&(&'a RouteMatch, Pos)>| {
+            if let Some(&(r, p)) = c {
+                if best.is_none_or(|(_, b)| p < b) {
+                    best = Some((r, p));
+                }
+            }
+        };
+        if let Some(p) = m.prefix.as_ref().or(m.path.as_ref()) {
+            for (i, _) in p.char_indices().skip(1) {
+                consider(self.prefixes.get(&p[..i]));
+            }
+            consider(self.prefixes.get(p.as_str()));
+        }
+        if let Some(p) = &m.path {
+            consider(self.paths.get(p.as_str()));
+            for (lit, r, pos) in &self.regex_list {
+                if p.starts_with(lit) && r.regex.as_ref().is_some_and(|re| re.is_match(p)) {
+                    consider(Some(&(*r, *pos)));
+                }
+            }
+        }
+        if let Some(r) = &m.regex {
+            consider(self.regexes.get(r.as_str()));
+            consider(self.prefixes.get("/"));
+        }
+        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
+            for c in &self.with_matchers {
+                if shadows(c.0, m) {
+                    consider(Some(c));
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Literal text that every match of `regex` starts with (possibly empty), for a cheap pre-filter.
+fn literal_prefix(regex: &str) -> &str {
+    if regex.contains('|') {
+        // An alternation may let a match start with anything.
+        return "";
+    }
+    let mut end = 0;
+    let mut chars = regex.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '~')) {
+            break;
+        }
+        // A character followed by `?`, `*` or `{` may be absent (or repeated in ways we do not
+        // follow): it is not part of the literal prefix.
+        if chars
+            .peek()
+            .is_some_and(|(_, n)| matches!(n, '?' | '*' | '{'))
+        {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    &regex[..end]
 }
 
 fn describe(m: &RouteMatch) -> String {
@@ -160,6 +257,54 @@ mod tests {
 
     fn m(yaml: &str) -> RouteMatch {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("/api/v[0-9]+"), "/api/v");
+        assert_eq!(literal_prefix("/ab?c"), "/a");
+        assert_eq!(literal_prefix("/a|/b"), "");
+        assert_eq!(literal_prefix("(?i)/x"), "");
+        assert_eq!(literal_prefix("/x.y"), "/x");
+    }
+
+    /// The index agrees with comparing every earlier route in order.
+    #[test]
+    fn index_agrees_with_pairwise_comparison() {
+        let pool = [
+            "prefix: /",
+            "prefix: /a",
+            "prefix: /ab",
+            "path: /ab",
+            "path: /abc",
+            "regex: /a[b-c]+",
+            "regex: /ab?",
+            "regex: \"/x|/ab\"",
+            "prefix: /a\nheaders: [{ name: h, present: true }]",
+            "path: /ab\nheaders: [{ name: h, present: true }]",
+            "prefix: /\nquery_parameters: [{ name: q, exact: \"1\" }]",
+            "path: /abc\nheaders: [{ name: h, present: true }]\nquery_parameters: [{ name: q, exact: \"1\" }]",
+        ];
+        let ms: Vec<RouteMatch> = pool.iter().map(|y| m(y)).collect();
+        // Every ordered sequence of 3 matchers from the pool.
+        for a in 0..ms.len() {
+            for b in 0..ms.len() {
+                for c in 0..ms.len() {
+                    let seq = [&ms[a], &ms[b], &ms[c]];
+                    let mut earlier = Earlier::default();
+                    for (i, x) in seq.iter().enumerate() {
+                        let pos = Pos {
+                            line: i as u32 + 1,
+                            column: 1,
+                        };
+                        let naive = seq[..i].iter().position(|e| shadows(e, x));
+                        let indexed = earlier.first_shadowing(x).map(|(_, p)| p.line as usize - 1);
+                        assert_eq!(naive, indexed, "{:?} then {:?}", &seq[..i], x);
+                        earlier.add(x, pos);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
