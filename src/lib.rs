@@ -1,2 +1,19 @@
-//! Tern: an L7/L4 proxy configured by a directory of YAML files.
+//! Tern: an L7/L4 proxy configured by a directory of YAML files, with atomic hot reload.
+//!
+//! Data flows one way: `config` (files → checked model) → `snapshot` (immutable runtime tables)
+//! → the request path (`listener` → `proxy` → `router` → `cluster`/`lb`).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cluster;
 pub mod config;
+pub mod headers;
+pub mod lb;
+pub mod listener;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;
+pub mod stats;
+pub mod tcp;
+pub mod watch;

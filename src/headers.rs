@@ -1,0 +1,121 @@
+//! Proxy header handling: hop-by-hop removal, forwarding headers, request IDs.
+
+use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+/// `x-request-id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-forwarded-for`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+/// `te: trailers` is kept: gRPC needs it end to end.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(c) = h.get(CONNECTION) {
+        let named: Vec<HeaderName> = c
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(CONNECTION);
+    }
+    for n in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ] {
+        h.remove(n);
+    }
+    if h.get(TE).is_some_and(|v| v != "trailers") {
+        h.remove(TE);
+    }
+}
+
+/// Appends the client to `x-forwarded-for` and sets `x-forwarded-proto`.
+pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue) {
+    let xff = match h.get(X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer_ip.as_bytes());
+            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone())
+        }
+        None => peer_ip.clone(),
+    };
+    h.insert(X_FORWARDED_FOR, xff);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// Keeps a client's `x-request-id`, or generates a UUID v4; returns the value in use.
+pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(X_REQUEST_ID) {
+        if !v.is_empty() {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    let v = HeaderValue::from_str(s).expect("a UUID is a valid header value");
+    h.insert(X_REQUEST_ID, v.clone());
+    v
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
+pub fn authority<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(TE, "trailers".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "x-keep"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut h = HeaderMap::new();
+        let ip = HeaderValue::from_static("10.0.0.1");
+        append_forwarded(&mut h, &ip);
+        append_forwarded(&mut h, &ip);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(ensure_request_id(&mut h), id);
+    }
+}

@@ -1,0 +1,164 @@
+//! Accept loops: one per bound address, serving HTTP/1.1 + HTTP/2 (prior knowledge) or TCP.
+//!
+//! A listener keeps its socket across reloads while its address stays configured; what it does
+//! with each connection is read from the current snapshot at accept time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::{self, Conn};
+use crate::server::Shared;
+use crate::snapshot::ListenerKind;
+
+/// A running accept loop.
+#[derive(Debug)]
+pub struct Running {
+    /// Stops accepting and starts the drain.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Wraps a task that ends when `stop` is cancelled.
+    pub(crate) fn new(stop: CancellationToken, task: JoinHandle<()>) -> Running {
+        Running { stop, task }
+    }
+
+    /// Stops accepting, lets open connections finish within `drain`, then closes what is left.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the drain is over.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `addr` (with SO_REUSEADDR, so a restart does not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
+/// Starts accepting on an already bound socket.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    drain: Duration,
+) -> std::io::Result<Running> {
+    let listener = TcpListener::from_std(listener)?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(accept_loop(listener, shared, stop.clone(), drain));
+    Ok(Running { stop, task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    let tracker = TaskTracker::new();
+    let kill = CancellationToken::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%local, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let snap = shared.snapshot.load();
+        let Some(lr) = snap.listeners.get(&local) else {
+            continue;
+        };
+        let stats = lr.stats.clone();
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        match &lr.kind {
+            ListenerKind::Http(_) => {
+                let conn = Arc::new(Conn {
+                    shared: shared.clone(),
+                    local,
+                    peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or(HeaderValue::from_static("unknown")),
+                });
+                let svc = service_fn(move |req| proxy::handle(req, conn.clone()));
+                let fut = graceful.watch(
+                    builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned(),
+                );
+                let kill = kill.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        r = fut => if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection error");
+                        },
+                        _ = kill.cancelled() => {}
+                    }
+                    stats.downstream_cx_active.dec();
+                });
+            }
+            ListenerKind::Tcp(cluster) => {
+                let cluster = cluster.clone();
+                let kill = kill.clone();
+                tracker.spawn(async move {
+                    tokio::select! {
+                        _ = crate::tcp::proxy(stream, cluster) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                    stats.downstream_cx_active.dec();
+                });
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    // HTTP connections finish their in-flight request and close; TCP ones get the drain time.
+    let drained = tokio::time::timeout(drain, async {
+        graceful.shutdown().await;
+        tracker.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(%local, open = tracker.len(), "drain timeout: closing remaining connections");
+        kill.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!(%local, "listener stopped");
+}

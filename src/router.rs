@@ -1,0 +1,508 @@
+//! Route tables compiled from a route config: virtual host by Host, then the first matching route.
+//!
+//! Everything that can be decided at load time is: domains are split into exact/suffix/prefix
+//! tables, regexes are compiled, direct-response bodies are `Bytes`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+
+use crate::cluster::Cluster;
+use crate::config::{self, Pattern};
+
+/// The default route timeout (Envoy's).
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A compiled route config.
+#[derive(Debug)]
+pub struct Router {
+    vhosts: Vec<VirtualHost>,
+    exact: HashMap<String, usize>,
+    /// `*.example.com` → ".example.com", longest first.
+    suffix: Vec<(String, usize)>,
+    /// `example.*` → "example.", longest first.
+    prefix: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+/// A compiled virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// Its name.
+    pub name: Arc<str>,
+    routes: Vec<Route>,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Name for stats/logs (`<vhost>/<index>` when unnamed).
+    pub name: Arc<str>,
+    path: PathMatch,
+    headers: Vec<ValueMatch>,
+    query: Vec<ValueMatch>,
+    /// What to do with a matching request.
+    pub action: Action,
+}
+
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(Pattern),
+}
+
+#[derive(Debug)]
+struct ValueMatch {
+    name: String,
+    kind: ValueKind,
+    invert: bool,
+}
+
+#[derive(Debug)]
+enum ValueKind {
+    Exact(String),
+    Prefix(String),
+    Regex(Pattern),
+    Present(bool),
+}
+
+/// What a route does.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward upstream.
+    Forward(Forward),
+    /// Answer with a fixed response.
+    Direct {
+        /// Status to send.
+        status: StatusCode,
+        /// Body to send.
+        body: Bytes,
+    },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// Forwarding settings of a route.
+#[derive(Debug)]
+pub struct Forward {
+    /// The cluster, resolved at load time.
+    pub cluster: Arc<Cluster>,
+    /// Replacement for the matched prefix.
+    pub prefix_rewrite: Option<String>,
+    /// Upstream Host override.
+    pub host_rewrite: Option<HeaderValue>,
+    /// Time to response headers; `None` = no limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Redirect settings of a route.
+#[derive(Debug)]
+pub struct Redirect {
+    host: Option<String>,
+    port: Option<u16>,
+    path: Option<String>,
+    prefix_rewrite: Option<String>,
+    scheme: Option<String>,
+    code: StatusCode,
+    strip_query: bool,
+}
+
+impl Router {
+    /// Compiles a route config; `clusters` resolves cluster names (checked to exist at load).
+    pub fn build(
+        rc: &config::RouteConfig,
+        clusters: &HashMap<String, Arc<Cluster>>,
+    ) -> Result<Router, String> {
+        let mut r = Router {
+            vhosts: Vec::new(),
+            exact: HashMap::new(),
+            suffix: Vec::new(),
+            prefix: Vec::new(),
+            any: None,
+        };
+        for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                let d = d.to_ascii_lowercase();
+                if d == "*" {
+                    r.any.get_or_insert(i);
+                } else if let Some(s) = d.strip_prefix('*') {
+                    r.suffix.push((s.to_string(), i));
+                } else if let Some(p) = d.strip_suffix('*') {
+                    r.prefix.push((p.to_string(), i));
+                } else {
+                    r.exact.entry(d).or_insert(i);
+                }
+            }
+            let mut routes = Vec::with_capacity(vh.routes.len());
+            for (j, route) in vh.routes.iter().enumerate() {
+                routes.push(compile_route(&vh.name, j, route, clusters)?);
+            }
+            r.vhosts.push(VirtualHost {
+                name: vh.name.as_str().into(),
+                routes,
+            });
+        }
+        // Longest wildcard wins, as in Envoy; stable sort keeps file order among equals.
+        r.suffix.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        r.prefix.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        Ok(r)
+    }
+
+    /// The virtual host for `host` (lowercase not required; a port is ignored).
+    pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
+        let host = strip_port(host);
+        let idx = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.lookup(&host.to_ascii_lowercase())
+        } else {
+            self.lookup(host)
+        };
+        idx.map(|i| &self.vhosts[i])
+    }
+
+    fn lookup(&self, host: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        if let Some((_, i)) = self
+            .suffix
+            .iter()
+            .find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str()))
+        {
+            return Some(*i);
+        }
+        if let Some((_, i)) = self
+            .prefix
+            .iter()
+            .find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str()))
+        {
+            return Some(*i);
+        }
+        self.any
+    }
+}
+
+impl VirtualHost {
+    /// The first route matching the request.
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<&Route> {
+        let path = uri.path();
+        let query = uri.query();
+        self.routes.iter().find(|r| r.matches(path, query, headers))
+    }
+}
+
+impl Route {
+    fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(re) => re.is_match(path),
+        };
+        path_ok
+            && self.headers.iter().all(|m| {
+                // Several values of one header are matched as one comma-joined value, as Envoy does.
+                let mut it = headers.get_all(m.name.as_str()).iter();
+                let value = match (it.next(), it.next()) {
+                    (None, _) => None,
+                    (Some(v), None) => Some(std::borrow::Cow::Borrowed(v.to_str().unwrap_or(""))),
+                    (Some(_), Some(_)) => Some(std::borrow::Cow::Owned(
+                        headers
+                            .get_all(m.name.as_str())
+                            .iter()
+                            .map(|v| v.to_str().unwrap_or(""))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )),
+                };
+                m.matches(value.as_deref())
+            })
+            && self
+                .query
+                .iter()
+                .all(|m| m.matches(query_param(query, &m.name)))
+    }
+
+    /// The path the upstream sees: the matched prefix (or exact path) replaced by `prefix_rewrite`.
+    pub fn rewrite_path(&self, uri: &Uri, rewrite: &str) -> Option<String> {
+        let path = uri.path();
+        let rest = match &self.path {
+            PathMatch::Prefix(p) => &path[p.len()..],
+            PathMatch::Exact(_) => "",
+            PathMatch::Regex(_) => return None,
+        };
+        let mut out = String::with_capacity(rewrite.len() + rest.len() + 16);
+        out.push_str(rewrite);
+        out.push_str(rest);
+        if let Some(q) = uri.query() {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
+}
+
+impl ValueMatch {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let r = match (&self.kind, value) {
+            (ValueKind::Present(want), v) => v.is_some() == *want,
+            (_, None) => false,
+            (ValueKind::Exact(e), Some(v)) => v == e,
+            (ValueKind::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
+            (ValueKind::Regex(re), Some(v)) => re.is_match(v),
+        };
+        r != self.invert
+    }
+}
+
+impl Redirect {
+    /// The `Location` for a request to `uri` on `host` with `scheme`, given the matched route.
+    pub fn location(&self, route: &Route, scheme: &str, host: &str, uri: &Uri) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(scheme);
+        let base_host = self.host.as_deref().unwrap_or_else(|| strip_port(host));
+        let port = match self.port {
+            Some(p) => Some(p.to_string()),
+            // Keep the request's port unless the host or scheme is being replaced.
+            None if self.host.is_none() && self.scheme.is_none() => {
+                host.rsplit_once(':').map(|(_, p)| p.to_string())
+            }
+            None => None,
+        };
+        let mut path = match (&self.path, &self.prefix_rewrite) {
+            (Some(p), _) => p.clone(),
+            (None, Some(rw)) => match &route.path {
+                PathMatch::Prefix(p) => format!("{rw}{}", &uri.path()[p.len()..]),
+                _ => rw.clone(),
+            },
+            (None, None) => uri.path().to_string(),
+        };
+        if !self.strip_query {
+            if let Some(q) = uri.query() {
+                path.push('?');
+                path.push_str(q);
+            }
+        }
+        match port {
+            Some(p) => format!("{scheme}://{base_host}:{p}{path}"),
+            None => format!("{scheme}://{base_host}{path}"),
+        }
+    }
+
+    /// The redirect status.
+    pub fn code(&self) -> StatusCode {
+        self.code
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: "[::1]:80".
+        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn value_match(m: &config::ValueMatcher, lowercase_name: bool) -> ValueMatch {
+    let kind = if let Some(e) = &m.exact {
+        ValueKind::Exact(e.clone())
+    } else if let Some(p) = &m.prefix {
+        ValueKind::Prefix(p.clone())
+    } else if let Some(r) = &m.regex {
+        ValueKind::Regex(r.value.clone())
+    } else {
+        ValueKind::Present(m.present.unwrap_or(true))
+    };
+    let name = if lowercase_name {
+        m.name.to_ascii_lowercase()
+    } else {
+        m.name.value.clone()
+    };
+    ValueMatch {
+        name,
+        kind,
+        invert: m.invert_match,
+    }
+}
+
+fn compile_route(
+    vhost: &str,
+    index: usize,
+    r: &config::Route,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Result<Route, String> {
+    let m = &r.matcher;
+    let path = if let Some(p) = &m.prefix {
+        PathMatch::Prefix(p.value.clone())
+    } else if let Some(p) = &m.path {
+        PathMatch::Exact(p.value.clone())
+    } else if let Some(re) = &m.regex {
+        PathMatch::Regex(re.value.clone())
+    } else {
+        return Err(format!("route {index} of {vhost} has no path match"));
+    };
+    let action = if let Some(a) = &r.route {
+        let cluster = clusters
+            .get(a.cluster.as_str())
+            .ok_or_else(|| format!("cluster `{}` is not defined", a.cluster.value))?
+            .clone();
+        let timeout = match a.timeout.as_ref().map(|t| t.0) {
+            None => Some(DEFAULT_ROUTE_TIMEOUT),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        };
+        Action::Forward(Forward {
+            cluster,
+            prefix_rewrite: a.prefix_rewrite.clone(),
+            host_rewrite: a
+                .host_rewrite
+                .as_ref()
+                .map(|h| HeaderValue::from_str(h).map_err(|e| e.to_string()))
+                .transpose()?,
+            timeout,
+        })
+    } else if let Some(d) = &r.direct_response {
+        Action::Direct {
+            status: StatusCode::from_u16(*d.status).map_err(|e| e.to_string())?,
+            body: Bytes::from(d.body.clone().unwrap_or_default()),
+        }
+    } else if let Some(rd) = &r.redirect {
+        Action::Redirect(Redirect {
+            host: rd.host_redirect.clone(),
+            port: rd.port_redirect,
+            path: rd.path_redirect.as_ref().map(|p| p.value.clone()),
+            prefix_rewrite: rd.prefix_rewrite.clone(),
+            scheme: if rd.https_redirect {
+                Some("https".into())
+            } else {
+                rd.scheme_redirect.as_ref().map(|s| s.value.clone())
+            },
+            code: StatusCode::from_u16(rd.response_code.as_ref().map(|c| c.value).unwrap_or(301))
+                .map_err(|e| e.to_string())?,
+            strip_query: rd.strip_query,
+        })
+    } else {
+        return Err(format!("route {index} of {vhost} has no action"));
+    };
+    Ok(Route {
+        name: r
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{vhost}/{index}"))
+            .into(),
+        path,
+        headers: m.headers.iter().map(|h| value_match(h, true)).collect(),
+        query: m
+            .query_parameters
+            .iter()
+            .map(|q| value_match(q, false))
+            .collect(),
+        action,
+    })
+}
+
+/// Methods that are safe to repeat (used by retries later; kept here as routing knows methods).
+pub fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(yaml: &str) -> Router {
+        let rc: config::RouteConfig = serde_saphyr::from_str(yaml).unwrap();
+        Router::build(&rc, &HashMap::new()).unwrap()
+    }
+
+    const RC: &str = r#"
+name: main
+virtual_hosts:
+  - name: exact
+    domains: ["api.example.com"]
+    routes:
+      - match: { prefix: /, headers: [{ name: X-Canary, exact: "1" }] }
+        direct_response: { status: 201 }
+      - match: { prefix: /, query_parameters: [{ name: debug, present: true }] }
+        direct_response: { status: 202 }
+      - match: { regex: "/v[0-9]+/items" }
+        direct_response: { status: 203 }
+      - match: { prefix: / }
+        direct_response: { status: 200 }
+  - name: suffix
+    domains: ["*.example.com"]
+    routes:
+      - match: { path: /x }
+        direct_response: { status: 204 }
+  - name: prefix
+    domains: ["www.*"]
+    routes: []
+  - name: any
+    domains: ["*"]
+    routes: []
+"#;
+
+    fn status(r: &Router, host: &str, uri: &str, headers: &[(&str, &str)]) -> Option<u16> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match &r.virtual_host(host)?.route(&uri, &h)?.action {
+            Action::Direct { status, .. } => Some(status.as_u16()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn domains_pick_exact_then_suffix_then_prefix_then_any() {
+        let r = router(RC);
+        assert_eq!(
+            r.virtual_host("API.example.com:8080")
+                .unwrap()
+                .name
+                .as_ref(),
+            "exact"
+        );
+        assert_eq!(
+            r.virtual_host("a.example.com").unwrap().name.as_ref(),
+            "suffix"
+        );
+        assert_eq!(
+            r.virtual_host("www.other.org").unwrap().name.as_ref(),
+            "prefix"
+        );
+        assert_eq!(r.virtual_host("other.org").unwrap().name.as_ref(), "any");
+        assert_eq!(r.virtual_host("[::1]:80").unwrap().name.as_ref(), "any");
+    }
+
+    #[test]
+    fn routes_match_headers_query_and_regex_in_order() {
+        let r = router(RC);
+        let h = "api.example.com";
+        assert_eq!(status(&r, h, "/a", &[("x-canary", "1")]), Some(201));
+        assert_eq!(status(&r, h, "/a", &[("x-canary", "2")]), Some(200));
+        assert_eq!(status(&r, h, "/a?x=1&debug", &[]), Some(202));
+        assert_eq!(status(&r, h, "/v2/items", &[]), Some(203));
+        assert_eq!(status(&r, h, "/v2/items/3", &[]), Some(200));
+        assert_eq!(status(&r, "b.example.com", "/x", &[]), Some(204));
+        assert_eq!(status(&r, "b.example.com", "/y", &[]), None);
+    }
+}

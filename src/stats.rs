@@ -1,0 +1,415 @@
+//! Counters and gauges, keyed by listener and cluster name so they survive reloads.
+//!
+//! The request path holds `Arc`s to its listener's and cluster's stats (resolved when the snapshot
+//! is built) and only does relaxed atomic adds: no lock, no lookup per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    /// Subtracts one.
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Counts by status class (1xx..5xx).
+#[derive(Debug, Default)]
+pub struct StatusClasses([Counter; 5]);
+
+impl StatusClasses {
+    /// Counts one response with `status`.
+    #[inline]
+    pub fn record(&self, status: u16) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.0[i].inc();
+    }
+    /// Count for class `1..=5`.
+    pub fn get(&self, class: usize) -> u64 {
+        self.0[class - 1].get()
+    }
+}
+
+/// Per-listener statistics (Envoy's `downstream_*`).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub downstream_cx_total: Counter,
+    /// Connections open now.
+    pub downstream_cx_active: Gauge,
+    /// Requests received.
+    pub downstream_rq_total: Counter,
+    /// Requests in flight.
+    pub downstream_rq_active: Gauge,
+    /// Responses by status class.
+    pub downstream_rq_xx: StatusClasses,
+    /// Requests that matched no route.
+    pub no_route: Counter,
+}
+
+/// Per-cluster statistics (Envoy's `upstream_*`).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Requests sent upstream (or attempted).
+    pub upstream_rq_total: Counter,
+    /// Upstream requests in flight.
+    pub upstream_rq_active: Gauge,
+    /// Upstream responses by status class.
+    pub upstream_rq_xx: StatusClasses,
+    /// Connection attempts that failed or timed out.
+    pub upstream_cx_connect_fail: Counter,
+    /// Requests that hit the route timeout.
+    pub upstream_rq_timeout: Counter,
+    /// Requests reset by the upstream before a response.
+    pub upstream_rq_reset: Counter,
+    /// Requests that found no endpoint to send to.
+    pub upstream_rq_no_healthy: Counter,
+    /// TCP proxy connections opened.
+    pub upstream_cx_total: Counter,
+}
+
+/// Configuration reload outcomes (Envoy's `update_*`).
+#[derive(Debug, Default)]
+pub struct ConfigStats {
+    /// Reloads attempted (changed content, or forced).
+    pub update_attempt: Counter,
+    /// Reloads applied.
+    pub update_success: Counter,
+    /// Reloads refused because the new set was invalid.
+    pub update_rejected: Counter,
+    /// Change notifications whose content was unchanged.
+    pub update_unchanged: Counter,
+    /// Unix time of the last applied configuration.
+    pub last_success_timestamp: Gauge,
+}
+
+/// All statistics of the process.
+#[derive(Debug, Default)]
+pub struct Stats {
+    listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
+    clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    /// Reload counters.
+    pub config: ConfigStats,
+}
+
+impl Stats {
+    /// The stats of listener `name`, created on first use (config load time only).
+    pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
+        let mut m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The stats of cluster `name`, created on first use (config load time only).
+    pub fn cluster(&self, name: &str) -> Arc<ClusterStats> {
+        let mut m = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(name.to_string()).or_default().clone()
+    }
+
+    fn each_listener(&self) -> Vec<(String, Arc<ListenerStats>)> {
+        let m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn each_cluster(&self) -> Vec<(String, Arc<ClusterStats>)> {
+        let m = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every value as `(name, labels, value, kind)`, the one list both output formats are made from.
+    fn samples(&self, version: &str) -> Vec<Sample> {
+        let mut out = Vec::new();
+        let mut push =
+            |name: &'static str, kind: Kind, labels: Vec<(&'static str, String)>, v: i64| {
+                out.push(Sample {
+                    name,
+                    kind,
+                    labels,
+                    value: v,
+                })
+            };
+        for (n, s) in self.each_listener() {
+            let l = || vec![("listener", n.clone())];
+            push(
+                "downstream_cx_total",
+                Kind::Counter,
+                l(),
+                s.downstream_cx_total.get() as i64,
+            );
+            push(
+                "downstream_cx_active",
+                Kind::Gauge,
+                l(),
+                s.downstream_cx_active.get(),
+            );
+            push(
+                "downstream_rq_total",
+                Kind::Counter,
+                l(),
+                s.downstream_rq_total.get() as i64,
+            );
+            push(
+                "downstream_rq_active",
+                Kind::Gauge,
+                l(),
+                s.downstream_rq_active.get(),
+            );
+            for c in 1..=5 {
+                let mut labels = l();
+                labels.push(("class", format!("{c}xx")));
+                push(
+                    "downstream_rq_xx",
+                    Kind::Counter,
+                    labels,
+                    s.downstream_rq_xx.get(c) as i64,
+                );
+            }
+            push("no_route", Kind::Counter, l(), s.no_route.get() as i64);
+        }
+        for (n, s) in self.each_cluster() {
+            let l = || vec![("cluster", n.clone())];
+            push(
+                "upstream_rq_total",
+                Kind::Counter,
+                l(),
+                s.upstream_rq_total.get() as i64,
+            );
+            push(
+                "upstream_rq_active",
+                Kind::Gauge,
+                l(),
+                s.upstream_rq_active.get(),
+            );
+            for c in 1..=5 {
+                let mut labels = l();
+                labels.push(("class", format!("{c}xx")));
+                push(
+                    "upstream_rq_xx",
+                    Kind::Counter,
+                    labels,
+                    s.upstream_rq_xx.get(c) as i64,
+                );
+            }
+            push(
+                "upstream_cx_connect_fail",
+                Kind::Counter,
+                l(),
+                s.upstream_cx_connect_fail.get() as i64,
+            );
+            push(
+                "upstream_rq_timeout",
+                Kind::Counter,
+                l(),
+                s.upstream_rq_timeout.get() as i64,
+            );
+            push(
+                "upstream_rq_reset",
+                Kind::Counter,
+                l(),
+                s.upstream_rq_reset.get() as i64,
+            );
+            push(
+                "upstream_rq_no_healthy",
+                Kind::Counter,
+                l(),
+                s.upstream_rq_no_healthy.get() as i64,
+            );
+            push(
+                "upstream_cx_total",
+                Kind::Counter,
+                l(),
+                s.upstream_cx_total.get() as i64,
+            );
+        }
+        let c = &self.config;
+        push(
+            "config_update_attempt",
+            Kind::Counter,
+            vec![],
+            c.update_attempt.get() as i64,
+        );
+        push(
+            "config_update_success",
+            Kind::Counter,
+            vec![],
+            c.update_success.get() as i64,
+        );
+        push(
+            "config_update_rejected",
+            Kind::Counter,
+            vec![],
+            c.update_rejected.get() as i64,
+        );
+        push(
+            "config_update_unchanged",
+            Kind::Counter,
+            vec![],
+            c.update_unchanged.get() as i64,
+        );
+        push(
+            "config_last_success_timestamp_seconds",
+            Kind::Gauge,
+            vec![],
+            c.last_success_timestamp.get(),
+        );
+        push(
+            "config_version_info",
+            Kind::Gauge,
+            vec![("version", version.to_string())],
+            1,
+        );
+        out
+    }
+
+    /// Prometheus text exposition format 0.0.4, every name prefixed `tern_`.
+    pub fn prometheus(&self, version: &str) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut samples = self.samples(version);
+        // One family's samples must be contiguous, under one TYPE line.
+        samples.sort_by_key(|s| s.name);
+        let mut last = "";
+        for s in &samples {
+            let full = match s.kind {
+                Kind::Counter => format!("tern_{}_total", s.name.trim_end_matches("_total")),
+                Kind::Gauge => format!("tern_{}", s.name),
+            };
+            if s.name != last {
+                let t = match s.kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                };
+                let _ = writeln!(out, "# TYPE {full} {t}");
+                last = s.name;
+            }
+            out.push_str(&full);
+            if !s.labels.is_empty() {
+                out.push('{');
+                for (i, (k, v)) in s.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {}", s.value);
+        }
+        out
+    }
+
+    /// Envoy-style text: `listener.ingress.downstream_rq_total: 10`, optionally filtered by a regex.
+    pub fn text(&self, version: &str, filter: Option<&regex::Regex>) -> String {
+        let mut out = String::new();
+        for s in self.samples(version) {
+            if s.name == "config_version_info" {
+                let line = format!("server.config_version: {version}");
+                if filter.is_none_or(|f| f.is_match(&line)) {
+                    let _ = writeln!(out, "{line}");
+                }
+                continue;
+            }
+            let mut name = String::new();
+            for (k, v) in &s.labels {
+                if *k == "class" {
+                    continue;
+                }
+                let _ = write!(name, "{k}.{v}.");
+            }
+            if s.labels.is_empty() {
+                name.push_str("server.");
+            }
+            name.push_str(s.name);
+            if let Some((_, c)) = s.labels.iter().find(|(k, _)| *k == "class") {
+                name = name.replace("_xx", &format!("_{c}"));
+            }
+            if filter.is_some_and(|f| !f.is_match(&name)) {
+                continue;
+            }
+            let _ = writeln!(out, "{name}: {}", s.value);
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Sample {
+    name: &'static str,
+    kind: Kind,
+    labels: Vec<(&'static str, String)>,
+    value: i64,
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_output_has_types_labels_and_values() {
+        let s = Stats::default();
+        let l = s.listener("ingress");
+        l.downstream_rq_total.inc();
+        l.downstream_rq_xx.record(503);
+        s.cluster("api").upstream_rq_total.inc();
+        let p = s.prometheus("abc");
+        assert!(p.contains("# TYPE tern_downstream_rq_total counter\n"));
+        assert!(p.contains("tern_downstream_rq_total{listener=\"ingress\"} 1\n"));
+        assert!(p.contains("tern_downstream_rq_xx_total{listener=\"ingress\",class=\"5xx\"} 1\n"));
+        assert!(p.contains("tern_upstream_rq_total{cluster=\"api\"} 1\n"));
+        assert!(p.contains("tern_config_version_info{version=\"abc\"} 1\n"));
+        let t = s.text("abc", Some(&regex::Regex::new("downstream.*5xx").unwrap()));
+        assert_eq!(t, "listener.ingress.downstream_rq_5xx: 1\n");
+        s.listener("egress").downstream_rq_total.inc();
+        let p = s.prometheus("abc");
+        assert_eq!(
+            p.matches("# TYPE tern_downstream_rq_total counter").count(),
+            1
+        );
+        assert!(s.text("abc", None).contains("server.config_version: abc\n"));
+    }
+}

@@ -1,0 +1,37 @@
+//! L4 proxying: a downstream TCP connection spliced to one upstream endpoint.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::cluster::{ActiveRequest, Cluster};
+
+/// Connects to an endpoint of `cluster` and copies bytes both ways until both sides close.
+pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
+    let stats = &cluster.stats;
+    stats.upstream_cx_total.inc();
+    let Some(idx) = cluster.pick() else {
+        stats.upstream_rq_no_healthy.inc();
+        return;
+    };
+    let ep = &cluster.endpoints[idx];
+    let connect = TcpStream::connect(&*ep.address);
+    let mut up = match tokio::time::timeout(cluster.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            stats.upstream_cx_connect_fail.inc();
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "tcp connect failed");
+            return;
+        }
+        Err(_) => {
+            stats.upstream_cx_connect_fail.inc();
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "tcp connect timeout");
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let _active = ActiveRequest::start(&cluster, idx);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(cluster = %cluster.name, error = %e, "tcp proxy ended with error");
+    }
+}

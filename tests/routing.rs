@@ -1,0 +1,288 @@
+//! Routing and proxying through a real `tern` process to real backends.
+
+mod common;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Setup {
+    tern: Tern,
+    port: u16,
+    _cfg: ConfigDir,
+    _backends: Vec<Backend>,
+}
+
+async fn setup() -> Setup {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let c = Backend::start("canary").await;
+    let (admin, port, tcp_port) = (free_port(), free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write(
+        "listeners/http.yaml",
+        &format!("{}  - name: tcp\n    address: 127.0.0.1:{tcp_port}\n    tcp_proxy: {{ cluster: canary }}\n", listener_yaml("ingress", port, "main")),
+    );
+    cfg.write(
+        "routes/main.yaml",
+        r#"
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: api
+        domains: ["api.example.com", "*.api.example.com"]
+        routes:
+          - match: { prefix: /v1/, headers: [{ name: x-canary, exact: "1" }] }
+            route: { cluster: canary, prefix_rewrite: / }
+          - match: { prefix: /v1/, query_parameters: [{ name: pin, exact: "b" }] }
+            route: { cluster: only_b, host_rewrite: internal.b }
+          - match: { regex: "/items/[0-9]+" }
+            route: { cluster: canary }
+          - match: { prefix: /v1/ }
+            route: { cluster: ab, prefix_rewrite: /internal/ }
+          - match: { prefix: /slow }
+            route: { cluster: ab, timeout: 200ms }
+          - match: { prefix: /nowhere }
+            route: { cluster: dead }
+          - match: { prefix: /empty }
+            route: { cluster: empty }
+      - name: default
+        domains: ["*"]
+        routes:
+          - match: { path: /healthz }
+            direct_response: { status: 200, body: "ok\n" }
+          - match: { prefix: /old/ }
+            redirect: { prefix_rewrite: /new/, response_code: 308 }
+          - match: { prefix: / }
+            route: { cluster: ab }
+"#,
+    );
+    cfg.write(
+        "clusters.yaml",
+        &format!(
+            r#"
+clusters:
+  - name: ab
+    endpoints: [{{ address: "{a}" }}, {{ address: "{b}", weight: 3 }}]
+  - name: only_b
+    lb_policy: least_request
+    endpoints: [{{ address: "{b}" }}]
+  - name: canary
+    endpoints: [{{ address: "{c}" }}]
+  - name: dead
+    connect_timeout: 500ms
+    endpoints: [{{ address: "127.0.0.1:{dead}" }}]
+  - name: empty
+    endpoints: []
+"#,
+            a = a.addr,
+            b = b.addr,
+            c = c.addr,
+            dead = free_port()
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    Setup {
+        tern,
+        port,
+        _cfg: cfg,
+        _backends: vec![a, b, c],
+    }
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test]
+async fn routes_by_host_path_header_and_query() {
+    let s = setup().await;
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", s.port);
+
+    let r = get(
+        &url("/v1/users?x=1"),
+        &[("host", "api.example.com"), ("x-canary", "1")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let j = json(&r.body);
+    assert_eq!(j["backend"], "canary");
+    assert_eq!(
+        j["uri"], "/users?x=1",
+        "prefix_rewrite keeps the rest and the query"
+    );
+
+    let r = get(
+        &url("/v1/users?pin=b"),
+        &[("host", "eu.api.example.com:8080")],
+    )
+    .await;
+    let j = json(&r.body);
+    assert_eq!(j["backend"], "b");
+    assert_eq!(j["headers"]["host"], "internal.b");
+
+    let r = get(&url("/items/42"), &[("host", "api.example.com")]).await;
+    assert_eq!(json(&r.body)["backend"], "canary");
+
+    let r = get(&url("/v1/x"), &[("host", "api.example.com")]).await;
+    assert_eq!(json(&r.body)["uri"], "/internal/x");
+
+    let r = get(&url("/healthz"), &[("host", "other.example.org")]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+
+    let r = get(&url("/old/a?b=c"), &[("host", "x.org")]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(r.headers["location"], "http://x.org/new/a?b=c");
+}
+
+#[tokio::test]
+async fn proxy_headers_are_set_and_hop_by_hop_removed() {
+    let s = setup().await;
+    let url = format!("http://127.0.0.1:{}/anything", s.port);
+    let r = get(
+        &url,
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("connection", "x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+        ],
+    )
+    .await;
+    let j = json(&r.body);
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(h.get("x-private").is_none(), "{h}");
+    assert!(h.get("keep-alive").is_none(), "{h}");
+    let id = h["x-request-id"].as_str().unwrap();
+    assert_eq!(id.len(), 36);
+    assert_eq!(
+        r.headers["x-request-id"], id,
+        "the id is returned to the client"
+    );
+
+    let r = get(&url, &[("x-request-id", "abc-123")]).await;
+    assert_eq!(json(&r.body)["headers"]["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn local_replies_name_the_cause() {
+    let s = setup().await;
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", s.port);
+    let host = [("host", "api.example.com")];
+    let r = get(&url("/nope"), &host).await;
+    assert_eq!((r.status, r.body.as_str()), (404, "no route\n"));
+    let r = get(&url("/nowhere"), &host).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (503, "upstream connect error\n")
+    );
+    let r = get(&url("/empty"), &host).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "no healthy upstream\n"));
+    let r = get(&url("/slow?ms=3000"), &host).await;
+    assert_eq!((r.status, r.body.as_str()), (504, "upstream timeout\n"));
+    assert_eq!(s.tern.stat("cluster.ab.upstream_rq_timeout").await, 1);
+    assert_eq!(
+        s.tern.stat("cluster.dead.upstream_cx_connect_fail").await,
+        1
+    );
+    assert_eq!(s.tern.stat("listener.ingress.downstream_rq_4xx").await, 1);
+    assert_eq!(s.tern.stat("listener.ingress.downstream_rq_5xx").await, 3);
+}
+
+#[tokio::test]
+async fn weighted_round_robin_spreads_by_weight() {
+    let s = setup().await;
+    let url = format!("http://127.0.0.1:{}/rr", s.port);
+    let mut b = 0;
+    for _ in 0..40 {
+        if get(&url, &[]).await.headers["x-backend"] == "b" {
+            b += 1;
+        }
+    }
+    // Weights 1:3 with a precomputed smooth schedule: exactly 30 of 40.
+    assert_eq!(b, 30);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_downstream() {
+    let s = setup().await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::get(format!("http://127.0.0.1:{}/h2?q=1", s.port))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let j = json(std::str::from_utf8(&body).unwrap());
+    assert_eq!(j["uri"], "/h2?q=1");
+    assert_eq!(j["headers"]["host"], format!("127.0.0.1:{}", s.port));
+}
+
+#[tokio::test]
+async fn streams_50_mb_both_ways() {
+    let s = setup().await;
+    const N: u64 = 50 * 1024 * 1024;
+    // Upload: a streamed body the backend counts.
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+        (0..N / (1024 * 1024)).map(|_| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                vec![7u8; 1024 * 1024],
+            )))
+        }),
+    ));
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let req = http::Request::post(format!("http://127.0.0.1:{}/upload", s.port))
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    use http_body_util::BodyExt;
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(std::str::from_utf8(&got).unwrap(), N.to_string());
+
+    // Download: count frames as they arrive rather than buffering 50 MB.
+    let req = http::Request::get(format!("http://127.0.0.1:{}/download?bytes={N}", s.port))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let mut body = client.request(req).await.unwrap().into_body();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            n += d.len() as u64;
+        }
+    }
+    assert_eq!(n, N);
+}
+
+#[tokio::test]
+async fn tcp_listener_forwards_bytes() {
+    let s = setup().await;
+    let cfg = s.tern.config_dump().await;
+    let tcp = cfg["config"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "tcp")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sock = tokio::net::TcpStream::connect(&tcp).await.unwrap();
+    sock.write_all(b"GET /raw HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-backend: canary"), "{out}");
+}
