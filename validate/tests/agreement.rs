@@ -1,8 +1,11 @@
-//! Property: whatever `tern-validate` accepts, the proxy's loader loads, and the other way round.
+//! Property: whatever `tern-validate` accepts, the proxy's loader loads and `tern --check` (which
+//! also builds the proxy's runtime snapshot) accepts, and the other way round.
 //!
 //! Configurations are generated from small pools of names, ports and values (so duplicates,
 //! dangling references, address conflicts and bad values occur often), spread over several files,
 //! and then optionally damaged as text (a deleted line, a stray character).
+
+mod common;
 
 use std::fs;
 use std::process::Command;
@@ -225,6 +228,9 @@ proptest! {
             doc["diagnostics"].as_array().unwrap().len(),
             report.diagnostics.len()
         );
+        let check = common::tern_check(dir.path());
+        prop_assert!(check == 0 || check == 1, "tern --check exit {check}");
+        prop_assert_eq!(check == 0, code == 0, "tern --check and tern-validate disagree");
         // Loading is deterministic: a second run gives the same verdict.
         prop_assert_eq!(tern::config::load(dir.path()).config.is_some(), report.config.is_some());
     }

@@ -4,6 +4,8 @@
 //! status and every diagnostic (code, severity, file relative to the fixture, line, column, help,
 //! related places). The loader ignores `expect.json` because it only reads `*.yaml`/`*.yml`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -159,7 +161,7 @@ fn every_code_has_a_fixture_and_a_documented_section() {
 }
 
 #[test]
-fn validator_exit_status_agrees_with_the_loader_on_fixtures_and_examples() {
+fn validator_loader_and_tern_check_agree_on_fixtures_and_examples() {
     let mut dirs: Vec<PathBuf> = fixtures().iter().map(|n| fixtures_dir().join(n)).collect();
     for e in fs::read_dir(manifest_dir().join("../config-examples")).unwrap() {
         dirs.push(e.unwrap().path());
@@ -171,6 +173,12 @@ fn validator_exit_status_agrees_with_the_loader_on_fixtures_and_examples() {
             out.status.code() == Some(0),
             loads,
             "{}: validator and loader disagree",
+            d.display()
+        );
+        assert_eq!(
+            common::tern_check(&d) == 0,
+            loads,
+            "{}: `tern --check` and the loader disagree",
             d.display()
         );
     }
