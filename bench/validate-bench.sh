@@ -13,11 +13,15 @@ bin="$root/target/release/tern-validate"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 python3 "$root/bench/validate-gen.py" "$dir/config" "$files" "$per_file"
-echo "config: $(find "$dir/config" -name '*.yaml' | wc -l) files, $(grep -c -- '- match:\|^          - name: r' -r "$dir/config" | awk -F: '{s+=$2} END {print s}') routes, $(grep -c -- '^  - name: svc-' -r "$dir/config" | awk -F: '{s+=$2} END {print s}') clusters"
+routes=$(grep -rhE -- '^          - (match|name: r)' "$dir/config" | wc -l)
+clusters=$(grep -rhE -- '^  - name: svc-' "$dir/config" | wc -l)
+echo "config: $(find "$dir/config" -name '*.yaml' | wc -l) files, $routes routes, $clusters clusters, $(du -sh "$dir/config" | cut -f1)"
 "$bin" --format json "$dir/config" > "$dir/out.json" || { echo "generated config is not valid:"; head -40 "$dir/out.json"; exit 1; }
 for i in $(seq "$runs"); do
   /usr/bin/time -v "$bin" "$dir/config" > /dev/null 2> "$dir/time.txt"
   wall=$(grep 'Elapsed (wall clock)' "$dir/time.txt" | awk '{print $NF}')
   rss=$(grep 'Maximum resident set size' "$dir/time.txt" | awk '{print $NF}')
-  echo "run $i: wall ${wall} (m:ss), peak RSS ${rss} KiB"
+  user=$(grep 'User time' "$dir/time.txt" | awk '{print $NF}')
+  sys=$(grep 'System time' "$dir/time.txt" | awk '{print $NF}')
+  echo "run $i: wall ${wall} (m:ss), user ${user}s, sys ${sys}s, peak RSS ${rss} KiB"
 done

@@ -543,6 +543,11 @@ impl Checker<'_> {
                 }
             }
         }
+        // Suggestions compare a name with every defined name; with thousands of dangling
+        // references (a renamed cluster) that dominates, so each distinct name is looked up once,
+        // and only the first few distinct names get a suggestion.
+        const MAX_SUGGESTED: usize = 100;
+        let mut suggested: HashMap<(&str, &str), Option<&str>> = HashMap::new();
         for (file, name, what, known) in missing {
             if maybe_defined.contains(name.as_str()) {
                 continue;
@@ -553,13 +558,23 @@ impl Checker<'_> {
                 name.pos,
                 format!("{what} `{}` is not defined in any file", name.value),
             );
-            let best = known
-                .copied()
-                .chain(maybe_defined.iter().map(String::as_str))
-                .map(|k| (strsim::jaro_winkler(k, name), k))
-                .filter(|(s, _)| *s > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some((_, k)) = best {
+            let key = (what, name.as_str());
+            let best = match suggested.get(&key) {
+                Some(b) => *b,
+                None if suggested.len() < MAX_SUGGESTED => {
+                    let b = known
+                        .copied()
+                        .chain(maybe_defined.iter().map(String::as_str))
+                        .map(|k| (strsim::jaro_winkler(k, name), k))
+                        .filter(|(s, _)| *s > 0.8)
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .map(|(_, k)| k);
+                    suggested.insert(key, b);
+                    b
+                }
+                None => None,
+            };
+            if let Some(k) = best {
                 d = d.with_help(format!("did you mean `{k}`?"));
             }
             self.diags.push(d);
