@@ -37,7 +37,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
             }
             Err(e) => {
                 maybe_defined.extend(names_in_text(&f.text));
-                diags.push(yaml_error(&f.path, &e));
+                diags.push(yaml_error(&f.path, &f.text, &e));
             }
         }
     }
@@ -149,7 +149,7 @@ fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
 }
 
 /// Turns a serde-saphyr error into a diagnostic with a stable code and, for typos, a suggestion.
-fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
+fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let pos = e
         .location()
         .map(|l| Pos {
@@ -189,7 +189,10 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         Some(i) => msg[..i].to_string(),
         None => msg,
     };
-    let msg = plain_message(msg);
+    let (code, msg) = match inner {
+        E::InvalidScalar { ty, .. } => scalar_message(ty, scalar_at(text, pos)),
+        _ => (code, plain_message(msg)),
+    };
     let mut d = Diagnostic::error(code, file, pos, msg.clone());
     if let Some(s) = suggestion(&msg) {
         d = d.with_help(format!("did you mean `{s}`?"));
@@ -199,6 +202,50 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         );
     }
     d
+}
+
+/// The plain scalar written at `pos` (up to a flow separator, comment or end of line).
+fn scalar_at(text: &str, pos: Pos) -> &str {
+    let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
+        return "";
+    };
+    let start = line
+        .char_indices()
+        .nth(pos.column.saturating_sub(1) as usize)
+        .map_or(line.len(), |(i, _)| i);
+    let rest = &line[start..];
+    let end = rest.find([',', '}', ']', '#']).unwrap_or(rest.len());
+    rest[..end].trim()
+}
+
+/// A scalar that does not fit the field's type: a number out of range is a bad value (E004),
+/// anything else is the wrong type (E003).
+fn scalar_message(ty: &str, written: &str) -> (&'static str, String) {
+    let expected = match ty {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number from 0",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        other => other,
+    };
+    let is_number = written
+        .trim_start_matches(['-', '+'])
+        .parse::<u128>()
+        .is_ok();
+    if is_number {
+        (
+            codes::BAD_VALUE,
+            format!("{written} is out of range: expected {expected}"),
+        )
+    } else {
+        (
+            codes::WRONG_TYPE,
+            format!("expected {expected}, found `{written}`"),
+        )
+    }
 }
 
 /// Rewords serde-saphyr messages that speak of parser events or Rust types in YAML terms.
@@ -549,7 +596,8 @@ impl Checker<'_> {
         const MAX_SUGGESTED: usize = 100;
         let mut suggested: HashMap<(&str, &str), Option<&str>> = HashMap::new();
         for (file, name, what, known) in missing {
-            if maybe_defined.contains(name.as_str()) {
+            // An empty name is already reported as a bad value.
+            if name.trim().is_empty() || maybe_defined.contains(name.as_str()) {
                 continue;
             }
             let mut d = Diagnostic::error(

@@ -139,11 +139,12 @@ fn main() -> ExitCode {
             if let Some(cfg) = &o.report.config {
                 match serde_saphyr::to_string(cfg) {
                     Ok(yaml) => {
-                        if outcomes.len() > 1 {
-                            let _ = writeln!(stdout, "# {}", o.path.display());
-                        }
+                        // Several PATHs become several YAML documents, each named by a comment.
                         if i > 0 {
                             let _ = writeln!(stdout, "---");
+                        }
+                        if outcomes.len() > 1 {
+                            let _ = writeln!(stdout, "# {}", o.path.display());
                         }
                         let _ = stdout.write_all(yaml.as_bytes());
                     }

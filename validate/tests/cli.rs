@@ -464,3 +464,38 @@ fn docs_examples_match_the_binary() {
     }
     assert!(checked >= 15, "only {checked} examples found");
 }
+
+#[test]
+fn color_only_when_asked_or_on_a_terminal() {
+    let dir = fixtures_dir();
+    let colored = run_in(&dir, &["--color", "always", "E004-regex"]);
+    assert!(String::from_utf8_lossy(&colored.stdout).contains("\u{1b}["));
+    // `auto` with stdout captured (not a terminal) stays plain even without NO_COLOR.
+    let out = Command::new(BIN)
+        .arg("E004-regex")
+        .current_dir(&dir)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\u{1b}'));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn print_effective_with_several_paths_prints_one_document_each() {
+    let out = run_in(
+        &manifest_dir().join(".."),
+        &[
+            "--print-effective",
+            "config-examples/quickstart",
+            "validate/tests/fixtures/valid-split",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs = serde_saphyr::from_multiple::<Value>(&yaml).expect("a YAML stream");
+    assert_eq!(docs.len(), 2, "{yaml}");
+    assert_eq!(docs[0]["clusters"][0]["name"], "api");
+    assert_eq!(docs[1]["listeners"].as_array().unwrap().len(), 2);
+    assert!(yaml.starts_with("# config-examples/quickstart\n"), "{yaml}");
+}
