@@ -37,7 +37,19 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
             }
             Err(e) => {
                 maybe_defined.extend(names_in_text(&f.text));
-                diags.push(yaml_error(&f.path, &f.text, &e));
+                let first = yaml_error(&f.path, &f.text, &e);
+                // serde stops at the first error of a file; parsing each list item on its own
+                // finds the others, and the items that do parse still take part in the checks.
+                if let Some((partial, errors)) = recover(&f.text) {
+                    for e in errors {
+                        let d = yaml_error(&f.path, &f.text, &e);
+                        if (d.line, d.column, d.code) != (first.line, first.column, first.code) {
+                            diags.push(d);
+                        }
+                    }
+                    fragments.push((i, partial));
+                }
+                diags.push(first);
             }
         }
     }
@@ -122,6 +134,82 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     }
 }
 
+/// The top level of a file with every item left unparsed, to find where each item is.
+#[derive(serde::Deserialize)]
+struct Outline {
+    #[serde(default)]
+    admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    route_configs: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    clusters: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+}
+
+/// After a file failed to parse: parses each item on its own. Returns the items that parse and
+/// the errors of the others, or `None` when the file is not even well-formed YAML.
+fn recover(text: &str) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
+    let outline: Outline = serde_saphyr::from_str(text).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut errors = Vec::new();
+    let mut frag = Fragment::default();
+    fn each<T: serde::de::DeserializeOwned>(
+        items: &[serde_saphyr::Spanned<serde::de::IgnoredAny>],
+        lines: &[&str],
+        errors: &mut Vec<serde_saphyr::Error>,
+    ) -> Vec<Spanned<T>> {
+        let mut ok = Vec::new();
+        for item in items {
+            let at = &item.referenced;
+            match serde_saphyr::from_str::<Spanned<T>>(&item_text(lines, at.line(), at.column())) {
+                Ok(v) => ok.push(v),
+                // An alias to an anchor in another item cannot resolve in the item alone: that
+                // is not a problem of the configuration, so the item is just left out.
+                Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        ok
+    }
+    if let Some(a) = &outline.admin {
+        let mut v = each::<Admin>(std::slice::from_ref(a), &lines, &mut errors);
+        frag.admin = v.pop();
+    }
+    frag.listeners = each(&outline.listeners, &lines, &mut errors);
+    frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
+    frag.clusters = each(&outline.clusters, &lines, &mut errors);
+    Some((frag, errors))
+}
+
+/// The text of the node starting at `line:column`, padded with empty lines and spaces so that
+/// parsing it alone reports the same positions as in the whole file. The node ends before the
+/// first non-blank line indented less than its own column.
+fn item_text(lines: &[&str], line: u64, column: u64) -> String {
+    let (line, col) = (line.max(1) as usize, column.max(1) as usize);
+    let mut out = "\n".repeat(line - 1);
+    let Some(first) = lines.get(line - 1) else {
+        return out;
+    };
+    let start = first
+        .char_indices()
+        .nth(col - 1)
+        .map_or(first.len(), |(i, _)| i);
+    out.push_str(&" ".repeat(col - 1));
+    out.push_str(&first[start..]);
+    out.push('\n');
+    for l in &lines[line..] {
+        let t = l.trim_start();
+        let indent = l.len() - t.len();
+        if !t.is_empty() && !t.starts_with('#') && indent < col - 1 {
+            break;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
 /// Below this much YAML, parsing on one thread is faster than starting others.
 const PARALLEL_PARSE_BYTES: usize = 256 * 1024;
 
@@ -163,12 +251,7 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
         None => full,
     };
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
-    let mut inner = e;
-    while let serde_saphyr::Error::WithSnippet { error, .. }
-    | serde_saphyr::Error::AliasError { error, .. } = inner
-    {
-        inner = error;
-    }
+    let inner = innermost(e);
     use serde_saphyr::Error as E;
     let code = match inner {
         E::SerdeUnknownField { .. } => codes::UNKNOWN_FIELD,
@@ -246,6 +329,17 @@ fn scalar_message(ty: &str, written: &str) -> (&'static str, String) {
             format!("expected {expected}, found `{written}`"),
         )
     }
+}
+
+/// The error itself, without the wrappers that add a snippet or an alias location.
+fn innermost(e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    let mut inner = e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    inner
 }
 
 /// Rewords serde-saphyr messages that speak of parser events or Rust types in YAML terms.
