@@ -808,6 +808,33 @@ mod tests {
     }
 
     #[test]
+    fn items_are_cut_out_with_their_positions() {
+        let text = "clusters:\n  - name: a\n    endpoints: []\n\n    # c\n  - { name: b }\nlisteners: []\n";
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            item_text(&lines, 2, 5),
+            "\n    name: a\n    endpoints: []\n\n    # c\n"
+        );
+        assert_eq!(item_text(&lines, 6, 5), "\n\n\n\n\n    { name: b }\n");
+    }
+
+    #[test]
+    fn recovery_reports_each_bad_item_and_keeps_good_ones() {
+        let text =
+            "clusters:\n  - name: a\n    x: 1\n  - name: b\n  - name: c\n    connect_timeout: 5\n";
+        let (frag, errors) = recover(text).unwrap();
+        assert_eq!(frag.clusters.len(), 1);
+        assert_eq!(frag.clusters[0].name.as_str(), "b");
+        assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 5 });
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .collect();
+        assert_eq!(at, vec![Some((3, 5)), Some((6, 22))]);
+        assert!(recover("clusters: [ { name: a\n").is_none());
+    }
+
+    #[test]
     fn names_found_in_broken_text() {
         let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");
         assert!(n.contains("api") && n.contains("web"));
