@@ -499,3 +499,32 @@ fn print_effective_with_several_paths_prints_one_document_each() {
     assert_eq!(docs[1]["listeners"].as_array().unwrap().len(), 2);
     assert!(yaml.starts_with("# config-examples/quickstart\n"), "{yaml}");
 }
+
+#[test]
+fn json_output_of_every_fixture_matches_the_documented_schema() {
+    let docs = fs::read_to_string(manifest_dir().join("../docs/validate.md")).unwrap();
+    let start = docs
+        .find("<!-- output-schema -->\n```json\n")
+        .expect("schema in docs")
+        + "<!-- output-schema -->\n```json\n".len();
+    let end = start + docs[start..].find("```").unwrap();
+    let schema: Value = serde_json::from_str(&docs[start..end]).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let mut names = fixtures();
+    names.push("does-not-exist".into());
+    for name in names {
+        let doc = json_of(&run_in(&fixtures_dir(), &["--format", "json", &name]));
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+    }
+    // The schema is strict enough to notice a missing field.
+    let mut doc = json_of(&run_in(
+        &fixtures_dir(),
+        &["--format", "json", "E004-regex"],
+    ));
+    doc["diagnostics"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("help");
+    assert!(!validator.is_valid(&doc));
+}
