@@ -1,37 +1,32 @@
-//! Upstream clusters: endpoints, their balancer, and the connection pool.
+//! Upstream clusters: endpoints, their balancer, and their connection pools.
 //!
 //! A cluster whose configuration did not change is carried into the next snapshot as the same
-//! `Arc` (pool, balancer position and active counts intact). A changed cluster keeps its pool
-//! when the connect timeout is unchanged: the pool is keyed by endpoint address, so connections
-//! to endpoints that are still configured stay warm.
+//! `Arc` (pools, balancer position and active counts intact). A changed cluster keeps the pools of
+//! the endpoints that are still configured (pools are per endpoint address), so connections to
+//! unchanged endpoints stay warm.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::Authority;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 use crate::config;
 use crate::lb::Balancer;
+use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
 
 /// Default cluster connect timeout (Envoy's).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The HTTP/1.1 client with its keep-alive pool.
-pub type HttpClient = Client<HttpConnector, Incoming>;
 
 /// One upstream endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
     /// `host:port` as configured.
     pub address: Arc<str>,
-    /// The same, parsed for building request URIs.
-    pub authority: Authority,
+    /// The address when it is an IP literal (no DNS lookup per connect).
+    pub resolved: Option<SocketAddr>,
+    /// Keep-alive connections to this endpoint.
+    pub pool: Arc<Pool>,
     /// Relative weight.
     pub weight: u32,
     /// Requests in flight to this endpoint.
@@ -46,8 +41,6 @@ pub struct Cluster {
     /// Endpoints in configuration order.
     pub endpoints: Box<[Endpoint]>,
     lb: Balancer,
-    /// Pooled HTTP/1.1 client.
-    pub client: HttpClient,
     /// Time allowed to connect.
     pub connect_timeout: Duration,
     /// Statistics (shared with earlier and later versions of this cluster).
@@ -80,19 +73,16 @@ impl Cluster {
             .as_ref()
             .map(|d| d.0)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let client = match prev {
-            Some(p) if p.connect_timeout == connect_timeout => p.client.clone(),
-            _ => new_client(connect_timeout),
-        };
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
-            let authority: Authority = e
-                .address
-                .parse()
-                .map_err(|err| format!("endpoint {:?}: {err}", e.address.value))?;
+            let pool = prev
+                .and_then(|p| p.endpoints.iter().find(|o| *o.address == *e.address.value))
+                .map(|o| o.pool.clone())
+                .unwrap_or_default();
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
-                authority,
+                resolved: e.address.parse().ok(),
+                pool,
                 weight: e.weight,
                 active: AtomicU64::new(0),
             });
@@ -103,7 +93,6 @@ impl Cluster {
             spec: spec.clone(),
             lb: Balancer::new(spec.lb_policy, &weights),
             endpoints: endpoints.into_boxed_slice(),
-            client,
             connect_timeout,
             stats: stats.cluster(&spec.name),
         }))
@@ -115,17 +104,6 @@ impl Cluster {
         let eps = &self.endpoints;
         self.lb.pick(|i| eps[i].active.load(Relaxed))
     }
-}
-
-fn new_client(connect_timeout: Duration) -> HttpClient {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(connect_timeout));
-    conn.set_nodelay(true);
-    conn.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(conn)
 }
 
 /// Decrements an endpoint's (and its cluster's) in-flight count when dropped.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod headers;
 pub mod lb;
 pub mod listener;
+pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod server;

@@ -10,13 +10,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, LOCATION};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::cluster::ActiveRequest;
 use crate::headers;
+use crate::pool::{Lease, SendError};
 use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::ListenerKind;
@@ -183,11 +184,8 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut up = http::uri::Parts::default();
-    up.scheme = Some(Scheme::HTTP);
-    up.authority = Some(ep.authority.clone());
-    up.path_and_query = Some(pq);
-    parts.uri = Uri::from_parts(up).map_err(|_| LocalReply::NoRoute)?;
+    // Origin-form request target: the upstream gets `GET /path?q HTTP/1.1` plus Host.
+    parts.uri = Uri::from(pq);
     headers::strip_hop_by_hop(&mut parts.headers);
     match &fwd.host_rewrite {
         Some(h) => {
@@ -206,7 +204,12 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, body);
 
     let active = ActiveRequest::start(cluster, idx);
-    let call = cluster.client.request(upstream_req);
+    let call = ep.pool.send(
+        &ep.address,
+        ep.resolved,
+        cluster.connect_timeout,
+        upstream_req,
+    );
     let result = match fwd.timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
@@ -218,7 +221,7 @@ async fn forward(
         None => call.await,
     };
     match result {
-        Ok(resp) => {
+        Ok((resp, lease)) => {
             cs.upstream_rq_xx.record(resp.status().as_u16());
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
@@ -226,16 +229,17 @@ async fn forward(
                 parts,
                 Either::Left(Upstream {
                     inner: body,
+                    lease: Some(lease),
                     _active: active,
                 }),
             ))
         }
-        Err(e) if e.is_connect() => {
+        Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream connect error");
             Err(LocalReply::ConnectFailure)
         }
-        Err(e) => {
+        Err(SendError::Reset(e)) => {
             cs.upstream_rq_reset.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream reset");
             Err(LocalReply::UpstreamReset)
@@ -244,11 +248,24 @@ async fn forward(
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream response body that keeps its endpoint counted as busy until it ends.
-    pub struct Upstream<B> {
+    /// An upstream response body that keeps its endpoint counted as busy until it ends, and
+    /// returns its connection to the pool if it was read to the end.
+    pub struct Upstream<B: Body> {
         #[pin]
         inner: B,
+        lease: Option<Lease>,
         _active: ActiveRequest,
+    }
+
+    impl<B: Body> PinnedDrop for Upstream<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.inner.is_end_stream() {
+                if let Some(lease) = this.lease.take() {
+                    lease.release();
+                }
+            }
+        }
     }
 }
 

@@ -287,28 +287,39 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// Every response carries `x-backend: <name>`.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
+        Self::start_with(name, true).await
+    }
+
+    /// `keep_alive: false`: the backend closes every connection after one response.
+    pub async fn start_with(name: &str, keep_alive: bool) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle_backend(name, req));
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
             }
         });
-        Backend { addr, task }
+        Backend { addr, conns, task }
     }
 }
 

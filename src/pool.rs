@@ -1,0 +1,142 @@
+//! Per-endpoint pools of keep-alive HTTP/1.1 upstream connections.
+//!
+//! One pool per endpoint address (carried across reloads by address), a plain vector of idle
+//! senders behind an uncontended mutex: no hashing or lookup per request. A connection goes back to
+//! the pool only once its response body was read to the end; anything else closes it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// At most this many idle connections are kept per endpoint.
+const MAX_IDLE: usize = 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// TCP connect failed or timed out.
+    Connect(String),
+    /// The connection failed after it was established, before response headers.
+    Reset(hyper::Error),
+}
+
+/// Idle connections to one endpoint.
+#[derive(Debug, Default)]
+pub struct Pool {
+    idle: Mutex<Vec<(SendRequest<Incoming>, Instant)>>,
+}
+
+/// A connection in use; returns itself to its pool via [`Lease::release`].
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    tx: SendRequest<Incoming>,
+}
+
+impl Lease {
+    /// Puts the connection back for reuse (call only when the response was fully read).
+    pub fn release(self) {
+        if self.tx.is_closed() {
+            return;
+        }
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= MAX_IDLE {
+            idle.retain(|(tx, _)| !tx.is_closed());
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push((self.tx, Instant::now()));
+        }
+    }
+}
+
+impl Pool {
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Most recently used first: it is the least likely to have been closed by the upstream.
+        while let Some((tx, since)) = idle.pop() {
+            if !tx.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(tx);
+            }
+        }
+        None
+    }
+
+    /// Number of idle connections (for tests and admin).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// Sends `req` on a pooled connection, or a new one to `addr` (resolved if it is a DNS name).
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: &str,
+        resolved: Option<SocketAddr>,
+        connect_timeout: Duration,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        // Reused connections may have been closed by the upstream while idle; a request that was
+        // not written yet is moved to the next connection instead of failing.
+        while let Some(mut tx) = self.take() {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, self.lease(tx))),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(SendError::Reset(e.into_error())),
+                },
+            }
+        }
+        let mut tx = self.connect(addr, resolved, connect_timeout).await?;
+        match tx.send_request(req).await {
+            Ok(resp) => Ok((resp, self.lease(tx))),
+            Err(e) => Err(SendError::Reset(e)),
+        }
+    }
+
+    fn lease(self: &Arc<Self>, tx: SendRequest<Incoming>) -> Lease {
+        Lease {
+            pool: self.clone(),
+            tx,
+        }
+    }
+
+    async fn connect(
+        &self,
+        addr: &str,
+        resolved: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<SendRequest<Incoming>, SendError> {
+        let connect = async {
+            match resolved {
+                Some(sa) => TcpStream::connect(sa).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
+            Err(_) => return Err(SendError::Connect(format!("timed out after {timeout:?}"))),
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(tx)
+    }
+}
