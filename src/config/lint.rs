@@ -167,7 +167,11 @@ impl<'a> Earlier<'a> {
         }
         if let Some(r) = &m.regex {
             consider(self.regexes.get(r.as_str()));
-            consider(self.prefixes.get("/"));
+            let lit = literal_prefix(r.as_str());
+            for (i, _) in lit.char_indices().skip(1) {
+                consider(self.prefixes.get(&lit[..i]));
+            }
+            consider(self.prefixes.get(lit));
         }
         if !m.headers.is_empty() || !m.query_parameters.is_empty() {
             for c in &self.with_matchers {
@@ -224,9 +228,9 @@ fn describe(m: &RouteMatch) -> String {
 
 /// True when every request matching `b` also matches `a`.
 ///
-/// Conservative: only certain cases are reported (a prefix covering a prefix, path or regex-free
-/// catch-all; equal paths; a regex matching a literal path), with `a`'s header and query
-/// conditions all present in `b`.
+/// Conservative: only certain cases are reported (a prefix covering a prefix, a path, or the
+/// literal start of a regex; equal paths; equal regexes; a regex matching a literal path), with
+/// `a`'s header and query conditions all present in `b`.
 fn shadows(a: &RouteMatch, b: &RouteMatch) -> bool {
     let subset = |x: &[Spanned<_>], y: &[Spanned<_>]| x.iter().all(|c| y.contains(c));
     if !subset(&a.headers, &b.headers) || !subset(&a.query_parameters, &b.query_parameters) {
@@ -236,8 +240,11 @@ fn shadows(a: &RouteMatch, b: &RouteMatch) -> bool {
         if let Some(pb) = b.prefix.as_ref().or(b.path.as_ref()) {
             return pb.starts_with(pa.as_str());
         }
-        // Request paths always start with `/`, so `prefix: /` also covers every regex route.
-        return b.regex.is_some() && pa.as_str() == "/";
+        // A regex whose every match starts with the prefix (by its literal start) is covered.
+        return b
+            .regex
+            .as_ref()
+            .is_some_and(|rb| literal_prefix(rb.as_str()).starts_with(pa.as_str()));
     }
     if let Some(pa) = &a.path {
         return b.path.as_ref().is_some_and(|pb| pb.value == pa.value);
@@ -280,6 +287,7 @@ mod tests {
             "regex: /a[b-c]+",
             "regex: /ab?",
             "regex: \"/x|/ab\"",
+            "regex: /abc[0-9]",
             "prefix: /a\nheaders: [{ name: h, present: true }]",
             "path: /ab\nheaders: [{ name: h, present: true }]",
             "prefix: /\nquery_parameters: [{ name: q, exact: \"1\" }]",
@@ -313,6 +321,10 @@ mod tests {
         assert!(shadows(&all, &m("prefix: /api")));
         assert!(shadows(&all, &m("path: /x")));
         assert!(shadows(&all, &m("regex: /v[0-9]+")));
+        assert!(shadows(&m("prefix: /api/"), &m("regex: /api/v[0-9]+")));
+        assert!(!shadows(&m("prefix: /api/"), &m("regex: /ap[i]/v1")));
+        // `OPTIONS *` has the path `*`: a regex that may match it is not covered by `/`.
+        assert!(!shadows(&all, &m("regex: \"[*]|/x\"")));
         assert!(shadows(&m("prefix: /api"), &m("path: /api/x")));
         assert!(!shadows(&m("prefix: /api"), &m("prefix: /ap")));
         assert!(shadows(&m("path: /a"), &m("path: /a")));
