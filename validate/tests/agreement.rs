@@ -261,3 +261,100 @@ fn generator_produces_both_valid_and_invalid_configurations() {
         "valid {valid}, invalid {invalid}"
     );
 }
+
+/// Every configuration directory the repository ships that loads: valid fixtures and examples.
+fn valid_dirs() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = Vec::new();
+    for base in [root.join("tests/fixtures"), root.join("../config-examples")] {
+        for e in fs::read_dir(base).unwrap() {
+            let p = e.unwrap().path();
+            if tern::config::load(&p).config.is_some() {
+                dirs.push(p);
+            }
+        }
+    }
+    dirs.sort();
+    dirs
+}
+
+/// Copies the YAML files of `from` (recursively) into `to`, returning their relative paths.
+fn copy_yaml(from: &std::path::Path, to: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![from.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")) {
+                let rel = p.strip_prefix(from).unwrap().to_path_buf();
+                fs::create_dir_all(to.join(&rel).parent().unwrap()).unwrap();
+                fs::copy(&p, to.join(&rel)).unwrap();
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Characters that matter to YAML and to the configuration's values.
+const NOISE: &[&str] = &[
+    ":", "-", "[", "]", "{", "}", "\"", "'", " ", "\n", "#", "&a", "*a", "0", "/", "x",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The shipped configurations, damaged as text in one place: the validator, the loader and
+    /// `tern --check` still agree, and nothing crashes.
+    #[test]
+    fn mutated_fixtures_and_examples_get_the_same_verdict_everywhere(
+        dir_seed in any::<usize>(),
+        file_seed in any::<usize>(),
+        at_seed in any::<usize>(),
+        len in 0usize..6,
+        noise in prop::sample::select(NOISE),
+        kind in 0usize..4,
+    ) {
+        let dirs = valid_dirs();
+        let src = &dirs[dir_seed % dirs.len()];
+        let tmp = tempfile::tempdir().unwrap();
+        let files = copy_yaml(src, tmp.path());
+        let file = tmp.path().join(&files[file_seed % files.len()]);
+        let text = fs::read_to_string(&file).unwrap();
+        let mut at = at_seed % (text.len() + 1);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let mut end = (at + len).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mutated = match kind {
+            0 => format!("{}{}", &text[..at], &text[end..]),
+            1 => format!("{}{noise}{}", &text[..at], &text[at..]),
+            2 => format!("{}{noise}{}", &text[..at], &text[end..]),
+            _ => {
+                // Duplicate the line containing `at`.
+                let start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                let stop = text[at..].find('\n').map_or(text.len(), |i| at + i + 1);
+                format!("{}{}", &text[..stop], &text[start..])
+            }
+        };
+        fs::write(&file, &mutated).unwrap();
+
+        let loads = tern::config::load(tmp.path()).config.is_some();
+        let out = Command::new(BIN).arg(tmp.path()).env("NO_COLOR", "1").output().unwrap();
+        let code = out.status.code().unwrap();
+        prop_assert!(code == 0 || code == 1, "exit {code}: {}", String::from_utf8_lossy(&out.stderr));
+        prop_assert_eq!(code == 0, loads, "validator and loader disagree on:\n{}", mutated);
+        let check = common::tern_check(tmp.path());
+        prop_assert_eq!(check == 0, loads, "tern --check and loader disagree on:\n{}", mutated);
+    }
+}
