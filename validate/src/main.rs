@@ -58,6 +58,8 @@ enum Format {
     Json,
     /// GitHub Actions workflow commands (`::error file=...`), shown inline on pull requests.
     Github,
+    /// GitLab Code Quality report (Code Climate JSON), shown in merge requests.
+    Gitlab,
 }
 
 /// When to use ANSI colors.
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
         Format::Human => render::human(&mut out, &outcomes, color, valid),
         Format::Json => render::json(&mut out, &outcomes, cli.strict, valid),
         Format::Github => render::github(&mut out, &outcomes, cli.strict),
+        Format::Gitlab => render::gitlab(&mut out, &outcomes, cli.strict),
     };
     let _ = written.and_then(|_| out.flush());
     drop(out);

@@ -309,6 +309,73 @@ pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Re
     writeln!(out, "tern-validate: {errors} errors, {warnings} warnings")
 }
 
+/// One issue of a GitLab Code Quality report.
+#[derive(Serialize)]
+struct CodeQualityIssue {
+    description: String,
+    check_name: &'static str,
+    fingerprint: String,
+    severity: &'static str,
+    location: CodeQualityLocation,
+}
+
+#[derive(Serialize)]
+struct CodeQualityLocation {
+    path: String,
+    lines: CodeQualityLines,
+}
+
+#[derive(Serialize)]
+struct CodeQualityLines {
+    begin: u32,
+}
+
+/// FNV-1a: a fingerprint that stays the same across runs and builds, so GitLab can tell which
+/// issues a merge request adds or fixes.
+fn fingerprint(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Writes a GitLab Code Quality report: a JSON array of issues (`artifacts:reports:codequality`).
+pub fn gitlab(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Result<()> {
+    let issues: Vec<CodeQualityIssue> = outcomes
+        .iter()
+        .flat_map(|o| &o.report.diagnostics)
+        .map(|d| {
+            let path = d.file.to_string_lossy().into_owned();
+            let mut description = format!("{}: {}", d.code, d.message);
+            if let Some(h) = &d.help {
+                description.push_str(&format!(" (help: {h})"));
+            }
+            CodeQualityIssue {
+                fingerprint: fingerprint(&[d.code, &path, &d.message, &d.line.to_string()]),
+                check_name: d.code,
+                severity: match d.severity {
+                    Severity::Error => "major",
+                    Severity::Warning if strict => "major",
+                    Severity::Warning => "minor",
+                },
+                location: CodeQualityLocation {
+                    path,
+                    lines: CodeQualityLines {
+                        begin: d.line.max(1),
+                    },
+                },
+                description,
+            }
+        })
+        .collect();
+    serde_json::to_writer_pretty(&mut *out, &issues).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +394,19 @@ mod tests {
             &l[token_span(l, 12)],
             "{ prefix: /, headers: [{ name: a }] }"
         );
+    }
+
+    #[test]
+    fn fingerprints_are_stable() {
+        assert_eq!(
+            fingerprint(&["E006", "a.yaml"]),
+            fingerprint(&["E006", "a.yaml"])
+        );
+        assert_ne!(
+            fingerprint(&["E006", "a.yaml"]),
+            fingerprint(&["E006a", ".yaml"])
+        );
+        assert_eq!(fingerprint(&[]), "cbf29ce484222325");
     }
 
     #[test]

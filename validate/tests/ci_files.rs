@@ -70,6 +70,13 @@ fn gitlab_pipeline_validates_merge_requests_and_publishes_default_branch() {
         .as_str()
         .unwrap()
         .contains("merge_request_event"));
+    assert_eq!(
+        job["artifacts"]["reports"]["codequality"],
+        "gl-code-quality-report.json"
+    );
+    assert!(text.contains(
+        "tern-validate --format gitlab --strict \"$TERN_CONFIG_DIR\" > gl-code-quality-report.json"
+    ));
     let publish = &v["tern-publish"];
     assert!(publish["rules"][0]["if"]
         .as_str()

@@ -528,3 +528,42 @@ fn json_output_of_every_fixture_matches_the_documented_schema() {
         .remove("help");
     assert!(!validator.is_valid(&doc));
 }
+
+#[test]
+fn gitlab_code_quality_report_lists_every_diagnostic() {
+    let dir = fixtures_dir();
+    let name = "multi-errors-across-files";
+    let json_doc = json_of(&run_in(&dir, &["--format", "json", name]));
+    let out = run_in(&dir, &["--format", "gitlab", name]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_of(&out);
+    let issues = report.as_array().unwrap();
+    let diags = json_doc["diagnostics"].as_array().unwrap();
+    assert_eq!(issues.len(), diags.len());
+    let mut fingerprints = BTreeSet::new();
+    for (i, d) in issues.iter().zip(diags) {
+        assert_eq!(i["check_name"], d["code"]);
+        assert_eq!(i["location"]["path"], d["file"]);
+        assert_eq!(i["location"]["lines"]["begin"], d["line"]);
+        let sev = if d["severity"] == "error" {
+            "major"
+        } else {
+            "minor"
+        };
+        assert_eq!(i["severity"], sev);
+        assert!(i["description"]
+            .as_str()
+            .unwrap()
+            .contains(d["message"].as_str().unwrap()));
+        assert!(fingerprints.insert(i["fingerprint"].as_str().unwrap().to_string()));
+    }
+    // Same input, same fingerprints: GitLab compares them between branches.
+    assert_eq!(
+        json_of(&run_in(&dir, &["--format", "gitlab", name])),
+        report
+    );
+    // A valid configuration is an empty report.
+    let out = run_in(&dir, &["--format", "gitlab", "valid-split"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json_of(&out), json!([]));
+}
