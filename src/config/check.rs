@@ -40,7 +40,9 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
                 let first = yaml_error(&f.path, &f.text, &e);
                 // serde stops at the first error of a file; parsing each list item on its own
                 // finds the others, and the items that do parse still take part in the checks.
-                if let Some((partial, errors)) = recover(&f.text) {
+                let recovered =
+                    recover(&f.text).or_else(|| recover_syntax(&f.text, first.line as usize));
+                if let Some((partial, errors)) = recovered {
                     for e in errors {
                         let d = yaml_error(&f.path, &f.text, &e);
                         if (d.line, d.column, d.code) != (first.line, first.column, first.code) {
@@ -179,6 +181,89 @@ fn recover(text: &str) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
     frag.listeners = each(&outline.listeners, &lines, &mut errors);
     frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
     frag.clusters = each(&outline.clusters, &lines, &mut errors);
+    Some((frag, errors))
+}
+
+/// A line that starts a top-level block such as `clusters:` (nothing but a comment after the colon).
+fn top_level_key(line: &str) -> Option<&str> {
+    let (key, rest) = line.split_once(':')?;
+    let rest = rest.trim();
+    let known = matches!(key, "admin" | "listeners" | "route_configs" | "clusters");
+    (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
+}
+
+/// A line at column 1 that is not a comment: the end of the previous top-level block.
+fn at_top_level(line: &str) -> bool {
+    line.chars()
+        .next()
+        .is_some_and(|c| !c.is_whitespace() && c != '#')
+}
+
+/// After a YAML syntax error, when the file cannot be read even as an outline: cuts block-style
+/// lists into items by their `- ` lines and parses each item alone (all other lines blanked, so
+/// positions are unchanged). Only errors of items that start after the line of the first error
+/// are returned — the parser may notice a mistake an item late — and the items that parse.
+fn recover_syntax(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
+    let lines: Vec<&str> = text.lines().collect();
+    // (key line, first line, end line) of each chunk, 0-based, end exclusive.
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(key) = top_level_key(lines[i]) else {
+            i += 1;
+            continue;
+        };
+        let end = (i + 1..lines.len())
+            .find(|&n| at_top_level(lines[n]))
+            .unwrap_or(lines.len());
+        if key == "admin" {
+            chunks.push((i, i + 1, end));
+        } else {
+            let mut indent = None;
+            let mut start = None;
+            for (n, l) in lines.iter().enumerate().take(end).skip(i + 1) {
+                let t = l.trim_start();
+                let ind = l.len() - t.len();
+                if (t.starts_with("- ") || t == "-") && indent.is_none_or(|x| x == ind) {
+                    indent = Some(ind);
+                    if let Some(s) = start.replace(n) {
+                        chunks.push((i, s, n));
+                    }
+                }
+            }
+            if let Some(s) = start {
+                chunks.push((i, s, end));
+            }
+        }
+        i = end;
+    }
+    if chunks.len() < 2 {
+        return None;
+    }
+    let mut frag = Fragment::default();
+    let mut errors = Vec::new();
+    for (key, start, end) in chunks {
+        let mut t = String::with_capacity(text.len());
+        for (n, l) in lines.iter().enumerate() {
+            if n == key || (start..end).contains(&n) {
+                t.push_str(l);
+            }
+            t.push('\n');
+        }
+        match serde_saphyr::from_str::<Fragment>(&t) {
+            Ok(part) => {
+                if part.admin.is_some() {
+                    frag.admin = part.admin;
+                }
+                frag.listeners.extend(part.listeners);
+                frag.route_configs.extend(part.route_configs);
+                frag.clusters.extend(part.clusters);
+            }
+            Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
+            Err(e) if start + 1 > first_line => errors.push(e),
+            Err(_) => {}
+        }
+    }
     Some((frag, errors))
 }
 
@@ -832,6 +917,27 @@ mod tests {
             .collect();
         assert_eq!(at, vec![Some((3, 5)), Some((6, 22))]);
         assert!(recover("clusters: [ { name: a\n").is_none());
+    }
+
+    #[test]
+    fn syntax_errors_in_several_items_are_all_found() {
+        // Item 1 lacks a `]`; the parser notices at item 2's `-` (line 4). Item 3 has a stray `]`,
+        // item 4 is fine.
+        let text = "clusters:\n  - name: a\n    endpoints: [{ address: 127.0.0.1:1 }\n  - name: b\n  - name: c: d\n  - name: d\nadmin:\n  address: 127.0.0.1:9901\n";
+        let first = serde_saphyr::from_str::<Fragment>(text).unwrap_err();
+        let first_line = first.location().unwrap().line() as usize;
+        assert_eq!(first_line, 4);
+        assert!(recover(text).is_none());
+        let (frag, errors) = recover_syntax(text, first_line).unwrap();
+        let names: Vec<&str> = frag.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(frag.clusters[1].pos, Pos { line: 6, column: 5 });
+        assert!(frag.admin.is_some());
+        let lines: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().unwrap().line())
+            .collect();
+        assert_eq!(lines, [5]);
     }
 
     #[test]
