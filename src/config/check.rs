@@ -40,9 +40,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
                 let first = yaml_error(&f.path, &f.text, &e);
                 // serde stops at the first error of a file; parsing each list item on its own
                 // finds the others, and the items that do parse still take part in the checks.
-                let recovered =
-                    recover(&f.text).or_else(|| recover_syntax(&f.text, first.line as usize));
-                if let Some((partial, errors)) = recovered {
+                if let Some((partial, errors)) = recover(&f.text, first.line as usize) {
                     for e in errors {
                         let d = yaml_error(&f.path, &f.text, &e);
                         if (d.line, d.column, d.code) != (first.line, first.column, first.code) {
@@ -149,13 +147,35 @@ struct Outline {
     clusters: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
 }
 
-/// After a file failed to parse: parses each item on its own. Returns the items that parse and
-/// the errors of the others, or `None` when the file is not even well-formed YAML.
-fn recover(text: &str) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
-    let outline: Outline = serde_saphyr::from_str(text).ok()?;
+/// After a file failed to parse: parses its items on their own. Returns the items that parse and
+/// the errors of the others, or `None` when nothing can be recovered.
+///
+/// Block-style lists (`- ` items) are cut into items by lines and parsed in halving groups, so
+/// that a file of thousands of items with a few bad ones costs a few dozen parses, not thousands.
+/// Other lists (flow style) are parsed item by item when the file is well-formed YAML. After a
+/// syntax error (the file is not well-formed), only errors of items that begin after
+/// `first_line` are kept: the parser may notice a mistake an item late, at `first_line`.
+fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
+    let outline = serde_saphyr::from_str::<Outline>(text).ok();
     let lines: Vec<&str> = text.lines().collect();
-    let mut errors = Vec::new();
+    let chunks = block_items(&lines);
     let mut frag = Fragment::default();
+    let mut errors = Vec::new();
+    if !chunks.is_empty() {
+        let keep_from = if outline.is_some() { 0 } else { first_line };
+        let mut i = 0;
+        while i < chunks.len() {
+            // Chunks of one key are contiguous lines: parse them as groups.
+            let j = i + chunks[i..]
+                .iter()
+                .take_while(|c| c.0 == chunks[i].0)
+                .count();
+            parse_chunks(&lines, &chunks[i..j], keep_from, &mut frag, &mut errors);
+            i = j;
+        }
+        return Some((frag, errors));
+    }
+    let outline = outline?;
     fn each<T: serde::de::DeserializeOwned>(
         items: &[serde_saphyr::Spanned<serde::de::IgnoredAny>],
         lines: &[&str],
@@ -184,6 +204,46 @@ fn recover(text: &str) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
     Some((frag, errors))
 }
 
+/// Parses chunks `(key line, first line, end line)` of one key together; when that fails, each
+/// half on its own, down to single chunks, whose errors are kept if they begin after `keep_from`.
+fn parse_chunks(
+    lines: &[&str],
+    chunks: &[(usize, usize, usize)],
+    keep_from: usize,
+    frag: &mut Fragment,
+    errors: &mut Vec<serde_saphyr::Error>,
+) {
+    let (key, start, _) = chunks[0];
+    let end = chunks[chunks.len() - 1].2;
+    // Blank lines in place of everything else keep every position as in the whole file.
+    let mut t = "\n".repeat(key);
+    t.push_str(lines[key]);
+    t.push_str(&"\n".repeat(start - key));
+    for l in &lines[start..end] {
+        t.push_str(l);
+        t.push('\n');
+    }
+    match serde_saphyr::from_str::<Fragment>(&t) {
+        Ok(part) => {
+            if part.admin.is_some() {
+                frag.admin = part.admin;
+            }
+            frag.listeners.extend(part.listeners);
+            frag.route_configs.extend(part.route_configs);
+            frag.clusters.extend(part.clusters);
+        }
+        Err(_) if chunks.len() > 1 => {
+            let (a, b) = chunks.split_at(chunks.len() / 2);
+            parse_chunks(lines, a, keep_from, frag, errors);
+            parse_chunks(lines, b, keep_from, frag, errors);
+        }
+        // See `recover`: an alias into another item is not an error of this one.
+        Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
+        Err(e) if start + 1 > keep_from => errors.push(e),
+        Err(_) => {}
+    }
+}
+
 /// A line that starts a top-level block such as `clusters:` (nothing but a comment after the colon).
 fn top_level_key(line: &str) -> Option<&str> {
     let (key, rest) = line.split_once(':')?;
@@ -192,20 +252,17 @@ fn top_level_key(line: &str) -> Option<&str> {
     (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
 }
 
-/// A line at column 1 that is not a comment: the end of the previous top-level block.
+/// A line that ends the previous top-level block: text at column 1 that is not a comment and not
+/// a `-` item (a list may be written at the indentation of its key).
 fn at_top_level(line: &str) -> bool {
     line.chars()
         .next()
-        .is_some_and(|c| !c.is_whitespace() && c != '#')
+        .is_some_and(|c| !c.is_whitespace() && c != '#' && c != '-')
 }
 
-/// After a YAML syntax error, when the file cannot be read even as an outline: cuts block-style
-/// lists into items by their `- ` lines and parses each item alone (all other lines blanked, so
-/// positions are unchanged). Only errors of items that start after the line of the first error
-/// are returned — the parser may notice a mistake an item late — and the items that parse.
-fn recover_syntax(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
-    let lines: Vec<&str> = text.lines().collect();
-    // (key line, first line, end line) of each chunk, 0-based, end exclusive.
+/// The items of the block-style top-level lists, as `(key line, first line, end line)`, 0-based
+/// with the end exclusive; `admin` is one item. Lists in flow style (`[...]`) have none.
+fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
     let mut chunks = Vec::new();
     let mut i = 0;
     while i < lines.len() {
@@ -237,34 +294,7 @@ fn recover_syntax(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_
         }
         i = end;
     }
-    if chunks.len() < 2 {
-        return None;
-    }
-    let mut frag = Fragment::default();
-    let mut errors = Vec::new();
-    for (key, start, end) in chunks {
-        let mut t = String::with_capacity(text.len());
-        for (n, l) in lines.iter().enumerate() {
-            if n == key || (start..end).contains(&n) {
-                t.push_str(l);
-            }
-            t.push('\n');
-        }
-        match serde_saphyr::from_str::<Fragment>(&t) {
-            Ok(part) => {
-                if part.admin.is_some() {
-                    frag.admin = part.admin;
-                }
-                frag.listeners.extend(part.listeners);
-                frag.route_configs.extend(part.route_configs);
-                frag.clusters.extend(part.clusters);
-            }
-            Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
-            Err(e) if start + 1 > first_line => errors.push(e),
-            Err(_) => {}
-        }
-    }
-    Some((frag, errors))
+    chunks
 }
 
 /// The text of the node starting at `line:column`, padded with empty lines and spaces so that
@@ -281,6 +311,34 @@ fn item_text(lines: &[&str], line: u64, column: u64) -> String {
         .nth(col - 1)
         .map_or(first.len(), |(i, _)| i);
     out.push_str(&" ".repeat(col - 1));
+    if first[start..].starts_with(['{', '[']) {
+        // A flow collection ends at its closing bracket, possibly lines later.
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        for (n, l) in lines[line - 1..].iter().enumerate() {
+            let from = if n == 0 { start } else { 0 };
+            for (i, c) in l[from..].char_indices() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '{' | '[') => depth += 1,
+                    (None, '}' | ']') => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            out.push_str(&l[from..from + i + 1]);
+                            out.push('\n');
+                            return out;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str(&l[from..]);
+            out.push('\n');
+        }
+        return out;
+    }
     out.push_str(&first[start..]);
     out.push('\n');
     for l in &lines[line..] {
@@ -907,7 +965,7 @@ mod tests {
     fn recovery_reports_each_bad_item_and_keeps_good_ones() {
         let text =
             "clusters:\n  - name: a\n    x: 1\n  - name: b\n  - name: c\n    connect_timeout: 5\n";
-        let (frag, errors) = recover(text).unwrap();
+        let (frag, errors) = recover(text, 3).unwrap();
         assert_eq!(frag.clusters.len(), 1);
         assert_eq!(frag.clusters[0].name.as_str(), "b");
         assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 5 });
@@ -916,7 +974,7 @@ mod tests {
             .map(|e| e.location().map(|l| (l.line(), l.column())))
             .collect();
         assert_eq!(at, vec![Some((3, 5)), Some((6, 22))]);
-        assert!(recover("clusters: [ { name: a\n").is_none());
+        assert!(recover("clusters: [ { name: a\n", 1).is_none());
     }
 
     #[test]
@@ -927,8 +985,7 @@ mod tests {
         let first = serde_saphyr::from_str::<Fragment>(text).unwrap_err();
         let first_line = first.location().unwrap().line() as usize;
         assert_eq!(first_line, 4);
-        assert!(recover(text).is_none());
-        let (frag, errors) = recover_syntax(text, first_line).unwrap();
+        let (frag, errors) = recover(text, first_line).unwrap();
         let names: Vec<&str> = frag.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["b", "d"]);
         assert_eq!(frag.clusters[1].pos, Pos { line: 6, column: 5 });
@@ -938,6 +995,22 @@ mod tests {
             .map(|e| e.location().unwrap().line())
             .collect();
         assert_eq!(lines, [5]);
+    }
+
+    #[test]
+    fn recovery_of_flow_lists_and_lists_at_the_key_indentation() {
+        let flow = "clusters: [{ name: a, x: 1 }, { name: b }, { name: c, connect_timeout: 5 }]\n";
+        let (frag, errors) = recover(flow, 1).unwrap();
+        assert_eq!(frag.clusters.len(), 1);
+        assert_eq!(errors.len(), 2);
+        let flush = "clusters:\n- name: a\n  x: 1\n- name: b\nlisteners:\n- name: l\n  port: 1\n";
+        let (frag, errors) = recover(flush, 3).unwrap();
+        assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 3 });
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .collect();
+        assert_eq!(at, vec![Some((3, 3)), Some((7, 3))]);
     }
 
     #[test]
