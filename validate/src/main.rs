@@ -133,30 +133,39 @@ fn main() -> ExitCode {
         Format::Github => render::github(&mut out, &outcomes, cli.strict),
         Format::Gitlab => render::gitlab(&mut out, &outcomes, cli.strict),
     };
-    let _ = written.and_then(|_| out.flush());
+    if let Err(e) = written.and_then(|_| out.flush()) {
+        drop(out);
+        eprintln!("tern-validate: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
     drop(out);
 
     if cli.print_effective {
         let mut stdout = std::io::stdout().lock();
-        for (i, o) in outcomes.iter().enumerate() {
-            if let Some(cfg) = &o.report.config {
-                match serde_saphyr::to_string(cfg) {
-                    Ok(yaml) => {
-                        // Several PATHs become several YAML documents, each named by a comment.
-                        if i > 0 {
-                            let _ = writeln!(stdout, "---");
-                        }
-                        if outcomes.len() > 1 {
-                            let _ = writeln!(stdout, "# {}", o.path.display());
-                        }
-                        let _ = stdout.write_all(yaml.as_bytes());
-                    }
-                    Err(e) => {
-                        eprintln!("tern-validate: cannot print {}: {e}", o.path.display());
-                        return ExitCode::from(2);
-                    }
-                }
+        let mut printed = 0;
+        for o in &outcomes {
+            let Some(cfg) = &o.report.config else {
+                continue;
+            };
+            // Several PATHs become several YAML documents, each named by a comment.
+            let mut doc = String::new();
+            if printed > 0 {
+                doc.push_str("---\n");
             }
+            if outcomes.len() > 1 {
+                doc.push_str(&format!("# {}\n", o.path.display()));
+            }
+            let result = serde_saphyr::to_string(cfg)
+                .map_err(|e| e.to_string())
+                .and_then(|yaml| {
+                    doc.push_str(&yaml);
+                    stdout.write_all(doc.as_bytes()).map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                eprintln!("tern-validate: cannot print {}: {e}", o.path.display());
+                return ExitCode::from(2);
+            }
+            printed += 1;
         }
     }
 

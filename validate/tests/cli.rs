@@ -498,6 +498,22 @@ fn print_effective_with_several_paths_prints_one_document_each() {
     assert_eq!(docs[0]["clusters"][0]["name"], "api");
     assert_eq!(docs[1]["listeners"].as_array().unwrap().len(), 2);
     assert!(yaml.starts_with("# config-examples/quickstart\n"), "{yaml}");
+
+    // An invalid PATH among them prints no document and no stray separator.
+    let out = run_in(
+        &manifest_dir().join(".."),
+        &[
+            "--print-effective",
+            "validate/tests/fixtures/E004-regex",
+            "config-examples/quickstart",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.starts_with("# config-examples/quickstart\nadmin:"),
+        "{yaml}"
+    );
 }
 
 #[test]
