@@ -1,22 +1,48 @@
-//! Upstream clusters: endpoints, their balancer, and their connection pools.
+//! Upstream clusters: endpoints, their balancer, circuit-breaker limits, and per-endpoint state.
 //!
 //! A cluster whose configuration did not change is carried into the next snapshot as the same
-//! `Arc` (pools, balancer position and active counts intact). A changed cluster keeps the pools of
-//! the endpoints that are still configured (pools are per endpoint address), so connections to
-//! unchanged endpoints stay warm.
+//! `Arc`. A changed cluster keeps the [`EndpointState`] (connection pool, health and outlier
+//! state, counters) of every endpoint that is still configured, matched by address, so a reload
+//! neither drops warm connections nor forgets that an endpoint is unhealthy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config;
 use crate::lb::Balancer;
+use crate::outlier::EndpointOutlier;
 use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
 
 /// Default cluster connect timeout (Envoy's).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// State of one endpoint that outlives snapshots.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    /// Keep-alive connections.
+    pub pool: Arc<Pool>,
+    /// Requests in flight.
+    pub active: AtomicU64,
+    /// Requests sent.
+    pub rq_total: AtomicU64,
+    /// Requests that failed (5xx, connect failure, reset, timeout).
+    pub rq_error: AtomicU64,
+    /// Set while active health checking considers it unhealthy.
+    pub hc_failed: AtomicBool,
+    /// Outlier detection state.
+    pub outlier: EndpointOutlier,
+}
+
+impl EndpointState {
+    /// True when neither health checking nor outlier detection has taken it out.
+    #[inline]
+    pub fn available(&self) -> bool {
+        !self.hc_failed.load(Relaxed) && !self.outlier.is_ejected()
+    }
+}
 
 /// One upstream endpoint.
 #[derive(Debug)]
@@ -25,26 +51,62 @@ pub struct Endpoint {
     pub address: Arc<str>,
     /// The address when it is an IP literal (no DNS lookup per connect).
     pub resolved: Option<SocketAddr>,
-    /// Keep-alive connections to this endpoint.
-    pub pool: Arc<Pool>,
     /// Relative weight.
     pub weight: u32,
-    /// Requests in flight to this endpoint.
-    pub active: AtomicU64,
+    /// Shared state, carried across reloads by address.
+    pub state: Arc<EndpointState>,
+}
+
+/// Circuit-breaker limits (Envoy's defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Open connections.
+    pub max_connections: i64,
+    /// Requests waiting for a new connection.
+    pub max_pending_requests: i64,
+    /// Requests in flight.
+    pub max_requests: i64,
+    /// Retries in flight (when no budget is set).
+    pub max_retries: i64,
+    /// `(percent of active requests, minimum)` retry budget.
+    pub retry_budget: Option<(f64, i64)>,
+}
+
+impl Limits {
+    fn from_config(cb: Option<&config::CircuitBreakers>) -> Limits {
+        let get = |v: Option<&config::Spanned<u32>>, d: u32| v.map_or(d, |s| s.value) as i64;
+        Limits {
+            max_connections: get(cb.and_then(|c| c.max_connections.as_ref()), 1024),
+            max_pending_requests: get(cb.and_then(|c| c.max_pending_requests.as_ref()), 1024),
+            max_requests: get(cb.and_then(|c| c.max_requests.as_ref()), 1024),
+            max_retries: get(cb.and_then(|c| c.max_retries.as_ref()), 3),
+            retry_budget: cb.and_then(|c| c.retry_budget.as_ref()).map(|b| {
+                (
+                    b.budget_percent.as_ref().map_or(20.0, |p| p.value),
+                    b.min_retry_concurrency.unwrap_or(3) as i64,
+                )
+            }),
+        }
+    }
 }
 
 /// A running cluster.
 pub struct Cluster {
     /// Cluster name.
     pub name: Arc<str>,
-    spec: config::Cluster,
+    /// The configuration it was built from.
+    pub spec: config::Cluster,
     /// Endpoints in configuration order.
     pub endpoints: Box<[Endpoint]>,
     lb: Balancer,
     /// Time allowed to connect.
     pub connect_timeout: Duration,
+    /// Circuit-breaker limits.
+    pub limits: Limits,
     /// Statistics (shared with earlier and later versions of this cluster).
     pub stats: Arc<ClusterStats>,
+    /// Stops this cluster's background tasks (health checks) when the cluster is dropped.
+    pub background: Mutex<Option<tokio_util::sync::DropGuard>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -75,38 +137,89 @@ impl Cluster {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
-            let pool = prev
+            let state = prev
                 .and_then(|p| p.endpoints.iter().find(|o| *o.address == *e.address.value))
-                .map(|o| o.pool.clone())
+                .map(|o| o.state.clone())
                 .unwrap_or_default();
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 resolved: e.address.parse().ok(),
-                pool,
                 weight: e.weight,
-                active: AtomicU64::new(0),
+                state,
             });
         }
+        let addrs: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let cluster_stats = stats.cluster(&spec.name);
+        cluster_stats.membership_total.set(endpoints.len() as i64);
         Ok(Arc::new(Cluster {
             name: spec.name.as_str().into(),
+            lb: Balancer::new(spec.lb_policy, &addrs, &weights),
             spec: spec.clone(),
-            lb: Balancer::new(spec.lb_policy, &weights),
             endpoints: endpoints.into_boxed_slice(),
             connect_timeout,
-            stats: stats.cluster(&spec.name),
+            limits: Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value)),
+            stats: cluster_stats,
+            background: Mutex::new(None),
         }))
     }
 
-    /// Picks the index of an endpoint for the next request, or `None` when the cluster has none.
+    /// True when the balancer hashes requests (`ring_hash`, `maglev`).
+    pub fn uses_hash(&self) -> bool {
+        self.lb.uses_hash()
+    }
+
+    /// Picks an endpoint, avoiding `avoid` (the previous try's) when another is available.
+    ///
+    /// Unavailable endpoints (failed health checks, ejected) are skipped; when every endpoint
+    /// is unavailable the pick fails open over all of them (`lb_healthy_panic` counts it).
     #[inline]
-    pub fn pick(&self) -> Option<usize> {
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<usize> {
         let eps = &self.endpoints;
-        self.lb.pick(|i| eps[i].active.load(Relaxed))
+        let active = |i: usize| eps[i].state.active.load(Relaxed);
+        if let Some(i) = self.lb.pick(
+            hash,
+            |i| Some(i) != avoid && eps[i].state.available(),
+            active,
+        ) {
+            return Some(i);
+        }
+        if avoid.is_some() {
+            if let Some(i) = self.lb.pick(hash, |i| eps[i].state.available(), active) {
+                return Some(i);
+            }
+        }
+        if eps.is_empty() {
+            return None;
+        }
+        self.stats.lb_healthy_panic.inc();
+        self.lb
+            .pick(hash, |i| Some(i) != avoid || eps.len() == 1, active)
+    }
+
+    /// Endpoints currently available.
+    pub fn healthy_count(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|e| e.state.available())
+            .count()
+    }
+
+    /// Whether another retry fits the retry budget or `max_retries`.
+    pub fn retry_allowed(&self) -> bool {
+        let open = self.stats.upstream_rq_retry_active.get();
+        let limit = match self.limits.retry_budget {
+            Some((pct, min)) => {
+                let active = self.stats.upstream_rq_active.get() as f64;
+                min.max((active * pct / 100.0) as i64)
+            }
+            None => self.limits.max_retries,
+        };
+        open < limit
     }
 }
 
-/// Decrements an endpoint's (and its cluster's) in-flight count when dropped.
+/// Counts a request to endpoint `index` as in flight until dropped.
 pub struct ActiveRequest {
     cluster: Arc<Cluster>,
     index: usize,
@@ -115,7 +228,9 @@ pub struct ActiveRequest {
 impl ActiveRequest {
     /// Marks a request to endpoint `index` of `cluster` as in flight.
     pub fn start(cluster: &Arc<Cluster>, index: usize) -> ActiveRequest {
-        cluster.endpoints[index].active.fetch_add(1, Relaxed);
+        let s = &cluster.endpoints[index].state;
+        s.active.fetch_add(1, Relaxed);
+        s.rq_total.fetch_add(1, Relaxed);
         cluster.stats.upstream_rq_active.inc();
         ActiveRequest {
             cluster: cluster.clone(),
@@ -127,6 +242,7 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.cluster.endpoints[self.index]
+            .state
             .active
             .fetch_sub(1, Relaxed);
         self.cluster.stats.upstream_rq_active.dec();

@@ -7,11 +7,16 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod fault;
 pub mod headers;
+pub mod health;
 pub mod lb;
 pub mod listener;
+pub mod outlier;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -114,6 +114,7 @@ async fn accept_loop(
                 let conn = Arc::new(Conn {
                     shared: shared.clone(),
                     local,
+                    peer,
                     peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(HeaderValue::from_static("unknown")),
                 });

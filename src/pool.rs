@@ -1,23 +1,33 @@
 //! Per-endpoint pools of keep-alive HTTP/1.1 upstream connections.
 //!
-//! One pool per endpoint address (carried across reloads by address), a plain vector of idle
-//! senders behind an uncontended mutex: no hashing or lookup per request. A connection goes back to
-//! the pool only once its response body was read to the end; anything else closes it.
+//! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
+//! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
+//! back to the pool only once its response body was read to the end; anything else closes it.
+//! New connections are where the circuit breakers bite: `max_connections` and
+//! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::cluster::Limits;
+use crate::stats::ClusterStats;
+
 /// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
+
+/// A request body sent upstream: streamed from the client, or buffered so it can be retried.
+pub type UpBody = Either<Incoming, Full<Bytes>>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]
@@ -26,19 +36,37 @@ pub enum SendError {
     Connect(String),
     /// The connection failed after it was established, before response headers.
     Reset(hyper::Error),
+    /// `max_connections` reached.
+    ConnectionOverflow,
+    /// `max_pending_requests` reached.
+    PendingOverflow,
+}
+
+/// Where and how to connect, and what to count.
+pub struct Target<'a> {
+    /// `host:port` as configured.
+    pub addr: &'a str,
+    /// The address when it is an IP literal.
+    pub resolved: Option<SocketAddr>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// The cluster's circuit-breaker limits.
+    pub limits: &'a Limits,
+    /// The cluster's statistics (open connections, pending requests).
+    pub stats: &'a Arc<ClusterStats>,
 }
 
 /// Idle connections to one endpoint.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(SendRequest<Incoming>, Instant)>>,
+    idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
 }
 
 /// A connection in use; returns itself to its pool via [`Lease::release`].
 #[derive(Debug)]
 pub struct Lease {
     pool: Arc<Pool>,
-    tx: SendRequest<Incoming>,
+    tx: SendRequest<UpBody>,
 }
 
 impl Lease {
@@ -57,8 +85,17 @@ impl Lease {
     }
 }
 
+/// Decrements a gauge when dropped.
+struct GaugeGuard<'a>(&'a crate::stats::Gauge);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Pool {
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
         while let Some((tx, since)) = idle.pop() {
@@ -74,13 +111,11 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Sends `req` on a pooled connection, or a new one to `addr` (resolved if it is a DNS name).
+    /// Sends `req` on a pooled connection, or a new one to the target.
     pub async fn send(
         self: &Arc<Self>,
-        addr: &str,
-        resolved: Option<SocketAddr>,
-        connect_timeout: Duration,
-        mut req: Request<Incoming>,
+        t: &Target<'_>,
+        mut req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
@@ -96,46 +131,60 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect(addr, resolved, connect_timeout).await?;
+        if t.stats.upstream_cx_active.get() >= t.limits.max_connections {
+            t.stats.upstream_cx_overflow.inc();
+            return Err(SendError::ConnectionOverflow);
+        }
+        if t.stats.upstream_rq_pending_active.get() >= t.limits.max_pending_requests {
+            t.stats.upstream_rq_pending_overflow.inc();
+            return Err(SendError::PendingOverflow);
+        }
+        t.stats.upstream_rq_pending_active.inc();
+        let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
+        let mut tx = self.connect(t).await?;
+        drop(pending);
         match tx.send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(tx))),
             Err(e) => Err(SendError::Reset(e)),
         }
     }
 
-    fn lease(self: &Arc<Self>, tx: SendRequest<Incoming>) -> Lease {
+    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>) -> Lease {
         Lease {
             pool: self.clone(),
             tx,
         }
     }
 
-    async fn connect(
-        &self,
-        addr: &str,
-        resolved: Option<SocketAddr>,
-        timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, SendError> {
+    async fn connect(&self, t: &Target<'_>) -> Result<SendRequest<UpBody>, SendError> {
         let connect = async {
-            match resolved {
+            match t.resolved {
                 Some(sa) => TcpStream::connect(sa).await,
-                None => TcpStream::connect(addr).await,
+                None => TcpStream::connect(t.addr).await,
             }
         };
-        let stream = match tokio::time::timeout(timeout, connect).await {
+        let stream = match tokio::time::timeout(t.connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-            Err(_) => return Err(SendError::Connect(format!("timed out after {timeout:?}"))),
+            Err(_) => {
+                return Err(SendError::Connect(format!(
+                    "timed out after {:?}",
+                    t.connect_timeout
+                )))
+            }
         };
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
+        let stats = t.stats.clone();
+        stats.upstream_cx_active.inc();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
+            stats.upstream_cx_active.dec();
         });
         Ok(tx)
     }

@@ -1,23 +1,27 @@
 //! The HTTP request path, top to bottom:
-//! snapshot → listener → virtual host → route → action (direct / redirect / forward) →
-//! endpoint pick → upstream call with timeout → response → stats.
+//! snapshot → listener → virtual host → route → fault → rate limit → action (direct / redirect /
+//! forward) → cluster (weighted pick, `max_requests`) → endpoint (balancer, health, ejection) →
+//! upstream try (pool, `max_connections`/`max_pending_requests`, per-try and route timeouts) →
+//! retry decision (policy, budget, back-off, another endpoint) → response → stats.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, LOCATION};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::cluster::ActiveRequest;
+use crate::cluster::{ActiveRequest, Cluster};
 use crate::headers;
-use crate::pool::{Lease, SendError};
+use crate::outlier::{self, Outcome};
+use crate::pool::{Lease, SendError, Target, UpBody};
 use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::ListenerKind;
@@ -26,6 +30,9 @@ use crate::stats::ListenerStats;
 /// Response body: a streamed upstream body, or a small local one.
 pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
 
+/// `x-tern-overloaded`, set on replies refused by a circuit breaker.
+pub const X_OVERLOADED: http::HeaderName = http::HeaderName::from_static("x-tern-overloaded");
+
 /// Per-connection context, built once at accept.
 #[derive(Debug)]
 pub struct Conn {
@@ -33,6 +40,8 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     /// Local address the connection was accepted on (selects the listener in the snapshot).
     pub local: SocketAddr,
+    /// The client's address.
+    pub peer: SocketAddr,
     /// The client's IP as a header value, for `x-forwarded-for`.
     pub peer_ip: HeaderValue,
 }
@@ -52,6 +61,14 @@ pub enum LocalReply {
     UpstreamTimeout,
     /// The listener was removed by a reload while this connection was open (503).
     ListenerGone,
+    /// A circuit breaker refused the request (503, `x-tern-overloaded: true`).
+    Overflow,
+    /// A local rate limit refused the request (429 with `retry-after`, in seconds).
+    RateLimited(u64),
+    /// Fault injection answered with this status.
+    FaultAbort(StatusCode),
+    /// The request body could not be read (400).
+    BadRequestBody,
 }
 
 impl LocalReply {
@@ -71,12 +88,27 @@ impl LocalReply {
             ),
             LocalReply::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
             LocalReply::ListenerGone => (StatusCode::SERVICE_UNAVAILABLE, "listener draining\n"),
+            LocalReply::Overflow => (StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n"),
+            LocalReply::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate limited\n"),
+            LocalReply::FaultAbort(s) => (s, "fault filter abort\n"),
+            LocalReply::BadRequestBody => (StatusCode::BAD_REQUEST, "bad request body\n"),
         }
     }
 
     fn response(self) -> Response<RespBody> {
         let (status, body) = self.parts();
-        text(status, Bytes::from_static(body.as_bytes()))
+        let mut r = text(status, Bytes::from_static(body.as_bytes()));
+        match self {
+            LocalReply::Overflow => {
+                r.headers_mut()
+                    .insert(X_OVERLOADED, HeaderValue::from_static("true"));
+            }
+            LocalReply::RateLimited(secs) => {
+                r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        r
     }
 }
 
@@ -119,32 +151,74 @@ pub async fn handle(
             stats.no_route.inc();
             LocalReply::NoRoute.response()
         }
-        Some(route) => match &route.action {
-            Action::Direct { status, body } => {
-                let mut r = text(*status, body.clone());
-                if body.is_empty() {
-                    r.headers_mut().remove(CONTENT_TYPE);
-                }
-                r
-            }
-            Action::Redirect(rd) => {
-                let loc = rd.location(route, "http", &host, req.uri());
-                let mut r = text(rd.code(), Bytes::new());
-                r.headers_mut().remove(CONTENT_TYPE);
-                if let Ok(v) = HeaderValue::from_str(&loc) {
-                    r.headers_mut().insert(LOCATION, v);
-                }
-                r
-            }
-            Action::Forward(fwd) => match forward(req, fwd, route, &conn, host).await {
-                Ok(r) => r,
-                Err(local) => local.response(),
-            },
+        Some(route) => match serve_route(req, route, &conn, host, stats).await {
+            Ok(r) => r,
+            Err(local) => local.response(),
         },
     };
     stats.downstream_rq_xx.record(resp.status().as_u16());
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     Ok(resp)
+}
+
+async fn serve_route(
+    req: Request<Incoming>,
+    route: &Route,
+    conn: &Conn,
+    host: String,
+    stats: &ListenerStats,
+) -> Result<Response<RespBody>, LocalReply> {
+    // Fault injection first: a delay here does not count against the route timeout, which
+    // starts when the request goes upstream (as with Envoy's fault filter before the router).
+    let mut _fault_slot = None;
+    if let Some(fault) = &route.fault {
+        let d = fault.decide(req.headers());
+        if d.delay.is_some() || d.abort.is_some() {
+            match fault.enter() {
+                None => stats.fault_overflow.inc(),
+                Some(slot) => {
+                    stats.fault_active.inc();
+                    let _g = ActiveFaultGauge(stats);
+                    if let Some(delay) = d.delay {
+                        stats.fault_delays_injected.inc();
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(status) = d.abort {
+                        stats.fault_aborts_injected.inc();
+                        return Err(LocalReply::FaultAbort(status));
+                    }
+                    _fault_slot = Some(slot);
+                }
+            }
+        }
+    }
+    if let Some(rl) = &route.rate_limit {
+        if let Err(wait) = rl.check(req.headers(), conn.peer.ip()) {
+            stats.rate_limited.inc();
+            return Err(LocalReply::RateLimited(
+                wait.as_secs_f64().ceil().max(1.0) as u64
+            ));
+        }
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut r = text(*status, body.clone());
+            if body.is_empty() {
+                r.headers_mut().remove(CONTENT_TYPE);
+            }
+            Ok(r)
+        }
+        Action::Redirect(rd) => {
+            let loc = rd.location(route, "http", &host, req.uri());
+            let mut r = text(rd.code(), Bytes::new());
+            r.headers_mut().remove(CONTENT_TYPE);
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            Ok(r)
+        }
+        Action::Forward(fwd) => forward(req, fwd, route, conn, host).await,
+    }
 }
 
 struct ActiveGauge<'a>(&'a ListenerStats);
@@ -155,6 +229,38 @@ impl Drop for ActiveGauge<'_> {
     }
 }
 
+struct ActiveFaultGauge<'a>(&'a ListenerStats);
+
+impl Drop for ActiveFaultGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fault_active.dec();
+    }
+}
+
+struct RetryGauge<'a>(&'a Cluster);
+
+impl Drop for RetryGauge<'_> {
+    fn drop(&mut self) {
+        self.0.stats.upstream_rq_retry_active.dec();
+    }
+}
+
+/// What one try produced.
+enum Try {
+    Response(Response<Incoming>, Lease, ActiveRequest),
+    Failed(LocalReply),
+}
+
+/// A copy of the request head for another try.
+fn head_copy(p: &http::request::Parts) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r
+}
+
 async fn forward(
     req: Request<Incoming>,
     fwd: &Forward,
@@ -162,14 +268,22 @@ async fn forward(
     conn: &Conn,
     host: String,
 ) -> Result<Response<RespBody>, LocalReply> {
-    let cluster = &fwd.cluster;
+    let cluster = fwd.cluster();
     let cs = &cluster.stats;
     cs.upstream_rq_total.inc();
-    let Some(idx) = cluster.pick() else {
+    if cluster.endpoints.is_empty() {
         cs.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
+    }
+    if cs.upstream_rq_active.get() >= cluster.limits.max_requests {
+        cs.upstream_rq_pending_overflow.inc();
+        return Err(LocalReply::Overflow);
+    }
+    let hash = if cluster.uses_hash() {
+        fwd.hash(req.headers(), conn.peer.ip())
+    } else {
+        None
     };
-    let ep = &cluster.endpoints[idx];
 
     let (mut parts, body) = req.into_parts();
     let pq = match fwd
@@ -201,48 +315,178 @@ async fn forward(
     }
     headers::append_forwarded(&mut parts.headers, &conn.peer_ip);
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
 
+    // A retry needs the body again: buffer it when the policy allows retrying this method and
+    // the body is known to fit; otherwise stream it and make a single try.
+    let policy = fwd.retry.as_deref().filter(|p| {
+        p.num_retries > 0 && (p.non_idempotent || crate::router::is_idempotent(&parts.method))
+    });
+    let mut stream_body = Some(body);
+    let mut replay: Option<Bytes> = None;
+    if policy.is_some() {
+        let b = stream_body.as_ref().expect("body present");
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if b.is_end_stream() {
+            replay = Some(Bytes::new());
+        } else if declared.is_some_and(|n| n <= fwd.buffer_limit) {
+            let body = stream_body.take().expect("body present");
+            let collected = Limited::new(body, fwd.buffer_limit as usize)
+                .collect()
+                .await
+                .map_err(|_| LocalReply::BadRequestBody)?;
+            replay = Some(collected.to_bytes());
+        }
+    }
+    let max_retries = match (policy, &replay) {
+        (Some(p), Some(_)) => p.num_retries,
+        _ => 0,
+    };
+
+    let deadline = fwd.timeout.map(|t| Instant::now() + t);
+    let mut head = Some(parts);
+    let mut prev: Option<usize> = None;
+    let mut retries = 0u32;
+    loop {
+        let Some(idx) = cluster.pick(hash, prev) else {
+            cs.upstream_rq_no_healthy.inc();
+            return Err(LocalReply::NoHealthyUpstream);
+        };
+        let body: UpBody = match &replay {
+            Some(b) => Either::Right(Full::new(b.clone())),
+            None => Either::Left(stream_body.take().expect("single try streams the body")),
+        };
+        let upstream_req = if retries < max_retries {
+            head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
+        } else {
+            // The last possible try takes the head itself: no copy on the common path.
+            Request::from_parts(head.take().expect("head used once"), body)
+        };
+        let _retry_gauge = (retries > 0).then(|| {
+            cs.upstream_rq_retry_active.inc();
+            RetryGauge(cluster)
+        });
+        let per_try = policy.and_then(|p| p.per_try_timeout);
+        let result = try_once(cluster, idx, upstream_req, per_try, deadline).await;
+
+        let retryable = match (&result, policy) {
+            (_, None) => false,
+            (Try::Response(r, ..), Some(p)) => p.on_status(r.status().as_u16()),
+            (Try::Failed(LocalReply::ConnectFailure), Some(p)) => p.on_connect_failure(),
+            (Try::Failed(LocalReply::UpstreamReset), Some(p)) => p.on_reset(),
+            // A per-try timeout (the route deadline has not passed) is retried like a reset.
+            (Try::Failed(LocalReply::UpstreamTimeout), Some(p)) => {
+                p.on_reset() && deadline.is_none_or(|d| Instant::now() < d)
+            }
+            (Try::Failed(_), _) => false,
+        };
+        let give_up = !retryable || retries >= max_retries;
+        if !give_up && !cluster.retry_allowed() {
+            cs.upstream_rq_retry_overflow.inc();
+        } else if !give_up {
+            let backoff = policy.map_or(Duration::ZERO, |p| p.backoff(retries + 1));
+            let backoff = match deadline {
+                Some(d) => backoff.min(d.saturating_duration_since(Instant::now())),
+                None => backoff,
+            };
+            drop(result);
+            tokio::time::sleep(backoff).await;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                cs.upstream_rq_timeout.inc();
+                return Err(LocalReply::UpstreamTimeout);
+            }
+            retries += 1;
+            cs.upstream_rq_retry.inc();
+            prev = Some(idx);
+            continue;
+        }
+        if retryable {
+            cs.upstream_rq_retry_limit_exceeded.inc();
+        }
+        return match result {
+            Try::Response(resp, lease, active) => {
+                if retries > 0 && !retryable {
+                    cs.upstream_rq_retry_success.inc();
+                }
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(
+                    parts,
+                    Either::Left(Upstream {
+                        inner: body,
+                        lease: Some(lease),
+                        _active: active,
+                    }),
+                ))
+            }
+            Try::Failed(local) => Err(local),
+        };
+    }
+}
+
+/// One upstream try: pick-independent, bounded by the per-try timeout and the route deadline.
+async fn try_once(
+    cluster: &Arc<Cluster>,
+    idx: usize,
+    req: Request<UpBody>,
+    per_try: Option<Duration>,
+    deadline: Option<Instant>,
+) -> Try {
+    let cs = &cluster.stats;
+    let ep = &cluster.endpoints[idx];
     let active = ActiveRequest::start(cluster, idx);
-    let call = ep.pool.send(
-        &ep.address,
-        ep.resolved,
-        cluster.connect_timeout,
-        upstream_req,
-    );
-    let result = match fwd.timeout {
+    let target = Target {
+        addr: &ep.address,
+        resolved: ep.resolved,
+        connect_timeout: cluster.connect_timeout,
+        limits: &cluster.limits,
+        stats: &cluster.stats,
+    };
+    let call = ep.state.pool.send(&target, req);
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let (limit, is_per_try) = match (per_try, remaining) {
+        (Some(p), Some(r)) if p < r => (Some(p), true),
+        (Some(p), None) => (Some(p), true),
+        (_, r) => (r, false),
+    };
+    let result = match limit {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
             Err(_) => {
-                cs.upstream_rq_timeout.inc();
-                return Err(LocalReply::UpstreamTimeout);
+                if is_per_try {
+                    cs.upstream_rq_per_try_timeout.inc();
+                } else {
+                    cs.upstream_rq_timeout.inc();
+                }
+                outlier::report(cluster, idx, Outcome::Timeout);
+                return Try::Failed(LocalReply::UpstreamTimeout);
             }
         },
         None => call.await,
     };
     match result {
         Ok((resp, lease)) => {
-            cs.upstream_rq_xx.record(resp.status().as_u16());
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(
-                parts,
-                Either::Left(Upstream {
-                    inner: body,
-                    lease: Some(lease),
-                    _active: active,
-                }),
-            ))
+            let status = resp.status().as_u16();
+            cs.upstream_rq_xx.record(status);
+            outlier::report(cluster, idx, Outcome::Status(status));
+            Try::Response(resp, lease, active)
         }
         Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream connect error");
-            Err(LocalReply::ConnectFailure)
+            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            Try::Failed(LocalReply::ConnectFailure)
         }
         Err(SendError::Reset(e)) => {
             cs.upstream_rq_reset.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream reset");
-            Err(LocalReply::UpstreamReset)
+            outlier::report(cluster, idx, Outcome::Reset);
+            Try::Failed(LocalReply::UpstreamReset)
+        }
+        Err(SendError::ConnectionOverflow | SendError::PendingOverflow) => {
+            Try::Failed(LocalReply::Overflow)
         }
     }
 }

@@ -12,6 +12,12 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::cluster::Cluster;
 use crate::config::{self, Pattern};
+use crate::fault::Fault;
+use crate::ratelimit::RateLimiter;
+use crate::retry::RetryPolicy;
+
+/// Default request body buffer for retries (Envoy's per_request_buffer_limit_bytes is similar).
+pub const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The default route timeout (Envoy's).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -46,6 +52,10 @@ pub struct Route {
     query: Vec<ValueMatch>,
     /// What to do with a matching request.
     pub action: Action,
+    /// Fault injection (the route's, else the virtual host's).
+    pub fault: Option<Arc<Fault>>,
+    /// Rate limit (the route's, else the virtual host's, shared by its routes).
+    pub rate_limit: Option<Arc<RateLimiter>>,
 }
 
 #[derive(Debug)]
@@ -86,11 +96,37 @@ pub enum Action {
     Redirect(Redirect),
 }
 
+/// Where a route sends requests.
+#[derive(Debug)]
+pub enum Target {
+    /// One cluster.
+    Single(Arc<Cluster>),
+    /// A weighted split: clusters with running weight sums, and the total.
+    Weighted(Vec<(Arc<Cluster>, u64)>, u64),
+}
+
+/// How a request's hash is computed for consistent hashing.
+#[derive(Debug)]
+pub enum HashOn {
+    /// A header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client IP.
+    SourceIp,
+}
+
 /// Forwarding settings of a route.
 #[derive(Debug)]
 pub struct Forward {
-    /// The cluster, resolved at load time.
-    pub cluster: Arc<Cluster>,
+    /// The cluster(s), resolved at load time.
+    pub target: Target,
+    /// Retry policy (the route's, else the virtual host's).
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// Hash policies, in order, each with its `terminal` flag.
+    pub hash_policy: Vec<(HashOn, bool)>,
+    /// Largest request body buffered for retries.
+    pub buffer_limit: u64,
     /// Replacement for the matched prefix.
     pub prefix_rewrite: Option<String>,
     /// Upstream Host override.
@@ -137,9 +173,20 @@ impl Router {
                     r.exact.entry(d).or_insert(i);
                 }
             }
+            let shared = VhostPolicies {
+                retry: vh
+                    .retry_policy
+                    .as_ref()
+                    .map(|p| Arc::new(RetryPolicy::compile(p))),
+                fault: vh.fault.as_ref().map(|f| Arc::new(Fault::compile(f))),
+                rate_limit: vh
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| Arc::new(RateLimiter::compile(r))),
+            };
             let mut routes = Vec::with_capacity(vh.routes.len());
             for (j, route) in vh.routes.iter().enumerate() {
-                routes.push(compile_route(&vh.name, j, route, clusters)?);
+                routes.push(compile_route(&vh.name, j, route, clusters, &shared)?);
             }
             r.vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
@@ -336,11 +383,72 @@ fn value_match(m: &config::ValueMatcher, lowercase_name: bool) -> ValueMatch {
     }
 }
 
+/// Virtual-host-level policies, shared by the routes that have none of their own.
+struct VhostPolicies {
+    retry: Option<Arc<RetryPolicy>>,
+    fault: Option<Arc<Fault>>,
+    rate_limit: Option<Arc<RateLimiter>>,
+}
+
+impl Forward {
+    /// The cluster for this request (a weighted pick for splits).
+    #[inline]
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        match &self.target {
+            Target::Single(c) => c,
+            Target::Weighted(cs, total) => {
+                use rand::Rng;
+                let r = rand::rng().random_range(0..*total);
+                let i = cs.partition_point(|(_, cum)| *cum <= r);
+                &cs[i.min(cs.len() - 1)].0
+            }
+        }
+    }
+
+    /// The request's hash for consistent hashing, from the first policy that yields a value
+    /// (all that yield one are combined unless one is `terminal`).
+    pub fn hash(&self, headers: &HeaderMap, peer: std::net::IpAddr) -> Option<u64> {
+        let mut acc: Option<u64> = None;
+        for (on, terminal) in &self.hash_policy {
+            let v = match on {
+                HashOn::Header(h) => headers.get(h).map(|v| crate::lb::hash_key(v.as_bytes())),
+                HashOn::Cookie(name) => {
+                    cookie(headers, name).map(|c| crate::lb::hash_key(c.as_bytes()))
+                }
+                HashOn::SourceIp => Some(crate::lb::hash_key(peer.to_string().as_bytes())),
+            };
+            if let Some(v) = v {
+                acc = Some(match acc {
+                    Some(a) => a.rotate_left(1) ^ v,
+                    None => v,
+                });
+                if *terminal {
+                    break;
+                }
+            }
+        }
+        acc
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
 fn compile_route(
     vhost: &str,
     index: usize,
     r: &config::Route,
     clusters: &HashMap<String, Arc<Cluster>>,
+    shared: &VhostPolicies,
 ) -> Result<Route, String> {
     let m = &r.matcher;
     let path = if let Some(p) = &m.prefix {
@@ -352,18 +460,64 @@ fn compile_route(
     } else {
         return Err(format!("route {index} of {vhost} has no path match"));
     };
+    let find = |name: &str| {
+        clusters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("cluster `{name}` is not defined"))
+    };
     let action = if let Some(a) = &r.route {
-        let cluster = clusters
-            .get(a.cluster.as_str())
-            .ok_or_else(|| format!("cluster `{}` is not defined", a.cluster.value))?
-            .clone();
+        let target = match (&a.cluster, &a.weighted_clusters) {
+            (Some(c), _) => Target::Single(find(c)?),
+            (None, Some(w)) => {
+                let mut cum = 0u64;
+                let mut v = Vec::new();
+                for c in w.clusters.iter().filter(|c| c.weight > 0) {
+                    cum += c.weight as u64;
+                    v.push((find(&c.name)?, cum));
+                }
+                if v.is_empty() {
+                    return Err("weighted_clusters has no weight".into());
+                }
+                Target::Weighted(v, cum)
+            }
+            (None, None) => return Err(format!("route {index} of {vhost} has no cluster")),
+        };
+        let hash_policy = a
+            .hash_policy
+            .iter()
+            .filter_map(|h| {
+                let on = if let Some(hh) = &h.header {
+                    HashOn::Header(http::HeaderName::from_bytes(hh.header_name.as_bytes()).ok()?)
+                } else if let Some(c) = &h.cookie {
+                    HashOn::Cookie(c.name.value.clone())
+                } else if h
+                    .connection_properties
+                    .as_ref()
+                    .is_some_and(|c| c.source_ip)
+                {
+                    HashOn::SourceIp
+                } else {
+                    return None;
+                };
+                Some((on, h.terminal))
+            })
+            .collect();
         let timeout = match a.timeout.as_ref().map(|t| t.0) {
             None => Some(DEFAULT_ROUTE_TIMEOUT),
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
         };
         Action::Forward(Forward {
-            cluster,
+            target,
+            retry: match &a.retry_policy {
+                Some(p) => Some(Arc::new(RetryPolicy::compile(p))),
+                None => shared.retry.clone(),
+            },
+            hash_policy,
+            buffer_limit: a
+                .per_request_buffer_limit_bytes
+                .unwrap_or(DEFAULT_BUFFER_LIMIT),
             prefix_rewrite: a.prefix_rewrite.clone(),
             host_rewrite: a
                 .host_rewrite
@@ -409,6 +563,14 @@ fn compile_route(
             .map(|q| value_match(q, false))
             .collect(),
         action,
+        fault: match &r.fault {
+            Some(f) => Some(Arc::new(Fault::compile(f))),
+            None => shared.fault.clone(),
+        },
+        rate_limit: match &r.rate_limit {
+            Some(rl) => Some(Arc::new(RateLimiter::compile(rl))),
+            None => shared.rate_limit.clone(),
+        },
     })
 }
 

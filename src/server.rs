@@ -148,6 +148,7 @@ impl Server {
                     .map_err(|e| e.to_string())?,
             );
         }
+        crate::health::start(&shared.snapshot.load_full());
         let admin = crate::admin::spawn(admin_sock, shared.clone()).map_err(|e| e.to_string())?;
         tracing::info!(version = %version, listeners = listeners.len(), admin = %admin_addr, "configuration loaded");
         Ok(Server {
@@ -225,7 +226,9 @@ impl Server {
             tracing::warn!("{w}");
         }
         let keep: BTreeSet<SocketAddr> = snap.listeners.keys().copied().collect();
-        self.shared.snapshot.store(Arc::new(snap));
+        let snap = Arc::new(snap);
+        self.shared.snapshot.store(snap.clone());
+        crate::health::start(&snap);
 
         for (addr, l) in bound {
             match listener::spawn(l, self.shared.clone(), self.opts.drain_timeout) {

@@ -81,6 +81,18 @@ pub struct ListenerStats {
     pub downstream_rq_xx: StatusClasses,
     /// Requests that matched no route.
     pub no_route: Counter,
+    /// Requests delayed by fault injection.
+    pub fault_delays_injected: Counter,
+    /// Requests aborted by fault injection.
+    pub fault_aborts_injected: Counter,
+    /// Faults not injected because `max_active_faults` was reached.
+    pub fault_overflow: Counter,
+    /// Faults in progress.
+    pub fault_active: Gauge,
+    /// Requests refused by a local rate limit (429).
+    pub rate_limited: Counter,
+    /// Requests or responses cut by the stream idle timeout.
+    pub downstream_rq_idle_timeout: Counter,
 }
 
 /// Per-cluster statistics (Envoy's `upstream_*`).
@@ -102,6 +114,36 @@ pub struct ClusterStats {
     pub upstream_rq_no_healthy: Counter,
     /// TCP proxy connections opened.
     pub upstream_cx_total: Counter,
+    /// Upstream connections open now.
+    pub upstream_cx_active: Gauge,
+    /// Requests waiting for a new connection.
+    pub upstream_rq_pending_active: Gauge,
+    /// Retries in flight.
+    pub upstream_rq_retry_active: Gauge,
+    /// Requests refused because `max_connections` was reached.
+    pub upstream_cx_overflow: Counter,
+    /// Requests refused because `max_pending_requests` or `max_requests` was reached.
+    pub upstream_rq_pending_overflow: Counter,
+    /// Retries not made because the retry budget or `max_retries` was reached.
+    pub upstream_rq_retry_overflow: Counter,
+    /// Retries made.
+    pub upstream_rq_retry: Counter,
+    /// Requests that succeeded after at least one retry.
+    pub upstream_rq_retry_success: Counter,
+    /// Requests whose retries ran out (response flag URX).
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// Tries that hit `per_try_timeout`.
+    pub upstream_rq_per_try_timeout: Counter,
+    /// Picks made while no endpoint was available (the balancer failed open).
+    pub lb_healthy_panic: Counter,
+    /// Configured endpoints.
+    pub membership_total: Gauge,
+    /// Endpoints ejected by outlier detection (total ejections).
+    pub outlier_detection_ejections_total: Counter,
+    /// Health checks that passed / failed.
+    pub health_check_success: Counter,
+    /// Health checks that failed.
+    pub health_check_failure: Counter,
 }
 
 /// Configuration reload outcomes (Envoy's `update_*`).
@@ -200,6 +242,37 @@ impl Stats {
                 );
             }
             push("no_route", Kind::Counter, l(), s.no_route.get() as i64);
+            push(
+                "fault_delays_injected",
+                Kind::Counter,
+                l(),
+                s.fault_delays_injected.get() as i64,
+            );
+            push(
+                "fault_aborts_injected",
+                Kind::Counter,
+                l(),
+                s.fault_aborts_injected.get() as i64,
+            );
+            push(
+                "fault_overflow",
+                Kind::Counter,
+                l(),
+                s.fault_overflow.get() as i64,
+            );
+            push("fault_active", Kind::Gauge, l(), s.fault_active.get());
+            push(
+                "rate_limited",
+                Kind::Counter,
+                l(),
+                s.rate_limited.get() as i64,
+            );
+            push(
+                "downstream_rq_idle_timeout",
+                Kind::Counter,
+                l(),
+                s.downstream_rq_idle_timeout.get() as i64,
+            );
         }
         for (n, s) in self.each_cluster() {
             let l = || vec![("cluster", n.clone())];
@@ -255,6 +328,43 @@ impl Stats {
                 l(),
                 s.upstream_cx_total.get() as i64,
             );
+            let counters: [(&'static str, &Counter); 11] = [
+                ("upstream_cx_overflow", &s.upstream_cx_overflow),
+                (
+                    "upstream_rq_pending_overflow",
+                    &s.upstream_rq_pending_overflow,
+                ),
+                ("upstream_rq_retry_overflow", &s.upstream_rq_retry_overflow),
+                ("upstream_rq_retry", &s.upstream_rq_retry),
+                ("upstream_rq_retry_success", &s.upstream_rq_retry_success),
+                (
+                    "upstream_rq_retry_limit_exceeded",
+                    &s.upstream_rq_retry_limit_exceeded,
+                ),
+                (
+                    "upstream_rq_per_try_timeout",
+                    &s.upstream_rq_per_try_timeout,
+                ),
+                ("lb_healthy_panic", &s.lb_healthy_panic),
+                (
+                    "outlier_detection_ejections",
+                    &s.outlier_detection_ejections_total,
+                ),
+                ("health_check_success", &s.health_check_success),
+                ("health_check_failure", &s.health_check_failure),
+            ];
+            for (name, c) in counters {
+                push(name, Kind::Counter, l(), c.get() as i64);
+            }
+            let gauges: [(&'static str, &Gauge); 4] = [
+                ("upstream_cx_active", &s.upstream_cx_active),
+                ("upstream_rq_pending_active", &s.upstream_rq_pending_active),
+                ("upstream_rq_retry_active", &s.upstream_rq_retry_active),
+                ("membership_total", &s.membership_total),
+            ];
+            for (name, g) in gauges {
+                push(name, Kind::Gauge, l(), g.get());
+            }
         }
         let c = &self.config;
         push(

@@ -10,7 +10,7 @@ use crate::cluster::{ActiveRequest, Cluster};
 pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
-    let Some(idx) = cluster.pick() else {
+    let Some(idx) = cluster.pick(None, None) else {
         stats.upstream_rq_no_healthy.inc();
         return;
     };

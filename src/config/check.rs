@@ -122,6 +122,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     }
     ck.addresses(&cfg, admin_at);
     ck.references(&cfg, &maybe_defined);
+    super::check_resilience::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {
@@ -676,8 +677,8 @@ impl Checker<'_> {
             );
         }
         if let Some(a) = &r.route {
-            if a.cluster.trim().is_empty() {
-                self.bad(f, a.cluster.pos, "route cluster must not be empty");
+            if let Some(c) = a.cluster.as_ref().filter(|c| c.trim().is_empty()) {
+                self.bad(f, c.pos, "route cluster must not be empty");
             }
             if let Some(h) = &a.host_rewrite {
                 if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
@@ -820,8 +821,14 @@ impl Checker<'_> {
             for vh in &rc.value.virtual_hosts {
                 for r in &vh.routes {
                     if let Some(a) = &r.route {
-                        if !clusters.contains_key(a.cluster.as_str()) {
-                            missing.push((rc.file, &a.cluster, "cluster", clusters.keys()));
+                        let weighted = a
+                            .weighted_clusters
+                            .iter()
+                            .flat_map(|w| w.clusters.iter().map(|c| &c.name));
+                        for name in a.cluster.iter().chain(weighted) {
+                            if !clusters.contains_key(name.as_str()) {
+                                missing.push((rc.file, name, "cluster", clusters.keys()));
+                            }
                         }
                     }
                 }

@@ -60,6 +60,15 @@ pub struct Listener {
     /// TCP (L4) listener: forward every connection to a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_proxy: Option<TcpProxy>,
+    /// Close a connection with no request in flight after this long (default 1h; 0 = never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Spanned<Dur>>,
+    /// Time allowed to receive a request's headers (default 30s; 0 = no limit). Expiry closes the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<Spanned<Dur>>,
+    /// Time a request or response body may go without data (default 5m; 0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout: Option<Spanned<Dur>>,
 }
 
 /// L4 forwarding of whole TCP connections.
@@ -92,6 +101,15 @@ pub struct VirtualHost {
     /// Routes, tried in order; the first match wins.
     #[serde(default)]
     pub routes: Vec<Spanned<Route>>,
+    /// Retry policy for routes that have none of their own (a route's policy replaces it, no merge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<Spanned<RetryPolicy>>,
+    /// Fault injection for routes that have none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Spanned<Fault>>,
+    /// Local rate limit for routes that have none of their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Spanned<RateLimit>>,
 }
 
 /// One route: a match and exactly one action.
@@ -113,6 +131,12 @@ pub struct Route {
     /// Answer with a redirect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<Spanned<Redirect>>,
+    /// Fault injection (replaces the virtual host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Spanned<Fault>>,
+    /// Local rate limit (replaces the virtual host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Spanned<RateLimit>>,
 }
 
 /// Request matching. Exactly one of `prefix`, `path`, `regex`; all header and query matchers must match too.
@@ -159,21 +183,215 @@ pub struct ValueMatcher {
     pub invert_match: bool,
 }
 
-/// Forwarding to an upstream cluster.
+/// Forwarding to an upstream cluster. Exactly one of `cluster` and `weighted_clusters`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAction {
     /// The cluster to forward to.
-    pub cluster: Spanned<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Spanned<String>>,
+    /// Split traffic across clusters by weight (canary releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<Spanned<WeightedClusters>>,
     /// Replace the matched `prefix` (or the whole path for `path` matches) with this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_rewrite: Option<String>,
     /// Set the upstream Host header to this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<Spanned<String>>,
-    /// Time from sending the request upstream to receiving response headers (default 15s, 0 = off).
+    /// Time from sending the request upstream to receiving response headers, all retries
+    /// included (default 15s, 0 = off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Spanned<Dur>>,
+    /// Body idle timeout for this route (replaces the listener's `stream_idle_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Spanned<Dur>>,
+    /// Retries (replaces the virtual host's policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<Spanned<RetryPolicy>>,
+    /// How `ring_hash` / `maglev` clusters hash a request; the first policy that yields a value wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policy: Vec<Spanned<HashPolicy>>,
+    /// Request bodies up to this size are buffered so a retry can resend them (default 65536).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request_buffer_limit_bytes: Option<u64>,
+}
+
+/// Weighted traffic split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedClusters {
+    /// The clusters and their weights.
+    pub clusters: Vec<Spanned<WeightedCluster>>,
+}
+
+/// One cluster of a weighted split.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub name: Spanned<String>,
+    /// Relative weight (0 = no traffic).
+    pub weight: u32,
+}
+
+/// One way to compute a request's hash for consistent hashing.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashPolicy {
+    /// Hash a request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HashHeader>,
+    /// Hash a cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<HashCookie>,
+    /// Hash connection properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_properties: Option<HashConnection>,
+    /// Stop at this policy if it yields a hash, even when later ones would too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminal: bool,
+}
+
+/// Hash on a header's value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashHeader {
+    /// Header name.
+    pub header_name: Spanned<String>,
+}
+
+/// Hash on a cookie's value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashCookie {
+    /// Cookie name.
+    pub name: Spanned<String>,
+}
+
+/// Hash on the client address.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashConnection {
+    /// Use the client's IP.
+    pub source_ip: bool,
+}
+
+/// When and how often to retry a request.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Comma-separated conditions: `5xx`, `gateway-error`, `reset`, `connect-failure`,
+    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes` (default `5xx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Spanned<String>>,
+    /// Maximum retries (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<Spanned<u32>>,
+    /// Timeout of each try; unset means the route timeout alone applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Spanned<Dur>>,
+    /// Back-off between tries (full jitter exponential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_back_off: Option<Spanned<RetryBackOff>>,
+    /// Statuses retried with `retriable-status-codes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_status_codes: Vec<Spanned<u16>>,
+    /// Also retry methods that are not idempotent (POST, PATCH, CONNECT). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_non_idempotent: bool,
+}
+
+/// Exponential back-off with full jitter.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOff {
+    /// First interval (default 25ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_interval: Option<Spanned<Dur>>,
+    /// Cap (default 10 × base_interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Spanned<Dur>>,
+}
+
+/// Fault injection: delays and aborts for a share of requests.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Delay requests before they are routed upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Spanned<FaultDelay>>,
+    /// Answer requests with an error status instead of forwarding them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<Spanned<FaultAbort>>,
+    /// At most this many requests faulted at once (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_active_faults: Option<u32>,
+    /// Honour `x-tern-fault-*` request headers (capped by the configured percentages).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub header_controlled: bool,
+}
+
+/// An injected delay.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// How long (required unless header-controlled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_delay: Option<Spanned<Dur>>,
+    /// Share of requests delayed, 0-100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Spanned<f64>>,
+}
+
+/// An injected error response.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// Status to answer with, 200-599 (required unless header-controlled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<Spanned<u16>>,
+    /// Share of requests aborted, 0-100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage: Option<Spanned<f64>>,
+}
+
+/// Local token-bucket rate limit.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per unit.
+    pub requests_per_unit: Spanned<u32>,
+    /// `second` or `minute`.
+    pub unit: RateUnit,
+    /// Bucket size (default `requests_per_unit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Spanned<u32>>,
+    /// One bucket per value of this key instead of one for the whole route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Spanned<RateLimitKey>>,
+}
+
+/// Rate-limit time units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateUnit {
+    /// Per second.
+    Second,
+    /// Per minute.
+    Minute,
+}
+
+/// What a keyed rate limit counts by: exactly one of `header` and `source_ip`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitKey {
+    /// A request header's value (requests without it share one bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<Spanned<String>>,
+    /// The client IP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_ip: bool,
 }
 
 /// A response generated by the proxy.
@@ -232,7 +450,115 @@ pub struct Cluster {
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<Spanned<Endpoint>>,
+    /// Limits that shed load at once instead of queueing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breakers: Option<Spanned<CircuitBreakers>>,
+    /// Passive health: eject endpoints that keep failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<Spanned<OutlierDetection>>,
+    /// Active health checks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<Spanned<HealthCheck>>,
 }
+
+/// Per-cluster limits (Envoy's default-priority thresholds, flattened).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakers {
+    /// Open upstream connections (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Spanned<u32>>,
+    /// Requests waiting for a connection (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<Spanned<u32>>,
+    /// Requests in flight (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<Spanned<u32>>,
+    /// Retries in flight (default 3; replaced by `retry_budget` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<Spanned<u32>>,
+    /// Retries in flight as a share of requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<Spanned<RetryBudget>>,
+}
+
+/// Retry concurrency as a share of active requests.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Percent of active requests that may be retries (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<Spanned<f64>>,
+    /// Retries always allowed regardless of the percentage (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+}
+
+/// Outlier detection (Envoy's names and defaults).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx (or connect failures/resets) that eject an endpoint (default 5; 0 = off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 (or connect failures) that eject an endpoint (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_failure: Option<u32>,
+    /// How often ejections are re-evaluated (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Spanned<Dur>>,
+    /// Ejection time, multiplied by the endpoint's number of ejections (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Spanned<Dur>>,
+    /// Cap on the ejection time (default 300s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Spanned<Dur>>,
+    /// At most this percent of endpoints ejected at once; at least one may be (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_percent: Option<Spanned<f64>>,
+}
+
+/// An active health check. Exactly one of `http` and `tcp`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Time allowed for one check.
+    pub timeout: Spanned<Dur>,
+    /// Time between checks.
+    pub interval: Spanned<Dur>,
+    /// Failed checks in a row that mark an endpoint unhealthy.
+    pub unhealthy_threshold: Spanned<u32>,
+    /// Passed checks in a row that mark an unhealthy endpoint healthy again.
+    pub healthy_threshold: Spanned<u32>,
+    /// Random extra time added to each interval (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_jitter: Option<Spanned<Dur>>,
+    /// Check with an HTTP GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// Check that a TCP connection opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+}
+
+/// HTTP health check settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    /// Path to GET.
+    pub path: Spanned<String>,
+    /// Host header (default the cluster name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Statuses that count as healthy (default [200]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<Spanned<u16>>,
+}
+
+/// TCP health check settings (none yet: a connection that opens is healthy).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpHealthCheck {}
 
 /// Load-balancing policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -243,6 +569,12 @@ pub enum LbPolicy {
     RoundRobin,
     /// Power of two random choices, fewest active requests (weighted).
     LeastRequest,
+    /// Uniformly random (weighted).
+    Random,
+    /// Consistent hashing on a ring (Ketama-style), keyed by the route's `hash_policy`.
+    RingHash,
+    /// Maglev consistent hashing, keyed by the route's `hash_policy`.
+    Maglev,
 }
 
 /// One upstream address.
