@@ -18,6 +18,7 @@ pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
             unreachable_routes(vh, |d| diags.push(d.into_diag(file)));
         }
     }
+    resilience::lint(cfg, diags);
 }
 
 /// A warning within one file, before the file's path is attached.
@@ -256,6 +257,291 @@ fn shadows(a: &RouteMatch, b: &RouteMatch) -> bool {
         return b.path.as_ref().is_some_and(|pb| ra.is_match(pb));
     }
     false
+}
+
+/// Warnings about risky resilience settings; each message says why, with the numbers.
+mod resilience {
+    use std::collections::{HashMap, HashSet};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::diag::{codes, Diagnostic};
+    use super::super::model::{Cluster, Fault, RetryPolicy, RouteAction};
+    use super::super::value::{Dur, Pos, Spanned};
+    use super::super::{Config, Def};
+
+    /// The router's route timeout when a route sets none (`router::DEFAULT_ROUTE_TIMEOUT`).
+    pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Retries when `num_retries` is not set.
+    pub const DEFAULT_NUM_RETRIES: u32 = 1;
+    /// Retries in flight per cluster without `max_retries` or a budget (Envoy's default).
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+    /// Retries always allowed by a retry budget without `min_retry_concurrency`.
+    pub const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+    /// Retry conditions after which the upstream may already have acted on the request.
+    const AFTER_PROCESSING: &[&str] = &[
+        "5xx",
+        "gateway-error",
+        "reset",
+        "retriable-4xx",
+        "retriable-status-codes",
+    ];
+
+    fn show(d: Duration) -> String {
+        Dur(d).to_string()
+    }
+
+    /// Adds the resilience warnings for `cfg`.
+    pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
+        let clusters: HashMap<&str, &Def<Cluster>> = cfg
+            .clusters
+            .iter()
+            .map(|c| (c.value.name.as_str(), c))
+            .collect();
+        // A virtual host's policy applies to many routes: say each thing about it once.
+        let mut said: HashSet<(&'static str, Pos, Pos)> = HashSet::new();
+        for rc in &cfg.route_configs {
+            let file = cfg.files[rc.file].as_path();
+            for vh in &rc.value.virtual_hosts {
+                for r in &vh.routes {
+                    let Some(action) = &r.route else { continue };
+                    // A route's own policy and fault replace the virtual host's.
+                    let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
+                    let fault = r.fault.as_ref().or(vh.fault.as_ref());
+                    let timeout = route_timeout(action);
+                    if let Some(p) = policy {
+                        retry(cfg, file, p, action, timeout, &clusters, &mut said, diags);
+                    }
+                    if let Some(f) = fault {
+                        if said.insert((codes::FAULT_DELAY_EXCEEDS_TIMEOUT, f.pos, action.pos)) {
+                            fault_delay(file, f, timeout, diags);
+                        }
+                    }
+                }
+            }
+        }
+        for c in &cfg.clusters {
+            breakers(&cfg.files[c.file], &c.value, diags);
+        }
+    }
+
+    /// The route timeout and where it was set (`None` when off).
+    fn route_timeout(a: &Spanned<RouteAction>) -> Option<(Duration, Pos, bool)> {
+        match &a.timeout {
+            None => Some((DEFAULT_ROUTE_TIMEOUT, a.pos, false)),
+            Some(t) if t.0.is_zero() => None,
+            Some(t) => Some((t.0, t.pos, true)),
+        }
+    }
+
+    fn timeout_words(explicit: bool, t: Duration) -> String {
+        if explicit {
+            format!("the route timeout {}", show(t))
+        } else {
+            format!("the default route timeout {}", show(t))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn retry(
+        cfg: &Config,
+        file: &Path,
+        p: &Spanned<RetryPolicy>,
+        action: &Spanned<RouteAction>,
+        timeout: Option<(Duration, Pos, bool)>,
+        clusters: &HashMap<&str, &Def<Cluster>>,
+        said: &mut HashSet<(&'static str, Pos, Pos)>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let n = p
+            .num_retries
+            .as_ref()
+            .map_or(DEFAULT_NUM_RETRIES, |n| n.value);
+        if n == 0 {
+            return;
+        }
+        let at = p.num_retries.as_ref().map_or(p.pos, |n| n.pos);
+        match (&p.per_try_timeout, timeout) {
+            (Some(per_try), Some((t, t_pos, explicit))) => {
+                let total = per_try.0.saturating_mul(n + 1);
+                if total > t && said.insert((codes::RETRIES_EXCEED_TIMEOUT, per_try.pos, t_pos)) {
+                    diags.push(
+                        Diagnostic::warning(
+                            codes::RETRIES_EXCEED_TIMEOUT,
+                            file,
+                            per_try.pos,
+                            format!(
+                                "per_try_timeout {} × ({n} retries + 1) = {} is longer than {}: \
+                                 the route gives up before the last tries can run",
+                                per_try.value,
+                                show(total),
+                                timeout_words(explicit, t)
+                            ),
+                        )
+                        .with_related("route timeout", file, t_pos)
+                        .with_help(format!(
+                            "raise the route timeout to at least {}, or lower per_try_timeout or num_retries",
+                            show(total)
+                        )),
+                    );
+                }
+            }
+            (None, _) if said.insert((codes::RETRY_WITHOUT_PER_TRY_TIMEOUT, p.pos, p.pos)) => {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_WITHOUT_PER_TRY_TIMEOUT,
+                        file,
+                        at,
+                        format!(
+                            "retry_policy allows {n} retr{} but sets no per_try_timeout: one slow \
+                             try can use up the whole route timeout ({} unless the route sets \
+                             one), leaving no time to retry",
+                            if n == 1 { "y" } else { "ies" },
+                            show(DEFAULT_ROUTE_TIMEOUT)
+                        ),
+                    )
+                    .with_help("set per_try_timeout to a fraction of the route timeout"),
+                );
+            }
+            _ => {}
+        }
+        if p.retry_non_idempotent && said.insert((codes::RETRY_NON_IDEMPOTENT, p.pos, p.pos)) {
+            let on = p.retry_on.as_ref().map_or("5xx", |o| o.as_str());
+            let risky: Vec<&str> = on
+                .split(',')
+                .map(str::trim)
+                .filter(|c| AFTER_PROCESSING.contains(c))
+                .collect();
+            if !risky.is_empty() {
+                let pos = p.retry_on.as_ref().map_or(p.pos, |o| o.pos);
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_NON_IDEMPOTENT,
+                        file,
+                        pos,
+                        format!(
+                            "retry_non_idempotent retries POST, PATCH and CONNECT on {}: the upstream \
+                             may already have acted on the request, so it can take effect twice",
+                            risky.join(", ")
+                        ),
+                    )
+                    .with_help(
+                        "retry non-idempotent requests only on connect-failure or refused-stream, which \
+                         happen before the upstream sees the request",
+                    ),
+                );
+            }
+        }
+        let targets = action.cluster.iter().chain(
+            action
+                .weighted_clusters
+                .iter()
+                .flat_map(|w| w.clusters.iter().map(|c| &c.name)),
+        );
+        for name in targets {
+            let Some(c) = clusters.get(name.as_str()) else {
+                continue;
+            };
+            let cb = c.value.circuit_breakers.as_ref();
+            let limited = cb.is_some_and(|b| b.max_retries.is_some() || b.retry_budget.is_some());
+            if !limited && said.insert((codes::RETRY_WITHOUT_BUDGET, p.pos, c.pos)) {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_WITHOUT_BUDGET,
+                        file,
+                        at,
+                        format!(
+                            "retries to cluster `{}`, which sets neither a retry_budget nor max_retries: \
+                             only the default {DEFAULT_MAX_RETRIES} retries may be in flight in the whole \
+                             cluster, whatever its traffic",
+                            name.value
+                        ),
+                    )
+                    .with_related("cluster defined here", &cfg.files[c.file], c.value.name.pos)
+                    .with_help(
+                        "size retries with circuit_breakers.retry_budget (e.g. budget_percent: 20) or max_retries",
+                    ),
+                );
+            }
+        }
+    }
+
+    fn fault_delay(
+        file: &Path,
+        f: &Spanned<Fault>,
+        timeout: Option<(Duration, Pos, bool)>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let (Some(delay), Some((t, t_pos, explicit))) = (
+            f.delay.as_ref().and_then(|d| d.fixed_delay.as_ref()),
+            timeout,
+        ) else {
+            return;
+        };
+        if delay.0 <= t {
+            return;
+        }
+        diags.push(
+            Diagnostic::warning(
+                codes::FAULT_DELAY_EXCEEDS_TIMEOUT,
+                file,
+                delay.pos,
+                format!(
+                    "fault delay {} is longer than {}: the delay comes before the route timeout starts, \
+                     so delayed requests take over {} in all instead of timing out, and clients with \
+                     shorter timeouts give up first",
+                    delay.value,
+                    timeout_words(explicit, t),
+                    show(delay.0 + t)
+                ),
+            )
+            .with_related("route timeout", file, t_pos)
+            .with_help("to test the route timeout, delay the upstream instead; otherwise shorten fixed_delay"),
+        );
+    }
+
+    /// Thresholds that cap retries before the retry limit does.
+    fn breakers(file: &Path, c: &Cluster, diags: &mut Vec<Diagnostic>) {
+        let Some(cb) = &c.circuit_breakers else {
+            return;
+        };
+        let (retries, what) = match &cb.retry_budget {
+            Some(b) => (
+                b.min_retry_concurrency
+                    .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+                "min_retry_concurrency of the retry budget",
+            ),
+            None => (
+                cb.max_retries
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_RETRIES, |m| m.value),
+                "max_retries",
+            ),
+        };
+        for (name, t) in [
+            ("max_requests", &cb.max_requests),
+            ("max_pending_requests", &cb.max_pending_requests),
+        ] {
+            let Some(t) = t else { continue };
+            if t.value < retries {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::BREAKER_BELOW_RETRIES,
+                        file,
+                        t.pos,
+                        format!(
+                            "{name} {} in cluster `{}` is below the {retries} retries it allows in flight \
+                             ({what}): retries count as requests, so {name} rejects them first",
+                            t.value, c.name.value
+                        ),
+                    )
+                    .with_help(format!(
+                        "raise {name} above {retries}, or lower the retry limit"
+                    )),
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
