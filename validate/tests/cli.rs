@@ -414,7 +414,11 @@ fn schema_accepts_every_example_and_valid_fixture_and_rejects_typos() {
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
 
     let mut files = Vec::new();
-    let mut roots = vec![fixtures_dir().join("valid-split")];
+    let mut roots: Vec<PathBuf> = fixtures()
+        .iter()
+        .filter(|n| n.starts_with("valid-"))
+        .map(|n| fixtures_dir().join(n))
+        .collect();
     for e in fs::read_dir(manifest_dir().join("../config-examples")).unwrap() {
         roots.push(e.unwrap().path());
     }
