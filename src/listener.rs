@@ -4,6 +4,7 @@
 //! with each connection is read from the current snapshot at accept time.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +12,16 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::outlier::now_ms;
 use crate::proxy::{self, Conn};
 use crate::server::Shared;
 use crate::snapshot::ListenerKind;
+use crate::stats::ListenerStats;
 
 /// A running accept loop.
 #[derive(Debug)]
@@ -82,11 +84,9 @@ async fn accept_loop(
         Ok(a) => a,
         Err(_) => return,
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
+    // Cancelled at drain: every HTTP connection finishes its in-flight requests and closes.
+    let drain_all = CancellationToken::new();
     let kill = CancellationToken::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -117,21 +117,18 @@ async fn accept_loop(
                     peer,
                     peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(HeaderValue::from_static("unknown")),
+                    last_request_ms: AtomicU64::new(now_ms()),
                 });
-                let svc = service_fn(move |req| proxy::handle(req, conn.clone()));
-                let fut = graceful.watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned(),
-                );
-                let kill = kill.clone();
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(lr.request_headers_timeout);
+                builder.http2().timer(TokioTimer::new());
+                let idle_timeout = lr.idle_timeout;
+                let (kill, drain) = (kill.clone(), drain_all.clone());
                 tracker.spawn(async move {
-                    tokio::select! {
-                        r = fut => if let Err(e) = r {
-                            tracing::debug!(error = %e, "connection error");
-                        },
-                        _ = kill.cancelled() => {}
-                    }
+                    serve_http(stream, conn, builder, idle_timeout, drain, kill, &stats).await;
                     stats.downstream_cx_active.dec();
                 });
             }
@@ -151,15 +148,65 @@ async fn accept_loop(
     drop(listener);
     tracker.close();
     // HTTP connections finish their in-flight request and close; TCP ones get the drain time.
-    let drained = tokio::time::timeout(drain, async {
-        graceful.shutdown().await;
-        tracker.wait().await;
-    })
-    .await;
+    drain_all.cancel();
+    let drained = tokio::time::timeout(drain, tracker.wait()).await;
     if drained.is_err() {
         tracing::warn!(%local, open = tracker.len(), "drain timeout: closing remaining connections");
         kill.cancel();
         tracker.wait().await;
     }
     tracing::info!(%local, "listener stopped");
+}
+
+/// Serves one HTTP connection until it ends, closing it gracefully on drain or when no request
+/// has started for `idle_timeout` (in-flight requests and streams always finish first).
+async fn serve_http(
+    stream: tokio::net::TcpStream,
+    conn: Arc<Conn>,
+    builder: auto::Builder<TokioExecutor>,
+    idle_timeout: Option<Duration>,
+    drain: CancellationToken,
+    kill: CancellationToken,
+    stats: &ListenerStats,
+) {
+    let c = conn.clone();
+    let svc = service_fn(move |req| proxy::handle(req, c.clone()));
+    let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(fut);
+    let mut closing = false;
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            r = fut.as_mut() => {
+                if let Err(e) = r {
+                    let timeout = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(|h| h.is_timeout());
+                    if timeout {
+                        stats.downstream_rq_header_timeout.inc();
+                    }
+                    tracing::debug!(error = %e, "connection error");
+                }
+                return;
+            }
+            _ = drain.cancelled(), if !closing => {
+                fut.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = &mut idle, if !closing && idle_timeout.is_some() => {
+                let timeout = idle_timeout.unwrap_or(far);
+                let since = Duration::from_millis(now_ms().saturating_sub(conn.last_request_ms.load(Relaxed)));
+                if since >= timeout {
+                    stats.downstream_cx_idle_timeout.inc();
+                    fut.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + (timeout - since));
+                }
+            }
+            _ = kill.cancelled() => return,
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tern::server::{self, Options, WatchOptions};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -17,9 +17,11 @@ enum LogFormat {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration directory (every *.yaml/*.yml below it) or a single file.
     #[arg(long, env = "TERN_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Load and check the configuration (as a reload would), print problems, and exit 0 or 1.
     #[arg(long)]
     check: bool,
@@ -46,14 +48,80 @@ struct Args {
     worker_threads: Option<usize>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Exit 0 if the local proxy's admin `/ready` answers 200, else 1 (container health checks
+    /// without a shell or curl).
+    Health {
+        /// The admin endpoint's address.
+        #[arg(long, env = "TERN_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+        admin_address: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// `GET /ready` with the standard library only: no runtime, no configuration.
+fn health(addr: &str, timeout: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let sa = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("bad admin address {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("bad admin address {addr}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.set_write_timeout(Some(timeout)).ok();
+    write!(
+        s,
+        "GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("cannot send to {addr}: {e}"))?;
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match s.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(format!("no answer from {addr}: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    match head.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        Some(code) => Err(format!("{addr}/ready answered {code}")),
+        None => Err(format!("{addr}/ready gave no HTTP answer")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     tern::config::Dur::parse(s).map(|d| d.0)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Health {
+        admin_address,
+        timeout,
+    }) = &args.command
+    {
+        return match health(admin_address, *timeout) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern health: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let Some(config) = args.config.clone() else {
+        eprintln!("tern: --config PATH (or TERN_CONFIG) is required");
+        return ExitCode::from(2);
+    };
     if args.check {
-        return match server::check(&args.config) {
+        return match server::check(&config) {
             Ok(v) => {
                 println!("configuration OK (version {v})");
                 ExitCode::SUCCESS
@@ -98,7 +166,7 @@ fn main() -> ExitCode {
         }
     };
     let opts = Options {
-        config: args.config,
+        config,
         drain_timeout: args.drain_timeout,
     };
     let watch = WatchOptions {

@@ -24,7 +24,7 @@ use crate::outlier::{self, Outcome};
 use crate::pool::{Lease, SendError, Target, UpBody};
 use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
-use crate::snapshot::ListenerKind;
+use crate::snapshot::{ListenerKind, ListenerRt};
 use crate::stats::ListenerStats;
 
 /// Response body: a streamed upstream body, or a small local one.
@@ -44,6 +44,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The client's IP as a header value, for `x-forwarded-for`.
     pub peer_ip: HeaderValue,
+    /// When the last request started ([`crate::outlier::now_ms`]), for the idle timeout.
+    pub last_request_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Why the proxy answered by itself; each maps to a status and a short body naming the cause.
@@ -136,6 +138,8 @@ pub async fn handle(
         return Ok(LocalReply::ListenerGone.response());
     };
     let stats = &listener.stats;
+    conn.last_request_ms
+        .store(outlier::now_ms(), std::sync::atomic::Ordering::Relaxed);
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
     let _active = ActiveGauge(stats);
@@ -151,7 +155,7 @@ pub async fn handle(
             stats.no_route.inc();
             LocalReply::NoRoute.response()
         }
-        Some(route) => match serve_route(req, route, &conn, host, stats).await {
+        Some(route) => match serve_route(req, route, &conn, host, listener).await {
             Ok(r) => r,
             Err(local) => local.response(),
         },
@@ -166,8 +170,9 @@ async fn serve_route(
     route: &Route,
     conn: &Conn,
     host: String,
-    stats: &ListenerStats,
+    listener: &ListenerRt,
 ) -> Result<Response<RespBody>, LocalReply> {
+    let stats = &*listener.stats;
     // Fault injection first: a delay here does not count against the route timeout, which
     // starts when the request goes upstream (as with Envoy's fault filter before the router).
     let mut _fault_slot = None;
@@ -217,7 +222,7 @@ async fn serve_route(
             }
             Ok(r)
         }
-        Action::Forward(fwd) => forward(req, fwd, route, conn, host).await,
+        Action::Forward(fwd) => forward(req, fwd, route, conn, host, listener).await,
     }
 }
 
@@ -267,6 +272,7 @@ async fn forward(
     route: &Route,
     conn: &Conn,
     host: String,
+    listener: &ListenerRt,
 ) -> Result<Response<RespBody>, LocalReply> {
     let cluster = fwd.cluster();
     let cs = &cluster.stats;
@@ -412,12 +418,18 @@ async fn forward(
                 }
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
+                let idle = fwd.idle_timeout.unwrap_or(listener.stream_idle_timeout);
                 Ok(Response::from_parts(
                     parts,
                     Either::Left(Upstream {
                         inner: body,
                         lease: Some(lease),
                         _active: active,
+                        idle: idle.map(|d| IdleTimer {
+                            timeout: d,
+                            sleep: None,
+                            stats: listener.stats.clone(),
+                        }),
                     }),
                 ))
             }
@@ -491,14 +503,35 @@ async fn try_once(
     }
 }
 
+/// A lazily armed body idle timer: no timer exists while data keeps arriving.
+pub struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    stats: Arc<ListenerStats>,
+}
+
+/// The error a body ends with when the stream idle timeout expires.
+#[derive(Debug)]
+pub struct StreamIdleTimeout;
+
+impl std::fmt::Display for StreamIdleTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout")
+    }
+}
+
+impl std::error::Error for StreamIdleTimeout {}
+
 pin_project_lite::pin_project! {
-    /// An upstream response body that keeps its endpoint counted as busy until it ends, and
-    /// returns its connection to the pool if it was read to the end.
+    /// An upstream response body that keeps its endpoint counted as busy until it ends, returns
+    /// its connection to the pool if it was read to the end, and ends with an error when no data
+    /// arrives for the stream idle timeout.
     pub struct Upstream<B: Body> {
         #[pin]
         inner: B,
         lease: Option<Lease>,
         _active: ActiveRequest,
+        idle: Option<IdleTimer>,
     }
 
     impl<B: Body> PinnedDrop for Upstream<B> {
@@ -513,16 +546,41 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B: Body> Body for Upstream<B> {
+impl<B> Body for Upstream<B>
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = B::Data;
-    type Error = B::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(r) => {
+                if let Some(t) = this.idle.as_mut() {
+                    t.sleep = None;
+                }
+                Poll::Ready(r.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if let Some(t) = this.idle.as_mut() {
+                    let timeout = t.timeout;
+                    let sleep = t
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
+                        t.stats.downstream_rq_idle_timeout.inc();
+                        return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

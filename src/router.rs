@@ -127,6 +127,8 @@ pub struct Forward {
     pub hash_policy: Vec<(HashOn, bool)>,
     /// Largest request body buffered for retries.
     pub buffer_limit: u64,
+    /// Body idle timeout set on the route (`Some(None)`: turned off), else the listener's applies.
+    pub idle_timeout: Option<Option<Duration>>,
     /// Replacement for the matched prefix.
     pub prefix_rewrite: Option<String>,
     /// Upstream Host override.
@@ -518,6 +520,10 @@ fn compile_route(
             buffer_limit: a
                 .per_request_buffer_limit_bytes
                 .unwrap_or(DEFAULT_BUFFER_LIMIT),
+            idle_timeout: a
+                .idle_timeout
+                .as_ref()
+                .map(|d| (!d.0.is_zero()).then_some(d.0)),
             prefix_rewrite: a.prefix_rewrite.clone(),
             host_rewrite: a
                 .host_rewrite

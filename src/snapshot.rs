@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -35,6 +35,31 @@ pub struct ListenerRt {
     pub kind: ListenerKind,
     /// Its statistics.
     pub stats: Arc<ListenerStats>,
+    /// Close a connection when no request has started for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Time allowed for a request's headers (HTTP/1.1).
+    pub request_headers_timeout: Option<Duration>,
+    /// Time a response body may go without data.
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+/// Envoy's connection idle timeout default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default request headers timeout (Envoy has none; hyper's default, kept against slowloris).
+pub const DEFAULT_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Envoy's stream idle timeout default.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `None` for zero (off), the configured value, or the default.
+pub fn timeout_or(
+    v: Option<&crate::config::Spanned<crate::config::Dur>>,
+    default: Duration,
+) -> Option<Duration> {
+    match v.map(|d| d.0) {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(default),
+    }
 }
 
 /// What a listener does with a connection.
@@ -94,6 +119,15 @@ impl Snapshot {
                     name: l.name.as_str().into(),
                     kind,
                     stats: stats.listener(&l.name),
+                    idle_timeout: timeout_or(l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
+                    request_headers_timeout: timeout_or(
+                        l.request_headers_timeout.as_ref(),
+                        DEFAULT_HEADERS_TIMEOUT,
+                    ),
+                    stream_idle_timeout: timeout_or(
+                        l.stream_idle_timeout.as_ref(),
+                        DEFAULT_STREAM_IDLE_TIMEOUT,
+                    ),
                 }),
             );
         }

@@ -93,6 +93,10 @@ pub struct ListenerStats {
     pub rate_limited: Counter,
     /// Requests or responses cut by the stream idle timeout.
     pub downstream_rq_idle_timeout: Counter,
+    /// Connections closed by the listener idle timeout.
+    pub downstream_cx_idle_timeout: Counter,
+    /// Connections closed because request headers did not arrive in time.
+    pub downstream_rq_header_timeout: Counter,
 }
 
 /// Per-cluster statistics (Envoy's `upstream_*`).
@@ -140,6 +144,18 @@ pub struct ClusterStats {
     pub membership_total: Gauge,
     /// Endpoints ejected by outlier detection (total ejections).
     pub outlier_detection_ejections_total: Counter,
+    /// Endpoints ejected now.
+    pub outlier_detection_ejections_active: Gauge,
+    /// Ejections refused because `max_ejection_percent` was reached.
+    pub outlier_detection_ejections_overflow: Counter,
+    /// Ejections by the `consecutive_5xx` detector.
+    pub outlier_detection_ejections_consecutive_5xx: Counter,
+    /// Ejections by the `consecutive_gateway_failure` detector.
+    pub outlier_detection_ejections_consecutive_gateway_failure: Counter,
+    /// Endpoints available now (not failing active health checks, not ejected).
+    pub membership_healthy: Gauge,
+    /// Health checks made.
+    pub health_check_attempt: Counter,
     /// Health checks that passed / failed.
     pub health_check_success: Counter,
     /// Health checks that failed.
@@ -273,6 +289,15 @@ impl Stats {
                 l(),
                 s.downstream_rq_idle_timeout.get() as i64,
             );
+            for (name, c) in [
+                ("downstream_cx_idle_timeout", &s.downstream_cx_idle_timeout),
+                (
+                    "downstream_rq_header_timeout",
+                    &s.downstream_rq_header_timeout,
+                ),
+            ] {
+                push(name, Kind::Counter, l(), c.get() as i64);
+            }
         }
         for (n, s) in self.each_cluster() {
             let l = || vec![("cluster", n.clone())];
@@ -328,7 +353,7 @@ impl Stats {
                 l(),
                 s.upstream_cx_total.get() as i64,
             );
-            let counters: [(&'static str, &Counter); 11] = [
+            let counters: [(&'static str, &Counter); 15] = [
                 ("upstream_cx_overflow", &s.upstream_cx_overflow),
                 (
                     "upstream_rq_pending_overflow",
@@ -350,17 +375,35 @@ impl Stats {
                     "outlier_detection_ejections",
                     &s.outlier_detection_ejections_total,
                 ),
+                (
+                    "outlier_detection_ejections_overflow",
+                    &s.outlier_detection_ejections_overflow,
+                ),
+                (
+                    "outlier_detection_ejections_consecutive_5xx",
+                    &s.outlier_detection_ejections_consecutive_5xx,
+                ),
+                (
+                    "outlier_detection_ejections_consecutive_gateway_failure",
+                    &s.outlier_detection_ejections_consecutive_gateway_failure,
+                ),
+                ("health_check_attempt", &s.health_check_attempt),
                 ("health_check_success", &s.health_check_success),
                 ("health_check_failure", &s.health_check_failure),
             ];
             for (name, c) in counters {
                 push(name, Kind::Counter, l(), c.get() as i64);
             }
-            let gauges: [(&'static str, &Gauge); 4] = [
+            let gauges: [(&'static str, &Gauge); 6] = [
                 ("upstream_cx_active", &s.upstream_cx_active),
                 ("upstream_rq_pending_active", &s.upstream_rq_pending_active),
                 ("upstream_rq_retry_active", &s.upstream_rq_retry_active),
                 ("membership_total", &s.membership_total),
+                ("membership_healthy", &s.membership_healthy),
+                (
+                    "outlier_detection_ejections_active",
+                    &s.outlier_detection_ejections_active,
+                ),
             ];
             for (name, g) in gauges {
                 push(name, Kind::Gauge, l(), g.get());

@@ -165,3 +165,34 @@ async fn drain_timeout_cuts_requests_that_take_too_long() {
         "the cut request fails instead of hanging: {r:?}"
     );
 }
+
+fn tern_health(addr: &str) -> Option<i32> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["health", "--admin-address", addr, "--timeout", "500ms"])
+        .env_remove("TERN_CONFIG")
+        .output()
+        .unwrap()
+        .status
+        .code()
+}
+
+#[tokio::test]
+async fn health_subcommand_follows_ready() {
+    let be = Backend::start("be").await;
+    let (admin, port) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    forward_config(&cfg, admin, port, &be);
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    let addr = format!("127.0.0.1:{admin}");
+    assert_eq!(tern_health(&addr), Some(0));
+    request("POST", &tern.admin_url("/healthcheck/fail"), &[], "")
+        .await
+        .unwrap();
+    assert_eq!(tern_health(&addr), Some(1));
+    // Nothing listening.
+    assert_eq!(tern_health(&format!("127.0.0.1:{}", free_port())), Some(1));
+    // Accepts but never answers: gives up after its timeout.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_addr = hang.local_addr().unwrap().to_string();
+    assert_eq!(tern_health(&hang_addr), Some(1));
+}

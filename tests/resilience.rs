@@ -24,6 +24,8 @@ enum Mode {
     Slow(u64),
     /// Send headers announcing 1000 bytes, send 10, close.
     CloseMidBody,
+    /// Send headers announcing 1000 bytes, send 10, then stall.
+    StallBody,
 }
 
 /// A raw-TCP HTTP/1.1 upstream that misbehaves on purpose. Answers carry `x-backend: NAME`
@@ -96,6 +98,13 @@ impl Flaky {
                             Mode::Slow(ms) => {
                                 tokio::time::sleep(Duration::from_millis(ms)).await;
                                 200
+                            }
+                            Mode::StallBody => {
+                                let _ = s
+                                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
+                                    .await;
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                return;
                             }
                             Mode::CloseMidBody => {
                                 let _ = s
@@ -466,4 +475,83 @@ async fn upstream_closing_mid_body_does_not_hurt_the_next_request() {
     let r = request("GET", &url(port, "/x"), &[], "").await;
     assert!(r.is_err());
     assert_eq!(bad.requests(), 2, "each request got a fresh connection");
+}
+
+/// tern with one listener (extra listener fields) forwarding to `upstream`.
+async fn proxy_with_listener(listener_extra: &str, upstream: SocketAddr) -> (Tern, u16, ConfigDir) {
+    let (admin, port) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write(
+        "all.yaml",
+        &format!(
+            "{}listeners:\n  - name: ingress\n    address: 127.0.0.1:{port}\n    route_config: main\n{listener_extra}route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: c }}\nclusters:\n  - name: c\n    endpoints: [{{ address: \"{upstream}\" }}]\n",
+            admin_yaml(admin)
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    (tern, port, cfg)
+}
+
+#[tokio::test]
+async fn stream_idle_timeout_cuts_a_stalled_body() {
+    let stall = Flaky::start("stall", Mode::StallBody).await;
+    let (tern, port, _c) =
+        proxy_with_listener("    stream_idle_timeout: 200ms\n", stall.addr).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        request("GET", &url(port, "/x"), &[], ""),
+    )
+    .await;
+    assert!(r.expect("the body is cut, not left hanging").is_err());
+    assert_eq!(
+        tern.stat("listener.ingress.downstream_rq_idle_timeout")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_and_slow_headers_are_closed() {
+    let be = Flaky::start("be", Mode::FailFirst(0, 200)).await;
+    let (tern, port, _c) = proxy_with_listener(
+        "    idle_timeout: 300ms\n    request_headers_timeout: 5s\n",
+        be.addr,
+    )
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Idle after one request: the proxy closes the connection (read returns 0).
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        tern.stat("listener.ingress.downstream_cx_idle_timeout")
+            .await,
+        1
+    );
+
+    let (tern, port, _c) =
+        proxy_with_listener("    request_headers_timeout: 200ms\n", be.addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "headers never completed: closed without an answer");
+    wait_for("header timeout counted", || async {
+        (tern
+            .stat("listener.ingress.downstream_rq_header_timeout")
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await;
 }
