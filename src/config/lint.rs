@@ -18,7 +18,11 @@ pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
             unreachable_routes(vh, |d| diags.push(d.into_diag(file)));
         }
     }
-    resilience::lint(cfg, diags);
+    // Tuning advice waits until the configuration loads: next to an error in the same retry
+    // policy or fault it would only be noise.
+    if !diags.iter().any(Diagnostic::is_error) {
+        resilience::lint(cfg, diags);
+    }
 }
 
 /// A warning within one file, before the file's path is attached.
@@ -550,6 +554,32 @@ mod tests {
 
     fn m(yaml: &str) -> RouteMatch {
         serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn codes(yaml: &str) -> Vec<&'static str> {
+        let sources = crate::config::Sources {
+            files: vec![crate::config::SourceFile {
+                path: "x.yaml".into(),
+                text: yaml.into(),
+            }],
+            ..Default::default()
+        };
+        crate::config::check_sources(sources)
+            .diagnostics
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[test]
+    fn resilience_advice_waits_for_a_loadable_configuration() {
+        let ok = "clusters: [{ name: c, endpoints: [{ address: 127.0.0.1:1 }] }]\nroute_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: / }\n            route: { cluster: c, retry_policy: { num_retries: 2 } }\n";
+        assert_eq!(codes(ok), ["W005", "W007"]);
+        let broken =
+            format!("{ok}listeners: [{{ name: l, address: 127.0.0.1:0, route_config: m }}]\n");
+        assert_eq!(codes(&broken), ["E004"]);
+        // No retries at all: nothing to say.
+        assert!(codes(&ok.replace("num_retries: 2", "num_retries: 0")).is_empty());
     }
 
     #[test]
