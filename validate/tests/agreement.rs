@@ -28,18 +28,38 @@ const PATHS: &[&str] = &[
     "prefix: api",
 ];
 const DOMAINS: &[&str] = &["\"*\"", "example.com", "\"*.example.com\"", "\"a.*.b\""];
+/// Extra route action fields: resilience settings, the first ones valid.
+const ROUTE_EXTRAS: &[&str] = &[
+    "",
+    ", retry_policy: { num_retries: 2, per_try_timeout: 1s }",
+    ", timeout: 0, retry_policy: { retry_on: \"5xx,reset\", retry_non_idempotent: true }",
+    ", retry_policy: { per_try_timeout: 0s }",
+    ", retry_policy: { retry_on: bogus }",
+    ", retry_policy: { retry_back_off: { base_interval: 100ms, max_interval: 10ms } }",
+];
+/// Extra cluster fields: breakers, outlier detection, health checks, the first ones valid.
+const CLUSTER_EXTRAS: &[&str] = &[
+    "",
+    "    circuit_breakers: { max_requests: 2, max_retries: 5 }\n",
+    "    outlier_detection: { consecutive_5xx: 3, interval: 1s }\n",
+    "    health_checks: [{ timeout: 1s, interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1, tcp: {} }]\n",
+    "    circuit_breakers: { max_requests: 0 }\n",
+    "    outlier_detection: { max_ejection_percent: 120 }\n",
+    "    health_checks: [{ timeout: 5s, interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1, tcp: {} }]\n",
+];
 
-/// One generated cluster: name, endpoint port, connect timeout.
+/// One generated cluster: name, endpoint port, connect timeout, extra fields.
 #[derive(Debug, Clone)]
-struct GenCluster(usize, usize, usize);
+struct GenCluster(usize, usize, usize, usize);
 
 /// One generated listener: name, port, HTTP (route config name) or TCP (cluster name).
 #[derive(Debug, Clone)]
 struct GenListener(usize, usize, bool, usize);
 
-/// One generated route: path matcher, then a cluster or a direct response status.
+/// One generated route: path matcher, then a cluster (with extra fields) or a direct response
+/// status.
 #[derive(Debug, Clone)]
-struct GenRoute(usize, Result<usize, usize>);
+struct GenRoute(usize, Result<(usize, usize), usize>);
 
 /// One generated route config: name, domains of its single virtual host, routes.
 #[derive(Debug, Clone)]
@@ -66,8 +86,13 @@ fn idx(n: usize) -> impl Strategy<Value = usize> {
 }
 
 fn gen_config() -> impl Strategy<Value = GenConfig> {
-    let cluster = (idx(3), pick(3, PORTS.len()), pick(3, DURATIONS.len()))
-        .prop_map(|(a, b, c)| GenCluster(a, b, c));
+    let cluster = (
+        idx(3),
+        pick(3, PORTS.len()),
+        pick(3, DURATIONS.len()),
+        pick(4, CLUSTER_EXTRAS.len()),
+    )
+        .prop_map(|(a, b, c, d)| GenCluster(a, b, c, d));
     let listener = (
         idx(3),
         pick(3, PORTS.len()),
@@ -78,7 +103,7 @@ fn gen_config() -> impl Strategy<Value = GenConfig> {
     let route = (
         pick(4, PATHS.len()),
         prop_oneof![
-            pick(3, NAMES.len()).prop_map(Ok),
+            (pick(3, NAMES.len()), pick(3, ROUTE_EXTRAS.len())).prop_map(Ok),
             pick(2, STATUSES.len()).prop_map(Err)
         ],
     )
@@ -120,11 +145,11 @@ fn render(g: &GenConfig) -> [String; 3] {
         }
         f.push_str(&text);
     };
-    for GenCluster(name, port, dur) in &g.clusters {
+    for GenCluster(name, port, dur, extra) in &g.clusters {
         place(
             format!(
-                "  - name: \"{}\"\n    connect_timeout: {}\n    endpoints: [{{ address: \"10.0.0.1:{}\" }}]\n",
-                NAMES[*name], DURATIONS[*dur], PORTS[*port]
+                "  - name: \"{}\"\n    connect_timeout: {}\n    endpoints: [{{ address: \"10.0.0.1:{}\" }}]\n{}",
+                NAMES[*name], DURATIONS[*dur], PORTS[*port], CLUSTER_EXTRAS[*extra]
             ),
             &mut files,
             "clusters",
@@ -167,7 +192,10 @@ fn render(g: &GenConfig) -> [String; 3] {
         }
         for GenRoute(p, action) in routes {
             let action = match action {
-                Ok(c) => format!("route: {{ cluster: \"{}\" }}", NAMES[*c]),
+                Ok((c, extra)) => format!(
+                    "route: {{ cluster: \"{}\"{} }}",
+                    NAMES[*c], ROUTE_EXTRAS[*extra]
+                ),
                 Err(s) => format!("direct_response: {{ status: {} }}", STATUSES[*s]),
             };
             t.push_str(&format!(
