@@ -368,14 +368,23 @@ fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
     }
     let chunk = sources.files.len().div_ceil(threads);
     std::thread::scope(|scope| {
+        // A thread that cannot be started (resource limits) leaves its part to this thread.
         let handles: Vec<_> = sources
             .files
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(parse).collect::<Vec<_>>()))
+            .map(|part| {
+                let h = std::thread::Builder::new()
+                    .name("tern-config-parse".into())
+                    .spawn_scoped(scope, move || part.iter().map(parse).collect::<Vec<_>>());
+                (part, h.ok())
+            })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().expect("YAML parsing does not panic"))
+            .flat_map(|(part, h)| match h {
+                Some(h) => h.join().expect("YAML parsing does not panic"),
+                None => part.iter().map(parse).collect(),
+            })
             .collect()
     })
 }
