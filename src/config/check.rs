@@ -1030,6 +1030,45 @@ mod tests {
     }
 
     #[test]
+    fn large_configurations_parse_in_parallel_in_file_order() {
+        // Over PARALLEL_PARSE_BYTES in 64 files, one of them broken.
+        let mut files = Vec::new();
+        for i in 0..64 {
+            let mut text = String::from("clusters:\n");
+            for j in 0..60 {
+                text.push_str(&format!(
+                    "  - name: c{i}-{j}\n    connect_timeout: 1s\n    endpoints: [{{ address: 10.0.0.1:80 }}]\n"
+                ));
+            }
+            if i == 40 {
+                text.push_str("  - name: bad\n    connect_timeout: soon\n");
+            }
+            files.push(crate::config::SourceFile {
+                path: format!("f{i:02}.yaml").into(),
+                text,
+            });
+        }
+        let sources = Sources {
+            files,
+            ..Default::default()
+        };
+        assert!(sources.files.iter().map(|f| f.text.len()).sum::<usize>() > PARALLEL_PARSE_BYTES);
+        let parsed = parse_all(&sources);
+        assert_eq!(parsed.len(), 64);
+        assert!(parsed
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.is_err() == (i == 40)));
+        let first = parsed[1].as_ref().unwrap();
+        assert_eq!(first.clusters[0].name.as_str(), "c1-0");
+        let (cfg, diags) = check(&sources);
+        assert!(cfg.is_none());
+        assert_eq!(diags.len(), 1);
+        assert_eq!((diags[0].code, diags[0].line), ("E004", 183));
+        assert!(diags[0].file.ends_with("f40.yaml"));
+    }
+
+    #[test]
     fn names_found_in_broken_text() {
         let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");
         assert!(n.contains("api") && n.contains("web"));
