@@ -234,17 +234,6 @@ impl Ck<'_> {
                     );
                 }
             }
-            if o.consecutive_5xx == Some(0) && o.consecutive_gateway_failure.unwrap_or(0) == 0 {
-                self.diags.push(
-                    Diagnostic::warning(
-                        codes::BAD_VALUE,
-                        &self.files[self.file],
-                        o.pos,
-                        "outlier_detection ejects nothing: consecutive_5xx is 0 and consecutive_gateway_failure is not set",
-                    )
-                    .with_help("remove outlier_detection, or set one of the two thresholds"),
-                );
-            }
         }
         if let Some(second) = c.health_checks.get(1) {
             self.bad(
