@@ -366,6 +366,14 @@ pub struct WatchOptions {
 /// Runs the proxy until SIGTERM/SIGINT (drain, then return) — reloading on changes and SIGHUP.
 pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Handlers first: /ready answers as soon as the server starts, and a SIGTERM sent right
+    // after must drain, not kill the process with the default action.
+    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
     let mut server = Server::start(opts.clone()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut watcher = crate::watch::Watcher::new(&opts.config, tx)
@@ -375,12 +383,6 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
         server.reload(false).await;
         watcher.update(&server.watch_dirs);
     }
-    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
-    let (mut term, mut int, mut hup) = (
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-        sig(SignalKind::hangup())?,
-    );
     let poll = if watch.poll_interval.is_zero() {
         Duration::from_secs(365 * 24 * 3600)
     } else {

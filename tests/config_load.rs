@@ -106,3 +106,53 @@ fn version_changes_with_content_only() {
     fs::write(d.path().join("c.yaml"), "clusters: [{ name: d }]\n").unwrap();
     assert_ne!(v1, config::load(d.path()).version.unwrap());
 }
+
+fn codes_of(yaml: &str) -> Vec<(&'static str, u32, u32, String)> {
+    let d = dir_with(&[("x.yaml", yaml)]);
+    config::load(d.path())
+        .diagnostics
+        .into_iter()
+        .map(|d| (d.code, d.line, d.column, d.help.unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn resilience_values_are_checked_where_written() {
+    let base = "clusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n";
+    // Unknown retry condition, with a suggestion.
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: c, retry_policy: {{ retry_on: \"5xx,gateway-eror\" }} }}\n"
+    ));
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!((r[0].0, r[0].1), ("E004", 11));
+    assert_eq!(r[0].3, "did you mean `gateway-error`?");
+    // cluster and weighted_clusters together; a fault percentage out of range.
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: c, weighted_clusters: {{ clusters: [{{ name: c, weight: 1 }}] }} }}\n            fault: {{ abort: {{ http_status: 503, percentage: 150 }} }}\n"
+    ));
+    let codes: Vec<_> = r.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(codes, vec![("E004", 11), ("E004", 12)], "{r:?}");
+    // A weighted cluster that does not exist is a dangling reference at its own line.
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route:\n              weighted_clusters:\n                clusters:\n                  - {{ name: c, weight: 9 }}\n                  - {{ name: nope, weight: 1 }}\n"
+    ));
+    assert_eq!(
+        r.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+        vec![("E006", 15)]
+    );
+    // Health check with both kinds, timeout above interval; breaker limit 0; budget 120 %.
+    let r = codes_of(
+        "clusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n    circuit_breakers: { max_requests: 0, retry_budget: { budget_percent: 120 } }\n    health_checks:\n      - { timeout: 2s, interval: 1s, unhealthy_threshold: 2, healthy_threshold: 1, http: { path: /h }, tcp: {} }\n",
+    );
+    let lines: Vec<_> = r.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(
+        lines,
+        vec![("E004", 4), ("E004", 4), ("E004", 6), ("E004", 6)],
+        "{r:?}"
+    );
+    // Rate limit of zero and a bad key.
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        rate_limit: {{ requests_per_unit: 0, unit: second, key: {{ source_ip: true, header: x }} }}\n        routes: []\n"
+    ));
+    assert_eq!(r.len(), 2, "{r:?}");
+}
