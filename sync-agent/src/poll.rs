@@ -19,6 +19,8 @@ use crate::snapshot::{self, SnapFile, State, Store};
 
 /// Manifests larger than this are refused (a manifest lists files, it is never big).
 const MANIFEST_LIMIT: u64 = 16 << 20;
+/// Snapshots with more files are refused: a configuration has tens of files, and each costs a GET.
+pub const MAX_FILES: usize = 10_000;
 
 /// Which kind of source the prefix holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +323,12 @@ impl Agent {
                     w.rel, w.size, self.args.max_object_size
                 ));
             }
+        }
+        if wants.len() > MAX_FILES {
+            limits.push(format!(
+                "{} files, over the limit of {MAX_FILES}",
+                wants.len()
+            ));
         }
         let total: u64 = wants.iter().map(|w| w.size).sum();
         if total > self.args.max_total_size {
