@@ -18,7 +18,7 @@ use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
 
 /// Default cluster connect timeout (Envoy's).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = config::defaults::CONNECT_TIMEOUT;
 
 /// State of one endpoint that outlives snapshots.
 #[derive(Debug, Default)]
@@ -79,14 +79,30 @@ impl Limits {
     fn from_config(cb: Option<&config::CircuitBreakers>) -> Limits {
         let get = |v: Option<&config::Spanned<u32>>, d: u32| v.map_or(d, |s| s.value) as i64;
         Limits {
-            max_connections: get(cb.and_then(|c| c.max_connections.as_ref()), 1024),
-            max_pending_requests: get(cb.and_then(|c| c.max_pending_requests.as_ref()), 1024),
-            max_requests: get(cb.and_then(|c| c.max_requests.as_ref()), 1024),
-            max_retries: get(cb.and_then(|c| c.max_retries.as_ref()), 3),
+            max_connections: get(
+                cb.and_then(|c| c.max_connections.as_ref()),
+                config::defaults::MAX_CONNECTIONS,
+            ),
+            max_pending_requests: get(
+                cb.and_then(|c| c.max_pending_requests.as_ref()),
+                config::defaults::MAX_PENDING_REQUESTS,
+            ),
+            max_requests: get(
+                cb.and_then(|c| c.max_requests.as_ref()),
+                config::defaults::MAX_REQUESTS,
+            ),
+            max_retries: get(
+                cb.and_then(|c| c.max_retries.as_ref()),
+                config::defaults::MAX_RETRIES,
+            ),
             retry_budget: cb.and_then(|c| c.retry_budget.as_ref()).map(|b| {
                 (
-                    b.budget_percent.as_ref().map_or(20.0, |p| p.value),
-                    b.min_retry_concurrency.unwrap_or(3) as i64,
+                    b.budget_percent
+                        .as_ref()
+                        .map_or(config::defaults::BUDGET_PERCENT, |p| p.value),
+                    b.min_retry_concurrency
+                        .unwrap_or(config::defaults::MIN_RETRY_CONCURRENCY)
+                        as i64,
                 )
             }),
         }
