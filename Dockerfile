@@ -20,7 +20,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tern --bin tern-sync --bin tern-validate \
+    cargo build --release --locked -p tern -p tern-sync -p tern-validate --bins \
  && mkdir -p /out/bin /out/config \
  && cp target/release/tern target/release/tern-sync target/release/tern-validate /out/bin/ \
  && objcopy --strip-debug /out/bin/tern \

@@ -431,24 +431,40 @@ async fn ecs_health_check_path_follows_healthcheck_fail() {
 // The image
 // ---------------------------------------------------------------------------------------------
 
-/// `[[bin]]` names of the workspace packages (root, validate, sync-agent).
-fn workspace_binaries() -> BTreeSet<String> {
-    let mut bins = BTreeSet::new();
+/// The workspace packages (root, validate, sync-agent): `(package, [[bin]] names)`.
+fn workspace_packages() -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
     for manifest in ["Cargo.toml", "validate/Cargo.toml", "sync-agent/Cargo.toml"] {
         let text = read(manifest);
-        let mut in_bin = false;
+        let mut section = String::new();
+        let mut package = None;
+        let mut bins = Vec::new();
         for line in text.lines().map(str::trim) {
             if line.starts_with('[') {
-                in_bin = line == "[[bin]]";
-            } else if in_bin {
-                if let Some(v) = line.strip_prefix("name") {
-                    let v = v.trim_start().trim_start_matches('=').trim();
-                    bins.insert(v.trim_matches('"').to_string());
+                section = line.to_string();
+            } else if let Some(v) = line.strip_prefix("name") {
+                let Some(v) = v.trim_start().strip_prefix('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"').to_string();
+                match section.as_str() {
+                    "[package]" => package = Some(v),
+                    "[[bin]]" => bins.push(v),
+                    _ => {}
                 }
             }
         }
+        out.push((package.expect("package name"), bins));
     }
-    bins
+    out
+}
+
+/// Every binary the workspace builds.
+fn workspace_binaries() -> BTreeSet<String> {
+    workspace_packages()
+        .into_iter()
+        .flat_map(|(_, bins)| bins)
+        .collect()
 }
 
 /// The `["...", ...]` JSON array that follows `key` on one Dockerfile line.
@@ -474,16 +490,21 @@ fn dockerfile_builds_every_binary_and_needs_no_shell() {
         .lines()
         .find(|l| l.contains("cargo build"))
         .expect("a cargo build step");
-    assert!(build.contains("--locked"), "{build}");
-    for b in &bins {
+    assert!(
+        build.contains("--locked") && build.contains("--bins"),
+        "{build}"
+    );
+    for (package, bins) in workspace_packages() {
         assert!(
-            build.contains(&format!("--bin {b} ")),
-            "{b} not built: {build}"
+            build.contains(&format!("-p {package} ")),
+            "{package} not built: {build}"
         );
-        assert!(
-            build.contains(&format!("target/release/{b} ")),
-            "{b} not copied: {build}"
-        );
+        for b in bins {
+            assert!(
+                build.contains(&format!("target/release/{b} ")),
+                "{b} not copied: {build}"
+            );
+        }
     }
     let stages: Vec<&str> = joined
         .lines()
