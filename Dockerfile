@@ -21,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p tern -p tern-sync -p tern-validate --bins \
- && mkdir -p /out/bin /out/config \
+ && mkdir -p /out/bin /out/root/config \
  && cp target/release/tern target/release/tern-sync target/release/tern-validate /out/bin/ \
  && objcopy --strip-debug /out/bin/tern \
  && objcopy --strip-debug /out/bin/tern-sync \
@@ -34,7 +34,8 @@ COPY --from=build /out/bin/ /usr/local/bin/
 # The shared configuration volume. Owned by the non-root user so that a fresh Docker named volume
 # or an ECS bind-mount volume (ECS copies the VOLUME path's contents and ownership into it) is
 # writable by tern-sync without root.
-COPY --from=build --chown=65532:65532 /out/config/ /config/
+# (Copied as an entry of /out/root/ so that --chown applies to the directory itself.)
+COPY --from=build --chown=65532:65532 /out/root/ /
 VOLUME ["/config"]
 USER 65532:65532
 # 10000: the listener of the examples; 9901: admin (bound to loopback by the examples, so
