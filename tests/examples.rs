@@ -907,6 +907,37 @@ fn ecs_task_definition_is_consistent() {
     );
 }
 
+/// Checks the task definition against the ECS API's own model of `RegisterTaskDefinition` (unknown
+/// keys, types, required fields), with botocore's parameter validator: what
+/// `aws ecs register-task-definition --cli-input-json` does before sending. botocore comes with
+/// moto, which `scripts/install-test-deps` installs for the sync agent's tests.
+#[test]
+fn ecs_task_definition_matches_the_ecs_api_model() {
+    const SCRIPT: &str = r#"
+import json, sys
+try:
+    import botocore.session
+    from botocore.validate import validate_parameters
+except ImportError:
+    sys.exit("botocore is not installed: python3 -m pip install 'moto[server]' (scripts/install-test-deps)")
+model = botocore.session.get_session().get_service_model("ecs")
+shape = model.operation_model("RegisterTaskDefinition").input_shape
+validate_parameters(json.load(open(sys.argv[1])), shape)
+print("ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, "config-examples/ecs/task-definition.json"])
+        .current_dir(root())
+        .output()
+        .expect("python3 is needed to check the task definition against the ECS API model");
+    assert!(
+        out.status.success(),
+        "config-examples/ecs/task-definition.json:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Statements of an IAM policy, by Sid.
 fn statements(policy: &Value) -> BTreeMap<String, Value> {
     assert_eq!(policy["Version"], "2012-10-17");
