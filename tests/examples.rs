@@ -701,6 +701,14 @@ fn compose_services_use_the_image_and_the_tested_example() {
         "{ports:?}"
     );
     assert!(read("config-examples/compose/listeners.yaml").contains("0.0.0.0:10000"));
+    // Compose waits stop_grace_period before SIGKILL: longer than tern's drain.
+    let drain = secs(&flag(&tern_cmd, "--drain-timeout").unwrap_or("15s".into()));
+    let grace = secs(
+        services["tern"]["stop_grace_period"]
+            .as_str()
+            .expect("tern stop_grace_period"),
+    );
+    assert!(drain < grace, "drain {drain}s, stop_grace_period {grace}s");
     // Start order: bucket, publish, first sync, proxy.
     let cond = |svc: &str, dep: &str| {
         services[svc]["depends_on"][dep]["condition"]
