@@ -2,7 +2,7 @@
 #
 # One image, three binaries: `tern` (the proxy), `tern-sync` (S3 -> shared volume) and
 # `tern-validate` (CI). They share one configuration model, so they are built from one commit
-# and shipped together; see docs/ecs.md ("One image or three?").
+# and shipped together; see docs/ecs.md ("The image").
 #
 #   docker build -t tern .
 #   docker run --rm -p 10000:10000 -v "$PWD/config-examples/compose:/config/current:ro" tern
@@ -38,9 +38,9 @@ COPY --from=build /out/bin/ /usr/local/bin/
 COPY --from=build --chown=65532:65532 /out/root/ /
 VOLUME ["/config"]
 USER 65532:65532
-# 10000: the listener of the examples; 9901: admin (bound to loopback by the examples, so
-# only reachable from inside the task); 9902: tern-sync health/metrics.
-EXPOSE 10000
+# Listeners of the examples: 10000 (compose; egress in the ECS example, loopback there) and 8000
+# (ECS ingress). The admin endpoint (9901) and tern-sync's health endpoint (9902) stay on loopback.
+EXPOSE 8000 10000
 ENV TERN_CONFIG=/config/current \
     TERN_LOG_FORMAT=json \
     TERN_SYNC_DEST=/config
