@@ -231,21 +231,25 @@ impl Moto {
     }
 }
 
-/// Copies the example `dir` to `to`, replacing addresses (`from` -> `to`) in every file.
+/// Copies the example `dir` to `to`, replacing addresses (`from` -> `to`) in every file, in one
+/// pass (a replacement is never rewritten again).
 fn copy_example(dir: &str, to: &Path, map: &[(&str, String)]) {
+    let mut keys: Vec<&str> = map.iter().map(|(k, _)| *k).collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    let alternation: Vec<String> = keys.iter().map(|k| regex::escape(k)).collect();
+    let addresses = regex::Regex::new(&alternation.join("|")).unwrap();
+    let lookup: BTreeMap<&str, &String> = map.iter().map(|(k, v)| (*k, v)).collect();
     for entry in walkdir::WalkDir::new(root().join(dir)) {
         let entry = entry.unwrap();
         if !entry.file_type().is_file() {
             continue;
         }
         let rel = entry.path().strip_prefix(root().join(dir)).unwrap();
-        let mut text = std::fs::read_to_string(entry.path()).unwrap();
-        for (from, to) in map {
-            text = text.replace(from, to);
-        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let text = addresses.replace_all(&text, |c: &regex::Captures| lookup[&c[0]].clone());
         let dest = to.join(rel);
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::write(dest, text).unwrap();
+        std::fs::write(dest, text.as_bytes()).unwrap();
     }
 }
 

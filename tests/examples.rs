@@ -251,6 +251,13 @@ async fn prepare(ex: &Example) -> Prepared {
         backends.push(b);
     }
 
+    // One pass over each file, longest address first, so that a replacement is never rewritten
+    // again and no address is rewritten inside another.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    let alternation: Vec<String> = keys.iter().map(|k| regex::escape(k)).collect();
+    let addresses = regex::Regex::new(&alternation.join("|")).unwrap();
+
     let dir = common::ConfigDir::new();
     let mut admin_written = false;
     for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
@@ -263,13 +270,8 @@ async fn prepare(ex: &Example) -> Prepared {
         {
             continue;
         }
-        let mut text = std::fs::read_to_string(entry.path()).unwrap();
-        // Longest first, so that no address is rewritten inside another.
-        let mut keys: Vec<&String> = map.keys().collect();
-        keys.sort_by_key(|k| std::cmp::Reverse(k.len()));
-        for k in keys {
-            text = text.replace(k.as_str(), &map[k]);
-        }
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let text = addresses.replace_all(&text, |c: &regex::Captures| map[&c[0]].clone());
         admin_written |= text.contains(&map[&admin]);
         dir.write(&rel.to_string_lossy(), &text);
     }
