@@ -118,6 +118,49 @@ const fn check(
 
 const EXAMPLES: &[Example] = &[
     Example {
+        dir: "config-examples/resilience",
+        backends: &[
+            ("127.0.0.1:18201", "orders"),
+            ("127.0.0.1:18202", "orders"),
+            ("127.0.0.1:18211", "catalogue"),
+            ("127.0.0.1:18212", "catalogue"),
+            ("127.0.0.1:18213", "catalogue-canary"),
+            ("127.0.0.1:18221", "cart"),
+            ("127.0.0.1:18222", "cart"),
+            ("127.0.0.1:18223", "cart"),
+            ("127.0.0.1:18231", "inventory"),
+            ("127.0.0.1:18232", "inventory"),
+            ("127.0.0.1:18233", "inventory"),
+        ],
+        checks: &[
+            check("127.0.0.1:10100", "/healthz", 200, &["ok"]),
+            check(
+                "127.0.0.1:10100",
+                "/orders/42",
+                200,
+                &[r#""backend":"orders""#, r#""uri":"/orders/42""#],
+            ),
+            check(
+                "127.0.0.1:10100",
+                "/catalogue/books",
+                200,
+                &[r#""backend":"catalogue"#],
+            ),
+            check(
+                "127.0.0.1:10100",
+                "/cart/mine",
+                200,
+                &[r#""backend":"cart""#],
+            ),
+            check(
+                "127.0.0.1:10101",
+                "/stock",
+                200,
+                &[r#""backend":"inventory""#],
+            ),
+        ],
+    },
+    Example {
         dir: "config-examples/quickstart",
         backends: &[],
         checks: &[
@@ -351,10 +394,8 @@ fn validator_leg(validator_bin: &Path, dir: &str) {
     );
 }
 
-/// Every example through the validator. LEAD: add `#[test]` here once `tern-validate` is on main
-/// (on main before that it is a stub that checks nothing). Checked by hand on 2026-11-22 with the
-/// `validator` branch's build: all three examples pass `--strict`.
-#[allow(dead_code)]
+/// Every example through the validator (`--strict`: no warnings either).
+#[test]
 fn every_example_passes_tern_validate() {
     let bin = validator_binary();
     for dir in example_dirs() {
