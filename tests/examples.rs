@@ -1102,7 +1102,9 @@ fn iam_policies_are_least_privilege_for_the_task_definition_prefix() {
 // ---------------------------------------------------------------------------------------------
 
 /// Markers for commands that cannot run here (no AWS account, no Docker engine).
-const MARKERS: &[&str] = &["# needs AWS", "# needs Docker"];
+/// Commands that cannot run here, or that start long-running processes another test covers
+/// (`# tested by <test>` names it).
+const MARKERS: &[&str] = &["# needs AWS", "# needs Docker", "tested by "];
 
 /// Shell commands in ```sh blocks (continuation lines joined, comment-only lines dropped).
 fn doc_commands(text: &str) -> Vec<String> {
@@ -1133,7 +1135,13 @@ fn doc_commands(text: &str) -> Vec<String> {
 /// Runs a documented command that needs neither AWS nor Docker, from the repository root.
 /// Returns false when the command is not one this test knows how to run.
 fn run_doc_command(cmd: &str) -> bool {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
+    // A trailing `# comment` is for the reader, not an argument.
+    let words: Vec<&str> = cmd
+        .split(" #")
+        .next()
+        .unwrap_or(cmd)
+        .split_whitespace()
+        .collect();
     let out = match words.as_slice() {
         ["tern", args @ ..] => Command::new(env!("CARGO_BIN_EXE_tern"))
             .args(args)
@@ -1141,6 +1149,13 @@ fn run_doc_command(cmd: &str) -> bool {
             .output()
             .unwrap(),
         ["docker-compose", "-f", "docker-compose.yml", "config", rest @ ..] => compose_config(rest),
+        ["tern-validate", args @ ..] | ["cargo", "run", "-p", "tern-validate", "--", args @ ..] => {
+            Command::new(validator_binary())
+                .args(args)
+                .current_dir(root())
+                .output()
+                .unwrap()
+        }
         _ => return false,
     };
     assert!(
@@ -1154,15 +1169,17 @@ fn run_doc_command(cmd: &str) -> bool {
 
 #[test]
 fn documented_commands_are_run_here_or_marked() {
-    let mut docs = vec!["docs/ecs.md"];
-    // The README section the lead splices into README.md (checked while it exists).
-    if root().join("docs/README-ecs-section.md").exists() {
-        docs.push("docs/README-ecs-section.md");
+    let mut docs = vec!["README.md".to_string()];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            docs.push(format!("docs/{name}"));
+        }
     }
+    docs.sort();
     let mut ran = 0;
-    for doc in docs {
+    for doc in &docs {
         let cmds = doc_commands(&read(doc));
-        assert!(!cmds.is_empty(), "{doc}: no commands found");
         for cmd in cmds {
             if MARKERS.iter().any(|m| cmd.contains(m)) {
                 continue;
