@@ -189,6 +189,14 @@ impl Cluster {
         let addrs: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let cluster_stats = stats.cluster(&spec.name);
+        let limits = Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value));
+        for (g, v) in cluster_stats.cb_limits.iter().zip([
+            limits.max_connections,
+            limits.max_pending_requests,
+            limits.max_requests,
+        ]) {
+            g.set(v);
+        }
         cluster_stats.membership_total.set(endpoints.len() as i64);
         let cluster = Arc::new(Cluster {
             name: spec.name.as_str().into(),
@@ -196,7 +204,7 @@ impl Cluster {
             spec: spec.clone(),
             endpoints: endpoints.into_boxed_slice(),
             connect_timeout,
-            limits: Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value)),
+            limits,
             stats: cluster_stats,
             outlier: spec
                 .outlier_detection
