@@ -326,28 +326,34 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// A cluster spec with `n` endpoints on 127.0.0.1 from `base_port` (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
+    use crate::config::Spanned;
+    config::Cluster {
+        name: Spanned::unplaced("c".into()),
+        connect_timeout: None,
+        lb_policy: Default::default(),
+        endpoints: (0..n)
+            .map(|i| {
+                Spanned::unplaced(config::Endpoint {
+                    address: Spanned::unplaced(format!("127.0.0.1:{}", base_port + i)),
+                    weight: 1,
+                })
+            })
+            .collect(),
+        circuit_breakers: None,
+        outlier_detection: None,
+        health_checks: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Spanned;
 
     fn cluster(n: usize) -> Arc<Cluster> {
-        let spec = config::Cluster {
-            name: Spanned::unplaced("c".into()),
-            connect_timeout: None,
-            lb_policy: Default::default(),
-            endpoints: (0..n)
-                .map(|i| {
-                    Spanned::unplaced(config::Endpoint {
-                        address: Spanned::unplaced(format!("127.0.0.1:{}", 2000 + i)),
-                        weight: 1,
-                    })
-                })
-                .collect(),
-            circuit_breakers: None,
-            outlier_detection: None,
-            health_checks: vec![],
-        };
+        let spec = test_spec(n, 2000);
         Cluster::build(&spec, None, &Stats::default()).unwrap()
     }
 
