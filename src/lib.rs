@@ -22,4 +22,5 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod upgrade;
 pub mod watch;
