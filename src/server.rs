@@ -366,6 +366,15 @@ pub struct WatchOptions {
 /// Runs the proxy until SIGTERM/SIGINT (drain, then return) — reloading on changes and SIGHUP.
 pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
+    // Installed before anything serves, so a rotation signal can never kill the process.
+    let mut usr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening access log files");
+            crate::access_log::reopen_all();
+        }
+    });
     let mut server = Server::start(opts.clone()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut watcher = crate::watch::Watcher::new(&opts.config, tx)

@@ -112,6 +112,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         ck.references(&cfg);
     }
     super::check_resilience::check(&cfg, &mut diags);
+    super::check_observability::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {
