@@ -90,6 +90,7 @@ async fn handle(
             reply(StatusCode::OK, TEXT, "OK\n")
         }
         (&Method::GET, "/config_dump") => config_dump(&shared),
+        (&Method::GET, "/clusters") => clusters(&shared, query(&req, "format") == Some("json")),
         (&Method::GET, "/logging") => reply(StatusCode::OK, TEXT, format!("{}\n", crate::logging::current())),
         (&Method::POST, "/logging") => match query(&req, "level") {
             None | Some("") => reply(StatusCode::BAD_REQUEST, TEXT, "usage: POST /logging?level=LEVEL_OR_FILTER\n"),
@@ -139,9 +140,9 @@ async fn handle(
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             TEXT,
-            "tern admin\n  GET  /ready\n  GET  /config_dump\n  GET  /stats[?filter=REGEX&format=json]\n  GET  /stats/prometheus\n  POST /healthcheck/fail\n  POST /healthcheck/ok\n  GET  /logging\n  POST /logging?level=LEVEL\n",
+            "tern admin\n  GET  /ready\n  GET  /config_dump\n  GET  /stats[?filter=REGEX&format=json]\n  GET  /stats/prometheus\n  GET  /clusters[?format=json]\n  POST /healthcheck/fail\n  POST /healthcheck/ok\n  GET  /logging\n  POST /logging?level=LEVEL\n",
         ),
-        (_, "/ready" | "/config_dump" | "/logging" | "/stats" | "/stats/prometheus" | "/healthcheck/fail" | "/healthcheck/ok") => {
+        (_, "/ready" | "/config_dump" | "/clusters" | "/logging" | "/stats" | "/stats/prometheus" | "/healthcheck/fail" | "/healthcheck/ok") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),
@@ -184,4 +185,200 @@ fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
         JSON,
         serde_json::to_string_pretty(&body).unwrap_or_default(),
     )
+}
+
+/// One endpoint as `/clusters` shows it.
+struct HostView {
+    address: String,
+    weight: u32,
+    flags: Vec<&'static str>,
+    ejection_remaining_ms: Option<u64>,
+    rq_active: u64,
+    rq_total: u64,
+    rq_error: u64,
+    cx_idle: usize,
+    ejections: u64,
+    consecutive_5xx: u32,
+    consecutive_gateway_failure: u32,
+}
+
+fn host_view(e: &crate::cluster::Endpoint, now: u64) -> HostView {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &e.state;
+    let mut flags = Vec::new();
+    if s.hc_failed.load(Relaxed) {
+        flags.push("failed_active_hc");
+    }
+    if s.health.pending.load(Relaxed) {
+        flags.push("pending_active_hc");
+    }
+    let ejection_remaining_ms = s.outlier.remaining_ms(now);
+    if ejection_remaining_ms.is_some() {
+        flags.push("failed_outlier_check");
+    }
+    HostView {
+        address: e.address.to_string(),
+        weight: e.weight,
+        flags,
+        ejection_remaining_ms,
+        rq_active: s.active.load(Relaxed),
+        rq_total: s.rq_total.load(Relaxed),
+        rq_error: s.rq_error.load(Relaxed),
+        cx_idle: s.pool.idle_count(),
+        ejections: s.outlier.ejections.load(Relaxed),
+        consecutive_5xx: s.outlier.consecutive_5xx(),
+        consecutive_gateway_failure: s.outlier.consecutive_gateway_failure(),
+    }
+}
+
+/// `GET /clusters`: every cluster's limits and open counts, and each endpoint's health and
+/// counters. Text (`cluster::host::field::value`, as Envoy) or `?format=json`.
+fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
+    use std::fmt::Write as _;
+    let snap = shared.snapshot.load_full();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let now = crate::outlier::now_ms();
+    let wall = std::time::SystemTime::now();
+    let until = |ms: u64| {
+        humantime::format_rfc3339_millis(wall + std::time::Duration::from_millis(ms)).to_string()
+    };
+    let mut text = String::new();
+    let mut out = Vec::new();
+    for name in names {
+        let c = &snap.clusters[name];
+        let l = &c.limits;
+        let st = &c.stats;
+        let open = [
+            ("cx_open", st.upstream_cx_active.get()),
+            ("rq_pending_open", st.upstream_rq_pending_active.get()),
+            ("rq_open", st.upstream_rq_active.get()),
+            ("rq_retry_open", st.upstream_rq_retry_active.get()),
+        ];
+        let hosts: Vec<HostView> = c.endpoints.iter().map(|e| host_view(e, now)).collect();
+        if json {
+            let mut cb = serde_json::json!({
+                "max_connections": l.max_connections,
+                "max_pending_requests": l.max_pending_requests,
+                "max_requests": l.max_requests,
+                "max_retries": l.max_retries,
+                "retry_budget": l.retry_budget.map(|(p, m)| serde_json::json!({
+                    "budget_percent": p, "min_retry_concurrency": m,
+                })),
+            });
+            for (k, v) in open {
+                cb[k] = v.into();
+            }
+            let od = c.outlier.as_ref().map(|o| {
+                serde_json::json!({
+                    "consecutive_5xx": o.consecutive_5xx,
+                    "consecutive_gateway_failure": o.consecutive_gateway_failure,
+                    "interval_ms": o.interval_ms,
+                    "base_ejection_time_ms": o.base_ejection_ms,
+                    "max_ejection_time_ms": o.max_ejection_ms,
+                    "max_ejection_percent": o.max_ejection_percent,
+                    "ejections_active": st.outlier_detection_ejections_active.get(),
+                })
+            });
+            let hs: Vec<serde_json::Value> = hosts
+                .iter()
+                .map(|h| {
+                    serde_json::json!({
+                        "address": h.address,
+                        "weight": h.weight,
+                        "health_status": {
+                            "healthy": h.flags.is_empty(),
+                            "flags": h.flags,
+                            "ejection_remaining_ms": h.ejection_remaining_ms,
+                            "ejected_until": h.ejection_remaining_ms.map(until),
+                        },
+                        "stats": {
+                            "rq_active": h.rq_active,
+                            "rq_total": h.rq_total,
+                            "rq_error": h.rq_error,
+                            "cx_idle": h.cx_idle,
+                        },
+                        "outlier": {
+                            "ejections": h.ejections,
+                            "consecutive_5xx": h.consecutive_5xx,
+                            "consecutive_gateway_failure": h.consecutive_gateway_failure,
+                        },
+                    })
+                })
+                .collect();
+            out.push(serde_json::json!({
+                "name": name,
+                "circuit_breakers": cb,
+                "outlier_detection": od,
+                "health_checked": c.health.is_some(),
+                "membership_healthy": st.membership_healthy.get(),
+                "membership_total": st.membership_total.get(),
+                "host_statuses": hs,
+            }));
+            continue;
+        }
+        let t = &mut text;
+        let _ = writeln!(
+            t,
+            "{name}::default_priority::max_connections::{}",
+            l.max_connections
+        );
+        let _ = writeln!(
+            t,
+            "{name}::default_priority::max_pending_requests::{}",
+            l.max_pending_requests
+        );
+        let _ = writeln!(
+            t,
+            "{name}::default_priority::max_requests::{}",
+            l.max_requests
+        );
+        let _ = writeln!(
+            t,
+            "{name}::default_priority::max_retries::{}",
+            l.max_retries
+        );
+        if let Some((p, m)) = l.retry_budget {
+            let _ = writeln!(t, "{name}::default_priority::retry_budget::budget_percent={p},min_retry_concurrency={m}");
+        }
+        for (k, v) in open {
+            let _ = writeln!(t, "{name}::circuit_breakers::{k}::{v}");
+        }
+        if c.outlier.is_some() {
+            let _ = writeln!(
+                t,
+                "{name}::outlier_detection::ejections_active::{}",
+                st.outlier_detection_ejections_active.get()
+            );
+        }
+        for h in &hosts {
+            let a = &h.address;
+            let flags = if h.flags.is_empty() {
+                "healthy".to_string()
+            } else {
+                h.flags.iter().map(|f| format!("/{f}")).collect()
+            };
+            let _ = writeln!(t, "{name}::{a}::weight::{}", h.weight);
+            let _ = writeln!(t, "{name}::{a}::health_flags::{flags}");
+            if let Some(ms) = h.ejection_remaining_ms {
+                let _ = writeln!(t, "{name}::{a}::ejected_until::{}", until(ms));
+                let _ = writeln!(t, "{name}::{a}::ejection_remaining_ms::{ms}");
+            }
+            let _ = writeln!(t, "{name}::{a}::rq_active::{}", h.rq_active);
+            let _ = writeln!(t, "{name}::{a}::rq_total::{}", h.rq_total);
+            let _ = writeln!(t, "{name}::{a}::rq_error::{}", h.rq_error);
+            let _ = writeln!(t, "{name}::{a}::cx_idle::{}", h.cx_idle);
+            let _ = writeln!(t, "{name}::{a}::outlier_ejections::{}", h.ejections);
+        }
+    }
+    if json {
+        let body = serde_json::json!({ "cluster_statuses": out });
+        reply(
+            StatusCode::OK,
+            JSON,
+            serde_json::to_string_pretty(&body).unwrap_or_default(),
+        )
+    } else {
+        reply(StatusCode::OK, TEXT, text)
+    }
 }

@@ -6,13 +6,14 @@
 //! neither drops warm connections nor forgets that an endpoint is unhealthy.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config;
+use crate::health::{self, EndpointHealth};
 use crate::lb::Balancer;
-use crate::outlier::EndpointOutlier;
+use crate::outlier::{self, EndpointOutlier};
 use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
 
@@ -34,6 +35,8 @@ pub struct EndpointState {
     pub hc_failed: AtomicBool,
     /// Outlier detection state.
     pub outlier: EndpointOutlier,
+    /// Active health checking state (counters in a row, pending first check).
+    pub health: EndpointHealth,
 }
 
 impl EndpointState {
@@ -105,6 +108,12 @@ pub struct Cluster {
     pub limits: Limits,
     /// Statistics (shared with earlier and later versions of this cluster).
     pub stats: Arc<ClusterStats>,
+    /// Outlier detection settings (`None`: off).
+    pub outlier: Option<outlier::Settings>,
+    /// Active health check settings (`None`: no checks).
+    pub health: Option<Arc<health::Settings>>,
+    /// Round-robin position used while failing open.
+    panic_next: AtomicUsize,
     /// Stops this cluster's background tasks (health checks) when the cluster is dropped.
     pub background: Mutex<Option<tokio_util::sync::DropGuard>>,
 }
@@ -135,12 +144,25 @@ impl Cluster {
             .as_ref()
             .map(|d| d.0)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let health = spec
+            .health_checks
+            .first()
+            .map(|hc| Arc::new(health::Settings::from_config(&spec.name, hc)));
         let mut endpoints = Vec::with_capacity(spec.endpoints.len());
         for e in &spec.endpoints {
             let state = prev
                 .and_then(|p| p.endpoints.iter().find(|o| *o.address == *e.address.value))
                 .map(|o| o.state.clone())
-                .unwrap_or_default();
+                .unwrap_or_else(|| {
+                    let s = EndpointState::default();
+                    if health.is_some() {
+                        // Envoy: a new endpoint of a health-checked cluster takes traffic once
+                        // its first check passes.
+                        s.hc_failed.store(true, Relaxed);
+                        s.health.pending.store(true, Relaxed);
+                    }
+                    Arc::new(s)
+                });
             endpoints.push(Endpoint {
                 address: e.address.as_str().into(),
                 resolved: e.address.parse().ok(),
@@ -152,7 +174,7 @@ impl Cluster {
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let cluster_stats = stats.cluster(&spec.name);
         cluster_stats.membership_total.set(endpoints.len() as i64);
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             name: spec.name.as_str().into(),
             lb: Balancer::new(spec.lb_policy, &addrs, &weights),
             spec: spec.clone(),
@@ -160,8 +182,30 @@ impl Cluster {
             connect_timeout,
             limits: Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value)),
             stats: cluster_stats,
+            outlier: spec
+                .outlier_detection
+                .as_ref()
+                .map(|o| outlier::Settings::from_config(o)),
+            health,
+            panic_next: AtomicUsize::new(0),
             background: Mutex::new(None),
-        }))
+        });
+        cluster.refresh_membership();
+        Ok(cluster)
+    }
+
+    /// Sets the `membership_healthy` and `outlier_detection_ejections_active` gauges from the
+    /// endpoints' state (called when health or ejection changes; not on the request path).
+    pub fn refresh_membership(&self) {
+        let now = outlier::now_ms();
+        let (mut healthy, mut ejected) = (0i64, 0i64);
+        for e in self.endpoints.iter() {
+            let ej = e.state.outlier.is_ejected_at(now);
+            ejected += ej as i64;
+            healthy += (!ej && !e.state.hc_failed.load(Relaxed)) as i64;
+        }
+        self.stats.membership_healthy.set(healthy);
+        self.stats.outlier_detection_ejections_active.set(ejected);
     }
 
     /// True when the balancer hashes requests (`ring_hash`, `maglev`).
@@ -193,8 +237,17 @@ impl Cluster {
             return None;
         }
         self.stats.lb_healthy_panic.inc();
-        self.lb
-            .pick(hash, |i| Some(i) != avoid || eps.len() == 1, active)
+        let usable = |i: usize| Some(i) != avoid || eps.len() == 1;
+        if let Balancer::RoundRobin { schedule, .. } = &self.lb {
+            // The failed pick above advanced the shared position too; walking the schedule with
+            // a position of its own keeps the fail-open spread even (and weighted).
+            let n = schedule.len();
+            let k = self.panic_next.fetch_add(1, Relaxed);
+            return (0..n)
+                .map(|j| schedule[(k + j) % n] as usize)
+                .find(|&i| usable(i));
+        }
+        self.lb.pick(hash, usable, active)
     }
 
     /// Endpoints currently available.
@@ -246,5 +299,50 @@ impl Drop for ActiveRequest {
             .active
             .fetch_sub(1, Relaxed);
         self.cluster.stats.upstream_rq_active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Spanned;
+
+    fn cluster(n: usize) -> Arc<Cluster> {
+        let spec = config::Cluster {
+            name: Spanned::unplaced("c".into()),
+            connect_timeout: None,
+            lb_policy: Default::default(),
+            endpoints: (0..n)
+                .map(|i| {
+                    Spanned::unplaced(config::Endpoint {
+                        address: Spanned::unplaced(format!("127.0.0.1:{}", 2000 + i)),
+                        weight: 1,
+                    })
+                })
+                .collect(),
+            circuit_breakers: None,
+            outlier_detection: None,
+            health_checks: vec![],
+        };
+        Cluster::build(&spec, None, &Stats::default()).unwrap()
+    }
+
+    #[test]
+    fn fail_open_spreads_over_every_endpoint() {
+        let c = cluster(2);
+        for e in c.endpoints.iter() {
+            e.state.hc_failed.store(true, Relaxed);
+        }
+        let picks: Vec<usize> = (0..10).map(|_| c.pick(None, None).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 5, "{picks:?}");
+        assert_eq!(c.stats.lb_healthy_panic.get(), 10);
+        // A retry still avoids the endpoint it just tried.
+        for _ in 0..4 {
+            assert_eq!(c.pick(None, Some(1)), Some(0));
+        }
+        c.endpoints[1].state.hc_failed.store(false, Relaxed);
+        assert_eq!(c.pick(None, None), Some(1));
+        c.refresh_membership();
+        assert_eq!(c.stats.membership_healthy.get(), 1);
     }
 }

@@ -1,10 +1,467 @@
 //! Active health checking of cluster endpoints.
+//!
+//! One task per endpoint of every health-checked cluster version. It checks at once, then every
+//! `interval` plus a random `0..=interval_jitter`:
+//!
+//! - HTTP: a GET of `path` on a new connection with `Host: host` (default the cluster name),
+//!   healthy when the status is in `expected_statuses` (default `[200]`) within `timeout`;
+//! - TCP: healthy when a connection opens within `timeout`.
+//!
+//! As in Envoy: `unhealthy_threshold` network failures (connect error, timeout, broken
+//! connection) in a row mark an endpoint unhealthy, an unexpected HTTP status marks it unhealthy
+//! at once, and `healthy_threshold` passes in a row mark it healthy again. A new endpoint starts
+//! unhealthy (`pending_active_hc`) and its first pass alone makes it healthy, so it takes no
+//! traffic before it was seen to work (when every endpoint is unhealthy the balancer fails open).
+//! A pass also ends an outlier ejection early (Envoy's `successful_active_health_check_uneject_host`).
+//!
+//! The state lives in [`EndpointState`], carried across reloads by address. A changed cluster gets
+//! a new checker that continues from that state (counters in a row included); it bumps the
+//! endpoint's generation so the previous version's checker stops at its next result.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{HOST, USER_AGENT};
+use http::{HeaderValue, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{Cluster, EndpointState};
+use crate::config;
+use crate::outlier;
 use crate::snapshot::Snapshot;
 
-/// Starts health checking for clusters of `snap` that have checks configured and none running.
+/// What a check does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// HTTP GET.
+    Http {
+        /// Request path.
+        path: String,
+        /// Host header.
+        host: HeaderValue,
+        /// Statuses that pass.
+        expected: Vec<u16>,
+    },
+    /// TCP connect.
+    Tcp,
+}
+
+/// A cluster's health check, compiled once when the cluster is built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// HTTP or TCP.
+    pub kind: Kind,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Random extra time, `0..=interval_jitter`, added to each interval.
+    pub interval_jitter: Duration,
+    /// Failures in a row that mark an endpoint unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Passes in a row that mark an unhealthy endpoint healthy.
+    pub healthy_threshold: u32,
+}
+
+impl Settings {
+    /// Applies the defaults to a checked configuration of cluster `cluster`.
+    pub fn from_config(cluster: &str, hc: &config::HealthCheck) -> Settings {
+        let kind = match &hc.http {
+            Some(h) => Kind::Http {
+                path: h.path.value.clone(),
+                host: HeaderValue::from_str(h.host.as_deref().unwrap_or(cluster))
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                expected: if h.expected_statuses.is_empty() {
+                    vec![200]
+                } else {
+                    h.expected_statuses.iter().map(|s| s.value).collect()
+                },
+            },
+            None => Kind::Tcp,
+        };
+        Settings {
+            kind,
+            timeout: hc.timeout.0,
+            interval: hc.interval.0,
+            interval_jitter: hc.interval_jitter.as_ref().map_or(Duration::ZERO, |d| d.0),
+            unhealthy_threshold: hc.unhealthy_threshold.value.max(1),
+            healthy_threshold: hc.healthy_threshold.value.max(1),
+        }
+    }
+
+    /// The wait before the next check.
+    fn next_wait(&self) -> Duration {
+        let j = self.interval_jitter.as_millis() as u64;
+        let extra = if j == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=j)
+        };
+        self.interval + Duration::from_millis(extra)
+    }
+}
+
+/// Per-endpoint health checking state (carried across reloads with the endpoint).
+#[derive(Debug, Default)]
+pub struct EndpointHealth {
+    /// Passes in a row while unhealthy.
+    consecutive_ok: AtomicU32,
+    /// Failures in a row while healthy.
+    consecutive_fail: AtomicU32,
+    /// Set until the first check of a new endpoint (Envoy's `pending_active_hc`).
+    pub pending: AtomicBool,
+    /// Checks made.
+    pub checks: AtomicU64,
+    /// Identifies the checker that owns this endpoint; older ones stop.
+    generation: AtomicU64,
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Expected status, or the connection opened.
+    Pass,
+    /// The endpoint answered with an unexpected status (unhealthy at once).
+    BadStatus(u16),
+    /// Connect error, timeout or broken connection (counts toward `unhealthy_threshold`).
+    NetworkFailure,
+}
+
+/// Applies one result to `state`. Returns `Some(healthy)` when the endpoint's health flips.
+pub fn apply(state: &EndpointState, s: &Settings, r: Check) -> Option<bool> {
+    let h = &state.health;
+    h.checks.fetch_add(1, Relaxed);
+    let pending = h.pending.swap(false, Relaxed);
+    let failed = state.hc_failed.load(Relaxed);
+    match r {
+        Check::Pass => {
+            h.consecutive_fail.store(0, Relaxed);
+            if !failed {
+                return None;
+            }
+            let ok = h.consecutive_ok.fetch_add(1, Relaxed) + 1;
+            if pending || ok >= s.healthy_threshold {
+                h.consecutive_ok.store(0, Relaxed);
+                state.hc_failed.store(false, Relaxed);
+                return Some(true);
+            }
+            None
+        }
+        Check::BadStatus(_) | Check::NetworkFailure => {
+            h.consecutive_ok.store(0, Relaxed);
+            if failed {
+                return None;
+            }
+            let n = h.consecutive_fail.fetch_add(1, Relaxed) + 1;
+            if matches!(r, Check::BadStatus(_)) || n >= s.unhealthy_threshold {
+                h.consecutive_fail.store(0, Relaxed);
+                state.hc_failed.store(true, Relaxed);
+                return Some(false);
+            }
+            None
+        }
+    }
+}
+
+async fn connect(addr: &str, resolved: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+    match resolved {
+        Some(sa) => TcpStream::connect(sa).await,
+        None => TcpStream::connect(addr).await,
+    }
+}
+
+/// Runs one check of `addr` (no timeout; the caller bounds it).
+async fn check_once(kind: &Kind, addr: &str, resolved: Option<SocketAddr>) -> Check {
+    let Ok(stream) = connect(addr, resolved).await else {
+        return Check::NetworkFailure;
+    };
+    let Kind::Http {
+        path,
+        host,
+        expected,
+    } = kind
+    else {
+        return Check::Pass;
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok((mut tx, conn)) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
+    else {
+        return Check::NetworkFailure;
+    };
+    let Ok(req) = Request::get(path.as_str())
+        .header(HOST, host.clone())
+        .header(USER_AGENT, "tern-health-check")
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::new())
+    else {
+        return Check::NetworkFailure;
+    };
+    let send = tx.send_request(req);
+    tokio::pin!(send, conn);
+    let resp = tokio::select! {
+        biased;
+        r = &mut send => r,
+        // The connection ended: the response, if any, has been handed over already.
+        _ = &mut conn => send.await,
+    };
+    match resp {
+        Ok(r) if expected.contains(&r.status().as_u16()) => Check::Pass,
+        Ok(r) => Check::BadStatus(r.status().as_u16()),
+        Err(_) => Check::NetworkFailure,
+    }
+}
+
+/// Runs one check bounded by the check's timeout.
+pub async fn check(s: &Settings, addr: &str, resolved: Option<SocketAddr>) -> Check {
+    tokio::time::timeout(s.timeout, check_once(&s.kind, addr, resolved))
+        .await
+        .unwrap_or(Check::NetworkFailure)
+}
+
+/// Starts background work for the clusters of `snap` that have none running: one health
+/// checker per endpoint, and the outlier detection sweeper. Each new cluster version is visited
+/// once; its tasks stop when that version is dropped.
 pub fn start(snap: &Arc<Snapshot>) {
-    let _ = snap;
+    for cluster in snap.clusters.values() {
+        let mut bg = cluster.background.lock().unwrap_or_else(|e| e.into_inner());
+        if bg.is_some() {
+            continue;
+        }
+        let token = CancellationToken::new();
+        *bg = Some(token.clone().drop_guard());
+        drop(bg);
+        outlier::spawn_sweeper(cluster, token.clone());
+        match &cluster.health {
+            Some(s) => {
+                for idx in 0..cluster.endpoints.len() {
+                    spawn_checker(cluster, idx, s.clone(), token.clone());
+                }
+            }
+            None => {
+                // Checks removed by a reload: stop the old checkers and forget their verdict.
+                for e in cluster.endpoints.iter() {
+                    e.state.health.generation.fetch_add(1, Relaxed);
+                    e.state.health.pending.store(false, Relaxed);
+                    e.state.hc_failed.store(false, Relaxed);
+                }
+                cluster.refresh_membership();
+            }
+        }
+    }
+}
+
+fn spawn_checker(cluster: &Arc<Cluster>, idx: usize, s: Arc<Settings>, token: CancellationToken) {
+    let ep = &cluster.endpoints[idx];
+    let state = ep.state.clone();
+    let addr = ep.address.clone();
+    let resolved = ep.resolved;
+    let stats = cluster.stats.clone();
+    let name = cluster.name.clone();
+    let weak: Weak<Cluster> = Arc::downgrade(cluster);
+    let generation = state.health.generation.fetch_add(1, Relaxed) + 1;
+    tokio::spawn(async move {
+        let mine = || state.health.generation.load(Relaxed) == generation;
+        loop {
+            let r = tokio::select! {
+                r = check(&s, &addr, resolved) => r,
+                _ = token.cancelled() => return,
+            };
+            if !mine() {
+                return;
+            }
+            stats.health_check_attempt.inc();
+            if r == Check::Pass {
+                stats.health_check_success.inc();
+            } else {
+                stats.health_check_failure.inc();
+                tracing::debug!(cluster = %name, endpoint = %addr, result = ?r, "health check failed");
+            }
+            let flipped = apply(&state, &s, r);
+            if flipped.is_some() || (r == Check::Pass && state.outlier.is_ejected()) {
+                if let Some(c) = weak.upgrade() {
+                    if r == Check::Pass {
+                        outlier::uneject(&c, idx, outlier::now_ms());
+                    }
+                    c.refresh_membership();
+                }
+            }
+            match flipped {
+                Some(true) => {
+                    tracing::info!(cluster = %name, endpoint = %addr, "health check: endpoint healthy")
+                }
+                Some(false) => {
+                    tracing::warn!(cluster = %name, endpoint = %addr, result = ?r, "health check: endpoint unhealthy")
+                }
+                None => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(s.next_wait()) => {}
+                _ = token.cancelled() => return,
+            }
+            if !mine() {
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, Spanned};
+
+    fn settings(unhealthy: u32, healthy: u32) -> Settings {
+        Settings {
+            kind: Kind::Tcp,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+            interval_jitter: Duration::ZERO,
+            unhealthy_threshold: unhealthy,
+            healthy_threshold: healthy,
+        }
+    }
+
+    #[test]
+    fn thresholds_and_immediate_bad_status() {
+        let s = settings(3, 2);
+        let st = EndpointState::default();
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert_eq!(
+            apply(&st, &s, Check::Pass),
+            None,
+            "a pass resets the failures"
+        );
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), Some(false));
+        assert!(st.hc_failed.load(Relaxed));
+        assert_eq!(apply(&st, &s, Check::Pass), None);
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert_eq!(apply(&st, &s, Check::Pass), None, "passes must be in a row");
+        assert_eq!(apply(&st, &s, Check::Pass), Some(true));
+        assert!(!st.hc_failed.load(Relaxed));
+        assert_eq!(
+            apply(&st, &s, Check::BadStatus(500)),
+            Some(false),
+            "unexpected status: at once"
+        );
+        assert_eq!(st.health.checks.load(Relaxed), 11);
+    }
+
+    #[test]
+    fn a_pending_endpoint_needs_one_pass() {
+        let s = settings(3, 5);
+        let st = EndpointState::default();
+        st.hc_failed.store(true, Relaxed);
+        st.health.pending.store(true, Relaxed);
+        assert_eq!(apply(&st, &s, Check::Pass), Some(true));
+        let st = EndpointState::default();
+        st.hc_failed.store(true, Relaxed);
+        st.health.pending.store(true, Relaxed);
+        assert_eq!(apply(&st, &s, Check::NetworkFailure), None);
+        assert!(!st.health.pending.load(Relaxed));
+        assert_eq!(
+            apply(&st, &s, Check::Pass),
+            None,
+            "no longer pending: threshold applies"
+        );
+    }
+
+    #[test]
+    fn settings_defaults() {
+        let hc = config::HealthCheck {
+            timeout: Spanned::unplaced(Dur(Duration::from_millis(100))),
+            interval: Spanned::unplaced(Dur(Duration::from_secs(1))),
+            unhealthy_threshold: Spanned::unplaced(2),
+            healthy_threshold: Spanned::unplaced(1),
+            interval_jitter: None,
+            http: Some(config::HttpHealthCheck {
+                path: Spanned::unplaced("/healthz".into()),
+                host: None,
+                expected_statuses: vec![],
+            }),
+            tcp: None,
+        };
+        let s = Settings::from_config("api", &hc);
+        assert_eq!(
+            s.kind,
+            Kind::Http {
+                path: "/healthz".into(),
+                host: HeaderValue::from_static("api"),
+                expected: vec![200]
+            }
+        );
+        assert_eq!(s.next_wait(), Duration::from_secs(1));
+        let s = Settings {
+            interval_jitter: Duration::from_millis(50),
+            ..s
+        };
+        for _ in 0..20 {
+            let w = s.next_wait();
+            assert!(w >= Duration::from_secs(1) && w <= Duration::from_millis(1050));
+        }
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_checks_against_real_sockets() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                    let status = if req.starts_with("get /ok ") && req.contains("host: api\r\n") {
+                        200
+                    } else if req.starts_with("get /hang") {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        200
+                    } else {
+                        500
+                    };
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        let http = |path: &str| Settings {
+            kind: Kind::Http {
+                path: path.into(),
+                host: HeaderValue::from_static("api"),
+                expected: vec![200],
+            },
+            timeout: Duration::from_millis(300),
+            ..settings(1, 1)
+        };
+        let a = addr.to_string();
+        assert_eq!(check(&http("/ok"), &a, Some(addr)).await, Check::Pass);
+        assert_eq!(check(&http("/bad"), &a, None).await, Check::BadStatus(500));
+        assert_eq!(
+            check(&http("/hang"), &a, Some(addr)).await,
+            Check::NetworkFailure
+        );
+        assert_eq!(check(&settings(1, 1), &a, Some(addr)).await, Check::Pass);
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead = closed.local_addr().unwrap();
+        drop(closed);
+        assert_eq!(
+            check(&settings(1, 1), &dead.to_string(), Some(dead)).await,
+            Check::NetworkFailure
+        );
+    }
 }

@@ -141,7 +141,8 @@ impl Pool {
         }
         t.stats.upstream_rq_pending_active.inc();
         let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
-        let mut tx = self.connect(t).await?;
+        // Boxed: the cold connect path would otherwise enlarge every request's future.
+        let mut tx = Box::pin(self.connect(t)).await?;
         drop(pending);
         match tx.send_request(req).await {
             Ok(resp) => Ok((resp, self.lease(tx))),

@@ -366,9 +366,16 @@ pub struct WatchOptions {
 /// Runs the proxy until SIGTERM/SIGINT (drain, then return) — reloading on changes and SIGHUP.
 pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    // Installed before anything serves, so a rotation signal can never kill the process.
-    let mut usr1 = signal(SignalKind::user_defined1())
-        .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    // Handlers first: /ready answers as soon as the server starts, and a SIGTERM sent right
+    // after must drain, not kill the process with the default action.
+    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
+    // SIGUSR1 (log rotation) likewise: its default action would kill the process.
+    let mut usr1 = sig(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         while usr1.recv().await.is_some() {
             tracing::info!("SIGUSR1: reopening access log files");
@@ -384,12 +391,6 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
         server.reload(false).await;
         watcher.update(&server.watch_dirs);
     }
-    let sig = |k| signal(k).map_err(|e| format!("cannot install signal handler: {e}"));
-    let (mut term, mut int, mut hup) = (
-        sig(SignalKind::terminate())?,
-        sig(SignalKind::interrupt())?,
-        sig(SignalKind::hangup())?,
-    );
     let poll = if watch.poll_interval.is_zero() {
         Duration::from_secs(365 * 24 * 3600)
     } else {

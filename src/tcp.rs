@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::cluster::{ActiveRequest, Cluster};
+use crate::outlier::{self, Outcome};
 
 /// Connects to an endpoint of `cluster` and copies bytes both ways until both sides close.
 pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
@@ -20,16 +21,20 @@ pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
+            outlier::report(&cluster, idx, Outcome::ConnectFailure);
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "tcp connect failed");
             return;
         }
         Err(_) => {
             stats.upstream_cx_connect_fail.inc();
+            outlier::report(&cluster, idx, Outcome::Timeout);
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "tcp connect timeout");
             return;
         }
     };
     let _ = up.set_nodelay(true);
+    // A connection that opens is a success for outlier detection (resets its failure streak).
+    outlier::report(&cluster, idx, Outcome::Status(200));
     let _active = ActiveRequest::start(&cluster, idx);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(cluster = %cluster.name, error = %e, "tcp proxy ended with error");

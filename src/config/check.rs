@@ -1,6 +1,6 @@
 //! Parsing fragments, merging them by name, and the semantic checks that need the whole set.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,9 +15,11 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let files: Vec<PathBuf> = sources.files.iter().map(|f| f.path.clone()).collect();
     let mut fragments = Vec::new();
-    let mut parse_failed = false;
-    for (i, f) in sources.files.iter().enumerate() {
-        match serde_saphyr::from_str::<Fragment>(&f.text) {
+    // Names that files which failed to parse may define: references to them are not reported as
+    // dangling, so one broken file does not hide (or fake) problems in the others.
+    let mut maybe_defined: HashSet<String> = HashSet::new();
+    for (i, (f, parsed)) in sources.files.iter().zip(parse_all(sources)).enumerate() {
+        match parsed {
             Ok(frag) => {
                 if frag.admin.is_none()
                     && frag.listeners.is_empty()
@@ -34,8 +36,20 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
                 fragments.push((i, frag));
             }
             Err(e) => {
-                parse_failed = true;
-                diags.push(yaml_error(&f.path, &e));
+                maybe_defined.extend(names_in_text(&f.text));
+                let first = yaml_error(&f.path, &f.text, &e);
+                // serde stops at the first error of a file; parsing each list item on its own
+                // finds the others, and the items that do parse still take part in the checks.
+                if let Some((partial, errors)) = recover(&f.text, first.line as usize) {
+                    for e in errors {
+                        let d = yaml_error(&f.path, &f.text, &e);
+                        if (d.line, d.column, d.code) != (first.line, first.column, first.code) {
+                            diags.push(d);
+                        }
+                    }
+                    fragments.push((i, partial));
+                }
+                diags.push(first);
             }
         }
     }
@@ -107,10 +121,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         ck.cluster(c);
     }
     ck.addresses(&cfg, admin_at);
-    // References into a file that failed to parse would all look dangling: report the parse error alone.
-    if !parse_failed {
-        ck.references(&cfg);
-    }
+    ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
@@ -125,8 +136,262 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     }
 }
 
+/// The top level of a file with every item left unparsed, to find where each item is.
+#[derive(serde::Deserialize)]
+struct Outline {
+    #[serde(default)]
+    admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    route_configs: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    clusters: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+}
+
+/// After a file failed to parse: parses its items on their own. Returns the items that parse and
+/// the errors of the others, or `None` when nothing can be recovered.
+///
+/// Block-style lists (`- ` items) are cut into items by lines and parsed in halving groups, so
+/// that a file of thousands of items with a few bad ones costs a few dozen parses, not thousands.
+/// Other lists (flow style) are parsed item by item when the file is well-formed YAML. After a
+/// syntax error (the file is not well-formed), only errors of items that begin after
+/// `first_line` are kept: the parser may notice a mistake an item late, at `first_line`.
+fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
+    let outline = serde_saphyr::from_str::<Outline>(text).ok();
+    let lines: Vec<&str> = text.lines().collect();
+    let chunks = block_items(&lines);
+    let mut frag = Fragment::default();
+    let mut errors = Vec::new();
+    if !chunks.is_empty() {
+        let keep_from = if outline.is_some() { 0 } else { first_line };
+        let mut i = 0;
+        while i < chunks.len() {
+            // Chunks of one key are contiguous lines: parse them as groups.
+            let j = i + chunks[i..]
+                .iter()
+                .take_while(|c| c.0 == chunks[i].0)
+                .count();
+            parse_chunks(&lines, &chunks[i..j], keep_from, &mut frag, &mut errors);
+            i = j;
+        }
+        return Some((frag, errors));
+    }
+    let outline = outline?;
+    fn each<T: serde::de::DeserializeOwned>(
+        items: &[serde_saphyr::Spanned<serde::de::IgnoredAny>],
+        lines: &[&str],
+        errors: &mut Vec<serde_saphyr::Error>,
+    ) -> Vec<Spanned<T>> {
+        let mut ok = Vec::new();
+        for item in items {
+            let at = &item.referenced;
+            match serde_saphyr::from_str::<Spanned<T>>(&item_text(lines, at.line(), at.column())) {
+                Ok(v) => ok.push(v),
+                // An alias to an anchor in another item cannot resolve in the item alone: that
+                // is not a problem of the configuration, so the item is just left out.
+                Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        ok
+    }
+    if let Some(a) = &outline.admin {
+        let mut v = each::<Admin>(std::slice::from_ref(a), &lines, &mut errors);
+        frag.admin = v.pop();
+    }
+    frag.listeners = each(&outline.listeners, &lines, &mut errors);
+    frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
+    frag.clusters = each(&outline.clusters, &lines, &mut errors);
+    Some((frag, errors))
+}
+
+/// Parses chunks `(key line, first line, end line)` of one key together; when that fails, each
+/// half on its own, down to single chunks, whose errors are kept if they begin after `keep_from`.
+fn parse_chunks(
+    lines: &[&str],
+    chunks: &[(usize, usize, usize)],
+    keep_from: usize,
+    frag: &mut Fragment,
+    errors: &mut Vec<serde_saphyr::Error>,
+) {
+    let (key, start, _) = chunks[0];
+    let end = chunks[chunks.len() - 1].2;
+    // Blank lines in place of everything else keep every position as in the whole file.
+    let mut t = "\n".repeat(key);
+    t.push_str(lines[key]);
+    t.push_str(&"\n".repeat(start - key));
+    for l in &lines[start..end] {
+        t.push_str(l);
+        t.push('\n');
+    }
+    match serde_saphyr::from_str::<Fragment>(&t) {
+        Ok(part) => {
+            if part.admin.is_some() {
+                frag.admin = part.admin;
+            }
+            frag.listeners.extend(part.listeners);
+            frag.route_configs.extend(part.route_configs);
+            frag.clusters.extend(part.clusters);
+        }
+        Err(_) if chunks.len() > 1 => {
+            let (a, b) = chunks.split_at(chunks.len() / 2);
+            parse_chunks(lines, a, keep_from, frag, errors);
+            parse_chunks(lines, b, keep_from, frag, errors);
+        }
+        // See `recover`: an alias into another item is not an error of this one.
+        Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
+        Err(e) if start + 1 > keep_from => errors.push(e),
+        Err(_) => {}
+    }
+}
+
+/// A line that starts a top-level block such as `clusters:` (nothing but a comment after the colon).
+fn top_level_key(line: &str) -> Option<&str> {
+    let (key, rest) = line.split_once(':')?;
+    let rest = rest.trim();
+    let known = matches!(key, "admin" | "listeners" | "route_configs" | "clusters");
+    (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
+}
+
+/// A line that ends the previous top-level block: text at column 1 that is not a comment and not
+/// a `-` item (a list may be written at the indentation of its key).
+fn at_top_level(line: &str) -> bool {
+    line.chars()
+        .next()
+        .is_some_and(|c| !c.is_whitespace() && c != '#' && c != '-')
+}
+
+/// The items of the block-style top-level lists, as `(key line, first line, end line)`, 0-based
+/// with the end exclusive; `admin` is one item. Lists in flow style (`[...]`) have none.
+fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
+    let mut chunks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(key) = top_level_key(lines[i]) else {
+            i += 1;
+            continue;
+        };
+        let end = (i + 1..lines.len())
+            .find(|&n| at_top_level(lines[n]))
+            .unwrap_or(lines.len());
+        if key == "admin" {
+            chunks.push((i, i + 1, end));
+        } else {
+            let mut indent = None;
+            let mut start = None;
+            for (n, l) in lines.iter().enumerate().take(end).skip(i + 1) {
+                let t = l.trim_start();
+                let ind = l.len() - t.len();
+                if (t.starts_with("- ") || t == "-") && indent.is_none_or(|x| x == ind) {
+                    indent = Some(ind);
+                    if let Some(s) = start.replace(n) {
+                        chunks.push((i, s, n));
+                    }
+                }
+            }
+            if let Some(s) = start {
+                chunks.push((i, s, end));
+            }
+        }
+        i = end;
+    }
+    chunks
+}
+
+/// The text of the node starting at `line:column`, padded with empty lines and spaces so that
+/// parsing it alone reports the same positions as in the whole file. The node ends before the
+/// first non-blank line indented less than its own column.
+fn item_text(lines: &[&str], line: u64, column: u64) -> String {
+    let (line, col) = (line.max(1) as usize, column.max(1) as usize);
+    let mut out = "\n".repeat(line - 1);
+    let Some(first) = lines.get(line - 1) else {
+        return out;
+    };
+    let start = first
+        .char_indices()
+        .nth(col - 1)
+        .map_or(first.len(), |(i, _)| i);
+    out.push_str(&" ".repeat(col - 1));
+    if first[start..].starts_with(['{', '[']) {
+        // A flow collection ends at its closing bracket, possibly lines later.
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        for (n, l) in lines[line - 1..].iter().enumerate() {
+            let from = if n == 0 { start } else { 0 };
+            for (i, c) in l[from..].char_indices() {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '{' | '[') => depth += 1,
+                    (None, '}' | ']') => {
+                        depth = depth.saturating_sub(1);
+                        if depth == 0 {
+                            out.push_str(&l[from..from + i + 1]);
+                            out.push('\n');
+                            return out;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push_str(&l[from..]);
+            out.push('\n');
+        }
+        return out;
+    }
+    out.push_str(&first[start..]);
+    out.push('\n');
+    for l in &lines[line..] {
+        let t = l.trim_start();
+        let indent = l.len() - t.len();
+        if !t.is_empty() && !t.starts_with('#') && indent < col - 1 {
+            break;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Below this much YAML, parsing on one thread is faster than starting others.
+const PARALLEL_PARSE_BYTES: usize = 256 * 1024;
+
+/// Parses every file, in order. Large configurations are parsed on all cores: YAML parsing is
+/// most of the cost of loading, and files are independent until they are merged.
+fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
+    let parse = |f: &super::source::SourceFile| serde_saphyr::from_str::<Fragment>(&f.text);
+    let total: usize = sources.files.iter().map(|f| f.text.len()).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || total < PARALLEL_PARSE_BYTES || sources.files.len() < 2 {
+        return sources.files.iter().map(parse).collect();
+    }
+    let chunk = sources.files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        // A thread that cannot be started (resource limits) leaves its part to this thread.
+        let handles: Vec<_> = sources
+            .files
+            .chunks(chunk)
+            .map(|part| {
+                let h = std::thread::Builder::new()
+                    .name("tern-config-parse".into())
+                    .spawn_scoped(scope, move || part.iter().map(parse).collect::<Vec<_>>());
+                (part, h.ok())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(part, h)| match h {
+                Some(h) => h.join().expect("YAML parsing does not panic"),
+                None => part.iter().map(parse).collect(),
+            })
+            .collect()
+    })
+}
+
 /// Turns a serde-saphyr error into a diagnostic with a stable code and, for typos, a suggestion.
-fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
+fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let pos = e
         .location()
         .map(|l| Pos {
@@ -140,12 +405,7 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         None => full,
     };
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
-    let mut inner = e;
-    while let serde_saphyr::Error::WithSnippet { error, .. }
-    | serde_saphyr::Error::AliasError { error, .. } = inner
-    {
-        inner = error;
-    }
+    let inner = innermost(e);
     use serde_saphyr::Error as E;
     let code = match inner {
         E::SerdeUnknownField { .. } => codes::UNKNOWN_FIELD,
@@ -161,11 +421,93 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> Diagnostic {
         E::DuplicateMappingKey { .. } => codes::DUPLICATE,
         _ => codes::SYNTAX,
     };
+    // serde-saphyr's advice about its own options means nothing to someone writing config.
+    let msg = match msg.find(", set DuplicateKeyPolicy") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    let (code, msg) = match inner {
+        E::InvalidScalar { ty, .. } => scalar_message(ty, scalar_at(text, pos)),
+        _ => (code, plain_message(msg)),
+    };
     let mut d = Diagnostic::error(code, file, pos, msg.clone());
     if let Some(s) = suggestion(&msg) {
         d = d.with_help(format!("did you mean `{s}`?"));
+    } else if msg.contains("invalid socket address syntax") {
+        d = d.with_help(
+            "write an IP address and port, e.g. 0.0.0.0:10000 or [::]:10000 (not a host name)",
+        );
     }
     d
+}
+
+/// The plain scalar written at `pos` (up to a flow separator, comment or end of line).
+fn scalar_at(text: &str, pos: Pos) -> &str {
+    let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
+        return "";
+    };
+    let start = line
+        .char_indices()
+        .nth(pos.column.saturating_sub(1) as usize)
+        .map_or(line.len(), |(i, _)| i);
+    let rest = &line[start..];
+    let end = rest.find([',', '}', ']', '#']).unwrap_or(rest.len());
+    rest[..end].trim()
+}
+
+/// A scalar that does not fit the field's type: a number out of range is a bad value (E004),
+/// anything else is the wrong type (E003).
+fn scalar_message(ty: &str, written: &str) -> (&'static str, String) {
+    let expected = match ty {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number from 0",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "bool" => "true or false",
+        other => other,
+    };
+    let is_number = written
+        .trim_start_matches(['-', '+'])
+        .parse::<u128>()
+        .is_ok();
+    if is_number {
+        (
+            codes::BAD_VALUE,
+            format!("{written} is out of range: expected {expected}"),
+        )
+    } else {
+        (
+            codes::WRONG_TYPE,
+            format!("expected {expected}, found `{written}`"),
+        )
+    }
+}
+
+/// The error itself, without the wrappers that add a snippet or an alias location.
+fn innermost(e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    let mut inner = e;
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = inner
+    {
+        inner = error;
+    }
+    inner
+}
+
+/// Rewords serde-saphyr messages that speak of parser events or Rust types in YAML terms.
+fn plain_message(msg: String) -> String {
+    let plain = match msg.as_str() {
+        "expected sequence start" => "expected a list (`[a, b]` or one `- item` per line)",
+        "expected mapping start" => "expected a mapping (`key: value` fields)",
+        "expected string scalar" => "expected a string",
+        m if m.starts_with("cannot deserialize null into string") => {
+            "expected a string, found nothing (null)"
+        }
+        _ => return msg,
+    };
+    plain.to_string()
 }
 
 /// For "unknown field `x`, expected one of a, b" (or variant), the closest expected name.
@@ -256,6 +598,16 @@ impl Checker<'_> {
         if v.address.port() == 0 {
             self.bad(l.file, v.address.pos, "listener port must not be 0");
         }
+        if let Some(rc) = &v.route_config {
+            if rc.trim().is_empty() {
+                self.bad(l.file, rc.pos, "route_config must not be empty");
+            }
+        }
+        if let Some(t) = &v.tcp_proxy {
+            if t.cluster.trim().is_empty() {
+                self.bad(l.file, t.cluster.pos, "tcp_proxy cluster must not be empty");
+            }
+        }
     }
 
     fn route_config(&mut self, rc: &Def<RouteConfig>) {
@@ -335,6 +687,9 @@ impl Checker<'_> {
             );
         }
         if let Some(a) = &r.route {
+            if let Some(c) = a.cluster.as_ref().filter(|c| c.trim().is_empty()) {
+                self.bad(f, c.pos, "route cluster must not be empty");
+            }
             if let Some(h) = &a.host_rewrite {
                 if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
                     self.bad(
@@ -355,6 +710,9 @@ impl Checker<'_> {
             }
         }
         if let Some(rd) = &r.redirect {
+            if rd.port_redirect == Some(0) {
+                self.bad(f, rd.pos, "redirect port_redirect must be 1-65535, not 0");
+            }
             if let Some(c) = &rd.response_code {
                 if ![301, 302, 303, 307, 308].contains(&c.value) {
                     self.bad(
@@ -410,6 +768,9 @@ impl Checker<'_> {
     fn addresses(&mut self, cfg: &Config, admin_at: Option<(usize, Pos)>) {
         let mut seen: Vec<(SocketAddr, usize, Pos, String)> = Vec::new();
         if let Some((file, _)) = admin_at {
+            if cfg.admin.address.port() == 0 {
+                self.bad(file, cfg.admin.address.pos, "admin port must not be 0");
+            }
             seen.push((
                 *cfg.admin.address,
                 file,
@@ -442,7 +803,7 @@ impl Checker<'_> {
         }
     }
 
-    fn references(&mut self, cfg: &Config) {
+    fn references(&mut self, cfg: &Config, maybe_defined: &HashSet<String>) {
         let clusters: HashMap<&str, ()> = cfg
             .clusters
             .iter()
@@ -483,23 +844,66 @@ impl Checker<'_> {
                 }
             }
         }
+        // Suggestions compare a name with every defined name; with thousands of dangling
+        // references (a renamed cluster) that dominates, so each distinct name is looked up once,
+        // and only the first few distinct names get a suggestion.
+        const MAX_SUGGESTED: usize = 100;
+        let mut suggested: HashMap<(&str, &str), Option<&str>> = HashMap::new();
         for (file, name, what, known) in missing {
+            // An empty name is already reported as a bad value.
+            if name.trim().is_empty() || maybe_defined.contains(name.as_str()) {
+                continue;
+            }
             let mut d = Diagnostic::error(
                 codes::DANGLING_REFERENCE,
                 &self.files[file],
                 name.pos,
                 format!("{what} `{}` is not defined in any file", name.value),
             );
-            let best = known
-                .map(|k| (strsim::jaro_winkler(k, name), *k))
-                .filter(|(s, _)| *s > 0.8)
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some((_, k)) = best {
+            let key = (what, name.as_str());
+            let best = match suggested.get(&key) {
+                Some(b) => *b,
+                None if suggested.len() < MAX_SUGGESTED => {
+                    let b = known
+                        .copied()
+                        .chain(maybe_defined.iter().map(String::as_str))
+                        .map(|k| (strsim::jaro_winkler(k, name), k))
+                        .filter(|(s, _)| *s > 0.8)
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .map(|(_, k)| k);
+                    suggested.insert(key, b);
+                    b
+                }
+                None => None,
+            };
+            if let Some(k) = best {
                 d = d.with_help(format!("did you mean `{k}`?"));
             }
             self.diags.push(d);
         }
     }
+}
+
+/// Every `name:` value in a file's text, found without parsing it (it may not be valid YAML).
+fn names_in_text(text: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(i) = rest.find("name:") {
+            let before = rest[..i].chars().next_back();
+            let value = &rest[i + 5..];
+            rest = value;
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let end = value.find([',', '}', '#', ']']).unwrap_or(value.len());
+            let v = value[..end].trim().trim_matches(['"', '\'']);
+            if !v.is_empty() {
+                names.insert(v.to_string());
+            }
+        }
+    }
+    names
 }
 
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
@@ -561,6 +965,115 @@ mod tests {
             suggestion("unknown field `zzz`, expected one of name, address"),
             None
         );
+    }
+
+    #[test]
+    fn items_are_cut_out_with_their_positions() {
+        let text = "clusters:\n  - name: a\n    endpoints: []\n\n    # c\n  - { name: b }\nlisteners: []\n";
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            item_text(&lines, 2, 5),
+            "\n    name: a\n    endpoints: []\n\n    # c\n"
+        );
+        assert_eq!(item_text(&lines, 6, 5), "\n\n\n\n\n    { name: b }\n");
+    }
+
+    #[test]
+    fn recovery_reports_each_bad_item_and_keeps_good_ones() {
+        let text =
+            "clusters:\n  - name: a\n    x: 1\n  - name: b\n  - name: c\n    connect_timeout: 5\n";
+        let (frag, errors) = recover(text, 3).unwrap();
+        assert_eq!(frag.clusters.len(), 1);
+        assert_eq!(frag.clusters[0].name.as_str(), "b");
+        assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 5 });
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .collect();
+        assert_eq!(at, vec![Some((3, 5)), Some((6, 22))]);
+        assert!(recover("clusters: [ { name: a\n", 1).is_none());
+    }
+
+    #[test]
+    fn syntax_errors_in_several_items_are_all_found() {
+        // Item 1 lacks a `]`; the parser notices at item 2's `-` (line 4). Item 3 has a stray `]`,
+        // item 4 is fine.
+        let text = "clusters:\n  - name: a\n    endpoints: [{ address: 127.0.0.1:1 }\n  - name: b\n  - name: c: d\n  - name: d\nadmin:\n  address: 127.0.0.1:9901\n";
+        let first = serde_saphyr::from_str::<Fragment>(text).unwrap_err();
+        let first_line = first.location().unwrap().line() as usize;
+        assert_eq!(first_line, 4);
+        let (frag, errors) = recover(text, first_line).unwrap();
+        let names: Vec<&str> = frag.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(frag.clusters[1].pos, Pos { line: 6, column: 5 });
+        assert!(frag.admin.is_some());
+        let lines: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().unwrap().line())
+            .collect();
+        assert_eq!(lines, [5]);
+    }
+
+    #[test]
+    fn recovery_of_flow_lists_and_lists_at_the_key_indentation() {
+        let flow = "clusters: [{ name: a, x: 1 }, { name: b }, { name: c, connect_timeout: 5 }]\n";
+        let (frag, errors) = recover(flow, 1).unwrap();
+        assert_eq!(frag.clusters.len(), 1);
+        assert_eq!(errors.len(), 2);
+        let flush = "clusters:\n- name: a\n  x: 1\n- name: b\nlisteners:\n- name: l\n  port: 1\n";
+        let (frag, errors) = recover(flush, 3).unwrap();
+        assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 3 });
+        let at: Vec<_> = errors
+            .iter()
+            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .collect();
+        assert_eq!(at, vec![Some((3, 3)), Some((7, 3))]);
+    }
+
+    #[test]
+    fn large_configurations_parse_in_parallel_in_file_order() {
+        // Over PARALLEL_PARSE_BYTES in 64 files, one of them broken.
+        let mut files = Vec::new();
+        for i in 0..64 {
+            let mut text = String::from("clusters:\n");
+            for j in 0..60 {
+                text.push_str(&format!(
+                    "  - name: c{i}-{j}\n    connect_timeout: 1s\n    endpoints: [{{ address: 10.0.0.1:80 }}]\n"
+                ));
+            }
+            if i == 40 {
+                text.push_str("  - name: bad\n    connect_timeout: soon\n");
+            }
+            files.push(crate::config::SourceFile {
+                path: format!("f{i:02}.yaml").into(),
+                text,
+            });
+        }
+        let sources = Sources {
+            files,
+            ..Default::default()
+        };
+        assert!(sources.files.iter().map(|f| f.text.len()).sum::<usize>() > PARALLEL_PARSE_BYTES);
+        let parsed = parse_all(&sources);
+        assert_eq!(parsed.len(), 64);
+        assert!(parsed
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.is_err() == (i == 40)));
+        let first = parsed[1].as_ref().unwrap();
+        assert_eq!(first.clusters[0].name.as_str(), "c1-0");
+        let (cfg, diags) = check(&sources);
+        assert!(cfg.is_none());
+        assert_eq!(diags.len(), 1);
+        assert_eq!((diags[0].code, diags[0].line), ("E004", 183));
+        assert!(diags[0].file.ends_with("f40.yaml"));
+    }
+
+    #[test]
+    fn names_found_in_broken_text() {
+        let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");
+        assert!(n.contains("api") && n.contains("web"));
+        assert!(!n.contains("no"));
     }
 
     #[test]

@@ -210,11 +210,36 @@ impl Ck<'_> {
         }
         if let Some(o) = &c.outlier_detection {
             self.percent("max_ejection_percent", &o.max_ejection_percent);
-            for t in [&o.interval, &o.base_ejection_time].into_iter().flatten() {
+            for t in [&o.interval, &o.base_ejection_time, &o.max_ejection_time]
+                .into_iter()
+                .flatten()
+            {
                 if t.0.is_zero() {
                     self.bad(t.pos, "must be greater than 0");
                 }
             }
+            if let Some(max) = &o.max_ejection_time {
+                let base = o
+                    .base_ejection_time
+                    .as_ref()
+                    .map_or(crate::outlier::DEFAULT_BASE_EJECTION_TIME, |b| b.0);
+                if !max.0.is_zero() && max.0 < base {
+                    self.bad(
+                        max.pos,
+                        format!(
+                            "max_ejection_time {} is below base_ejection_time {}",
+                            max.value,
+                            super::value::Dur(base)
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(second) = c.health_checks.get(1) {
+            self.bad(
+                second.pos,
+                "only one health check per cluster is supported (each endpoint has one health verdict)",
+            );
         }
         for hc in &c.health_checks {
             if hc.http.is_some() == hc.tcp.is_some() {
@@ -245,6 +270,22 @@ impl Ck<'_> {
                         h.path.pos,
                         format!("health check path {:?} must start with /", h.path.value),
                     );
+                } else if http::uri::PathAndQuery::try_from(h.path.as_str()).is_err() {
+                    self.bad(
+                        h.path.pos,
+                        format!(
+                            "health check path {:?} is not a valid request path",
+                            h.path.value
+                        ),
+                    );
+                }
+                if let Some(host) = &h.host {
+                    if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
+                        self.bad(
+                            hc.pos,
+                            format!("health check host {host:?} is not a valid Host header value"),
+                        );
+                    }
                 }
                 for s in &h.expected_statuses {
                     if !(100..=599).contains(&s.value) {

@@ -37,6 +37,22 @@ pub mod codes {
     pub const IO: &str = "E008";
     /// A file that defines nothing.
     pub const EMPTY_FILE: &str = "W001";
+    /// A route that can never match: an earlier route in the same virtual host takes all its requests.
+    pub const UNREACHABLE_ROUTE: &str = "W002";
+    /// A domain served by two virtual hosts of one route config; the second never sees its requests.
+    pub const DOMAIN_COLLISION: &str = "W003";
+    /// `per_try_timeout × (num_retries + 1)` longer than the route timeout: later tries are cut short.
+    pub const RETRIES_EXCEED_TIMEOUT: &str = "W004";
+    /// Retries without `per_try_timeout`: one slow try uses the whole route timeout.
+    pub const RETRY_WITHOUT_PER_TRY_TIMEOUT: &str = "W005";
+    /// Non-idempotent requests retried on conditions where the upstream may have processed them.
+    pub const RETRY_NON_IDEMPOTENT: &str = "W006";
+    /// Retries to a cluster whose retry limit is only the implicit default.
+    pub const RETRY_WITHOUT_BUDGET: &str = "W007";
+    /// A fault delay longer than the route timeout.
+    pub const FAULT_DELAY_EXCEEDS_TIMEOUT: &str = "W008";
+    /// A circuit-breaker threshold below the retries the cluster allows in flight.
+    pub const BREAKER_BELOW_RETRIES: &str = "W009";
 }
 
 /// Another place that explains a diagnostic (e.g. the first definition of a duplicate).
@@ -67,11 +83,9 @@ pub struct Diagnostic {
     pub line: u32,
     /// 1-based column (0 when unknown).
     pub column: u32,
-    /// A suggestion, such as "did you mean `timeout`?".
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A suggestion, such as "did you mean `timeout`?" (`null` in JSON when there is none).
     pub help: Option<String>,
-    /// Other places involved.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Other places involved (always present in JSON, possibly empty).
     pub related: Vec<Related>,
 }
 

@@ -1,7 +1,658 @@
 //! Warnings about configurations that load but look wrong or risky (unreachable routes, ...).
+//!
+//! Lints never stop the proxy from loading; `tern-validate --strict` turns them into failures.
 
-use super::diag::Diagnostic;
+use std::collections::HashMap;
+
+use super::diag::{codes, Diagnostic};
+use super::model::{RouteMatch, VirtualHost};
+use super::value::{Pos, Spanned};
 use super::Config;
 
-/// Adds warnings for `cfg` to `diags`. Runs only on configurations that parsed.
-pub fn lint(_cfg: &Config, _diags: &mut Vec<Diagnostic>) {}
+/// Adds warnings for `cfg` to `diags`.
+pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
+    for rc in &cfg.route_configs {
+        let file = &cfg.files[rc.file];
+        domains(&rc.value.virtual_hosts, |d| diags.push(d.into_diag(file)));
+        for vh in &rc.value.virtual_hosts {
+            unreachable_routes(vh, |d| diags.push(d.into_diag(file)));
+        }
+    }
+    // Tuning advice waits until the configuration loads: next to an error in the same retry
+    // policy or fault it would only be noise.
+    if !diags.iter().any(Diagnostic::is_error) {
+        resilience::lint(cfg, diags);
+    }
+}
+
+/// A warning within one file, before the file's path is attached.
+struct Local {
+    code: &'static str,
+    pos: Pos,
+    message: String,
+    related: Option<(String, Pos)>,
+    help: Option<String>,
+}
+
+impl Local {
+    fn into_diag(self, file: &std::path::Path) -> Diagnostic {
+        let mut d = Diagnostic::warning(self.code, file, self.pos, self.message);
+        if let Some((m, p)) = self.related {
+            d = d.with_related(m, file, p);
+        }
+        if let Some(h) = self.help {
+            d = d.with_help(h);
+        }
+        d
+    }
+}
+
+/// The same domain pattern (case-insensitive) in two virtual hosts, or twice in one.
+fn domains(vhs: &[Spanned<VirtualHost>], mut out: impl FnMut(Local)) {
+    let mut seen: HashMap<String, (&str, Pos)> = HashMap::new();
+    for vh in vhs {
+        for d in &vh.domains {
+            let key = d.to_ascii_lowercase();
+            if let Some(&(first_vh, first_pos)) = seen.get(&key) {
+                let message = if first_vh == vh.name.as_str() {
+                    format!(
+                        "domain `{}` is listed twice in virtual host `{first_vh}`",
+                        d.value
+                    )
+                } else {
+                    format!(
+                        "domain `{}` is also served by virtual host `{first_vh}`, which comes first: \
+                         virtual host `{}` never sees these requests",
+                        d.value, vh.name.value
+                    )
+                };
+                out(Local {
+                    code: codes::DOMAIN_COLLISION,
+                    pos: d.pos,
+                    message,
+                    related: Some(("first listed here".into(), first_pos)),
+                    help: Some("each domain pattern may appear in one virtual host only".into()),
+                });
+            } else {
+                seen.insert(key, (vh.name.as_str(), d.pos));
+            }
+        }
+    }
+}
+
+/// Routes that an earlier route of the same virtual host always takes first.
+fn unreachable_routes(vh: &VirtualHost, mut out: impl FnMut(Local)) {
+    let mut earlier = Earlier::default();
+    for r in &vh.routes {
+        let m = &r.matcher.value;
+        if let Some((by, pos)) = earlier.first_shadowing(m) {
+            let message = if by == m {
+                format!(
+                    "route can never match: the route at line {} has the same match",
+                    pos.line
+                )
+            } else {
+                format!(
+                    "route can never match: the route at line {} ({}) takes every request it would",
+                    pos.line,
+                    describe(by)
+                )
+            };
+            out(Local {
+                code: codes::UNREACHABLE_ROUTE,
+                pos: r.matcher.pos,
+                message,
+                related: Some(("matched first here".into(), pos)),
+                help: Some(
+                    "routes are tried in order: move this route above the other one, or make the other one more specific (e.g. a header matcher)".into(),
+                ),
+            });
+        }
+        earlier.add(m, r.matcher.pos);
+    }
+}
+
+/// The earlier routes of a virtual host, indexed so that checking a table of n routes costs
+/// about n lookups rather than n² comparisons (tables of thousands of routes exist).
+///
+/// Gives the same answer as trying [`shadows`] on every earlier route in order.
+#[derive(Default)]
+struct Earlier<'a> {
+    /// Routes without header or query matchers, by their `prefix`.
+    prefixes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, by `path`.
+    paths: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, by `regex` source.
+    regexes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
+    /// Same, regex routes with the literal text every match starts with.
+    regex_list: Vec<(&'a str, &'a RouteMatch, Pos)>,
+    /// Routes with header or query matchers, compared one by one (they are few).
+    with_matchers: Vec<(&'a RouteMatch, Pos)>,
+}
+
+impl<'a> Earlier<'a> {
+    fn add(&mut self, m: &'a RouteMatch, pos: Pos) {
+        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
+            self.with_matchers.push((m, pos));
+        } else if let Some(p) = &m.prefix {
+            self.prefixes.entry(p.as_str()).or_insert((m, pos));
+        } else if let Some(p) = &m.path {
+            self.paths.entry(p.as_str()).or_insert((m, pos));
+        } else if let Some(r) = &m.regex {
+            if !self.regexes.contains_key(r.as_str()) {
+                self.regexes.insert(r.as_str(), (m, pos));
+                self.regex_list.push((literal_prefix(r.as_str()), m, pos));
+            }
+        }
+    }
+
+    /// The earliest route that takes every request `m` would match.
+    fn first_shadowing(&self, m: &RouteMatch) -> Option<(&'a RouteMatch, Pos)> {
+        let mut best: Option<(&'a RouteMatch, Pos)> = None;
+        let mut consider = |c: Option<&(&'a RouteMatch, Pos)>| {
+            if let Some(&(r, p)) = c {
+                if best.is_none_or(|(_, b)| p < b) {
+                    best = Some((r, p));
+                }
+            }
+        };
+        if let Some(p) = m.prefix.as_ref().or(m.path.as_ref()) {
+            for (i, _) in p.char_indices().skip(1) {
+                consider(self.prefixes.get(&p[..i]));
+            }
+            consider(self.prefixes.get(p.as_str()));
+        }
+        if let Some(p) = &m.path {
+            consider(self.paths.get(p.as_str()));
+            for (lit, r, pos) in &self.regex_list {
+                if p.starts_with(lit) && r.regex.as_ref().is_some_and(|re| re.is_match(p)) {
+                    consider(Some(&(*r, *pos)));
+                }
+            }
+        }
+        if let Some(r) = &m.regex {
+            consider(self.regexes.get(r.as_str()));
+            let lit = literal_prefix(r.as_str());
+            for (i, _) in lit.char_indices().skip(1) {
+                consider(self.prefixes.get(&lit[..i]));
+            }
+            consider(self.prefixes.get(lit));
+        }
+        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
+            for c in &self.with_matchers {
+                if shadows(c.0, m) {
+                    consider(Some(c));
+                    break;
+                }
+            }
+        }
+        best
+    }
+}
+
+/// Literal text that every match of `regex` starts with (possibly empty), for a cheap pre-filter.
+fn literal_prefix(regex: &str) -> &str {
+    if regex.contains('|') {
+        // An alternation may let a match start with anything.
+        return "";
+    }
+    let mut end = 0;
+    let mut chars = regex.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '~')) {
+            break;
+        }
+        // A character followed by `?`, `*` or `{` may be absent (or repeated in ways we do not
+        // follow): it is not part of the literal prefix.
+        if chars
+            .peek()
+            .is_some_and(|(_, n)| matches!(n, '?' | '*' | '{'))
+        {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    &regex[..end]
+}
+
+fn describe(m: &RouteMatch) -> String {
+    let mut s = if let Some(p) = &m.prefix {
+        format!("prefix `{}`", p.value)
+    } else if let Some(p) = &m.path {
+        format!("path `{}`", p.value)
+    } else if let Some(p) = &m.regex {
+        format!("regex `{}`", p.as_str())
+    } else {
+        "no path condition".into()
+    };
+    if m.headers.is_empty() && m.query_parameters.is_empty() {
+        s.push_str(", no header or query matcher");
+    }
+    s
+}
+
+/// True when every request matching `b` also matches `a`.
+///
+/// Conservative: only certain cases are reported (a prefix covering a prefix, a path, or the
+/// literal start of a regex; equal paths; equal regexes; a regex matching a literal path), with
+/// `a`'s header and query conditions all present in `b`.
+fn shadows(a: &RouteMatch, b: &RouteMatch) -> bool {
+    let subset = |x: &[Spanned<_>], y: &[Spanned<_>]| x.iter().all(|c| y.contains(c));
+    if !subset(&a.headers, &b.headers) || !subset(&a.query_parameters, &b.query_parameters) {
+        return false;
+    }
+    if let Some(pa) = &a.prefix {
+        if let Some(pb) = b.prefix.as_ref().or(b.path.as_ref()) {
+            return pb.starts_with(pa.as_str());
+        }
+        // A regex whose every match starts with the prefix (by its literal start) is covered.
+        return b
+            .regex
+            .as_ref()
+            .is_some_and(|rb| literal_prefix(rb.as_str()).starts_with(pa.as_str()));
+    }
+    if let Some(pa) = &a.path {
+        return b.path.as_ref().is_some_and(|pb| pb.value == pa.value);
+    }
+    if let Some(ra) = &a.regex {
+        if let Some(rb) = &b.regex {
+            return ra.as_str() == rb.as_str();
+        }
+        return b.path.as_ref().is_some_and(|pb| ra.is_match(pb));
+    }
+    false
+}
+
+/// Warnings about risky resilience settings; each message says why, with the numbers.
+mod resilience {
+    use std::collections::{HashMap, HashSet};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::super::diag::{codes, Diagnostic};
+    use super::super::model::{Cluster, Fault, RetryPolicy, RouteAction};
+    use super::super::value::{Dur, Pos, Spanned};
+    use super::super::{Config, Def};
+
+    /// The router's route timeout when a route sets none (`router::DEFAULT_ROUTE_TIMEOUT`).
+    pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+    /// Retries when `num_retries` is not set.
+    pub const DEFAULT_NUM_RETRIES: u32 = 1;
+    /// Retries in flight per cluster without `max_retries` or a budget (Envoy's default).
+    pub const DEFAULT_MAX_RETRIES: u32 = 3;
+    /// Retries always allowed by a retry budget without `min_retry_concurrency`.
+    pub const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+    /// Retry conditions after which the upstream may already have acted on the request.
+    const AFTER_PROCESSING: &[&str] = &[
+        "5xx",
+        "gateway-error",
+        "reset",
+        "retriable-4xx",
+        "retriable-status-codes",
+    ];
+
+    fn show(d: Duration) -> String {
+        Dur(d).to_string()
+    }
+
+    /// Adds the resilience warnings for `cfg`.
+    pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
+        let clusters: HashMap<&str, &Def<Cluster>> = cfg
+            .clusters
+            .iter()
+            .map(|c| (c.value.name.as_str(), c))
+            .collect();
+        // A virtual host's policy applies to many routes: say each thing about it once.
+        let mut said: HashSet<(&'static str, Pos, Pos)> = HashSet::new();
+        for rc in &cfg.route_configs {
+            let file = cfg.files[rc.file].as_path();
+            for vh in &rc.value.virtual_hosts {
+                for r in &vh.routes {
+                    let Some(action) = &r.route else { continue };
+                    // A route's own policy and fault replace the virtual host's.
+                    let policy = action.retry_policy.as_ref().or(vh.retry_policy.as_ref());
+                    let fault = r.fault.as_ref().or(vh.fault.as_ref());
+                    let timeout = route_timeout(action);
+                    if let Some(p) = policy {
+                        retry(cfg, file, p, action, timeout, &clusters, &mut said, diags);
+                    }
+                    if let Some(f) = fault {
+                        if said.insert((codes::FAULT_DELAY_EXCEEDS_TIMEOUT, f.pos, action.pos)) {
+                            fault_delay(file, f, timeout, diags);
+                        }
+                    }
+                }
+            }
+        }
+        for c in &cfg.clusters {
+            breakers(&cfg.files[c.file], &c.value, diags);
+        }
+    }
+
+    /// The route timeout and where it was set (`None` when off).
+    fn route_timeout(a: &Spanned<RouteAction>) -> Option<(Duration, Pos, bool)> {
+        match &a.timeout {
+            None => Some((DEFAULT_ROUTE_TIMEOUT, a.pos, false)),
+            Some(t) if t.0.is_zero() => None,
+            Some(t) => Some((t.0, t.pos, true)),
+        }
+    }
+
+    fn timeout_words(explicit: bool, t: Duration) -> String {
+        if explicit {
+            format!("the route timeout {}", show(t))
+        } else {
+            format!("the default route timeout {}", show(t))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn retry(
+        cfg: &Config,
+        file: &Path,
+        p: &Spanned<RetryPolicy>,
+        action: &Spanned<RouteAction>,
+        timeout: Option<(Duration, Pos, bool)>,
+        clusters: &HashMap<&str, &Def<Cluster>>,
+        said: &mut HashSet<(&'static str, Pos, Pos)>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let n = p
+            .num_retries
+            .as_ref()
+            .map_or(DEFAULT_NUM_RETRIES, |n| n.value);
+        if n == 0 {
+            return;
+        }
+        let at = p.num_retries.as_ref().map_or(p.pos, |n| n.pos);
+        match (&p.per_try_timeout, timeout) {
+            (Some(per_try), Some((t, t_pos, explicit))) => {
+                let total = per_try.0.saturating_mul(n + 1);
+                if total > t && said.insert((codes::RETRIES_EXCEED_TIMEOUT, per_try.pos, t_pos)) {
+                    diags.push(
+                        Diagnostic::warning(
+                            codes::RETRIES_EXCEED_TIMEOUT,
+                            file,
+                            per_try.pos,
+                            format!(
+                                "per_try_timeout {} × ({n} retries + 1) = {} is longer than {}: \
+                                 the route gives up before the last tries can run",
+                                per_try.value,
+                                show(total),
+                                timeout_words(explicit, t)
+                            ),
+                        )
+                        .with_related("route timeout", file, t_pos)
+                        .with_help(format!(
+                            "raise the route timeout to at least {}, or lower per_try_timeout or num_retries",
+                            show(total)
+                        )),
+                    );
+                }
+            }
+            (None, _) if said.insert((codes::RETRY_WITHOUT_PER_TRY_TIMEOUT, p.pos, p.pos)) => {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_WITHOUT_PER_TRY_TIMEOUT,
+                        file,
+                        at,
+                        format!(
+                            "retry_policy allows {n} retr{} but sets no per_try_timeout: one slow \
+                             try can use up the whole route timeout ({} unless the route sets \
+                             one), leaving no time to retry",
+                            if n == 1 { "y" } else { "ies" },
+                            show(DEFAULT_ROUTE_TIMEOUT)
+                        ),
+                    )
+                    .with_help("set per_try_timeout to a fraction of the route timeout"),
+                );
+            }
+            _ => {}
+        }
+        if p.retry_non_idempotent && said.insert((codes::RETRY_NON_IDEMPOTENT, p.pos, p.pos)) {
+            let on = p.retry_on.as_ref().map_or("5xx", |o| o.as_str());
+            let risky: Vec<&str> = on
+                .split(',')
+                .map(str::trim)
+                .filter(|c| AFTER_PROCESSING.contains(c))
+                .collect();
+            if !risky.is_empty() {
+                let pos = p.retry_on.as_ref().map_or(p.pos, |o| o.pos);
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_NON_IDEMPOTENT,
+                        file,
+                        pos,
+                        format!(
+                            "retry_non_idempotent retries POST, PATCH and CONNECT on {}: the upstream \
+                             may already have acted on the request, so it can take effect twice",
+                            risky.join(", ")
+                        ),
+                    )
+                    .with_help(
+                        "retry non-idempotent requests only on connect-failure or refused-stream, which \
+                         happen before the upstream sees the request",
+                    ),
+                );
+            }
+        }
+        let targets = action.cluster.iter().chain(
+            action
+                .weighted_clusters
+                .iter()
+                .flat_map(|w| w.clusters.iter().map(|c| &c.name)),
+        );
+        for name in targets {
+            let Some(c) = clusters.get(name.as_str()) else {
+                continue;
+            };
+            let cb = c.value.circuit_breakers.as_ref();
+            let limited = cb.is_some_and(|b| b.max_retries.is_some() || b.retry_budget.is_some());
+            if !limited && said.insert((codes::RETRY_WITHOUT_BUDGET, p.pos, c.pos)) {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::RETRY_WITHOUT_BUDGET,
+                        file,
+                        at,
+                        format!(
+                            "retries to cluster `{}`, which sets neither a retry_budget nor max_retries: \
+                             only the default {DEFAULT_MAX_RETRIES} retries may be in flight in the whole \
+                             cluster, whatever its traffic",
+                            name.value
+                        ),
+                    )
+                    .with_related("cluster defined here", &cfg.files[c.file], c.value.name.pos)
+                    .with_help(
+                        "size retries with circuit_breakers.retry_budget (e.g. budget_percent: 20) or max_retries",
+                    ),
+                );
+            }
+        }
+    }
+
+    fn fault_delay(
+        file: &Path,
+        f: &Spanned<Fault>,
+        timeout: Option<(Duration, Pos, bool)>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let (Some(delay), Some((t, t_pos, explicit))) = (
+            f.delay.as_ref().and_then(|d| d.fixed_delay.as_ref()),
+            timeout,
+        ) else {
+            return;
+        };
+        if delay.0 <= t {
+            return;
+        }
+        diags.push(
+            Diagnostic::warning(
+                codes::FAULT_DELAY_EXCEEDS_TIMEOUT,
+                file,
+                delay.pos,
+                format!(
+                    "fault delay {} is longer than {}: the delay comes before the route timeout starts, \
+                     so delayed requests take over {} in all instead of timing out, and clients with \
+                     shorter timeouts give up first",
+                    delay.value,
+                    timeout_words(explicit, t),
+                    show(delay.0 + t)
+                ),
+            )
+            .with_related("route timeout", file, t_pos)
+            .with_help("to test the route timeout, delay the upstream instead; otherwise shorten fixed_delay"),
+        );
+    }
+
+    /// Thresholds that cap retries before the retry limit does.
+    fn breakers(file: &Path, c: &Cluster, diags: &mut Vec<Diagnostic>) {
+        let Some(cb) = &c.circuit_breakers else {
+            return;
+        };
+        let (retries, what) = match &cb.retry_budget {
+            Some(b) => (
+                b.min_retry_concurrency
+                    .unwrap_or(DEFAULT_MIN_RETRY_CONCURRENCY),
+                "min_retry_concurrency of the retry budget",
+            ),
+            None => (
+                cb.max_retries
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_RETRIES, |m| m.value),
+                "max_retries",
+            ),
+        };
+        for (name, t) in [
+            ("max_requests", &cb.max_requests),
+            ("max_pending_requests", &cb.max_pending_requests),
+        ] {
+            let Some(t) = t else { continue };
+            if t.value < retries {
+                diags.push(
+                    Diagnostic::warning(
+                        codes::BREAKER_BELOW_RETRIES,
+                        file,
+                        t.pos,
+                        format!(
+                            "{name} {} in cluster `{}` is below the {retries} retries it allows in flight \
+                             ({what}): retries count as requests, so {name} rejects them first",
+                            t.value, c.name.value
+                        ),
+                    )
+                    .with_help(format!(
+                        "raise {name} above {retries}, or lower the retry limit"
+                    )),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(yaml: &str) -> RouteMatch {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn codes(yaml: &str) -> Vec<&'static str> {
+        let sources = crate::config::Sources {
+            files: vec![crate::config::SourceFile {
+                path: "x.yaml".into(),
+                text: yaml.into(),
+            }],
+            ..Default::default()
+        };
+        crate::config::check_sources(sources)
+            .diagnostics
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[test]
+    fn resilience_advice_waits_for_a_loadable_configuration() {
+        let ok = "clusters: [{ name: c, endpoints: [{ address: 127.0.0.1:1 }] }]\nroute_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: / }\n            route: { cluster: c, retry_policy: { num_retries: 2 } }\n";
+        assert_eq!(codes(ok), ["W005", "W007"]);
+        let broken =
+            format!("{ok}listeners: [{{ name: l, address: 127.0.0.1:0, route_config: m }}]\n");
+        assert_eq!(codes(&broken), ["E004"]);
+        // No retries at all: nothing to say.
+        assert!(codes(&ok.replace("num_retries: 2", "num_retries: 0")).is_empty());
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("/api/v[0-9]+"), "/api/v");
+        assert_eq!(literal_prefix("/ab?c"), "/a");
+        assert_eq!(literal_prefix("/a|/b"), "");
+        assert_eq!(literal_prefix("(?i)/x"), "");
+        assert_eq!(literal_prefix("/x.y"), "/x");
+    }
+
+    /// The index agrees with comparing every earlier route in order.
+    #[test]
+    fn index_agrees_with_pairwise_comparison() {
+        let pool = [
+            "prefix: /",
+            "prefix: /a",
+            "prefix: /ab",
+            "path: /ab",
+            "path: /abc",
+            "regex: /a[b-c]+",
+            "regex: /ab?",
+            "regex: \"/x|/ab\"",
+            "regex: /abc[0-9]",
+            "prefix: /a\nheaders: [{ name: h, present: true }]",
+            "path: /ab\nheaders: [{ name: h, present: true }]",
+            "prefix: /\nquery_parameters: [{ name: q, exact: \"1\" }]",
+            "path: /abc\nheaders: [{ name: h, present: true }]\nquery_parameters: [{ name: q, exact: \"1\" }]",
+        ];
+        let ms: Vec<RouteMatch> = pool.iter().map(|y| m(y)).collect();
+        // Every ordered sequence of 3 matchers from the pool.
+        for a in 0..ms.len() {
+            for b in 0..ms.len() {
+                for c in 0..ms.len() {
+                    let seq = [&ms[a], &ms[b], &ms[c]];
+                    let mut earlier = Earlier::default();
+                    for (i, x) in seq.iter().enumerate() {
+                        let pos = Pos {
+                            line: i as u32 + 1,
+                            column: 1,
+                        };
+                        let naive = seq[..i].iter().position(|e| shadows(e, x));
+                        let indexed = earlier.first_shadowing(x).map(|(_, p)| p.line as usize - 1);
+                        assert_eq!(naive, indexed, "{:?} then {:?}", &seq[..i], x);
+                        earlier.add(x, pos);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shadowing_cases() {
+        let all = m("prefix: /");
+        assert!(shadows(&all, &m("prefix: /api")));
+        assert!(shadows(&all, &m("path: /x")));
+        assert!(shadows(&all, &m("regex: /v[0-9]+")));
+        assert!(shadows(&m("prefix: /api/"), &m("regex: /api/v[0-9]+")));
+        assert!(!shadows(&m("prefix: /api/"), &m("regex: /ap[i]/v1")));
+        // `OPTIONS *` has the path `*`: a regex that may match it is not covered by `/`.
+        assert!(!shadows(&all, &m("regex: \"[*]|/x\"")));
+        assert!(shadows(&m("prefix: /api"), &m("path: /api/x")));
+        assert!(!shadows(&m("prefix: /api"), &m("prefix: /ap")));
+        assert!(shadows(&m("path: /a"), &m("path: /a")));
+        assert!(shadows(&m("regex: /v[0-9]+"), &m("path: /v2")));
+        assert!(!shadows(&m("regex: /v[0-9]+"), &m("path: /v2/x")));
+        let hdr = m("prefix: /\nheaders: [{ name: x-canary, present: true }]");
+        assert!(!shadows(&hdr, &m("prefix: /api")));
+        assert!(shadows(
+            &hdr,
+            &m("prefix: /api\nheaders: [{ name: x-canary, present: true }]")
+        ));
+        let q = m("prefix: /\nquery_parameters: [{ name: debug, present: true }]");
+        assert!(!shadows(&q, &m("prefix: /api")));
+    }
+}

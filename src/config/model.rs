@@ -504,7 +504,7 @@ pub struct Cluster {
     /// Passive health: eject endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<Spanned<OutlierDetection>>,
-    /// Active health checks.
+    /// Active health checks (at most one per cluster: each endpoint has one health verdict).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<Spanned<HealthCheck>>,
 }
@@ -552,7 +552,7 @@ pub struct OutlierDetection {
     /// Consecutive 502/503/504 (or connect failures) that eject an endpoint (default off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_failure: Option<u32>,
-    /// How often ejections are re-evaluated (default 10s).
+    /// Each interval an endpoint spends not ejected takes one off its ejection multiplier (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Spanned<Dur>>,
     /// Ejection time, multiplied by the endpoint's number of ejections (default 30s).

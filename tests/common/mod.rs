@@ -283,13 +283,62 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 
 /// A real HTTP/1.1 backend on 127.0.0.1:0. Paths:
 /// `/slow?ms=N` answers after N ms; `/upload` answers the byte count of the body;
-/// `/download?bytes=N` streams N bytes; anything else echoes method, path and headers as JSON.
-/// Every response carries `x-backend: <name>`.
+/// `/download?bytes=N` streams N bytes; `/_hc` (health checks) answers `ctl.hc_status`
+/// (default 200); anything else echoes method, path and headers as JSON.
+/// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
+/// response other than `/_hc` that status (0, the default: normal behaviour).
 pub struct Backend {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Behaviour switches and request counts.
+    pub ctl: std::sync::Arc<BackendCtl>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Runtime switches of a [`Backend`].
+#[derive(Debug)]
+pub struct BackendCtl {
+    /// When not 0, every response (except `/_hc`) gets this status.
+    pub status: std::sync::atomic::AtomicU16,
+    /// Status of `/_hc` (default 200).
+    pub hc_status: std::sync::atomic::AtomicU16,
+    /// `/_hc` requests received.
+    pub hc_requests: std::sync::atomic::AtomicUsize,
+    /// Other requests received.
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for BackendCtl {
+    fn default() -> Self {
+        BackendCtl {
+            status: 0.into(),
+            hc_status: 200.into(),
+            hc_requests: 0.into(),
+            requests: 0.into(),
+        }
+    }
+}
+
+impl BackendCtl {
+    /// Makes every response (except `/_hc`) `status`; 0 restores normal answers.
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Sets the status of `/_hc`.
+    pub fn set_hc_status(&self, status: u16) {
+        self.hc_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Requests other than `/_hc` received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// `/_hc` requests received so far.
+    pub fn hc_requests(&self) -> usize {
+        self.hc_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Backend {
@@ -304,14 +353,17 @@ impl Backend {
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
         let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = conns.clone();
+        let ctl = std::sync::Arc::new(BackendCtl::default());
+        let ctl2 = ctl.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ctl = ctl2.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle_backend(name, req));
+                    let svc = service_fn(move |req| handle_backend(name, req, ctl.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), svc)
@@ -319,7 +371,12 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, conns, task }
+        Backend {
+            addr,
+            conns,
+            ctl,
+            task,
+        }
     }
 }
 
@@ -332,8 +389,24 @@ impl Drop for Backend {
 async fn handle_backend(
     name: &'static str,
     req: Request<Incoming>,
+    ctl: std::sync::Arc<BackendCtl>,
 ) -> Result<Response<BoxedBody>, Infallible> {
+    use std::sync::atomic::Ordering::SeqCst;
     let path = req.uri().path().to_string();
+    let forced = if path == "/_hc" {
+        ctl.hc_requests.fetch_add(1, SeqCst);
+        Some(ctl.hc_status.load(SeqCst))
+    } else {
+        ctl.requests.fetch_add(1, SeqCst);
+        Some(ctl.status.load(SeqCst)).filter(|&s| s != 0)
+    };
+    if let Some(status) = forced {
+        let mut r = Response::new(full(format!("{name} {status}\n")));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r.headers_mut()
+            .insert("x-backend", http::HeaderValue::from_static(name));
+        return Ok(r);
+    }
     let body = match path.as_str() {
         "/slow" => {
             let ms = query_u64(&req, "ms").unwrap_or(1000);

@@ -1,1 +1,220 @@
-fn main() {}
+//! `tern-validate`: checks split Tern configurations with the proxy's own loader
+//! (`tern::config::load`) and reports every problem at `file:line:column`.
+
+mod render;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tern::config::{self, diag::codes, Diagnostic, Pos, Report, Severity};
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tern-validate",
+    version,
+    about = "Validate Tern configuration directories or files with the proxy's own loader",
+    after_help = "Exit status: 0 valid, 1 invalid (or warnings with --strict), 2 usage or I/O error.\n\
+                  Codes and output formats: docs/validate.md"
+)]
+struct Cli {
+    /// Configuration directories or files, each loaded as `tern --config PATH` would load it.
+    #[arg(value_name = "PATH", required_unless_present = "schema")]
+    paths: Vec<PathBuf>,
+
+    /// Output format of the diagnostics.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+
+    /// Treat warnings as errors (exit 1 when there is any warning).
+    #[arg(long)]
+    strict: bool,
+
+    /// Print the merged configuration of each valid PATH as YAML on stdout (diagnostics go to stderr).
+    #[arg(long)]
+    print_effective: bool,
+
+    /// Do not check files the configuration refers to (TLS certificates and keys), for CI without secrets.
+    #[arg(long)]
+    skip_files: bool,
+
+    /// Print the JSON Schema of one configuration file and exit.
+    #[arg(long, conflicts_with_all = ["paths", "print_effective"])]
+    schema: bool,
+
+    /// When to color human output.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+/// How diagnostics are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// rustc-style messages with source snippets.
+    Human,
+    /// One JSON document holding every diagnostic (see docs/validate.md).
+    Json,
+    /// GitHub Actions workflow commands (`::error file=...`), shown inline on pull requests.
+    Github,
+    /// GitLab Code Quality report (Code Climate JSON), shown in merge requests.
+    Gitlab,
+}
+
+/// When to use ANSI colors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Color {
+    /// When writing to a terminal and `NO_COLOR` is unset.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// What happened to one PATH argument.
+pub struct Outcome {
+    /// The PATH as given.
+    pub path: PathBuf,
+    /// The loader's report.
+    pub report: Report,
+    /// True when PATH itself could not be read (exit status 2).
+    pub io_failure: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if cli.schema {
+        let schema = schemars::schema_for!(tern::config::Fragment);
+        let text = serde_json::to_string_pretty(&schema).expect("schema serializes");
+        println!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    // `--skip-files` is accepted now so CI pipelines need no change when file checks arrive.
+    let _ = cli.skip_files;
+
+    let outcomes: Vec<Outcome> = cli.paths.iter().map(|p| validate(p)).collect();
+
+    let errors: usize = outcomes.iter().map(|o| o.report.error_count()).sum();
+    let warnings: usize = outcomes
+        .iter()
+        .map(|o| o.report.diagnostics.len() - o.report.error_count())
+        .sum();
+    let io_failure = outcomes.iter().any(|o| o.io_failure);
+    let valid = errors == 0 && !(cli.strict && warnings > 0);
+
+    // stdout carries the effective YAML when asked for, so diagnostics move to stderr then.
+    let mut out: Box<dyn Write> = if cli.print_effective {
+        Box::new(std::io::stderr().lock())
+    } else {
+        Box::new(std::io::stdout().lock())
+    };
+    let to_terminal = if cli.print_effective {
+        std::io::stderr().is_terminal()
+    } else {
+        std::io::stdout().is_terminal()
+    };
+    let color = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => to_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    };
+    let written = match cli.format {
+        Format::Human => render::human(&mut out, &outcomes, color, valid),
+        Format::Json => render::json(&mut out, &outcomes, cli.strict, valid),
+        Format::Github => render::github(&mut out, &outcomes, cli.strict),
+        Format::Gitlab => render::gitlab(&mut out, &outcomes, cli.strict),
+    };
+    if let Err(e) = written.and_then(|_| out.flush()) {
+        drop(out);
+        eprintln!("tern-validate: cannot write the report: {e}");
+        return ExitCode::from(2);
+    }
+    drop(out);
+
+    if cli.print_effective {
+        let mut stdout = std::io::stdout().lock();
+        let mut printed = 0;
+        for o in &outcomes {
+            let Some(cfg) = &o.report.config else {
+                continue;
+            };
+            // Several PATHs become several YAML documents, each named by a comment.
+            let mut doc = String::new();
+            if printed > 0 {
+                doc.push_str("---\n");
+            }
+            if outcomes.len() > 1 {
+                doc.push_str(&format!("# {}\n", o.path.display()));
+            }
+            let result = serde_saphyr::to_string(cfg)
+                .map_err(|e| e.to_string())
+                .and_then(|yaml| {
+                    doc.push_str(&yaml);
+                    stdout.write_all(doc.as_bytes()).map_err(|e| e.to_string())
+                });
+            if let Err(e) = result {
+                eprintln!("tern-validate: cannot print {}: {e}", o.path.display());
+                return ExitCode::from(2);
+            }
+            printed += 1;
+        }
+    }
+
+    if io_failure {
+        ExitCode::from(2)
+    } else if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Loads one PATH with the proxy's loader; a PATH that does not exist is an I/O failure (exit 2).
+fn validate(path: &Path) -> Outcome {
+    if let Err(e) = std::fs::metadata(path) {
+        let d = Diagnostic::error(
+            codes::IO,
+            path,
+            Pos::default(),
+            format!("cannot read {}: {e}", path.display()),
+        );
+        return Outcome {
+            path: path.to_path_buf(),
+            report: Report {
+                diagnostics: vec![d],
+                ..Default::default()
+            },
+            io_failure: true,
+        };
+    }
+    let report = config::load(path);
+    Outcome {
+        path: path.to_path_buf(),
+        report,
+        io_failure: false,
+    }
+}
+
+/// Counts errors and warnings over all outcomes.
+fn counts(outcomes: &[Outcome]) -> (usize, usize) {
+    let mut e = 0;
+    let mut w = 0;
+    for o in outcomes {
+        for d in &o.report.diagnostics {
+            match d.severity {
+                Severity::Error => e += 1,
+                Severity::Warning => w += 1,
+            }
+        }
+    }
+    (e, w)
+}
