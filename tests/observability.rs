@@ -571,3 +571,100 @@ fn bad_observability_settings_are_rejected_with_positions() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zipkin"));
 }
+
+/// Metric names in a PromQL expression (`tern_...` identifiers).
+fn metric_names(expr: &str) -> Vec<String> {
+    regex::Regex::new(r"\btern_[a-z0-9_]+")
+        .unwrap()
+        .find_iter(expr)
+        .map(|m| m.as_str().to_string())
+        .collect()
+}
+
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn dashboard_queries_only_metrics_tern_exports() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config-examples/observability");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
+            .unwrap();
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    for p in panels {
+        assert!(
+            !p["targets"].as_array().expect("targets").is_empty(),
+            "{}",
+            p["title"]
+        );
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let mut names: Vec<String> = all.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+
+    // A running Tern with a listener and a cluster, so every labelled family has samples.
+    let backend = Backend::start("b1").await;
+    let (port, admin, dead) = (free_port(), free_port(), free_port());
+    let cfg = ConfigDir::new();
+    let logdir = tempfile::tempdir().unwrap();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write(
+        "main.yaml",
+        &flags_config(
+            port,
+            &backend.addr.to_string(),
+            dead,
+            &logdir.path().join("a.log"),
+        ),
+    );
+    let t = Tern::start(cfg.path(), admin, &[]).await;
+    let p = get(&t.admin_url("/stats/prometheus"), &[]).await.body;
+    let exported: std::collections::HashSet<&str> = p
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics Tern does not export: {missing:?}"
+    );
+
+    // The scrape config is a valid Prometheus config pointing at the right path.
+    let scrape = dir.join("prometheus.yml.example");
+    assert!(std::fs::read_to_string(&scrape)
+        .unwrap()
+        .contains("metrics_path: /stats/prometheus"));
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&scrape)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool is required ({e}); run scripts/install-test-deps (Debian package `prometheus`)")
+        });
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
