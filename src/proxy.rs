@@ -163,6 +163,9 @@ pub async fn handle(
     let start = Instant::now();
 
     let mut req = req;
+    if !listener.preserve_request_id {
+        req.headers_mut().remove(headers::X_REQUEST_ID);
+    }
     let request_id = headers::ensure_request_id(req.headers_mut());
     let host = headers::authority(&req).unwrap_or_default();
     // Without an access log this stays empty: no entry, no header copies.

@@ -45,6 +45,8 @@ pub struct ListenerRt {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Trace context propagation.
     pub tracing: crate::trace::Policy,
+    /// Keep a client's `x-request-id`.
+    pub preserve_request_id: bool,
 }
 
 /// Envoy's connection idle timeout default.
@@ -166,6 +168,7 @@ impl Snapshot {
                     kind,
                     access_log,
                     tracing: trace_policy(l.tracing.as_ref().map(|t| &t.value)),
+                    preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
                     stats: lstats,
                     idle_timeout: timeout_or(l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
                     request_headers_timeout: timeout_or(

@@ -668,3 +668,43 @@ async fn dashboard_queries_only_metrics_tern_exports() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn request_id_is_kept_or_replaced_per_listener() {
+    let backend = Backend::start("b1").await;
+    let (keep, replace, admin) = (free_port(), free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write(
+        "main.yaml",
+        &format!(
+            "listeners:\n  - {{ name: keep, address: 127.0.0.1:{keep}, route_config: main }}\n  - {{ name: edge, address: 127.0.0.1:{replace}, route_config: main, preserve_external_request_id: false }}\nroute_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: api }}\nclusters:\n  - name: api\n    endpoints: [{{ address: \"{}\" }}]\n",
+            backend.addr
+        ),
+    );
+    let _t = Tern::start(cfg.path(), admin, &[]).await;
+    let seen = |r: &Resp| -> String {
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        v["headers"]["x-request-id"].as_str().unwrap().to_string()
+    };
+    let r = get(
+        &format!("http://127.0.0.1:{keep}/"),
+        &[("x-request-id", "mine")],
+    )
+    .await;
+    assert_eq!(seen(&r), "mine");
+    assert_eq!(r.headers["x-request-id"], "mine");
+    let r = get(
+        &format!("http://127.0.0.1:{replace}/"),
+        &[("x-request-id", "mine")],
+    )
+    .await;
+    let id = seen(&r);
+    assert_ne!(id, "mine");
+    assert!(uuid_like(&id), "{id}");
+    assert_eq!(r.headers["x-request-id"], id.as_str());
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}

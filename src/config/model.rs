@@ -72,6 +72,9 @@ pub struct Listener {
     /// Access logs: one line per request to each sink (HTTP listeners).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<Spanned<AccessLog>>,
+    /// Keep a client's `x-request-id` (default true); false replaces it with a new UUID v4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_external_request_id: Option<bool>,
     /// Trace context propagation (HTTP listeners; default: W3C, every new trace sampled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Spanned<Tracing>>,
