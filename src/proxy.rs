@@ -182,6 +182,10 @@ pub async fn handle(
     let route = router
         .virtual_host(&host)
         .and_then(|vh| vh.route(req.uri(), req.headers()));
+    let route_stats = route.map(|r| {
+        r.stats.rq_total.inc();
+        &*r.stats
+    });
     let mut resp = match route {
         None => {
             stats.no_route.inc();
@@ -203,6 +207,9 @@ pub async fn handle(
     };
     let status = resp.status().as_u16();
     stats.downstream_rq_xx.record(status);
+    if let Some(rs) = route_stats {
+        rs.rq_xx.record(status);
+    }
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
     if let Some((al, e, _)) = pending.0.as_mut() {
         e.response(al, status, resp.headers());
@@ -222,7 +229,11 @@ pub async fn handle(
         // The upstream body records the time and writes the log line when it ends.
         Either::Left(up) => up.fin.log = std::mem::take(&mut pending),
         Either::Right(local) => {
-            stats.downstream_rq_time.record(start.elapsed());
+            let took = start.elapsed();
+            stats.downstream_rq_time.record(took);
+            if let Some(rs) = route_stats {
+                rs.rq_time.record(took);
+            }
             let n = local.size_hint().exact().unwrap_or(0);
             pending.finish(n, Flags::default());
         }
@@ -561,6 +572,7 @@ async fn forward(
                             sent,
                             listener: listener.stats.clone(),
                             cluster: cluster.stats.clone(),
+                            route: route.stats.clone(),
                             log: Pending::default(),
                             bytes: 0,
                             ended: false,
@@ -665,6 +677,7 @@ pub struct Finish {
     sent: Instant,
     listener: Arc<ListenerStats>,
     cluster: Arc<ClusterStats>,
+    route: Arc<crate::stats::RouteStats>,
     log: Pending,
     bytes: u64,
     ended: bool,
@@ -675,9 +688,9 @@ pub struct Finish {
 impl Finish {
     fn done(&mut self, at_end: bool) {
         let now = Instant::now();
-        self.listener
-            .downstream_rq_time
-            .record(now.saturating_duration_since(self.start));
+        let took = now.saturating_duration_since(self.start);
+        self.listener.downstream_rq_time.record(took);
+        self.route.rq_time.record(took);
         self.cluster
             .upstream_rq_time
             .record(now.saturating_duration_since(self.sent));

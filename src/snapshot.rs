@@ -119,8 +119,9 @@ impl Snapshot {
         }
         let mut routers = HashMap::new();
         for rc in &config.route_configs {
-            let r = Router::build(&rc.value, &clusters)
+            let mut r = Router::build(&rc.value, &clusters)
                 .map_err(|e| format!("route config `{}`: {e}", rc.value.name.value))?;
+            r.attach_stats(&rc.value.name, stats);
             routers.insert(rc.value.name.value.clone(), Arc::new(r));
         }
         let mut listeners = HashMap::new();

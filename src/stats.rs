@@ -246,6 +246,20 @@ pub struct ClusterStats {
     pub upstream_rq_time: Histogram,
 }
 
+/// Per-route statistics (route config, virtual host and route name as labels).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Requests matched to the route.
+    pub rq_total: Counter,
+    /// Responses by status class.
+    pub rq_xx: StatusClasses,
+    /// Request start to response end, in ms.
+    pub rq_time: Histogram,
+}
+
+/// Identifies a route: route config, virtual host, route name.
+type RouteKey = (String, String, String);
+
 /// Configuration reload outcomes (Envoy's `update_*`).
 #[derive(Debug, Default)]
 pub struct ConfigStats {
@@ -266,6 +280,7 @@ pub struct ConfigStats {
 pub struct Stats {
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     /// Reload counters.
     pub config: ConfigStats,
 }
@@ -285,6 +300,23 @@ impl Stats {
 
     fn each_listener(&self) -> Vec<(String, Arc<ListenerStats>)> {
         let m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The stats of a route, created on first use (config load time only).
+    pub fn route(&self, route_config: &str, virtual_host: &str, route: &str) -> Arc<RouteStats> {
+        let mut m = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry((
+            route_config.to_string(),
+            virtual_host.to_string(),
+            route.to_string(),
+        ))
+        .or_default()
+        .clone()
+    }
+
+    fn each_route(&self) -> Vec<(RouteKey, Arc<RouteStats>)> {
+        let m = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
@@ -499,6 +531,26 @@ impl Stats {
                 push(name, Kind::Gauge, l(), g.get());
             }
         }
+        for ((rc, vh, r), s) in self.each_route() {
+            let l = || {
+                vec![
+                    ("route_config", rc.clone()),
+                    ("virtual_host", vh.clone()),
+                    ("route", r.clone()),
+                ]
+            };
+            push(
+                "route_rq_total",
+                Kind::Counter,
+                l(),
+                s.rq_total.get() as i64,
+            );
+            for c in 1..=5 {
+                let mut labels = l();
+                labels.push(("class", format!("{c}xx")));
+                push("route_rq_xx", Kind::Counter, labels, s.rq_xx.get(c) as i64);
+            }
+        }
         let c = &self.config;
         push(
             "config_update_attempt",
@@ -545,17 +597,22 @@ impl Stats {
         for (n, s) in self.each_listener() {
             out.push((
                 "downstream_rq_time",
-                "listener",
-                n,
+                vec![("listener", n)],
                 s.downstream_rq_time.snapshot(),
             ));
         }
         for (n, s) in self.each_cluster() {
             out.push((
                 "upstream_rq_time",
-                "cluster",
-                n,
+                vec![("cluster", n)],
                 s.upstream_rq_time.snapshot(),
+            ));
+        }
+        for ((rc, vh, r), s) in self.each_route() {
+            out.push((
+                "route_rq_time",
+                vec![("route_config", rc), ("virtual_host", vh), ("route", r)],
+                s.rq_time.snapshot(),
             ));
         }
         out
@@ -565,22 +622,26 @@ impl Stats {
     pub fn prometheus(&self, version: &str) -> String {
         let mut out = self.prometheus_samples(version);
         let mut last = "";
-        for (name, lk, lv, (buckets, sum, count)) in self.histograms() {
+        for (name, labels, (buckets, sum, count)) in self.histograms() {
             if name != last {
                 let _ = writeln!(out, "# HELP tern_{name} {}", help(name));
                 let _ = writeln!(out, "# TYPE tern_{name} histogram");
                 last = name;
             }
-            let lv = escape_label(&lv);
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect::<Vec<_>>()
+                .join(",");
             for (i, c) in buckets.iter().enumerate() {
                 let le = match BUCKETS_MS.get(i) {
                     Some(b) => b.to_string(),
                     None => "+Inf".to_string(),
                 };
-                let _ = writeln!(out, "tern_{name}_bucket{{{lk}=\"{lv}\",le=\"{le}\"}} {c}");
+                let _ = writeln!(out, "tern_{name}_bucket{{{labels},le=\"{le}\"}} {c}");
             }
-            let _ = writeln!(out, "tern_{name}_sum{{{lk}=\"{lv}\"}} {sum}");
-            let _ = writeln!(out, "tern_{name}_count{{{lk}=\"{lv}\"}} {count}");
+            let _ = writeln!(out, "tern_{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "tern_{name}_count{{{labels}}} {count}");
         }
         out
     }
@@ -657,9 +718,10 @@ impl Stats {
             let _ = writeln!(out, "{name}: {}", s.value);
         }
         // Histograms as Envoy-style derived values: count and sum (ms, rounded).
-        for (name, lk, lv, (_, sum, count)) in self.histograms() {
+        for (name, labels, (_, sum, count)) in self.histograms() {
+            let prefix: String = labels.iter().map(|(k, v)| format!("{k}.{v}.")).collect();
             for (suffix, v) in [("count", count), ("sum_ms", sum.round() as u64)] {
-                let line = format!("{lk}.{lv}.{name}_{suffix}");
+                let line = format!("{prefix}{name}_{suffix}");
                 if filter.is_none_or(|f| f.is_match(&line)) {
                     let _ = writeln!(out, "{line}: {v}");
                 }
@@ -681,6 +743,9 @@ fn help(name: &str) -> &'static str {
             "Downstream request time (request start to response end), milliseconds."
         }
         "upstream_rq_time" => "Upstream request time (request sent to response end), milliseconds.",
+        "route_rq_time" => "Request time per route (request start to response end), milliseconds.",
+        "route_rq_total" => "Requests matched to the route.",
+        "route_rq_xx" => "Responses by route and status class.",
         "access_log_dropped" => "Access log lines dropped because a sink's buffer was full.",
         "no_route" => "Requests that matched no route.",
         "upstream_rq_total" => "Upstream requests attempted.",
@@ -704,8 +769,12 @@ fn help(name: &str) -> &'static str {
     }
 }
 
-/// `(name, label name, label value, (cumulative buckets, sum ms, count))`.
-type HistSample = (&'static str, &'static str, String, (Vec<u64>, f64, u64));
+/// `(name, labels, (cumulative buckets, sum ms, count))`.
+type HistSample = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    (Vec<u64>, f64, u64),
+);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {

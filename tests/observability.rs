@@ -457,6 +457,19 @@ async fn prometheus_output_passes_promtool_and_has_latency_histograms() {
     assert!(p.contains("tern_upstream_rq_time_count{cluster=\"api\"} 5\n"));
     assert!(p.contains("tern_upstream_rq_time_bucket{cluster=\"api\",le=\"0.5\"}"));
     assert!(p.contains("# TYPE tern_access_log_dropped_total counter\n"));
+    // Per route: route config, virtual host and route name as labels.
+    let route = "route_config=\"main\",virtual_host=\"all\",route=\"ok\"";
+    assert!(
+        p.contains(&format!("tern_route_rq_total{{{route}}} 5\n")),
+        "{p}"
+    );
+    assert!(p.contains(&format!(
+        "tern_route_rq_xx_total{{{route},class=\"2xx\"}} 5\n"
+    )));
+    assert!(p.contains(&format!("tern_route_rq_time_count{{{route}}} 5\n")));
+    assert!(p.contains(&format!(
+        "tern_route_rq_time_bucket{{{route},le=\"+Inf\"}} 5\n"
+    )));
     // Bad output must fail, or the check above proves nothing.
     let (ok, _) = promtool_check("# TYPE x counter\nx{a=\"1\"} 1\nx{a=\"1\"} 2\n");
     assert!(!ok, "promtool accepted a duplicate series");
