@@ -57,13 +57,13 @@ const BUCKETS_US: [u64; 19] = {
     b
 };
 
-/// A latency histogram: one atomic counter per bucket (not cumulative), a sum and a count.
-/// Lock-free: recording is a bucket search over 19 constants and three relaxed adds.
+/// A latency histogram: one atomic counter per bucket (not cumulative) and a sum; the count
+/// is the sum of the buckets, so `+Inf` and `_count` always agree. Lock-free: recording is a
+/// bucket search over 19 constants and two relaxed adds.
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; 20],
     sum_us: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -77,7 +77,6 @@ impl Histogram {
         let i = BUCKETS_US.partition_point(|&b| b < us);
         self.buckets[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(us, Relaxed);
-        self.count.fetch_add(1, Relaxed);
     }
 
     /// Cumulative counts per bucket of [`BUCKETS_MS`] then `+Inf`, the sum in ms, and the count.
@@ -91,14 +90,12 @@ impl Histogram {
                 acc
             })
             .collect::<Vec<_>>();
-        // The count is read after the buckets so `+Inf` never exceeds it in one scrape.
-        let count = self.count.load(Relaxed).max(acc);
-        (cumulative, self.sum_us.load(Relaxed) as f64 / 1000.0, count)
+        (cumulative, self.sum_us.load(Relaxed) as f64 / 1000.0, acc)
     }
 
     /// Number of recorded values.
     pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 }
 
