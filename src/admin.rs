@@ -91,6 +91,21 @@ async fn handle(
         }
         (&Method::GET, "/config_dump") => config_dump(&shared),
         (&Method::GET, "/clusters") => clusters(&shared, query(&req, "format") == Some("json")),
+        (&Method::GET, "/logging") => reply(StatusCode::OK, TEXT, format!("{}\n", crate::logging::current())),
+        (&Method::POST, "/logging") => match query(&req, "level") {
+            None | Some("") => reply(StatusCode::BAD_REQUEST, TEXT, "usage: POST /logging?level=LEVEL_OR_FILTER\n"),
+            Some(l) => {
+                // Filters such as `tern=debug,hyper=warn` arrive percent-encoded.
+                let l = l.replace("%3D", "=").replace("%3d", "=").replace("%2C", ",").replace("%2c", ",");
+                match crate::logging::set_level(&l) {
+                    Ok(()) => {
+                        tracing::info!(filter = %l, "log level changed");
+                        reply(StatusCode::OK, TEXT, format!("{l}\n"))
+                    }
+                    Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+                }
+            }
+        },
         (&Method::GET, "/stats/prometheus") => {
             let v = shared.snapshot.load().version.clone();
             reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.stats.prometheus(&v))
@@ -125,9 +140,9 @@ async fn handle(
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             TEXT,
-            "tern admin\n  GET  /ready\n  GET  /config_dump\n  GET  /stats[?filter=REGEX&format=json]\n  GET  /stats/prometheus\n  GET  /clusters[?format=json]\n  POST /healthcheck/fail\n  POST /healthcheck/ok\n",
+            "tern admin\n  GET  /ready\n  GET  /config_dump\n  GET  /stats[?filter=REGEX&format=json]\n  GET  /stats/prometheus\n  GET  /clusters[?format=json]\n  POST /healthcheck/fail\n  POST /healthcheck/ok\n  GET  /logging\n  POST /logging?level=LEVEL\n",
         ),
-        (_, "/ready" | "/config_dump" | "/clusters" | "/stats" | "/stats/prometheus" | "/healthcheck/fail" | "/healthcheck/ok") => {
+        (_, "/ready" | "/config_dump" | "/clusters" | "/logging" | "/stats" | "/stats/prometheus" | "/healthcheck/fail" | "/healthcheck/ok") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n")
         }
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found\n"),

@@ -4,6 +4,7 @@
 //! → the request path (`listener` → `proxy` → `router` → `cluster`/`lb`).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod cluster;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod headers;
 pub mod health;
 pub mod lb;
 pub mod listener;
+pub mod logging;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;
@@ -22,5 +24,6 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod trace;
 pub mod upgrade;
 pub mod watch;

@@ -101,6 +101,31 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     tern::config::Dur::parse(s).map(|d| d.0)
 }
 
+/// Logging with a reload layer in front of the filter, so `POST /logging` can change it.
+fn init_logging(args: &Args) {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let text = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log_level.clone());
+    let (filter, text) = match EnvFilter::try_new(&text) {
+        Ok(f) => (f, text),
+        Err(_) => (EnvFilter::new("info"), "info".to_string()),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = fmt::layer().with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+    }
+    tern::logging::install(
+        &text,
+        Box::new(move |s| {
+            let f = EnvFilter::try_new(s).map_err(|e| format!("bad log filter {s:?}: {e}"))?;
+            handle.reload(f).map_err(|e| e.to_string())
+        }),
+    );
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Health {
@@ -134,15 +159,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    init_logging(&args);
+    if std::env::var_os("TERN_STATS_DISABLED").is_some_and(|v| v == "1") {
+        // Only for measuring what stats cost (bench/README.md); gauges still work.
+        tern::stats::set_recording(false);
     }
     let threads = args
         .worker_threads

@@ -18,6 +18,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access_log::{Entry, Flags, Pending};
 use crate::cluster::{ActiveRequest, Cluster};
 use crate::headers;
 use crate::outlier::{self, Outcome};
@@ -25,7 +26,7 @@ use crate::pool::{Lease, SendError, Target, UpBody};
 use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::{ListenerKind, ListenerRt};
-use crate::stats::ListenerStats;
+use crate::stats::{ClusterStats, ListenerStats};
 
 /// Response body: a streamed upstream body, or a small local one.
 pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
@@ -99,6 +100,21 @@ impl LocalReply {
         }
     }
 
+    /// The access log response flag for this reply.
+    pub fn flag(self) -> Flags {
+        match self {
+            LocalReply::NoRoute => Flags::NR,
+            LocalReply::NoHealthyUpstream => Flags::UH,
+            LocalReply::ConnectFailure => Flags::UF,
+            LocalReply::UpstreamReset => Flags::UR,
+            LocalReply::UpstreamTimeout => Flags::UT,
+            LocalReply::Overflow => Flags::UO,
+            LocalReply::RateLimited(_) => Flags::RL,
+            LocalReply::FaultAbort(_) => Flags::FI,
+            LocalReply::ListenerGone | LocalReply::BadRequestBody => Flags::default(),
+        }
+    }
+
     fn response(self) -> Response<RespBody> {
         let (status, body) = self.parts();
         let mut r = text(status, Bytes::from_static(body.as_bytes()));
@@ -148,25 +164,125 @@ pub async fn handle(
     stats.downstream_rq_active.inc();
     let _active = ActiveGauge(stats);
 
+    let start = Instant::now();
+
     let mut req = req;
+    if !listener.preserve_request_id {
+        req.headers_mut().remove(headers::X_REQUEST_ID);
+    }
     let request_id = headers::ensure_request_id(req.headers_mut());
     let host = headers::authority(&req).unwrap_or_default();
+    // Without an access log this stays empty: no entry, no header copies.
+    let mut pending = Pending::default();
+    if let Some(al) = &listener.access_log {
+        let e = Entry::begin(al, &req, &host, conn.peer);
+        pending.0 = Some((al.clone(), Box::new(e), start));
+    }
+    let mut tx = Tx {
+        start,
+        log: pending.0.is_some(),
+        ..Tx::new(start)
+    };
     let route = router
         .virtual_host(&host)
         .and_then(|vh| vh.route(req.uri(), req.headers()));
+    let route_stats = route.map(|r| {
+        r.stats.rq_total.inc();
+        &*r.stats
+    });
     let mut resp = match route {
         None => {
             stats.no_route.inc();
+            tx.flags.set(Flags::NR);
             LocalReply::NoRoute.response()
         }
-        Some(route) => match serve_route(req, route, &conn, host, listener).await {
-            Ok(r) => r,
-            Err(local) => local.response(),
-        },
+        Some(route) => {
+            if tx.log {
+                tx.route = Some(route.name.clone());
+            }
+            match serve_route(req, route, &conn, host, listener, &mut tx).await {
+                Ok(r) => r,
+                Err(local) => {
+                    tx.flags.set(local.flag());
+                    local.response()
+                }
+            }
+        }
     };
-    stats.downstream_rq_xx.record(resp.status().as_u16());
+    let status = resp.status().as_u16();
+    stats.downstream_rq_xx.record(status);
+    if let Some(rs) = route_stats {
+        rs.rq_xx.record(status);
+    }
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    if let Some((al, e, _)) = pending.0.as_mut() {
+        e.response(al, status, resp.headers());
+        e.flags = tx.flags;
+        e.upstream_host = tx.upstream_host.take();
+        e.upstream_cluster = tx.cluster.take();
+        e.upstream_service_time = tx.service_time;
+        e.route_name = tx.route.take();
+        if tx.trace_id.is_some() {
+            e.trace_id = tx.trace_id;
+        }
+        if let Some(n) = tx.bytes_received {
+            e.bytes_received = n;
+        }
+    }
+    match resp.body_mut() {
+        // The upstream body records the time and writes the log line when it ends.
+        Either::Left(up) => up.fin.log = std::mem::take(&mut pending),
+        Either::Right(local) => {
+            let took = start.elapsed();
+            stats.downstream_rq_time.record(took);
+            if let Some(rs) = route_stats {
+                rs.rq_time.record(took);
+            }
+            let n = local.size_hint().exact().unwrap_or(0);
+            pending.finish(n, Flags::default());
+        }
+    }
     Ok(resp)
+}
+
+/// What happened to one request along the way, for stats and the access log. The optional
+/// parts are only filled when the listener logs.
+#[derive(Debug)]
+pub struct Tx {
+    /// When the request started.
+    pub start: Instant,
+    /// Whether the listener has an access log (fill in the details below).
+    pub log: bool,
+    /// Response flags so far.
+    pub flags: Flags,
+    /// Endpoint of the last try.
+    pub upstream_host: Option<Arc<str>>,
+    /// Cluster.
+    pub cluster: Option<Arc<str>>,
+    /// Last try: sent to response headers.
+    pub service_time: Option<Duration>,
+    /// Route name.
+    pub route: Option<Arc<str>>,
+    /// Trace id of the upstream span.
+    pub trace_id: Option<u128>,
+    /// Request body bytes when the body was buffered.
+    pub bytes_received: Option<u64>,
+}
+
+impl Tx {
+    fn new(start: Instant) -> Tx {
+        Tx {
+            start,
+            log: false,
+            flags: Flags::default(),
+            upstream_host: None,
+            cluster: None,
+            service_time: None,
+            route: None,
+            trace_id: None,
+            bytes_received: None,
+        }
+    }
 }
 
 async fn serve_route(
@@ -175,6 +291,7 @@ async fn serve_route(
     conn: &Conn,
     host: String,
     listener: &ListenerRt,
+    tx: &mut Tx,
 ) -> Result<Response<RespBody>, LocalReply> {
     let stats = &*listener.stats;
     // Fault injection first: a delay here does not count against the route timeout, which
@@ -190,6 +307,7 @@ async fn serve_route(
                     let _g = ActiveFaultGauge(stats);
                     if let Some(delay) = d.delay {
                         stats.fault_delays_injected.inc();
+                        tx.flags.set(Flags::DI);
                         tokio::time::sleep(delay).await;
                     }
                     if let Some(status) = d.abort {
@@ -226,7 +344,7 @@ async fn serve_route(
             }
             Ok(r)
         }
-        Action::Forward(fwd) => forward(req, fwd, route, conn, host, listener).await,
+        Action::Forward(fwd) => forward(req, fwd, route, conn, host, listener, tx).await,
     }
 }
 
@@ -277,9 +395,13 @@ async fn forward(
     conn: &Conn,
     host: String,
     listener: &ListenerRt,
+    tx: &mut Tx,
 ) -> Result<Response<RespBody>, LocalReply> {
     let cluster = fwd.cluster();
     let cs = &cluster.stats;
+    if tx.log {
+        tx.cluster = Some(Arc::from(&*cluster.name));
+    }
     cs.upstream_rq_total.inc();
     if cluster.endpoints.is_empty() {
         cs.upstream_rq_no_healthy.inc();
@@ -333,6 +455,10 @@ async fn forward(
         None => {}
     }
     headers::append_forwarded(&mut parts.headers, &conn.peer_ip);
+    let span = crate::trace::propagate(&mut parts.headers, &listener.tracing);
+    if tx.log {
+        tx.trace_id = Some(span.trace_id);
+    }
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         return forward_upgrade(cluster, hash, parts, proto, on_upgrade).await;
@@ -362,6 +488,9 @@ async fn forward(
             replay = Some(collected.to_bytes());
         }
     }
+    if let (true, Some(b)) = (tx.log, &replay) {
+        tx.bytes_received = Some(b.len() as u64);
+    }
     let max_retries = match (policy, &replay) {
         (Some(p), Some(_)) => p.num_retries,
         _ => 0,
@@ -376,6 +505,9 @@ async fn forward(
             cs.upstream_rq_no_healthy.inc();
             return Err(LocalReply::NoHealthyUpstream);
         };
+        if tx.log {
+            tx.upstream_host = Some(cluster.endpoints[idx].address.clone());
+        }
         let body: UpBody = match &replay {
             Some(b) => Either::Right(Full::new(b.clone())),
             None => Either::Left(stream_body.take().expect("single try streams the body")),
@@ -391,7 +523,11 @@ async fn forward(
             RetryGauge(cluster)
         });
         let per_try = policy.and_then(|p| p.per_try_timeout);
+        let sent = Instant::now();
         let result = try_once(cluster, idx, upstream_req, per_try, deadline).await;
+        if let (true, Try::Response(..)) = (tx.log, &result) {
+            tx.service_time = Some(sent.elapsed());
+        }
 
         let retryable = match (&result, policy) {
             (_, None) => false,
@@ -426,6 +562,7 @@ async fn forward(
         }
         if retryable {
             cs.upstream_rq_retry_limit_exceeded.inc();
+            tx.flags.set(Flags::URX);
         }
         return match result {
             Try::Response(resp, lease, active) => {
@@ -446,6 +583,17 @@ async fn forward(
                             sleep: None,
                             stats: listener.stats.clone(),
                         }),
+                        fin: Finish {
+                            start: tx.start,
+                            sent,
+                            listener: listener.stats.clone(),
+                            cluster: cluster.stats.clone(),
+                            route: route.stats.clone(),
+                            log: Pending::default(),
+                            bytes: 0,
+                            ended: false,
+                            outcome: Flags::default(),
+                        },
                     }),
                 ))
             }
@@ -588,6 +736,40 @@ impl std::fmt::Display for StreamIdleTimeout {
 
 impl std::error::Error for StreamIdleTimeout {}
 
+/// End-of-response bookkeeping carried by an upstream body: latency histograms and the
+/// access log line, written when the body ends or is dropped.
+pub struct Finish {
+    start: Instant,
+    sent: Instant,
+    listener: Arc<ListenerStats>,
+    cluster: Arc<ClusterStats>,
+    route: Arc<crate::stats::RouteStats>,
+    log: Pending,
+    bytes: u64,
+    ended: bool,
+    // Set when the body ended with an error (idle timeout: SI; an upstream error: no flag).
+    outcome: Flags,
+}
+
+impl Finish {
+    fn done(&mut self, at_end: bool) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.start);
+        self.listener.downstream_rq_time.record(took);
+        self.route.rq_time.record(took);
+        self.cluster
+            .upstream_rq_time
+            .record(now.saturating_duration_since(self.sent));
+        let mut flags = self.outcome;
+        if !at_end && !self.ended && self.outcome == Flags::default() {
+            flags.set(Flags::DC);
+        }
+        self.log.finish(self.bytes, flags);
+    }
+}
+
+const ERRORED: Flags = Flags::UR;
+
 pin_project_lite::pin_project! {
     /// An upstream response body that keeps its endpoint counted as busy until it ends, returns
     /// its connection to the pool if it was read to the end, and ends with an error when no data
@@ -598,11 +780,13 @@ pin_project_lite::pin_project! {
         lease: Option<Lease>,
         _active: ActiveRequest,
         idle: Option<IdleTimer>,
+        fin: Finish,
     }
 
     impl<B: Body> PinnedDrop for Upstream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            this.fin.done(this.inner.is_end_stream());
             if this.inner.is_end_stream() {
                 if let Some(lease) = this.lease.take() {
                     lease.release();
@@ -631,6 +815,15 @@ where
                 if let Some(t) = this.idle.as_mut() {
                     t.sleep = None;
                 }
+                match &r {
+                    Some(Ok(f)) => {
+                        if let Some(d) = f.data_ref() {
+                            this.fin.bytes += bytes::Buf::remaining(d) as u64;
+                        }
+                    }
+                    Some(Err(_)) => this.fin.outcome.set(ERRORED),
+                    None => this.fin.ended = true,
+                }
                 Poll::Ready(r.map(|r| r.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -641,6 +834,7 @@ where
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                     if std::future::Future::poll(sleep.as_mut(), cx).is_ready() {
                         t.stats.downstream_rq_idle_timeout.inc();
+                        this.fin.outcome.set(Flags::SI);
                         return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
                     }
                 }

@@ -56,6 +56,8 @@ pub struct Route {
     pub fault: Option<Arc<Fault>>,
     /// Rate limit (the route's, else the virtual host's, shared by its routes).
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// Its statistics (see [`Router::attach_stats`]).
+    pub stats: Arc<crate::stats::RouteStats>,
 }
 
 #[derive(Debug)]
@@ -199,6 +201,15 @@ impl Router {
         r.suffix.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         r.prefix.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         Ok(r)
+    }
+
+    /// Points every route at its stats in `stats`, keyed by names so they survive reloads.
+    pub fn attach_stats(&mut self, route_config: &str, stats: &crate::stats::Stats) {
+        for vh in &mut self.vhosts {
+            for r in &mut vh.routes {
+                r.stats = stats.route(route_config, &vh.name, &r.name);
+            }
+        }
     }
 
     /// The virtual host for `host` (lowercase not required; a port is ignored).
@@ -577,6 +588,7 @@ fn compile_route(
             Some(rl) => Some(Arc::new(RateLimiter::compile(rl))),
             None => shared.rate_limit.clone(),
         },
+        stats: Arc::default(),
     })
 }
 

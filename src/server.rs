@@ -374,6 +374,14 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
         sig(SignalKind::interrupt())?,
         sig(SignalKind::hangup())?,
     );
+    // SIGUSR1 (log rotation) likewise: its default action would kill the process.
+    let mut usr1 = sig(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            tracing::info!("SIGUSR1: reopening access log files");
+            crate::access_log::reopen_all();
+        }
+    });
     let mut server = Server::start(opts.clone()).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut watcher = crate::watch::Watcher::new(&opts.config, tx)

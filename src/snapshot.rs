@@ -41,6 +41,12 @@ pub struct ListenerRt {
     pub request_headers_timeout: Option<Duration>,
     /// Time a response body may go without data.
     pub stream_idle_timeout: Option<Duration>,
+    /// Access logging; `None` costs the request path nothing.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Trace context propagation.
+    pub tracing: crate::trace::Policy,
+    /// Keep a client's `x-request-id`.
+    pub preserve_request_id: bool,
 }
 
 /// Envoy's connection idle timeout default.
@@ -60,6 +66,30 @@ pub fn timeout_or(
         Some(d) => Some(d),
         None => Some(default),
     }
+}
+
+/// A listener's trace policy from its `tracing` settings.
+fn trace_policy(t: Option<&crate::config::Tracing>) -> crate::trace::Policy {
+    use crate::config::TraceFormat;
+    use crate::trace::Formats;
+    let mut p = crate::trace::Policy::default();
+    if let Some(t) = t {
+        if let Some(list) = &t.propagation {
+            p.formats = Formats::NONE;
+            for f in list {
+                p.formats |= match f {
+                    TraceFormat::W3c => Formats::W3C,
+                    TraceFormat::B3 => Formats::B3,
+                    TraceFormat::B3Single => Formats::B3_SINGLE,
+                    TraceFormat::Xray => Formats::XRAY,
+                };
+            }
+        }
+        if let Some(s) = &t.sampling {
+            p.sampling = s.value;
+        }
+    }
+    p
 }
 
 /// What a listener does with a connection.
@@ -89,8 +119,9 @@ impl Snapshot {
         }
         let mut routers = HashMap::new();
         for rc in &config.route_configs {
-            let r = Router::build(&rc.value, &clusters)
+            let mut r = Router::build(&rc.value, &clusters)
                 .map_err(|e| format!("route config `{}`: {e}", rc.value.name.value))?;
+            r.attach_stats(&rc.value.name, stats);
             routers.insert(rc.value.name.value.clone(), Arc::new(r));
         }
         let mut listeners = HashMap::new();
@@ -113,12 +144,33 @@ impl Snapshot {
             } else {
                 return Err(format!("listener `{}` has nothing to do", l.name.value));
             };
+            let lstats = stats.listener(&l.name);
+            let access_log = if l.access_log.is_empty() {
+                None
+            } else {
+                let specs: Vec<_> = l
+                    .access_log
+                    .iter()
+                    .map(|a| crate::access_log::SinkSpec {
+                        path: a.path.as_str(),
+                        format: a.format.as_ref().map(|f| f.as_str()),
+                        buffer_lines: a.buffer_lines.as_ref().map(|b| b.value as usize),
+                    })
+                    .collect();
+                Some(Arc::new(
+                    crate::access_log::AccessLog::build(&specs, lstats.clone())
+                        .map_err(|e| format!("listener `{}`: {e}", l.name.value))?,
+                ))
+            };
             listeners.insert(
                 *l.address,
                 Arc::new(ListenerRt {
                     name: l.name.as_str().into(),
                     kind,
-                    stats: stats.listener(&l.name),
+                    access_log,
+                    tracing: trace_policy(l.tracing.as_ref().map(|t| &t.value)),
+                    preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
+                    stats: lstats,
                     idle_timeout: timeout_or(l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
                     request_headers_timeout: timeout_or(
                         l.request_headers_timeout.as_ref(),

@@ -5,8 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Whether counters and histograms record (gauges always do: circuit breakers read them).
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns counter and histogram recording off (the `TERN_STATS_DISABLED` bench comparison).
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Relaxed);
+}
+
+/// Whether counters and histograms record.
+#[inline]
+pub fn recording() -> bool {
+    RECORDING.load(Relaxed)
+}
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -16,11 +31,71 @@ impl Counter {
     /// Adds one.
     #[inline]
     pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
+        if recording() {
+            self.0.fetch_add(1, Relaxed);
+        }
     }
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
+    }
+}
+
+/// Latency bucket upper bounds in milliseconds: Envoy's defaults, so dashboards carry over.
+pub const BUCKETS_MS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+const BUCKETS_US: [u64; 19] = {
+    let mut b = [0u64; 19];
+    let mut i = 0;
+    while i < 19 {
+        b[i] = (BUCKETS_MS[i] * 1000.0) as u64;
+        i += 1;
+    }
+    b
+};
+
+/// A latency histogram: one atomic counter per bucket (not cumulative) and a sum; the count
+/// is the sum of the buckets, so `+Inf` and `_count` always agree. Lock-free: recording is a
+/// bucket search over 19 constants and two relaxed adds.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 20],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    #[inline]
+    pub fn record(&self, d: Duration) {
+        if !recording() {
+            return;
+        }
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    /// Cumulative counts per bucket of [`BUCKETS_MS`] then `+Inf`, the sum in ms, and the count.
+    pub fn snapshot(&self) -> (Vec<u64>, f64, u64) {
+        let mut acc = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Relaxed);
+                acc
+            })
+            .collect::<Vec<_>>();
+        (cumulative, self.sum_us.load(Relaxed) as f64 / 1000.0, acc)
+    }
+
+    /// Number of recorded values.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 }
 
@@ -97,6 +172,10 @@ pub struct ListenerStats {
     pub downstream_cx_idle_timeout: Counter,
     /// Connections closed because request headers did not arrive in time.
     pub downstream_rq_header_timeout: Counter,
+    /// Time from request start to the end of the response, in ms.
+    pub downstream_rq_time: Histogram,
+    /// Access log lines dropped because a sink's buffer was full.
+    pub access_log_dropped: Counter,
 }
 
 /// Per-cluster statistics (Envoy's `upstream_*`).
@@ -162,7 +241,23 @@ pub struct ClusterStats {
     pub health_check_success: Counter,
     /// Health checks that failed.
     pub health_check_failure: Counter,
+    /// Time from sending the (last) try upstream to the end of the upstream response, in ms.
+    pub upstream_rq_time: Histogram,
 }
+
+/// Per-route statistics (route config, virtual host and route name as labels).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    /// Requests matched to the route.
+    pub rq_total: Counter,
+    /// Responses by status class.
+    pub rq_xx: StatusClasses,
+    /// Request start to response end, in ms.
+    pub rq_time: Histogram,
+}
+
+/// Identifies a route: route config, virtual host, route name.
+type RouteKey = (String, String, String);
 
 /// Configuration reload outcomes (Envoy's `update_*`).
 #[derive(Debug, Default)]
@@ -184,6 +279,7 @@ pub struct ConfigStats {
 pub struct Stats {
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     /// Reload counters.
     pub config: ConfigStats,
 }
@@ -203,6 +299,23 @@ impl Stats {
 
     fn each_listener(&self) -> Vec<(String, Arc<ListenerStats>)> {
         let m = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The stats of a route, created on first use (config load time only).
+    pub fn route(&self, route_config: &str, virtual_host: &str, route: &str) -> Arc<RouteStats> {
+        let mut m = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry((
+            route_config.to_string(),
+            virtual_host.to_string(),
+            route.to_string(),
+        ))
+        .or_default()
+        .clone()
+    }
+
+    fn each_route(&self) -> Vec<(RouteKey, Arc<RouteStats>)> {
+        let m = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
@@ -290,6 +403,12 @@ impl Stats {
                 Kind::Counter,
                 l(),
                 s.downstream_rq_idle_timeout.get() as i64,
+            );
+            push(
+                "access_log_dropped",
+                Kind::Counter,
+                l(),
+                s.access_log_dropped.get() as i64,
             );
             for (name, c) in [
                 ("downstream_cx_idle_timeout", &s.downstream_cx_idle_timeout),
@@ -432,6 +551,26 @@ impl Stats {
                 );
             }
         }
+        for ((rc, vh, r), s) in self.each_route() {
+            let l = || {
+                vec![
+                    ("route_config", rc.clone()),
+                    ("virtual_host", vh.clone()),
+                    ("route", r.clone()),
+                ]
+            };
+            push(
+                "route_rq_total",
+                Kind::Counter,
+                l(),
+                s.rq_total.get() as i64,
+            );
+            for c in 1..=5 {
+                let mut labels = l();
+                labels.push(("class", format!("{c}xx")));
+                push("route_rq_xx", Kind::Counter, labels, s.rq_xx.get(c) as i64);
+            }
+        }
         let c = &self.config;
         push(
             "config_update_attempt",
@@ -472,8 +611,62 @@ impl Stats {
         out
     }
 
+    /// Every histogram as `(name, label name, label value, snapshot)`.
+    fn histograms(&self) -> Vec<HistSample> {
+        let mut out = Vec::new();
+        for (n, s) in self.each_listener() {
+            out.push((
+                "downstream_rq_time",
+                vec![("listener", n)],
+                s.downstream_rq_time.snapshot(),
+            ));
+        }
+        for (n, s) in self.each_cluster() {
+            out.push((
+                "upstream_rq_time",
+                vec![("cluster", n)],
+                s.upstream_rq_time.snapshot(),
+            ));
+        }
+        for ((rc, vh, r), s) in self.each_route() {
+            out.push((
+                "route_rq_time",
+                vec![("route_config", rc), ("virtual_host", vh), ("route", r)],
+                s.rq_time.snapshot(),
+            ));
+        }
+        out
+    }
+
     /// Prometheus text exposition format 0.0.4, every name prefixed `tern_`.
     pub fn prometheus(&self, version: &str) -> String {
+        let mut out = self.prometheus_samples(version);
+        let mut last = "";
+        for (name, labels, (buckets, sum, count)) in self.histograms() {
+            if name != last {
+                let _ = writeln!(out, "# HELP tern_{name} {}", help(name));
+                let _ = writeln!(out, "# TYPE tern_{name} histogram");
+                last = name;
+            }
+            let labels = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect::<Vec<_>>()
+                .join(",");
+            for (i, c) in buckets.iter().enumerate() {
+                let le = match BUCKETS_MS.get(i) {
+                    Some(b) => b.to_string(),
+                    None => "+Inf".to_string(),
+                };
+                let _ = writeln!(out, "tern_{name}_bucket{{{labels},le=\"{le}\"}} {c}");
+            }
+            let _ = writeln!(out, "tern_{name}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "tern_{name}_count{{{labels}}} {count}");
+        }
+        out
+    }
+
+    fn prometheus_samples(&self, version: &str) -> String {
         let mut out = String::with_capacity(4096);
         let mut samples = self.samples(version);
         // One family's samples must be contiguous, under one TYPE line.
@@ -482,13 +675,19 @@ impl Stats {
         for s in &samples {
             let full = match s.kind {
                 Kind::Counter => format!("tern_{}_total", s.name.trim_end_matches("_total")),
-                Kind::Gauge => format!("tern_{}", s.name),
+                // Prometheus reserves `_total` for counters (promtool rejects it on a gauge).
+                Kind::Gauge => match s.name.strip_suffix("_total") {
+                    Some("membership") => "tern_membership_endpoints".to_string(),
+                    Some(stem) => format!("tern_{stem}_all"),
+                    None => format!("tern_{}", s.name),
+                },
             };
             if s.name != last {
                 let t = match s.kind {
                     Kind::Counter => "counter",
                     Kind::Gauge => "gauge",
                 };
+                let _ = writeln!(out, "# HELP {full} {}", help(s.name));
                 let _ = writeln!(out, "# TYPE {full} {t}");
                 last = s.name;
             }
@@ -538,9 +737,64 @@ impl Stats {
             }
             let _ = writeln!(out, "{name}: {}", s.value);
         }
+        // Histograms as Envoy-style derived values: count and sum (ms, rounded).
+        for (name, labels, (_, sum, count)) in self.histograms() {
+            let prefix: String = labels.iter().map(|(k, v)| format!("{k}.{v}.")).collect();
+            for (suffix, v) in [("count", count), ("sum_ms", sum.round() as u64)] {
+                let line = format!("{prefix}{name}_{suffix}");
+                if filter.is_none_or(|f| f.is_match(&line)) {
+                    let _ = writeln!(out, "{line}: {v}");
+                }
+            }
+        }
         out
     }
 }
+
+/// `# HELP` text for a metric (promtool requires one per family).
+fn help(name: &str) -> &'static str {
+    match name {
+        "downstream_cx_total" => "Downstream connections accepted.",
+        "downstream_cx_active" => "Downstream connections open.",
+        "downstream_rq_total" => "Downstream requests received.",
+        "downstream_rq_active" => "Downstream requests in flight.",
+        "downstream_rq_xx" => "Downstream responses by status class.",
+        "downstream_rq_time" => {
+            "Downstream request time (request start to response end), milliseconds."
+        }
+        "upstream_rq_time" => "Upstream request time (request sent to response end), milliseconds.",
+        "route_rq_time" => "Request time per route (request start to response end), milliseconds.",
+        "route_rq_total" => "Requests matched to the route.",
+        "route_rq_xx" => "Responses by route and status class.",
+        "access_log_dropped" => "Access log lines dropped because a sink's buffer was full.",
+        "no_route" => "Requests that matched no route.",
+        "upstream_rq_total" => "Upstream requests attempted.",
+        "upstream_rq_active" => "Upstream requests in flight.",
+        "upstream_rq_xx" => "Upstream responses by status class.",
+        "upstream_cx_connect_fail" => "Upstream connection failures and connect timeouts.",
+        "upstream_rq_timeout" => "Upstream requests that hit the route timeout.",
+        "upstream_rq_reset" => "Upstream requests reset before response headers.",
+        "upstream_rq_no_healthy" => "Requests with no healthy endpoint to go to.",
+        "upstream_rq_retry" => "Retries made.",
+        "upstream_rq_pending_overflow" => "Requests refused by a circuit breaker.",
+        "membership_healthy" => "Endpoints available (healthy and not ejected).",
+        "membership_total" => "Configured endpoints.",
+        "config_update_attempt" => "Configuration reloads attempted.",
+        "config_update_success" => "Configuration reloads applied.",
+        "config_update_rejected" => "Configuration reloads rejected.",
+        "config_update_unchanged" => "Change notifications with unchanged content.",
+        "config_version_info" => "Content hash of the running configuration.",
+        "config_last_success_timestamp_seconds" => "Unix time of the last applied configuration.",
+        _ => "Tern statistic (see docs/observability.md).",
+    }
+}
+
+/// `(name, labels, (cumulative buckets, sum ms, count))`.
+type HistSample = (
+    &'static str,
+    Vec<(&'static str, String)>,
+    (Vec<u64>, f64, u64),
+);
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -587,5 +841,34 @@ mod tests {
             1
         );
         assert!(s.text("abc", None).contains("server.config_version: abc\n"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_rendered() {
+        let s = Stats::default();
+        let l = s.listener("ingress");
+        l.downstream_rq_time.record(Duration::from_micros(300));
+        l.downstream_rq_time.record(Duration::from_millis(3));
+        l.downstream_rq_time.record(Duration::from_secs(7200));
+        let (b, sum, count) = l.downstream_rq_time.snapshot();
+        assert_eq!(count, 3);
+        assert_eq!(b[0], 1); // <= 0.5 ms
+        assert_eq!(b[2], 2); // <= 5 ms
+        assert_eq!(b[18], 2); // <= 3600000 ms
+        assert_eq!(b[19], 3); // +Inf
+        assert!((sum - 7_200_003.3).abs() < 0.01, "{sum}");
+        let p = s.prometheus("v");
+        assert!(p.contains("# TYPE tern_downstream_rq_time histogram\n"));
+        assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"0.5\"} 1\n"));
+        assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"+Inf\"} 3\n"));
+        assert!(p.contains("tern_downstream_rq_time_count{listener=\"ingress\"} 3\n"));
+        assert!(s
+            .text("v", None)
+            .contains("listener.ingress.downstream_rq_time_count: 3\n"));
+        // A value exactly on a bound falls into that bucket (le is inclusive).
+        let h = Histogram::default();
+        h.record(Duration::from_millis(1));
+        assert_eq!(h.snapshot().0[1], 1);
+        assert_eq!(h.snapshot().0[0], 0);
     }
 }

@@ -118,6 +118,20 @@ const fn check(
 
 const EXAMPLES: &[Example] = &[
     Example {
+        dir: "config-examples/observability",
+        backends: &[("127.0.0.1:8080", "app")],
+        checks: &[check(
+            "0.0.0.0:10000",
+            "/orders?id=7",
+            200,
+            &[
+                r#""backend":"app""#,
+                r#""uri":"/orders?id=7""#,
+                "traceparent",
+            ],
+        )],
+    },
+    Example {
         dir: "config-examples/resilience",
         backends: &[
             ("127.0.0.1:18201", "orders"),

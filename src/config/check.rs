@@ -123,6 +123,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     ck.addresses(&cfg, admin_at);
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
+    super::check_observability::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {

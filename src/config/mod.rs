@@ -5,6 +5,7 @@
 //! locations give every diagnostic a `file:line:column`); see `docs/config.md`.
 
 pub mod check;
+pub mod check_observability;
 pub mod check_resilience;
 pub mod defaults;
 pub mod diag;

@@ -69,6 +69,57 @@ pub struct Listener {
     /// Time a request or response body may go without data (default 5m; 0 = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Spanned<Dur>>,
+    /// Access logs: one line per request to each sink (HTTP listeners).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<Spanned<AccessLog>>,
+    /// Keep a client's `x-request-id` (default true); false replaces it with a new UUID v4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preserve_external_request_id: Option<bool>,
+    /// Trace context propagation (HTTP listeners; default: W3C, every new trace sampled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Spanned<Tracing>>,
+}
+
+/// One access log sink.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `/dev/stdout`, `/dev/stderr` or a file (appended to; reopened on SIGUSR1).
+    pub path: Spanned<String>,
+    /// `json`, or a format string of Envoy command operators (`%RESPONSE_CODE%`, ...); default
+    /// Envoy's default line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Spanned<String>>,
+    /// Lines buffered while the sink is slow; beyond it lines are dropped and counted (default 8192).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_lines: Option<Spanned<u32>>,
+}
+
+/// Trace context settings of a listener.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracing {
+    /// Formats every upstream request carries (default `[w3c]`); the format a request arrived in
+    /// is always kept too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<Vec<TraceFormat>>,
+    /// Share of new traces marked sampled, 0 to 1 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Spanned<f64>>,
+}
+
+/// Trace context header formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceFormat {
+    /// W3C `traceparent` / `tracestate`.
+    W3c,
+    /// B3 multi-header (`x-b3-traceid`, `x-b3-spanid`, ...).
+    B3,
+    /// B3 single header (`b3`).
+    B3Single,
+    /// AWS X-Ray `X-Amzn-Trace-Id`.
+    Xray,
 }
 
 /// L4 forwarding of whole TCP connections.

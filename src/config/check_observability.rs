@@ -1,0 +1,70 @@
+//! Checks of the observability settings (access logs, tracing): formats that compile, values
+//! in range, and settings that only make sense on HTTP listeners.
+
+use super::diag::{codes, Diagnostic};
+use super::Config;
+
+/// Reports every problem in the listeners' `access_log` and `tracing` settings.
+pub fn check(cfg: &Config, diags: &mut Vec<Diagnostic>) {
+    for l in &cfg.listeners {
+        let file = &cfg.files[l.file];
+        let lv = &l.value;
+        let http = lv.route_config.is_some();
+        for al in &lv.access_log {
+            if !http {
+                diags.push(Diagnostic::error(
+                    codes::BAD_VALUE,
+                    file,
+                    al.pos,
+                    "access_log is only supported on HTTP listeners (with route_config)",
+                ));
+            }
+            if al.path.trim().is_empty() {
+                diags.push(Diagnostic::error(
+                    codes::BAD_VALUE,
+                    file,
+                    al.path.pos,
+                    "access_log path must not be empty",
+                ));
+            }
+            if let Some(f) = &al.format {
+                // The same compiler the snapshot uses, so a format that passes here cannot fail there.
+                if let Err(e) =
+                    crate::access_log::compile(&f.value, &mut Vec::new(), &mut Vec::new())
+                {
+                    diags.push(Diagnostic::error(codes::BAD_VALUE, file, f.pos, e));
+                }
+            }
+            if let Some(b) = &al.buffer_lines {
+                if b.value == 0 {
+                    diags.push(Diagnostic::error(
+                        codes::BAD_VALUE,
+                        file,
+                        b.pos,
+                        "buffer_lines must be at least 1",
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &lv.tracing {
+            if !http {
+                diags.push(Diagnostic::error(
+                    codes::BAD_VALUE,
+                    file,
+                    t.pos,
+                    "tracing is only supported on HTTP listeners (with route_config)",
+                ));
+            }
+            if let Some(s) = &t.sampling {
+                if !(0.0..=1.0).contains(&s.value) || s.value.is_nan() {
+                    diags.push(Diagnostic::error(
+                        codes::BAD_VALUE,
+                        file,
+                        s.pos,
+                        format!("sampling {} must be between 0 and 1", s.value),
+                    ));
+                }
+            }
+        }
+    }
+}
