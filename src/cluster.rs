@@ -18,7 +18,7 @@ use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
 
 /// Default cluster connect timeout (Envoy's).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = config::defaults::CONNECT_TIMEOUT;
 
 /// State of one endpoint that outlives snapshots.
 #[derive(Debug, Default)]
@@ -79,14 +79,30 @@ impl Limits {
     fn from_config(cb: Option<&config::CircuitBreakers>) -> Limits {
         let get = |v: Option<&config::Spanned<u32>>, d: u32| v.map_or(d, |s| s.value) as i64;
         Limits {
-            max_connections: get(cb.and_then(|c| c.max_connections.as_ref()), 1024),
-            max_pending_requests: get(cb.and_then(|c| c.max_pending_requests.as_ref()), 1024),
-            max_requests: get(cb.and_then(|c| c.max_requests.as_ref()), 1024),
-            max_retries: get(cb.and_then(|c| c.max_retries.as_ref()), 3),
+            max_connections: get(
+                cb.and_then(|c| c.max_connections.as_ref()),
+                config::defaults::MAX_CONNECTIONS,
+            ),
+            max_pending_requests: get(
+                cb.and_then(|c| c.max_pending_requests.as_ref()),
+                config::defaults::MAX_PENDING_REQUESTS,
+            ),
+            max_requests: get(
+                cb.and_then(|c| c.max_requests.as_ref()),
+                config::defaults::MAX_REQUESTS,
+            ),
+            max_retries: get(
+                cb.and_then(|c| c.max_retries.as_ref()),
+                config::defaults::MAX_RETRIES,
+            ),
             retry_budget: cb.and_then(|c| c.retry_budget.as_ref()).map(|b| {
                 (
-                    b.budget_percent.as_ref().map_or(20.0, |p| p.value),
-                    b.min_retry_concurrency.unwrap_or(3) as i64,
+                    b.budget_percent
+                        .as_ref()
+                        .map_or(config::defaults::BUDGET_PERCENT, |p| p.value),
+                    b.min_retry_concurrency
+                        .unwrap_or(config::defaults::MIN_RETRY_CONCURRENCY)
+                        as i64,
                 )
             }),
         }
@@ -173,6 +189,14 @@ impl Cluster {
         let addrs: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let cluster_stats = stats.cluster(&spec.name);
+        let limits = Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value));
+        for (g, v) in cluster_stats.cb_limits.iter().zip([
+            limits.max_connections,
+            limits.max_pending_requests,
+            limits.max_requests,
+        ]) {
+            g.set(v);
+        }
         cluster_stats.membership_total.set(endpoints.len() as i64);
         let cluster = Arc::new(Cluster {
             name: spec.name.as_str().into(),
@@ -180,7 +204,7 @@ impl Cluster {
             spec: spec.clone(),
             endpoints: endpoints.into_boxed_slice(),
             connect_timeout,
-            limits: Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value)),
+            limits,
             stats: cluster_stats,
             outlier: spec
                 .outlier_detection
@@ -302,28 +326,34 @@ impl Drop for ActiveRequest {
     }
 }
 
+/// A cluster spec with `n` endpoints on 127.0.0.1 from `base_port` (for unit tests).
+#[cfg(test)]
+pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
+    use crate::config::Spanned;
+    config::Cluster {
+        name: Spanned::unplaced("c".into()),
+        connect_timeout: None,
+        lb_policy: Default::default(),
+        endpoints: (0..n)
+            .map(|i| {
+                Spanned::unplaced(config::Endpoint {
+                    address: Spanned::unplaced(format!("127.0.0.1:{}", base_port + i)),
+                    weight: 1,
+                })
+            })
+            .collect(),
+        circuit_breakers: None,
+        outlier_detection: None,
+        health_checks: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Spanned;
 
     fn cluster(n: usize) -> Arc<Cluster> {
-        let spec = config::Cluster {
-            name: Spanned::unplaced("c".into()),
-            connect_timeout: None,
-            lb_policy: Default::default(),
-            endpoints: (0..n)
-                .map(|i| {
-                    Spanned::unplaced(config::Endpoint {
-                        address: Spanned::unplaced(format!("127.0.0.1:{}", 2000 + i)),
-                        weight: 1,
-                    })
-                })
-                .collect(),
-            circuit_breakers: None,
-            outlier_detection: None,
-            health_checks: vec![],
-        };
+        let spec = test_spec(n, 2000);
         Cluster::build(&spec, None, &Stats::default()).unwrap()
     }
 

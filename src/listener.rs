@@ -118,6 +118,7 @@ async fn accept_loop(
                     peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(HeaderValue::from_static("unknown")),
                     last_request_ms: AtomicU64::new(now_ms()),
+                    requests: std::sync::atomic::AtomicU32::new(0),
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -158,6 +159,9 @@ async fn accept_loop(
     tracing::info!(%local, "listener stopped");
 }
 
+/// What a client gets when its request headers do not arrive within `request_headers_timeout`.
+const REQUEST_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest headers timeout\n";
+
 /// Serves one HTTP connection until it ends, closing it gracefully on drain or when no request
 /// has started for `idle_timeout` (in-flight requests and streams always finish first).
 async fn serve_http(
@@ -171,6 +175,16 @@ async fn serve_http(
 ) {
     let c = conn.clone();
     let svc = service_fn(move |req| proxy::handle(req, c.clone()));
+    // A second handle on the socket, to answer 408 after hyper gives up on slow headers (hyper
+    // itself only closes). Best effort: without it the connection is just closed.
+    let raw = {
+        use std::os::fd::AsFd;
+        stream
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from)
+    };
     let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(fut);
     let mut closing = false;
@@ -186,6 +200,15 @@ async fn serve_http(
                         .is_some_and(|h| h.is_timeout());
                     if timeout {
                         stats.downstream_rq_header_timeout.inc();
+                        // Only when no request was served yet: an idle keep-alive connection
+                        // that times out is closed silently (a 408 there could be mistaken
+                        // for the answer to the client's next request).
+                        if conn.requests.load(Relaxed) == 0 {
+                            if let Some(mut raw) = raw {
+                                use std::io::Write;
+                                let _ = raw.write_all(REQUEST_TIMEOUT_REPLY);
+                            }
+                        }
                     }
                     tracing::debug!(error = %e, "connection error");
                 }

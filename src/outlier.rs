@@ -392,22 +392,8 @@ mod tests {
     use crate::stats::Stats;
 
     fn cluster(n: usize, od: config::OutlierDetection) -> Arc<Cluster> {
-        let spec = config::Cluster {
-            name: Spanned::unplaced("c".into()),
-            connect_timeout: None,
-            lb_policy: Default::default(),
-            endpoints: (0..n)
-                .map(|i| {
-                    Spanned::unplaced(config::Endpoint {
-                        address: Spanned::unplaced(format!("127.0.0.1:{}", 1000 + i)),
-                        weight: 1,
-                    })
-                })
-                .collect(),
-            circuit_breakers: None,
-            outlier_detection: Some(Spanned::unplaced(od)),
-            health_checks: vec![],
-        };
+        let mut spec = crate::cluster::test_spec(n, 1000);
+        spec.outlier_detection = Some(Spanned::unplaced(od));
         Cluster::build(&spec, None, &Stats::default()).unwrap()
     }
 

@@ -47,6 +47,8 @@ pub struct Conn {
     pub peer_ip: HeaderValue,
     /// When the last request started ([`crate::outlier::now_ms`]), for the idle timeout.
     pub last_request_ms: std::sync::atomic::AtomicU64,
+    /// Requests started on this connection.
+    pub requests: std::sync::atomic::AtomicU32,
 }
 
 /// Why the proxy answered by itself; each maps to a status and a short body naming the cause.
@@ -156,6 +158,8 @@ pub async fn handle(
     let stats = &listener.stats;
     conn.last_request_ms
         .store(outlier::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    conn.requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
     let _active = ActiveGauge(stats);

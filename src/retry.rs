@@ -58,7 +58,10 @@ impl RetryPolicy {
             .map_or(base * 10, |d| d.0);
         RetryPolicy {
             on: bits,
-            num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
+            num_retries: p
+                .num_retries
+                .as_ref()
+                .map_or(config::defaults::NUM_RETRIES, |n| n.value),
             per_try_timeout: p.per_try_timeout.as_ref().map(|d| d.0),
             base,
             max,

@@ -20,7 +20,7 @@ use crate::retry::RetryPolicy;
 pub const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// The default route timeout (Envoy's).
-pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = config::defaults::ROUTE_TIMEOUT;
 
 /// A compiled route config.
 #[derive(Debug)]

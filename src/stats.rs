@@ -221,6 +221,8 @@ pub struct ClusterStats {
     pub lb_healthy_panic: Counter,
     /// Configured endpoints.
     pub membership_total: Gauge,
+    /// Circuit-breaker limits of the running cluster version (set at load; for the remaining gauges).
+    pub cb_limits: [Gauge; 3],
     /// Endpoints ejected by outlier detection (total ejections).
     pub outlier_detection_ejections_total: Counter,
     /// Endpoints ejected now.
@@ -526,6 +528,27 @@ impl Stats {
             ];
             for (name, g) in gauges {
                 push(name, Kind::Gauge, l(), g.get());
+            }
+            // Envoy's circuit_breakers.default.remaining_*: headroom before each breaker opens.
+            let open = [
+                s.upstream_cx_active.get(),
+                s.upstream_rq_pending_active.get(),
+                s.upstream_rq_active.get(),
+            ];
+            for (i, name) in [
+                "circuit_breakers_remaining_cx",
+                "circuit_breakers_remaining_pending",
+                "circuit_breakers_remaining_rq",
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                push(
+                    name,
+                    Kind::Gauge,
+                    l(),
+                    (s.cb_limits[i].get() - open[i]).max(0),
+                );
             }
         }
         for ((rc, vh, r), s) in self.each_route() {

@@ -6,18 +6,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn forward_config(cfg: &ConfigDir, admin: u16, port: u16, backend: &Backend) {
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write("listener.yaml", &listener_yaml("ingress", port, "main"));
-    cfg.write(
-        "routes.yaml",
-        &format!(
-            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: be }}\nclusters:\n  - name: be\n    endpoints: [{{ address: \"{}\" }}]\n",
-            backend.addr
-        ),
-    );
-}
-
 #[tokio::test]
 async fn admin_endpoints() {
     let be = Backend::start("be").await;

@@ -530,6 +530,25 @@ async fn log_level_changes_at_runtime() {
         "GET only reads"
     );
     assert_eq!(get(&t.admin_url("/logging"), &[]).await.body, "debug\n");
+    // A per-target filter arrives percent-encoded.
+    let r = request(
+        "POST",
+        &t.admin_url("/logging?level=warn,tern%3Ddebug"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        get(&t.admin_url("/logging"), &[]).await.body,
+        "warn,tern=debug\n"
+    );
+    get(&url, &[]).await;
+    wait_for("tern's own debug line under warn,tern=debug", || async {
+        (count() == 3).then_some(())
+    })
+    .await;
 }
 
 #[test]

@@ -287,24 +287,12 @@ async fn tcp_listener_forwards_bytes() {
     assert!(out.contains("x-backend: canary"), "{out}");
 }
 
-fn forward_all(cfg: &ConfigDir, admin: u16, port: u16, backend: &Backend) {
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write("l.yaml", &listener_yaml("ingress", port, "main"));
-    cfg.write(
-        "r.yaml",
-        &format!(
-            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: be }}\nclusters:\n  - name: be\n    endpoints: [{{ address: \"{}\" }}]\n",
-            backend.addr
-        ),
-    );
-}
-
 #[tokio::test]
 async fn upstream_connections_are_pooled() {
     let be = Backend::start("pooled").await;
     let (admin, port) = (free_port(), free_port());
     let cfg = ConfigDir::new();
-    forward_all(&cfg, admin, port, &be);
+    forward_config(&cfg, admin, port, &be);
     let _tern = Tern::start(cfg.path(), admin, &[]).await;
     for _ in 0..20 {
         assert_eq!(
@@ -321,7 +309,7 @@ async fn connections_closed_by_the_upstream_are_replaced() {
     let be = Backend::start_with("closing", false).await;
     let (admin, port) = (free_port(), free_port());
     let cfg = ConfigDir::new();
-    forward_all(&cfg, admin, port, &be);
+    forward_config(&cfg, admin, port, &be);
     let _tern = Tern::start(cfg.path(), admin, &[]).await;
     for _ in 0..10 {
         assert_eq!(

@@ -274,14 +274,10 @@ mod resilience {
     use super::super::value::{Dur, Pos, Spanned};
     use super::super::{Config, Def};
 
-    /// The router's route timeout when a route sets none (`router::DEFAULT_ROUTE_TIMEOUT`).
-    pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
-    /// Retries when `num_retries` is not set.
-    pub const DEFAULT_NUM_RETRIES: u32 = 1;
-    /// Retries in flight per cluster without `max_retries` or a budget (Envoy's default).
-    pub const DEFAULT_MAX_RETRIES: u32 = 3;
-    /// Retries always allowed by a retry budget without `min_retry_concurrency`.
-    pub const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+    use super::super::defaults::{
+        MAX_RETRIES as DEFAULT_MAX_RETRIES, MIN_RETRY_CONCURRENCY as DEFAULT_MIN_RETRY_CONCURRENCY,
+        NUM_RETRIES as DEFAULT_NUM_RETRIES, ROUTE_TIMEOUT as DEFAULT_ROUTE_TIMEOUT,
+    };
     /// Retry conditions after which the upstream may already have acted on the request.
     const AFTER_PROCESSING: &[&str] = &[
         "5xx",

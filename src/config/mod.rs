@@ -7,6 +7,7 @@
 pub mod check;
 pub mod check_observability;
 pub mod check_resilience;
+pub mod defaults;
 pub mod diag;
 pub mod lint;
 pub mod model;

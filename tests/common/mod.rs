@@ -127,6 +127,20 @@ pub fn direct_yaml(name: &str, body: &str) -> String {
     )
 }
 
+/// admin.yaml, listener.yaml and routes.yaml: listener `ingress` on `port` forwarding everything
+/// to cluster `be` (the one `backend`).
+pub fn forward_config(cfg: &ConfigDir, admin: u16, port: u16, backend: &Backend) {
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write("listener.yaml", &listener_yaml("ingress", port, "main"));
+    cfg.write(
+        "routes.yaml",
+        &format!(
+            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: be }}\nclusters:\n  - name: be\n    endpoints: [{{ address: \"{}\" }}]\n",
+            backend.addr
+        ),
+    );
+}
+
 /// A running `tern` process, killed on drop.
 pub struct Tern {
     pub child: Child,
