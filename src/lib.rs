@@ -25,4 +25,5 @@ pub mod snapshot;
 pub mod stats;
 pub mod tcp;
 pub mod trace;
+pub mod upgrade;
 pub mod watch;

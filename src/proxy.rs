@@ -417,6 +417,15 @@ async fn forward(
         None
     };
 
+    let mut req = req;
+    let upgrade = if crate::upgrade::is_upgrade(req.headers()) {
+        req.headers()
+            .get(http::header::UPGRADE)
+            .cloned()
+            .map(|proto| (proto, hyper::upgrade::on(&mut req)))
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     let pq = match fwd
         .prefix_rewrite
@@ -451,6 +460,9 @@ async fn forward(
         tx.trace_id = Some(span.trace_id);
     }
     parts.version = Version::HTTP_11;
+    if let Some((proto, on_upgrade)) = upgrade {
+        return forward_upgrade(cluster, hash, parts, proto, on_upgrade).await;
+    }
 
     // A retry needs the body again: buffer it when the policy allows retrying this method and
     // the body is known to fit; otherwise stream it and make a single try.
@@ -588,6 +600,56 @@ async fn forward(
             Try::Failed(local) => Err(local),
         };
     }
+}
+
+/// A protocol upgrade (WebSocket): one try on a dedicated connection, then a spliced tunnel.
+async fn forward_upgrade(
+    cluster: &Arc<Cluster>,
+    hash: Option<u64>,
+    parts: http::request::Parts,
+    proto: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<Response<RespBody>, LocalReply> {
+    let Some(idx) = cluster.pick(hash, None) else {
+        cluster.stats.upstream_rq_no_healthy.inc();
+        return Err(LocalReply::NoHealthyUpstream);
+    };
+    let resp = crate::upgrade::proxy(cluster, idx, parts, proto, on_upgrade)
+        .await
+        .map_err(|e| match e {
+            crate::upgrade::UpgradeError::Connect => LocalReply::ConnectFailure,
+            crate::upgrade::UpgradeError::Reset => LocalReply::UpstreamReset,
+        })?;
+    let (mut head, body) = resp.into_parts();
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let keep = switching.then(|| {
+        (
+            head.headers.get(http::header::UPGRADE).cloned(),
+            head.headers.get(http::header::CONNECTION).cloned(),
+        )
+    });
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some((up, conn)) = keep {
+        // The client needs these to switch too.
+        if let Some(v) = up {
+            head.headers.insert(http::header::UPGRADE, v);
+        }
+        head.headers.insert(
+            http::header::CONNECTION,
+            conn.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
+        return Ok(Response::from_parts(
+            head,
+            Either::Right(Full::new(Bytes::new())),
+        ));
+    }
+    // A refused handshake has a small body (an error page): read it, bounded.
+    let body = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Ok(Response::from_parts(head, Either::Right(Full::new(body))))
 }
 
 /// One upstream try: pick-independent, bounded by the per-try timeout and the route deadline.

@@ -319,3 +319,101 @@ async fn connections_closed_by_the_upstream_are_replaced() {
     }
     assert_eq!(be.conns.load(std::sync::atomic::Ordering::SeqCst), 10);
 }
+
+/// A backend that accepts `Upgrade: websocket` with 101 and then echoes every byte, upper-cased.
+async fn upgrade_echo_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read_exact(&mut b).await.is_err() {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !head.contains("upgrade: websocket") || !head.contains("connection: upgrade") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\n\r\nno upgrade\n",
+                        )
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: x\r\n\r\n")
+                    .await;
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let up: Vec<u8> = buf[..n].to_ascii_uppercase();
+                    if s.write_all(&up).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let (be_addr, _be) = upgrade_echo_backend().await;
+    let (admin, port) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write("l.yaml", &listener_yaml("ingress", port, "main"));
+    cfg.write(
+        "r.yaml",
+        &format!(
+            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-key: k\r\nsec-websocket-version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    // The tunnel carries bytes both ways, several times.
+    for msg in [&b"hello"[..], b"again"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase());
+    }
+    // While the tunnel is open the endpoint counts as busy.
+    assert_eq!(tern.stat("cluster.ws.upstream_rq_active").await, 1);
+    drop(s);
+    wait_for("tunnel closed", || async {
+        (tern.stat("cluster.ws.upstream_rq_active").await == 0).then_some(())
+    })
+    .await;
+    // A plain request to the same backend is refused by it, and that answer passes through.
+    let r = get(&format!("http://127.0.0.1:{port}/chat"), &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (400, "no upgrade\n"));
+}

@@ -1,0 +1,121 @@
+//! HTTP/1.1 protocol upgrades (WebSocket and other `Upgrade:` protocols): the handshake is proxied
+//! like a request, and after a `101 Switching Protocols` the two connections are spliced.
+//!
+//! An upgraded connection is never pooled: it gets a fresh upstream connection of its own.
+
+use bytes::Bytes;
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::cluster::{ActiveRequest, Cluster};
+use crate::outlier::{self, Outcome};
+use crate::pool::UpBody;
+
+/// True for an HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE)
+        && h.get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Why an upgrade could not be proxied.
+#[derive(Debug)]
+pub enum UpgradeError {
+    /// Connecting to the endpoint failed or timed out.
+    Connect,
+    /// The upstream failed before answering.
+    Reset,
+}
+
+/// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
+/// removed) to endpoint `idx`, and when it answers 101 splices the two upgraded connections.
+///
+/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request).
+pub async fn proxy(
+    cluster: &std::sync::Arc<Cluster>,
+    idx: usize,
+    mut parts: http::request::Parts,
+    upgrade: HeaderValue,
+    downstream: hyper::upgrade::OnUpgrade,
+) -> Result<Response<Incoming>, UpgradeError> {
+    let ep = &cluster.endpoints[idx];
+    let cs = &cluster.stats;
+    let connect = async {
+        match ep.resolved {
+            Some(sa) => TcpStream::connect(sa).await,
+            None => TcpStream::connect(&*ep.address).await,
+        }
+    };
+    let stream = match tokio::time::timeout(cluster.connect_timeout, connect).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            cs.upstream_cx_connect_fail.inc();
+            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            return Err(UpgradeError::Connect);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, UpBody>(TokioIo::new(stream))
+        .await
+        .map_err(|_| UpgradeError::Connect)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(UPGRADE, upgrade);
+    let active = ActiveRequest::start(cluster, idx);
+    let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    let mut resp = tx.send_request(req).await.map_err(|_| {
+        cs.upstream_rq_reset.inc();
+        outlier::report(cluster, idx, Outcome::Reset);
+        UpgradeError::Reset
+    })?;
+    let status = resp.status();
+    cs.upstream_rq_xx.record(status.as_u16());
+    outlier::report(cluster, idx, Outcome::Status(status.as_u16()));
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut resp);
+        let name = cluster.name.clone();
+        tokio::spawn(async move {
+            // The endpoint stays counted as busy for as long as the tunnel is open.
+            let _active = active;
+            match tokio::try_join!(downstream, upstream) {
+                Ok((down, up)) => {
+                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                        tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => tracing::debug!(cluster = %name, error = %e, "upgrade failed"),
+            }
+        });
+    }
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_upgrade_requests() {
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        assert!(!is_upgrade(&h));
+        h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
+        assert!(is_upgrade(&h));
+        h.remove(UPGRADE);
+        assert!(!is_upgrade(&h));
+    }
+}
