@@ -354,6 +354,10 @@ pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> SpanContext {
     // Stale headers of a format the request arrived in are replaced below; malformed ones of a
     // format we write are replaced too, so the upstream never sees two disagreeing contexts.
     if out.contains(Formats::W3C) {
+        if !present.contains(Formats::W3C) {
+            // No valid traceparent came in: a tracestate belongs to no span we continue.
+            h.remove(TRACESTATE);
+        }
         if let Some(v) = hv(format_traceparent(&span)) {
             h.insert(TRACEPARENT, v);
         }
@@ -598,6 +602,15 @@ mod tests {
         assert!(h[TRACEPARENT].to_str().unwrap().ends_with("-00"));
         assert_eq!(parse_xray(h[XRAY].to_str().unwrap()).unwrap(), s);
         assert!(!h.contains_key(B3));
+        // A tracestate without a valid traceparent is dropped; with one it passes through.
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, "garbage".parse().unwrap());
+        h.insert(TRACESTATE, "a=1".parse().unwrap());
+        propagate(&mut h, &Policy::default());
+        assert!(!h.contains_key(TRACESTATE));
+        h.insert(TRACESTATE, "a=1".parse().unwrap());
+        propagate(&mut h, &Policy::default());
+        assert_eq!(h[TRACESTATE], "a=1");
         // A 64-bit B3 trace id stays 64-bit in B3 and is zero-extended in W3C.
         let mut h = HeaderMap::new();
         h.insert(B3, "463ac35c9f6413ad-a2fb4a1d1a96d312-1".parse().unwrap());

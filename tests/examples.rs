@@ -175,6 +175,23 @@ const EXAMPLES: &[Example] = &[
         ],
     },
     Example {
+        dir: "config-examples/observability",
+        backends: &[("127.0.0.1:8080", "app")],
+        checks: &[
+            // The app gets the trace in both configured formats (a new trace: none came in).
+            check(
+                "0.0.0.0:10000",
+                "/hello",
+                200,
+                &[
+                    r#""backend":"app""#,
+                    r#""traceparent":"00-"#,
+                    r#""x-amzn-trace-id":"Root=1-"#,
+                ],
+            ),
+        ],
+    },
+    Example {
         dir: "config-examples/quickstart",
         backends: &[],
         checks: &[

@@ -47,6 +47,8 @@ route_configs:
             route: {{ cluster: api, timeout: 50ms }}
           - match: {{ prefix: /dead }}
             route: {{ cluster: dead }}
+          - match: {{ prefix: /empty }}
+            route: {{ cluster: empty }}
           - match: {{ prefix: /retry }}
             route:
               cluster: dead
@@ -63,6 +65,8 @@ route_configs:
 clusters:
   - name: api
     endpoints: [{{ address: "{backend}" }}]
+  - name: empty
+    endpoints: []
   - name: dead
     connect_timeout: 1s
     endpoints: [{{ address: "127.0.0.1:{dead}" }}]
@@ -109,8 +113,9 @@ async fn access_log_json_has_every_field_and_response_flags() {
     assert_eq!(get(&format!("{base}/abort"), &[]).await.status, 418);
     assert_eq!(get(&format!("{base}/delay"), &[]).await.status, 200);
     assert_eq!(get(&format!("{base}/nothing"), &[]).await.status, 404);
+    assert_eq!(get(&format!("{base}/empty"), &[]).await.status, 503);
 
-    let all = wait_lines(&log, 10).await;
+    let all = wait_lines(&log, 11).await;
     let entries: Vec<serde_json::Value> = all
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -155,6 +160,7 @@ async fn access_log_json_has_every_field_and_response_flags() {
     assert_eq!(flags("/abort"), "FI");
     assert_eq!(flags("/delay"), "DI");
     assert_eq!(flags("/nothing"), "NR");
+    assert_eq!(flags("/empty"), "UH");
     let limited: Vec<_> = by("/limited", "GET")
         .iter()
         .map(|e| e["response_flags"].clone())
@@ -530,6 +536,25 @@ async fn log_level_changes_at_runtime() {
         "GET only reads"
     );
     assert_eq!(get(&t.admin_url("/logging"), &[]).await.body, "debug\n");
+    // A per-target filter arrives percent-encoded.
+    let r = request(
+        "POST",
+        &t.admin_url("/logging?level=warn,tern%3Ddebug"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        get(&t.admin_url("/logging"), &[]).await.body,
+        "warn,tern=debug\n"
+    );
+    get(&url, &[]).await;
+    wait_for("tern's own debug line under warn,tern=debug", || async {
+        (count() == 3).then_some(())
+    })
+    .await;
 }
 
 #[test]
