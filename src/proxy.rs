@@ -455,13 +455,21 @@ async fn forward(
         None => {}
     }
     headers::append_forwarded(&mut parts.headers, &conn.peer_ip);
-    let span = crate::trace::propagate(&mut parts.headers, &listener.tracing);
-    if tx.log {
-        tx.trace_id = Some(span.trace_id);
+    match &listener.tracing {
+        Some(policy) => {
+            let span = crate::trace::propagate(&mut parts.headers, policy);
+            if tx.log {
+                tx.trace_id = Some(span.trace_id);
+            }
+        }
+        // Tracing off: the client's trace headers pass through untouched; the log shows its id.
+        None if tx.log => tx.trace_id = crate::trace::extract(&parts.headers).0.map(|c| c.trace_id),
+        None => {}
     }
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
-        return forward_upgrade(cluster, hash, parts, proto, on_upgrade).await;
+        // Boxed: rare, and its future would otherwise enlarge every request's.
+        return Box::pin(forward_upgrade(cluster, hash, parts, proto, on_upgrade)).await;
     }
 
     // A retry needs the body again: buffer it when the policy allows retrying this method and
@@ -481,8 +489,8 @@ async fn forward(
             replay = Some(Bytes::new());
         } else if declared.is_some_and(|n| n <= fwd.buffer_limit) {
             let body = stream_body.take().expect("body present");
-            let collected = Limited::new(body, fwd.buffer_limit as usize)
-                .collect()
+            // Boxed for the same reason as the upgrade path: only retried requests with a body.
+            let collected = Box::pin(Limited::new(body, fwd.buffer_limit as usize).collect())
                 .await
                 .map_err(|_| LocalReply::BadRequestBody)?;
             replay = Some(collected.to_bytes());

@@ -44,7 +44,7 @@ pub struct ListenerRt {
     /// Access logging; `None` costs the request path nothing.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Trace context propagation.
-    pub tracing: crate::trace::Policy,
+    pub tracing: Option<crate::trace::Policy>,
     /// Keep a client's `x-request-id`.
     pub preserve_request_id: bool,
 }
@@ -68,12 +68,14 @@ pub fn timeout_or(
     }
 }
 
-/// A listener's trace policy from its `tracing` settings.
-fn trace_policy(t: Option<&crate::config::Tracing>) -> crate::trace::Policy {
+/// A listener's trace policy from its `tracing` settings; `None` (no spans, headers passed
+/// through untouched) when the listener has no `tracing` block.
+fn trace_policy(t: Option<&crate::config::Tracing>) -> Option<crate::trace::Policy> {
     use crate::config::TraceFormat;
     use crate::trace::Formats;
     let mut p = crate::trace::Policy::default();
-    if let Some(t) = t {
+    let t = t?;
+    {
         if let Some(list) = &t.propagation {
             p.formats = Formats::NONE;
             for f in list {
@@ -89,7 +91,7 @@ fn trace_policy(t: Option<&crate::config::Tracing>) -> crate::trace::Policy {
             p.sampling = s.value;
         }
     }
-    p
+    Some(p)
 }
 
 /// What a listener does with a connection.

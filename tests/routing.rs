@@ -164,6 +164,11 @@ async fn proxy_headers_are_set_and_hop_by_hop_removed() {
 
     let r = get(&url, &[("x-request-id", "abc-123")]).await;
     assert_eq!(json(&r.body)["headers"]["x-request-id"], "abc-123");
+    // No `tracing` block: no span is started, and a client's trace context passes untouched.
+    assert!(h.get("traceparent").is_none(), "{h}");
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let r = get(&url, &[("traceparent", tp)]).await;
+    assert_eq!(json(&r.body)["headers"]["traceparent"], tp);
 }
 
 #[tokio::test]

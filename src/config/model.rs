@@ -75,7 +75,8 @@ pub struct Listener {
     /// Keep a client's `x-request-id` (default true); false replaces it with a new UUID v4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preserve_external_request_id: Option<bool>,
-    /// Trace context propagation (HTTP listeners; default: W3C, every new trace sampled).
+    /// Trace context: each proxied request becomes a span (HTTP listeners). Without it, trace
+    /// headers pass through untouched and no span is started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Spanned<Tracing>>,
 }
