@@ -139,6 +139,11 @@ impl StatusClasses {
     pub fn get(&self, class: usize) -> u64 {
         self.0[class - 1].get()
     }
+
+    /// `("1xx", count)` .. `("5xx", count)`.
+    fn by_class(&self) -> impl Iterator<Item = (String, i64)> + '_ {
+        (1..=5).map(|c| (format!("{c}xx"), self.get(c) as i64))
+    }
 }
 
 /// Per-listener statistics (Envoy's `downstream_*`).
@@ -338,142 +343,61 @@ impl Stats {
             };
         for (n, s) in self.each_listener() {
             let l = || vec![("listener", n.clone())];
-            push(
-                "downstream_cx_total",
-                Kind::Counter,
-                l(),
-                s.downstream_cx_total.get() as i64,
-            );
-            push(
-                "downstream_cx_active",
-                Kind::Gauge,
-                l(),
-                s.downstream_cx_active.get(),
-            );
-            push(
-                "downstream_rq_total",
-                Kind::Counter,
-                l(),
-                s.downstream_rq_total.get() as i64,
-            );
-            push(
-                "downstream_rq_active",
-                Kind::Gauge,
-                l(),
-                s.downstream_rq_active.get(),
-            );
-            for c in 1..=5 {
-                let mut labels = l();
-                labels.push(("class", format!("{c}xx")));
-                push(
-                    "downstream_rq_xx",
-                    Kind::Counter,
-                    labels,
-                    s.downstream_rq_xx.get(c) as i64,
-                );
-            }
-            push("no_route", Kind::Counter, l(), s.no_route.get() as i64);
-            push(
-                "fault_delays_injected",
-                Kind::Counter,
-                l(),
-                s.fault_delays_injected.get() as i64,
-            );
-            push(
-                "fault_aborts_injected",
-                Kind::Counter,
-                l(),
-                s.fault_aborts_injected.get() as i64,
-            );
-            push(
-                "fault_overflow",
-                Kind::Counter,
-                l(),
-                s.fault_overflow.get() as i64,
-            );
-            push("fault_active", Kind::Gauge, l(), s.fault_active.get());
-            push(
-                "rate_limited",
-                Kind::Counter,
-                l(),
-                s.rate_limited.get() as i64,
-            );
-            push(
-                "downstream_rq_idle_timeout",
-                Kind::Counter,
-                l(),
-                s.downstream_rq_idle_timeout.get() as i64,
-            );
-            push(
-                "access_log_dropped",
-                Kind::Counter,
-                l(),
-                s.access_log_dropped.get() as i64,
-            );
-            for (name, c) in [
+            let counters: [(&'static str, &Counter); 11] = [
+                ("downstream_cx_total", &s.downstream_cx_total),
+                ("downstream_rq_total", &s.downstream_rq_total),
+                ("no_route", &s.no_route),
+                ("fault_delays_injected", &s.fault_delays_injected),
+                ("fault_aborts_injected", &s.fault_aborts_injected),
+                ("fault_overflow", &s.fault_overflow),
+                ("rate_limited", &s.rate_limited),
+                ("downstream_rq_idle_timeout", &s.downstream_rq_idle_timeout),
+                ("access_log_dropped", &s.access_log_dropped),
                 ("downstream_cx_idle_timeout", &s.downstream_cx_idle_timeout),
                 (
                     "downstream_rq_header_timeout",
                     &s.downstream_rq_header_timeout,
                 ),
-            ] {
+            ];
+            for (name, c) in counters {
                 push(name, Kind::Counter, l(), c.get() as i64);
+            }
+            for (name, g) in [
+                ("downstream_cx_active", &s.downstream_cx_active),
+                ("downstream_rq_active", &s.downstream_rq_active),
+                ("fault_active", &s.fault_active),
+            ] {
+                push(name, Kind::Gauge, l(), g.get());
+            }
+            for (class, v) in s.downstream_rq_xx.by_class() {
+                let mut labels = l();
+                labels.push(("class", class));
+                push("downstream_rq_xx", Kind::Counter, labels, v);
             }
         }
         for (n, s) in self.each_cluster() {
             let l = || vec![("cluster", n.clone())];
-            push(
-                "upstream_rq_total",
-                Kind::Counter,
-                l(),
-                s.upstream_rq_total.get() as i64,
-            );
+            for (name, c) in [
+                ("upstream_rq_total", &s.upstream_rq_total),
+                ("upstream_cx_connect_fail", &s.upstream_cx_connect_fail),
+                ("upstream_rq_timeout", &s.upstream_rq_timeout),
+                ("upstream_rq_reset", &s.upstream_rq_reset),
+                ("upstream_rq_no_healthy", &s.upstream_rq_no_healthy),
+                ("upstream_cx_total", &s.upstream_cx_total),
+            ] {
+                push(name, Kind::Counter, l(), c.get() as i64);
+            }
             push(
                 "upstream_rq_active",
                 Kind::Gauge,
                 l(),
                 s.upstream_rq_active.get(),
             );
-            for c in 1..=5 {
+            for (class, v) in s.upstream_rq_xx.by_class() {
                 let mut labels = l();
-                labels.push(("class", format!("{c}xx")));
-                push(
-                    "upstream_rq_xx",
-                    Kind::Counter,
-                    labels,
-                    s.upstream_rq_xx.get(c) as i64,
-                );
+                labels.push(("class", class));
+                push("upstream_rq_xx", Kind::Counter, labels, v);
             }
-            push(
-                "upstream_cx_connect_fail",
-                Kind::Counter,
-                l(),
-                s.upstream_cx_connect_fail.get() as i64,
-            );
-            push(
-                "upstream_rq_timeout",
-                Kind::Counter,
-                l(),
-                s.upstream_rq_timeout.get() as i64,
-            );
-            push(
-                "upstream_rq_reset",
-                Kind::Counter,
-                l(),
-                s.upstream_rq_reset.get() as i64,
-            );
-            push(
-                "upstream_rq_no_healthy",
-                Kind::Counter,
-                l(),
-                s.upstream_rq_no_healthy.get() as i64,
-            );
-            push(
-                "upstream_cx_total",
-                Kind::Counter,
-                l(),
-                s.upstream_cx_total.get() as i64,
-            );
             let counters: [(&'static str, &Counter); 15] = [
                 ("upstream_cx_overflow", &s.upstream_cx_overflow),
                 (

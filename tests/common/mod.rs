@@ -18,13 +18,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// Generous deadline for readiness and reload waits (polling, never a bare sleep).
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for a listener, below the kernel's ephemeral range
+/// (32768-60999 by default): outbound connections of parallel tests take their local ports from
+/// that range, so a port handed out by `bind(0)` could be taken again before tern binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics after [`DEADLINE`].
@@ -193,17 +198,24 @@ impl Tern {
 
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/ready");
-        let log = self.log.clone();
-        wait_for(&format!("tern /ready (log: {})", log.display()), || {
-            let url = url.clone();
-            async move {
-                request("GET", &url, &[], "")
-                    .await
-                    .ok()
-                    .filter(|r| r.status == 200)
+        let start = Instant::now();
+        loop {
+            if request("GET", &url, &[], "")
+                .await
+                .is_ok_and(|r| r.status == 200)
+            {
+                return;
             }
-        })
-        .await;
+            // A tern that exited (say, a port taken) will never be ready: say why at once.
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let exited = text.lines().any(|l| l.starts_with("tern: "));
+            assert!(!exited, "tern exited during start:\n{text}");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for tern /ready; log:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits (polling, with the deadline) for the process to exit.
