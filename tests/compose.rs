@@ -77,30 +77,7 @@ fn tern_sync_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TERN_SYNC_BIN") {
         return PathBuf::from(p);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root()).args([
-        "build",
-        "-p",
-        "tern-sync",
-        "--bin",
-        "tern-sync",
-        "--message-format=json",
-    ]);
-    if env!("CARGO_BIN_EXE_tern").contains("/release/") {
-        cmd.arg("--release");
-    }
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build -p tern-sync failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "tern-sync")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no tern-sync executable")
+    common::workspace_binary("tern-sync", "tern-sync")
 }
 
 /// A child process killed on drop, with its stderr in a file.

@@ -383,30 +383,7 @@ fn tern_check(dir: &str) -> std::process::Output {
 /// package, so `env!("CARGO_BIN_EXE_tern-validate")` is not available here).
 #[allow(dead_code)]
 fn validator_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root()).args([
-        "build",
-        "-p",
-        "tern-validate",
-        "--bin",
-        "tern-validate",
-        "--message-format=json",
-    ]);
-    if env!("CARGO_BIN_EXE_tern").contains("/release/") {
-        cmd.arg("--release");
-    }
-    let out = cmd
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run cargo build");
-    assert!(out.status.success(), "cargo build -p tern-validate failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "tern-validate")
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .expect("cargo reported no tern-validate executable")
+    common::workspace_binary("tern-validate", "tern-validate")
 }
 
 /// The validator leg: `tern-validate --strict DIR` must exit 0 (no errors, no warnings).

@@ -18,6 +18,36 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// Generous deadline for readiness and reload waits (polling, never a bare sleep).
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Builds another binary of the workspace (`cargo build -p PACKAGE --bin NAME`, with this test's
+/// profile) and returns its path: cargo gives a test only its own package's binaries.
+pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root).args([
+        "build",
+        "-p",
+        package,
+        "--bin",
+        name,
+        "--message-format=json",
+    ]);
+    if env!("CARGO_BIN_EXE_tern").contains("/release/") {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build -p {package} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no {name} executable"))
+}
+
 /// A free TCP port on 127.0.0.1 for a listener, below the kernel's ephemeral range
 /// (32768-60999 by default): outbound connections of parallel tests take their local ports from
 /// that range, so a port handed out by `bind(0)` could be taken again before tern binds it.
