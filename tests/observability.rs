@@ -75,8 +75,19 @@ clusters:
     )
 }
 
-#[tokio::test]
-async fn access_log_json_has_every_field_and_response_flags() {
+/// A running tern on [`flags_config`] (one healthy backend, one dead endpoint, a JSON access
+/// log), its config text passed through `edit` first; keeps the backend and temp dirs alive.
+struct FlagsSetup {
+    tern: Tern,
+    port: u16,
+    log: std::path::PathBuf,
+    backend: Backend,
+    dead: u16,
+    _cfg: ConfigDir,
+    _logdir: tempfile::TempDir,
+}
+
+async fn flags_tern(edit: impl Fn(String) -> String) -> FlagsSetup {
     let backend = Backend::start("b1").await;
     let (port, admin, dead) = (free_port(), free_port(), free_port());
     let cfg = ConfigDir::new();
@@ -85,9 +96,24 @@ async fn access_log_json_has_every_field_and_response_flags() {
     cfg.write("admin.yaml", &admin_yaml(admin));
     cfg.write(
         "main.yaml",
-        &flags_config(port, &backend.addr.to_string(), dead, &log),
+        &edit(flags_config(port, &backend.addr.to_string(), dead, &log)),
     );
-    let _t = Tern::start(cfg.path(), admin, &[]).await;
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    FlagsSetup {
+        tern,
+        port,
+        log,
+        backend,
+        dead,
+        _cfg: cfg,
+        _logdir: logdir,
+    }
+}
+
+#[tokio::test]
+async fn access_log_json_has_every_field_and_response_flags() {
+    let setup = flags_tern(|c| c).await;
+    let (port, log, dead, backend) = (setup.port, setup.log.clone(), setup.dead, &setup.backend);
     let base = format!("http://127.0.0.1:{port}");
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let ok = get(
@@ -174,18 +200,8 @@ async fn access_log_json_has_every_field_and_response_flags() {
 
 #[tokio::test]
 async fn access_log_downstream_disconnect_is_flagged_dc() {
-    let backend = Backend::start("b1").await;
-    let (port, admin, dead) = (free_port(), free_port(), free_port());
-    let cfg = ConfigDir::new();
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("access.log");
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "main.yaml",
-        &flags_config(port, &backend.addr.to_string(), dead, &log)
-            .replace("timeout: 50ms", "timeout: 10s"),
-    );
-    let _t = Tern::start(cfg.path(), admin, &[]).await;
+    let setup = flags_tern(|c| c.replace("timeout: 50ms", "timeout: 10s")).await;
+    let (port, log) = (setup.port, setup.log.clone());
     // The client gives up while the upstream is still thinking.
     let url = format!("http://127.0.0.1:{port}/slow?ms=1500");
     let r = tokio::time::timeout(std::time::Duration::from_millis(200), get(&url, &[])).await;
@@ -425,21 +441,8 @@ fn promtool_check(text: &str) -> (bool, String) {
 
 #[tokio::test]
 async fn prometheus_output_passes_promtool_and_has_latency_histograms() {
-    let backend = Backend::start("b1").await;
-    let (port, admin, dead) = (free_port(), free_port(), free_port());
-    let cfg = ConfigDir::new();
-    let logdir = tempfile::tempdir().unwrap();
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "main.yaml",
-        &flags_config(
-            port,
-            &backend.addr.to_string(),
-            dead,
-            &logdir.path().join("a.log"),
-        ),
-    );
-    let t = Tern::start(cfg.path(), admin, &[]).await;
+    let setup = flags_tern(|c| c).await;
+    let (t, port) = (&setup.tern, setup.port);
     for _ in 0..5 {
         assert_eq!(
             get(&format!("http://127.0.0.1:{port}/ok"), &[])
@@ -657,21 +660,8 @@ async fn dashboard_queries_only_metrics_tern_exports() {
     assert!(names.len() >= 15, "{names:?}");
 
     // A running Tern with a listener and a cluster, so every labelled family has samples.
-    let backend = Backend::start("b1").await;
-    let (port, admin, dead) = (free_port(), free_port(), free_port());
-    let cfg = ConfigDir::new();
-    let logdir = tempfile::tempdir().unwrap();
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "main.yaml",
-        &flags_config(
-            port,
-            &backend.addr.to_string(),
-            dead,
-            &logdir.path().join("a.log"),
-        ),
-    );
-    let t = Tern::start(cfg.path(), admin, &[]).await;
+    let setup = flags_tern(|c| c).await;
+    let t = &setup.tern;
     let p = get(&t.admin_url("/stats/prometheus"), &[]).await.body;
     let exported: std::collections::HashSet<&str> = p
         .lines()
