@@ -16,42 +16,50 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `te: trailers` is kept: gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Usually there are none: one pass over the names (no hashing) avoids ten hashed removes.
-    let hop = |k: &HeaderName| {
-        k == CONNECTION
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-            || k == TRAILER
-            || k == TRANSFER_ENCODING
-            || k == UPGRADE
-            || k == TE
-    };
-    if !h.keys().any(hop) {
-        return;
-    }
-    if let Some(c) = h.get(CONNECTION) {
-        let named: Vec<HeaderName> = c
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-        h.remove(CONNECTION);
-    }
-    for n in [
+    // One pass over the names (enum compares, no hashing) finds which are present, so only those
+    // are removed: most responses carry just `connection: keep-alive`, most requests nothing.
+    const HOP: [HeaderName; 7] = [
+        CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
         TRAILER,
         TRANSFER_ENCODING,
         UPGRADE,
-    ] {
-        h.remove(n);
+        TE,
+    ];
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
     }
-    if h.get(TE).is_some_and(|v| v != "trailers") {
-        h.remove(TE);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        if let Some(c) = h.remove(CONNECTION) {
+            for name in c.to_str().unwrap_or("").split(',') {
+                let name = name.trim();
+                // `keep-alive` and `close` are the usual tokens: no lookup needed for them
+                // (a `keep-alive` header, if any, is removed below).
+                if !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                    && !name.eq_ignore_ascii_case("close")
+                {
+                    // `remove(&str)` lowercases and looks up without allocating.
+                    h.remove(name);
+                }
+            }
+        }
+    }
+    for (i, n) in HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) == 0 {
+            continue;
+        }
+        if *n == TE && h.get(TE).is_none_or(|v| v == "trailers") {
+            continue;
+        }
+        h.remove(n);
     }
 }
 
@@ -112,6 +120,19 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["te", "x-keep"]);
+    }
+
+    #[test]
+    fn connection_tokens_any_case_and_non_trailers_te_go() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Close , X-Secret,,bad name".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(TE, "gzip".parse().unwrap());
+        h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-keep"]);
     }
 
     #[test]

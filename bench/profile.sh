@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Cost of one forwarded request, in numbers that do not depend on machine load:
+#   - user-space instructions per request (valgrind callgrind: a run with N requests minus a run
+#     with none, so start-up and shutdown cancel out),
+#   - system calls per request (strace -c over a wrk run).
+# Usage: bench/profile.sh [--requests N] [--bin PATH] [--keep DIR] [--env VAR=VALUE]...
+# Same one-route config and nginx backend as bench/proxy.sh. With --keep, the callgrind output
+# stays in DIR for callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=20000
+keep=
+bin=
+envs=()
+while (($#)); do
+  case $1 in
+    --requests) requests=$2; shift 2 ;;
+    --keep) keep=$2; shift 2 ;;
+    --bin) bin=$(realpath "$2"); shift 2 ;;
+    --env) envs+=("$2"); shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+for c in valgrind strace nginx curl python3; do
+  command -v $c >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind strace nginx curl >/dev/null; break; }
+done
+if [[ -z $bin ]]; then
+  cargo build --release --bin tern >&2
+  bin=$PWD/target/release/tern
+fi
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n $keep ]] || rm -rf "$tmp"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+bport=$(port)
+body="proxy-bench backend OK. This is a fixed one-hundred-byte response body used for proxy benchmarking."
+mkdir -p "$tmp/nginx"
+cat > "$tmp/nginx/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $tmp/nginx/pid; error_log $tmp/nginx/error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$bport; location / { default_type text/plain; return 200 "$body"; } } }
+EOF
+nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" & pids+=($!)
+wait_http "http://127.0.0.1:$bport/"
+
+# One run of tern under $wrap, $1 requests sent over 8 keep-alive connections by a Python client
+# (fixed count, so runs differ only in the number of requests).
+client() {
+  python3 - "$1" "$2" <<'PY'
+import http.client, sys, threading
+n, port = int(sys.argv[1]), int(sys.argv[2])
+def run(k):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(k):
+        c.request("GET", "/")
+        r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+ts = [threading.Thread(target=run, args=(n // 8 + (1 if i < n % 8 else 0),)) for i in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+PY
+}
+run_tern() { # $1 = requests, $2 = tag; prints total instructions
+  local n=$1 tag=$2 lport aport
+  lport=$(port); aport=$(port)
+  mkdir -p "$tmp/$tag"
+  cat > "$tmp/$tag/tern.yaml" <<YAML
+admin: { address: "127.0.0.1:$aport" }
+listeners:
+  - { name: bench, address: "127.0.0.1:$lport", route_config: main }
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: { prefix: / }
+            route: { cluster: backend }
+clusters:
+  - name: backend
+    endpoints: [{ address: "127.0.0.1:$bport" }]
+YAML
+  env "${envs[@]}" taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$tmp/$tag/callgrind.out" \
+    "$bin" --config "$tmp/$tag" --log-level warn --worker-threads 1 2>"$tmp/$tag/valgrind.log" &
+  local vp=$!
+  wait_http "http://127.0.0.1:$aport/ready"
+  ((n == 0)) || client "$n" "$lport"
+  kill -TERM $vp; wait $vp || true
+  grep -m1 -o 'Collected : [0-9]*' "$tmp/$tag/valgrind.log" | grep -o '[0-9]*'
+}
+base=$(run_tern 0 idle)
+full=$(run_tern "$requests" load)
+echo "callgrind: $(( (full - base) / requests )) user-space instructions per request ($requests requests; idle run $base, loaded $full)"
+
+# System calls per request: strace -c -f over a client run against a plain (not valgrind) tern.
+lport=$(port); aport=$(port)
+mkdir -p "$tmp/strace"
+cp "$tmp/load/tern.yaml" "$tmp/strace/tern.yaml"
+python3 - "$tmp/strace/tern.yaml" "$lport" "$aport" <<'PY'
+import re, sys
+p, l, a = sys.argv[1:]
+t = open(p).read()
+t = re.sub(r'admin: \{ address: "127.0.0.1:\d+" \}', f'admin: {{ address: "127.0.0.1:{a}" }}', t)
+t = re.sub(r'name: bench, address: "127.0.0.1:\d+"', f'name: bench, address: "127.0.0.1:{l}"', t)
+open(p, "w").write(t)
+PY
+env "${envs[@]}" "$bin" --config "$tmp/strace" --log-level warn --worker-threads 1 & tp=$!
+pids+=($tp)
+wait_http "http://127.0.0.1:$aport/ready"
+strace -c -f -p $tp -o "$tmp/strace/summary" & sp=$!
+sleep 0.5
+client "$requests" "$lport"
+kill -INT $sp; wait $sp || true
+calls=$(awk '$NF=="total"{print $4}' "$tmp/strace/summary")
+echo "strace: $(python3 -c "print(round($calls/$requests, 2))") system calls per request ($calls in all)"
+grep -E '^ *[0-9]' "$tmp/strace/summary" | sort -k4 -n -r | head -8 | awk '{printf "  %-14s %s\n", $NF, $4}'
+[[ -z $keep ]] || { mkdir -p "$keep"; cp "$tmp/load/callgrind.out" "$keep/"; echo "callgrind output: $keep/callgrind.out"; }
