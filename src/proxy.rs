@@ -486,6 +486,8 @@ async fn forward(
         None if tx.log => tx.trace_id = crate::trace::extract(&parts.headers).0.map(|c| c.trace_id),
         None => {}
     }
+    // Not kept in the future's state across the awaits below.
+    drop(span_uri);
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
