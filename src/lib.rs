@@ -14,6 +14,7 @@ pub mod health;
 pub mod lb;
 pub mod listener;
 pub mod logging;
+pub mod otlp;
 pub mod outlier;
 pub mod pool;
 pub mod proxy;

@@ -180,7 +180,7 @@ pub async fn handle(
     }
     let mut tx = Tx {
         start,
-        log: pending.0.is_some(),
+        log: pending.0.is_some() || listener.otlp.is_some(),
         ..Tx::new(start)
     };
     let route = router
@@ -215,6 +215,11 @@ pub async fn handle(
         rs.rq_xx.record(status);
     }
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    // The span copies the details before the access log entry takes them out of `tx`.
+    let span = tx.span.take().map(|mut s| {
+        s.response(status, &tx);
+        s
+    });
     if let Some((al, e, _)) = pending.0.as_mut() {
         e.response(al, status, resp.headers());
         e.flags = tx.flags;
@@ -231,7 +236,10 @@ pub async fn handle(
     }
     match resp.body_mut() {
         // The upstream body records the time and writes the log line when it ends.
-        Either::Left(up) => up.fin.log = std::mem::take(&mut pending),
+        Either::Left(up) => {
+            up.fin.log = std::mem::take(&mut pending);
+            up.fin.span = span;
+        }
         Either::Right(local) => {
             let took = start.elapsed();
             stats.downstream_rq_time.record(took);
@@ -240,6 +248,9 @@ pub async fn handle(
             }
             let n = local.size_hint().exact().unwrap_or(0);
             pending.finish(n, Flags::default());
+            if let Some(s) = span {
+                s.end(Flags::default());
+            }
         }
     }
     Ok(resp)
@@ -251,7 +262,7 @@ pub async fn handle(
 pub struct Tx {
     /// When the request started.
     pub start: Instant,
-    /// Whether the listener has an access log (fill in the details below).
+    /// Whether the listener has an access log or exports spans (fill in the details below).
     pub log: bool,
     /// Response flags so far.
     pub flags: Flags,
@@ -267,6 +278,8 @@ pub struct Tx {
     pub trace_id: Option<u128>,
     /// Request body bytes when the body was buffered.
     pub bytes_received: Option<u64>,
+    /// The span being recorded for export (sampled requests on listeners with `otlp`).
+    pub span: Option<crate::otlp::Span>,
 }
 
 impl Tx {
@@ -281,6 +294,7 @@ impl Tx {
             route: None,
             trace_id: None,
             bytes_received: None,
+            span: None,
         }
     }
 }
@@ -426,6 +440,8 @@ async fn forward(
     } else {
         None
     };
+    // The span shows the path as the client sent it, before any rewrite.
+    let span_uri = listener.otlp.as_ref().map(|_| req.uri().clone());
     let (mut parts, body) = req.into_parts();
     let pq = match fwd
         .prefix_rewrite
@@ -457,15 +473,21 @@ async fn forward(
     headers::append_forwarded(&mut parts.headers, &conn.peer_ip);
     match &listener.tracing {
         Some(policy) => {
-            let span = crate::trace::propagate(&mut parts.headers, policy);
+            let (span, parent) = crate::trace::propagate_child(&mut parts.headers, policy);
             if tx.log {
                 tx.trace_id = Some(span.trace_id);
+            }
+            if let (Some(exp), Some(uri)) = (&listener.otlp, &span_uri) {
+                let stats = &listener.stats;
+                tx.span = exp.start_span(&span, parent, &parts, uri, &host, stats, tx.start);
             }
         }
         // Tracing off: the client's trace headers pass through untouched; the log shows its id.
         None if tx.log => tx.trace_id = crate::trace::extract(&parts.headers).0.map(|c| c.trace_id),
         None => {}
     }
+    // Not kept in the future's state across the awaits below.
+    drop(span_uri);
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
@@ -598,6 +620,7 @@ async fn forward(
                             cluster: cluster.stats.clone(),
                             route: route.stats.clone(),
                             log: Pending::default(),
+                            span: None,
                             bytes: 0,
                             ended: false,
                             outcome: Flags::default(),
@@ -753,6 +776,7 @@ pub struct Finish {
     cluster: Arc<ClusterStats>,
     route: Arc<crate::stats::RouteStats>,
     log: Pending,
+    span: Option<crate::otlp::Span>,
     bytes: u64,
     ended: bool,
     // Set when the body ended with an error (idle timeout: SI; an upstream error: no flag).
@@ -773,6 +797,9 @@ impl Finish {
             flags.set(Flags::DC);
         }
         self.log.finish(self.bytes, flags);
+        if let Some(s) = self.span.take() {
+            s.end(flags);
+        }
     }
 }
 

@@ -312,7 +312,8 @@ impl Server {
         });
     }
 
-    /// Stops accepting everywhere, lets in-flight requests finish (up to the drain timeout) and returns.
+    /// Stops accepting everywhere, lets in-flight requests finish (up to the drain timeout),
+    /// sends the spans still queued (bounded) and returns.
     pub async fn shutdown(self) {
         self.shared.draining.store(true, Ordering::SeqCst);
         for r in self.listeners.values() {
@@ -321,6 +322,8 @@ impl Server {
         for (_, r) in self.listeners {
             r.join().await;
         }
+        // After the drain: the last requests' spans are queued by now.
+        crate::otlp::flush_all(crate::otlp::SHUTDOWN_FLUSH_TIMEOUT).await;
         self.admin.1.stop();
     }
 }

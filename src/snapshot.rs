@@ -45,6 +45,8 @@ pub struct ListenerRt {
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// Trace context propagation.
     pub tracing: Option<crate::trace::Policy>,
+    /// Span export; `None` (no span is recorded) unless `tracing.otlp` is set.
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
     /// Keep a client's `x-request-id`.
     pub preserve_request_id: bool,
 }
@@ -92,6 +94,26 @@ fn trace_policy(t: Option<&crate::config::Tracing>) -> Option<crate::trace::Poli
         }
     }
     Some(p)
+}
+
+/// The exporter a listener's spans go to: shared with every listener (and the previous
+/// snapshot) of the same endpoint, protocol and service name.
+fn otlp_exporter(
+    t: Option<&crate::config::Tracing>,
+) -> Result<Option<Arc<crate::otlp::Exporter>>, String> {
+    let Some((t, o)) = t.and_then(|t| Some((t, &t.otlp.as_ref()?.value))) else {
+        return Ok(None);
+    };
+    let protocol = o.protocol.unwrap_or(crate::config::OtlpProtocol::Grpc);
+    let settings = crate::otlp::Settings {
+        endpoint: crate::otlp::resolve_endpoint(&o.endpoint, protocol)?,
+        protocol,
+        service_name: t.service_name.as_ref().map_or_else(
+            || crate::otlp::DEFAULT_SERVICE_NAME.to_string(),
+            |s| s.value.clone(),
+        ),
+    };
+    crate::otlp::Exporter::get(&settings).map(Some)
 }
 
 /// What a listener does with a connection.
@@ -164,13 +186,17 @@ impl Snapshot {
                         .map_err(|e| format!("listener `{}`: {e}", l.name.value))?,
                 ))
             };
+            let tracing = l.tracing.as_ref().map(|t| &t.value);
+            let otlp =
+                otlp_exporter(tracing).map_err(|e| format!("listener `{}`: {e}", l.name.value))?;
             listeners.insert(
                 *l.address,
                 Arc::new(ListenerRt {
                     name: l.name.as_str().into(),
                     kind,
                     access_log,
-                    tracing: trace_policy(l.tracing.as_ref().map(|t| &t.value)),
+                    tracing: trace_policy(tracing),
+                    otlp,
                     preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
                     stats: lstats,
                     idle_timeout: timeout_or(l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),

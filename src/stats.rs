@@ -181,6 +181,10 @@ pub struct ListenerStats {
     pub downstream_rq_time: Histogram,
     /// Access log lines dropped because a sink's buffer was full.
     pub access_log_dropped: Counter,
+    /// Spans the OTLP collector accepted.
+    pub tracing_spans_exported: Counter,
+    /// Sampled spans not exported: the queue was full or the export failed.
+    pub tracing_spans_dropped: Counter,
 }
 
 /// Per-cluster statistics (Envoy's `upstream_*`).
@@ -343,7 +347,7 @@ impl Stats {
             };
         for (n, s) in self.each_listener() {
             let l = || vec![("listener", n.clone())];
-            let counters: [(&'static str, &Counter); 11] = [
+            let counters: [(&'static str, &Counter); 13] = [
                 ("downstream_cx_total", &s.downstream_cx_total),
                 ("downstream_rq_total", &s.downstream_rq_total),
                 ("no_route", &s.no_route),
@@ -353,6 +357,8 @@ impl Stats {
                 ("rate_limited", &s.rate_limited),
                 ("downstream_rq_idle_timeout", &s.downstream_rq_idle_timeout),
                 ("access_log_dropped", &s.access_log_dropped),
+                ("tracing_spans_exported", &s.tracing_spans_exported),
+                ("tracing_spans_dropped", &s.tracing_spans_dropped),
                 ("downstream_cx_idle_timeout", &s.downstream_cx_idle_timeout),
                 (
                     "downstream_rq_header_timeout",
@@ -691,6 +697,10 @@ fn help(name: &str) -> &'static str {
         "route_rq_total" => "Requests matched to the route.",
         "route_rq_xx" => "Responses by route and status class.",
         "access_log_dropped" => "Access log lines dropped because a sink's buffer was full.",
+        "tracing_spans_exported" => "Spans accepted by the OTLP collector.",
+        "tracing_spans_dropped" => {
+            "Sampled spans not exported (export queue full or export failed)."
+        }
         "no_route" => "Requests that matched no route.",
         "upstream_rq_total" => "Upstream requests attempted.",
         "upstream_rq_active" => "Upstream requests in flight.",

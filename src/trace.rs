@@ -336,6 +336,12 @@ fn hv(s: String) -> Option<HeaderValue> {
 /// Makes the upstream request a child span of the incoming one (or the root of a new trace) and
 /// writes it in the configured formats plus those it arrived in. Returns the new span.
 pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> SpanContext {
+    propagate_child(h, policy).0
+}
+
+/// [`propagate`], also returning the incoming span id (the new span's parent; `None` for a new
+/// trace), which span export needs.
+pub fn propagate_child(h: &mut HeaderMap, policy: &Policy) -> (SpanContext, Option<u64>) {
     let (incoming, present) = extract(h);
     let span = match incoming {
         Some(c) => SpanContext {
@@ -394,7 +400,7 @@ pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> SpanContext {
             h.insert(XRAY, v);
         }
     }
-    span
+    (span, parent)
 }
 
 #[cfg(test)]

@@ -65,6 +65,23 @@ pub fn check(cfg: &Config, diags: &mut Vec<Diagnostic>) {
                     ));
                 }
             }
+            if let Some(o) = &t.otlp {
+                // The same resolution the exporter uses, so an endpoint that passes here loads.
+                let protocol = o.protocol.unwrap_or(super::OtlpProtocol::Grpc);
+                if let Err(e) = crate::otlp::resolve_endpoint(&o.endpoint, protocol) {
+                    diags.push(Diagnostic::error(codes::BAD_VALUE, file, o.endpoint.pos, e));
+                }
+            }
+            if let Some(n) = &t.service_name {
+                if n.trim().is_empty() {
+                    diags.push(Diagnostic::error(
+                        codes::BAD_VALUE,
+                        file,
+                        n.pos,
+                        "service_name must not be empty",
+                    ));
+                }
+            }
         }
     }
 }

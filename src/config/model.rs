@@ -104,9 +104,38 @@ pub struct Tracing {
     /// is always kept too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation: Option<Vec<TraceFormat>>,
-    /// Share of new traces marked sampled, 0 to 1 (default 1).
+    /// Share of new traces marked sampled, 0 to 1 (default 1). An incoming sampling decision
+    /// is kept (parent-based); only sampled spans are exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Spanned<f64>>,
+    /// Export each sampled request's span over OTLP (default: no export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<Spanned<Otlp>>,
+    /// `service.name` of the exported spans (default `tern`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<Spanned<String>>,
+}
+
+/// Where and how spans are exported.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// Collector URL: `http://host:4317` for gRPC; for HTTP the base URL (`/v1/traces` is
+    /// appended unless the path already ends with it), e.g. `http://host:4318`.
+    pub endpoint: Spanned<String>,
+    /// `grpc` (default) or `http` (protobuf over HTTP/1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OtlpProtocol>,
+}
+
+/// OTLP transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    Http,
 }
 
 /// Trace context header formats.

@@ -192,8 +192,25 @@ impl Tern {
         t
     }
 
+    /// [`Tern::start`] with extra environment variables.
+    pub async fn start_env(
+        config: &Path,
+        admin: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Tern {
+        let t = Self::spawn_env(config, admin, extra, env);
+        t.wait_ready().await;
+        t
+    }
+
     /// Starts without waiting.
     pub fn spawn(config: &Path, admin: u16, extra: &[&str]) -> Tern {
+        Self::spawn_env(config, admin, extra, &[])
+    }
+
+    /// Starts without waiting, with extra environment variables.
+    pub fn spawn_env(config: &Path, admin: u16, extra: &[&str], env: &[(&str, &str)]) -> Tern {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("tern.log");
         let f = std::fs::File::create(&log).unwrap();
@@ -209,6 +226,7 @@ impl Tern {
                 "debug",
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(f)

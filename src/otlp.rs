@@ -1,0 +1,613 @@
+//! Span export over OTLP: one SERVER span per proxied, sampled request, batched and sent to a
+//! collector (gRPC or HTTP/protobuf) by the OpenTelemetry exporter, off the request path.
+//!
+//! The request path only fills a small record and `try_send`s it into a bounded queue: no lock,
+//! no waiting. Each exporter runs on its own thread with a current-thread runtime, so a slow or
+//! absent collector costs the proxy's workers nothing: the queue fills, further spans are
+//! dropped and counted (`tracing_spans_dropped`), and serving goes on.
+//!
+//! Exporters are shared by every listener with the same settings (endpoint, protocol, service
+//! name) and carried across reloads: the registry holds them weakly, like access log sinks, so an
+//! unchanged exporter keeps its connection and queue, and one no snapshot uses any more drains
+//! its queue and stops.
+//!
+//! The batching follows the SDK's batch span processor and reads the same environment variables
+//! (`OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
+//! `OTEL_BSP_EXPORT_TIMEOUT`); it is our own loop rather than the SDK's processor because the SDK
+//! neither counts what it drops nor exposes per-span export outcomes, and both are stats here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderValue, Method, Uri, Version};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::access_log::Flags;
+use crate::config::OtlpProtocol;
+use crate::stats::ListenerStats;
+
+/// `service.name` when none is configured.
+pub const DEFAULT_SERVICE_NAME: &str = "tern";
+
+/// How long a graceful shutdown waits for queued spans to be sent.
+pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What identifies an exporter: listeners (and reloads) with equal settings share one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Settings {
+    /// The URL the exporter sends to (see [`resolve_endpoint`]).
+    pub endpoint: String,
+    /// Transport.
+    pub protocol: OtlpProtocol,
+    /// `service.name` resource attribute.
+    pub service_name: String,
+}
+
+/// The URL an exporter sends to, from the configured `endpoint`; the error says what is wrong.
+///
+/// gRPC takes `http://host:port` (a path has no meaning: the method path comes from the
+/// service). HTTP takes the collector's base URL and appends `/v1/traces`, as the OTel exporter
+/// spec does for `OTEL_EXPORTER_OTLP_ENDPOINT`, unless the path already ends with `/v1/traces`.
+pub fn resolve_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<String, String> {
+    let e = endpoint.trim();
+    let uri: Uri = e
+        .parse()
+        .map_err(|err| format!("otlp endpoint `{e}` is not a URL: {err}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "otlp endpoint `{e}`: https is not supported yet; send to a collector on a \
+                 trusted network (e.g. a sidecar at http://127.0.0.1:4317)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "otlp endpoint `{e}` must be an http:// URL such as http://127.0.0.1:4317"
+            ))
+        }
+    }
+    let authority = uri
+        .authority()
+        .filter(|a| !a.host().is_empty())
+        .ok_or_else(|| format!("otlp endpoint `{e}` has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("otlp endpoint `{e}` must not have a query"));
+    }
+    let path = uri.path().trim_end_matches('/');
+    match protocol {
+        OtlpProtocol::Grpc if !path.is_empty() => Err(format!(
+            "otlp endpoint `{e}`: a gRPC endpoint takes no path (the service defines it); \
+             use http://{authority}"
+        )),
+        OtlpProtocol::Grpc => Ok(format!("http://{authority}")),
+        OtlpProtocol::Http if path.ends_with("/v1/traces") => {
+            Ok(format!("http://{authority}{path}"))
+        }
+        OtlpProtocol::Http => Ok(format!("http://{authority}{path}/v1/traces")),
+    }
+}
+
+/// Batching limits (the SDK's batch span processor defaults, overridable by its env vars).
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    delay: Duration,
+    queue: usize,
+    batch: usize,
+    timeout: Duration,
+}
+
+impl Batching {
+    fn from_env() -> Batching {
+        let ms = |name: &str, default: u64| {
+            Duration::from_millis(
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(default),
+            )
+        };
+        let n = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(default)
+        };
+        let queue = n("OTEL_BSP_MAX_QUEUE_SIZE", 2048);
+        Batching {
+            delay: ms("OTEL_BSP_SCHEDULE_DELAY", 5000).max(Duration::from_millis(1)),
+            queue,
+            batch: n("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(queue),
+            timeout: ms("OTEL_BSP_EXPORT_TIMEOUT", 30_000),
+        }
+    }
+}
+
+/// A running exporter: the sending side of its queue. Dropping the last handle lets its thread
+/// send what is queued and stop.
+#[derive(Debug)]
+pub struct Exporter {
+    settings: Settings,
+    tx: mpsc::Sender<Record>,
+    flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
+}
+
+fn registry() -> &'static Mutex<HashMap<Settings, Weak<Exporter>>> {
+    static R: OnceLock<Mutex<HashMap<Settings, Weak<Exporter>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+impl Exporter {
+    /// The exporter for `settings`, reusing a running one. Runs at config load only.
+    pub fn get(settings: &Settings) -> Result<Arc<Exporter>, String> {
+        let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = reg.get(settings).and_then(Weak::upgrade) {
+            return Ok(e);
+        }
+        let e = Arc::new(Exporter::spawn(settings.clone(), Batching::from_env())?);
+        reg.retain(|_, w| w.strong_count() > 0);
+        reg.insert(settings.clone(), Arc::downgrade(&e));
+        Ok(e)
+    }
+
+    fn spawn(settings: Settings, batching: Batching) -> Result<Exporter, String> {
+        let (tx, rx) = mpsc::channel(batching.queue);
+        let (flush, flush_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let s = settings.clone();
+        std::thread::Builder::new()
+            .name("tern-otlp".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start runtime: {e}")));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    // Built on this runtime: the gRPC channel spawns its worker task here.
+                    let exporter = match build(&s) {
+                        Ok(x) => {
+                            let _ = ready_tx.send(Ok(()));
+                            x
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    run(exporter, &s, batching, rx, flush_rx).await;
+                });
+            })
+            .map_err(|e| format!("otlp exporter: cannot start thread: {e}"))?;
+        ready_rx
+            .recv()
+            .map_err(|_| "otlp exporter thread died while starting".to_string())?
+            .map_err(|e| format!("otlp exporter for {}: {e}", settings.endpoint))?;
+        Ok(Exporter {
+            settings,
+            tx,
+            flush,
+        })
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Queues a finished span without waiting; a full queue drops it and counts it.
+    fn submit(&self, r: Record) {
+        if let Err(e) = self.tx.try_send(r) {
+            let r = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            r.stats.tracing_spans_dropped.inc();
+        }
+    }
+
+    /// Starts a span for a proxied request: `span` is the context sent upstream, `parent` the
+    /// incoming span id. `None` unless the trace is sampled (only sampled spans are exported).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_span(
+        self: &Arc<Self>,
+        span: &crate::trace::SpanContext,
+        parent: Option<u64>,
+        head: &http::request::Parts,
+        uri: &Uri,
+        host: &str,
+        stats: &Arc<ListenerStats>,
+        started: Instant,
+    ) -> Option<Span> {
+        if span.sampled != Some(true) {
+            return None;
+        }
+        let elapsed = started.elapsed();
+        Some(Span(Some(Box::new(Live {
+            exporter: self.clone(),
+            rec: Record {
+                stats: stats.clone(),
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                parent: parent.filter(|p| *p != 0),
+                start: SystemTime::now()
+                    .checked_sub(elapsed)
+                    .unwrap_or_else(SystemTime::now),
+                duration: Duration::ZERO,
+                method: head.method.clone(),
+                path: uri.path().to_string(),
+                host: host.to_string(),
+                version: head.version,
+                user_agent: head.headers.get(http::header::USER_AGENT).cloned(),
+                request_id: head.headers.get(crate::headers::X_REQUEST_ID).cloned(),
+                route: None,
+                cluster: None,
+                upstream: None,
+                status: 0,
+                flags: Flags::default(),
+            },
+            started,
+        }))))
+    }
+}
+
+/// Everything a span carries, as cheap copies; turned into OTel data on the exporter thread.
+#[derive(Debug)]
+struct Record {
+    stats: Arc<ListenerStats>,
+    trace_id: u128,
+    span_id: u64,
+    parent: Option<u64>,
+    start: SystemTime,
+    duration: Duration,
+    method: Method,
+    path: String,
+    host: String,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    status: u16,
+    flags: Flags,
+}
+
+#[derive(Debug)]
+struct Live {
+    exporter: Arc<Exporter>,
+    rec: Record,
+    started: Instant,
+}
+
+/// A span in progress. Ended with [`Span::end`] when the response body is done; if it is
+/// dropped first (the client went away), it is ended then with the `DC` flag, like the access log.
+#[derive(Debug)]
+pub struct Span(Option<Box<Live>>);
+
+impl Span {
+    /// Records the response head and what the request path learned (route, cluster, endpoint).
+    pub fn response(&mut self, status: u16, tx: &crate::proxy::Tx) {
+        if let Some(l) = self.0.as_mut() {
+            let r = &mut l.rec;
+            r.status = status;
+            r.flags = tx.flags;
+            r.route = tx.route.clone();
+            r.cluster = tx.cluster.clone();
+            r.upstream = tx.upstream_host.clone();
+        }
+    }
+
+    /// Ends the span now, adding `extra` flags (`DC`, `SI`, ...), and queues it for export.
+    pub fn end(mut self, extra: Flags) {
+        self.finish(extra);
+    }
+
+    fn finish(&mut self, extra: Flags) {
+        if let Some(l) = self.0.take() {
+            let Live {
+                exporter,
+                mut rec,
+                started,
+            } = *l;
+            rec.duration = started.elapsed();
+            rec.flags.set(extra);
+            exporter.submit(rec);
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        self.finish(Flags::DC);
+    }
+}
+
+fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let b = opentelemetry_otlp::SpanExporter::builder();
+    let mut e = match s.protocol {
+        OtlpProtocol::Grpc => b.with_tonic().with_endpoint(&s.endpoint).build(),
+        OtlpProtocol::Http => b
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(&s.endpoint)
+            .build(),
+    }
+    .map_err(|e| e.to_string())?;
+    e.set_resource(
+        &opentelemetry_sdk::Resource::builder_empty()
+            .with_service_name(s.service_name.clone())
+            .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+            .build(),
+    );
+    Ok(e)
+}
+
+/// The exporter thread: collect spans, send a batch when it is full or the delay passed,
+/// answer flush requests, and send what is left when the last handle is gone.
+async fn run(
+    exporter: opentelemetry_otlp::SpanExporter,
+    s: &Settings,
+    b: Batching,
+    mut rx: mpsc::Receiver<Record>,
+    mut flush_rx: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+) {
+    let scope = InstrumentationScope::builder("tern")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let mut out = Out {
+        exporter,
+        scope,
+        timeout: b.timeout,
+        failing: false,
+        endpoint: s.endpoint.clone(),
+    };
+    let mut batch: Vec<Record> = Vec::with_capacity(b.batch);
+    let mut tick = tokio::time::interval(b.delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Some(r) => {
+                    batch.push(r);
+                    if batch.len() >= b.batch {
+                        out.send(&mut batch).await;
+                    }
+                }
+                None => break,
+            },
+            Some(ack) = flush_rx.recv() => {
+                while let Ok(r) = rx.try_recv() {
+                    batch.push(r);
+                    if batch.len() >= b.batch {
+                        out.send(&mut batch).await;
+                    }
+                }
+                out.send(&mut batch).await;
+                let _ = ack.send(());
+            }
+            _ = tick.tick() => out.send(&mut batch).await,
+        }
+    }
+    out.send(&mut batch).await;
+    let _ = out.exporter.shutdown();
+}
+
+struct Out {
+    exporter: opentelemetry_otlp::SpanExporter,
+    scope: InstrumentationScope,
+    timeout: Duration,
+    failing: bool,
+    endpoint: String,
+}
+
+impl Out {
+    /// Exports `batch` (emptying it) and counts each span as exported or dropped.
+    async fn send(&mut self, batch: &mut Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let data: Vec<SpanData> = batch.iter().map(|r| span_data(r, &self.scope)).collect();
+        let result = match tokio::time::timeout(self.timeout, self.exporter.export(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        match &result {
+            Ok(()) => {
+                for r in batch.iter() {
+                    r.stats.tracing_spans_exported.inc();
+                }
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!(endpoint = %self.endpoint, "otlp export works again");
+                }
+            }
+            Err(e) => {
+                for r in batch.iter() {
+                    r.stats.tracing_spans_dropped.inc();
+                }
+                // Once per outage at warn: a down collector must not flood the log.
+                if self.failing {
+                    tracing::debug!(endpoint = %self.endpoint, error = %e, spans = batch.len(), "otlp export failed; spans dropped");
+                } else {
+                    self.failing = true;
+                    tracing::warn!(endpoint = %self.endpoint, error = %e, spans = batch.len(), "otlp export failed; spans dropped (counted in tracing_spans_dropped)");
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+fn protocol_version(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_11 => "1.1",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "",
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..=h.len()]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+fn hv(v: &HeaderValue) -> String {
+    String::from_utf8_lossy(v.as_bytes()).into_owned()
+}
+
+/// The OTel span of a record: kind SERVER, named after the route, HTTP semantic-convention
+/// attributes plus Tern's own.
+fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
+    let mut attrs = vec![
+        KeyValue::new("http.request.method", r.method.as_str().to_string()),
+        KeyValue::new("url.path", r.path.clone()),
+        KeyValue::new("server.address", strip_port(&r.host).to_string()),
+        KeyValue::new("network.protocol.version", protocol_version(r.version)),
+        KeyValue::new("tern.response_flags", r.flags.render()),
+    ];
+    if r.status != 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(r.status),
+        ));
+    }
+    let mut opt = |k: &'static str, v: Option<String>| {
+        if let Some(v) = v {
+            attrs.push(KeyValue::new(k, v));
+        }
+    };
+    opt("user_agent.original", r.user_agent.as_ref().map(hv));
+    opt("request_id", r.request_id.as_ref().map(hv));
+    opt("tern.route", r.route.as_deref().map(str::to_string));
+    opt("upstream.cluster", r.cluster.as_deref().map(str::to_string));
+    opt(
+        "upstream.address",
+        r.upstream.as_deref().map(str::to_string),
+    );
+    let status = if r.status >= 500 {
+        Status::error(format!("HTTP {}", r.status))
+    } else {
+        Status::Unset
+    };
+    SpanData {
+        span_context: SpanContext::new(
+            TraceId::from(r.trace_id),
+            SpanId::from(r.span_id),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: r.parent.map_or(SpanId::INVALID, SpanId::from),
+        parent_span_is_remote: r.parent.is_some(),
+        span_kind: SpanKind::Server,
+        name: r
+            .route
+            .as_deref()
+            .map_or_else(|| "ingress".into(), |n| n.to_string().into()),
+        start_time: r.start,
+        end_time: r.start + r.duration,
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+/// Sends every queued span of every running exporter, waiting at most `timeout` in all
+/// (graceful shutdown: after the listeners drained, before the process exits).
+pub async fn flush_all(timeout: Duration) {
+    let live: Vec<Arc<Exporter>> = {
+        let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.values().filter_map(Weak::upgrade).collect()
+    };
+    if live.is_empty() {
+        return;
+    }
+    let mut acks = Vec::new();
+    for e in &live {
+        let (tx, rx) = oneshot::channel();
+        if e.flush.send(tx).is_ok() {
+            acks.push(rx);
+        }
+    }
+    let all = futures_util::future::join_all(acks);
+    if tokio::time::timeout(timeout, all).await.is_err() {
+        tracing::warn!(
+            ?timeout,
+            "otlp: spans not all sent before the shutdown deadline"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_per_protocol() {
+        use OtlpProtocol::*;
+        let ok = |e, p| resolve_endpoint(e, p).unwrap();
+        assert_eq!(ok("http://collector:4317", Grpc), "http://collector:4317");
+        assert_eq!(ok("http://collector:4317/", Grpc), "http://collector:4317");
+        assert_eq!(
+            ok("http://collector:4318", Http),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            ok("http://collector:4318/", Http),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            ok("http://collector:4318/otlp", Http),
+            "http://collector:4318/otlp/v1/traces"
+        );
+        assert_eq!(
+            ok("http://collector:4318/v1/traces", Http),
+            "http://collector:4318/v1/traces"
+        );
+        for (bad, p, why) in [
+            ("collector:4317", Grpc, "http:// URL"),
+            ("ftp://collector", Http, "http:// URL"),
+            ("https://collector:4317", Grpc, "https is not supported"),
+            ("http://collector:4317/v1", Grpc, "takes no path"),
+            ("http://collector:4318/?a=1", Http, "query"),
+            ("not a url", Http, "not a URL"),
+            ("", Grpc, "not a URL"),
+        ] {
+            let e = resolve_endpoint(bad, p).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_port_is_stripped_for_server_address() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
