@@ -108,7 +108,7 @@ async fn handle(
         },
         (&Method::GET, "/stats/prometheus") => {
             let v = shared.snapshot.load().version.clone();
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.stats.prometheus(&v))
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.stats.prometheus(&v, &endpoint_samples(&shared)))
         }
         (&Method::GET, "/stats") => {
             let v = shared.snapshot.load().version.clone();
@@ -119,7 +119,7 @@ async fn handle(
                 }
                 None => None,
             };
-            let text = shared.stats.text(&v, filter.as_ref());
+            let text = shared.stats.text(&v, filter.as_ref(), &endpoint_samples(&shared));
             if query(&req, "format") == Some("json") {
                 let map: serde_json::Map<String, serde_json::Value> = text
                     .lines()
@@ -200,6 +200,29 @@ struct HostView {
     ejections: u64,
     consecutive_5xx: u32,
     consecutive_gateway_failure: u32,
+}
+
+/// Every endpoint of the running snapshot's clusters, for the stats outputs.
+fn endpoint_samples(shared: &Shared) -> Vec<crate::stats::EndpointSample> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let snap = shared.snapshot.load_full();
+    let mut out = Vec::new();
+    for (name, c) in snap.clusters.iter() {
+        for e in c.endpoints.iter() {
+            let s = &e.state;
+            out.push(crate::stats::EndpointSample {
+                cluster: name.to_string(),
+                endpoint: e.address.to_string(),
+                rq_total: s.rq_total.load(Relaxed),
+                rq_error: s.rq_error.load(Relaxed),
+                rq_active: s.active.load(Relaxed),
+                cx_idle: s.pool.idle_count() as u64,
+                healthy: s.available(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.cluster, &a.endpoint).cmp(&(&b.cluster, &b.endpoint)));
+    out
 }
 
 fn host_view(e: &crate::cluster::Endpoint, now: u64) -> HostView {

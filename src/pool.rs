@@ -7,12 +7,15 @@
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -27,7 +30,52 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const MAX_IDLE: usize = 1024;
 
 /// A request body sent upstream: streamed from the client, or buffered so it can be retried.
-pub type UpBody = Either<Incoming, Full<Bytes>>;
+pub type UpBody = Either<Counted, Full<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// A client's request body streamed upstream; counts its bytes when someone asked (the
+    /// access log's `%BYTES_RECEIVED%` for bodies without a `content-length`).
+    pub struct Counted {
+        #[pin]
+        inner: Incoming,
+        count: Option<Arc<AtomicU64>>,
+    }
+}
+
+impl Counted {
+    /// Wraps `inner`, adding the length of every data frame to `count` if given.
+    pub fn new(inner: Incoming, count: Option<Arc<AtomicU64>>) -> Counted {
+        Counted { inner, count }
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let (Some(c), Poll::Ready(Some(Ok(f)))) = (this.count.as_ref(), &r) {
+            if let Some(d) = f.data_ref() {
+                c.fetch_add(d.len() as u64, Relaxed);
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use crate::access_log::{Entry, Flags, Pending};
 use crate::cluster::{ActiveRequest, Cluster};
 use crate::headers;
 use crate::outlier::{self, Outcome};
-use crate::pool::{Lease, SendError, Target, UpBody};
+use crate::pool::{Counted, Lease, SendError, Target, UpBody};
 use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::{ListenerKind, ListenerRt};
@@ -246,10 +246,27 @@ pub async fn handle(
             if let Some(rs) = route_stats {
                 rs.rq_time.record(took);
             }
-            let n = local.size_hint().exact().unwrap_or(0);
-            pending.finish(n, Flags::default());
-            if let Some(s) = span {
-                s.end(Flags::default());
+            match tx.tunnel.take() {
+                // An upgraded connection is logged when it closes, with the bytes each way.
+                Some(closed) if status == 101 => {
+                    tokio::spawn(async move {
+                        let (rx, sent) = closed.await.unwrap_or((0, 0));
+                        if let Some((_, e, _)) = pending.0.as_mut() {
+                            e.bytes_received = rx;
+                        }
+                        pending.finish(sent, Flags::default());
+                        if let Some(s) = span {
+                            s.end(Flags::default());
+                        }
+                    });
+                }
+                _ => {
+                    let n = local.size_hint().exact().unwrap_or(0);
+                    pending.finish(n, Flags::default());
+                    if let Some(s) = span {
+                        s.end(Flags::default());
+                    }
+                }
             }
         }
     }
@@ -278,6 +295,10 @@ pub struct Tx {
     pub trace_id: Option<u128>,
     /// Request body bytes when the body was buffered.
     pub bytes_received: Option<u64>,
+    /// Request body bytes as they stream upstream (bodies of undeclared length, when logging).
+    pub rx_count: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Bytes each way through an upgraded connection, sent when the tunnel closes.
+    pub tunnel: Option<tokio::sync::oneshot::Receiver<(u64, u64)>>,
     /// The span being recorded for export (sampled requests on listeners with `otlp`).
     pub span: Option<crate::otlp::Span>,
 }
@@ -294,6 +315,8 @@ impl Tx {
             route: None,
             trace_id: None,
             bytes_received: None,
+            rx_count: None,
+            tunnel: None,
             span: None,
         }
     }
@@ -491,7 +514,7 @@ async fn forward(
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
-        return Box::pin(forward_upgrade(cluster, hash, parts, proto, on_upgrade)).await;
+        return Box::pin(forward_upgrade(cluster, hash, parts, proto, on_upgrade, tx)).await;
     }
 
     // A retry needs the body again: buffer it when the policy allows retrying this method and
@@ -540,7 +563,14 @@ async fn forward(
         }
         let body: UpBody = match &replay {
             Some(b) => Either::Right(Full::new(b.clone())),
-            None => Either::Left(stream_body.take().expect("single try streams the body")),
+            None => {
+                let b = stream_body.take().expect("single try streams the body");
+                // Counted for the log only when there is a body whose length is not declared.
+                if tx.log && !b.is_end_stream() && b.size_hint().exact().is_none() {
+                    tx.rx_count = Some(Arc::default());
+                }
+                Either::Left(Counted::new(b, tx.rx_count.clone()))
+            }
         };
         let upstream_req = if retries < max_retries {
             head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
@@ -620,6 +650,7 @@ async fn forward(
                             cluster: cluster.stats.clone(),
                             route: route.stats.clone(),
                             log: Pending::default(),
+                            rx: tx.rx_count.take(),
                             span: None,
                             bytes: 0,
                             ended: false,
@@ -640,12 +671,20 @@ async fn forward_upgrade(
     parts: http::request::Parts,
     proto: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    tx: &mut Tx,
 ) -> Result<Response<RespBody>, LocalReply> {
     let Some(idx) = cluster.pick(hash, None) else {
         cluster.stats.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
     };
-    let resp = crate::upgrade::proxy(cluster, idx, parts, proto, on_upgrade)
+    // The log line waits for the tunnel to close, to carry its bytes and lifetime.
+    let done = tx.log.then(|| {
+        tx.upstream_host = Some(cluster.endpoints[idx].address.clone());
+        let (s, r) = tokio::sync::oneshot::channel();
+        tx.tunnel = Some(r);
+        s
+    });
+    let resp = crate::upgrade::proxy(cluster, idx, parts, proto, on_upgrade, done)
         .await
         .map_err(|e| match e {
             crate::upgrade::UpgradeError::Connect => LocalReply::ConnectFailure,
@@ -776,6 +815,7 @@ pub struct Finish {
     cluster: Arc<ClusterStats>,
     route: Arc<crate::stats::RouteStats>,
     log: Pending,
+    rx: Option<Arc<std::sync::atomic::AtomicU64>>,
     span: Option<crate::otlp::Span>,
     bytes: u64,
     ended: bool,
@@ -795,6 +835,9 @@ impl Finish {
         let mut flags = self.outcome;
         if !at_end && !self.ended && self.outcome == Flags::default() {
             flags.set(Flags::DC);
+        }
+        if let (Some(c), Some((_, e, _))) = (&self.rx, self.log.0.as_mut()) {
+            e.bytes_received = c.load(std::sync::atomic::Ordering::Relaxed);
         }
         self.log.finish(self.bytes, flags);
         if let Some(s) = self.span.take() {

@@ -293,6 +293,26 @@ pub struct Stats {
     pub config: ConfigStats,
 }
 
+/// One endpoint's counters, read from the running snapshot at scrape time (endpoint state lives
+/// with the cluster, carried across reloads by address, not in [`Stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointSample {
+    /// Cluster name.
+    pub cluster: String,
+    /// Endpoint `host:port`.
+    pub endpoint: String,
+    /// Requests sent.
+    pub rq_total: u64,
+    /// Requests that failed (5xx, connect failure, reset, timeout).
+    pub rq_error: u64,
+    /// Requests in flight.
+    pub rq_active: u64,
+    /// Idle pooled connections.
+    pub cx_idle: u64,
+    /// 1 when neither active health checking nor outlier detection has taken it out.
+    pub healthy: bool,
+}
+
 impl Stats {
     /// The stats of listener `name`, created on first use (config load time only).
     pub fn listener(&self, name: &str) -> Arc<ListenerStats> {
@@ -334,7 +354,7 @@ impl Stats {
     }
 
     /// Every value as `(name, labels, value, kind)`, the one list both output formats are made from.
-    fn samples(&self, version: &str) -> Vec<Sample> {
+    fn samples(&self, version: &str, endpoints: &[EndpointSample]) -> Vec<Sample> {
         let mut out = Vec::new();
         let mut push =
             |name: &'static str, kind: Kind, labels: Vec<(&'static str, String)>, v: i64| {
@@ -481,6 +501,19 @@ impl Stats {
                 );
             }
         }
+        for e in endpoints {
+            let l = || {
+                vec![
+                    ("cluster", e.cluster.clone()),
+                    ("endpoint", e.endpoint.clone()),
+                ]
+            };
+            push("endpoint_rq_total", Kind::Counter, l(), e.rq_total as i64);
+            push("endpoint_rq_error", Kind::Counter, l(), e.rq_error as i64);
+            push("endpoint_rq_active", Kind::Gauge, l(), e.rq_active as i64);
+            push("endpoint_cx_idle", Kind::Gauge, l(), e.cx_idle as i64);
+            push("endpoint_healthy", Kind::Gauge, l(), i64::from(e.healthy));
+        }
         for ((rc, vh, r), s) in self.each_route() {
             let l = || {
                 vec![
@@ -569,8 +602,8 @@ impl Stats {
     }
 
     /// Prometheus text exposition format 0.0.4, every name prefixed `tern_`.
-    pub fn prometheus(&self, version: &str) -> String {
-        let mut out = self.prometheus_samples(version);
+    pub fn prometheus(&self, version: &str, endpoints: &[EndpointSample]) -> String {
+        let mut out = self.prometheus_samples(version, endpoints);
         let mut last = "";
         for (name, labels, (buckets, sum, count)) in self.histograms() {
             if name != last {
@@ -596,9 +629,9 @@ impl Stats {
         out
     }
 
-    fn prometheus_samples(&self, version: &str) -> String {
+    fn prometheus_samples(&self, version: &str, endpoints: &[EndpointSample]) -> String {
         let mut out = String::with_capacity(4096);
-        let mut samples = self.samples(version);
+        let mut samples = self.samples(version, endpoints);
         // One family's samples must be contiguous, under one TYPE line.
         samples.sort_by_key(|s| s.name);
         let mut last = "";
@@ -638,9 +671,14 @@ impl Stats {
     }
 
     /// Envoy-style text: `listener.ingress.downstream_rq_total: 10`, optionally filtered by a regex.
-    pub fn text(&self, version: &str, filter: Option<&regex::Regex>) -> String {
+    pub fn text(
+        &self,
+        version: &str,
+        filter: Option<&regex::Regex>,
+        endpoints: &[EndpointSample],
+    ) -> String {
         let mut out = String::new();
-        for s in self.samples(version) {
+        for s in self.samples(version, endpoints) {
             if s.name == "config_version_info" {
                 let line = format!("server.config_version: {version}");
                 if filter.is_none_or(|f| f.is_match(&line)) {
@@ -695,6 +733,15 @@ fn help(name: &str) -> &'static str {
         "upstream_rq_time" => "Upstream request time (request sent to response end), milliseconds.",
         "route_rq_time" => "Request time per route (request start to response end), milliseconds.",
         "route_rq_total" => "Requests matched to the route.",
+        "endpoint_rq_total" => "Requests sent to the endpoint.",
+        "endpoint_rq_error" => {
+            "Requests to the endpoint that failed (5xx, connect failure, reset, timeout)."
+        }
+        "endpoint_rq_active" => "Requests in flight to the endpoint.",
+        "endpoint_cx_idle" => "Idle pooled connections to the endpoint.",
+        "endpoint_healthy" => {
+            "1 when neither health checking nor outlier detection has taken the endpoint out."
+        }
         "route_rq_xx" => "Responses by route and status class.",
         "access_log_dropped" => "Access log lines dropped because a sink's buffer was full.",
         "tracing_spans_exported" => "Spans accepted by the OTLP collector.",
@@ -760,21 +807,27 @@ mod tests {
         l.downstream_rq_total.inc();
         l.downstream_rq_xx.record(503);
         s.cluster("api").upstream_rq_total.inc();
-        let p = s.prometheus("abc");
+        let p = s.prometheus("abc", &[]);
         assert!(p.contains("# TYPE tern_downstream_rq_total counter\n"));
         assert!(p.contains("tern_downstream_rq_total{listener=\"ingress\"} 1\n"));
         assert!(p.contains("tern_downstream_rq_xx_total{listener=\"ingress\",class=\"5xx\"} 1\n"));
         assert!(p.contains("tern_upstream_rq_total{cluster=\"api\"} 1\n"));
         assert!(p.contains("tern_config_version_info{version=\"abc\"} 1\n"));
-        let t = s.text("abc", Some(&regex::Regex::new("downstream.*5xx").unwrap()));
+        let t = s.text(
+            "abc",
+            Some(&regex::Regex::new("downstream.*5xx").unwrap()),
+            &[],
+        );
         assert_eq!(t, "listener.ingress.downstream_rq_5xx: 1\n");
         s.listener("egress").downstream_rq_total.inc();
-        let p = s.prometheus("abc");
+        let p = s.prometheus("abc", &[]);
         assert_eq!(
             p.matches("# TYPE tern_downstream_rq_total counter").count(),
             1
         );
-        assert!(s.text("abc", None).contains("server.config_version: abc\n"));
+        assert!(s
+            .text("abc", None, &[])
+            .contains("server.config_version: abc\n"));
     }
 
     #[test]
@@ -791,13 +844,13 @@ mod tests {
         assert_eq!(b[18], 2); // <= 3600000 ms
         assert_eq!(b[19], 3); // +Inf
         assert!((sum - 7_200_003.3).abs() < 0.01, "{sum}");
-        let p = s.prometheus("v");
+        let p = s.prometheus("v", &[]);
         assert!(p.contains("# TYPE tern_downstream_rq_time histogram\n"));
         assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"0.5\"} 1\n"));
         assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"+Inf\"} 3\n"));
         assert!(p.contains("tern_downstream_rq_time_count{listener=\"ingress\"} 3\n"));
         assert!(s
-            .text("v", None)
+            .text("v", None, &[])
             .contains("listener.ingress.downstream_rq_time_count: 3\n"));
         // A value exactly on a bound falls into that bucket (le is inclusive).
         let h = Histogram::default();

@@ -9,6 +9,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::cluster::{ActiveRequest, Cluster};
@@ -45,6 +48,7 @@ pub async fn proxy(
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
+    done: Option<tokio::sync::oneshot::Sender<(u64, u64)>>,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let ep = &cluster.endpoints[idx];
     let cs = &cluster.stats;
@@ -90,18 +94,68 @@ pub async fn proxy(
         tokio::spawn(async move {
             // The endpoint stays counted as busy for as long as the tunnel is open.
             let _active = active;
+            let mut counts = (0, 0);
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
-                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+                    let mut down = ReadCount::new(TokioIo::new(down));
+                    let mut up = ReadCount::new(TokioIo::new(up));
                     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
                         tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
                     }
+                    // Counted as read, so an error part way still reports what went through.
+                    counts = (down.read, up.read);
                 }
                 Err(e) => tracing::debug!(cluster = %name, error = %e, "upgrade failed"),
+            }
+            if let Some(done) = done {
+                let _ = done.send(counts);
             }
         });
     }
     Ok(resp)
+}
+
+/// An I/O object that counts the bytes read from it.
+struct ReadCount<T> {
+    inner: T,
+    read: u64,
+}
+
+impl<T> ReadCount<T> {
+    fn new(inner: T) -> Self {
+        ReadCount { inner, read: 0 }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ReadCount<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ReadCount<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -199,6 +199,29 @@ async fn access_log_json_has_every_field_and_response_flags() {
 }
 
 #[tokio::test]
+async fn access_log_counts_a_chunked_request_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let setup = flags_tern(|c| c).await;
+    // No content-length: the size is only known from the bytes that stream through.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", setup.port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let line = wait_lines(&setup.log, 1).await.remove(0);
+    let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (e["method"].as_str(), e["path"].as_str()),
+        (Some("POST"), Some("/ok"))
+    );
+    assert_eq!(e["bytes_received"], 11, "{line}");
+}
+
+#[tokio::test]
 async fn access_log_downstream_disconnect_is_flagged_dc() {
     let setup = flags_tern(|c| c.replace("timeout: 50ms", "timeout: 10s")).await;
     let (port, log) = (setup.port, setup.log.clone());
@@ -479,12 +502,27 @@ async fn prometheus_output_passes_promtool_and_has_latency_histograms() {
     assert!(p.contains(&format!(
         "tern_route_rq_time_bucket{{{route},le=\"+Inf\"}} 5\n"
     )));
+    // Per endpoint: cluster and endpoint as labels, read from the running snapshot.
+    let ep = format!("cluster=\"api\",endpoint=\"{}\"", setup.backend.addr);
+    assert!(
+        p.contains(&format!("tern_endpoint_rq_total{{{ep}}} 5\n")),
+        "{p}"
+    );
+    assert!(p.contains(&format!("tern_endpoint_rq_error_total{{{ep}}} 0\n")));
+    assert!(p.contains(&format!("tern_endpoint_healthy{{{ep}}} 1\n")));
+    assert!(p.contains(&format!("tern_endpoint_rq_active{{{ep}}} 0\n")));
+    assert!(p.contains("# TYPE tern_endpoint_cx_idle gauge\n"));
     // Bad output must fail, or the check above proves nothing.
     let (ok, _) = promtool_check("# TYPE x counter\nx{a=\"1\"} 1\nx{a=\"1\"} 2\n");
     assert!(!ok, "promtool accepted a duplicate series");
     // The JSON view has the histogram summaries too.
     assert_eq!(t.stat("listener.ingress.downstream_rq_time_count").await, 6);
     assert_eq!(t.stat("cluster.api.upstream_rq_time_count").await, 5);
+    let ep_stat = format!(
+        "cluster.api.endpoint.{}.endpoint_rq_total",
+        setup.backend.addr
+    );
+    assert_eq!(t.stat(&ep_stat).await, 5);
 }
 
 #[tokio::test]

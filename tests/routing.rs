@@ -385,6 +385,15 @@ async fn websocket_upgrade_is_tunnelled() {
             "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
         ),
     );
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("access.log");
+    cfg.write(
+        "l.yaml",
+        &format!(
+            "listeners:\n  - name: ingress\n    address: 127.0.0.1:{port}\n    route_config: main\n    access_log: [{{ path: \"{}\", format: json }}]\n",
+            log.display()
+        ),
+    );
     let tern = Tern::start(cfg.path(), admin, &[]).await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -418,6 +427,21 @@ async fn websocket_upgrade_is_tunnelled() {
         (tern.stat("cluster.ws.upstream_rq_active").await == 0).then_some(())
     })
     .await;
+    // The upgrade is logged when the tunnel closes, with the bytes that went through each way.
+    let line = wait_for("access log line", || async {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+    .await;
+    let e: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(e["response_code"], 101, "{line}");
+    assert_eq!(e["upstream_host"], be_addr.to_string());
+    assert_eq!(
+        (e["bytes_received"].as_u64(), e["bytes_sent"].as_u64()),
+        (Some(10), Some(10)),
+        "{line}"
+    );
     // A plain request to the same backend is refused by it, and that answer passes through.
     let r = get(&format!("http://127.0.0.1:{port}/chat"), &[]).await;
     assert_eq!((r.status, r.body.as_str()), (400, "no upgrade\n"));
