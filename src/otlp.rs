@@ -275,7 +275,7 @@ impl Exporter {
                 };
                 rt.block_on(async move {
                     // Built on this runtime: the gRPC channel spawns its worker task here.
-                    let exporter = match build(&s, batching.timeout) {
+                    let exporter = match build(&s) {
                         Ok(x) => {
                             let _ = ready_tx.send(Ok(()));
                             x
@@ -432,7 +432,7 @@ impl Drop for Span {
     }
 }
 
-fn build(s: &Settings, timeout: Duration) -> Result<opentelemetry_otlp::SpanExporter, String> {
+fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
     use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let b = opentelemetry_otlp::SpanExporter::builder();
     let mut e = match s.protocol {
@@ -462,7 +462,7 @@ fn build(s: &Settings, timeout: Duration) -> Result<opentelemetry_otlp::SpanExpo
                 .with_endpoint(&s.endpoint)
                 .with_headers(s.headers.iter().cloned().collect());
             if is_https(&s.endpoint) {
-                b = b.with_http_client(https_client(s.ca_pem.as_deref(), timeout)?);
+                b = b.with_http_client(https_client(s.ca_pem.as_deref())?);
             }
             b.build()
         }
@@ -492,7 +492,6 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
 /// certificate against `ca_pem` or else the system's roots.
 fn https_client(
     ca_pem: Option<&[u8]>,
-    timeout: Duration,
 ) -> Result<
     opentelemetry_http::hyper::HyperClient<
         hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -537,8 +536,25 @@ fn https_client(
         .enable_http1()
         .build();
     Ok(opentelemetry_http::hyper::HyperClient::new(
-        connector, timeout, None,
+        connector,
+        request_timeout(),
+        None,
     ))
+}
+
+/// The per-request timeout the exporter's own HTTP client would have: a client we supply
+/// must honour `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` the same way.
+fn request_timeout() -> Duration {
+    [
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT,
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    .map_or(
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+        Duration::from_millis,
+    )
 }
 
 /// The exporter thread: collect spans, send a batch when it is full or the delay passed,
