@@ -51,7 +51,7 @@ pub struct Settings {
     /// PEM of the CA certificates an `https` collector is verified against (`tls.ca_file`, as
     /// read at load time, so a changed file makes a new exporter); `None`: the system's roots.
     pub ca_pem: Option<Vec<u8>>,
-    /// Headers sent with every export, names lowercased, in name order.
+    /// Headers sent with every export, names lowercased (the check rules out duplicates).
     pub headers: Vec<(String, String)>,
 }
 
