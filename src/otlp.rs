@@ -40,7 +40,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "tern";
 pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What identifies an exporter: listeners (and reloads) with equal settings share one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Settings {
     /// The URL the exporter sends to (see [`resolve_endpoint`]).
     pub endpoint: String,
@@ -48,11 +48,32 @@ pub struct Settings {
     pub protocol: OtlpProtocol,
     /// `service.name` resource attribute.
     pub service_name: String,
+    /// PEM of the CA certificates an `https` collector is verified against (`tls.ca_file`, as
+    /// read at load time, so a changed file makes a new exporter); `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Headers sent with every export, names lowercased (the check rules out duplicates).
+    pub headers: Vec<(String, String)>,
+}
+
+// By hand so that header values (API keys) never reach a log line.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("service_name", &self.service_name)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// The URL an exporter sends to, from the configured `endpoint`; the error says what is wrong.
 ///
-/// gRPC takes `http://host:port` (a path has no meaning: the method path comes from the
+/// gRPC takes `http(s)://host:port` (a path has no meaning: the method path comes from the
 /// service). HTTP takes the collector's base URL and appends `/v1/traces`, as the OTel exporter
 /// spec does for `OTEL_EXPORTER_OTLP_ENDPOINT`, unless the path already ends with `/v1/traces`.
 pub fn resolve_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<String, String> {
@@ -60,20 +81,15 @@ pub fn resolve_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<String
     let uri: Uri = e
         .parse()
         .map_err(|err| format!("otlp endpoint `{e}` is not a URL: {err}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "otlp endpoint `{e}`: https is not supported yet; send to a collector on a \
-                 trusted network (e.g. a sidecar at http://127.0.0.1:4317)"
-            ))
-        }
+    let scheme = match uri.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
         _ => {
             return Err(format!(
-                "otlp endpoint `{e}` must be an http:// URL such as http://127.0.0.1:4317"
+                "otlp endpoint `{e}` must be an http:// or https:// URL such as \
+                 http://127.0.0.1:4317"
             ))
         }
-    }
+    };
     let authority = uri
         .authority()
         .filter(|a| !a.host().is_empty())
@@ -85,14 +101,95 @@ pub fn resolve_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<String
     match protocol {
         OtlpProtocol::Grpc if !path.is_empty() => Err(format!(
             "otlp endpoint `{e}`: a gRPC endpoint takes no path (the service defines it); \
-             use http://{authority}"
+             use {scheme}://{authority}"
         )),
-        OtlpProtocol::Grpc => Ok(format!("http://{authority}")),
+        OtlpProtocol::Grpc => Ok(format!("{scheme}://{authority}")),
         OtlpProtocol::Http if path.ends_with("/v1/traces") => {
-            Ok(format!("http://{authority}{path}"))
+            Ok(format!("{scheme}://{authority}{path}"))
         }
-        OtlpProtocol::Http => Ok(format!("http://{authority}{path}/v1/traces")),
+        OtlpProtocol::Http => Ok(format!("{scheme}://{authority}{path}/v1/traces")),
     }
+}
+
+/// Whether a resolved endpoint is sent to over TLS.
+fn is_https(endpoint: &str) -> bool {
+    endpoint.starts_with("https://")
+}
+
+/// Reads `tls.ca_file`: its PEM text, once it is known to hold at least one certificate and
+/// every certificate in it can be a trust anchor (the check and the exporter share this).
+pub fn read_ca_file(path: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("ca_file `{path}`: cannot read: {e}"))?;
+    let mut store = rustls::RootCertStore::empty();
+    for (i, cert) in rustls::pki_types::CertificateDer::pem_slice_iter(&pem).enumerate() {
+        let cert = cert.map_err(|e| format!("ca_file `{path}`: bad PEM: {e}"))?;
+        store
+            .add(cert)
+            .map_err(|e| format!("ca_file `{path}`: certificate {} is not usable: {e}", i + 1))?;
+    }
+    if store.is_empty() {
+        return Err(format!(
+            "ca_file `{path}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(pem)
+}
+
+/// Headers the transport sets itself: a configured one would clash with it or break the call.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Checks a configured export header name; the error says what is wrong.
+pub fn check_header_name(name: &str, protocol: OtlpProtocol) -> Result<(), String> {
+    let n = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("otlp header name `{name}` is not a valid HTTP header name"))?;
+    if RESERVED_HEADERS.contains(&n.as_str()) {
+        return Err(format!(
+            "otlp header `{name}` is set by the exporter and cannot be configured"
+        ));
+    }
+    if protocol == OtlpProtocol::Grpc {
+        if n.as_str().starts_with("grpc-") {
+            return Err(format!(
+                "otlp header `{name}`: grpc-* names are reserved by gRPC"
+            ));
+        }
+        // gRPC sends `-bin` metadata base64-encoded; a text value would not survive that.
+        if n.as_str().ends_with("-bin") {
+            return Err(format!(
+                "otlp header `{name}`: -bin names are binary gRPC metadata, not supported"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a configured export header value: printable ASCII (gRPC metadata allows no more).
+pub fn check_header_value(name: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("otlp header `{name}` has an empty value"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(format!(
+            "otlp header `{name}`: the value must be printable ASCII (no control or non-ASCII \
+             characters)"
+        ));
+    }
+    Ok(())
 }
 
 /// Batching limits (the SDK's batch span processor defaults, overridable by its env vars).
@@ -336,14 +433,39 @@ impl Drop for Span {
 }
 
 fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let b = opentelemetry_otlp::SpanExporter::builder();
     let mut e = match s.protocol {
-        OtlpProtocol::Grpc => b.with_tonic().with_endpoint(&s.endpoint).build(),
-        OtlpProtocol::Http => b
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(&s.endpoint)
-            .build(),
+        OtlpProtocol::Grpc => {
+            let mut b = b.with_tonic().with_endpoint(&s.endpoint);
+            if is_https(&s.endpoint) {
+                use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+                let tls = ClientTlsConfig::new();
+                b = b.with_tls_config(match &s.ca_pem {
+                    Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                    None => tls.with_native_roots(),
+                });
+            }
+            if !s.headers.is_empty() {
+                b = b.with_metadata(
+                    opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(
+                        header_map(&s.headers)?,
+                    ),
+                );
+            }
+            b.build()
+        }
+        OtlpProtocol::Http => {
+            let mut b = b
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(&s.endpoint)
+                .with_headers(s.headers.iter().cloned().collect());
+            if is_https(&s.endpoint) {
+                b = b.with_http_client(https_client(s.ca_pem.as_deref())?);
+            }
+            b.build()
+        }
     }
     .map_err(|e| e.to_string())?;
     e.set_resource(
@@ -353,6 +475,86 @@ fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
             .build(),
     );
     Ok(e)
+}
+
+fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for (n, v) in headers {
+        let name = http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| format!("bad header name `{n}`"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| format!("bad value of header `{n}`"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The OTLP/HTTP client for an `https` collector: hyper over rustls, verifying the collector's
+/// certificate against `ca_pem` or else the system's roots.
+fn https_client(
+    ca_pem: Option<&[u8]>,
+) -> Result<
+    opentelemetry_http::hyper::HyperClient<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    >,
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                roots
+                    .add(cert.map_err(|e| format!("ca_file: {e}"))?)
+                    .map_err(|e| format!("ca_file: {e}"))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            // Same rule as the gRPC transport (tonic): no roots at all is an error, not an
+            // exporter that can never connect.
+            if roots.is_empty() {
+                return Err(format!(
+                    "no system root certificates found ({:?}); set tls.ca_file",
+                    native.errors
+                ));
+            }
+        }
+    }
+    // The provider named rather than the process default: whichever crate enabled another
+    // rustls provider, this one is compiled in.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(opentelemetry_http::hyper::HyperClient::new(
+        connector,
+        request_timeout(),
+        None,
+    ))
+}
+
+/// The per-request timeout the exporter's own HTTP client would have: a client we supply
+/// must honour `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` the same way.
+fn request_timeout() -> Duration {
+    [
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT,
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+    .map_or(
+        opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT,
+        Duration::from_millis,
+    )
 }
 
 /// The exporter thread: collect spans, send a batch when it is full or the delay passed,
@@ -589,10 +791,17 @@ mod tests {
             ok("http://collector:4318/v1/traces", Http),
             "http://collector:4318/v1/traces"
         );
+        assert_eq!(
+            ok("https://collector:4317/", Grpc),
+            "https://collector:4317"
+        );
+        assert_eq!(
+            ok("https://otlp.example.com/otlp", Http),
+            "https://otlp.example.com/otlp/v1/traces"
+        );
         for (bad, p, why) in [
-            ("collector:4317", Grpc, "http:// URL"),
-            ("ftp://collector", Http, "http:// URL"),
-            ("https://collector:4317", Grpc, "https is not supported"),
+            ("collector:4317", Grpc, "http:// or https:// URL"),
+            ("ftp://collector", Http, "http:// or https:// URL"),
             ("http://collector:4317/v1", Grpc, "takes no path"),
             ("http://collector:4318/?a=1", Http, "query"),
             ("not a url", Http, "not a URL"),
@@ -601,6 +810,70 @@ mod tests {
             let e = resolve_endpoint(bad, p).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn export_headers_are_checked_per_protocol() {
+        use OtlpProtocol::*;
+        assert_eq!(check_header_name("X-Api-Key", Grpc), Ok(()));
+        assert_eq!(check_header_name("x-honeycomb-team", Http), Ok(()));
+        assert_eq!(check_header_name("x-trace-bin", Http), Ok(()));
+        for (bad, p, why) in [
+            ("bad name", Http, "not a valid HTTP header name"),
+            ("", Grpc, "not a valid HTTP header name"),
+            ("Content-Type", Http, "set by the exporter"),
+            ("te", Grpc, "set by the exporter"),
+            ("grpc-timeout", Grpc, "reserved by gRPC"),
+            ("x-trace-bin", Grpc, "binary gRPC metadata"),
+        ] {
+            let e = check_header_name(bad, p).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(check_header_value("k", "Bearer abc=="), Ok(()));
+        for (bad, why) in [
+            ("", "empty value"),
+            ("  ", "empty value"),
+            ("a\nb", "printable ASCII"),
+            ("clé", "printable ASCII"),
+        ] {
+            let e = check_header_value("k", bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ca_file_must_hold_pem_certificates() {
+        let dir = std::env::temp_dir().join(format!("tern-otlp-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        let e = read_ca_file(missing.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        let text = dir.join("text.pem");
+        std::fs::write(&text, "not a certificate\n").unwrap();
+        let e = read_ca_file(text.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = read_ca_file(garbage.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("certificate 1 is not usable"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn settings_debug_hides_header_values() {
+        let s = Settings {
+            endpoint: "https://c:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            service_name: "tern".into(),
+            ca_pem: None,
+            headers: vec![("x-api-key".into(), "s3cret".into())],
+        };
+        let d = format!("{s:?}");
+        assert!(d.contains("x-api-key") && !d.contains("s3cret"), "{d}");
     }
 
     #[test]

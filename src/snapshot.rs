@@ -97,7 +97,7 @@ fn trace_policy(t: Option<&crate::config::Tracing>) -> Option<crate::trace::Poli
 }
 
 /// The exporter a listener's spans go to: shared with every listener (and the previous
-/// snapshot) of the same endpoint, protocol and service name.
+/// snapshot) of the same endpoint, protocol, service name, CA and headers.
 fn otlp_exporter(
     t: Option<&crate::config::Tracing>,
 ) -> Result<Option<Arc<crate::otlp::Exporter>>, String> {
@@ -112,6 +112,15 @@ fn otlp_exporter(
             || crate::otlp::DEFAULT_SERVICE_NAME.to_string(),
             |s| s.value.clone(),
         ),
+        ca_pem: match o.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            Some(path) => Some(crate::otlp::read_ca_file(path)?),
+            None => None,
+        },
+        headers: o
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.value.clone()))
+            .collect(),
     };
     crate::otlp::Exporter::get(&settings).map(Some)
 }

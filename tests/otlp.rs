@@ -68,11 +68,13 @@ impl Got {
     }
 }
 
-/// What a receiver got: spans, HTTP request paths and content types, connections accepted.
+/// What a receiver got: spans, HTTP request paths and content types, the headers (gRPC
+/// metadata) of each export, connections accepted.
 #[derive(Debug, Default)]
 struct Sink {
     spans: Mutex<Vec<Got>>,
     http: Mutex<Vec<(String, String)>>,
+    headers: Mutex<Vec<http::HeaderMap>>,
     conns: AtomicUsize,
 }
 
@@ -139,13 +141,72 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
+        self.0.headers.lock().unwrap().push(headers);
         self.0.add(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
+/// A self-signed CA and a server certificate it signed for `127.0.0.1` and `localhost`, as PEM.
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "tern test collector CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        Pki {
+            ca: ca_cert.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// The CA certificate written to `dir/name`, for `tls.ca_file` or `SSL_CERT_FILE`.
+    fn write_ca(&self, dir: &ConfigDir, name: &str) -> String {
+        dir.write(name, &self.ca).to_str().unwrap().to_string()
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(self.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap();
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    }
+}
+
 /// A gRPC OTLP receiver (tonic `TraceService`) on 127.0.0.1, counting connections.
 async fn grpc_receiver() -> Receiver {
+    grpc_receiver_tls(None).await
+}
+
+/// [`grpc_receiver`], serving TLS with `pki`'s server certificate when given (tonic's server TLS).
+async fn grpc_receiver_tls(pki: Option<&Pki>) -> Receiver {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sink = Arc::new(Sink::default());
@@ -159,21 +220,31 @@ async fn grpc_receiver() -> Receiver {
         }
     }));
     let svc = TraceServiceServer::new(Grpc(sink.clone()));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(pki) = pki {
+        let identity = tonic::transport::Identity::from_pem(&pki.cert, &pki.key);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap();
+    }
     let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(incoming)
-            .await;
+        let _ = server.add_service(svc).serve_with_incoming(incoming).await;
     });
     Receiver { addr, sink, task }
 }
 
 /// An OTLP/HTTP receiver: decodes protobuf `ExportTraceServiceRequest` bodies at `/v1/traces`.
 async fn http_receiver() -> Receiver {
+    http_receiver_tls(None).await
+}
+
+/// [`http_receiver`] behind tokio-rustls with `pki`'s server certificate when given.
+async fn http_receiver_tls(pki: Option<&Pki>) -> Receiver {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sink = Arc::new(Sink::default());
     let s2 = sink.clone();
+    let tls = pki.map(|p| tokio_rustls::TlsAcceptor::from(p.server_config()));
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -181,42 +252,59 @@ async fn http_receiver() -> Receiver {
             };
             s2.conns.fetch_add(1, SeqCst);
             let sink = s2.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let sink = sink.clone();
-                    async move {
-                        let path = req.uri().path().to_string();
-                        let ctype = req
-                            .headers()
-                            .get(http::header::CONTENT_TYPE)
-                            .map(|v| v.to_str().unwrap().to_string())
-                            .unwrap_or_default();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        sink.http.lock().unwrap().push((path.clone(), ctype));
-                        let mut resp = if path == "/v1/traces" {
-                            sink.add(ExportTraceServiceRequest::decode(body).unwrap());
-                            hyper::Response::new(Full::new(Bytes::from(
-                                ExportTraceServiceResponse::default().encode_to_vec(),
-                            )))
-                        } else {
-                            let mut r = hyper::Response::new(Full::new(Bytes::new()));
-                            *r.status_mut() = http::StatusCode::NOT_FOUND;
-                            r
-                        };
-                        resp.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/x-protobuf"),
-                        );
-                        Ok::<_, Infallible>(resp)
+                match tls {
+                    // A failed handshake (an untrusting client) just ends the connection.
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            serve_otlp_http(stream, sink).await;
+                        }
                     }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    None => serve_otlp_http(stream, sink).await,
+                }
             });
         }
     });
     Receiver { addr, sink, task }
+}
+
+async fn serve_otlp_http<S>(stream: S, sink: Arc<Sink>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let ctype = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            sink.headers.lock().unwrap().push(req.headers().clone());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            sink.http.lock().unwrap().push((path.clone(), ctype));
+            let mut resp = if path == "/v1/traces" {
+                sink.add(ExportTraceServiceRequest::decode(body).unwrap());
+                hyper::Response::new(Full::new(Bytes::from(
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )))
+            } else {
+                let mut r = hyper::Response::new(Full::new(Bytes::new()));
+                *r.status_mut() = http::StatusCode::NOT_FOUND;
+                r
+            };
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/x-protobuf"),
+            );
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// Listener `ingress` with `tracing` as given (YAML flow mapping); routes `/api` (named `api`,
@@ -576,6 +664,137 @@ async fn sigterm_flushes_queued_spans_before_exit() {
     assert_eq!(got.s("url.path").as_deref(), Some("/api/last"));
 }
 
+const API_KEY: &str = "k-7f3a9c";
+
+/// `tracing` for an `https` collector at `addr` with an API-key header and, if given,
+/// `tls.ca_file`.
+fn tls_tracing(protocol: &str, addr: SocketAddr, ca_file: Option<&str>) -> String {
+    let tls = ca_file.map_or(String::new(), |f| format!(", tls: {{ ca_file: \"{f}\" }}"));
+    format!(
+        "{{ otlp: {{ endpoint: \"https://{addr}\", protocol: {protocol}{tls}, \
+         headers: {{ X-Api-Key: \"{API_KEY}\" }} }}, service_name: edge }}"
+    )
+}
+
+/// Every export the receiver got carried the configured header.
+fn api_key_reached(rx: &Receiver) {
+    let all = rx.sink.headers.lock().unwrap().clone();
+    assert!(!all.is_empty(), "no export requests recorded");
+    for h in all {
+        assert_eq!(
+            h.get("x-api-key").map(|v| v.to_str().unwrap()),
+            Some(API_KEY),
+            "{h:?}"
+        );
+    }
+}
+
+/// The header's value is not in `/config_dump`; its name is.
+async fn api_key_redacted_in_config_dump(s: &Setup) {
+    let dump = s.tern.config_dump().await.to_string();
+    assert!(!dump.contains(API_KEY), "{dump}");
+    assert!(dump.contains("\"X-Api-Key\":\"<redacted>\""), "{dump}");
+}
+
+#[tokio::test]
+async fn grpc_export_over_tls_trusts_ca_file_and_sends_headers() {
+    let pki = Pki::new();
+    let rx = grpc_receiver_tls(Some(&pki)).await;
+    let certs = ConfigDir::new();
+    let ca = pki.write_ca(&certs, "ca.pem");
+    let s = setup(&tls_tracing("grpc", rx.addr, Some(&ca)), FAST).await;
+    spans_carry_ids_names_and_attributes(&s, &rx).await;
+    api_key_reached(&rx);
+    api_key_redacted_in_config_dump(&s).await;
+}
+
+#[tokio::test]
+async fn http_protobuf_export_over_tls_trusts_ca_file_and_sends_headers() {
+    let pki = Pki::new();
+    let rx = http_receiver_tls(Some(&pki)).await;
+    let certs = ConfigDir::new();
+    let ca = pki.write_ca(&certs, "ca.pem");
+    let s = setup(&tls_tracing("http", rx.addr, Some(&ca)), FAST).await;
+    spans_carry_ids_names_and_attributes(&s, &rx).await;
+    api_key_reached(&rx);
+    let posts = rx.sink.http.lock().unwrap().clone();
+    assert!(!posts.is_empty());
+    for (path, ctype) in posts {
+        assert_eq!(path, "/v1/traces");
+        assert_eq!(ctype, "application/x-protobuf");
+    }
+    api_key_redacted_in_config_dump(&s).await;
+}
+
+#[tokio::test]
+async fn https_collector_is_verified_against_the_system_roots() {
+    // SSL_CERT_FILE replaces the system's roots (rustls-native-certs): here, the test CA.
+    let pki = Pki::new();
+    let certs = ConfigDir::new();
+    let ca = pki.write_ca(&certs, "ca.pem");
+    let env = [FAST[0], ("SSL_CERT_FILE", ca.as_str())];
+    for protocol in ["grpc", "http"] {
+        let rx = match protocol {
+            "grpc" => grpc_receiver_tls(Some(&pki)).await,
+            _ => http_receiver_tls(Some(&pki)).await,
+        };
+        let s = setup(&tls_tracing(protocol, rx.addr, None), &env).await;
+        let r = get(&format!("{}/api/roots", s.base), &[]).await;
+        let id = backend_traceparent(&r).1;
+        let got = rx.sink.span(&id).await;
+        assert_eq!(got.span.name, "api", "{protocol}");
+        assert_eq!(
+            got.s("url.path").as_deref(),
+            Some("/api/roots"),
+            "{protocol}"
+        );
+        api_key_reached(&rx);
+    }
+}
+
+#[tokio::test]
+async fn untrusted_collector_certificate_drops_spans_and_requests_still_succeed() {
+    // The system's roots are another CA's (SSL_CERT_FILE) and no ca_file is set: the
+    // collector's self-signed chain is not trusted.
+    let pki = Pki::new();
+    let certs = ConfigDir::new();
+    let other_ca = Pki::new().write_ca(&certs, "other-ca.pem");
+    let env = [FAST[0], ("SSL_CERT_FILE", other_ca.as_str())];
+    for protocol in ["grpc", "http"] {
+        let rx = match protocol {
+            "grpc" => grpc_receiver_tls(Some(&pki)).await,
+            _ => http_receiver_tls(Some(&pki)).await,
+        };
+        let s = setup(&tls_tracing(protocol, rx.addr, None), &env).await;
+        for i in 0..3 {
+            let r = get(&format!("{}/api/{i}", s.base), &[]).await;
+            assert_eq!(r.status, 200, "{protocol}: {}", r.body);
+        }
+        wait_for(
+            &format!("{protocol}: 3 spans counted as dropped"),
+            || async {
+                (s.tern.stat("listener.ingress.tracing_spans_dropped").await == 3).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            s.tern.stat("listener.ingress.tracing_spans_exported").await,
+            0,
+            "{protocol}"
+        );
+        // Tern reached the collector (so the drop is the certificate, not a refused connection)
+        // but never got a request through.
+        assert!(rx.sink.conns.load(SeqCst) >= 1, "{protocol}: no connection");
+        assert!(rx.sink.all().is_empty(), "{protocol}: {:?}", rx.sink.all());
+        assert!(rx.sink.headers.lock().unwrap().is_empty(), "{protocol}");
+        assert!(
+            s.tern.logs().contains("otlp export failed"),
+            "{protocol}: {}",
+            s.tern.logs()
+        );
+    }
+}
+
 #[test]
 fn bad_otlp_settings_are_rejected_with_positions() {
     let check = |tracing: &str| {
@@ -596,12 +815,33 @@ fn bad_otlp_settings_are_rejected_with_positions() {
     };
     let err = check("      otlp: { endpoint: \"localhost:4317\" }\n");
     assert!(
-        err.contains("l.yaml:6:25") && err.contains("must be an http:// URL"),
+        err.contains("l.yaml:6:25") && err.contains("must be an http:// or https:// URL"),
         "{err}"
     );
-    let err = check("      otlp: { endpoint: \"https://collector:4318\", protocol: http }\n");
+    let err = check(
+        "      otlp:\n        endpoint: http://c:4317\n        tls: { ca_file: /nonexistent/ca.pem }\n",
+    );
     assert!(
-        err.contains("l.yaml:6:25") && err.contains("https is not supported"),
+        err.contains("l.yaml:8:14") && err.contains("tls applies to https:// endpoints only"),
+        "{err}"
+    );
+    assert!(
+        err.contains("l.yaml:8:25") && err.contains("ca_file `/nonexistent/ca.pem`: cannot read"),
+        "{err}"
+    );
+    let err = check(
+        "      otlp:\n        endpoint: https://c:4317\n        headers: { x-key: a, X-Key: b, \"a b\": c, x-ok: \"\\u00e9\" }\n",
+    );
+    assert!(
+        err.contains("l.yaml:8:30") && err.contains("given twice"),
+        "{err}"
+    );
+    assert!(
+        err.contains("l.yaml:8:40") && err.contains("not a valid HTTP header name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("l.yaml:8:56") && err.contains("printable ASCII"),
         "{err}"
     );
     let err = check("      otlp: { endpoint: \"http://c:4317\", protcol: http }\n");

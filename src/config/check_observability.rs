@@ -68,8 +68,49 @@ pub fn check(cfg: &Config, diags: &mut Vec<Diagnostic>) {
             if let Some(o) = &t.otlp {
                 // The same resolution the exporter uses, so an endpoint that passes here loads.
                 let protocol = o.protocol.unwrap_or(super::OtlpProtocol::Grpc);
-                if let Err(e) = crate::otlp::resolve_endpoint(&o.endpoint, protocol) {
+                let resolved = crate::otlp::resolve_endpoint(&o.endpoint, protocol);
+                if let Err(e) = &resolved {
                     diags.push(Diagnostic::error(codes::BAD_VALUE, file, o.endpoint.pos, e));
+                }
+                if let Some(tls) = &o.tls {
+                    // TLS settings on a plain-text endpoint would silently do nothing.
+                    if resolved.as_ref().is_ok_and(|u| !u.starts_with("https://")) {
+                        diags.push(Diagnostic::error(
+                            codes::BAD_VALUE,
+                            file,
+                            tls.pos,
+                            "otlp tls applies to https:// endpoints only",
+                        ));
+                    }
+                    if let Some(ca) = &tls.ca_file {
+                        // The same reader the exporter uses: a file that passes here loads.
+                        if let Err(e) = crate::otlp::read_ca_file(ca) {
+                            diags.push(Diagnostic::error(codes::BAD_VALUE, file, ca.pos, e));
+                        }
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                // In file order, so a case-insensitive duplicate is reported at the later one.
+                let mut headers: Vec<_> = o.headers.iter().collect();
+                headers.sort_by_key(|(n, _)| n.pos);
+                for (name, value) in headers {
+                    if let Err(e) = crate::otlp::check_header_name(name, protocol) {
+                        diags.push(Diagnostic::error(codes::BAD_VALUE, file, name.pos, e));
+                    } else if !seen.insert(name.to_ascii_lowercase()) {
+                        // Header names ignore case, so these would both be sent or one lost.
+                        diags.push(Diagnostic::error(
+                            codes::BAD_VALUE,
+                            file,
+                            name.pos,
+                            format!(
+                                "otlp header `{}` is given twice (names ignore case)",
+                                **name
+                            ),
+                        ));
+                    }
+                    if let Err(e) = crate::otlp::check_header_value(name, value) {
+                        diags.push(Diagnostic::error(codes::BAD_VALUE, file, value.pos, e));
+                    }
                 }
             }
             if let Some(n) = &t.service_name {

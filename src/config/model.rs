@@ -3,6 +3,7 @@
 //! Field names follow Envoy's where the concept is the same. Every struct denies unknown fields,
 //! so a typo is an error at its own line rather than a silently ignored setting.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use schemars::JsonSchema;
@@ -126,6 +127,35 @@ pub struct Otlp {
     /// `grpc` (default) or `http` (protobuf over HTTP/1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<OtlpProtocol>,
+    /// TLS of an `https://` endpoint (default: verify against the system's root certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Spanned<OtlpTls>>,
+    /// Headers sent with every export (gRPC metadata or HTTP headers), e.g. a hosted
+    /// collector's API key. Values are shown as `<redacted>` in `/config_dump`.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "redacted_values"
+    )]
+    pub headers: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// TLS settings of an OTLP exporter.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpTls {
+    /// PEM file of the CA certificate(s) that sign the collector's certificate; replaces the
+    /// system's roots (a private CA or a self-signed collector). Read at load time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+// Header values are often credentials; the config dump is for seeing the shape, not the secrets.
+fn redacted_values<S: serde::Serializer>(
+    headers: &BTreeMap<Spanned<String>, Spanned<String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(headers.keys().map(|k| (k, "<redacted>")))
 }
 
 /// OTLP transports.
