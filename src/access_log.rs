@@ -477,6 +477,8 @@ type Line = (Arc<Format>, Arc<Entry>);
 #[derive(Debug)]
 pub struct Sink {
     tx: SyncSender<Line>,
+    /// Lines queued and not yet written (for the flush at shutdown).
+    queued: Arc<AtomicU64>,
 }
 
 /// Default bound of a sink's buffer, in lines.
@@ -566,18 +568,38 @@ impl Sink {
             }
         };
         let (tx, rx) = sync_channel::<Line>(buffer_lines.max(1));
+        let queued = Arc::new(AtomicU64::new(0));
         std::thread::Builder::new()
             .name("tern-access-log".into())
-            .spawn(move || writer(out, rx))
+            .spawn({
+                let queued = queued.clone();
+                move || writer(out, rx, &queued)
+            })
             .map_err(|e| format!("access log `{path}`: cannot start writer: {e}"))?;
-        let s = Arc::new(Sink { tx });
+        let s = Arc::new(Sink { tx, queued });
         reg.retain(|_, w| w.strong_count() > 0);
         reg.insert(key, Arc::downgrade(&s));
         Ok(s)
     }
 }
 
-fn writer(mut out: Out, rx: std::sync::mpsc::Receiver<Line>) {
+/// Waits (up to `limit`) until every sink has written the lines queued so far: at shutdown,
+/// so the last requests' lines are on disk before the process exits.
+pub async fn flush_all(limit: Duration) {
+    let sinks: Vec<Arc<Sink>> = {
+        let reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+        reg.values().filter_map(Weak::upgrade).collect()
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    while sinks.iter().any(|s| s.queued.load(Relaxed) > 0) {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn writer(mut out: Out, rx: std::sync::mpsc::Receiver<Line>, queued: &AtomicU64) {
     let mut generation = REOPEN.load(Relaxed);
     if let Out::File(p, f) = &mut out {
         *f = Out::open(p);
@@ -596,14 +618,17 @@ fn writer(mut out: Out, rx: std::sync::mpsc::Receiver<Line>) {
         }
         // Write everything queued, then flush once: one syscall per burst, not per line.
         let mut next = first;
+        let mut written = 0;
         while let Some((fmt, entry)) = next {
             buf.clear();
             buf.extend_from_slice(entry.render(&fmt).as_bytes());
             buf.push(b'\n');
             out.write(&buf);
+            written += 1;
             next = rx.try_recv().ok();
         }
         out.flush();
+        queued.fetch_sub(written, Relaxed);
     }
     out.flush();
 }
@@ -655,9 +680,12 @@ impl AccessLog {
     pub fn emit(&self, entry: Entry) {
         let entry = Arc::new(entry);
         for (sink, fmt) in &self.sinks {
+            // Counted before the send, so the writer never takes it below zero.
+            sink.queued.fetch_add(1, Relaxed);
             match sink.tx.try_send((fmt.clone(), entry.clone())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    sink.queued.fetch_sub(1, Relaxed);
                     self.stats.access_log_dropped.inc()
                 }
             }

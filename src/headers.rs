@@ -37,27 +37,43 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        if let Some(c) = h.remove(CONNECTION) {
-            for name in c.to_str().unwrap_or("").split(',') {
-                let name = name.trim();
-                // `keep-alive` and `close` are the usual tokens: no lookup needed for them
-                // (a `keep-alive` header, if any, is removed below).
+        // Every `Connection` line counts; names other than the usual `keep-alive` / `close` are
+        // rare, so the list allocates only when there is one.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(CONNECTION) {
+            // Bytes, not `to_str`: one odd byte must not make every token be skipped.
+            for name in v.as_bytes().split(|b| *b == b',') {
+                let name = name.trim_ascii();
                 if !name.is_empty()
-                    && !name.eq_ignore_ascii_case("keep-alive")
-                    && !name.eq_ignore_ascii_case("close")
+                    && !name.eq_ignore_ascii_case(b"keep-alive")
+                    && !name.eq_ignore_ascii_case(b"close")
                 {
-                    // `remove(&str)` lowercases and looks up without allocating.
-                    h.remove(name);
+                    if let Ok(n) = HeaderName::from_bytes(name) {
+                        named.push(n);
+                    }
                 }
             }
+        }
+        h.remove(CONNECTION);
+        for n in named {
+            h.remove(n);
         }
     }
     for (i, n) in HOP.iter().enumerate().skip(1) {
         if present & (1 << i) == 0 {
             continue;
         }
-        if *n == TE && h.get(TE).is_none_or(|v| v == "trailers") {
-            continue;
+        if *n == TE {
+            // Only the `trailers` token goes on (gRPC needs it), as one `te: trailers`.
+            let trailers = h.get_all(TE).iter().any(|v| {
+                v.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+            });
+            if trailers {
+                h.insert(TE, HeaderValue::from_static("trailers"));
+                continue;
+            }
         }
         h.remove(n);
     }
@@ -133,6 +149,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn every_connection_line_and_te_line_counts() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, "keep-alive".parse().unwrap());
+        h.append(CONNECTION, "x-a".parse().unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        h.append(TE, "gzip".parse().unwrap());
+        h.append(TE, "Trailers, deflate".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["te", "x-keep"]);
+        let te: Vec<_> = h.get_all(TE).iter().collect();
+        assert_eq!(te, vec!["trailers"]);
     }
 
     #[test]

@@ -97,6 +97,14 @@ pub fn resolve_endpoint(endpoint: &str, protocol: OtlpProtocol) -> Result<String
     if uri.query().is_some() {
         return Err(format!("otlp endpoint `{e}` must not have a query"));
     }
+    // Credentials in the URL would end up in logs and /config_dump.
+    if authority.as_str().contains('@') {
+        return Err(
+            "otlp endpoint must not carry credentials (user:password@); send them in `headers` \
+             (e.g. authorization), which are never logged"
+                .to_string(),
+        );
+    }
     let path = uri.path().trim_end_matches('/');
     match protocol {
         OtlpProtocol::Grpc if !path.is_empty() => Err(format!(
@@ -773,6 +781,11 @@ mod tests {
     fn endpoints_resolve_per_protocol() {
         use OtlpProtocol::*;
         let ok = |e, p| resolve_endpoint(e, p).unwrap();
+        let err = resolve_endpoint("https://user:key@collector:4318", Http).unwrap_err();
+        assert!(
+            err.contains("credentials") && !err.contains("key@"),
+            "{err}"
+        );
         assert_eq!(ok("http://collector:4317", Grpc), "http://collector:4317");
         assert_eq!(ok("http://collector:4317/", Grpc), "http://collector:4317");
         assert_eq!(

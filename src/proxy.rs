@@ -181,6 +181,7 @@ pub async fn handle(
     let mut tx = Tx {
         start,
         log: pending.0.is_some() || listener.otlp.is_some(),
+        access_log: pending.0.is_some(),
         ..Tx::new(start)
     };
     let route = router
@@ -233,6 +234,10 @@ pub async fn handle(
         if let Some(n) = tx.bytes_received {
             e.bytes_received = n;
         }
+        // A streamed body that went up before the try failed still counts.
+        if let (Some(c), Either::Right(_)) = (&tx.rx_count, resp.body()) {
+            e.bytes_received = c.load(std::sync::atomic::Ordering::Relaxed);
+        }
     }
     match resp.body_mut() {
         // The upstream body records the time and writes the log line when it ends.
@@ -249,7 +254,7 @@ pub async fn handle(
             match tx.tunnel.take() {
                 // An upgraded connection is logged when it closes, with the bytes each way.
                 Some(closed) if status == 101 => {
-                    tokio::spawn(async move {
+                    conn.shared.tunnels.spawn(async move {
                         let (rx, sent) = closed.await.unwrap_or((0, 0));
                         if let Some((_, e, _)) = pending.0.as_mut() {
                             e.bytes_received = rx;
@@ -281,6 +286,8 @@ pub struct Tx {
     pub start: Instant,
     /// Whether the listener has an access log or exports spans (fill in the details below).
     pub log: bool,
+    /// Whether the listener has an access log (byte counts are only for it).
+    pub access_log: bool,
     /// Response flags so far.
     pub flags: Flags,
     /// Endpoint of the last try.
@@ -308,6 +315,7 @@ impl Tx {
         Tx {
             start,
             log: false,
+            access_log: false,
             flags: Flags::default(),
             upstream_host: None,
             cluster: None,
@@ -437,7 +445,7 @@ async fn forward(
     let cluster = fwd.cluster();
     let cs = &cluster.stats;
     if tx.log {
-        tx.cluster = Some(Arc::from(&*cluster.name));
+        tx.cluster = Some(cluster.name.clone());
     }
     cs.upstream_rq_total.inc();
     if cluster.endpoints.is_empty() {
@@ -514,7 +522,11 @@ async fn forward(
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
-        return Box::pin(forward_upgrade(cluster, hash, parts, proto, on_upgrade, tx)).await;
+        let tunnels = &conn.shared.tunnels;
+        return Box::pin(forward_upgrade(
+            cluster, hash, parts, proto, on_upgrade, tx, tunnels,
+        ))
+        .await;
     }
 
     // A retry needs the body again: buffer it when the policy allows retrying this method and
@@ -566,7 +578,7 @@ async fn forward(
             None => {
                 let b = stream_body.take().expect("single try streams the body");
                 // Counted for the log only when there is a body whose length is not declared.
-                if tx.log && !b.is_end_stream() && b.size_hint().exact().is_none() {
+                if tx.access_log && !b.is_end_stream() && b.size_hint().exact().is_none() {
                     tx.rx_count = Some(Arc::default());
                 }
                 Either::Left(Counted::new(b, tx.rx_count.clone()))
@@ -672,6 +684,7 @@ async fn forward_upgrade(
     proto: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
     tx: &mut Tx,
+    tunnels: &crate::upgrade::Tunnels,
 ) -> Result<Response<RespBody>, LocalReply> {
     let Some(idx) = cluster.pick(hash, None) else {
         cluster.stats.upstream_rq_no_healthy.inc();
@@ -684,7 +697,7 @@ async fn forward_upgrade(
         tx.tunnel = Some(r);
         s
     });
-    let resp = crate::upgrade::proxy(cluster, idx, parts, proto, on_upgrade, done)
+    let resp = crate::upgrade::proxy(cluster, idx, parts, proto, on_upgrade, done, tunnels)
         .await
         .map_err(|e| match e {
             crate::upgrade::UpgradeError::Connect => LocalReply::ConnectFailure,

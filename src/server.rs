@@ -33,6 +33,8 @@ pub struct Shared {
     pub hc_failed: AtomicBool,
     /// The configured path.
     pub config_path: PathBuf,
+    /// Upgraded (WebSocket) connections, which outlive the HTTP connection that opened them.
+    pub tunnels: crate::upgrade::Tunnels,
 }
 
 /// What the admin endpoint reports about reloads.
@@ -139,6 +141,7 @@ impl Server {
             draining: AtomicBool::new(false),
             hc_failed: AtomicBool::new(false),
             config_path: opts.config.clone(),
+            tunnels: crate::upgrade::Tunnels::default(),
         });
         let mut listeners = HashMap::new();
         for (addr, l) in bound {
@@ -316,12 +319,18 @@ impl Server {
     /// sends the spans still queued (bounded) and returns.
     pub async fn shutdown(self) {
         self.shared.draining.store(true, Ordering::SeqCst);
+        let began = tokio::time::Instant::now();
         for r in self.listeners.values() {
             r.stop();
         }
         for (_, r) in self.listeners {
             r.join().await;
         }
+        // Tunnels get what is left of the drain time, then are closed; either way each writes
+        // its access log line and ends its span before the spans are flushed.
+        let left = self.opts.drain_timeout.saturating_sub(began.elapsed());
+        self.shared.tunnels.close(left).await;
+        crate::access_log::flush_all(Duration::from_secs(2)).await;
         // After the drain: the last requests' spans are queued by now.
         crate::otlp::flush_all(crate::otlp::SHUTDOWN_FLUSH_TIMEOUT).await;
         self.admin.1.stop();

@@ -29,6 +29,42 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
+/// Open tunnels and the tasks that log them, so a shutdown can wait for them, close them, and
+/// still write their log lines.
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    tracker: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Tunnels {
+    /// Runs `fut` as a tracked task.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(fut);
+    }
+
+    /// Waits up to `grace` for the tunnels to end by themselves, then closes the rest and waits
+    /// (bounded) for them to report.
+    pub async fn close(&self, grace: std::time::Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                open = self.tracker.len(),
+                "drain timeout: closing upgraded connections"
+            );
+            self.stop.cancel();
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), self.tracker.wait()).await;
+        }
+    }
+}
+
 /// Why an upgrade could not be proxied.
 #[derive(Debug)]
 pub enum UpgradeError {
@@ -49,6 +85,7 @@ pub async fn proxy(
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
     done: Option<tokio::sync::oneshot::Sender<(u64, u64)>>,
+    tunnels: &Tunnels,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let ep = &cluster.endpoints[idx];
     let cs = &cluster.stats;
@@ -91,7 +128,8 @@ pub async fn proxy(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = cluster.name.clone();
-        tokio::spawn(async move {
+        let stop = tunnels.stop.clone();
+        tunnels.spawn(async move {
             // The endpoint stays counted as busy for as long as the tunnel is open.
             let _active = active;
             let mut counts = (0, 0);
@@ -99,8 +137,13 @@ pub async fn proxy(
                 Ok((down, up)) => {
                     let mut down = ReadCount::new(TokioIo::new(down));
                     let mut up = ReadCount::new(TokioIo::new(up));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                        tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
+                    tokio::select! {
+                        r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+                            if let Err(e) = r {
+                                tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
+                            }
+                        }
+                        _ = stop.cancelled() => {}
                     }
                     // Counted as read, so an error part way still reports what went through.
                     counts = (down.read, up.read);

@@ -446,3 +446,64 @@ async fn websocket_upgrade_is_tunnelled() {
     let r = get(&format!("http://127.0.0.1:{port}/chat"), &[]).await;
     assert_eq!((r.status, r.body.as_str()), (400, "no upgrade\n"));
 }
+
+#[tokio::test]
+async fn websocket_open_at_shutdown_is_closed_after_the_drain_and_logged() {
+    let (be_addr, _be) = upgrade_echo_backend().await;
+    let (admin, port) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("access.log");
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write(
+        "l.yaml",
+        &format!(
+            "listeners:\n  - name: ingress\n    address: 127.0.0.1:{port}\n    route_config: main\n    access_log: [{{ path: \"{}\", format: json }}]\n",
+            log.display()
+        ),
+    );
+    cfg.write(
+        "r.yaml",
+        &format!(
+            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
+        ),
+    );
+    let mut tern = Tern::start(cfg.path(), admin, &["--drain-timeout", "300ms"]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s.write_all(b"abc").await.unwrap();
+    let mut got = [0u8; 3];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ABC");
+    // Nothing is logged while the tunnel is open.
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+    // The client keeps the tunnel open: the drain ends it, logs it, and the process exits 0.
+    tern.signal("TERM");
+    let status = tern.wait_exit().await;
+    assert!(status.success(), "{status:?}\n{}", tern.logs());
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let e: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(e["response_code"], 101);
+    assert_eq!(
+        (e["bytes_received"].as_u64(), e["bytes_sent"].as_u64()),
+        (Some(3), Some(3)),
+        "{text}"
+    );
+}

@@ -754,12 +754,32 @@ impl Checker<'_> {
                 self.bad(f, t.pos, "connect_timeout must be greater than 0");
             }
         }
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
         for e in &c.value.endpoints {
             if let Err(msg) = endpoint_address_ok(&e.address) {
                 self.bad(f, e.address.pos, msg);
             }
             if e.weight == 0 {
                 self.bad(f, e.pos, "endpoint weight must be at least 1");
+            }
+            // Endpoint state (pools, health, counters) is keyed by address: one entry each.
+            match seen.get(e.address.as_str()) {
+                Some(&p0) => {
+                    let d = Diagnostic::error(
+                        codes::DUPLICATE,
+                        &self.files[f],
+                        e.address.pos,
+                        format!(
+                            "endpoint `{}` is listed twice in cluster `{}`; give it a weight instead",
+                            e.address.value, c.value.name.value
+                        ),
+                    )
+                    .with_related("first listed here", &self.files[f], p0);
+                    self.diags.push(d);
+                }
+                None => {
+                    seen.insert(e.address.as_str(), e.address.pos);
+                }
             }
         }
     }
