@@ -1,6 +1,6 @@
 //! Proxy header handling: hop-by-hop removal, forwarding headers, request IDs.
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 /// `x-request-id`.
@@ -18,11 +18,11 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names (enum compares, no hashing) finds which are present, so only those
     // are removed: most responses carry just `connection: keep-alive`, most requests nothing.
-    const HOP: [HeaderName; 7] = [
+    // `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only the trailers it declares.
+    const HOP: [HeaderName; 6] = [
         CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
-        TRAILER,
         TRANSFER_ENCODING,
         UPGRADE,
         TE,
@@ -166,6 +166,16 @@ mod tests {
         assert_eq!(names, vec!["te", "x-keep"]);
         let te: Vec<_> = h.get_all(TE).iter().collect();
         assert_eq!(te, vec!["trailers"]);
+    }
+
+    #[test]
+    fn trailer_declaration_is_end_to_end() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::TRAILER, "grpc-status".parse().unwrap());
+        h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["trailer"]);
     }
 
     #[test]
