@@ -16,18 +16,21 @@ WORKDIR /src
 # Sources only (see .dockerignore); Cargo.lock pins every dependency (--locked).
 COPY . .
 # BuildKit caches: the registry and target/ survive between builds, so a change in src/ only
-# recompiles the workspace crates. The binaries are copied out of the cache mount.
+# recompiles the workspace crates. The binaries are copied out of the cache mount. `tern` is built
+# on its own so its features are not unified with tern-sync's (it would link a second TLS provider,
+# aws-lc, whose start-up constructor costs idle memory): the same binary bench/ measures.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p tern -p tern-sync -p tern-validate --bins \
+    cargo build --release --locked -p tern --bins \
+ && cargo build --release --locked -p tern-sync -p tern-validate --bins \
  && mkdir -p /out/bin /out/root/config \
  && cp target/release/tern target/release/tern-sync target/release/tern-validate /out/bin/ \
  && objcopy --strip-debug /out/bin/tern \
  && objcopy --strip-debug /out/bin/tern-sync \
  && objcopy --strip-debug /out/bin/tern-validate
 
-# distroless/cc: glibc, libgcc, CA certificates (tern-sync talks TLS to S3), no shell, no package
+# distroless/cc: glibc, libgcc, CA certificates (tern-sync talks TLS to S3, tern to an https OTLP collector), no shell, no package
 # manager; the :nonroot tag runs as uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/bin/ /usr/local/bin/

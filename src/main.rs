@@ -127,6 +127,9 @@ fn init_logging(args: &Args) {
 }
 
 fn main() -> ExitCode {
+    // TLS (OTLP to an https collector) uses ring; named as the process default so that a build
+    // that also links another rustls provider (the workspace's test crates) still picks one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     if let Some(Command::Health {
         admin_address,

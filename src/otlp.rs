@@ -532,7 +532,7 @@ fn https_client(
     // The provider named rather than the process default: whichever crate enabled another
     // rustls provider, this one is compiled in.
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?

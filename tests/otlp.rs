@@ -222,6 +222,9 @@ async fn grpc_receiver_tls(pki: Option<&Pki>) -> Receiver {
     let svc = TraceServiceServer::new(Grpc(sink.clone()));
     let mut server = tonic::transport::Server::builder();
     if let Some(pki) = pki {
+        // Test builds link two rustls providers (tern's ring, the test crates' aws-lc): tonic
+        // needs a process default to pick one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let identity = tonic::transport::Identity::from_pem(&pki.cert, &pki.key);
         server = server
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
