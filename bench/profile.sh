@@ -67,22 +67,7 @@ run_tern() { # $1 = requests, $2 = tag; prints total instructions
   local n=$1 tag=$2 lport aport
   lport=$(port); aport=$(port)
   mkdir -p "$tmp/$tag"
-  cat > "$tmp/$tag/tern.yaml" <<YAML
-admin: { address: "127.0.0.1:$aport" }
-listeners:
-  - { name: bench, address: "127.0.0.1:$lport", route_config: main }
-route_configs:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: { prefix: / }
-            route: { cluster: backend }
-clusters:
-  - name: backend
-    endpoints: [{ address: "127.0.0.1:$bport" }]
-YAML
+  bench/tern-config.sh "$lport" "$aport" "127.0.0.1:$bport" > "$tmp/$tag/tern.yaml"
   env "${envs[@]}" taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$tmp/$tag/callgrind.out" \
     "$bin" --config "$tmp/$tag" --log-level warn --worker-threads 1 2>"$tmp/$tag/valgrind.log" &
   local vp=$!
@@ -98,15 +83,7 @@ echo "callgrind: $(( (full - base) / requests )) user-space instructions per req
 # System calls per request: strace -c -f over a client run against a plain (not valgrind) tern.
 lport=$(port); aport=$(port)
 mkdir -p "$tmp/strace"
-cp "$tmp/load/tern.yaml" "$tmp/strace/tern.yaml"
-python3 - "$tmp/strace/tern.yaml" "$lport" "$aport" <<'PY'
-import re, sys
-p, l, a = sys.argv[1:]
-t = open(p).read()
-t = re.sub(r'admin: \{ address: "127.0.0.1:\d+" \}', f'admin: {{ address: "127.0.0.1:{a}" }}', t)
-t = re.sub(r'name: bench, address: "127.0.0.1:\d+"', f'name: bench, address: "127.0.0.1:{l}"', t)
-open(p, "w").write(t)
-PY
+bench/tern-config.sh "$lport" "$aport" "127.0.0.1:$bport" > "$tmp/strace/tern.yaml"
 env "${envs[@]}" "$bin" --config "$tmp/strace" --log-level warn --worker-threads 1 & tp=$!
 pids+=($tp)
 wait_http "http://127.0.0.1:$aport/ready"

@@ -5,20 +5,5 @@ set -euo pipefail
 bin=${1:?path to the tern binary}
 dir=$(mktemp -d)
 admin=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$dir/tern.yaml" <<YAML
-admin: { address: "127.0.0.1:$admin" }
-listeners:
-  - { name: bench, address: "127.0.0.1:$CANDIDATE_PORT", route_config: main }
-route_configs:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: { prefix: / }
-            route: { cluster: backend }
-clusters:
-  - name: backend
-    endpoints: [{ address: "$BACKEND_ADDR" }]
-YAML
+"$(dirname "$0")/tern-config.sh" "$CANDIDATE_PORT" "$admin" "$BACKEND_ADDR" > "$dir/tern.yaml"
 exec "$bin" --config "$dir" --log-level warn

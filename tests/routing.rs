@@ -372,21 +372,24 @@ async fn upgrade_echo_backend() -> (std::net::SocketAddr, tokio::task::JoinHandl
     (addr, task)
 }
 
-#[tokio::test]
-async fn websocket_upgrade_is_tunnelled() {
-    let (be_addr, _be) = upgrade_echo_backend().await;
+/// A tern with one logging listener that forwards everything to the upgrade echo backend.
+struct WsSetup {
+    tern: Tern,
+    port: u16,
+    log: std::path::PathBuf,
+    be_addr: std::net::SocketAddr,
+    _be: tokio::task::JoinHandle<()>,
+    _cfg: ConfigDir,
+    _logdir: tempfile::TempDir,
+}
+
+async fn ws_setup(extra: &[&str]) -> WsSetup {
+    let (be_addr, be) = upgrade_echo_backend().await;
     let (admin, port) = (free_port(), free_port());
     let cfg = ConfigDir::new();
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write("l.yaml", &listener_yaml("ingress", port, "main"));
-    cfg.write(
-        "r.yaml",
-        &format!(
-            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
-        ),
-    );
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("access.log");
+    cfg.write("admin.yaml", &admin_yaml(admin));
     cfg.write(
         "l.yaml",
         &format!(
@@ -394,7 +397,26 @@ async fn websocket_upgrade_is_tunnelled() {
             log.display()
         ),
     );
-    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    cfg.write(
+        "r.yaml",
+        &format!(
+            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, extra).await;
+    WsSetup {
+        tern,
+        port,
+        log,
+        be_addr,
+        _be: be,
+        _cfg: cfg,
+        _logdir: logdir,
+    }
+}
+
+/// Sends a WebSocket handshake to `port`; returns the stream and the response head (lower case).
+async fn ws_open(port: u16) -> (tokio::net::TcpStream, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -407,7 +429,14 @@ async fn websocket_upgrade_is_tunnelled() {
         s.read_exact(&mut b).await.unwrap();
         head.push(b[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    (s, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let setup = ws_setup(&[]).await;
+    let (tern, port, log, be_addr) = (&setup.tern, setup.port, &setup.log, setup.be_addr);
+    let (mut s, head) = ws_open(port).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(
         head.contains("upgrade: websocket") && head.contains("connection: upgrade"),
@@ -429,7 +458,7 @@ async fn websocket_upgrade_is_tunnelled() {
     .await;
     // The upgrade is logged when the tunnel closes, with the bytes that went through each way.
     let line = wait_for("access log line", || async {
-        std::fs::read_to_string(&log)
+        std::fs::read_to_string(log)
             .ok()
             .filter(|s| s.ends_with('\n'))
     })
@@ -449,54 +478,23 @@ async fn websocket_upgrade_is_tunnelled() {
 
 #[tokio::test]
 async fn websocket_open_at_shutdown_is_closed_after_the_drain_and_logged() {
-    let (be_addr, _be) = upgrade_echo_backend().await;
-    let (admin, port) = (free_port(), free_port());
-    let cfg = ConfigDir::new();
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("access.log");
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "l.yaml",
-        &format!(
-            "listeners:\n  - name: ingress\n    address: 127.0.0.1:{port}\n    route_config: main\n    access_log: [{{ path: \"{}\", format: json }}]\n",
-            log.display()
-        ),
-    );
-    cfg.write(
-        "r.yaml",
-        &format!(
-            "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: ws }}\nclusters:\n  - name: ws\n    endpoints: [{{ address: \"{be_addr}\" }}]\n"
-        ),
-    );
-    let mut tern = Tern::start(cfg.path(), admin, &["--drain-timeout", "300ms"]).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /chat HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut setup = ws_setup(&["--drain-timeout", "300ms"]).await;
+    let (mut s, head) = ws_open(setup.port).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (tern, log) = (&mut setup.tern, &setup.log);
     s.write_all(b"abc").await.unwrap();
     let mut got = [0u8; 3];
     s.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"ABC");
     // Nothing is logged while the tunnel is open.
-    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "");
+    assert_eq!(std::fs::read_to_string(log).unwrap_or_default(), "");
     // The client keeps the tunnel open: the drain ends it, logs it, and the process exits 0.
     tern.signal("TERM");
     let status = tern.wait_exit().await;
     assert!(status.success(), "{status:?}\n{}", tern.logs());
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest).await;
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
     let e: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
