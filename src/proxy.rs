@@ -510,7 +510,12 @@ async fn forward(
             }
             if let (Some(exp), Some(uri)) = (&listener.otlp, &span_uri) {
                 let stats = &listener.stats;
-                tx.span = exp.start_span(&span, parent, &parts, uri, &host, stats, tx.start);
+                let mut s = exp.start_span(&span, parent, &parts, uri, &host, stats, tx.start);
+                // Route and cluster known now: a client that leaves early still gets them.
+                if let Some(s) = s.as_mut() {
+                    s.response(0, tx);
+                }
+                tx.span = s;
             }
         }
         // Tracing off: the client's trace headers pass through untouched; the log shows its id.

@@ -652,6 +652,38 @@ async fn exporter_survives_unrelated_reloads_and_is_replaced_when_its_settings_c
 }
 
 #[tokio::test]
+async fn a_client_that_leaves_early_gets_a_dc_span_with_its_route() {
+    use tokio::io::AsyncWriteExt;
+    let rx = grpc_receiver().await;
+    let tracing = format!("{{ otlp: {{ endpoint: \"http://{}\" }} }}", rx.addr);
+    let s = setup(&tracing, FAST).await;
+    let before = s.backend.ctl.requests();
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    c.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Leave once the backend is working on it.
+    wait_for("backend got the request", || async {
+        (s.backend.ctl.requests() > before).then_some(())
+    })
+    .await;
+    drop(c);
+    let got = wait_for("the slow request's span", || async {
+        rx.sink
+            .all()
+            .into_iter()
+            .find(|g| g.s("tern.route").as_deref() == Some("slow"))
+    })
+    .await;
+    assert_eq!(got.span.name, "slow");
+    assert_eq!(got.s("tern.response_flags").as_deref(), Some("DC"));
+    assert_eq!(got.s("upstream.cluster").as_deref(), Some("be"));
+    assert_eq!(got.i("http.response.status_code"), None);
+}
+
+#[tokio::test]
 async fn sigterm_flushes_queued_spans_before_exit() {
     let rx = grpc_receiver().await;
     let tracing = format!("{{ otlp: {{ endpoint: \"http://{}\" }} }}", rx.addr);
