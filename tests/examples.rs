@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{free_port, Backend, Tern};
+use common::{free_port, tern_check, Backend, Tern};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -370,15 +370,6 @@ fn example(dir: &str) -> &'static Example {
         })
 }
 
-/// Runs `tern --check --config DIR` from the repository root.
-fn tern_check(dir: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["--check", "--config", dir])
-        .current_dir(root())
-        .output()
-        .expect("run tern --check")
-}
-
 /// The `tern-validate` binary, built with the same cargo and profile (it belongs to another
 /// package, so `env!("CARGO_BIN_EXE_tern-validate")` is not available here).
 #[allow(dead_code)]
@@ -440,7 +431,7 @@ fn examples_are_found_and_listed() {
 #[test]
 fn every_example_passes_tern_check() {
     for dir in example_dirs() {
-        let out = tern_check(&dir);
+        let out = tern_check(std::path::Path::new(&dir));
         assert!(
             out.status.success(),
             "tern --check --config {dir} failed:\n{}{}",

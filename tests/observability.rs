@@ -610,12 +610,7 @@ fn bad_observability_settings_are_rejected_with_positions() {
         "c.yaml",
         "clusters:\n  - name: c\n    endpoints: [{ address: \"127.0.0.1:3\" }]\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("--check")
-        .arg("--config")
-        .arg(cfg.path())
-        .output()
-        .unwrap();
+    let out = tern_check(cfg.path());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -641,12 +636,7 @@ fn bad_observability_settings_are_rejected_with_positions() {
         "listeners:\n  - name: ingress\n    address: 127.0.0.1:1\n    route_config: main\n    tracing: { propagation: [w3c, zipkin] }\n",
     );
     cfg2.write("r.yaml", &direct_yaml("main", "x"));
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("--check")
-        .arg("--config")
-        .arg(cfg2.path())
-        .output()
-        .unwrap();
+    let out = tern_check(cfg2.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("zipkin"));
 }

@@ -839,12 +839,7 @@ fn bad_otlp_settings_are_rejected_with_positions() {
             &format!("listeners:\n  - name: ingress\n    address: 127.0.0.1:1\n    route_config: main\n    tracing:\n{tracing}"),
         );
         cfg.write("r.yaml", &direct_yaml("main", "x"));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-            .arg("--check")
-            .arg("--config")
-            .arg(cfg.path())
-            .output()
-            .unwrap();
+        let out = tern_check(cfg.path());
         assert_eq!(out.status.code(), Some(1), "{tracing}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

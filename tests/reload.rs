@@ -348,15 +348,7 @@ async fn start_fails_clearly_on_invalid_config() {
     );
     assert!(err.contains("did you mean `address`?"), "{err}");
 
-    let check = |p: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["--check", "--config"])
-            .arg(p)
-            .output()
-            .unwrap()
-            .status
-            .code()
-    };
+    let check = |p: &Path| tern_check(p).status.code();
     assert_eq!(check(cfg.path()), Some(1));
     assert_eq!(check(Path::new("config-examples/quickstart")), Some(0));
 }

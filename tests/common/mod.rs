@@ -15,6 +15,17 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+/// Runs `tern --check --config DIR` from the repository root (no server is started).
+pub fn tern_check(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("--check")
+        .arg("--config")
+        .arg(dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run tern --check")
+}
+
 /// Generous deadline for readiness and reload waits (polling, never a bare sleep).
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
