@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The one-route bench config: a listener forwarding everything to one backend.
 # Usage: tern-config.sh LISTEN_PORT ADMIN_PORT BACKEND_ADDR > tern.yaml
+# TERN_BENCH_LISTENER_EXTRA adds listener fields, e.g. ", request_headers_timeout: 0s".
 set -euo pipefail
 cat <<YAML
 admin: { address: "127.0.0.1:$2" }
 listeners:
-  - { name: bench, address: "127.0.0.1:$1", route_config: main }
+  - { name: bench, address: "127.0.0.1:$1", route_config: main${TERN_BENCH_LISTENER_EXTRA:-} }
 route_configs:
   - name: main
     virtual_hosts:
@@ -13,7 +14,7 @@ route_configs:
         domains: ["*"]
         routes:
           - match: { prefix: / }
-            route: { cluster: backend }
+            route: { cluster: backend${TERN_BENCH_ROUTE_EXTRA:-} }
 clusters:
   - name: backend
     endpoints: [{ address: "$3" }]

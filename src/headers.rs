@@ -1,6 +1,6 @@
 //! Proxy header handling: hop-by-hop removal, forwarding headers, request IDs.
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{Entry, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 /// `x-request-id`.
@@ -19,7 +19,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names (enum compares, no hashing) finds which are present, so only those
     // are removed: most responses carry just `connection: keep-alive`, most requests nothing.
     // `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only the trailers it declares.
-    const HOP: [HeaderName; 6] = [
+    // `static`, not `const`: a const array of `HeaderName` is built and dropped on every call.
+    static HOP: [HeaderName; 6] = [
         CONNECTION,
         KEEP_ALIVE,
         PROXY_CONNECTION,
@@ -81,32 +82,43 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// Appends the client to `x-forwarded-for` and sets `x-forwarded-proto`.
 pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue) {
-    let xff = match h.get(X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer_ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
+    // The entry API hashes the (custom, so byte by byte) name once for the lookup and the insert.
+    match h.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut e) => {
+            // Several lines are one list (RFC 9110 §5.3): joined, then the client appended.
+            let mut v = Vec::with_capacity(e.get().len() + 2 + peer_ip.len());
+            for prev in e.iter() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+            }
             v.extend_from_slice(peer_ip.as_bytes());
-            HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone())
+            e.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone()));
         }
-        None => peer_ip.clone(),
-    };
-    h.insert(X_FORWARDED_FOR, xff);
+        Entry::Vacant(e) => {
+            e.insert(peer_ip.clone());
+        }
+    }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
-/// Keeps a client's `x-request-id`, or generates a UUID v4; returns the value in use.
-pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    if let Some(v) = h.get(X_REQUEST_ID) {
-        if !v.is_empty() {
-            return v.clone();
+/// Keeps a client's non-empty `x-request-id` when `preserve` is set, else puts a new UUID v4 in
+/// its place; returns the value in use.
+pub fn ensure_request_id(h: &mut HeaderMap, preserve: bool) -> HeaderValue {
+    match h.entry(X_REQUEST_ID) {
+        Entry::Occupied(e) if preserve && !e.get().is_empty() => e.get().clone(),
+        Entry::Occupied(mut e) => {
+            let v = new_request_id();
+            e.insert(v.clone());
+            v
         }
+        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
     }
+}
+
+fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    let v = HeaderValue::from_str(s).expect("a UUID is a valid header value");
-    h.insert(X_REQUEST_ID, v.clone());
-    v
+    HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
@@ -185,14 +197,29 @@ mod tests {
         append_forwarded(&mut h, &ip);
         append_forwarded(&mut h, &ip);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.1");
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
+        append_forwarded(&mut h, &ip);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.1, 10.0.0.9, 10.0.0.1");
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
 
     #[test]
     fn request_id_kept_or_generated() {
         let mut h = HeaderMap::new();
-        let id = ensure_request_id(&mut h);
+        let id = ensure_request_id(&mut h, true);
         assert_eq!(id.len(), 36);
-        assert_eq!(ensure_request_id(&mut h), id);
+        assert_eq!(h[X_REQUEST_ID], id);
+        assert_eq!(ensure_request_id(&mut h, true), id, "kept");
+        let new = ensure_request_id(&mut h, false);
+        assert_ne!(new, id, "replaced");
+        assert_eq!(h.get_all(X_REQUEST_ID).iter().count(), 1);
+        assert_eq!(h[X_REQUEST_ID], new);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        assert_ne!(
+            ensure_request_id(&mut h, true),
+            "",
+            "an empty id is replaced"
+        );
     }
 }

@@ -25,6 +25,7 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp;
+pub mod timer;
 pub mod trace;
 pub mod upgrade;
 pub mod watch;

@@ -3,11 +3,16 @@
 //! A listener keeps its socket across reloads while its address stays configured; what it does
 //! with each connection is read from the current snapshot at accept time.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,6 +27,7 @@ use crate::proxy::{self, Conn};
 use crate::server::Shared;
 use crate::snapshot::ListenerKind;
 use crate::stats::ListenerStats;
+use crate::timer::{Alarm, LazyTimer};
 
 /// A running accept loop.
 #[derive(Debug)]
@@ -119,11 +125,12 @@ async fn accept_loop(
                         .unwrap_or(HeaderValue::from_static("unknown")),
                     last_request_ms: AtomicU64::new(now_ms()),
                     requests: std::sync::atomic::AtomicU32::new(0),
+                    timer: LazyTimer::default(),
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
-                    .timer(TokioTimer::new())
+                    .timer(conn.timer.clone())
                     .header_read_timeout(lr.request_headers_timeout);
                 builder.http2().timer(TokioTimer::new());
                 let idle_timeout = lr.idle_timeout;
@@ -191,45 +198,104 @@ async fn serve_http(
     let far = Duration::from_secs(365 * 24 * 3600);
     let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
     tokio::pin!(idle);
-    loop {
-        tokio::select! {
-            r = fut.as_mut() => {
-                if let Err(e) = r {
-                    let timeout = e
-                        .downcast_ref::<hyper::Error>()
-                        .is_some_and(|h| h.is_timeout());
-                    if timeout {
-                        stats.downstream_rq_header_timeout.inc();
-                        // Only when no request was served yet: an idle keep-alive connection
-                        // that times out is closed silently (a 408 there could be mistaken
-                        // for the answer to the client's next request).
-                        if conn.requests.load(Relaxed) == 0 {
-                            if let Some(mut raw) = raw {
-                                use std::io::Write;
-                                let _ = raw.write_all(REQUEST_TIMEOUT_REPLY);
-                            }
-                        }
-                    }
-                    tracing::debug!(error = %e, "connection error");
-                }
-                return;
-            }
-            _ = drain.cancelled(), if !closing => {
-                fut.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = &mut idle, if !closing && idle_timeout.is_some() => {
-                let timeout = idle_timeout.unwrap_or(far);
-                let since = Duration::from_millis(now_ms().saturating_sub(conn.last_request_ms.load(Relaxed)));
+    let drained = drain.cancelled();
+    tokio::pin!(drained);
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    // The drain, kill, idle and alarm futures are polled with their own waker, and only after it
+    // fired:
+    // the socket wakes this task several times per request, and polling three more futures on
+    // each of those wake-ups is a measurable part of a request's cost.
+    let signal = Arc::new(Signal::default());
+    let signal_waker = Waker::from(signal.clone());
+    let mut alarm = Alarm::default();
+    let r = std::future::poll_fn(|cx| loop {
+        signal.task.register(cx.waker());
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        let mut scx = Context::from_waker(&signal_waker);
+        alarm.update(&conn.timer, &mut scx);
+        if !signal.fired.swap(false, Acquire) {
+            return Poll::Pending;
+        }
+        // After the alarm, the connection is polled again: that checks the HTTP/1 deadlines.
+        let mut again = alarm.fired(&conn.timer, &mut scx);
+        if killed.as_mut().poll(&mut scx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !closing && drained.as_mut().poll(&mut scx).is_ready() {
+            fut.as_mut().graceful_shutdown();
+            closing = true;
+            again = true;
+        }
+        if let (false, Some(timeout)) = (closing, idle_timeout) {
+            while idle.as_mut().poll(&mut scx).is_ready() {
+                let since = Duration::from_millis(
+                    now_ms().saturating_sub(conn.last_request_ms.load(Relaxed)),
+                );
                 if since >= timeout {
                     stats.downstream_cx_idle_timeout.inc();
                     fut.as_mut().graceful_shutdown();
                     closing = true;
-                } else {
-                    idle.as_mut().reset(tokio::time::Instant::now() + (timeout - since));
+                    again = true;
+                    break;
                 }
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + (timeout - since));
             }
-            _ = kill.cancelled() => return,
         }
+        if !again {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    let Some(Err(e)) = r else {
+        return;
+    };
+    let timeout = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|h| h.is_timeout());
+    if timeout {
+        stats.downstream_rq_header_timeout.inc();
+        // Only when no request was served yet: an idle keep-alive connection that times out is
+        // closed silently (a 408 there could be mistaken for the answer to the client's next
+        // request).
+        if conn.requests.load(Relaxed) == 0 {
+            if let Some(mut raw) = raw {
+                use std::io::Write;
+                let _ = raw.write_all(REQUEST_TIMEOUT_REPLY);
+            }
+        }
+    }
+    tracing::debug!(error = %e, "connection error");
+}
+
+/// Wakes a connection's task for its drain, kill and idle futures, and records that one of them
+/// may be ready.
+#[derive(Debug)]
+struct Signal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for Signal {
+    fn default() -> Signal {
+        // Set at first, so the first poll registers the drain, kill and idle futures.
+        Signal {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Release);
+        self.task.wake();
     }
 }

@@ -45,8 +45,15 @@ pub const DEFAULT_MAX_EJECTION_PERCENT: f64 = 10.0;
 
 /// Milliseconds since the first call (a monotonic clock for ejection deadlines).
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] for an instant already read (saves a clock read on the request path).
+pub fn ms_at(t: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 /// A cluster's outlier detection settings, compiled once when the cluster is built.

@@ -119,7 +119,7 @@ pub struct Lease {
 
 impl Lease {
     /// Puts the connection back for reuse (call only when the response was fully read).
-    pub fn release(self) {
+    pub fn release(self, now: Instant) {
         if self.tx.is_closed() {
             return;
         }
@@ -128,7 +128,7 @@ impl Lease {
             idle.retain(|(tx, _)| !tx.is_closed());
         }
         if idle.len() < MAX_IDLE {
-            idle.push((self.tx, Instant::now()));
+            idle.push((self.tx, now));
         }
     }
 }
@@ -143,11 +143,11 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(&self) -> Option<SendRequest<UpBody>> {
+    fn take(&self, now: Instant) -> Option<SendRequest<UpBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
         while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+            if !tx.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
                 return Some(tx);
             }
         }
@@ -164,10 +164,11 @@ impl Pool {
         self: &Arc<Self>,
         t: &Target<'_>,
         mut req: Request<UpBody>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
-        while let Some(mut tx) = self.take() {
+        while let Some(mut tx) = self.take(now) {
             if tx.ready().await.is_err() {
                 continue;
             }

@@ -27,6 +27,7 @@ use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::{ListenerKind, ListenerRt};
 use crate::stats::{ClusterStats, ListenerStats};
+use crate::timer::LazyTimer;
 
 /// Response body: a streamed upstream body, or a small local one.
 pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
@@ -49,6 +50,8 @@ pub struct Conn {
     pub last_request_ms: std::sync::atomic::AtomicU64,
     /// Requests started on this connection.
     pub requests: std::sync::atomic::AtomicU32,
+    /// Deadlines of HTTP/1 requests, checked when the connection's task polls them.
+    pub timer: crate::timer::LazyTimer,
 }
 
 /// Why the proxy answered by itself; each maps to a status and a short body naming the cause.
@@ -156,21 +159,17 @@ pub async fn handle(
         return Ok(LocalReply::ListenerGone.response());
     };
     let stats = &listener.stats;
+    let start = Instant::now();
     conn.last_request_ms
-        .store(outlier::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        .store(outlier::ms_at(start), std::sync::atomic::Ordering::Relaxed);
     conn.requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     stats.downstream_rq_total.inc();
     stats.downstream_rq_active.inc();
     let _active = ActiveGauge(stats);
 
-    let start = Instant::now();
-
     let mut req = req;
-    if !listener.preserve_request_id {
-        req.headers_mut().remove(headers::X_REQUEST_ID);
-    }
-    let request_id = headers::ensure_request_id(req.headers_mut());
+    let request_id = headers::ensure_request_id(req.headers_mut(), listener.preserve_request_id);
     let host = headers::authority(&req).unwrap_or_default();
     // Without an access log this stays empty: no entry, no header copies.
     let mut pending = Pending::default();
@@ -524,6 +523,8 @@ async fn forward(
     }
     // Not kept in the future's state across the awaits below.
     drop(span_uri);
+    // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
+    let lazy = (parts.version <= Version::HTTP_11).then_some(&conn.timer);
     parts.version = Version::HTTP_11;
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
@@ -566,7 +567,9 @@ async fn forward(
         _ => 0,
     };
 
-    let deadline = fwd.timeout.map(|t| Instant::now() + t);
+    // One clock read per try: it is the try's start, and the route deadline counts from the first.
+    let mut now = Instant::now();
+    let deadline = fwd.timeout.map(|t| now + t);
     let mut head = Some(parts);
     let mut prev: Option<usize> = None;
     let mut retries = 0u32;
@@ -600,8 +603,8 @@ async fn forward(
             RetryGauge(cluster)
         });
         let per_try = policy.and_then(|p| p.per_try_timeout);
-        let sent = Instant::now();
-        let result = try_once(cluster, idx, upstream_req, per_try, deadline).await;
+        let sent = now;
+        let result = try_once(cluster, idx, upstream_req, per_try, sent, deadline, lazy).await;
         if let (true, Try::Response(..)) = (tx.log, &result) {
             tx.service_time = Some(sent.elapsed());
         }
@@ -628,7 +631,8 @@ async fn forward(
             };
             drop(result);
             tokio::time::sleep(backoff).await;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
                 cs.upstream_rq_timeout.inc();
                 return Err(LocalReply::UpstreamTimeout);
             }
@@ -746,7 +750,9 @@ async fn try_once(
     idx: usize,
     req: Request<UpBody>,
     per_try: Option<Duration>,
+    now: Instant,
     deadline: Option<Instant>,
+    lazy: Option<&LazyTimer>,
 ) -> Try {
     let cs = &cluster.stats;
     let ep = &cluster.endpoints[idx];
@@ -758,27 +764,29 @@ async fn try_once(
         limits: &cluster.limits,
         stats: &cluster.stats,
     };
-    let call = ep.state.pool.send(&target, req);
-    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let call = ep.state.pool.send(&target, req, now);
+    let remaining = deadline.map(|d| d.saturating_duration_since(now));
     let (limit, is_per_try) = match (per_try, remaining) {
         (Some(p), Some(r)) if p < r => (Some(p), true),
         (Some(p), None) => (Some(p), true),
         (_, r) => (r, false),
     };
-    let result = match limit {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                if is_per_try {
-                    cs.upstream_rq_per_try_timeout.inc();
-                } else {
-                    cs.upstream_rq_timeout.inc();
-                }
-                outlier::report(cluster, idx, Outcome::Timeout);
-                return Try::Failed(LocalReply::UpstreamTimeout);
+    let timed = match (limit, lazy) {
+        (Some(t), Some(lazy)) => lazy.timeout_at(now + t, call).await.ok(),
+        (Some(t), None) => tokio::time::timeout(t, call).await.ok(),
+        (None, _) => Some(call.await),
+    };
+    let result = match timed {
+        Some(r) => r,
+        None => {
+            if is_per_try {
+                cs.upstream_rq_per_try_timeout.inc();
+            } else {
+                cs.upstream_rq_timeout.inc();
             }
-        },
-        None => call.await,
+            outlier::report(cluster, idx, Outcome::Timeout);
+            return Try::Failed(LocalReply::UpstreamTimeout);
+        }
     };
     match result {
         Ok((resp, lease)) => {
@@ -842,7 +850,8 @@ pub struct Finish {
 }
 
 impl Finish {
-    fn done(&mut self, at_end: bool) {
+    /// Records the request's end; returns the time read for it.
+    fn done(&mut self, at_end: bool) -> Instant {
         let now = Instant::now();
         let took = now.saturating_duration_since(self.start);
         self.listener.downstream_rq_time.record(took);
@@ -861,6 +870,7 @@ impl Finish {
         if let Some(s) = self.span.take() {
             s.end(flags);
         }
+        now
     }
 }
 
@@ -882,10 +892,10 @@ pin_project_lite::pin_project! {
     impl<B: Body> PinnedDrop for Upstream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            this.fin.done(this.inner.is_end_stream());
+            let now = this.fin.done(this.inner.is_end_stream());
             if this.inner.is_end_stream() {
                 if let Some(lease) = this.lease.take() {
-                    lease.release();
+                    lease.release(now);
                 }
             }
         }

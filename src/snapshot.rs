@@ -21,7 +21,7 @@ pub struct Snapshot {
     /// The merged configuration (for `/config_dump`).
     pub config: Config,
     /// Listeners by bound address: a renamed listener on the same address keeps its socket.
-    pub listeners: HashMap<SocketAddr, Arc<ListenerRt>>,
+    pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
 }
@@ -157,7 +157,8 @@ impl Snapshot {
             r.attach_stats(&rc.value.name, stats);
             routers.insert(rc.value.name.value.clone(), Arc::new(r));
         }
-        let mut listeners = HashMap::new();
+        // Looked up on every request; the keys are our own addresses, so a fast hash is safe.
+        let mut listeners = HashMap::default();
         for l in &config.listeners {
             let l = &l.value;
             let kind = if let Some(rc) = &l.route_config {

@@ -566,3 +566,61 @@ async fn idle_connections_and_slow_headers_are_closed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn header_timeout_spares_a_slow_request_and_closes_an_idle_keep_alive_connection() {
+    // The header timer runs while an HTTP/1 connection waits for a request, not while one is
+    // being served: an upstream slower than the header timeout still gets its answer through.
+    let slow = Flaky::start("slow", Mode::Slow(900)).await;
+    let (tern, port, _c) =
+        proxy_with_listener("    request_headers_timeout: 300ms\n", slow.addr).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Then idle: closed without an answer (a 408 could be taken for the next request's).
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(
+        tern.stat("listener.ingress.downstream_rq_header_timeout")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn route_timeout_over_http2() {
+    // HTTP/2 streams run as tasks of their own, with tokio's timers (HTTP/1 uses lazy ones).
+    let hang = Flaky::start("hang", Mode::Hang).await;
+    let (tern, port, _c) = proxy("{ cluster: c, timeout: 300ms }", &[hang.addr], "", "").await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::get(url(port, "/x"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("answered within the route timeout")
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 504);
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"upstream timeout\n");
+    assert_eq!(tern.stat("cluster.c.upstream_rq_timeout").await, 1);
+}
