@@ -27,7 +27,7 @@ use crate::router::{Action, Forward, Route};
 use crate::server::Shared;
 use crate::snapshot::{ListenerKind, ListenerRt};
 use crate::stats::{ClusterStats, ListenerStats};
-use crate::timer::LazyTimer;
+use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
 
 /// Response body: a streamed upstream body, or a small local one.
 pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
@@ -764,21 +764,21 @@ async fn try_once(
         limits: &cluster.limits,
         stats: &cluster.stats,
     };
-    let call = ep.state.pool.send(&target, req, now);
     let remaining = deadline.map(|d| d.saturating_duration_since(now));
     let (limit, is_per_try) = match (per_try, remaining) {
         (Some(p), Some(r)) if p < r => (Some(p), true),
         (Some(p), None) => (Some(p), true),
         (_, r) => (r, false),
     };
-    let timed = match (limit, lazy) {
-        (Some(t), Some(lazy)) => lazy.timeout_at(now + t, call).await.ok(),
-        (Some(t), None) => tokio::time::timeout(t, call).await.ok(),
-        (None, _) => Some(call.await),
+    let deadline = match (limit, lazy) {
+        (Some(t), Some(lazy)) => Deadline::Lazy(lazy.sleep_until(now + t)),
+        (Some(t), None) => Deadline::Tokio(Box::pin(tokio::time::sleep(t))),
+        (None, _) => Deadline::None,
     };
-    let result = match timed {
-        Some(r) => r,
-        None => {
+    // Built in place: a named local for the send future would take a second slot in this future.
+    let result = match Timed::new(ep.state.pool.send(&target, req, now), deadline).await {
+        Ok(r) => r,
+        Err(Elapsed) => {
             if is_per_try {
                 cs.upstream_rq_per_try_timeout.inc();
             } else {

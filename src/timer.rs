@@ -64,19 +64,6 @@ impl LazyTimer {
             recorded: false,
         }
     }
-
-    /// `fut`, or [`Elapsed`] if it has not finished within `limit`.
-    pub fn timeout<F: Future>(&self, limit: Duration, fut: F) -> LazyTimeout<F> {
-        self.timeout_at(Instant::now() + limit, fut)
-    }
-
-    /// `fut`, or [`Elapsed`] if it has not finished by `deadline`.
-    pub fn timeout_at<F: Future>(&self, deadline: Instant, fut: F) -> LazyTimeout<F> {
-        LazyTimeout {
-            inner: fut,
-            sleep: self.sleep_until(deadline),
-        }
-    }
 }
 
 /// Resolves once its deadline has passed, as seen when its task polls it.
@@ -123,21 +110,40 @@ impl hyper::rt::Timer for LazyTimer {
     }
 }
 
-/// A [`LazyTimer::timeout`] that expired.
+/// A [`Timed`] future whose deadline passed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Elapsed;
 
+/// When a [`Timed`] future gives up.
+#[derive(Debug)]
+pub enum Deadline {
+    /// Never.
+    None,
+    /// At a lazy deadline (a future polled by an HTTP/1 connection's task).
+    Lazy(LazySleep),
+    /// At a tokio timer (any other task).
+    Tokio(Pin<Box<tokio::time::Sleep>>),
+}
+
 pin_project_lite::pin_project! {
-    /// A future bounded by a lazy deadline.
+    /// A future bounded by a [`Deadline`]; one type for every kind, so a caller's future holds
+    /// one slot for it rather than one per kind.
     #[derive(Debug)]
-    pub struct LazyTimeout<F> {
+    pub struct Timed<F> {
         #[pin]
         inner: F,
-        sleep: LazySleep,
+        deadline: Deadline,
     }
 }
 
-impl<F: Future> Future for LazyTimeout<F> {
+impl<F> Timed<F> {
+    /// `inner`, or [`Elapsed`] once `deadline` has passed.
+    pub fn new(inner: F, deadline: Deadline) -> Timed<F> {
+        Timed { inner, deadline }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
     type Output = Result<F::Output, Elapsed>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -145,9 +151,15 @@ impl<F: Future> Future for LazyTimeout<F> {
         if let Poll::Ready(v) = this.inner.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        match Pin::new(this.sleep).poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
-            Poll::Pending => Poll::Pending,
+        let expired = match this.deadline {
+            Deadline::None => false,
+            Deadline::Lazy(s) => Pin::new(s).poll(cx).is_ready(),
+            Deadline::Tokio(s) => s.as_mut().poll(cx).is_ready(),
+        };
+        if expired {
+            Poll::Ready(Err(Elapsed))
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -229,8 +241,11 @@ mod tests {
     async fn the_alarm_wakes_the_task_for_a_lazy_timeout() {
         let timer = LazyTimer::default();
         let mut alarm = Alarm::default();
-        let mut t =
-            Box::pin(timer.timeout(Duration::from_millis(20), std::future::pending::<()>()));
+        let sleep = timer.sleep_until(Instant::now() + Duration::from_millis(20));
+        let mut t = Box::pin(Timed::new(
+            std::future::pending::<()>(),
+            Deadline::Lazy(sleep),
+        ));
         let r = std::future::poll_fn(|cx| loop {
             if let Poll::Ready(r) = t.as_mut().poll(cx) {
                 return Poll::Ready(r);
@@ -243,6 +258,16 @@ mod tests {
         .await;
         assert_eq!(r, Err(Elapsed));
         assert_eq!(alarm.armed, NONE);
+    }
+
+    #[tokio::test]
+    async fn timed_with_a_tokio_deadline_or_none() {
+        let sleep = Box::pin(tokio::time::sleep(Duration::from_millis(10)));
+        let r = Timed::new(std::future::pending::<()>(), Deadline::Tokio(sleep)).await;
+        assert_eq!(r, Err(Elapsed));
+        let sleep = Box::pin(tokio::time::sleep(Duration::from_secs(60)));
+        assert_eq!(Timed::new(async { 7 }, Deadline::Tokio(sleep)).await, Ok(7));
+        assert_eq!(Timed::new(async { 8 }, Deadline::None).await, Ok(8));
     }
 
     #[tokio::test]
