@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-route bench config: a listener forwarding everything to one backend.
 # Usage: tern-config.sh LISTEN_PORT ADMIN_PORT BACKEND_ADDR > tern.yaml
-# TERN_BENCH_LISTENER_EXTRA adds listener fields, e.g. ", request_headers_timeout: 0s".
+# TERN_BENCH_LISTENER_EXTRA / TERN_BENCH_ROUTE_EXTRA add listener / route fields, e.g.
+# ", request_headers_timeout: 0s" (to measure what a feature costs).
 set -euo pipefail
 cat <<YAML
 admin: { address: "127.0.0.1:$2" }
