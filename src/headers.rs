@@ -16,8 +16,10 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `te: trailers` is kept: gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names (enum compares, no hashing) finds which are present, so only those
-    // are removed: most responses carry just `connection: keep-alive`, most requests nothing.
+    // One pass over the headers (no hashing) finds which are present, so only those are
+    // removed: most responses carry just `connection: keep-alive`, most requests nothing. The
+    // same pass reads the `Connection` lines for the names they list: every line counts; names
+    // other than the usual `keep-alive` / `close` are rare, so the list allocates only for one.
     // `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only the trailers it declares.
     // `static`, not `const`: a const array of `HeaderName` is built and dropped on every call.
     static HOP: [HeaderName; 6] = [
@@ -29,19 +31,20 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         TE,
     ];
     let mut present = 0u8;
-    for k in h.keys() {
-        if let Some(i) = HOP.iter().position(|n| n == k) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        // Every `Connection` line counts; names other than the usual `keep-alive` / `close` are
-        // rare, so the list allocates only when there is one.
-        let mut named: Vec<HeaderName> = Vec::new();
-        for v in h.get_all(CONNECTION) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (k, v) in h.iter() {
+        // A string match (length, then bytes) is several times cheaper than comparing
+        // `HeaderName`s one by one. Bits in the order of `HOP`.
+        let bit = match k.as_str() {
+            "connection" => 1,
+            "keep-alive" => 2,
+            "proxy-connection" => 4,
+            "transfer-encoding" => 8,
+            "upgrade" => 16,
+            "te" => 32,
+            _ => 0,
+        };
+        if bit == 1 {
             // Bytes, not `to_str`: one odd byte must not make every token be skipped.
             for name in v.as_bytes().split(|b| *b == b',') {
                 let name = name.trim_ascii();
@@ -55,6 +58,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 }
             }
         }
+        present |= bit;
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
         h.remove(CONNECTION);
         for n in named {
             h.remove(n);
