@@ -203,9 +203,8 @@ async fn serve_http(
     let killed = kill.cancelled();
     tokio::pin!(killed);
     // The drain, kill, idle and alarm futures are polled with their own waker, and only after it
-    // fired:
-    // the socket wakes this task several times per request, and polling three more futures on
-    // each of those wake-ups is a measurable part of a request's cost.
+    // fired: the socket wakes this task several times per request, and polling four more futures
+    // on each of those wake-ups is a measurable part of a request's cost.
     let signal = Arc::new(Signal::default());
     let signal_waker = Waker::from(signal.clone());
     let mut alarm = Alarm::default();
