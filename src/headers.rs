@@ -13,6 +13,31 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The hop-by-hop headers. `static`, not `const`: a const array of `HeaderName` is built and
+/// dropped at every use.
+static HOP: [HeaderName; 6] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    TE,
+];
+
+/// `1 << i` when `name` is `HOP[i]`, else 0. A string match (length, then bytes) is several
+/// times cheaper than comparing `HeaderName`s one by one.
+fn hop_bit(name: &str) -> u8 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 2,
+        "proxy-connection" => 4,
+        "transfer-encoding" => 8,
+        "upgrade" => 16,
+        "te" => 32,
+        _ => 0,
+    }
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `te: trailers` is kept: gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -21,29 +46,10 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // same pass reads the `Connection` lines for the names they list: every line counts; names
     // other than the usual `keep-alive` / `close` are rare, so the list allocates only for one.
     // `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only the trailers it declares.
-    // `static`, not `const`: a const array of `HeaderName` is built and dropped on every call.
-    static HOP: [HeaderName; 6] = [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        TE,
-    ];
     let mut present = 0u8;
     let mut named: Vec<HeaderName> = Vec::new();
     for (k, v) in h.iter() {
-        // A string match (length, then bytes) is several times cheaper than comparing
-        // `HeaderName`s one by one. Bits in the order of `HOP`.
-        let bit = match k.as_str() {
-            "connection" => 1,
-            "keep-alive" => 2,
-            "proxy-connection" => 4,
-            "transfer-encoding" => 8,
-            "upgrade" => 16,
-            "te" => 32,
-            _ => 0,
-        };
+        let bit = hop_bit(k.as_str());
         if bit == 1 {
             // Bytes, not `to_str`: one odd byte must not make every token be skipped.
             for name in v.as_bytes().split(|b| *b == b',') {
@@ -170,6 +176,14 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn hop_bits_follow_the_hop_list() {
+        for (i, n) in HOP.iter().enumerate() {
+            assert_eq!(hop_bit(n.as_str()), 1 << i, "{n}");
+        }
+        assert_eq!(hop_bit("user-agent"), 0);
     }
 
     #[test]
