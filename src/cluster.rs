@@ -10,15 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config;
 use crate::health::{self, EndpointHealth};
 use crate::lb::Balancer;
 use crate::outlier::{self, EndpointOutlier};
 use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
-
-/// Default cluster connect timeout (Envoy's).
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = config::defaults::CONNECT_TIMEOUT;
+use tern_config as config;
 
 /// State of one endpoint that outlives snapshots.
 #[derive(Debug, Default)]
@@ -159,7 +156,7 @@ impl Cluster {
             .connect_timeout
             .as_ref()
             .map(|d| d.0)
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            .unwrap_or(config::defaults::CONNECT_TIMEOUT);
         let health = spec
             .health_checks
             .first()
@@ -329,7 +326,7 @@ impl Drop for ActiveRequest {
 /// A cluster spec with `n` endpoints on 127.0.0.1 from `base_port` (for unit tests).
 #[cfg(test)]
 pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
-    use crate::config::Spanned;
+    use tern_config::Spanned;
     config::Cluster {
         name: Spanned::unplaced("c".into()),
         connect_timeout: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 use rand::Rng;
 
-use crate::config;
+use tern_config as config;
 
 /// Header: delay this request by N milliseconds.
 pub const DELAY_HEADER: &str = "x-tern-fault-delay-request";

@@ -33,9 +33,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, EndpointState};
-use crate::config;
 use crate::outlier;
 use crate::snapshot::Snapshot;
+use tern_config as config;
 
 /// What a check does.
 #[derive(Debug, Clone, PartialEq)]
@@ -316,7 +316,7 @@ fn spawn_checker(cluster: &Arc<Cluster>, idx: usize, s: Arc<Settings>, token: Ca
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, Spanned};
+    use tern_config::{Dur, Spanned};
 
     fn settings(unhealthy: u32, healthy: u32) -> Settings {
         Settings {

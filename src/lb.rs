@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use rand::Rng;
 use xxhash_rust::xxh64::xxh64;
 
-use crate::config::LbPolicy;
+use tern_config::LbPolicy;
 
 /// Longest precomputed round-robin schedule; larger weight sums are scaled down to fit.
 const MAX_SCHEDULE: u64 = 4096;

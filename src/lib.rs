@@ -7,7 +7,6 @@
 pub mod access_log;
 pub mod admin;
 pub mod cluster;
-pub mod config;
 pub mod fault;
 pub mod headers;
 pub mod health;

@@ -98,7 +98,7 @@ fn health(addr: &str, timeout: Duration) -> Result<(), String> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    tern::config::Dur::parse(s).map(|d| d.0)
+    tern_config::Dur::parse(s).map(|d| d.0)
 }
 
 /// Logging with a reload layer in front of the filter, so `POST /logging` can change it.

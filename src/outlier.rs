@@ -30,18 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
-use crate::config;
-
-/// Default `consecutive_5xx`.
-pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
-/// Default `interval`.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-/// Default `base_ejection_time`.
-pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
-/// Default `max_ejection_time`.
-pub const DEFAULT_MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
-/// Default `max_ejection_percent`.
-pub const DEFAULT_MAX_EJECTION_PERCENT: f64 = 10.0;
+use tern_config::{self as config, defaults};
 
 /// Milliseconds since the first call (a monotonic clock for ejection deadlines).
 pub fn now_ms() -> u64 {
@@ -83,18 +72,18 @@ impl Settings {
         let ms = |d: &Option<config::Spanned<config::Dur>>, default: Duration| {
             d.as_ref().map_or(default, |d| d.0).as_millis() as u64
         };
-        let base = ms(&o.base_ejection_time, DEFAULT_BASE_EJECTION_TIME).max(1);
+        let base = ms(&o.base_ejection_time, defaults::BASE_EJECTION_TIME).max(1);
         Settings {
-            consecutive_5xx: o.consecutive_5xx.unwrap_or(DEFAULT_CONSECUTIVE_5XX),
+            consecutive_5xx: o.consecutive_5xx.unwrap_or(defaults::CONSECUTIVE_5XX),
             consecutive_gateway_failure: o.consecutive_gateway_failure.unwrap_or(0),
-            interval_ms: ms(&o.interval, DEFAULT_INTERVAL).max(1),
+            interval_ms: ms(&o.interval, defaults::OUTLIER_INTERVAL).max(1),
             base_ejection_ms: base,
             // Envoy: max_ejection_time, or base_ejection_time when that is larger.
-            max_ejection_ms: ms(&o.max_ejection_time, DEFAULT_MAX_EJECTION_TIME).max(base),
+            max_ejection_ms: ms(&o.max_ejection_time, defaults::MAX_EJECTION_TIME).max(base),
             max_ejection_percent: o
                 .max_ejection_percent
                 .as_ref()
-                .map_or(DEFAULT_MAX_EJECTION_PERCENT, |p| p.value),
+                .map_or(defaults::MAX_EJECTION_PERCENT, |p| p.value),
             eject_lock: Mutex::new(()),
             wake: Arc::new(Notify::new()),
         }
@@ -395,8 +384,8 @@ pub fn spawn_sweeper(cluster: &Arc<Cluster>, token: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Dur, Spanned};
     use crate::stats::Stats;
+    use tern_config::{Dur, Spanned};
 
     fn cluster(n: usize, od: config::OutlierDetection) -> Arc<Cluster> {
         let mut spec = crate::cluster::test_spec(n, 1000);

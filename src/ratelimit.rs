@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName};
 
-use crate::config;
+use tern_config as config;
 
 const MAX_KEYS: usize = 100_000;
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::config;
+use tern_config as config;
 
 const ON_5XX: u8 = 1;
 const ON_GATEWAY: u8 = 2;

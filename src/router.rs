@@ -11,16 +11,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use crate::cluster::Cluster;
-use crate::config::{self, Pattern};
 use crate::fault::Fault;
 use crate::ratelimit::RateLimiter;
 use crate::retry::RetryPolicy;
-
-/// Default request body buffer for retries (Envoy's per_request_buffer_limit_bytes is similar).
-pub const DEFAULT_BUFFER_LIMIT: u64 = 64 * 1024;
-
-/// The default route timeout (Envoy's).
-pub const DEFAULT_ROUTE_TIMEOUT: Duration = config::defaults::ROUTE_TIMEOUT;
+use tern_config::{self as config, Pattern};
 
 /// A compiled route config.
 #[derive(Debug)]
@@ -517,7 +511,7 @@ fn compile_route(
             })
             .collect();
         let timeout = match a.timeout.as_ref().map(|t| t.0) {
-            None => Some(DEFAULT_ROUTE_TIMEOUT),
+            None => Some(config::defaults::ROUTE_TIMEOUT),
             Some(d) if d.is_zero() => None,
             Some(d) => Some(d),
         };
@@ -530,7 +524,7 @@ fn compile_route(
             hash_policy,
             buffer_limit: a
                 .per_request_buffer_limit_bytes
-                .unwrap_or(DEFAULT_BUFFER_LIMIT),
+                .unwrap_or(config::defaults::BUFFER_LIMIT),
             idle_timeout: a
                 .idle_timeout
                 .as_ref()

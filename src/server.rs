@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Diagnostic};
 use crate::listener::{self, Running};
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
+use tern_config::{self as config, Diagnostic};
 
 /// State shared by the request path, the admin endpoint and the reloader.
 #[derive(Debug)]

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::cluster::Cluster;
-use crate::config::Config;
 use crate::router::Router;
 use crate::stats::{ListenerStats, Stats};
+use tern_config::Config;
 
 /// One loaded configuration, ready to serve.
 #[derive(Debug)]
@@ -51,16 +51,9 @@ pub struct ListenerRt {
     pub preserve_request_id: bool,
 }
 
-/// Envoy's connection idle timeout default.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Default request headers timeout (Envoy has none; hyper's default, kept against slowloris).
-pub const DEFAULT_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
-/// Envoy's stream idle timeout default.
-pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// `None` for zero (off), the configured value, or the default.
 pub fn timeout_or(
-    v: Option<&crate::config::Spanned<crate::config::Dur>>,
+    v: Option<&tern_config::Spanned<tern_config::Dur>>,
     default: Duration,
 ) -> Option<Duration> {
     match v.map(|d| d.0) {
@@ -72,9 +65,9 @@ pub fn timeout_or(
 
 /// A listener's trace policy from its `tracing` settings; `None` (no spans, headers passed
 /// through untouched) when the listener has no `tracing` block.
-fn trace_policy(t: Option<&crate::config::Tracing>) -> Option<crate::trace::Policy> {
-    use crate::config::TraceFormat;
+fn trace_policy(t: Option<&tern_config::Tracing>) -> Option<crate::trace::Policy> {
     use crate::trace::Formats;
+    use tern_config::TraceFormat;
     let mut p = crate::trace::Policy::default();
     let t = t?;
     {
@@ -99,21 +92,21 @@ fn trace_policy(t: Option<&crate::config::Tracing>) -> Option<crate::trace::Poli
 /// The exporter a listener's spans go to: shared with every listener (and the previous
 /// snapshot) of the same endpoint, protocol, service name, CA and headers.
 fn otlp_exporter(
-    t: Option<&crate::config::Tracing>,
+    t: Option<&tern_config::Tracing>,
 ) -> Result<Option<Arc<crate::otlp::Exporter>>, String> {
     let Some((t, o)) = t.and_then(|t| Some((t, &t.otlp.as_ref()?.value))) else {
         return Ok(None);
     };
-    let protocol = o.protocol.unwrap_or(crate::config::OtlpProtocol::Grpc);
+    let protocol = o.protocol.unwrap_or(tern_config::OtlpProtocol::Grpc);
     let settings = crate::otlp::Settings {
-        endpoint: crate::otlp::resolve_endpoint(&o.endpoint, protocol)?,
+        endpoint: tern_config::otlp::resolve_endpoint(&o.endpoint, protocol)?,
         protocol,
         service_name: t.service_name.as_ref().map_or_else(
-            || crate::otlp::DEFAULT_SERVICE_NAME.to_string(),
+            || tern_config::defaults::SERVICE_NAME.to_string(),
             |s| s.value.clone(),
         ),
         ca_pem: match o.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            Some(path) => Some(crate::otlp::read_ca_file(path)?),
+            Some(path) => Some(tern_config::otlp::read_ca_file(path)?),
             None => None,
         },
         headers: o
@@ -209,14 +202,17 @@ impl Snapshot {
                     otlp,
                     preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
                     stats: lstats,
-                    idle_timeout: timeout_or(l.idle_timeout.as_ref(), DEFAULT_IDLE_TIMEOUT),
+                    idle_timeout: timeout_or(
+                        l.idle_timeout.as_ref(),
+                        tern_config::defaults::IDLE_TIMEOUT,
+                    ),
                     request_headers_timeout: timeout_or(
                         l.request_headers_timeout.as_ref(),
-                        DEFAULT_HEADERS_TIMEOUT,
+                        tern_config::defaults::REQUEST_HEADERS_TIMEOUT,
                     ),
                     stream_idle_timeout: timeout_or(
                         l.stream_idle_timeout.as_ref(),
-                        DEFAULT_STREAM_IDLE_TIMEOUT,
+                        tern_config::defaults::STREAM_IDLE_TIMEOUT,
                     ),
                 }),
             );

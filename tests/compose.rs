@@ -356,7 +356,7 @@ async fn compose_flow_publish_sync_serve_and_republish() {
     assert_eq!(run_args[0], "tern-sync");
     let compose_dest = flag(&run_args, "--dest").expect("--dest");
     replace_arg(&mut run_args, &compose_dest, dest.to_str().unwrap());
-    let interval = tern::config::Dur::parse(&flag(&run_args, "--interval").expect("--interval"))
+    let interval = tern_config::Dur::parse(&flag(&run_args, "--interval").expect("--interval"))
         .unwrap()
         .0;
     let mut agent_cmd = hermetic(Command::new(&sync_bin), &env);
@@ -550,7 +550,7 @@ async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
     let mut agent_cmd = hermetic(Command::new(&sync_bin), &sync_env);
     agent_cmd.args(&strings(&sync["command"])[1..]);
     let agent = Proc::spawn(agent_cmd, work.path().join("agent.log"));
-    let interval = tern::config::Dur::parse(
+    let interval = tern_config::Dur::parse(
         &flag(&strings(&sync["command"]), "--interval").unwrap_or("5s".into()),
     )
     .unwrap()

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use tern::config::{self, Severity};
+use tern_config::{self as config, Severity};
 
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();

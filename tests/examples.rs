@@ -296,7 +296,7 @@ impl Prepared {
 /// on 127.0.0.1 and every upstream in `ex.backends` to a freshly started backend.
 async fn prepare(ex: &Example) -> Prepared {
     let src = root().join(ex.dir);
-    let report = tern::config::load(&src);
+    let report = tern_config::load(&src);
     let config = report.config.unwrap_or_else(|| {
         panic!(
             "{} does not load: {:?}",
@@ -840,7 +840,7 @@ fn depends_on(c: &Value, on: &str) -> Option<String> {
 }
 
 fn secs(d: &str) -> u64 {
-    tern::config::Dur::parse(d)
+    tern_config::Dur::parse(d)
         .unwrap_or_else(|e| panic!("{d}: {e}"))
         .0
         .as_secs()
@@ -953,7 +953,7 @@ fn ecs_task_definition_is_consistent() {
     assert!(stop <= 120, "Fargate allows at most 120 s");
 
     // Ports: the load balancer targets tern's ingress listener; the app calls the egress one.
-    let ecs_config = tern::config::load(&root().join("config-examples/ecs/config"))
+    let ecs_config = tern_config::load(&root().join("config-examples/ecs/config"))
         .config
         .expect("ecs config loads");
     let listener = |name: &str| {

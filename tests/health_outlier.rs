@@ -377,7 +377,7 @@ async fn all_unhealthy_fails_open() {
 fn diags_of(yaml: &str) -> Vec<(&'static str, u32, bool)> {
     let d = ConfigDir::new();
     d.write("x.yaml", yaml);
-    tern::config::load(d.path())
+    tern_config::load(d.path())
         .diagnostics
         .into_iter()
         .map(|d| (d.code, d.line, d.is_error()))
@@ -415,7 +415,7 @@ fn outlier_and_health_check_values_are_checked() {
 
 #[test]
 fn resilience_example_with_health_checks_loads() {
-    let r = tern::config::load(std::path::Path::new("config-examples/resilience"));
+    let r = tern_config::load(std::path::Path::new("config-examples/resilience"));
     assert_eq!(r.error_count(), 0, "{:#?}", r.diagnostics);
     let c = r.config.unwrap();
     let inv = c

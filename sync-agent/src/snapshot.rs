@@ -300,7 +300,7 @@ impl Drop for Builder {
 /// Validates a snapshot directory with the proxy's loader; on errors returns the diagnostics
 /// (paths shown relative to the snapshot).
 pub fn validate(dir: &Path) -> Result<Vec<String>, Vec<String>> {
-    let report = tern::config::load(dir);
+    let report = tern_config::load(dir);
     let lines = report
         .diagnostics
         .iter()

@@ -1,5 +1,5 @@
 //! `tern-validate`: checks split Tern configurations with the proxy's own loader
-//! (`tern::config::load`) and reports every problem at `file:line:column`.
+//! (`tern_config::load`) and reports every problem at `file:line:column`.
 
 mod render;
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use tern::config::{self, diag::codes, Diagnostic, Pos, Report, Severity};
+use tern_config::{self as config, diag::codes, Diagnostic, Pos, Report, Severity};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.schema {
-        let schema = schemars::schema_for!(tern::config::Fragment);
+        let schema = schemars::schema_for!(tern_config::Fragment);
         let text = serde_json::to_string_pretty(&schema).expect("schema serializes");
         println!("{text}");
         return ExitCode::SUCCESS;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Origin, Renderer, Snippet};
 use serde::Serialize;
-use tern::config::{Diagnostic, Severity};
+use tern_config::{Diagnostic, Severity};
 
 use crate::{counts, Outcome};
 

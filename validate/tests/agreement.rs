@@ -241,7 +241,7 @@ proptest! {
         for (i, text) in render(&g).iter().enumerate() {
             fs::write(dir.path().join(format!("f{i}.yaml")), text).unwrap();
         }
-        let report = tern::config::load(dir.path());
+        let report = tern_config::load(dir.path());
         let out = Command::new(BIN)
             .args(["--format", "json"])
             .arg(dir.path())
@@ -260,7 +260,7 @@ proptest! {
         prop_assert!(check == 0 || check == 1, "tern --check exit {check}");
         prop_assert_eq!(check == 0, code == 0, "tern --check and tern-validate disagree");
         // Loading is deterministic: a second run gives the same verdict.
-        prop_assert_eq!(tern::config::load(dir.path()).config.is_some(), report.config.is_some());
+        prop_assert_eq!(tern_config::load(dir.path()).config.is_some(), report.config.is_some());
     }
 }
 
@@ -276,7 +276,7 @@ fn generator_produces_both_valid_and_invalid_configurations() {
         for (i, text) in render(&g).iter().enumerate() {
             fs::write(dir.path().join(format!("f{i}.yaml")), text).unwrap();
         }
-        if tern::config::load(dir.path()).config.is_some() {
+        if tern_config::load(dir.path()).config.is_some() {
             valid += 1;
         } else {
             invalid += 1;
@@ -297,7 +297,7 @@ fn valid_dirs() -> Vec<std::path::PathBuf> {
     for base in [root.join("tests/fixtures"), root.join("../config-examples")] {
         for e in fs::read_dir(base).unwrap() {
             let p = e.unwrap().path();
-            if tern::config::load(&p).config.is_some() {
+            if tern_config::load(&p).config.is_some() {
                 dirs.push(p);
             }
         }
@@ -377,7 +377,7 @@ proptest! {
         };
         fs::write(&file, &mutated).unwrap();
 
-        let loads = tern::config::load(tmp.path()).config.is_some();
+        let loads = tern_config::load(tmp.path()).config.is_some();
         let out = Command::new(BIN).arg(tmp.path()).env("NO_COLOR", "1").output().unwrap();
         let code = out.status.code().unwrap();
         prop_assert!(code == 0 || code == 1, "exit {code}: {}", String::from_utf8_lossy(&out.stderr));

@@ -134,7 +134,7 @@ fn every_fixture_reports_exactly_its_expected_diagnostics() {
 
 /// The codes declared in the shared diagnostics module.
 fn declared_codes() -> Vec<String> {
-    let src = fs::read_to_string(manifest_dir().join("../src/config/diag.rs")).unwrap();
+    let src = fs::read_to_string(manifest_dir().join("../config/src/diag.rs")).unwrap();
     src.lines()
         .filter_map(|l| l.trim().strip_prefix("pub const "))
         .filter_map(|l| l.split('"').nth(1))
@@ -167,7 +167,7 @@ fn validator_loader_and_tern_check_agree_on_fixtures_and_examples() {
         dirs.push(e.unwrap().path());
     }
     for d in dirs {
-        let loads = tern::config::load(&d).config.is_some();
+        let loads = tern_config::load(&d).config.is_some();
         let out = run_in(&manifest_dir(), &["--format", "json", d.to_str().unwrap()]);
         assert_eq!(
             out.status.code() == Some(0),
@@ -376,7 +376,7 @@ fn strict_fails_on_warnings_and_several_paths_are_checked_in_one_run() {
 
 /// The merged configuration as JSON, for comparing two loads.
 fn merged(dir: &Path) -> Value {
-    let r = tern::config::load(dir);
+    let r = tern_config::load(dir);
     serde_json::to_value(r.config.expect("loads")).unwrap()
 }
 

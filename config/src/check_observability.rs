@@ -30,7 +30,7 @@ pub fn check(cfg: &Config, diags: &mut Vec<Diagnostic>) {
             if let Some(f) = &al.format {
                 // The same compiler the snapshot uses, so a format that passes here cannot fail there.
                 if let Err(e) =
-                    crate::access_log::compile(&f.value, &mut Vec::new(), &mut Vec::new())
+                    crate::log_format::compile(&f.value, &mut Vec::new(), &mut Vec::new())
                 {
                     diags.push(Diagnostic::error(codes::BAD_VALUE, file, f.pos, e));
                 }

@@ -1,8 +1,16 @@
 //! The one configuration model shared by `tern`, `tern-validate` and `tern-sync`:
-//! types, discovery of split files, parsing with source positions, merging and checks.
+//! types, discovery of split files, parsing with source positions, merging, checks and lints.
+//!
+//! This crate depends on no runtime code (no tokio networking, hyper, rustls, notify or
+//! OpenTelemetry): the validator and the sync agent link only what reading YAML needs, and the
+//! one-way flow files → checked model → runtime snapshot is a compile-time fact. Rules the
+//! runtime shares with the checks (the access-log format compiler, OTLP endpoint rules, defaults)
+//! live here so that what passes `tern-validate` loads in the proxy.
 //!
 //! YAML is read with `serde-saphyr` (maintained, panic-free, and its `Spanned<T>` and error
 //! locations give every diagnostic a `file:line:column`); see `docs/config.md`.
+
+#![forbid(unsafe_code)]
 
 pub mod check;
 pub mod check_observability;
@@ -10,7 +18,9 @@ pub mod check_resilience;
 pub mod defaults;
 pub mod diag;
 pub mod lint;
+pub mod log_format;
 pub mod model;
+pub mod otlp;
 pub mod source;
 pub mod value;
 

@@ -1064,7 +1064,7 @@ mod tests {
             if i == 40 {
                 text.push_str("  - name: bad\n    connect_timeout: soon\n");
             }
-            files.push(crate::config::SourceFile {
+            files.push(crate::SourceFile {
                 path: format!("f{i:02}.yaml").into(),
                 text,
             });

@@ -553,14 +553,14 @@ mod tests {
     }
 
     fn codes(yaml: &str) -> Vec<&'static str> {
-        let sources = crate::config::Sources {
-            files: vec![crate::config::SourceFile {
+        let sources = crate::Sources {
+            files: vec![crate::SourceFile {
                 path: "x.yaml".into(),
                 text: yaml.into(),
             }],
             ..Default::default()
         };
-        crate::config::check_sources(sources)
+        crate::check_sources(sources)
             .diagnostics
             .iter()
             .map(|d| d.code)

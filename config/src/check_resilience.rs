@@ -222,7 +222,7 @@ impl Ck<'_> {
                 let base = o
                     .base_ejection_time
                     .as_ref()
-                    .map_or(crate::outlier::DEFAULT_BASE_EJECTION_TIME, |b| b.0);
+                    .map_or(crate::defaults::BASE_EJECTION_TIME, |b| b.0);
                 if !max.0.is_zero() && max.0 < base {
                     self.bad(
                         max.pos,
