@@ -119,22 +119,11 @@ async fn handle(
                 }
                 None => None,
             };
-            let text = shared.stats.text(&v, filter.as_ref(), &endpoint_samples(&shared));
+            let endpoints = endpoint_samples(&shared);
             if query(&req, "format") == Some("json") {
-                let map: serde_json::Map<String, serde_json::Value> = text
-                    .lines()
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(k, v)| {
-                        let v = match v.parse::<i64>() {
-                            Ok(n) => n.into(),
-                            Err(_) => serde_json::Value::String(v.to_string()),
-                        };
-                        (k.to_string(), v)
-                    })
-                    .collect();
-                reply(StatusCode::OK, JSON, serde_json::Value::Object(map).to_string())
+                reply(StatusCode::OK, JSON, shared.stats.json(&v, filter.as_ref(), &endpoints).to_string())
             } else {
-                reply(StatusCode::OK, TEXT, text)
+                reply(StatusCode::OK, TEXT, shared.stats.text(&v, filter.as_ref(), &endpoints))
             }
         }
         (&Method::GET, "/") => reply(

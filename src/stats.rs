@@ -1,7 +1,14 @@
-//! Counters and gauges, keyed by listener and cluster name so they survive reloads.
+//! Counters, gauges and histograms, keyed by listener, cluster and route name so they survive
+//! reloads.
 //!
 //! The request path holds `Arc`s to its listener's and cluster's stats (resolved when the snapshot
 //! is built) and only does relaxed atomic adds: no lock, no lookup per request.
+//!
+//! Each scope (listener, cluster, route, endpoint, configuration) declares its stats once, in a
+//! `stats_table!` table: field, type, exported name and HELP text on one line. The table makes
+//! the struct and a visitor that every output (Prometheus, `/stats` text and its JSON form) is
+//! rendered from, so a stat cannot be exported without its HELP text, and a test keeps
+//! docs/observability.md's list equal to the tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -146,141 +153,304 @@ impl StatusClasses {
     }
 }
 
-/// Per-listener statistics (Envoy's `downstream_*`).
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections accepted.
-    pub downstream_cx_total: Counter,
-    /// Connections open now.
-    pub downstream_cx_active: Gauge,
-    /// Requests received.
-    pub downstream_rq_total: Counter,
-    /// Requests in flight.
-    pub downstream_rq_active: Gauge,
-    /// Responses by status class.
-    pub downstream_rq_xx: StatusClasses,
-    /// Requests that matched no route.
-    pub no_route: Counter,
-    /// Requests delayed by fault injection.
-    pub fault_delays_injected: Counter,
-    /// Requests aborted by fault injection.
-    pub fault_aborts_injected: Counter,
-    /// Faults not injected because `max_active_faults` was reached.
-    pub fault_overflow: Counter,
-    /// Faults in progress.
-    pub fault_active: Gauge,
-    /// Requests refused by a local rate limit (429).
-    pub rate_limited: Counter,
-    /// Requests or responses cut by the stream idle timeout.
-    pub downstream_rq_idle_timeout: Counter,
-    /// Connections closed by the listener idle timeout.
-    pub downstream_cx_idle_timeout: Counter,
-    /// Connections closed because request headers did not arrive in time.
-    pub downstream_rq_header_timeout: Counter,
-    /// Time from request start to the end of the response, in ms.
-    pub downstream_rq_time: Histogram,
-    /// Access log lines dropped because a sink's buffer was full.
-    pub access_log_dropped: Counter,
-    /// Spans the OTLP collector accepted.
-    pub tracing_spans_exported: Counter,
-    /// Sampled spans not exported: the queue was full or the export failed.
-    pub tracing_spans_dropped: Counter,
+/// How a family is exported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-/// Per-cluster statistics (Envoy's `upstream_*`).
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// Requests sent upstream (or attempted).
-    pub upstream_rq_total: Counter,
-    /// Upstream requests in flight.
-    pub upstream_rq_active: Gauge,
-    /// Upstream responses by status class.
-    pub upstream_rq_xx: StatusClasses,
-    /// Connection attempts that failed or timed out.
-    pub upstream_cx_connect_fail: Counter,
-    /// Requests that hit the route timeout.
-    pub upstream_rq_timeout: Counter,
-    /// Requests reset by the upstream before a response.
-    pub upstream_rq_reset: Counter,
-    /// Requests that found no endpoint to send to.
-    pub upstream_rq_no_healthy: Counter,
-    /// TCP proxy connections opened.
-    pub upstream_cx_total: Counter,
-    /// Upstream connections open now.
-    pub upstream_cx_active: Gauge,
-    /// Requests waiting for a new connection.
-    pub upstream_rq_pending_active: Gauge,
-    /// Retries in flight.
-    pub upstream_rq_retry_active: Gauge,
-    /// Requests refused because `max_connections` was reached.
-    pub upstream_cx_overflow: Counter,
-    /// Requests refused because `max_pending_requests` or `max_requests` was reached.
-    pub upstream_rq_pending_overflow: Counter,
-    /// Retries not made because the retry budget or `max_retries` was reached.
-    pub upstream_rq_retry_overflow: Counter,
-    /// Retries made.
-    pub upstream_rq_retry: Counter,
-    /// Requests that succeeded after at least one retry.
-    pub upstream_rq_retry_success: Counter,
-    /// Requests whose retries ran out (response flag URX).
-    pub upstream_rq_retry_limit_exceeded: Counter,
-    /// Tries that hit `per_try_timeout`.
-    pub upstream_rq_per_try_timeout: Counter,
-    /// Picks made while no endpoint was available (the balancer failed open).
-    pub lb_healthy_panic: Counter,
-    /// Configured endpoints.
-    pub membership_total: Gauge,
-    /// Circuit-breaker limits of the running cluster version (set at load; for the remaining gauges).
-    pub cb_limits: [Gauge; 3],
-    /// Endpoints ejected by outlier detection (total ejections).
-    pub outlier_detection_ejections_total: Counter,
-    /// Endpoints ejected now.
-    pub outlier_detection_ejections_active: Gauge,
-    /// Ejections refused because `max_ejection_percent` was reached.
-    pub outlier_detection_ejections_overflow: Counter,
-    /// Ejections by the `consecutive_5xx` detector.
-    pub outlier_detection_ejections_consecutive_5xx: Counter,
-    /// Ejections by the `consecutive_gateway_failure` detector.
-    pub outlier_detection_ejections_consecutive_gateway_failure: Counter,
-    /// Endpoints available now (not failing active health checks, not ejected).
-    pub membership_healthy: Gauge,
-    /// Health checks made.
-    pub health_check_attempt: Counter,
-    /// Health checks that passed / failed.
-    pub health_check_success: Counter,
-    /// Health checks that failed.
-    pub health_check_failure: Counter,
-    /// Time from sending the (last) try upstream to the end of the upstream response, in ms.
-    pub upstream_rq_time: Histogram,
+/// One exported family: its name in `/stats` (Prometheus adds `tern_`, and `_total` to counters),
+/// its type and its HELP text. Each is written once, in a scope's `stats_table!`.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
 }
 
-/// Per-route statistics (route config, virtual host and route name as labels).
-#[derive(Debug, Default)]
-pub struct RouteStats {
-    /// Requests matched to the route.
-    pub rq_total: Counter,
-    /// Responses by status class.
-    pub rq_xx: StatusClasses,
-    /// Request start to response end, in ms.
-    pub rq_time: Histogram,
+/// A stat as a table's visitor hands it out (status classes and histograms expand to several
+/// series when rendered).
+enum Value<'a> {
+    Int(i64),
+    Classes(&'a StatusClasses),
+    Histogram(&'a Histogram),
+}
+
+impl From<&Counter> for Value<'_> {
+    fn from(c: &Counter) -> Self {
+        Value::Int(c.get() as i64)
+    }
+}
+impl From<&Gauge> for Value<'_> {
+    fn from(g: &Gauge) -> Self {
+        Value::Int(g.get())
+    }
+}
+impl<'a> From<&'a StatusClasses> for Value<'a> {
+    fn from(c: &'a StatusClasses) -> Self {
+        Value::Classes(c)
+    }
+}
+impl<'a> From<&'a Histogram> for Value<'a> {
+    fn from(h: &'a Histogram) -> Self {
+        Value::Histogram(h)
+    }
+}
+impl From<&u64> for Value<'_> {
+    fn from(v: &u64) -> Self {
+        Value::Int(*v as i64)
+    }
+}
+impl From<&bool> for Value<'_> {
+    fn from(v: &bool) -> Self {
+        Value::Int(i64::from(*v))
+    }
+}
+
+/// The family type a stat type exports as (a plain `u64` or `bool` field names it: `u64 as Gauge`).
+trait Stat {
+    const KIND: Kind;
+}
+impl Stat for Counter {
+    const KIND: Kind = Kind::Counter;
+}
+impl Stat for Gauge {
+    const KIND: Kind = Kind::Gauge;
+}
+impl Stat for StatusClasses {
+    const KIND: Kind = Kind::Counter;
+}
+impl Stat for Histogram {
+    const KIND: Kind = Kind::Histogram;
+}
+
+/// A table entry's family type: the one it names (`u64 as Counter`), else its field type's.
+macro_rules! kind {
+    ($ty:ty) => {
+        <$ty as Stat>::KIND
+    };
+    ($ty:ty, $kind:ident) => {
+        Kind::$kind
+    };
+}
+
+/// A table entry's exported name: the one it names (`=> "route_rq_total"`), else the field's.
+macro_rules! exposed {
+    ($field:ident) => {
+        stringify!($field)
+    };
+    ($field:ident, $name:literal) => {
+        $name
+    };
+}
+
+/// One scope's stats, each declared once as
+/// `field: Type [as Kind] [=> "exported_name"], "HELP text";` (the HELP text is also the field's
+/// doc). Makes the struct (the table's fields, then the `other` ones, which are not exported)
+/// and `visit`, which hands every exported family with its value to a closure in table order
+/// (the `/stats` line order); `derived` families are computed from the struct by an expression.
+macro_rules! stats_table {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $field:ident : $ty:ty $(as $kind:ident)? $(=> $exposed:literal)?, $help:literal; )*
+        }
+        $( other { $( $(#[$ometa:meta])* $ovis:vis $ofield:ident : $oty:ty, )* } )?
+        $( derived |$s:ident| {
+            $( $dname:ident : $dkind:ident, $dhelp:literal = $dexpr:expr; )*
+        } )?
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $( #[doc = $help] pub $field: $ty, )*
+            $($( $(#[$ometa])* $ovis $ofield: $oty, )*)?
+        }
+
+        impl $name {
+            /// Every exported family of the scope with its value, in table order.
+            fn visit(&self, mut f: impl FnMut(&'static Family, Value<'_>)) {
+                $( f(
+                    const {
+                        &Family {
+                            name: exposed!($field $(, $exposed)?),
+                            kind: kind!($ty $(, $kind)?),
+                            help: $help,
+                        }
+                    },
+                    Value::from(&self.$field),
+                ); )*
+                $(
+                    let $s = self;
+                    $( f(
+                        const {
+                            &Family { name: stringify!($dname), kind: Kind::$dkind, help: $dhelp }
+                        },
+                        Value::Int($dexpr),
+                    ); )*
+                )?
+            }
+
+            /// Every exported family of the scope, in table order.
+            #[cfg(test)]
+            fn families() -> Vec<&'static Family> {
+                let mut out = Vec::new();
+                Self::default().visit(|f, _| out.push(f));
+                out
+            }
+        }
+    };
+}
+
+stats_table! {
+    /// Per-listener statistics (Envoy's `downstream_*`).
+    #[derive(Debug, Default)]
+    pub struct ListenerStats {
+        downstream_cx_total: Counter, "Downstream connections accepted.";
+        downstream_rq_total: Counter, "Downstream requests received.";
+        no_route: Counter, "Requests that matched no route.";
+        fault_delays_injected: Counter, "Requests delayed by fault injection.";
+        fault_aborts_injected: Counter, "Requests aborted by fault injection.";
+        fault_overflow: Counter, "Faults not injected because max_active_faults was reached.";
+        rate_limited: Counter, "Requests refused by a local rate limit (429).";
+        downstream_rq_idle_timeout: Counter,
+            "Requests or responses cut by the stream idle timeout.";
+        access_log_dropped: Counter, "Access log lines dropped because a sink's buffer was full.";
+        tracing_spans_exported: Counter, "Spans accepted by the OTLP collector.";
+        tracing_spans_dropped: Counter,
+            "Sampled spans not exported (export queue full or export failed).";
+        downstream_cx_idle_timeout: Counter,
+            "Downstream connections closed by the listener idle timeout.";
+        downstream_rq_header_timeout: Counter,
+            "Downstream connections closed because request headers did not arrive in time.";
+        downstream_cx_active: Gauge, "Downstream connections open.";
+        downstream_rq_active: Gauge, "Downstream requests in flight.";
+        fault_active: Gauge, "Faults in progress.";
+        downstream_rq_xx: StatusClasses, "Downstream responses by status class.";
+        downstream_rq_time: Histogram,
+            "Downstream request time (request start to response end), milliseconds.";
+    }
+}
+
+stats_table! {
+    /// Per-cluster statistics (Envoy's `upstream_*`).
+    #[derive(Debug, Default)]
+    pub struct ClusterStats {
+        upstream_rq_total: Counter, "Upstream requests attempted.";
+        upstream_cx_connect_fail: Counter, "Upstream connection failures and connect timeouts.";
+        upstream_rq_timeout: Counter, "Upstream requests that hit the route timeout.";
+        upstream_rq_reset: Counter, "Upstream requests reset before response headers.";
+        upstream_rq_no_healthy: Counter, "Requests with no healthy endpoint to go to.";
+        upstream_cx_total: Counter, "Upstream connections opened by the TCP proxy.";
+        upstream_rq_active: Gauge, "Upstream requests in flight.";
+        upstream_rq_xx: StatusClasses, "Upstream responses by status class.";
+        upstream_cx_overflow: Counter, "Requests refused because max_connections was reached.";
+        upstream_rq_pending_overflow: Counter,
+            "Requests refused because max_pending_requests or max_requests was reached.";
+        upstream_rq_retry_overflow: Counter,
+            "Retries not made because the retry budget or max_retries was reached.";
+        upstream_rq_retry: Counter, "Retries made.";
+        upstream_rq_retry_success: Counter, "Requests that succeeded after at least one retry.";
+        upstream_rq_retry_limit_exceeded: Counter,
+            "Requests whose retries ran out (response flag URX).";
+        upstream_rq_per_try_timeout: Counter, "Upstream tries that hit per_try_timeout.";
+        lb_healthy_panic: Counter,
+            "Picks made while no endpoint was available (the balancer failed open).";
+        outlier_detection_ejections_total: Counter => "outlier_detection_ejections",
+            "Endpoints ejected by outlier detection (total ejections).";
+        outlier_detection_ejections_overflow: Counter,
+            "Ejections refused because max_ejection_percent was reached.";
+        outlier_detection_ejections_consecutive_5xx: Counter,
+            "Ejections by the consecutive_5xx detector.";
+        outlier_detection_ejections_consecutive_gateway_failure: Counter,
+            "Ejections by the consecutive_gateway_failure detector.";
+        health_check_attempt: Counter, "Active health checks made.";
+        health_check_success: Counter, "Active health checks that passed.";
+        health_check_failure: Counter, "Active health checks that failed.";
+        upstream_cx_active: Gauge, "Upstream connections open.";
+        upstream_rq_pending_active: Gauge, "Requests waiting for a new upstream connection.";
+        upstream_rq_retry_active: Gauge, "Retries in flight.";
+        membership_total: Gauge, "Configured endpoints.";
+        membership_healthy: Gauge, "Endpoints available (healthy and not ejected).";
+        outlier_detection_ejections_active: Gauge, "Endpoints ejected by outlier detection now.";
+        upstream_rq_time: Histogram,
+            "Upstream request time (request sent to response end), milliseconds.";
+    }
+    other {
+        /// Circuit-breaker limits of the running cluster version (set at load; for the remaining
+        /// gauges): `max_connections`, `max_pending_requests`, `max_requests`.
+        pub cb_limits: [Gauge; 3],
+    }
+    // Envoy's circuit_breakers.default.remaining_*: headroom before each breaker opens.
+    derived |s| {
+        circuit_breakers_remaining_cx: Gauge,
+            "Upstream connections that can still open before max_connections is reached."
+            = (s.cb_limits[0].get() - s.upstream_cx_active.get()).max(0);
+        circuit_breakers_remaining_pending: Gauge,
+            "Requests that can still wait for a connection before max_pending_requests is reached."
+            = (s.cb_limits[1].get() - s.upstream_rq_pending_active.get()).max(0);
+        circuit_breakers_remaining_rq: Gauge,
+            "Upstream requests that can still start before max_requests is reached."
+            = (s.cb_limits[2].get() - s.upstream_rq_active.get()).max(0);
+    }
+}
+
+stats_table! {
+    /// Per-route statistics (route config, virtual host and route name as labels).
+    #[derive(Debug, Default)]
+    pub struct RouteStats {
+        rq_total: Counter => "route_rq_total", "Requests matched to the route.";
+        rq_xx: StatusClasses => "route_rq_xx", "Responses by route and status class.";
+        rq_time: Histogram => "route_rq_time",
+            "Request time per route (request start to response end), milliseconds.";
+    }
 }
 
 /// Identifies a route: route config, virtual host, route name.
 type RouteKey = (String, String, String);
 
-/// Configuration reload outcomes (Envoy's `update_*`).
-#[derive(Debug, Default)]
-pub struct ConfigStats {
-    /// Reloads attempted (changed content, or forced).
-    pub update_attempt: Counter,
-    /// Reloads applied.
-    pub update_success: Counter,
-    /// Reloads refused because the new set was invalid.
-    pub update_rejected: Counter,
-    /// Change notifications whose content was unchanged.
-    pub update_unchanged: Counter,
-    /// Unix time of the last applied configuration.
-    pub last_success_timestamp: Gauge,
+stats_table! {
+    /// Configuration reload outcomes (Envoy's `update_*`).
+    #[derive(Debug, Default)]
+    pub struct ConfigStats {
+        update_attempt: Counter => "config_update_attempt", "Configuration reloads attempted.";
+        update_success: Counter => "config_update_success", "Configuration reloads applied.";
+        update_rejected: Counter => "config_update_rejected", "Configuration reloads rejected.";
+        update_unchanged: Counter => "config_update_unchanged",
+            "Change notifications with unchanged content.";
+        last_success_timestamp: Gauge => "config_last_success_timestamp_seconds",
+            "Unix time of the last applied configuration.";
+    }
+}
+
+/// The configuration scope's one family that is not a stored stat: a constant 1 whose `version`
+/// label is the running version (`server.config_version` in `/stats`).
+static CONFIG_VERSION_INFO: Family = Family {
+    name: "config_version_info",
+    kind: Kind::Gauge,
+    help: "Content hash of the running configuration.",
+};
+
+stats_table! {
+    /// One endpoint's counters, read from the running snapshot at scrape time (endpoint state lives
+    /// with the cluster, carried across reloads by address, not in [`Stats`]).
+    #[derive(Debug, Clone, Default)]
+    pub struct EndpointSample {
+        rq_total: u64 as Counter => "endpoint_rq_total", "Requests sent to the endpoint.";
+        rq_error: u64 as Counter => "endpoint_rq_error",
+            "Requests to the endpoint that failed (5xx, connect failure, reset, timeout).";
+        rq_active: u64 as Gauge => "endpoint_rq_active", "Requests in flight to the endpoint.";
+        cx_idle: u64 as Gauge => "endpoint_cx_idle", "Idle pooled connections to the endpoint.";
+        healthy: bool as Gauge => "endpoint_healthy",
+            "1 when neither health checking nor outlier detection has taken the endpoint out.";
+    }
+    other {
+        /// Cluster name.
+        pub cluster: String,
+        /// Endpoint `host:port`.
+        pub endpoint: String,
+    }
 }
 
 /// All statistics of the process.
@@ -293,24 +463,74 @@ pub struct Stats {
     pub config: ConfigStats,
 }
 
-/// One endpoint's counters, read from the running snapshot at scrape time (endpoint state lives
-/// with the cluster, carried across reloads by address, not in [`Stats`]).
-#[derive(Debug, Clone, Default)]
-pub struct EndpointSample {
-    /// Cluster name.
-    pub cluster: String,
-    /// Endpoint `host:port`.
-    pub endpoint: String,
-    /// Requests sent.
-    pub rq_total: u64,
-    /// Requests that failed (5xx, connect failure, reset, timeout).
-    pub rq_error: u64,
-    /// Requests in flight.
-    pub rq_active: u64,
-    /// Idle pooled connections.
-    pub cx_idle: u64,
-    /// 1 when neither active health checking nor outlier detection has taken it out.
-    pub healthy: bool,
+/// A counter or gauge series: its family, labels and value.
+struct Sample {
+    family: &'static Family,
+    labels: Vec<(&'static str, String)>,
+    value: i64,
+}
+
+/// A histogram series: `(cumulative buckets, sum ms, count)` of [`Histogram::snapshot`].
+struct HistSample {
+    family: &'static Family,
+    labels: Vec<(&'static str, String)>,
+    snapshot: (Vec<u64>, f64, u64),
+}
+
+/// The series of every scope, as the tables' visitors hand them out.
+#[derive(Default)]
+struct Samples {
+    /// Counters and gauges, a status-class family as one series per class (`class` label last).
+    values: Vec<Sample>,
+    histograms: Vec<HistSample>,
+}
+
+impl Samples {
+    fn push(&mut self, family: &'static Family, labels: &[(&'static str, &str)], value: Value<'_>) {
+        let owned = || -> Vec<(&'static str, String)> {
+            labels.iter().map(|&(k, v)| (k, v.to_string())).collect()
+        };
+        match value {
+            Value::Int(value) => self.values.push(Sample {
+                family,
+                labels: owned(),
+                value,
+            }),
+            Value::Classes(c) => {
+                for (class, value) in c.by_class() {
+                    let mut labels = owned();
+                    labels.push(("class", class));
+                    self.values.push(Sample {
+                        family,
+                        labels,
+                        value,
+                    });
+                }
+            }
+            Value::Histogram(h) => self.histograms.push(HistSample {
+                family,
+                labels: owned(),
+                snapshot: h.snapshot(),
+            }),
+        }
+    }
+}
+
+/// A `/stats` value: a number, or the version of `server.config_version`.
+enum Entry {
+    Int(i64),
+    Uint(u64),
+    Str(String),
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::Int(v) => v.fmt(f),
+            Entry::Uint(v) => v.fmt(f),
+            Entry::Str(v) => v.fmt(f),
+        }
+    }
 }
 
 impl Stats {
@@ -353,319 +573,73 @@ impl Stats {
         m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Every value as `(name, labels, value, kind)`, the one list both output formats are made from.
-    fn samples(&self, version: &str, endpoints: &[EndpointSample]) -> Vec<Sample> {
-        let mut out = Vec::new();
-        let mut push =
-            |name: &'static str, kind: Kind, labels: Vec<(&'static str, String)>, v: i64| {
-                out.push(Sample {
-                    name,
-                    kind,
-                    labels,
-                    value: v,
-                })
-            };
+    /// Every series, scope by scope through the tables: the one list all output formats are
+    /// made from.
+    fn samples(&self, version: &str, endpoints: &[EndpointSample]) -> Samples {
+        let mut out = Samples::default();
         for (n, s) in self.each_listener() {
-            let l = || vec![("listener", n.clone())];
-            let counters: [(&'static str, &Counter); 13] = [
-                ("downstream_cx_total", &s.downstream_cx_total),
-                ("downstream_rq_total", &s.downstream_rq_total),
-                ("no_route", &s.no_route),
-                ("fault_delays_injected", &s.fault_delays_injected),
-                ("fault_aborts_injected", &s.fault_aborts_injected),
-                ("fault_overflow", &s.fault_overflow),
-                ("rate_limited", &s.rate_limited),
-                ("downstream_rq_idle_timeout", &s.downstream_rq_idle_timeout),
-                ("access_log_dropped", &s.access_log_dropped),
-                ("tracing_spans_exported", &s.tracing_spans_exported),
-                ("tracing_spans_dropped", &s.tracing_spans_dropped),
-                ("downstream_cx_idle_timeout", &s.downstream_cx_idle_timeout),
-                (
-                    "downstream_rq_header_timeout",
-                    &s.downstream_rq_header_timeout,
-                ),
-            ];
-            for (name, c) in counters {
-                push(name, Kind::Counter, l(), c.get() as i64);
-            }
-            for (name, g) in [
-                ("downstream_cx_active", &s.downstream_cx_active),
-                ("downstream_rq_active", &s.downstream_rq_active),
-                ("fault_active", &s.fault_active),
-            ] {
-                push(name, Kind::Gauge, l(), g.get());
-            }
-            for (class, v) in s.downstream_rq_xx.by_class() {
-                let mut labels = l();
-                labels.push(("class", class));
-                push("downstream_rq_xx", Kind::Counter, labels, v);
-            }
+            s.visit(|f, v| out.push(f, &[("listener", n.as_str())], v));
         }
         for (n, s) in self.each_cluster() {
-            let l = || vec![("cluster", n.clone())];
-            for (name, c) in [
-                ("upstream_rq_total", &s.upstream_rq_total),
-                ("upstream_cx_connect_fail", &s.upstream_cx_connect_fail),
-                ("upstream_rq_timeout", &s.upstream_rq_timeout),
-                ("upstream_rq_reset", &s.upstream_rq_reset),
-                ("upstream_rq_no_healthy", &s.upstream_rq_no_healthy),
-                ("upstream_cx_total", &s.upstream_cx_total),
-            ] {
-                push(name, Kind::Counter, l(), c.get() as i64);
-            }
-            push(
-                "upstream_rq_active",
-                Kind::Gauge,
-                l(),
-                s.upstream_rq_active.get(),
-            );
-            for (class, v) in s.upstream_rq_xx.by_class() {
-                let mut labels = l();
-                labels.push(("class", class));
-                push("upstream_rq_xx", Kind::Counter, labels, v);
-            }
-            let counters: [(&'static str, &Counter); 15] = [
-                ("upstream_cx_overflow", &s.upstream_cx_overflow),
-                (
-                    "upstream_rq_pending_overflow",
-                    &s.upstream_rq_pending_overflow,
-                ),
-                ("upstream_rq_retry_overflow", &s.upstream_rq_retry_overflow),
-                ("upstream_rq_retry", &s.upstream_rq_retry),
-                ("upstream_rq_retry_success", &s.upstream_rq_retry_success),
-                (
-                    "upstream_rq_retry_limit_exceeded",
-                    &s.upstream_rq_retry_limit_exceeded,
-                ),
-                (
-                    "upstream_rq_per_try_timeout",
-                    &s.upstream_rq_per_try_timeout,
-                ),
-                ("lb_healthy_panic", &s.lb_healthy_panic),
-                (
-                    "outlier_detection_ejections",
-                    &s.outlier_detection_ejections_total,
-                ),
-                (
-                    "outlier_detection_ejections_overflow",
-                    &s.outlier_detection_ejections_overflow,
-                ),
-                (
-                    "outlier_detection_ejections_consecutive_5xx",
-                    &s.outlier_detection_ejections_consecutive_5xx,
-                ),
-                (
-                    "outlier_detection_ejections_consecutive_gateway_failure",
-                    &s.outlier_detection_ejections_consecutive_gateway_failure,
-                ),
-                ("health_check_attempt", &s.health_check_attempt),
-                ("health_check_success", &s.health_check_success),
-                ("health_check_failure", &s.health_check_failure),
-            ];
-            for (name, c) in counters {
-                push(name, Kind::Counter, l(), c.get() as i64);
-            }
-            let gauges: [(&'static str, &Gauge); 6] = [
-                ("upstream_cx_active", &s.upstream_cx_active),
-                ("upstream_rq_pending_active", &s.upstream_rq_pending_active),
-                ("upstream_rq_retry_active", &s.upstream_rq_retry_active),
-                ("membership_total", &s.membership_total),
-                ("membership_healthy", &s.membership_healthy),
-                (
-                    "outlier_detection_ejections_active",
-                    &s.outlier_detection_ejections_active,
-                ),
-            ];
-            for (name, g) in gauges {
-                push(name, Kind::Gauge, l(), g.get());
-            }
-            // Envoy's circuit_breakers.default.remaining_*: headroom before each breaker opens.
-            let open = [
-                s.upstream_cx_active.get(),
-                s.upstream_rq_pending_active.get(),
-                s.upstream_rq_active.get(),
-            ];
-            for (i, name) in [
-                "circuit_breakers_remaining_cx",
-                "circuit_breakers_remaining_pending",
-                "circuit_breakers_remaining_rq",
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                push(
-                    name,
-                    Kind::Gauge,
-                    l(),
-                    (s.cb_limits[i].get() - open[i]).max(0),
-                );
-            }
+            s.visit(|f, v| out.push(f, &[("cluster", n.as_str())], v));
         }
         for e in endpoints {
-            let l = || {
-                vec![
-                    ("cluster", e.cluster.clone()),
-                    ("endpoint", e.endpoint.clone()),
-                ]
-            };
-            push("endpoint_rq_total", Kind::Counter, l(), e.rq_total as i64);
-            push("endpoint_rq_error", Kind::Counter, l(), e.rq_error as i64);
-            push("endpoint_rq_active", Kind::Gauge, l(), e.rq_active as i64);
-            push("endpoint_cx_idle", Kind::Gauge, l(), e.cx_idle as i64);
-            push("endpoint_healthy", Kind::Gauge, l(), i64::from(e.healthy));
+            let labels = [("cluster", &*e.cluster), ("endpoint", &*e.endpoint)];
+            e.visit(|f, v| out.push(f, &labels, v));
         }
         for ((rc, vh, r), s) in self.each_route() {
-            let l = || {
-                vec![
-                    ("route_config", rc.clone()),
-                    ("virtual_host", vh.clone()),
-                    ("route", r.clone()),
-                ]
-            };
-            push(
-                "route_rq_total",
-                Kind::Counter,
-                l(),
-                s.rq_total.get() as i64,
-            );
-            for c in 1..=5 {
-                let mut labels = l();
-                labels.push(("class", format!("{c}xx")));
-                push("route_rq_xx", Kind::Counter, labels, s.rq_xx.get(c) as i64);
-            }
+            let labels = [
+                ("route_config", &*rc),
+                ("virtual_host", &*vh),
+                ("route", &*r),
+            ];
+            s.visit(|f, v| out.push(f, &labels, v));
         }
-        let c = &self.config;
-        push(
-            "config_update_attempt",
-            Kind::Counter,
-            vec![],
-            c.update_attempt.get() as i64,
-        );
-        push(
-            "config_update_success",
-            Kind::Counter,
-            vec![],
-            c.update_success.get() as i64,
-        );
-        push(
-            "config_update_rejected",
-            Kind::Counter,
-            vec![],
-            c.update_rejected.get() as i64,
-        );
-        push(
-            "config_update_unchanged",
-            Kind::Counter,
-            vec![],
-            c.update_unchanged.get() as i64,
-        );
-        push(
-            "config_last_success_timestamp_seconds",
-            Kind::Gauge,
-            vec![],
-            c.last_success_timestamp.get(),
-        );
-        push(
-            "config_version_info",
-            Kind::Gauge,
-            vec![("version", version.to_string())],
-            1,
-        );
-        out
-    }
-
-    /// Every histogram as `(name, label name, label value, snapshot)`.
-    fn histograms(&self) -> Vec<HistSample> {
-        let mut out = Vec::new();
-        for (n, s) in self.each_listener() {
-            out.push((
-                "downstream_rq_time",
-                vec![("listener", n)],
-                s.downstream_rq_time.snapshot(),
-            ));
-        }
-        for (n, s) in self.each_cluster() {
-            out.push((
-                "upstream_rq_time",
-                vec![("cluster", n)],
-                s.upstream_rq_time.snapshot(),
-            ));
-        }
-        for ((rc, vh, r), s) in self.each_route() {
-            out.push((
-                "route_rq_time",
-                vec![("route_config", rc), ("virtual_host", vh), ("route", r)],
-                s.rq_time.snapshot(),
-            ));
-        }
+        self.config.visit(|f, v| out.push(f, &[], v));
+        out.push(&CONFIG_VERSION_INFO, &[("version", version)], Value::Int(1));
         out
     }
 
     /// Prometheus text exposition format 0.0.4, every name prefixed `tern_`.
     pub fn prometheus(&self, version: &str, endpoints: &[EndpointSample]) -> String {
-        let mut out = self.prometheus_samples(version, endpoints);
+        let Samples {
+            mut values,
+            histograms,
+        } = self.samples(version, endpoints);
+        let mut out = String::with_capacity(4096);
+        // One family's series must be contiguous, under one HELP and TYPE line.
+        values.sort_by_key(|s| s.family.name);
         let mut last = "";
-        for (name, labels, (buckets, sum, count)) in self.histograms() {
-            if name != last {
-                let _ = writeln!(out, "# HELP tern_{name} {}", help(name));
-                let _ = writeln!(out, "# TYPE tern_{name} histogram");
-                last = name;
+        for s in &values {
+            let full = prometheus_name(s.family);
+            if s.family.name != last {
+                family_header(&mut out, &full, s.family);
+                last = s.family.name;
             }
-            let labels = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-                .collect::<Vec<_>>()
-                .join(",");
+            out.push_str(&full);
+            if !s.labels.is_empty() {
+                let _ = write!(out, "{{{}}}", prometheus_labels(&s.labels));
+            }
+            let _ = writeln!(out, " {}", s.value);
+        }
+        // Each scope has one histogram family, so its series are already contiguous.
+        for h in &histograms {
+            let full = prometheus_name(h.family);
+            if h.family.name != last {
+                family_header(&mut out, &full, h.family);
+                last = h.family.name;
+            }
+            let labels = prometheus_labels(&h.labels);
+            let (buckets, sum, count) = &h.snapshot;
             for (i, c) in buckets.iter().enumerate() {
                 let le = match BUCKETS_MS.get(i) {
                     Some(b) => b.to_string(),
                     None => "+Inf".to_string(),
                 };
-                let _ = writeln!(out, "tern_{name}_bucket{{{labels},le=\"{le}\"}} {c}");
+                let _ = writeln!(out, "{full}_bucket{{{labels},le=\"{le}\"}} {c}");
             }
-            let _ = writeln!(out, "tern_{name}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "tern_{name}_count{{{labels}}} {count}");
-        }
-        out
-    }
-
-    fn prometheus_samples(&self, version: &str, endpoints: &[EndpointSample]) -> String {
-        let mut out = String::with_capacity(4096);
-        let mut samples = self.samples(version, endpoints);
-        // One family's samples must be contiguous, under one TYPE line.
-        samples.sort_by_key(|s| s.name);
-        let mut last = "";
-        for s in &samples {
-            let full = match s.kind {
-                Kind::Counter => format!("tern_{}_total", s.name.trim_end_matches("_total")),
-                // Prometheus reserves `_total` for counters (promtool rejects it on a gauge).
-                Kind::Gauge => match s.name.strip_suffix("_total") {
-                    Some("membership") => "tern_membership_endpoints".to_string(),
-                    Some(stem) => format!("tern_{stem}_all"),
-                    None => format!("tern_{}", s.name),
-                },
-            };
-            if s.name != last {
-                let t = match s.kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                };
-                let _ = writeln!(out, "# HELP {full} {}", help(s.name));
-                let _ = writeln!(out, "# TYPE {full} {t}");
-                last = s.name;
-            }
-            out.push_str(&full);
-            if !s.labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in s.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    let _ = write!(out, "{k}=\"{}\"", escape_label(v));
-                }
-                out.push('}');
-            }
-            let _ = writeln!(out, " {}", s.value);
+            let _ = writeln!(out, "{full}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{full}_count{{{labels}}} {count}");
         }
         out
     }
@@ -678,17 +652,60 @@ impl Stats {
         endpoints: &[EndpointSample],
     ) -> String {
         let mut out = String::new();
-        for s in self.samples(version, endpoints) {
-            if s.name == "config_version_info" {
+        for (name, v) in self.entries(version, filter, endpoints) {
+            let _ = writeln!(out, "{name}: {v}");
+        }
+        out
+    }
+
+    /// The `/stats` entries as one JSON object (`?format=json`): numbers, and the version as a
+    /// string.
+    pub fn json(
+        &self,
+        version: &str,
+        filter: Option<&regex::Regex>,
+        endpoints: &[EndpointSample],
+    ) -> serde_json::Value {
+        let map = self
+            .entries(version, filter, endpoints)
+            .into_iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    Entry::Int(v) => v.into(),
+                    Entry::Uint(v) => v.into(),
+                    Entry::Str(v) => v.into(),
+                };
+                (name, v)
+            })
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    /// The `/stats` entries in order, those `filter` keeps: labels as name prefixes
+    /// (`listener.ingress.`, `server.` without), a status class in the name, and each histogram as
+    /// its count and sum.
+    fn entries(
+        &self,
+        version: &str,
+        filter: Option<&regex::Regex>,
+        endpoints: &[EndpointSample],
+    ) -> Vec<(String, Entry)> {
+        let mut out = Vec::new();
+        let samples = self.samples(version, endpoints);
+        for s in samples.values {
+            if std::ptr::eq(s.family, &CONFIG_VERSION_INFO) {
+                // The filter sees the whole line here, as the version is the point.
                 let line = format!("server.config_version: {version}");
                 if filter.is_none_or(|f| f.is_match(&line)) {
-                    let _ = writeln!(out, "{line}");
+                    out.push(("server.config_version".into(), Entry::Str(version.into())));
                 }
                 continue;
             }
             let mut name = String::new();
+            let mut class = None;
             for (k, v) in &s.labels {
                 if *k == "class" {
+                    class = Some(v);
                     continue;
                 }
                 let _ = write!(name, "{k}.{v}.");
@@ -696,22 +713,22 @@ impl Stats {
             if s.labels.is_empty() {
                 name.push_str("server.");
             }
-            name.push_str(s.name);
-            if let Some((_, c)) = s.labels.iter().find(|(k, _)| *k == "class") {
-                name = name.replace("_xx", &format!("_{c}"));
+            match class {
+                Some(c) => name.push_str(&s.family.name.replace("_xx", &format!("_{c}"))),
+                None => name.push_str(s.family.name),
             }
-            if filter.is_some_and(|f| !f.is_match(&name)) {
-                continue;
+            if filter.is_none_or(|f| f.is_match(&name)) {
+                out.push((name, Entry::Int(s.value)));
             }
-            let _ = writeln!(out, "{name}: {}", s.value);
         }
         // Histograms as Envoy-style derived values: count and sum (ms, rounded).
-        for (name, labels, (_, sum, count)) in self.histograms() {
-            let prefix: String = labels.iter().map(|(k, v)| format!("{k}.{v}.")).collect();
+        for h in samples.histograms {
+            let prefix: String = h.labels.iter().map(|(k, v)| format!("{k}.{v}.")).collect();
+            let (_, sum, count) = h.snapshot;
             for (suffix, v) in [("count", count), ("sum_ms", sum.round() as u64)] {
-                let line = format!("{prefix}{name}_{suffix}");
-                if filter.is_none_or(|f| f.is_match(&line)) {
-                    let _ = writeln!(out, "{line}: {v}");
+                let name = format!("{prefix}{}_{suffix}", h.family.name);
+                if filter.is_none_or(|f| f.is_match(&name)) {
+                    out.push((name, Entry::Uint(v)));
                 }
             }
         }
@@ -719,75 +736,41 @@ impl Stats {
     }
 }
 
-/// `# HELP` text for a metric (promtool requires one per family).
-fn help(name: &str) -> &'static str {
-    match name {
-        "downstream_cx_total" => "Downstream connections accepted.",
-        "downstream_cx_active" => "Downstream connections open.",
-        "downstream_rq_total" => "Downstream requests received.",
-        "downstream_rq_active" => "Downstream requests in flight.",
-        "downstream_rq_xx" => "Downstream responses by status class.",
-        "downstream_rq_time" => {
-            "Downstream request time (request start to response end), milliseconds."
-        }
-        "upstream_rq_time" => "Upstream request time (request sent to response end), milliseconds.",
-        "route_rq_time" => "Request time per route (request start to response end), milliseconds.",
-        "route_rq_total" => "Requests matched to the route.",
-        "endpoint_rq_total" => "Requests sent to the endpoint.",
-        "endpoint_rq_error" => {
-            "Requests to the endpoint that failed (5xx, connect failure, reset, timeout)."
-        }
-        "endpoint_rq_active" => "Requests in flight to the endpoint.",
-        "endpoint_cx_idle" => "Idle pooled connections to the endpoint.",
-        "endpoint_healthy" => {
-            "1 when neither health checking nor outlier detection has taken the endpoint out."
-        }
-        "route_rq_xx" => "Responses by route and status class.",
-        "access_log_dropped" => "Access log lines dropped because a sink's buffer was full.",
-        "tracing_spans_exported" => "Spans accepted by the OTLP collector.",
-        "tracing_spans_dropped" => {
-            "Sampled spans not exported (export queue full or export failed)."
-        }
-        "no_route" => "Requests that matched no route.",
-        "upstream_rq_total" => "Upstream requests attempted.",
-        "upstream_rq_active" => "Upstream requests in flight.",
-        "upstream_rq_xx" => "Upstream responses by status class.",
-        "upstream_cx_connect_fail" => "Upstream connection failures and connect timeouts.",
-        "upstream_rq_timeout" => "Upstream requests that hit the route timeout.",
-        "upstream_rq_reset" => "Upstream requests reset before response headers.",
-        "upstream_rq_no_healthy" => "Requests with no healthy endpoint to go to.",
-        "upstream_rq_retry" => "Retries made.",
-        "upstream_rq_pending_overflow" => "Requests refused by a circuit breaker.",
-        "membership_healthy" => "Endpoints available (healthy and not ejected).",
-        "membership_total" => "Configured endpoints.",
-        "config_update_attempt" => "Configuration reloads attempted.",
-        "config_update_success" => "Configuration reloads applied.",
-        "config_update_rejected" => "Configuration reloads rejected.",
-        "config_update_unchanged" => "Change notifications with unchanged content.",
-        "config_version_info" => "Content hash of the running configuration.",
-        "config_last_success_timestamp_seconds" => "Unix time of the last applied configuration.",
-        _ => "Tern statistic (see docs/observability.md).",
+/// A family's Prometheus name.
+fn prometheus_name(f: &Family) -> String {
+    match f.kind {
+        Kind::Counter => format!("tern_{}_total", f.name.trim_end_matches("_total")),
+        // Prometheus reserves `_total` for counters (promtool rejects it on a gauge).
+        Kind::Gauge => match f.name.strip_suffix("_total") {
+            Some("membership") => "tern_membership_endpoints".to_string(),
+            Some(stem) => format!("tern_{stem}_all"),
+            None => format!("tern_{}", f.name),
+        },
+        Kind::Histogram => format!("tern_{}", f.name),
     }
 }
 
-/// `(name, labels, (cumulative buckets, sum ms, count))`.
-type HistSample = (
-    &'static str,
-    Vec<(&'static str, String)>,
-    (Vec<u64>, f64, u64),
-);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Counter,
-    Gauge,
+/// `# HELP` and `# TYPE` of a family (promtool requires both, once).
+fn family_header(out: &mut String, full: &str, f: &Family) {
+    let t = match f.kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
+        Kind::Histogram => "histogram",
+    };
+    let _ = writeln!(out, "# HELP {full} {}", f.help);
+    let _ = writeln!(out, "# TYPE {full} {t}");
 }
 
-struct Sample {
-    name: &'static str,
-    kind: Kind,
-    labels: Vec<(&'static str, String)>,
-    value: i64,
+/// `k="v",k2="v2"`, escaped.
+fn prometheus_labels(labels: &[(&'static str, String)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+    }
+    out
 }
 
 fn escape_label(v: &str) -> String {
@@ -857,5 +840,188 @@ mod tests {
         h.record(Duration::from_millis(1));
         assert_eq!(h.snapshot().0[1], 1);
         assert_eq!(h.snapshot().0[0], 0);
+    }
+
+    /// At least two series of every scope, so a family split in two would show.
+    fn populated() -> (Stats, Vec<EndpointSample>) {
+        let s = Stats::default();
+        for name in ["ingress", "egress"] {
+            let l = s.listener(name);
+            l.downstream_rq_xx.record(200);
+            l.downstream_rq_time.record(Duration::from_millis(3));
+            s.cluster(name).upstream_cx_total.inc();
+            s.route("main", "all", name).rq_total.inc();
+        }
+        s.config.update_success.inc();
+        let endpoints = ["10.0.0.7:8080", "10.0.0.8:8080"]
+            .map(|e| EndpointSample {
+                cluster: "ingress".into(),
+                endpoint: e.into(),
+                rq_total: 4,
+                healthy: true,
+                ..Default::default()
+            })
+            .to_vec();
+        (s, endpoints)
+    }
+
+    /// Every family, by the docs/observability.md heading it is listed under.
+    fn scopes() -> [(&'static str, Vec<&'static Family>); 5] {
+        let mut server = ConfigStats::families();
+        server.push(&CONFIG_VERSION_INFO);
+        [
+            ("Listener", ListenerStats::families()),
+            ("Cluster", ClusterStats::families()),
+            ("Endpoint", EndpointSample::families()),
+            ("Route", RouteStats::families()),
+            ("Server", server),
+        ]
+    }
+
+    fn kind_name(k: Kind) -> &'static str {
+        match k {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+
+    #[test]
+    fn every_family_has_one_real_help_and_one_type_line() {
+        let (s, endpoints) = populated();
+        let p = s.prometheus("v1", &endpoints);
+        let mut help = BTreeMap::<&str, usize>::new();
+        let mut types = BTreeMap::<&str, &str>::new();
+        let mut series = Vec::new();
+        for line in p.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                assert!(
+                    !text.trim().is_empty() && !text.starts_with("Tern statistic"),
+                    "{name} has no real HELP text: {text:?}"
+                );
+                *help.entry(name).or_default() += 1;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, t) = rest.split_once(' ').unwrap();
+                assert!(types.insert(name, t).is_none(), "two TYPE lines for {name}");
+            } else {
+                series.push(line.split(['{', ' ']).next().unwrap());
+            }
+        }
+        assert!(
+            help.values().all(|&n| n == 1),
+            "HELP lines per family: {help:?}"
+        );
+        assert_eq!(
+            help.keys().collect::<Vec<_>>(),
+            types.keys().collect::<Vec<_>>()
+        );
+        // Every family of the tables is rendered, under a name no other family has.
+        let mut expected = BTreeMap::new();
+        for (_, families) in scopes() {
+            for f in families {
+                let name = prometheus_name(f);
+                assert!(
+                    expected.insert(name.clone(), kind_name(f.kind)).is_none(),
+                    "two families are exported as {name}"
+                );
+            }
+        }
+        assert_eq!(
+            types,
+            expected.iter().map(|(k, v)| (k.as_str(), *v)).collect()
+        );
+        // Every series belongs to a family with a header.
+        for name in series {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s))
+                .find(|f| types.get(f) == Some(&"histogram"))
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "{name} has no TYPE line");
+        }
+    }
+
+    #[test]
+    fn docs_list_every_family_and_no_other() {
+        let doc = include_str!("../docs/observability.md");
+        let start = doc
+            .find("\n## Statistics\n")
+            .expect("## Statistics in the doc");
+        let stats = &doc[start + 1..];
+        let stats = &stats[..stats.find("\n## ").unwrap_or(stats.len())];
+        let mut problems = Vec::new();
+        for (heading, families) in scopes() {
+            let at = stats
+                .find(&format!("\n### {heading}"))
+                .unwrap_or_else(|| panic!("no ### {heading} under ## Statistics"));
+            let section = &stats[at + 1..];
+            let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+            // A row is `| `name` (other spellings) | type | meaning |`.
+            let mut listed = BTreeMap::new();
+            for row in section.lines().filter(|l| l.starts_with("| `")) {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let name = cells[1].split('`').nth(1).unwrap();
+                let name = name.split('{').next().unwrap();
+                assert!(
+                    listed.insert(name, cells[2]).is_none(),
+                    "{name} is listed twice under ### {heading}"
+                );
+            }
+            let missing: Vec<&str> = families
+                .iter()
+                .map(|f| f.name)
+                .filter(|n| !listed.contains_key(n))
+                .collect();
+            let gone: Vec<&&str> = listed
+                .keys()
+                .filter(|n| !families.iter().any(|f| f.name == **n))
+                .collect();
+            let wrong_type: Vec<&str> = families
+                .iter()
+                .filter(|f| {
+                    listed
+                        .get(f.name)
+                        .is_some_and(|t| !t.starts_with(kind_name(f.kind)))
+                })
+                .map(|f| f.name)
+                .collect();
+            if !(missing.is_empty() && gone.is_empty() && wrong_type.is_empty()) {
+                problems.push(format!(
+                    "### {heading}: missing {missing:?}, no longer exported {gone:?}, \
+                     wrong type {wrong_type:?}"
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "docs/observability.md's lists differ from the stats tables:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    #[test]
+    fn json_has_the_text_entries() {
+        let (s, endpoints) = populated();
+        let re = regex::Regex::new("5xx|config|_count").unwrap();
+        for filter in [None, Some(&re)] {
+            let text = s.text("abc", filter, &endpoints);
+            let json = s.json("abc", filter, &endpoints);
+            let json = json.as_object().unwrap();
+            assert_eq!(json.len(), text.lines().count());
+            for line in text.lines() {
+                let (k, v) = line.split_once(": ").unwrap();
+                let want = match v.parse::<i64>() {
+                    Ok(n) => n.into(),
+                    Err(_) => serde_json::Value::from(v),
+                };
+                assert_eq!(json[k], want, "{k}");
+            }
+        }
+        // The version stays a string even when it looks like a number.
+        assert_eq!(
+            s.json("1234", None, &endpoints)["server.config_version"],
+            "1234"
+        );
     }
 }
