@@ -1,10 +1,10 @@
 //! The admin endpoint and graceful drain on SIGTERM.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use tern_testkit::{
+    forward_config, free_port, get, request, tern_bin, wait_for, Backend, ConfigDir, Tern,
+};
 
 #[tokio::test]
 async fn admin_endpoints() {
@@ -155,7 +155,7 @@ async fn drain_timeout_cuts_requests_that_take_too_long() {
 }
 
 fn tern_health(addr: &str) -> Option<i32> {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+    std::process::Command::new(tern_bin())
         .args(["health", "--admin-address", addr, "--timeout", "500ms"])
         .env_remove("TERN_CONFIG")
         .output()

@@ -19,19 +19,17 @@
 //! and docker-compose (to resolve the file; `apt-get install -y docker-compose`). The `tern-sync`
 //! binary is built with the same cargo and profile (or taken from `TERN_SYNC_BIN`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_for, Backend};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tern_testkit::s3::Moto;
+use tern_testkit::{
+    free_port, get, request, tern_bin, tern_sync_bin, wait_body, wait_for, workspace_root, Backend,
+    Proc, DEADLINE,
+};
 
 /// `docker-compose.yml` as the compose client resolves it.
 fn compose() -> Value {
@@ -39,7 +37,7 @@ fn compose() -> Value {
         Command::new(prog)
             .args(pre)
             .args(["-f", "docker-compose.yml", "config"])
-            .current_dir(root())
+            .current_dir(workspace_root())
             .output()
             .ok()
             .filter(|o| o.status.success())
@@ -77,35 +75,7 @@ fn tern_sync_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TERN_SYNC_BIN") {
         return PathBuf::from(p);
     }
-    common::workspace_binary("tern-sync", "tern-sync")
-}
-
-/// A child process killed on drop, with its stderr in a file.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
-        let f = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Proc { child, log }
-    }
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    tern_sync_bin()
 }
 
 /// Replaces `from` in `args` (whole arguments) with `to`.
@@ -156,56 +126,18 @@ fn hermetic(mut c: Command, env: &BTreeMap<String, String>) -> Command {
     c
 }
 
-/// moto's S3 server on a free port (killed on drop).
-struct Moto {
-    _proc: Proc,
-    url: String,
-}
-
-impl Moto {
-    async fn start(dir: &Path) -> Moto {
-        let port = free_port();
-        let mut cmd = Command::new("python3");
-        cmd.args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ]);
-        let proc = Proc::spawn(cmd, dir.join("moto.log"));
-        let url = format!("http://127.0.0.1:{port}");
-        let api = format!("{url}/moto-api/");
-        wait_for(
-            &format!("moto on {url} (install: python3 -m pip install 'moto[server]')"),
-            || {
-                let api = api.clone();
-                async move {
-                    common::request("GET", &api, &[], "")
-                        .await
-                        .ok()
-                        .filter(|r| r.status == 200)
-                }
-            },
-        )
-        .await;
-        Moto { _proc: proc, url }
-    }
-
-    /// Creates `bucket` (with boto3, which comes with moto).
-    fn create_bucket(&self, bucket: &str, env: &BTreeMap<String, String>) {
-        let st = hermetic(Command::new("python3"), env)
-            .args([
-                "-c",
-                "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])",
-                &self.url,
-                bucket,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "create bucket {bucket}");
-    }
+/// Creates `bucket` on the S3 server at `url` (with boto3, which comes with moto).
+fn create_bucket(url: &str, bucket: &str, env: &BTreeMap<String, String>) {
+    let st = hermetic(Command::new("python3"), env)
+        .args([
+            "-c",
+            "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1]).create_bucket(Bucket=sys.argv[2])",
+            url,
+            bucket,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "create bucket {bucket}");
 }
 
 /// Copies the example `dir` to `to`, replacing addresses (`from` -> `to`) in every file, in one
@@ -216,12 +148,15 @@ fn copy_example(dir: &str, to: &Path, map: &[(&str, String)]) {
     let alternation: Vec<String> = keys.iter().map(|k| regex::escape(k)).collect();
     let addresses = regex::Regex::new(&alternation.join("|")).unwrap();
     let lookup: BTreeMap<&str, &String> = map.iter().map(|(k, v)| (*k, v)).collect();
-    for entry in walkdir::WalkDir::new(root().join(dir)) {
+    for entry in walkdir::WalkDir::new(workspace_root().join(dir)) {
         let entry = entry.unwrap();
         if !entry.file_type().is_file() {
             continue;
         }
-        let rel = entry.path().strip_prefix(root().join(dir)).unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(workspace_root().join(dir))
+            .unwrap();
         let text = std::fs::read_to_string(entry.path()).unwrap();
         let text = addresses.replace_all(&text, |c: &regex::Captures| lookup[&c[0]].clone());
         let dest = to.join(rel);
@@ -260,7 +195,7 @@ async fn wait_healthy(
         .success()
     {
         assert!(
-            start.elapsed() < common::DEADLINE,
+            start.elapsed() < DEADLINE,
             "tern-sync never became healthy:\n{}",
             agent.logs()
         );
@@ -284,14 +219,15 @@ async fn start_tern(
         .strip_prefix(compose_dest)
         .expect("tern reads under tern-sync's destination");
     replace_arg(&mut args, &config, dest.join(rel).to_str().unwrap());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
+    let mut c = Command::new(tern_bin());
     c.args(&args[1..]).env_remove("RUST_LOG");
-    let tern = Proc::spawn(c, log);
+    let what = format!("tern /ready (log {})", log.display());
+    let tern = Proc::spawn_logged(&mut c, log);
     let ready = format!("http://127.0.0.1:{admin}/ready");
-    wait_for(&format!("tern /ready (log {})", tern.log.display()), || {
+    wait_for(&what, || {
         let url = ready.clone();
         async move {
-            common::request("GET", &url, &[], "")
+            request("GET", &url, &[], "")
                 .await
                 .ok()
                 .filter(|r| r.status == 200)
@@ -315,18 +251,18 @@ async fn compose_flow_publish_sync_serve_and_republish() {
             .starts_with("motoserver/moto:"),
         "the compose store is moto"
     );
-    let moto = Moto::start(work.path()).await;
+    let moto = Moto::start();
 
     // The environment the compose file gives publish and tern-sync, pointed at this moto.
     let mut env = environment(&services["publish"]);
     assert_eq!(env, environment(&services["tern-sync"]), "same S3 settings");
-    env.insert("TERN_SYNC_ENDPOINT_URL".into(), moto.url.clone());
+    env.insert("TERN_SYNC_ENDPOINT_URL".into(), moto.url());
     env.insert(
         "TERN_SYNC_HEALTH_ADDRESS".into(),
         format!("127.0.0.1:{}", free_port()),
     );
     // create-bucket (the compose job uses the AWS CLI).
-    moto.create_bucket(&env["TERN_SYNC_BUCKET"], &env);
+    create_bucket(&moto.url(), &env["TERN_SYNC_BUCKET"], &env);
 
     // The example, with its ports moved and the demo backend replaced.
     let backend = Backend::start("demo-backend").await;
@@ -361,7 +297,7 @@ async fn compose_flow_publish_sync_serve_and_republish() {
         .0;
     let mut agent_cmd = hermetic(Command::new(&sync_bin), &env);
     agent_cmd.args(&run_args[1..]);
-    let agent = Proc::spawn(agent_cmd, work.path().join("agent.log"));
+    let agent = Proc::spawn_logged(&mut agent_cmd, work.path().join("agent.log"));
     let health = strings(&services["tern-sync"]["healthcheck"]["test"]);
     wait_healthy(&sync_bin, &health, &env, &agent).await;
 
@@ -377,9 +313,9 @@ async fn compose_flow_publish_sync_serve_and_republish() {
     .await;
 
     let base = format!("http://127.0.0.1:{listen}");
-    let r = common::get(&format!("{base}/"), &[]).await;
+    let r = get(&format!("{base}/"), &[]).await;
     assert!(r.body.contains("version 1"), "{}", r.body);
-    let r = common::get(&format!("{base}/api/hello"), &[]).await;
+    let r = get(&format!("{base}/api/hello"), &[]).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains(r#""uri":"/hello""#), "{}", r.body);
 
@@ -390,7 +326,7 @@ async fn compose_flow_publish_sync_serve_and_republish() {
     let (ok, out) = publish(&sync_bin, &publish_cmd, &env, &src);
     assert!(ok, "second publish failed:\n{out}");
     let published = Instant::now();
-    common::wait_body(&format!("{base}/"), &[], "version 2").await;
+    wait_body(&format!("{base}/"), &[], "version 2").await;
     let took = published.elapsed();
     assert!(
         took < interval + Duration::from_secs(2),
@@ -408,7 +344,7 @@ async fn compose_flow_publish_sync_serve_and_republish() {
     let (ok, out) = publish(&sync_bin, &publish_cmd, &env, &src);
     assert!(!ok, "an invalid configuration was published:\n{out}");
     assert!(out.contains("routes.yaml:"), "{out}");
-    let r = common::get(&format!("{base}/"), &[]).await;
+    let r = get(&format!("{base}/"), &[]).await;
     assert!(r.body.contains("version 2"), "{}", r.body);
     drop((tern, agent, moto));
 }
@@ -440,14 +376,15 @@ fn container_env(c: &Value) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
     let td: Value = serde_json::from_str(
-        &std::fs::read_to_string(root().join("config-examples/ecs/task-definition.json")).unwrap(),
+        &std::fs::read_to_string(workspace_root().join("config-examples/ecs/task-definition.json"))
+            .unwrap(),
     )
     .unwrap();
     let init = container(&td, "tern-sync-init");
     let sync = container(&td, "tern-sync");
     let tern_c = container(&td, "tern");
     let work = tempfile::tempdir().unwrap();
-    let moto = Moto::start(work.path()).await;
+    let moto = Moto::start();
 
     // The task's environment, plus what the task role and the region give on ECS.
     let dest = work.path().join("config");
@@ -455,7 +392,7 @@ async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
     let s3_env = |c: &Value| {
         let mut env = container_env(c);
         env.insert("TERN_SYNC_DEST".into(), dest.to_str().unwrap().into());
-        env.insert("TERN_SYNC_ENDPOINT_URL".into(), moto.url.clone());
+        env.insert("TERN_SYNC_ENDPOINT_URL".into(), moto.url());
         env.insert("TERN_SYNC_FORCE_PATH_STYLE".into(), "true".into());
         env.insert("AWS_ACCESS_KEY_ID".into(), "task-role".into());
         env.insert("AWS_SECRET_ACCESS_KEY".into(), "task-role".into());
@@ -475,7 +412,7 @@ async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
     );
     let bucket = init_env["TERN_SYNC_BUCKET"].clone();
     let prefix = init_env["TERN_SYNC_PREFIX"].clone();
-    moto.create_bucket(&bucket, &init_env);
+    create_bucket(&moto.url(), &bucket, &init_env);
 
     // The ECS example configuration with its addresses moved and its upstreams replaced.
     let app = Backend::start("app").await;
@@ -549,7 +486,7 @@ async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
     // tern-sync (long-running) and its container health check.
     let mut agent_cmd = hermetic(Command::new(&sync_bin), &sync_env);
     agent_cmd.args(&strings(&sync["command"])[1..]);
-    let agent = Proc::spawn(agent_cmd, work.path().join("agent.log"));
+    let agent = Proc::spawn_logged(&mut agent_cmd, work.path().join("agent.log"));
     let interval = tern_config::Dur::parse(
         &flag(&strings(&sync["command"]), "--interval").unwrap_or("5s".into()),
     )
@@ -572,25 +509,22 @@ async fn ecs_task_flow_init_sync_serve_rollback_and_drain() {
         work.path().join("tern.log"),
     )
     .await;
-    let r = common::get(&format!("http://127.0.0.1:{ingress}/users/1"), &[]).await;
+    let r = get(&format!("http://127.0.0.1:{ingress}/users/1"), &[]).await;
     assert!(r.body.contains(r#""backend":"app""#), "{}", r.body);
-    let r = common::get(&format!("http://127.0.0.1:{egress}/orders/items"), &[]).await;
+    let r = get(&format!("http://127.0.0.1:{egress}/orders/items"), &[]).await;
     assert!(r.body.contains(r#""backend":"orders""#), "{}", r.body);
     let missing = format!("http://127.0.0.1:{egress}/inventory/");
-    assert!(common::get(&missing, &[])
-        .await
-        .body
-        .contains("no such dependency"));
+    assert!(get(&missing, &[]).await.body.contains("no such dependency"));
 
     // A new version, then a rollback to the first (docs/ecs.md, "Rolling back").
     let routes = src.join("routes.yaml");
     let text = std::fs::read_to_string(&routes).unwrap();
     std::fs::write(&routes, text.replace("no such dependency", "not routed")).unwrap();
     run_publish(publish_args(&[src.to_str().unwrap()]));
-    common::wait_body(&missing, &[], "not routed").await;
+    wait_body(&missing, &[], "not routed").await;
     run_publish(publish_args(&["--rollback", &v1]));
     let start = Instant::now();
-    common::wait_body(&missing, &[], "no such dependency").await;
+    wait_body(&missing, &[], "no such dependency").await;
     assert!(start.elapsed() < interval + Duration::from_secs(3));
 
     // Deploy: SIGTERM; tern drains and exits 0 within the task's stopTimeout.

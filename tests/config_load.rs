@@ -4,16 +4,7 @@ use std::fs;
 use std::path::Path;
 
 use tern_config::{self as config, Severity};
-
-fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let p = d.path().join(name);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, text).unwrap();
-    }
-    d
-}
+use tern_testkit::ConfigDir;
 
 #[test]
 fn quickstart_loads() {
@@ -27,7 +18,7 @@ fn quickstart_loads() {
 
 #[test]
 fn duplicates_name_both_files_and_lines() {
-    let d = dir_with(&[
+    let d = ConfigDir::with_files(&[
         ("a.yaml", "clusters:\n  - name: api\n    endpoints: []\n"),
         ("sub/b.yml", "# b\nclusters:\n  - name: api\n"),
     ]);
@@ -43,7 +34,7 @@ fn duplicates_name_both_files_and_lines() {
 
 #[test]
 fn dangling_reference_at_referencing_line_and_typo_suggestion() {
-    let d = dir_with(&[(
+    let d = ConfigDir::with_files(&[(
         "x.yaml",
         "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    route_config: mian\nroute_configs:\n  - name: main\n    virtual_hosts: []\n",
     )]);
@@ -55,7 +46,7 @@ fn dangling_reference_at_referencing_line_and_typo_suggestion() {
 
 #[test]
 fn unknown_field_and_bad_duration_are_located() {
-    let d = dir_with(&[
+    let d = ConfigDir::with_files(&[
         ("a.yaml", "clusters:\n  - name: a\n    conect_timeout: 1s\n"),
         ("b.yaml", "clusters:\n  - name: b\n    connect_timeout: 5\n"),
     ]);
@@ -74,7 +65,7 @@ fn unknown_field_and_bad_duration_are_located() {
 
 #[test]
 fn two_listeners_on_one_address() {
-    let d = dir_with(&[(
+    let d = ConfigDir::with_files(&[(
         "a.yaml",
         "listeners:\n  - { name: a, address: 0.0.0.0:8080, tcp_proxy: { cluster: c } }\n  - { name: b, address: 127.0.0.1:8080, tcp_proxy: { cluster: c } }\nclusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n",
     )]);
@@ -86,7 +77,7 @@ fn two_listeners_on_one_address() {
 
 #[test]
 fn hidden_files_skipped_empty_file_warns() {
-    let d = dir_with(&[
+    let d = ConfigDir::with_files(&[
         (".hidden.yaml", "this: is: not: yaml"),
         ("empty.yaml", "# nothing\n"),
         ("c.yaml", "clusters: [{ name: c }]\n"),
@@ -100,7 +91,7 @@ fn hidden_files_skipped_empty_file_warns() {
 
 #[test]
 fn version_changes_with_content_only() {
-    let d = dir_with(&[("c.yaml", "clusters: [{ name: c }]\n")]);
+    let d = ConfigDir::with_files(&[("c.yaml", "clusters: [{ name: c }]\n")]);
     let v1 = config::load(d.path()).version.unwrap();
     assert_eq!(v1, config::load(d.path()).version.unwrap());
     fs::write(d.path().join("c.yaml"), "clusters: [{ name: d }]\n").unwrap();
@@ -108,7 +99,7 @@ fn version_changes_with_content_only() {
 }
 
 fn codes_of(yaml: &str) -> Vec<(&'static str, u32, u32, String)> {
-    let d = dir_with(&[("x.yaml", yaml)]);
+    let d = ConfigDir::with_files(&[("x.yaml", yaml)]);
     config::load(d.path())
         .diagnostics
         .into_iter()

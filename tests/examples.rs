@@ -13,21 +13,18 @@
 //! 127.0.0.1, and the upstreams it names are rewritten to real test backends. So these tests run in
 //! parallel with each other and with the rest of the suite.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{free_port, tern_check, Backend, Tern};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use tern_testkit::{
+    admin_yaml, free_port, get, request, tern_bin, tern_check, tern_validate_bin, workspace_root,
+    Backend, ConfigDir, Tern,
+};
 
 fn read(rel: &str) -> String {
-    let p = root().join(rel);
+    let p = workspace_root().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
@@ -68,11 +65,11 @@ fn example_dirs() -> Vec<String> {
         }
     }
     let mut found = Vec::new();
-    walk(&root().join("config-examples"), &mut found);
+    walk(&workspace_root().join("config-examples"), &mut found);
     found
         .into_iter()
         .map(|p| {
-            p.strip_prefix(root())
+            p.strip_prefix(workspace_root())
                 .unwrap()
                 .to_string_lossy()
                 .into_owned()
@@ -275,7 +272,7 @@ const EXAMPLES: &[Example] = &[
 /// An example copied to a temp dir with its bound addresses and upstreams rewritten, and the
 /// backends those upstreams now point at.
 struct Prepared {
-    dir: common::ConfigDir,
+    dir: ConfigDir,
     /// Address as written in the example -> address in the copy.
     map: BTreeMap<String, String>,
     admin_port: u16,
@@ -295,7 +292,7 @@ impl Prepared {
 /// Copies `ex` to a temp dir, rewriting every address it binds (listeners, admin) to a free port
 /// on 127.0.0.1 and every upstream in `ex.backends` to a freshly started backend.
 async fn prepare(ex: &Example) -> Prepared {
-    let src = root().join(ex.dir);
+    let src = workspace_root().join(ex.dir);
     let report = tern_config::load(&src);
     let config = report.config.unwrap_or_else(|| {
         panic!(
@@ -332,7 +329,7 @@ async fn prepare(ex: &Example) -> Prepared {
     let alternation: Vec<String> = keys.iter().map(|k| regex::escape(k)).collect();
     let addresses = regex::Regex::new(&alternation.join("|")).unwrap();
 
-    let dir = common::ConfigDir::new();
+    let dir = ConfigDir::new();
     let mut admin_written = false;
     for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
         let entry = entry.unwrap();
@@ -351,7 +348,7 @@ async fn prepare(ex: &Example) -> Prepared {
     }
     if !admin_written {
         // The example relies on the default admin address: set it explicitly in the copy.
-        dir.write("zz-test-admin.yaml", &common::admin_yaml(admin_port));
+        dir.write("zz-test-admin.yaml", &admin_yaml(admin_port));
     }
     Prepared {
         dir,
@@ -370,19 +367,12 @@ fn example(dir: &str) -> &'static Example {
         })
 }
 
-/// The `tern-validate` binary, built with the same cargo and profile (it belongs to another
-/// package, so `env!("CARGO_BIN_EXE_tern-validate")` is not available here).
-#[allow(dead_code)]
-fn validator_binary() -> PathBuf {
-    common::workspace_binary("tern-validate", "tern-validate")
-}
-
 /// The validator leg: `tern-validate --strict DIR` must exit 0 (no errors, no warnings).
 #[allow(dead_code)]
 fn validator_leg(validator_bin: &Path, dir: &str) {
     let out = Command::new(validator_bin)
         .args(["--strict", dir])
-        .current_dir(root())
+        .current_dir(workspace_root())
         .output()
         .expect("run tern-validate");
     assert!(
@@ -396,7 +386,7 @@ fn validator_leg(validator_bin: &Path, dir: &str) {
 /// Every example through the validator (`--strict`: no warnings either).
 #[test]
 fn every_example_passes_tern_validate() {
-    let bin = validator_binary();
+    let bin = tern_validate_bin();
     for dir in example_dirs() {
         validator_leg(&bin, &dir);
     }
@@ -451,7 +441,7 @@ async fn every_example_answers_as_documented() {
         let tern = Tern::start(p.dir.path(), p.admin_port, &[]).await;
         for c in ex.checks {
             let url = p.url(c.listener, c.path);
-            let r = common::request("GET", &url, &[], "")
+            let r = request("GET", &url, &[], "")
                 .await
                 .unwrap_or_else(|e| panic!("{dir}: GET {url}: {e}\n{}", tern.logs()));
             assert_eq!(
@@ -488,22 +478,22 @@ async fn ecs_health_check_path_follows_healthcheck_fail() {
     let p = prepare(example("config-examples/ecs/config")).await;
     let tern = Tern::start(p.dir.path(), p.admin_port, &[]).await;
     let ready = p.url("0.0.0.0:8000", "/ready");
-    assert_eq!(common::get(&ready, &[]).await.status, 200);
+    assert_eq!(get(&ready, &[]).await.status, 200);
 
-    let r = common::request("POST", &tern.admin_url("/healthcheck/fail"), &[], "")
+    let r = request("POST", &tern.admin_url("/healthcheck/fail"), &[], "")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = common::get(&ready, &[]).await;
+    let r = get(&ready, &[]).await;
     assert_eq!(r.status, 503, "{}", r.body);
     // The app keeps being served while the load balancer takes the task out.
-    let app = common::get(&p.url("0.0.0.0:8000", "/x"), &[]).await;
+    let app = get(&p.url("0.0.0.0:8000", "/x"), &[]).await;
     assert_eq!(app.status, 200, "{}", app.body);
 
-    common::request("POST", &tern.admin_url("/healthcheck/ok"), &[], "")
+    request("POST", &tern.admin_url("/healthcheck/ok"), &[], "")
         .await
         .unwrap();
-    assert_eq!(common::get(&ready, &[]).await.status, 200);
+    assert_eq!(get(&ready, &[]).await.status, 200);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,7 +659,7 @@ fn compose_config(args: &[&str]) -> std::process::Output {
     compose_command()
         .args(["-f", "docker-compose.yml", "config"])
         .args(args)
-        .current_dir(root())
+        .current_dir(workspace_root())
         .output()
         .expect("run docker-compose")
 }
@@ -757,7 +747,10 @@ fn compose_services_use_the_image_and_the_tested_example() {
         .iter()
         .find_map(|v| volume_source(v, "/src"))
         .expect("publish mounts /src");
-    assert_eq!(Path::new(&src), root().join("config-examples/compose"));
+    assert_eq!(
+        Path::new(&src),
+        workspace_root().join("config-examples/compose")
+    );
     assert_eq!(strings(&publish["command"])[..2], ["tern-sync", "publish"]);
     // tern reads what tern-sync writes.
     let sync_cmd = strings(&services["tern-sync"]["command"]);
@@ -953,7 +946,7 @@ fn ecs_task_definition_is_consistent() {
     assert!(stop <= 120, "Fargate allows at most 120 s");
 
     // Ports: the load balancer targets tern's ingress listener; the app calls the egress one.
-    let ecs_config = tern_config::load(&root().join("config-examples/ecs/config"))
+    let ecs_config = tern_config::load(&workspace_root().join("config-examples/ecs/config"))
         .config
         .expect("ecs config loads");
     let listener = |name: &str| {
@@ -1014,7 +1007,7 @@ print("ok")
 "#;
     let out = Command::new("python3")
         .args(["-c", SCRIPT, "config-examples/ecs/task-definition.json"])
-        .current_dir(root())
+        .current_dir(workspace_root())
         .output()
         .expect("python3 is needed to check the task definition against the ECS API model");
     assert!(
@@ -1142,16 +1135,16 @@ fn run_doc_command(cmd: &str) -> bool {
         .split_whitespace()
         .collect();
     let out = match words.as_slice() {
-        ["tern", args @ ..] => Command::new(env!("CARGO_BIN_EXE_tern"))
+        ["tern", args @ ..] => Command::new(tern_bin())
             .args(args)
-            .current_dir(root())
+            .current_dir(workspace_root())
             .output()
             .unwrap(),
         ["docker-compose", "-f", "docker-compose.yml", "config", rest @ ..] => compose_config(rest),
         ["tern-validate", args @ ..] | ["cargo", "run", "-p", "tern-validate", "--", args @ ..] => {
-            Command::new(validator_binary())
+            Command::new(tern_validate_bin())
                 .args(args)
-                .current_dir(root())
+                .current_dir(workspace_root())
                 .output()
                 .unwrap()
         }
@@ -1169,7 +1162,7 @@ fn run_doc_command(cmd: &str) -> bool {
 #[test]
 fn documented_commands_are_run_here_or_marked() {
     let mut docs = vec!["README.md".to_string()];
-    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+    for e in std::fs::read_dir(workspace_root().join("docs")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".md") {
             docs.push(format!("docs/{name}"));

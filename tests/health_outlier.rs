@@ -1,12 +1,10 @@
 //! Outlier detection, active health checks and `/clusters`, through a real `tern` process
 //! against real backends.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use tern_testkit::{admin_yaml, free_port, get, listener_yaml, wait_for, Backend, ConfigDir, Tern};
 
 /// The cluster file: cluster `svc` over `addrs`, with `extra` YAML lines (indented 4 spaces).
 fn clusters_yaml(addrs: &[SocketAddr], extra: &str) -> String {

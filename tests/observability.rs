@@ -1,13 +1,14 @@
 //! Access logs, trace propagation, Prometheus output, runtime log level and the dashboard,
 //! against a real `tern` process, real backends and real clients.
 
-mod common;
-
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use tern_testkit::{
+    admin_yaml, direct_yaml, free_port, get, request, tern_check_fails, wait_for, workspace_root,
+    Backend, ConfigDir, Resp, Tern, DEADLINE,
+};
 
 fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
@@ -610,9 +611,7 @@ fn bad_observability_settings_are_rejected_with_positions() {
         "c.yaml",
         "clusters:\n  - name: c\n    endpoints: [{ address: \"127.0.0.1:3\" }]\n",
     );
-    let out = tern_check(cfg.path());
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = tern_check_fails(cfg.path());
     assert!(
         err.contains("l.yaml:6:") && err.contains("unknown access log operator `%NOPE%`"),
         "{err}"
@@ -636,9 +635,7 @@ fn bad_observability_settings_are_rejected_with_positions() {
         "listeners:\n  - name: ingress\n    address: 127.0.0.1:1\n    route_config: main\n    tracing: { propagation: [w3c, zipkin] }\n",
     );
     cfg2.write("r.yaml", &direct_yaml("main", "x"));
-    let out = tern_check(cfg2.path());
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("zipkin"));
+    assert!(tern_check_fails(cfg2.path()).contains("zipkin"));
 }
 
 /// Metric names in a PromQL expression (`tern_...` identifiers).
@@ -667,7 +664,7 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn dashboard_queries_only_metrics_tern_exports() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config-examples/observability");
+    let dir = workspace_root().join("config-examples/observability");
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap())
             .unwrap();

@@ -2,8 +2,6 @@
 //! decoding `ExportTraceServiceRequest` at `/v1/traces` (HTTP/protobuf), a real `tern` and real
 //! backends. Batches are sent every 50 ms (`OTEL_BSP_SCHEDULE_DELAY`) so no test waits 5 s.
 
-mod common;
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -26,7 +24,10 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
-use common::*;
+use tern_testkit::{
+    admin_yaml, direct_yaml, free_port, get, tern_check_fails, wait_for, Backend, ConfigDir, Resp,
+    Tern,
+};
 
 const FAST: &[(&str, &str)] = &[("OTEL_BSP_SCHEDULE_DELAY", "50")];
 
@@ -839,9 +840,7 @@ fn bad_otlp_settings_are_rejected_with_positions() {
             &format!("listeners:\n  - name: ingress\n    address: 127.0.0.1:1\n    route_config: main\n    tracing:\n{tracing}"),
         );
         cfg.write("r.yaml", &direct_yaml("main", "x"));
-        let out = tern_check(cfg.path());
-        assert_eq!(out.status.code(), Some(1), "{tracing}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        tern_check_fails(cfg.path())
     };
     let err = check("      otlp: { endpoint: \"localhost:4317\" }\n");
     assert!(

@@ -1,11 +1,12 @@
 //! Hot reload: every trigger, all-or-nothing application, listener set changes.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use common::*;
+use tern_testkit::{
+    admin_yaml, direct_yaml, free_port, get, listener_yaml, tern_bin, tern_check, wait_body,
+    wait_for, Backend, ConfigDir, Tern,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A full config (admin + one listener + direct response `body`) as one file's text.
@@ -335,7 +336,7 @@ async fn start_fails_clearly_on_invalid_config() {
         "a.yaml",
         "listeners:\n  - name: x\n    adress: 127.0.0.1:1\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+    let out = std::process::Command::new(tern_bin())
         .arg("--config")
         .arg(cfg.path())
         .output()

@@ -1,13 +1,13 @@
 //! Retries, circuit breakers, faults, rate limits and load balancing against real misbehaving upstreams.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use tern_testkit::{
+    admin_yaml, free_port, get, listener_yaml, request, wait_for, Backend, ConfigDir, Tern,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

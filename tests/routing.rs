@@ -1,8 +1,8 @@
 //! Routing and proxying through a real `tern` process to real backends.
 
-mod common;
-
-use common::*;
+use tern_testkit::{
+    admin_yaml, forward_config, free_port, get, listener_yaml, wait_for, Backend, ConfigDir, Tern,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Setup {

@@ -1,15 +1,19 @@
 //! Faults: the S3 server goes away mid-run and comes back, and the agent restarts while it is away.
 
-mod common;
-
-use common::*;
+use tern_testkit::s3::{self, current_version, shared_endpoint, Agent, Bucket, Moto};
+use tern_testkit::{
+    config_files, free_port, http_get, tern_sync_bin, wait_until_within, ConfigDir, Proc,
+};
 
 #[test]
 fn s3_outage_keeps_current_and_recovers_on_restart() {
     let mut moto = Moto::start();
     let b = Bucket::new(&moto.url(), "outage");
     let (listen, admin) = (free_port(), free_port());
-    let v1 = b.publish_ok("", dir_with(&config_files(listen, admin, "before")).path());
+    let v1 = b.publish_ok(
+        "",
+        ConfigDir::with_files(&config_files(listen, admin, "before")).path(),
+    );
     let agent = Agent::start(&b, "", None, &[]);
     agent.wait_current(&v1);
 
@@ -25,7 +29,10 @@ fn s3_outage_keeps_current_and_recovers_on_restart() {
     // Back on the same port (empty, as moto keeps nothing): publish again.
     let _moto2 = Moto::start_on(moto.port);
     b.create();
-    let v2 = b.publish_ok("", dir_with(&config_files(listen, admin, "after")).path());
+    let v2 = b.publish_ok(
+        "",
+        ConfigDir::with_files(&config_files(listen, admin, "after")).path(),
+    );
     agent.wait_current(&v2);
     let (status, h) = agent.healthz().unwrap();
     assert_eq!((status, h["last_poll_ok"].as_bool()), (200, Some(true)));
@@ -38,7 +45,7 @@ fn restart_while_s3_is_unreachable_keeps_the_snapshot() {
     let b = Bucket::new(&moto.url(), "restart");
     let v1 = b.publish_ok(
         "p",
-        dir_with(&config_files(free_port(), free_port(), "kept")).path(),
+        ConfigDir::with_files(&config_files(free_port(), free_port(), "kept")).path(),
     );
     let dest = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(&b, "p", Some(dest.path()), &[]);
@@ -74,7 +81,7 @@ fn restart_while_s3_is_unreachable_keeps_the_snapshot() {
 fn write_error_mid_snapshot_removes_the_partial_one() {
     let b = Bucket::new(&shared_endpoint(), "diskfull");
     let mut files = config_files(free_port(), free_port(), "small");
-    let src = dir_with(&files);
+    let src = ConfigDir::with_files(&files);
     let v1 = b.publish_ok("", src.path());
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("dest");
@@ -90,9 +97,9 @@ fn write_error_mid_snapshot_removes_the_partial_one() {
             None => sh.env_remove(k),
         };
     }
-    let _child = Killed(
+    let _child = Proc::adopt(
         sh.args(["-c", "trap '' XFSZ; ulimit -f 8; exec \"$0\" \"$@\""])
-            .arg(env!("CARGO_BIN_EXE_tern-sync"))
+            .arg(tern_sync_bin())
             .args(&args)
             .arg("--dest")
             .arg(&dest)
@@ -111,14 +118,14 @@ fn write_error_mid_snapshot_removes_the_partial_one() {
             })
             .unwrap_or(0.0)
     };
-    wait_until("first snapshot", || {
+    wait_until_within(s3::DEADLINE, "first snapshot", || {
         current_version(&dest) == Some(v1.clone())
     });
 
     files.push(("big.yaml".into(), format!("# {}\n", "x".repeat(20_000))));
-    write_files(src.path(), &files);
+    src.write_files(&files);
     let v2 = b.publish_ok("", src.path());
-    wait_until("a failed write", || {
+    wait_until_within(s3::DEADLINE, "a failed write", || {
         metric("tern_sync_polls_total{result=\"error\"}") >= 2.0
     });
     let (_, h) = http_get(port, "/healthz").unwrap();
@@ -131,16 +138,6 @@ fn write_error_mid_snapshot_removes_the_partial_one() {
         .collect();
     assert!(leftovers.is_empty(), "partial snapshot left: {leftovers:?}");
     assert!(!dest.join(".snapshots").join(&v2).exists());
-}
-
-/// Kills the child on drop, also when an assertion fails.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A pass-through TCP proxy in front of moto that answers the next `fail` requests itself with
@@ -203,7 +200,7 @@ fn throttling_is_retried_with_backoff_and_recovers() {
     let direct = Bucket::new(&moto_url, "throttle");
     let v1 = direct.publish_ok(
         "",
-        dir_with(&config_files(free_port(), free_port(), "t1")).path(),
+        ConfigDir::with_files(&config_files(free_port(), free_port(), "t1")).path(),
     );
     // The agent talks to S3 only through the throttling proxy.
     let via = direct.via(&format!("http://127.0.0.1:{}", throttle.port));
@@ -220,7 +217,7 @@ fn throttling_is_retried_with_backoff_and_recovers() {
     agent.wait_metric("tern_sync_polls_total{result=\"error\"}", 4.0);
     let v2 = direct.publish_ok(
         "",
-        dir_with(&config_files(free_port(), free_port(), "t2")).path(),
+        ConfigDir::with_files(&config_files(free_port(), free_port(), "t2")).path(),
     );
     agent.wait_current(&v2);
     assert_eq!(agent.metric("tern_sync_polls_total{result=\"error\"}"), 4.0);

@@ -1,11 +1,10 @@
 //! `tern-sync` against a real S3 server (moto): publish, manifest and plain polling, request
 //! counts, refusals, hostile keys, limits, `--once`, rollback and GC.
 
-mod common;
-
 use std::fs;
 
-use common::*;
+use tern_testkit::s3::{self, current_version, shared_endpoint, Agent, Bucket};
+use tern_testkit::{config_files, free_port, wait_until_within, ConfigDir};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -14,7 +13,7 @@ fn stderr(o: &std::process::Output) -> String {
 #[test]
 fn publish_then_run_manifest_mode_and_dedup() {
     let b = Bucket::new(&shared_endpoint(), "manifest");
-    let src = dir_with(&config_files(free_port(), free_port(), "one"));
+    let src = ConfigDir::with_files(&config_files(free_port(), free_port(), "one"));
     let v1 = b.publish_ok("cfg", src.path());
     let keys = b.keys("cfg/");
     assert!(
@@ -41,8 +40,7 @@ fn publish_then_run_manifest_mode_and_dedup() {
     // Change one file: only its blob is new, and only it is downloaded.
     let bytes_before = agent.metric("tern_sync_bytes_downloaded_total");
     let route = "routes/main.yaml".to_string();
-    write_files(
-        src.path(),
+    src.write_files(
         &config_files(0, 0, "two")
             .into_iter()
             .filter(|(p, _)| *p == route)
@@ -72,7 +70,7 @@ fn publish_then_run_manifest_mode_and_dedup() {
 #[test]
 fn idle_manifest_polls_are_one_conditional_get_each() {
     let b = Bucket::new(&shared_endpoint(), "idle");
-    let src = dir_with(&config_files(free_port(), free_port(), "idle"));
+    let src = ConfigDir::with_files(&config_files(free_port(), free_port(), "idle"));
     let v = b.publish_ok("", src.path());
     let agent = Agent::start(&b, "", None, &[]);
     agent.wait_current(&v);
@@ -125,7 +123,7 @@ fn plain_mode_takes_a_two_step_upload_only_when_complete() {
     // Step 2, right after the agent saw step 1 once.
     let extra = "route_configs:\n  - name: extra\n    virtual_hosts: []\n";
     b.put("p/extra.yaml", extra);
-    wait_until("snapshot with both files", || {
+    wait_until_within(s3::DEADLINE, "snapshot with both files", || {
         agent.current().is_some_and(|v| v != first)
             && agent.dest.join("current/extra.yaml").exists()
     });
@@ -240,7 +238,7 @@ fn size_limits_refuse_the_snapshot() {
     let b = Bucket::new(&shared_endpoint(), "limits");
     let mut files = config_files(free_port(), free_port(), "big");
     files.push(("big.yaml".into(), format!("# {}\n", "x".repeat(3000))));
-    let src = dir_with(&files);
+    let src = ConfigDir::with_files(&files);
     b.publish_ok("", src.path());
     let dest = tempfile::tempdir().unwrap();
     let once = |args: &[&str]| {
@@ -286,9 +284,9 @@ fn once_succeeds_or_fails_clearly() {
     assert!(stderr(&o).contains("nothing to sync"), "{}", stderr(&o));
 
     // A broken config published without validation.
-    let bad = dir_with(&[(
-        "a.yaml".into(),
-        "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    route_config: mian\n".into(),
+    let bad = ConfigDir::with_files(&[(
+        "a.yaml",
+        "listeners:\n  - name: l\n    address: 127.0.0.1:1\n    route_config: mian\n",
     )]);
     let refused = b.publish("bad", &[bad.path().to_str().unwrap()]);
     assert!(!refused.status.success(), "publish must validate");
@@ -303,7 +301,7 @@ fn once_succeeds_or_fails_clearly() {
     assert!(current_version(dest.path()).is_none());
 
     // A good one.
-    let good = dir_with(&config_files(free_port(), free_port(), "ok"));
+    let good = ConfigDir::with_files(&config_files(free_port(), free_port(), "ok"));
     let v = b.publish_ok("good", good.path());
     let o = run_once("good");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -316,7 +314,7 @@ fn rollback_and_retention() {
     let (listen, admin) = (free_port(), free_port());
     let mut versions = Vec::new();
     for body in ["r1", "r2", "r3", "r4"] {
-        let src = dir_with(&config_files(listen, admin, body));
+        let src = ConfigDir::with_files(&config_files(listen, admin, body));
         let out = b.publish(
             "",
             &[

@@ -5,13 +5,12 @@
 //! dangling references, address conflicts and bad values occur often), spread over several files,
 //! and then optionally damaged as text (a deleted line, a stray character).
 
-mod common;
-
 use std::fs;
 use std::process::Command;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use tern_testkit::tern_check_code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tern-validate");
 
@@ -256,7 +255,7 @@ proptest! {
             doc["diagnostics"].as_array().unwrap().len(),
             report.diagnostics.len()
         );
-        let check = common::tern_check(dir.path());
+        let check = tern_check_code(dir.path());
         prop_assert!(check == 0 || check == 1, "tern --check exit {check}");
         prop_assert_eq!(check == 0, code == 0, "tern --check and tern-validate disagree");
         // Loading is deterministic: a second run gives the same verdict.
@@ -382,7 +381,7 @@ proptest! {
         let code = out.status.code().unwrap();
         prop_assert!(code == 0 || code == 1, "exit {code}: {}", String::from_utf8_lossy(&out.stderr));
         prop_assert_eq!(code == 0, loads, "validator and loader disagree on:\n{}", mutated);
-        let check = common::tern_check(tmp.path());
+        let check = tern_check_code(tmp.path());
         prop_assert_eq!(check == 0, loads, "tern --check and loader disagree on:\n{}", mutated);
     }
 }

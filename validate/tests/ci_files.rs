@@ -1,19 +1,15 @@
 //! The CI templates and the pre-commit hook definition parse, and use only options that exist.
 
 use std::fs;
-use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
+use tern_testkit::workspace_root;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tern-validate");
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn yaml(path: &str) -> (String, Value) {
-    let text = fs::read_to_string(root().join(path)).unwrap();
+    let text = fs::read_to_string(workspace_root().join(path)).unwrap();
     let v = serde_saphyr::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     (text, v)
 }
@@ -96,7 +92,7 @@ fn pre_commit_hooks_point_at_a_runnable_entry() {
     let script = hooks.iter().find(|h| h["id"] == "tern-validate").unwrap();
     assert_eq!(script["language"], "script");
     assert_eq!(script["pass_filenames"], false);
-    let entry = root().join(script["entry"].as_str().unwrap());
+    let entry = workspace_root().join(script["entry"].as_str().unwrap());
     let out = Command::new(&entry).output().expect("entry is executable");
     // Without args it explains what to pass instead of validating nothing.
     assert_eq!(out.status.code(), Some(2));

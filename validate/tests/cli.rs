@@ -4,14 +4,13 @@
 //! status and every diagnostic (code, severity, file relative to the fixture, line, column, help,
 //! related places). The loader ignores `expect.json` because it only reads `*.yaml`/`*.yml`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
+use tern_testkit::tern_check_code;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tern-validate");
 
@@ -176,7 +175,7 @@ fn validator_loader_and_tern_check_agree_on_fixtures_and_examples() {
             d.display()
         );
         assert_eq!(
-            common::tern_check(&d) == 0,
+            tern_check_code(&d) == 0,
             loads,
             "{}: `tern --check` and the loader disagree",
             d.display()

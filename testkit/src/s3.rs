@@ -1,20 +1,24 @@
-//! Shared harness: a real moto S3 server, buckets, the real `tern-sync` binary, small configs.
-#![allow(dead_code)]
+//! The S3 harness: a real moto S3 server, buckets seeded through the AWS SDK, and the real
+//! `tern-sync` agent run against them.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 
-/// Deadline for every wait (polled, never a bare sleep).
+use crate::bin::tern_sync_bin;
+use crate::client::http_get;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::wait::{wait_until_within, POLL};
+
+/// Deadline for the S3 harness's waits (moto and the agent's polls are slower than the proxy).
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-const INSTALL: &str = "moto's S3 server is required for these tests; install with: python3 -m pip install 'moto[server]'";
+const INSTALL: &str = "moto's S3 server is required for these tests; install with: python3 -m pip install 'moto[server]' (or scripts/install-test-deps)";
 
 /// Runs moto in-process under a watchdog thread that exits when stdin closes, so the server
 /// dies with the test binary even when no destructor runs (statics are never dropped).
@@ -23,40 +27,9 @@ threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).st
 from moto.server import main\n\
 main(sys.argv[1:])\n";
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `f` every 20 ms until it is true; panics with `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `GET path` over plain HTTP/1.0: (status, body); None when nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    Some((status, body.to_string()))
-}
-
 /// A moto server process (killed on drop).
 pub struct Moto {
-    child: Option<Child>,
+    proc: Proc,
     /// Its port.
     pub port: u16,
 }
@@ -87,16 +60,16 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start python3: {e}; {INSTALL}"));
         let mut m = Moto {
-            child: Some(child),
+            proc: Proc::adopt(child),
             port,
         };
         let start = Instant::now();
         while http_get(port, "/moto-api/").map(|r| r.0) != Some(200) {
-            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(st) = m.proc.child.try_wait().unwrap() {
                 panic!("moto exited with {st} before answering; {INSTALL}");
             }
             assert!(start.elapsed() < DEADLINE, "moto did not become ready");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
         m
     }
@@ -113,16 +86,7 @@ impl Moto {
 
     /// Kills the server and waits for it to be gone.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
+        self.proc.stop();
     }
 }
 
@@ -274,7 +238,7 @@ impl Bucket {
 
     /// A `tern-sync` command with the hermetic environment only.
     pub fn bare(&self, sub: &str) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tern-sync"));
+        let mut c = Command::new(tern_sync_bin());
         hermetic(&mut c, &self.endpoint);
         c.arg(sub);
         c
@@ -308,12 +272,11 @@ impl Bucket {
 
 /// A running `tern-sync run` (killed on drop); its log is kept for failure messages.
 pub struct Agent {
-    child: Child,
+    proc: Proc,
     /// Health/metrics port.
     pub port: u16,
     /// The destination directory.
     pub dest: PathBuf,
-    log: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -326,9 +289,8 @@ impl Agent {
             .unwrap_or_else(|| tmp.path().join("dest"));
         let log = tmp.path().join("agent.log");
         let port = free_port();
-        let child = bucket
-            .cmd("run")
-            .args(["--prefix", prefix, "--dest"])
+        let mut cmd = bucket.cmd("run");
+        cmd.args(["--prefix", prefix, "--dest"])
             .arg(&dest)
             .args(["--health-address", &format!("127.0.0.1:{port}")])
             .args(if args.contains(&"--interval") {
@@ -337,25 +299,20 @@ impl Agent {
                 &["--interval", "200ms"][..]
             })
             .args(["--backoff-max", "1s"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start tern-sync run");
+            .args(args);
         let a = Agent {
-            child,
+            proc: Proc::spawn_logged(&mut cmd, log),
             port,
             dest,
-            log,
             _tmp: tmp,
         };
-        wait_until("agent health endpoint", || a.healthz().is_some());
+        wait_until_within(DEADLINE, "agent health endpoint", || a.healthz().is_some());
         a
     }
 
     /// The agent's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.logs()
     }
 
     /// `/healthz`: (status, JSON body).
@@ -401,13 +358,13 @@ impl Agent {
                 "agent never made {version} current; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
     }
 
     /// Waits for a first snapshot (any version) and returns its version.
     pub fn wait_any_current(&self) -> String {
-        wait_until("a first snapshot", || self.current().is_some());
+        wait_until_within(DEADLINE, "a first snapshot", || self.current().is_some());
         let v = self.current().unwrap();
         self.wait_current(&v);
         v
@@ -422,20 +379,13 @@ impl Agent {
                 "{series} never reached {n}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(POLL);
         }
     }
 
     /// Stops the agent.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.stop();
+        self.proc.stop();
     }
 }
 
@@ -443,42 +393,4 @@ impl Drop for Agent {
 pub fn current_version(dest: &Path) -> Option<String> {
     let t = std::fs::read_link(dest.join("current")).ok()?;
     Some(t.file_name()?.to_str()?.to_string())
-}
-
-/// A small valid config (listener and admin on the given ports, `/hello` answering `body`).
-pub fn config_files(listen: u16, admin: u16, body: &str) -> Vec<(String, String)> {
-    vec![
-        (
-            "admin.yaml".into(),
-            format!("admin:\n  address: 127.0.0.1:{admin}\n"),
-        ),
-        (
-            "listeners.yaml".into(),
-            format!(
-                "listeners:\n  - name: ingress\n    address: 127.0.0.1:{listen}\n    route_config: main\n"
-            ),
-        ),
-        (
-            "routes/main.yaml".into(),
-            format!(
-                "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: {{ path: /hello }}\n            direct_response: {{ status: 200, body: \"{body}\" }}\n"
-            ),
-        ),
-    ]
-}
-
-/// Writes files into a new temp dir.
-pub fn dir_with(files: &[(String, String)]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    write_files(d.path(), files);
-    d
-}
-
-/// Writes files below `root`, creating directories.
-pub fn write_files(root: &Path, files: &[(String, String)]) {
-    for (rel, text) in files {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
 }

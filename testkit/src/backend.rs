@@ -1,0 +1,206 @@
+//! Real HTTP/1.1 backends for the proxy to forward to, with runtime behaviour switches.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+type BoxedBody = BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> BoxedBody {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// A real HTTP/1.1 backend on 127.0.0.1:0. Paths:
+/// `/slow?ms=N` answers after N ms; `/upload` answers the byte count of the body;
+/// `/download?bytes=N` streams N bytes; `/_hc` (health checks) answers `ctl.hc_status`
+/// (default 200); anything else echoes method, path and headers as JSON.
+/// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
+/// response other than `/_hc` that status (0, the default: normal behaviour).
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Behaviour switches and request counts.
+    pub ctl: std::sync::Arc<BackendCtl>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Runtime switches of a [`Backend`].
+#[derive(Debug)]
+pub struct BackendCtl {
+    /// When not 0, every response (except `/_hc`) gets this status.
+    pub status: std::sync::atomic::AtomicU16,
+    /// Status of `/_hc` (default 200).
+    pub hc_status: std::sync::atomic::AtomicU16,
+    /// `/_hc` requests received.
+    pub hc_requests: std::sync::atomic::AtomicUsize,
+    /// Other requests received.
+    pub requests: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for BackendCtl {
+    fn default() -> Self {
+        BackendCtl {
+            status: 0.into(),
+            hc_status: 200.into(),
+            hc_requests: 0.into(),
+            requests: 0.into(),
+        }
+    }
+}
+
+impl BackendCtl {
+    /// Makes every response (except `/_hc`) `status`; 0 restores normal answers.
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Sets the status of `/_hc`.
+    pub fn set_hc_status(&self, status: u16) {
+        self.hc_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Requests other than `/_hc` received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// `/_hc` requests received so far.
+    pub fn hc_requests(&self) -> usize {
+        self.hc_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::start_with(name, true).await
+    }
+
+    /// `keep_alive: false`: the backend closes every connection after one response.
+    pub async fn start_with(name: &str, keep_alive: bool) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name: &'static str = Box::leak(name.to_string().into_boxed_str());
+        let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = conns.clone();
+        let ctl = std::sync::Arc::new(BackendCtl::default());
+        let ctl2 = ctl.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let ctl = ctl2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle_backend(name, req, ctl.clone()));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            conns,
+            ctl,
+            task,
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle_backend(
+    name: &'static str,
+    req: Request<Incoming>,
+    ctl: std::sync::Arc<BackendCtl>,
+) -> Result<Response<BoxedBody>, Infallible> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let path = req.uri().path().to_string();
+    let forced = if path == "/_hc" {
+        ctl.hc_requests.fetch_add(1, SeqCst);
+        Some(ctl.hc_status.load(SeqCst))
+    } else {
+        ctl.requests.fetch_add(1, SeqCst);
+        Some(ctl.status.load(SeqCst)).filter(|&s| s != 0)
+    };
+    if let Some(status) = forced {
+        let mut r = Response::new(full(format!("{name} {status}\n")));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        r.headers_mut()
+            .insert("x-backend", http::HeaderValue::from_static(name));
+        return Ok(r);
+    }
+    let body = match path.as_str() {
+        "/slow" => {
+            let ms = query_u64(&req, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(format!("slow {name}\n"))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(f) = body.frame().await {
+                if let Ok(d) = f.unwrap().into_data() {
+                    n += d.len() as u64;
+                }
+            }
+            full(format!("{n}"))
+        }
+        "/download" => {
+            let total = query_u64(&req, "bytes").unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::unfold(total, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let n = left.min(chunk.len() as u64);
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))),
+                        left - n,
+                    ))
+                }
+            });
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        _ => {
+            let headers: serde_json::Map<String, serde_json::Value> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+                .collect();
+            let j = serde_json::json!({
+                "backend": name,
+                "method": req.method().as_str(),
+                "uri": req.uri().to_string(),
+                "headers": headers,
+            });
+            full(j.to_string())
+        }
+    };
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert("x-backend", http::HeaderValue::from_static(name));
+    Ok(r)
+}
