@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::listener::Running;
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Starts the admin endpoint on a bound socket.
 pub fn spawn(sock: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<Running> {
@@ -214,7 +214,7 @@ fn endpoint_samples(shared: &Shared) -> Vec<crate::stats::EndpointSample> {
     out
 }
 
-fn host_view(e: &crate::cluster::Endpoint, now: u64) -> HostView {
+fn host_view(e: &crate::upstream::cluster::Endpoint, now: u64) -> HostView {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &e.state;
     let mut flags = Vec::new();
@@ -250,7 +250,7 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
     let snap = shared.snapshot.load_full();
     let mut names: Vec<&String> = snap.clusters.keys().collect();
     names.sort();
-    let now = crate::outlier::now_ms();
+    let now = crate::timer::now_ms();
     let wall = std::time::SystemTime::now();
     let until = |ms: u64| {
         humantime::format_rfc3339_millis(wall + std::time::Duration::from_millis(ms)).to_string()

@@ -22,11 +22,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::outlier::now_ms;
 use crate::proxy::{self, Conn};
-use crate::server::Shared;
 use crate::snapshot::ListenerKind;
+use crate::state::Shared;
 use crate::stats::ListenerStats;
+use crate::timer::now_ms;
 use crate::timer::{Alarm, LazyTimer};
 
 /// A running accept loop.

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tern::server::{self, Options, WatchOptions};
+use tern::server::{self, Options};
+use tern::watch::WatchOptions;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {

@@ -1,8 +1,8 @@
 //! Span export over OTLP: one SERVER span per proxied, sampled request, batched and sent to a
 //! collector (gRPC or HTTP/protobuf) by the OpenTelemetry exporter, off the request path.
 //!
-//! The request path only fills a small record and `try_send`s it into a bounded queue: no lock,
-//! no waiting. Each exporter runs on its own thread with a current-thread runtime, so a slow or
+//! The exporter is an observer of the request record ([`crate::stream_info`]): a finished,
+//! sampled request is `try_send`-ed into a bounded queue, with no lock and no waiting. Each exporter runs on its own thread with a current-thread runtime, so a slow or
 //! absent collector costs the proxy's workers nothing: the queue fills, further spans are
 //! dropped and counted (`tracing_spans_dropped`), and serving goes on.
 //!
@@ -18,9 +18,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use http::{HeaderValue, Method, Uri, Version};
+use http::{HeaderValue, Version};
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
@@ -29,8 +29,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::access_log::Flags;
 use crate::stats::ListenerStats;
+use crate::stream_info::{Observer, SpanIds, StreamInfo};
 use tern_config::OtlpProtocol;
 
 /// How long a graceful shutdown waits for queued spans to be sent.
@@ -195,122 +195,44 @@ impl Exporter {
             r.stats.tracing_spans_dropped.inc();
         }
     }
+}
 
-    /// Starts a span for a proxied request: `span` is the context sent upstream, `parent` the
-    /// incoming span id. `None` unless the trace is sampled (only sampled spans are exported).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_span(
-        self: &Arc<Self>,
-        span: &crate::trace::SpanContext,
-        parent: Option<u64>,
-        head: &http::request::Parts,
-        uri: &Uri,
-        host: &str,
-        stats: &Arc<ListenerStats>,
-        started: Instant,
-    ) -> Option<Span> {
-        if span.sampled != Some(true) {
-            return None;
-        }
-        let elapsed = started.elapsed();
-        Some(Span(Some(Box::new(Live {
-            exporter: self.clone(),
-            rec: Record {
-                stats: stats.clone(),
-                trace_id: span.trace_id,
-                span_id: span.span_id,
-                parent: parent.filter(|p| *p != 0),
-                start: SystemTime::now()
-                    .checked_sub(elapsed)
-                    .unwrap_or_else(SystemTime::now),
-                duration: Duration::ZERO,
-                method: head.method.clone(),
-                path: uri.path().to_string(),
-                host: host.to_string(),
-                version: head.version,
-                user_agent: head.headers.get(http::header::USER_AGENT).cloned(),
-                request_id: head.headers.get(crate::headers::X_REQUEST_ID).cloned(),
-                route: None,
-                cluster: None,
-                upstream: None,
-                status: 0,
-                flags: Flags::default(),
-            },
-            started,
-        }))))
+/// One listener's span export: the exporter it shares with other listeners, and its own counters.
+#[derive(Debug)]
+pub struct SpanExport {
+    exporter: Arc<Exporter>,
+    stats: Arc<ListenerStats>,
+}
+
+impl SpanExport {
+    /// Exports the spans of the listener with `stats` through `exporter`.
+    pub fn new(exporter: Arc<Exporter>, stats: Arc<ListenerStats>) -> SpanExport {
+        SpanExport { exporter, stats }
+    }
+
+    /// The exporter (shared, carried across reloads).
+    pub fn exporter(&self) -> &Arc<Exporter> {
+        &self.exporter
     }
 }
 
-/// Everything a span carries, as cheap copies; turned into OTel data on the exporter thread.
+impl Observer for SpanExport {
+    /// Queues the request's span, if it was sampled for export.
+    fn observe(&self, info: &Arc<StreamInfo>) {
+        if info.span.is_some() && info.trace_id.is_some() {
+            self.exporter.submit(Record {
+                info: info.clone(),
+                stats: self.stats.clone(),
+            });
+        }
+    }
+}
+
+/// A finished, sampled request; turned into OTel span data on the exporter thread.
 #[derive(Debug)]
 struct Record {
+    info: Arc<StreamInfo>,
     stats: Arc<ListenerStats>,
-    trace_id: u128,
-    span_id: u64,
-    parent: Option<u64>,
-    start: SystemTime,
-    duration: Duration,
-    method: Method,
-    path: String,
-    host: String,
-    version: Version,
-    user_agent: Option<HeaderValue>,
-    request_id: Option<HeaderValue>,
-    route: Option<Arc<str>>,
-    cluster: Option<Arc<str>>,
-    upstream: Option<Arc<str>>,
-    status: u16,
-    flags: Flags,
-}
-
-#[derive(Debug)]
-struct Live {
-    exporter: Arc<Exporter>,
-    rec: Record,
-    started: Instant,
-}
-
-/// A span in progress. Ended with [`Span::end`] when the response body is done; if it is
-/// dropped first (the client went away), it is ended then with the `DC` flag, like the access log.
-#[derive(Debug)]
-pub struct Span(Option<Box<Live>>);
-
-impl Span {
-    /// Records the response head and what the request path learned (route, cluster, endpoint).
-    pub fn response(&mut self, status: u16, tx: &crate::proxy::Tx) {
-        if let Some(l) = self.0.as_mut() {
-            let r = &mut l.rec;
-            r.status = status;
-            r.flags = tx.flags;
-            r.route = tx.route.clone();
-            r.cluster = tx.cluster.clone();
-            r.upstream = tx.upstream_host.clone();
-        }
-    }
-
-    /// Ends the span now, adding `extra` flags (`DC`, `SI`, ...), and queues it for export.
-    pub fn end(mut self, extra: Flags) {
-        self.finish(extra);
-    }
-
-    fn finish(&mut self, extra: Flags) {
-        if let Some(l) = self.0.take() {
-            let Live {
-                exporter,
-                mut rec,
-                started,
-            } = *l;
-            rec.duration = started.elapsed();
-            rec.flags.set(extra);
-            exporter.submit(rec);
-        }
-    }
-}
-
-impl Drop for Span {
-    fn drop(&mut self) {
-        self.finish(Flags::DC);
-    }
 }
 
 fn build(s: &Settings) -> Result<opentelemetry_otlp::SpanExporter, String> {
@@ -563,17 +485,22 @@ fn hv(v: &HeaderValue) -> String {
 /// The OTel span of a record: kind SERVER, named after the route, HTTP semantic-convention
 /// attributes plus Tern's own.
 fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
+    let i = &*r.info;
+    let ids = i.span.unwrap_or(SpanIds {
+        span_id: 0,
+        parent: None,
+    });
     let mut attrs = vec![
-        KeyValue::new("http.request.method", r.method.as_str().to_string()),
-        KeyValue::new("url.path", r.path.clone()),
-        KeyValue::new("server.address", strip_port(&r.host).to_string()),
-        KeyValue::new("network.protocol.version", protocol_version(r.version)),
-        KeyValue::new("tern.response_flags", r.flags.render()),
+        KeyValue::new("http.request.method", i.method.as_str().to_string()),
+        KeyValue::new("url.path", i.path_only().to_string()),
+        KeyValue::new("server.address", strip_port(&i.authority).to_string()),
+        KeyValue::new("network.protocol.version", protocol_version(i.version)),
+        KeyValue::new("tern.response_flags", i.flags.render()),
     ];
-    if r.status != 0 {
+    if i.status != 0 {
         attrs.push(KeyValue::new(
             "http.response.status_code",
-            i64::from(r.status),
+            i64::from(i.status),
         ));
     }
     let mut opt = |k: &'static str, v: Option<String>| {
@@ -581,36 +508,39 @@ fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
             attrs.push(KeyValue::new(k, v));
         }
     };
-    opt("user_agent.original", r.user_agent.as_ref().map(hv));
-    opt("request_id", r.request_id.as_ref().map(hv));
-    opt("tern.route", r.route.as_deref().map(str::to_string));
-    opt("upstream.cluster", r.cluster.as_deref().map(str::to_string));
+    opt("user_agent.original", i.user_agent.as_ref().map(hv));
+    opt("request_id", i.request_id.as_ref().map(hv));
+    opt("tern.route", i.route_name.as_deref().map(str::to_string));
+    opt(
+        "upstream.cluster",
+        i.upstream_cluster.as_deref().map(str::to_string),
+    );
     opt(
         "upstream.address",
-        r.upstream.as_deref().map(str::to_string),
+        i.upstream_host.as_deref().map(str::to_string),
     );
-    let status = if r.status >= 500 {
-        Status::error(format!("HTTP {}", r.status))
+    let status = if i.status >= 500 {
+        Status::error(format!("HTTP {}", i.status))
     } else {
         Status::Unset
     };
     SpanData {
         span_context: SpanContext::new(
-            TraceId::from(r.trace_id),
-            SpanId::from(r.span_id),
+            TraceId::from(i.trace_id.unwrap_or(0)),
+            SpanId::from(ids.span_id),
             TraceFlags::SAMPLED,
             false,
             TraceState::default(),
         ),
-        parent_span_id: r.parent.map_or(SpanId::INVALID, SpanId::from),
-        parent_span_is_remote: r.parent.is_some(),
+        parent_span_id: ids.parent.map_or(SpanId::INVALID, SpanId::from),
+        parent_span_is_remote: ids.parent.is_some(),
         span_kind: SpanKind::Server,
-        name: r
-            .route
+        name: i
+            .route_name
             .as_deref()
             .map_or_else(|| "ingress".into(), |n| n.to_string().into()),
-        start_time: r.start,
-        end_time: r.start + r.duration,
+        start_time: i.start_time,
+        end_time: i.start_time + i.duration,
         attributes: attrs,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),

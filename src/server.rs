@@ -1,8 +1,10 @@
-//! The running proxy: initial load, reloads (all-or-nothing), listener set changes and drain.
+//! The running proxy: the start, reloads (all-or-nothing), listener set changes and drain.
 //!
-//! A reload reads the files, skips them if their content hash is unchanged, checks them, builds a
-//! complete snapshot, binds any new sockets, and only then swaps the snapshot in. Any failure on
-//! the way leaves the running snapshot and sockets exactly as they were.
+//! The start is the first reload. A reload reads the files, skips them if their content hash is
+//! unchanged, then *prepares* (checks them, builds a complete snapshot, binds every new socket)
+//! and only then *applies* (swaps the snapshot in, starts its background tasks, starts and stops
+//! listeners). A failure while preparing leaves the running snapshot and sockets exactly as they
+//! were.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -12,50 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use tern_config::{self as config, Diagnostic};
 
 use crate::listener::{self, Running};
 use crate::snapshot::Snapshot;
+use crate::state::{ReloadError, ReloadStatus, Shared, Tunnels};
 use crate::stats::Stats;
-use tern_config::{self as config, Diagnostic};
-
-/// State shared by the request path, the admin endpoint and the reloader.
-#[derive(Debug)]
-pub struct Shared {
-    /// The snapshot new requests use.
-    pub snapshot: ArcSwap<Snapshot>,
-    /// All statistics.
-    pub stats: Stats,
-    /// Outcome of the last reload (admin only; never touched by the request path).
-    pub status: Mutex<ReloadStatus>,
-    /// Set once shutdown has begun.
-    pub draining: AtomicBool,
-    /// Set by `POST /healthcheck/fail`.
-    pub hc_failed: AtomicBool,
-    /// The configured path.
-    pub config_path: PathBuf,
-    /// Upgraded (WebSocket) connections, which outlive the HTTP connection that opened them.
-    pub tunnels: crate::upgrade::Tunnels,
-}
-
-/// What the admin endpoint reports about reloads.
-#[derive(Debug, Default, Clone)]
-pub struct ReloadStatus {
-    /// The last rejected reload, cleared by the next applied one.
-    pub last_error: Option<ReloadError>,
-}
-
-/// A rejected reload.
-#[derive(Debug, Clone)]
-pub struct ReloadError {
-    /// When it was rejected.
-    pub at: SystemTime,
-    /// Content hash of the rejected files, when they could be read.
-    pub version: Option<String>,
-    /// Summary line.
-    pub message: String,
-    /// Every problem found.
-    pub diagnostics: Vec<Diagnostic>,
-}
+use crate::watch::{WatchOptions, Watcher};
 
 /// Result of one reload, each counted and logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,18 +48,47 @@ pub struct Server {
     pub shared: Arc<Shared>,
     opts: Options,
     listeners: HashMap<SocketAddr, Running>,
-    admin: (SocketAddr, Running),
+    admin: Option<(SocketAddr, Running)>,
     /// Directories that held the last files read (for the watcher).
     pub watch_dirs: BTreeSet<PathBuf>,
 }
 
-fn diagnostics_summary(diags: &[Diagnostic]) -> String {
-    let errors: Vec<String> = diags
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
-    format!("{} error(s): {}", errors.len(), errors.join("; "))
+/// A configuration ready to serve: its snapshot built, every new socket bound.
+struct Prepared {
+    snap: Snapshot,
+    warnings: Vec<Diagnostic>,
+    listeners: Vec<(SocketAddr, std::net::TcpListener)>,
+    admin: Option<(SocketAddr, std::net::TcpListener)>,
+}
+
+/// Why a configuration was not applied.
+struct Rejection {
+    version: Option<String>,
+    message: String,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Rejection {
+    fn diagnostics(version: Option<String>, diagnostics: Vec<Diagnostic>) -> Rejection {
+        let errors: Vec<String> = diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.to_string())
+            .collect();
+        Rejection {
+            version,
+            message: format!("{} error(s): {}", errors.len(), errors.join("; ")),
+            diagnostics,
+        }
+    }
+
+    fn message(version: Option<String>, message: String) -> Rejection {
+        Rejection {
+            version,
+            message,
+            diagnostics: Vec::new(),
+        }
+    }
 }
 
 /// Loads and builds a snapshot without binding anything (`tern --check`).
@@ -112,55 +106,33 @@ pub fn check(path: &Path) -> Result<String, Vec<String>> {
 impl Server {
     /// Loads the configuration, binds every socket and starts serving. Fails on any error.
     pub async fn start(opts: Options) -> Result<Server, String> {
-        let report = config::load(&opts.config);
-        for w in report.diagnostics.iter().filter(|d| !d.is_error()) {
-            tracing::warn!("{w}");
-        }
-        let Some(cfg) = report.config else {
-            return Err(diagnostics_summary(&report.diagnostics));
-        };
-        let watch_dirs = watch_dirs_of(report.sources.as_ref());
-        let version = report.version.unwrap_or_default();
-        let stats = Stats::default();
-        let admin_addr = *cfg.admin.address;
-        let snap = Snapshot::build(cfg, version.clone(), None, &stats)?;
-        let mut bound = Vec::new();
-        for addr in snap.listeners.keys() {
-            let l =
-                listener::bind(*addr).map_err(|e| format!("cannot bind listener {addr}: {e}"))?;
-            bound.push((*addr, l));
-        }
-        let admin_sock = listener::bind(admin_addr)
-            .map_err(|e| format!("cannot bind admin {admin_addr}: {e}"))?;
-        stats.config.update_success.inc();
-        stats.config.last_success_timestamp.set(unix_now());
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snap),
-            stats,
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            stats: Stats::default(),
             status: Mutex::new(ReloadStatus::default()),
             draining: AtomicBool::new(false),
             hc_failed: AtomicBool::new(false),
             config_path: opts.config.clone(),
-            tunnels: crate::upgrade::Tunnels::default(),
+            tunnels: Tunnels::default(),
         });
-        let mut listeners = HashMap::new();
-        for (addr, l) in bound {
-            listeners.insert(
-                addr,
-                listener::spawn(l, shared.clone(), opts.drain_timeout)
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        crate::health::start(&shared.snapshot.load_full());
-        let admin = crate::admin::spawn(admin_sock, shared.clone()).map_err(|e| e.to_string())?;
-        tracing::info!(version = %version, listeners = listeners.len(), admin = %admin_addr, "configuration loaded");
-        Ok(Server {
+        let mut server = Server {
             shared,
             opts,
-            listeners,
-            admin: (admin_addr, admin),
-            watch_dirs,
-        })
+            listeners: HashMap::new(),
+            admin: None,
+            watch_dirs: BTreeSet::new(),
+        };
+        let version = match server.load(true) {
+            Ok(Some(v)) => v,
+            Ok(None) => unreachable!("a forced load never finds the content unchanged"),
+            Err(r) => return Err(r.message),
+        };
+        let snap = server.shared.snapshot.load();
+        if server.admin.is_none() || server.listeners.len() != snap.listeners.len() {
+            return Err("a listener or the admin endpoint could not start (see the log)".into());
+        }
+        tracing::info!(version = %version, listeners = server.listeners.len(), admin = %snap.config.admin.address.value, "configuration loaded");
+        Ok(server)
     }
 
     /// The addresses of the running listeners.
@@ -170,76 +142,106 @@ impl Server {
 
     /// Re-reads the configuration and applies it if it changed and is valid (`force`: even if unchanged).
     pub async fn reload(&mut self, force: bool) -> Outcome {
-        let stats = &self.shared.stats.config;
-        let sources = match config::source::read(&self.opts.config) {
-            Ok(s) => s,
-            Err(diags) => {
+        match self.load(force) {
+            Ok(None) => Outcome::Unchanged,
+            Ok(Some(version)) => {
+                tracing::info!(version = %version, "configuration applied");
+                Outcome::Applied(version)
+            }
+            Err(r) => self.reject(r),
+        }
+    }
+
+    /// Reads, prepares and applies; `Ok(None)` when the content is unchanged.
+    fn load(&mut self, force: bool) -> Result<Option<String>, Rejection> {
+        let shared = self.shared.clone();
+        let stats = &shared.stats.config;
+        let running = shared.snapshot.load_full();
+        // An update attempt is a change to a running configuration: the start is not one.
+        let attempt = || {
+            if !running.version.is_empty() {
                 stats.update_attempt.inc();
-                return self.reject(None, diags);
             }
         };
-        let current = self.shared.snapshot.load_full();
+        let sources = config::source::read(&self.opts.config).map_err(|d| {
+            attempt();
+            Rejection::diagnostics(None, d)
+        })?;
         let version = sources.version();
-        if !force && version == current.version {
+        self.watch_dirs = watch_dirs_of(&sources);
+        if !force && version == running.version {
             stats.update_unchanged.inc();
-            self.watch_dirs = watch_dirs_of(Some(&sources));
-            return Outcome::Unchanged;
+            return Ok(None);
         }
-        stats.update_attempt.inc();
-        let watch_dirs = watch_dirs_of(Some(&sources));
-        let report = config::check_sources(sources);
-        self.watch_dirs = watch_dirs;
+        attempt();
+        let prepared = self.prepare(config::check_sources(sources), &version)?;
+        for e in self.apply(prepared) {
+            tracing::error!("{e}");
+        }
+        stats.update_success.inc();
+        stats.last_success_timestamp.set(unix_now());
+        shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error = None;
+        Ok(Some(version))
+    }
+
+    /// Builds the snapshot of `report` (carrying state over from the running one) and binds every
+    /// socket it needs that is not open yet. Touches nothing that runs.
+    fn prepare(&self, report: config::Report, version: &str) -> Result<Prepared, Rejection> {
+        let v = || Some(version.to_string());
         let Some(cfg) = report.config else {
-            return self.reject(Some(version), report.diagnostics);
+            return Err(Rejection::diagnostics(v(), report.diagnostics));
         };
         let admin_addr = *cfg.admin.address;
-        let snap = match Snapshot::build(cfg, version.clone(), Some(&current), &self.shared.stats) {
-            Ok(s) => s,
-            Err(e) => return self.reject_msg(Some(version), e),
-        };
-        // Bind everything new before touching anything running.
-        let mut bound = Vec::new();
-        for addr in snap
-            .listeners
-            .keys()
-            .filter(|a| !self.listeners.contains_key(a))
-        {
-            match listener::bind(*addr) {
-                Ok(l) => bound.push((*addr, l)),
-                Err(e) => {
-                    return self
-                        .reject_msg(Some(version), format!("cannot bind listener {addr}: {e}"))
-                }
+        let current = self.shared.snapshot.load_full();
+        let snap = Snapshot::build(cfg, version.to_string(), Some(&current), &self.shared.stats)
+            .map_err(|e| Rejection::message(v(), e))?;
+        let mut listeners = Vec::new();
+        for addr in snap.listeners.keys() {
+            if !self.listeners.contains_key(addr) {
+                let l = listener::bind(*addr).map_err(|e| {
+                    Rejection::message(v(), format!("cannot bind listener {addr}: {e}"))
+                })?;
+                listeners.push((*addr, l));
             }
         }
-        let new_admin = if admin_addr != self.admin.0 {
-            match listener::bind(admin_addr) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    return self.reject_msg(
-                        Some(version),
-                        format!("cannot bind admin {admin_addr}: {e}"),
-                    )
-                }
-            }
-        } else {
-            None
+        let admin = match &self.admin {
+            Some((running, _)) if *running == admin_addr => None,
+            _ => Some((
+                admin_addr,
+                listener::bind(admin_addr).map_err(|e| {
+                    Rejection::message(v(), format!("cannot bind admin {admin_addr}: {e}"))
+                })?,
+            )),
         };
-        for w in report.diagnostics.iter().filter(|d| !d.is_error()) {
+        Ok(Prepared {
+            snap,
+            warnings: report.diagnostics,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Makes `p` the running configuration; returns what could not be started.
+    fn apply(&mut self, p: Prepared) -> Vec<String> {
+        for w in p.warnings.iter().filter(|d| !d.is_error()) {
             tracing::warn!("{w}");
         }
-        let keep: BTreeSet<SocketAddr> = snap.listeners.keys().copied().collect();
-        let snap = Arc::new(snap);
+        let keep: BTreeSet<SocketAddr> = p.snap.listeners.keys().copied().collect();
+        let snap = Arc::new(p.snap);
         self.shared.snapshot.store(snap.clone());
-        crate::health::start(&snap);
-
-        for (addr, l) in bound {
+        snap.start_background();
+        let mut failed = Vec::new();
+        for (addr, l) in p.listeners {
             match listener::spawn(l, self.shared.clone(), self.opts.drain_timeout) {
                 Ok(r) => {
-                    tracing::info!(%addr, "listener added");
+                    tracing::debug!(%addr, "listener started");
                     self.listeners.insert(addr, r);
                 }
-                Err(e) => tracing::error!(%addr, error = %e, "cannot start listener"),
+                Err(e) => failed.push(format!("cannot start listener {addr}: {e}")),
             }
         }
         let removed: Vec<SocketAddr> = self
@@ -255,64 +257,43 @@ impl Server {
                 tokio::spawn(r.join());
             }
         }
-        if let Some(sock) = new_admin {
+        if let Some((addr, sock)) = p.admin {
             match crate::admin::spawn(sock, self.shared.clone()) {
                 Ok(r) => {
-                    let (_, old) = std::mem::replace(&mut self.admin, (admin_addr, r));
-                    old.stop();
+                    if let Some((_, old)) = self.admin.replace((addr, r)) {
+                        old.stop();
+                    }
                 }
-                Err(e) => tracing::error!(error = %e, "cannot start admin endpoint"),
+                Err(e) => failed.push(format!("cannot start admin endpoint {addr}: {e}")),
             }
         }
-        stats.update_success.inc();
-        stats.last_success_timestamp.set(unix_now());
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last_error = None;
-        tracing::info!(version = %version, "configuration applied");
-        Outcome::Applied(version)
+        failed
     }
 
-    fn reject(&self, version: Option<String>, diags: Vec<Diagnostic>) -> Outcome {
-        for d in &diags {
-            if d.is_error() {
-                tracing::error!("{d}");
-            }
+    /// Logs, counts and records a rejected configuration; the running one stays.
+    fn reject(&self, r: Rejection) -> Outcome {
+        for d in r.diagnostics.iter().filter(|d| d.is_error()) {
+            tracing::error!("{d}");
         }
-        let message = diagnostics_summary(&diags);
-        self.record_rejection(version, message.clone(), diags);
-        Outcome::Rejected(message)
-    }
-
-    fn reject_msg(&self, version: Option<String>, message: String) -> Outcome {
-        tracing::error!("{message}");
-        self.record_rejection(version, message.clone(), Vec::new());
-        Outcome::Rejected(message)
-    }
-
-    fn record_rejection(
-        &self,
-        version: Option<String>,
-        message: String,
-        diagnostics: Vec<Diagnostic>,
-    ) {
+        if r.diagnostics.is_empty() {
+            tracing::error!("{}", r.message);
+        }
         self.shared.stats.config.update_rejected.inc();
-        tracing::error!(
-            "configuration rejected; still serving version {}",
-            self.shared.snapshot.load().version
-        );
+        match &*self.shared.snapshot.load().version {
+            "" => tracing::error!("configuration rejected; nothing is serving"),
+            v => tracing::error!("configuration rejected; still serving version {v}"),
+        }
         self.shared
             .status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .last_error = Some(ReloadError {
             at: SystemTime::now(),
-            version,
-            message,
-            diagnostics,
+            version: r.version,
+            message: r.message.clone(),
+            diagnostics: r.diagnostics,
         });
+        Outcome::Rejected(r.message)
     }
 
     /// Stops accepting everywhere, lets in-flight requests finish (up to the drain timeout),
@@ -333,16 +314,15 @@ impl Server {
         crate::access_log::flush_all(Duration::from_secs(2)).await;
         // After the drain: the last requests' spans are queued by now.
         crate::otlp::flush_all(crate::otlp::SHUTDOWN_FLUSH_TIMEOUT).await;
-        self.admin.1.stop();
+        if let Some((_, admin)) = self.admin {
+            admin.stop();
+        }
     }
 }
 
 /// Directories a watcher must watch for this set of files: every directory walked, and the
 /// directory of each file's real location (files may be symlinks into other directories).
-fn watch_dirs_of(sources: Option<&config::Sources>) -> BTreeSet<PathBuf> {
-    let Some(s) = sources else {
-        return BTreeSet::new();
-    };
+fn watch_dirs_of(s: &config::Sources) -> BTreeSet<PathBuf> {
     let mut dirs = s.dirs.clone();
     for f in &s.files {
         if let Some(p) = f
@@ -362,17 +342,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// How changes are noticed.
-#[derive(Debug, Clone)]
-pub struct WatchOptions {
-    /// Quiet time after the last event before reloading, while a write may still be going on.
-    pub debounce: Duration,
-    /// Quiet time after an event that shows a finished write (close-after-write, rename, delete).
-    pub settle: Duration,
-    /// Periodic re-read for filesystems without change events (zero: off).
-    pub poll_interval: Duration,
 }
 
 /// Runs the proxy until SIGTERM/SIGINT (drain, then return) — reloading on changes and SIGHUP.
@@ -395,38 +364,19 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
         }
     });
     let mut server = Server::start(opts.clone()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let mut watcher = crate::watch::Watcher::new(&opts.config, tx)
+    let mut watcher = Watcher::new(&opts.config, watch)
         .map_err(|e| format!("cannot watch {}: {e}", opts.config.display()))?;
     if watcher.update(&server.watch_dirs) {
         // Files may have changed between the initial read and the watches being in place.
         server.reload(false).await;
         watcher.update(&server.watch_dirs);
     }
-    let poll = if watch.poll_interval.is_zero() {
-        Duration::from_secs(365 * 24 * 3600)
-    } else {
-        watch.poll_interval
-    };
-    let mut ticker = tokio::time::interval(poll);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
     loop {
         let force = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => { tracing::info!("SIGHUP: forced reload"); true }
-            Some(first) = rx.recv() => {
-                // Debounce: wait until the burst is over (an editor or a copy writes in several
-                // steps). A finished write needs only a short settle to catch a follow-up event.
-                let quiet = |w| if w == crate::watch::Wake::Complete { watch.settle } else { watch.debounce };
-                let mut wait = quiet(first);
-                while let Ok(Some(w)) = tokio::time::timeout(wait, rx.recv()).await {
-                    wait = quiet(w);
-                }
-                false
-            }
-            _ = ticker.tick() => false,
+            () = watcher.changed() => false,
         };
         server.reload(force).await;
         // A directory that appeared during the read may have received files before it was

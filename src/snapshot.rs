@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::cluster::Cluster;
 use crate::router::Router;
 use crate::stats::{ListenerStats, Stats};
+use crate::stream_info::Observers;
+use crate::upstream::cluster::Cluster;
 use tern_config::Config;
 
 /// One loaded configuration, ready to serve.
@@ -41,12 +42,13 @@ pub struct ListenerRt {
     pub request_headers_timeout: Option<Duration>,
     /// Time a response body may go without data.
     pub stream_idle_timeout: Option<Duration>,
-    /// Access logging; `None` costs the request path nothing.
-    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Who reads request records (access logs, span export); `None`: no record is kept, which
+    /// costs the request path nothing.
+    pub observers: Option<Arc<Observers>>,
     /// Trace context propagation.
     pub tracing: Option<crate::trace::Policy>,
-    /// Span export; `None` (no span is recorded) unless `tracing.otlp` is set.
-    pub otlp: Option<Arc<crate::otlp::Exporter>>,
+    /// Whether sampled requests are exported as spans (`tracing.otlp`).
+    pub exports_spans: bool,
     /// Keep a client's `x-request-id`.
     pub preserve_request_id: bool,
 }
@@ -118,6 +120,40 @@ fn otlp_exporter(
     crate::otlp::Exporter::get(&settings).map(Some)
 }
 
+/// A listener's observers of request records: its access log sinks and its span export.
+/// Returns them (`None` when there are none) and whether spans are exported.
+fn observers(
+    l: &tern_config::Listener,
+    tracing: Option<&tern_config::Tracing>,
+    stats: &Arc<ListenerStats>,
+) -> Result<(Option<Arc<Observers>>, bool), String> {
+    let mut obs = Observers::default();
+    if !l.access_log.is_empty() {
+        let specs: Vec<_> = l
+            .access_log
+            .iter()
+            .map(|a| crate::access_log::SinkSpec {
+                path: a.path.as_str(),
+                format: a.format.as_ref().map(|f| f.as_str()),
+                buffer_lines: a.buffer_lines.as_ref().map(|b| b.value as usize),
+            })
+            .collect();
+        let log = crate::access_log::AccessLog::build(&specs, stats.clone())?;
+        obs.req_headers = log.req_headers().to_vec();
+        obs.resp_headers = log.resp_headers().to_vec();
+        obs.list.push(Arc::new(log));
+    }
+    let exports_spans = match otlp_exporter(tracing)? {
+        Some(e) => {
+            obs.list
+                .push(Arc::new(crate::otlp::SpanExport::new(e, stats.clone())));
+            true
+        }
+        None => false,
+    };
+    Ok(((!obs.list.is_empty()).then(|| Arc::new(obs)), exports_spans))
+}
+
 /// What a listener does with a connection.
 #[derive(Debug)]
 pub enum ListenerKind {
@@ -172,34 +208,17 @@ impl Snapshot {
                 return Err(format!("listener `{}` has nothing to do", l.name.value));
             };
             let lstats = stats.listener(&l.name);
-            let access_log = if l.access_log.is_empty() {
-                None
-            } else {
-                let specs: Vec<_> = l
-                    .access_log
-                    .iter()
-                    .map(|a| crate::access_log::SinkSpec {
-                        path: a.path.as_str(),
-                        format: a.format.as_ref().map(|f| f.as_str()),
-                        buffer_lines: a.buffer_lines.as_ref().map(|b| b.value as usize),
-                    })
-                    .collect();
-                Some(Arc::new(
-                    crate::access_log::AccessLog::build(&specs, lstats.clone())
-                        .map_err(|e| format!("listener `{}`: {e}", l.name.value))?,
-                ))
-            };
             let tracing = l.tracing.as_ref().map(|t| &t.value);
-            let otlp =
-                otlp_exporter(tracing).map_err(|e| format!("listener `{}`: {e}", l.name.value))?;
+            let (observers, exports_spans) = observers(l, tracing, &lstats)
+                .map_err(|e| format!("listener `{}`: {e}", l.name.value))?;
             listeners.insert(
                 *l.address,
                 Arc::new(ListenerRt {
                     name: l.name.as_str().into(),
                     kind,
-                    access_log,
+                    observers,
                     tracing: trace_policy(tracing),
-                    otlp,
+                    exports_spans,
                     preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
                     stats: lstats,
                     idle_timeout: timeout_or(
@@ -224,6 +243,25 @@ impl Snapshot {
             listeners,
             clusters,
         })
+    }
+
+    /// What serves before the first configuration is applied: nothing.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: String::new(),
+            loaded_at: SystemTime::now(),
+            config: Config::default(),
+            listeners: HashMap::default(),
+            clusters: HashMap::new(),
+        }
+    }
+
+    /// Starts the background tasks of its clusters that have none running yet (a cluster carried
+    /// over unchanged keeps the ones it has). Called by the owner once this snapshot serves.
+    pub fn start_background(&self) {
+        for cluster in self.clusters.values() {
+            crate::upstream::start_background(cluster);
+        }
     }
 
     /// The source files of this snapshot.

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::cluster::{ActiveRequest, Cluster};
-use crate::outlier::{self, Outcome};
+use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::outlier::{self, Outcome};
 
 /// Connects to an endpoint of `cluster` and copies bytes both ways until both sides close.
 pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {

@@ -4,13 +4,14 @@
 //! we watch (non-recursively) every directory the last load walked, the real directory of every
 //! file, and the parent of the configured path and of every symlink on the way to it. That catches
 //! in-place edits, save-by-rename, new and deleted files, a re-pointed directory symlink
-//! (`current -> .snapshots/v2`) and Kubernetes' `..data` swap. Events only wake the reloader; it
-//! debounces, re-reads, and skips content whose hash did not change. A slow periodic re-read
-//! covers filesystems that deliver no events (NFS/EFS).
+//! (`current -> .snapshots/v2`) and Kubernetes' `..data` swap. Events are debounced here (a write
+//! in several steps is one change); the reloader then re-reads and skips content whose hash did
+//! not change. A slow periodic re-read covers filesystems that deliver no events (NFS/EFS).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
@@ -58,17 +59,32 @@ fn wake_kind(kind: &EventKind) -> Wake {
     }
 }
 
-/// A filesystem watcher that wakes the reloader.
+/// How changes are noticed.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    /// Quiet time after the last event before reloading, while a write may still be going on.
+    pub debounce: Duration,
+    /// Quiet time after an event that shows a finished write (close-after-write, rename, delete).
+    pub settle: Duration,
+    /// Periodic re-read for filesystems without change events (zero: off).
+    pub poll_interval: Duration,
+}
+
+/// A filesystem watcher that tells the reloader when the configuration may have changed.
 pub struct Watcher {
     inner: RecommendedWatcher,
+    rx: mpsc::Receiver<Wake>,
+    opts: WatchOptions,
+    ticker: tokio::time::Interval,
     watched: BTreeSet<PathBuf>,
     chain_parents: BTreeSet<PathBuf>,
     filter: Arc<RwLock<Filter>>,
 }
 
 impl Watcher {
-    /// Watches `root`; each relevant event sends a wake-up on `tx` (dropped when the channel is full).
-    pub fn new(root: &Path, tx: mpsc::Sender<Wake>) -> notify::Result<Watcher> {
+    /// Watches `root`. Must be called within a tokio runtime (for the periodic re-read).
+    pub fn new(root: &Path, opts: WatchOptions) -> notify::Result<Watcher> {
+        let (tx, rx) = mpsc::channel(64);
         let root = std::path::absolute(root)?;
         let mut chain = BTreeSet::new();
         let mut chain_parents = BTreeSet::new();
@@ -99,8 +115,19 @@ impl Watcher {
                 }
             }
         })?;
+        let poll = if opts.poll_interval.is_zero() {
+            Duration::from_secs(365 * 24 * 3600)
+        } else {
+            opts.poll_interval
+        };
+        let start = tokio::time::Instant::now() + poll;
+        let mut ticker = tokio::time::interval_at(start, poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut w = Watcher {
             inner,
+            rx,
+            opts,
+            ticker,
             watched: BTreeSet::new(),
             chain_parents,
             filter,
@@ -131,5 +158,28 @@ impl Watcher {
             f.dirs = dirs.clone();
         }
         added
+    }
+}
+
+impl Watcher {
+    /// Waits for a change: an event followed by a quiet time (an editor or a copy writes in
+    /// several steps; a finished write needs only a short settle to catch a follow-up event), or
+    /// the periodic re-read.
+    pub async fn changed(&mut self) {
+        let first = tokio::select! {
+            Some(w) = self.rx.recv() => w,
+            _ = self.ticker.tick() => return,
+        };
+        let quiet = |w| {
+            if w == Wake::Complete {
+                self.opts.settle
+            } else {
+                self.opts.debounce
+            }
+        };
+        let mut wait = quiet(first);
+        while let Ok(Some(w)) = tokio::time::timeout(wait, self.rx.recv()).await {
+            wait = quiet(w);
+        }
     }
 }

@@ -199,27 +199,87 @@ async fn access_log_json_has_every_field_and_response_flags() {
     );
 }
 
-#[tokio::test]
-async fn access_log_counts_a_chunked_request_body() {
+/// A raw upstream that answers as soon as it has a request head, then goes on reading the
+/// chunked body to its end (as a server streaming its answer to an upload does), and says on
+/// `body_read` when it has all of it.
+async fn early_answer_backend() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<()>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let setup = flags_tern(|c| c).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let mut answered = false;
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "upstream connection closed before the body ended");
+            got.extend_from_slice(&buf[..n]);
+            if !answered && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                answered = true;
+            }
+        }
+        let _ = tx.send(());
+        // Keep the connection open until the proxy is done with it.
+        let _ = s.read(&mut buf).await;
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn access_log_line_waits_for_a_request_body_that_outlasts_the_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, body_read) = early_answer_backend().await;
+    let (port, admin, dead) = (free_port(), free_port(), free_port());
+    let cfg = ConfigDir::new();
+    let logdir = tempfile::tempdir().unwrap();
+    let log = logdir.path().join("access.log");
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write(
+        "main.yaml",
+        &flags_config(port, &upstream.to_string(), dead, &log),
+    );
+    let _tern = Tern::start(cfg.path(), admin, &[]).await;
     // No content-length: the size is only known from the bytes that stream through.
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", setup.port))
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(b"POST /ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    s.write_all(
+        b"POST /ok HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    // The whole response arrives while half of the body is still to be sent.
+    let mut resp = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !resp.ends_with(b"\r\n\r\nok") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the response: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        resp.extend_from_slice(&buf[..n]);
+    }
+    assert!(resp.starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    tokio::time::timeout(tern_testkit::DEADLINE, body_read)
         .await
+        .expect("the upstream got the whole body")
         .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await.unwrap();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    let line = wait_lines(&setup.log, 1).await.remove(0);
+    // One line, written once both directions were done: it counts the whole body.
+    let line = wait_lines(&log, 1).await.remove(0);
     let e: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
         (e["method"].as_str(), e["path"].as_str()),
         (Some("POST"), Some("/ok"))
     );
     assert_eq!(e["bytes_received"], 11, "{line}");
+    assert_eq!(e["response_flags"], "-", "{line}");
 }
 
 #[tokio::test]

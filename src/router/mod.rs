@@ -8,13 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
-use crate::cluster::Cluster;
-use crate::fault::Fault;
-use crate::ratelimit::RateLimiter;
-use crate::retry::RetryPolicy;
+use crate::router::fault::Fault;
+use crate::router::rate_limit::RateLimiter;
+use crate::router::retry::RetryPolicy;
+use crate::upstream::cluster::Cluster;
 use tern_config::{self as config, Pattern};
+
+pub mod fault;
+pub mod rate_limit;
+pub mod retry;
 
 /// A compiled route config.
 #[derive(Debug)]
@@ -418,11 +422,15 @@ impl Forward {
         let mut acc: Option<u64> = None;
         for (on, terminal) in &self.hash_policy {
             let v = match on {
-                HashOn::Header(h) => headers.get(h).map(|v| crate::lb::hash_key(v.as_bytes())),
+                HashOn::Header(h) => headers
+                    .get(h)
+                    .map(|v| crate::upstream::lb::hash_key(v.as_bytes())),
                 HashOn::Cookie(name) => {
-                    cookie(headers, name).map(|c| crate::lb::hash_key(c.as_bytes()))
+                    cookie(headers, name).map(|c| crate::upstream::lb::hash_key(c.as_bytes()))
                 }
-                HashOn::SourceIp => Some(crate::lb::hash_key(peer.to_string().as_bytes())),
+                HashOn::SourceIp => {
+                    Some(crate::upstream::lb::hash_key(peer.to_string().as_bytes()))
+                }
             };
             if let Some(v) = v {
                 acc = Some(match acc {
@@ -584,14 +592,6 @@ fn compile_route(
         },
         stats: Arc::default(),
     })
-}
-
-/// Methods that are safe to repeat (used by retries later; kept here as routing knows methods).
-pub fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 #[cfg(test)]

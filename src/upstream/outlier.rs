@@ -23,27 +23,15 @@
 //! store on success when the counters are already zero. Ejecting takes a per-cluster mutex (rare).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Cluster;
+use crate::timer::now_ms;
+use crate::upstream::cluster::Cluster;
 use tern_config::{self as config, defaults};
-
-/// Milliseconds since the first call (a monotonic clock for ejection deadlines).
-pub fn now_ms() -> u64 {
-    ms_at(Instant::now())
-}
-
-/// [`now_ms`] for an instant already read (saves a clock read on the request path).
-pub fn ms_at(t: Instant) -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    t.saturating_duration_since(*START.get_or_init(Instant::now))
-        .as_millis() as u64
-        + 1
-}
 
 /// A cluster's outlier detection settings, compiled once when the cluster is built.
 #[derive(Debug)]
@@ -388,7 +376,7 @@ mod tests {
     use tern_config::{Dur, Spanned};
 
     fn cluster(n: usize, od: config::OutlierDetection) -> Arc<Cluster> {
-        let mut spec = crate::cluster::test_spec(n, 1000);
+        let mut spec = crate::upstream::cluster::test_spec(n, 1000);
         spec.outlier_detection = Some(Spanned::unplaced(od));
         Cluster::build(&spec, None, &Stats::default()).unwrap()
     }

@@ -6,17 +6,23 @@
 use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::cluster::{ActiveRequest, Cluster};
-use crate::outlier::{self, Outcome};
-use crate::pool::UpBody;
+use super::local_reply::LocalReply;
+use super::{Ctx, RespBody};
+use crate::headers;
+use crate::state::Tunnels;
+use crate::stream_info::{Flags, Recorder};
+use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::outlier::{self, Outcome};
+use crate::upstream::pool::UpBody;
 
 /// True for an HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
 pub fn is_upgrade(h: &HeaderMap) -> bool {
@@ -29,40 +35,68 @@ pub fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
-/// Open tunnels and the tasks that log them, so a shutdown can wait for them, close them, and
-/// still write their log lines.
-#[derive(Debug, Default)]
-pub struct Tunnels {
-    tracker: tokio_util::task::TaskTracker,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-impl Tunnels {
-    /// Runs `fut` as a tracked task.
-    pub fn spawn<F>(&self, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        self.tracker.spawn(fut);
-    }
-
-    /// Waits up to `grace` for the tunnels to end by themselves, then closes the rest and waits
-    /// (bounded) for them to report.
-    pub async fn close(&self, grace: std::time::Duration) {
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::info!(
-                open = self.tracker.len(),
-                "drain timeout: closing upgraded connections"
-            );
-            self.stop.cancel();
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), self.tracker.wait()).await;
+/// Forwards an upgrade handshake (`parts`, already the upstream's head) to an endpoint of
+/// `cluster`: one try on a dedicated connection, then a spliced tunnel if it answers 101.
+pub(super) async fn forward(
+    cluster: &Arc<Cluster>,
+    hash: Option<u64>,
+    parts: http::request::Parts,
+    proto: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    cx: &mut Ctx<'_>,
+) -> Result<Response<RespBody>, LocalReply> {
+    let Some(idx) = cluster.pick(hash, None) else {
+        cluster.stats.upstream_rq_no_healthy.inc();
+        return Err(LocalReply::NoHealthyUpstream);
+    };
+    cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
+    let tunnels = &cx.conn.shared.tunnels;
+    let resp = proxy(
+        cluster,
+        idx,
+        parts,
+        proto,
+        on_upgrade,
+        cx.rec.clone(),
+        tunnels,
+    )
+    .await
+    .map_err(|e| match e {
+        UpgradeError::Connect => LocalReply::ConnectFailure,
+        UpgradeError::Reset => LocalReply::UpstreamReset,
+    })?;
+    let (mut head, body) = resp.into_parts();
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let keep = switching.then(|| {
+        (
+            head.headers.get(UPGRADE).cloned(),
+            head.headers.get(CONNECTION).cloned(),
+        )
+    });
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some((up, conn)) = keep {
+        // The record is the tunnel's now: it is written when the tunnel closes.
+        cx.tunnel = cx.rec.is_some();
+        // The client needs these to switch too.
+        if let Some(v) = up {
+            head.headers.insert(UPGRADE, v);
         }
+        head.headers.insert(
+            CONNECTION,
+            conn.unwrap_or(HeaderValue::from_static("upgrade")),
+        );
+        return Ok(Response::from_parts(
+            head,
+            Either::Right(Full::new(Bytes::new())),
+        ));
     }
+    // A refused handshake has a small body (an error page): read it, bounded.
+    let body = Limited::new(body, 64 * 1024)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    Ok(Response::from_parts(head, Either::Right(Full::new(body))))
 }
 
 /// Why an upgrade could not be proxied.
@@ -77,14 +111,15 @@ pub enum UpgradeError {
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
 /// removed) to endpoint `idx`, and when it answers 101 splices the two upgraded connections.
 ///
-/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request).
+/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); `rec`,
+/// the request's record, goes to the tunnel, which ends it when it closes.
 pub async fn proxy(
-    cluster: &std::sync::Arc<Cluster>,
+    cluster: &Arc<Cluster>,
     idx: usize,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
-    done: Option<tokio::sync::oneshot::Sender<(u64, u64)>>,
+    rec: Option<Recorder>,
     tunnels: &Tunnels,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let ep = &cluster.endpoints[idx];
@@ -128,7 +163,7 @@ pub async fn proxy(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = cluster.name.clone();
-        let stop = tunnels.stop.clone();
+        let stop = tunnels.stop_token();
         tunnels.spawn(async move {
             // The endpoint stays counted as busy for as long as the tunnel is open.
             let _active = active;
@@ -150,8 +185,10 @@ pub async fn proxy(
                 }
                 Err(e) => tracing::debug!(cluster = %name, error = %e, "upgrade failed"),
             }
-            if let Some(done) = done {
-                let _ = done.send(counts);
+            // The tunnel holds the request's record: it ends now, with the bytes each way.
+            if let Some(r) = rec {
+                r.update(|i| i.bytes_received = counts.0);
+                r.response_done(counts.1, Flags::default());
             }
         });
     }

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::health::{self, EndpointHealth};
-use crate::lb::Balancer;
-use crate::outlier::{self, EndpointOutlier};
-use crate::pool::Pool;
 use crate::stats::{ClusterStats, Stats};
+use crate::upstream::health::{self, EndpointHealth};
+use crate::upstream::lb::Balancer;
+use crate::upstream::outlier::{self, EndpointOutlier};
+use crate::upstream::pool::Pool;
 use tern_config as config;
 
 /// State of one endpoint that outlives snapshots.
@@ -73,6 +73,17 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Whether one more retry may start while `open` retries and `active` requests are in
+    /// flight: the budget's share of `active` (at least its minimum) when a budget is set, else
+    /// `max_retries` (Envoy's breaker semantics).
+    pub fn retry_allowed(&self, open: i64, active: i64) -> bool {
+        let limit = match self.retry_budget {
+            Some((pct, min)) => min.max((active as f64 * pct / 100.0) as i64),
+            None => self.max_retries,
+        };
+        open < limit
+    }
+
     fn from_config(cb: Option<&config::CircuitBreakers>) -> Limits {
         let get = |v: Option<&config::Spanned<u32>>, d: u32| v.map_or(d, |s| s.value) as i64;
         Limits {
@@ -218,7 +229,7 @@ impl Cluster {
     /// Sets the `membership_healthy` and `outlier_detection_ejections_active` gauges from the
     /// endpoints' state (called when health or ejection changes; not on the request path).
     pub fn refresh_membership(&self) {
-        let now = outlier::now_ms();
+        let now = crate::timer::now_ms();
         let (mut healthy, mut ejected) = (0i64, 0i64);
         for e in self.endpoints.iter() {
             let ej = e.state.outlier.is_ejected_at(now);
@@ -281,15 +292,10 @@ impl Cluster {
 
     /// Whether another retry fits the retry budget or `max_retries`.
     pub fn retry_allowed(&self) -> bool {
-        let open = self.stats.upstream_rq_retry_active.get();
-        let limit = match self.limits.retry_budget {
-            Some((pct, min)) => {
-                let active = self.stats.upstream_rq_active.get() as f64;
-                min.max((active * pct / 100.0) as i64)
-            }
-            None => self.limits.max_retries,
-        };
-        open < limit
+        self.limits.retry_allowed(
+            self.stats.upstream_rq_retry_active.get(),
+            self.stats.upstream_rq_active.get(),
+        )
     }
 }
 
@@ -371,5 +377,15 @@ mod tests {
         assert_eq!(c.pick(None, None), Some(1));
         c.refresh_membership();
         assert_eq!(c.stats.membership_healthy.get(), 1);
+    }
+
+    #[test]
+    fn retries_are_bounded_by_max_retries_or_the_budget() {
+        let mut l = Limits::from_config(None);
+        assert!(l.retry_allowed(2, 0) && !l.retry_allowed(3, 0));
+        l.retry_budget = Some((20.0, 3));
+        // The minimum holds at low load; 20 % of the requests in flight above it.
+        assert!(l.retry_allowed(2, 1) && !l.retry_allowed(3, 1));
+        assert!(l.retry_allowed(19, 100) && !l.retry_allowed(20, 100));
     }
 }

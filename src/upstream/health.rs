@@ -32,9 +32,8 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, EndpointState};
-use crate::outlier;
-use crate::snapshot::Snapshot;
+use crate::upstream::cluster::{Cluster, EndpointState};
+use crate::upstream::outlier;
 use tern_config as config;
 
 /// What a check does.
@@ -226,39 +225,24 @@ pub async fn check(s: &Settings, addr: &str, resolved: Option<SocketAddr>) -> Ch
         .unwrap_or(Check::NetworkFailure)
 }
 
-/// Starts background work for the clusters of `snap` that have none running: one health
-/// checker per endpoint, and the outlier detection sweeper. Each new cluster version is visited
-/// once; its tasks stop when that version is dropped.
-pub fn start(snap: &Arc<Snapshot>) {
-    for cluster in snap.clusters.values() {
-        let mut bg = cluster.background.lock().unwrap_or_else(|e| e.into_inner());
-        if bg.is_some() {
-            continue;
-        }
-        let token = CancellationToken::new();
-        *bg = Some(token.clone().drop_guard());
-        drop(bg);
-        outlier::spawn_sweeper(cluster, token.clone());
-        match &cluster.health {
-            Some(s) => {
-                for idx in 0..cluster.endpoints.len() {
-                    spawn_checker(cluster, idx, s.clone(), token.clone());
-                }
-            }
-            None => {
-                // Checks removed by a reload: stop the old checkers and forget their verdict.
-                for e in cluster.endpoints.iter() {
-                    e.state.health.generation.fetch_add(1, Relaxed);
-                    e.state.health.pending.store(false, Relaxed);
-                    e.state.hc_failed.store(false, Relaxed);
-                }
-                cluster.refresh_membership();
-            }
-        }
+/// Checks removed by a reload: stops the old checkers and forgets their verdict.
+pub fn forget(cluster: &Cluster) {
+    for e in cluster.endpoints.iter() {
+        e.state.health.generation.fetch_add(1, Relaxed);
+        e.state.health.pending.store(false, Relaxed);
+        e.state.hc_failed.store(false, Relaxed);
     }
+    cluster.refresh_membership();
 }
 
-fn spawn_checker(cluster: &Arc<Cluster>, idx: usize, s: Arc<Settings>, token: CancellationToken) {
+/// Starts the health checker of endpoint `idx`; it stops when `token` is cancelled, the cluster
+/// is dropped, or a later checker of the endpoint takes over.
+pub fn spawn_checker(
+    cluster: &Arc<Cluster>,
+    idx: usize,
+    s: Arc<Settings>,
+    token: CancellationToken,
+) {
     let ep = &cluster.endpoints[idx];
     let state = ep.state.clone();
     let addr = ep.address.clone();
@@ -288,7 +272,7 @@ fn spawn_checker(cluster: &Arc<Cluster>, idx: usize, s: Arc<Settings>, token: Ca
             if flipped.is_some() || (r == Check::Pass && state.outlier.is_ejected()) {
                 if let Some(c) = weak.upgrade() {
                     if r == Check::Pass {
-                        outlier::uneject(&c, idx, outlier::now_ms());
+                        outlier::uneject(&c, idx, crate::timer::now_ms());
                     }
                     c.refresh_membership();
                 }

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,8 +20,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::cluster::Limits;
 use crate::stats::ClusterStats;
+use crate::stream_info::Recorder;
+use crate::upstream::cluster::Limits;
 
 /// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -33,19 +33,22 @@ const MAX_IDLE: usize = 1024;
 pub type UpBody = Either<Counted, Full<Bytes>>;
 
 pin_project_lite::pin_project! {
-    /// A client's request body streamed upstream; counts its bytes when someone asked (the
-    /// access log's `%BYTES_RECEIVED%` for bodies without a `content-length`).
+    /// A client's request body streamed upstream. With a request record, counts its bytes
+    /// (`%BYTES_RECEIVED%`) and keeps the record open until the body has gone up or was dropped.
     pub struct Counted {
         #[pin]
         inner: Incoming,
-        count: Option<Arc<AtomicU64>>,
+        rec: Option<Recorder>,
     }
 }
 
 impl Counted {
-    /// Wraps `inner`, adding the length of every data frame to `count` if given.
-    pub fn new(inner: Incoming, count: Option<Arc<AtomicU64>>) -> Counted {
-        Counted { inner, count }
+    /// Wraps `inner`, adding the length of every data frame to `rec`'s received bytes.
+    pub fn new(inner: Incoming, rec: Option<Recorder>) -> Counted {
+        if let Some(r) = &rec {
+            r.stream_body();
+        }
+        Counted { inner, rec }
     }
 }
 
@@ -60,9 +63,9 @@ impl Body for Counted {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
-        if let (Some(c), Poll::Ready(Some(Ok(f)))) = (this.count.as_ref(), &r) {
+        if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (this.rec.as_ref(), &r) {
             if let Some(d) = f.data_ref() {
-                c.fetch_add(d.len() as u64, Relaxed);
+                rec.received(d.len() as u64);
             }
         }
         r

@@ -1,0 +1,195 @@
+//! The HTTP request path, one module per phase, top to bottom:
+//!
+//! 1. entry (here): snapshot and listener, request id, the request record, virtual host and route,
+//!    status stats, and the record's hand-over to whatever still moves bytes;
+//! 2. [`route`]: fault injection → local rate limit → the action (direct response, redirect,
+//!    forward);
+//! 3. [`forward`]: cluster (weighted pick, `max_requests`) → the upstream head (rewrites,
+//!    forwarding and trace headers) → tries (endpoint pick, pool, per-try and route timeouts) with
+//!    the retry decisions of [`crate::router::retry`]; [`upgrade`] for protocol upgrades;
+//! 4. [`response`]: the upstream body streamed back (idle timeout, pool return, latency, record).
+//!
+//! Replies the proxy makes itself are [`LocalReply`]s. One [`Ctx`] per request carries what the
+//! phases share instead of long argument lists.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Incoming};
+
+use crate::headers;
+use crate::snapshot::{ListenerKind, ListenerRt};
+use crate::state::Shared;
+use crate::stats::ListenerStats;
+use crate::stream_info::{Flags, Recorder, StreamInfo};
+use crate::timer::LazyTimer;
+
+mod forward;
+mod local_reply;
+mod response;
+mod route;
+pub mod upgrade;
+
+pub use local_reply::{LocalReply, X_OVERLOADED};
+pub use response::{StreamIdleTimeout, Upstream};
+
+/// Response body: a streamed upstream body, or a small local one.
+pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
+
+/// Per-connection context, built once at accept.
+#[derive(Debug)]
+pub struct Conn {
+    /// Process-wide state (snapshot, stats).
+    pub shared: Arc<Shared>,
+    /// Local address the connection was accepted on (selects the listener in the snapshot).
+    pub local: SocketAddr,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The client's IP as a header value, for `x-forwarded-for`.
+    pub peer_ip: HeaderValue,
+    /// When the last request started ([`crate::timer::now_ms`]), for the idle timeout.
+    pub last_request_ms: AtomicU64,
+    /// Requests started on this connection.
+    pub requests: AtomicU32,
+    /// Deadlines of HTTP/1 requests, checked when the connection's task polls them.
+    pub timer: LazyTimer,
+}
+
+/// What the phases of one request share.
+pub(crate) struct Ctx<'a> {
+    /// The connection.
+    conn: &'a Conn,
+    /// The listener, from the request's snapshot.
+    listener: &'a ListenerRt,
+    /// The request's authority, as routed.
+    host: String,
+    /// When the request started.
+    start: Instant,
+    /// The request's record, when the listener has observers.
+    rec: Option<Recorder>,
+    /// The record went to an upgraded connection, which finishes it when it closes.
+    tunnel: bool,
+}
+
+impl Ctx<'_> {
+    /// Changes the record, if there is one (the closure runs only then).
+    #[inline]
+    fn record(&self, f: impl FnOnce(&mut StreamInfo)) {
+        if let Some(r) = &self.rec {
+            r.update(f);
+        }
+    }
+
+    /// Adds a response flag to the record.
+    #[inline]
+    fn flag(&self, f: Flags) {
+        self.record(|i| i.flags.set(f));
+    }
+}
+
+/// Serves one request on an HTTP listener.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Conn>,
+) -> Result<Response<RespBody>, Infallible> {
+    // One snapshot per request: a reload mid-request does not change what this request sees.
+    let snap = conn.shared.snapshot.load_full();
+    let Some(listener) = snap.listeners.get(&conn.local) else {
+        return Ok(LocalReply::ListenerGone.response());
+    };
+    let ListenerKind::Http(router) = &listener.kind else {
+        return Ok(LocalReply::ListenerGone.response());
+    };
+    let stats = &listener.stats;
+    let start = Instant::now();
+    conn.last_request_ms
+        .store(crate::timer::ms_at(start), Relaxed);
+    conn.requests.fetch_add(1, Relaxed);
+    stats.downstream_rq_total.inc();
+    stats.downstream_rq_active.inc();
+    let _active = ActiveGauge(stats);
+
+    let mut req = req;
+    let request_id = headers::ensure_request_id(req.headers_mut(), listener.preserve_request_id);
+    let host = headers::authority(&req).unwrap_or_default();
+    // Without observers this stays `None`: no record, no header copies.
+    let rec = listener.observers.as_ref().map(|obs| {
+        let info = StreamInfo::begin(obs, &req, &host, conn.peer, start);
+        Recorder::new(obs.clone(), info)
+    });
+    let mut cx = Ctx {
+        conn: &conn,
+        listener,
+        host,
+        start,
+        rec,
+        tunnel: false,
+    };
+    let route = router
+        .virtual_host(&cx.host)
+        .and_then(|vh| vh.route(req.uri(), req.headers()));
+    let route_stats = route.map(|r| {
+        r.stats.rq_total.inc();
+        &*r.stats
+    });
+    let mut resp = match route {
+        None => {
+            stats.no_route.inc();
+            cx.flag(Flags::NR);
+            LocalReply::NoRoute.response()
+        }
+        Some(route) => {
+            cx.record(|i| i.route_name = Some(route.name.clone()));
+            match route::serve(req, route, &mut cx).await {
+                Ok(r) => r,
+                Err(local) => {
+                    cx.flag(local.flag());
+                    local.response()
+                }
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    stats.downstream_rq_xx.record(status);
+    if let Some(rs) = route_stats {
+        rs.rq_xx.record(status);
+    }
+    resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    if let Some(r) = &cx.rec {
+        r.update(|i| i.response(r.observers(), status, resp.headers()));
+    }
+    match resp.body_mut() {
+        // The upstream body records the time and ends the response in the record.
+        Either::Left(up) => up.fin.rec = cx.rec.take(),
+        Either::Right(local) => {
+            let took = start.elapsed();
+            stats.downstream_rq_time.record(took);
+            if let Some(rs) = route_stats {
+                rs.rq_time.record(took);
+            }
+            match cx.rec.take() {
+                // An upgraded connection's record ends with the tunnel, with the bytes each way.
+                Some(_) if cx.tunnel => {}
+                Some(r) => {
+                    r.response_done(local.size_hint().exact().unwrap_or(0), Flags::default())
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(resp)
+}
+
+struct ActiveGauge<'a>(&'a ListenerStats);
+
+impl Drop for ActiveGauge<'_> {
+    fn drop(&mut self) {
+        self.0.downstream_rq_active.dec();
+    }
+}
