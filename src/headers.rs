@@ -147,6 +147,18 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The host of an authority without its port: `example.com:8080` → `example.com`,
+/// `[::1]:80` → `[::1]`. Only a numeric port is removed (a bare IPv6 address keeps its colons).
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +256,16 @@ mod tests {
             "",
             "an empty id is replaced"
         );
+    }
+
+    #[test]
+    fn the_port_is_stripped_from_an_authority() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        // Not a port: kept as it is.
+        assert_eq!(strip_port("example.com:http"), "example.com:http");
+        assert_eq!(strip_port("::1"), "::1");
     }
 }

@@ -1,24 +1,28 @@
 //! Tern: an L7/L4 proxy configured by a directory of YAML files, with atomic hot reload.
 //!
-//! Data flows one way: `config` (files → checked model) → `snapshot` (immutable runtime tables)
-//! → the request path (`listener` → `proxy` → `router` → `cluster`/`lb`).
+//! Data flows one way: `tern_config` (files → checked model) → `snapshot` (immutable runtime
+//! tables) → the request path (`listener` → `proxy` → `router` → `upstream`). The module map,
+//! the layers (what may import what) and the request and reload flows are in
+//! `docs/architecture.md`; `tests/architecture.rs` keeps the imports to it.
 #![forbid(unsafe_code)]
 
-pub mod access_log;
-pub mod admin;
-pub mod headers;
-pub mod listener;
+pub(crate) mod access_log;
+pub(crate) mod admin;
+pub(crate) mod headers;
+pub(crate) mod listener;
 pub mod logging;
-pub mod otlp;
-pub mod proxy;
-pub mod router;
+pub(crate) mod otlp;
+pub(crate) mod proxy;
+pub(crate) mod router;
 pub mod server;
-pub mod snapshot;
-pub mod state;
-pub mod stats;
-pub mod stream_info;
-pub mod tcp;
-pub mod timer;
-pub mod trace;
-pub mod upstream;
+pub(crate) mod snapshot;
+pub(crate) mod state;
+pub(crate) mod stats;
+pub(crate) mod stream_info;
+pub(crate) mod tcp;
+pub(crate) mod timer;
+pub(crate) mod trace;
+pub(crate) mod upstream;
 pub mod watch;
+
+pub use stats::set_recording;

@@ -67,6 +67,8 @@ enum Command {
 fn health(addr: &str, timeout: Duration) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
+    // A one-shot command with no runtime: blocking resolution is what it wants.
+    #[allow(clippy::disallowed_methods)]
     let sa = addr
         .to_socket_addrs()
         .map_err(|e| format!("bad admin address {addr}: {e}"))?
@@ -166,7 +168,7 @@ fn main() -> ExitCode {
     init_logging(&args);
     if std::env::var_os("TERN_STATS_DISABLED").is_some_and(|v| v == "1") {
         // Only for measuring what stats cost (bench/README.md); gauges still work.
-        tern::stats::set_recording(false);
+        tern::set_recording(false);
     }
     let threads = args
         .worker_threads

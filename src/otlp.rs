@@ -113,7 +113,6 @@ impl Batching {
 /// send what is queued and stop.
 #[derive(Debug)]
 pub struct Exporter {
-    settings: Settings,
     tx: mpsc::Sender<Record>,
     flush: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
@@ -174,16 +173,7 @@ impl Exporter {
             .recv()
             .map_err(|_| "otlp exporter thread died while starting".to_string())?
             .map_err(|e| format!("otlp exporter for {}: {e}", settings.endpoint))?;
-        Ok(Exporter {
-            settings,
-            tx,
-            flush,
-        })
-    }
-
-    /// Its settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+        Ok(Exporter { tx, flush })
     }
 
     /// Queues a finished span without waiting; a full queue drops it and counts it.
@@ -208,11 +198,6 @@ impl SpanExport {
     /// Exports the spans of the listener with `stats` through `exporter`.
     pub fn new(exporter: Arc<Exporter>, stats: Arc<ListenerStats>) -> SpanExport {
         SpanExport { exporter, stats }
-    }
-
-    /// The exporter (shared, carried across reloads).
-    pub fn exporter(&self) -> &Arc<Exporter> {
-        &self.exporter
     }
 }
 
@@ -468,16 +453,6 @@ fn protocol_version(v: Version) -> &'static str {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [v6]:port
-        return host
-            .split_once(']')
-            .map_or(host, |(h, _)| &host[..=h.len()]);
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
 fn hv(v: &HeaderValue) -> String {
     String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
@@ -493,7 +468,10 @@ fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
     let mut attrs = vec![
         KeyValue::new("http.request.method", i.method.as_str().to_string()),
         KeyValue::new("url.path", i.path_only().to_string()),
-        KeyValue::new("server.address", strip_port(&i.authority).to_string()),
+        KeyValue::new(
+            "server.address",
+            crate::headers::strip_port(&i.authority).to_string(),
+        ),
         KeyValue::new("network.protocol.version", protocol_version(i.version)),
         KeyValue::new("tern.response_flags", i.flags.render()),
     ];
@@ -591,13 +569,5 @@ mod tests {
         };
         let d = format!("{s:?}");
         assert!(d.contains("x-api-key") && !d.contains("s3cret"), "{d}");
-    }
-
-    #[test]
-    fn host_port_is_stripped_for_server_address() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
     }
 }

@@ -24,7 +24,7 @@ use crate::watch::{WatchOptions, Watcher};
 
 /// Result of one reload, each counted and logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Same content as the running snapshot.
     Unchanged,
     /// A new snapshot serves, with this version.
@@ -43,7 +43,7 @@ pub struct Options {
 }
 
 /// The running proxy.
-pub struct Server {
+pub(crate) struct Server {
     /// Shared state.
     pub shared: Arc<Shared>,
     opts: Options,
@@ -133,11 +133,6 @@ impl Server {
         }
         tracing::info!(version = %version, listeners = server.listeners.len(), admin = %snap.config.admin.address.value, "configuration loaded");
         Ok(server)
-    }
-
-    /// The addresses of the running listeners.
-    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.keys().copied().collect()
     }
 
     /// Re-reads the configuration and applies it if it changed and is valid (`force`: even if unchanged).

@@ -30,8 +30,6 @@ pub struct Snapshot {
 /// A listener's view of the snapshot.
 #[derive(Debug)]
 pub struct ListenerRt {
-    /// Listener name.
-    pub name: Arc<str>,
     /// HTTP or TCP.
     pub kind: ListenerKind,
     /// Its statistics.
@@ -214,7 +212,6 @@ impl Snapshot {
             listeners.insert(
                 *l.address,
                 Arc::new(ListenerRt {
-                    name: l.name.as_str().into(),
                     kind,
                     observers,
                     tracing: trace_policy(tracing),

@@ -99,11 +99,6 @@ impl Histogram {
             .collect::<Vec<_>>();
         (cumulative, self.sum_us.load(Relaxed) as f64 / 1000.0, acc)
     }
-
-    /// Number of recorded values.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
-    }
 }
 
 /// A value that goes up and down.

@@ -334,14 +334,9 @@ fn hv(s: String) -> Option<HeaderValue> {
 }
 
 /// Makes the upstream request a child span of the incoming one (or the root of a new trace) and
-/// writes it in the configured formats plus those it arrived in. Returns the new span.
-pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> SpanContext {
-    propagate_child(h, policy).0
-}
-
-/// [`propagate`], also returning the incoming span id (the new span's parent; `None` for a new
-/// trace), which span export needs.
-pub fn propagate_child(h: &mut HeaderMap, policy: &Policy) -> (SpanContext, Option<u64>) {
+/// writes it in the configured formats plus those it arrived in. Returns the new span and the
+/// incoming span id (the new span's parent; `None` for a new trace), which span export needs.
+pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> (SpanContext, Option<u64>) {
     let (incoming, present) = extract(h);
     let span = match incoming {
         Some(c) => SpanContext {
@@ -576,7 +571,7 @@ mod tests {
             formats: Formats::W3C | Formats::B3 | Formats::B3_SINGLE,
             sampling: 1.0,
         };
-        let s = propagate(&mut h, &p);
+        let s = propagate(&mut h, &p).0;
         assert_eq!(s.trace_id, 0x5759e988bd862e3fe1be46a994272793);
         assert_ne!(s.span_id, 0x53995c3f42cd8ad8);
         let tp = parse_traceparent(h[TRACEPARENT].to_str().unwrap()).unwrap();
@@ -598,7 +593,7 @@ mod tests {
             formats: Formats::W3C | Formats::XRAY,
             sampling: 0.0,
         };
-        let s = propagate(&mut h, &p);
+        let s = propagate(&mut h, &p).0;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -620,7 +615,7 @@ mod tests {
         // A 64-bit B3 trace id stays 64-bit in B3 and is zero-extended in W3C.
         let mut h = HeaderMap::new();
         h.insert(B3, "463ac35c9f6413ad-a2fb4a1d1a96d312-1".parse().unwrap());
-        let s = propagate(&mut h, &Policy::default());
+        let s = propagate(&mut h, &Policy::default()).0;
         assert!(h[B3].to_str().unwrap().starts_with("463ac35c9f6413ad-"));
         assert_eq!(
             &h[TRACEPARENT].to_str().unwrap()[..35],

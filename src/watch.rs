@@ -10,14 +10,15 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Filter {
     /// Directories whose every entry matters.
     dirs: BTreeSet<PathBuf>,
@@ -78,7 +79,7 @@ pub struct Watcher {
     ticker: tokio::time::Interval,
     watched: BTreeSet<PathBuf>,
     chain_parents: BTreeSet<PathBuf>,
-    filter: Arc<RwLock<Filter>>,
+    filter: Arc<ArcSwap<Filter>>,
 }
 
 impl Watcher {
@@ -100,14 +101,14 @@ impl Watcher {
                 }
             }
         }
-        let filter = Arc::new(RwLock::new(Filter {
+        let filter = Arc::new(ArcSwap::from_pointee(Filter {
             dirs: BTreeSet::new(),
             chain,
         }));
         let f = filter.clone();
         let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
-                let relevant = f.read().map(|f| f.relevant(&ev)).unwrap_or(true);
+                let relevant = f.load().relevant(&ev);
                 tracing::trace!(?ev, relevant, "config path event");
                 if relevant {
                     // A full channel already holds wake-ups: nothing is lost by dropping this one.
@@ -154,9 +155,11 @@ impl Watcher {
         }
         let added = now.difference(&self.watched).next().is_some();
         self.watched = now;
-        if let Ok(mut f) = self.filter.write() {
-            f.dirs = dirs.clone();
-        }
+        let chain = self.filter.load().chain.clone();
+        self.filter.store(Arc::new(Filter {
+            dirs: dirs.clone(),
+            chain,
+        }));
         added
     }
 }

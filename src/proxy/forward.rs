@@ -255,7 +255,7 @@ fn upstream_head(
     headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip);
     // Tracing off: the client's trace headers pass through untouched (the record has its id).
     if let Some(policy) = &cx.listener.tracing {
-        let (span, parent) = crate::trace::propagate_child(&mut parts.headers, policy);
+        let (span, parent) = crate::trace::propagate(&mut parts.headers, policy);
         let export = cx.listener.exports_spans && span.sampled == Some(true);
         cx.record(|i| {
             i.trace_id = Some(span.trace_id);

@@ -36,8 +36,8 @@ mod response;
 mod route;
 pub mod upgrade;
 
-pub use local_reply::{LocalReply, X_OVERLOADED};
-pub use response::{StreamIdleTimeout, Upstream};
+pub use local_reply::LocalReply;
+pub use response::Upstream;
 
 /// Response body: a streamed upstream body, or a small local one.
 pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;

@@ -212,7 +212,7 @@ impl Router {
 
     /// The virtual host for `host` (lowercase not required; a port is ignored).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHost> {
-        let host = strip_port(host);
+        let host = crate::headers::strip_port(host);
         let idx = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             self.lookup(&host.to_ascii_lowercase())
         } else {
@@ -319,7 +319,10 @@ impl Redirect {
     /// The `Location` for a request to `uri` on `host` with `scheme`, given the matched route.
     pub fn location(&self, route: &Route, scheme: &str, host: &str, uri: &Uri) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(scheme);
-        let base_host = self.host.as_deref().unwrap_or_else(|| strip_port(host));
+        let base_host = self
+            .host
+            .as_deref()
+            .unwrap_or_else(|| crate::headers::strip_port(host));
         let port = match self.port {
             Some(p) => Some(p.to_string()),
             // Keep the request's port unless the host or scheme is being replaced.
@@ -351,17 +354,6 @@ impl Redirect {
     /// The redirect status.
     pub fn code(&self) -> StatusCode {
         self.code
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: "[::1]:80".
-        return host.find(']').map(|i| &host[..=i]).unwrap_or(host);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 

@@ -282,14 +282,6 @@ impl Cluster {
         self.lb.pick(hash, usable, active)
     }
 
-    /// Endpoints currently available.
-    pub fn healthy_count(&self) -> usize {
-        self.endpoints
-            .iter()
-            .filter(|e| e.state.available())
-            .count()
-    }
-
     /// Whether another retry fits the retry budget or `max_retries`.
     pub fn retry_allowed(&self) -> bool {
         self.limits.retry_allowed(

@@ -502,7 +502,8 @@ mod tests {
         );
         assert!(!eject(&c, 1, Reason::Consecutive5xx, now));
         assert_eq!(c.stats.outlier_detection_ejections_overflow.get(), 1);
-        assert_eq!(c.healthy_count(), 3);
+        let available = c.endpoints.iter().filter(|e| e.state.available()).count();
+        assert_eq!(available, 3);
     }
 
     #[test]

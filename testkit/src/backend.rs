@@ -31,6 +31,7 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
 /// response other than `/_hc` that status (0, the default: normal behaviour).
 pub struct Backend {
+    /// Where it listens.
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -85,6 +86,7 @@ impl BackendCtl {
 }
 
 impl Backend {
+    /// Starts a backend that names itself `name` in its answers.
     pub async fn start(name: &str) -> Backend {
         Self::start_with(name, true).await
     }

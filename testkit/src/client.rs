@@ -16,8 +16,11 @@ use crate::wait::wait_for;
 /// A simple response.
 #[derive(Debug)]
 pub struct Resp {
+    /// Status code.
     pub status: u16,
+    /// Response headers.
     pub headers: http::HeaderMap,
+    /// Body, as text.
     pub body: String,
 }
 

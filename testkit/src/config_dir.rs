@@ -6,6 +6,7 @@ use crate::backend::Backend;
 
 /// A config directory in a temp dir (removed on drop), with helpers to write files.
 pub struct ConfigDir {
+    /// The directory (removed when dropped).
     pub dir: tempfile::TempDir,
 }
 
@@ -30,6 +31,7 @@ impl ConfigDir {
         d
     }
 
+    /// Its path.
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 /// A child process killed (and reaped) on drop, also when an assertion fails; optionally with
 /// its stderr in a log file that failure messages can quote.
 pub struct Proc {
+    /// The process.
     pub child: Child,
     log: Option<PathBuf>,
 }

@@ -13,7 +13,7 @@ use crate::bin::tern_sync_bin;
 use crate::client::http_get;
 use crate::ports::free_port;
 use crate::process::Proc;
-use crate::wait::{wait_until_within, POLL};
+use crate::wait::wait_until_within;
 
 /// Deadline for the S3 harness's waits (moto and the agent's polls are slower than the proxy).
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -69,7 +69,7 @@ impl Moto {
                 panic!("moto exited with {st} before answering; {INSTALL}");
             }
             assert!(start.elapsed() < DEADLINE, "moto did not become ready");
-            std::thread::sleep(POLL);
+            crate::wait::pause();
         }
         m
     }
@@ -358,7 +358,7 @@ impl Agent {
                 "agent never made {version} current; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(POLL);
+            crate::wait::pause();
         }
     }
 
@@ -379,7 +379,7 @@ impl Agent {
                 "{series} never reached {n}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(POLL);
+            crate::wait::pause();
         }
     }
 

@@ -10,8 +10,11 @@ use crate::wait::DEADLINE;
 
 /// A running `tern` process, killed on drop.
 pub struct Tern {
+    /// The process.
     pub child: Child,
+    /// Its admin port.
     pub admin: u16,
+    /// The file its stderr goes to.
     pub log: PathBuf,
     _logdir: tempfile::TempDir,
 }
@@ -72,10 +75,12 @@ impl Tern {
         }
     }
 
+    /// The admin endpoint URL of `path`.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.admin, path)
     }
 
+    /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/ready");
         let start = Instant::now();
@@ -114,6 +119,7 @@ impl Tern {
         }
     }
 
+    /// What it has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

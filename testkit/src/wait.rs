@@ -35,6 +35,13 @@ pub fn wait_until_within(deadline: Duration, what: &str, mut f: impl FnMut() -> 
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(POLL);
+        pause();
     }
+}
+
+/// The pause between two checks of a blocking deadline loop.
+pub fn pause() {
+    // The one blocking sleep of the kit: always inside a loop that checks a deadline.
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(POLL);
 }
