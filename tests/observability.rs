@@ -90,15 +90,22 @@ struct FlagsSetup {
 
 async fn flags_tern(edit: impl Fn(String) -> String) -> FlagsSetup {
     let backend = Backend::start("b1").await;
+    let upstream = backend.addr.to_string();
+    flags_tern_to(&upstream, backend, edit).await
+}
+
+/// [`flags_tern`] with cluster `api` pointing at `upstream` instead of `backend`.
+async fn flags_tern_to(
+    upstream: &str,
+    backend: Backend,
+    edit: impl Fn(String) -> String,
+) -> FlagsSetup {
     let (port, admin, dead) = (free_port(), free_port(), free_port());
     let cfg = ConfigDir::new();
     let logdir = tempfile::tempdir().unwrap();
     let log = logdir.path().join("access.log");
     cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "main.yaml",
-        &edit(flags_config(port, &backend.addr.to_string(), dead, &log)),
-    );
+    cfg.write("main.yaml", &edit(flags_config(port, upstream, dead, &log)));
     let tern = Tern::start(cfg.path(), admin, &[]).await;
     FlagsSetup {
         tern,
@@ -234,16 +241,8 @@ async fn early_answer_backend() -> (std::net::SocketAddr, tokio::sync::oneshot::
 async fn access_log_line_waits_for_a_request_body_that_outlasts_the_response() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (upstream, body_read) = early_answer_backend().await;
-    let (port, admin, dead) = (free_port(), free_port(), free_port());
-    let cfg = ConfigDir::new();
-    let logdir = tempfile::tempdir().unwrap();
-    let log = logdir.path().join("access.log");
-    cfg.write("admin.yaml", &admin_yaml(admin));
-    cfg.write(
-        "main.yaml",
-        &flags_config(port, &upstream.to_string(), dead, &log),
-    );
-    let _tern = Tern::start(cfg.path(), admin, &[]).await;
+    let setup = flags_tern_to(&upstream.to_string(), Backend::start("b1").await, |c| c).await;
+    let (port, log) = (setup.port, setup.log.clone());
     // No content-length: the size is only known from the bytes that stream through.
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
