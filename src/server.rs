@@ -128,8 +128,17 @@ impl Server {
             Err(r) => return Err(r.message),
         };
         let snap = server.shared.snapshot.load();
-        if server.admin.is_none() || server.listeners.len() != snap.listeners.len() {
-            return Err("a listener or the admin endpoint could not start (see the log)".into());
+        let mut down: Vec<String> = snap
+            .listeners
+            .keys()
+            .filter(|a| !server.listeners.contains_key(a))
+            .map(|a| format!("listener {a}"))
+            .collect();
+        if server.admin.is_none() {
+            down.push(format!("admin {}", *snap.config.admin.address));
+        }
+        if !down.is_empty() {
+            return Err(format!("could not start: {}", down.join(", ")));
         }
         tracing::info!(version = %version, listeners = server.listeners.len(), admin = %snap.config.admin.address.value, "configuration loaded");
         Ok(server)
@@ -233,7 +242,7 @@ impl Server {
         for (addr, l) in p.listeners {
             match listener::spawn(l, self.shared.clone(), self.opts.drain_timeout) {
                 Ok(r) => {
-                    tracing::debug!(%addr, "listener started");
+                    tracing::info!(%addr, "listener added");
                     self.listeners.insert(addr, r);
                 }
                 Err(e) => failed.push(format!("cannot start listener {addr}: {e}")),
@@ -267,8 +276,12 @@ impl Server {
 
     /// Logs, counts and records a rejected configuration; the running one stays.
     fn reject(&self, r: Rejection) -> Outcome {
-        for d in r.diagnostics.iter().filter(|d| d.is_error()) {
-            tracing::error!("{d}");
+        for d in &r.diagnostics {
+            if d.is_error() {
+                tracing::error!("{d}");
+            } else {
+                tracing::warn!("{d}");
+            }
         }
         if r.diagnostics.is_empty() {
             tracing::error!("{}", r.message);

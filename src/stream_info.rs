@@ -276,10 +276,14 @@ impl Recorder {
             .compare_exchange(NOT_STREAMED, 0, Relaxed, Relaxed);
     }
 
-    /// Counts `n` request body bytes that streamed through.
+    /// Counts `n` request body bytes that streamed through (once [`Recorder::stream_body`] was
+    /// called; before that the declared length stands).
     #[inline]
     pub fn received(&self, n: u64) {
-        self.0.streamed.fetch_add(n, Relaxed);
+        let s = &self.0.streamed;
+        if s.load(Relaxed) != NOT_STREAMED {
+            s.fetch_add(n, Relaxed);
+        }
     }
 
     /// The response ended (`flags`: how, e.g. `SI`), after `bytes_sent` body bytes.

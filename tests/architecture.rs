@@ -32,20 +32,49 @@ fn layers() -> BTreeMap<String, u32> {
     out
 }
 
-/// The modules a file imports (`crate::name`), outside comments.
+/// The modules a file imports (`crate::name`, and each name of a `crate::{a, b::c}` group),
+/// outside comments.
 fn imports(src: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let code: String = src
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = Vec::new();
-    for line in src.lines().filter(|l| !l.trim_start().starts_with("//")) {
-        let mut rest = line;
-        while let Some(i) = rest.find("crate::") {
-            rest = &rest[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            out.push(name);
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        rest = &rest[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // Top-level items of the group only: `b::{c, d}` names `b`.
+            let mut depth = 0;
+            let mut item_start = true;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        rest = &group[j..];
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => item_start = true,
+                    _ if item_start && !c.is_whitespace() => {
+                        item_start = false;
+                        out.push(ident(&group[j..]));
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.push(ident(rest));
         }
     }
+    out.retain(|m| !m.is_empty() && m != "self");
     out
 }
 
@@ -120,6 +149,9 @@ fn every_module_in_the_table_exists() {
 
 #[test]
 fn the_checker_finds_imports_and_skips_comments() {
-    let src = "use crate::stats::Stats;\n// crate::server is only named here\nlet x = crate::timer::now_ms();\n/// see [`crate::proxy`]\n";
-    assert_eq!(imports(src), vec!["stats", "timer"]);
+    let src = "use crate::stats::Stats;\n// crate::server is only named here\nlet x = crate::timer::now_ms();\n/// see [`crate::proxy`]\nuse crate::{admin, upstream::{cluster, lb},\n    state::Shared};\n";
+    assert_eq!(
+        imports(src),
+        vec!["stats", "timer", "admin", "upstream", "state"]
+    );
 }

@@ -147,7 +147,9 @@ pub(super) async fn forward(
             cs.upstream_rq_retry_overflow.inc();
         } else if !give_up {
             let backoff = policy.map_or(Duration::ZERO, |p| p.backoff(retries + 1));
-            let backoff = retry::backoff_within(backoff, Instant::now(), deadline);
+            // The clock is read only when there is a deadline to cut the back-off at.
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let backoff = retry::backoff_within(backoff, remaining);
             drop(result);
             tokio::time::sleep(backoff).await;
             now = Instant::now();

@@ -43,10 +43,13 @@ pin_project_lite::pin_project! {
 }
 
 impl Counted {
-    /// Wraps `inner`, adding the length of every data frame to `rec`'s received bytes.
+    /// Wraps `inner`. A body of undeclared length (chunked) has its data frames counted into
+    /// `rec`'s received bytes; a declared length stays what the record shows.
     pub fn new(inner: Incoming, rec: Option<Recorder>) -> Counted {
         if let Some(r) = &rec {
-            r.stream_body();
+            if !inner.is_end_stream() && inner.size_hint().exact().is_none() {
+                r.stream_body();
+            }
         }
         Counted { inner, rec }
     }
@@ -65,6 +68,7 @@ impl Body for Counted {
         let r = this.inner.poll_frame(cx);
         if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (this.rec.as_ref(), &r) {
             if let Some(d) = f.data_ref() {
+                // Ignored by the record unless the body was marked streamed (undeclared length).
                 rec.received(d.len() as u64);
             }
         }
