@@ -136,15 +136,39 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
-pub fn authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+/// The authority a request is routed by and forwarded with: the request target's (HTTP/2
+/// `:authority`, HTTP/1.1 absolute-form), which replaces any Host (RFC 9112 §3.2.2), else the
+/// one Host line. `Err` for what RFC 9112 §3.2 answers 400: more than one Host line, none on an
+/// HTTP/1.1 request, or a value that is not `host[:port]` (userinfo included, RFC 9110 §4.2.4).
+/// An HTTP/1.0 request may omit Host: its authority is empty.
+pub fn authority<B>(req: &Request<B>) -> Result<&str, BadAuthority> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadAuthority);
     }
-    req.headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    let a = match (req.uri().authority(), host) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => h.to_str().map_err(|_| BadAuthority)?,
+        (None, None) if req.version() <= http::Version::HTTP_10 => return Ok(""),
+        (None, None) => return Err(BadAuthority),
+    };
+    if valid_authority(a) {
+        Ok(a)
+    } else {
+        Err(BadAuthority)
+    }
+}
+
+/// A request's Host or `:authority` that cannot be routed (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAuthority;
+
+/// `host[:port]` with a host and no userinfo.
+fn valid_authority(a: &str) -> bool {
+    !a.contains('@')
+        && a.parse::<http::uri::Authority>()
+            .is_ok_and(|au| !au.host().is_empty() && au.as_str().len() == a.len())
 }
 
 /// The host of an authority without its port: `example.com:8080` → `example.com`,
@@ -256,6 +280,47 @@ mod tests {
             "",
             "an empty id is replaced"
         );
+    }
+
+    #[test]
+    fn the_authority_is_the_targets_or_the_one_valid_host() {
+        let req = |target: &str, version: http::Version, hosts: &[&str]| {
+            let mut b = Request::builder().uri(target).version(version);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version as V;
+        let ok = |r: Request<()>| authority(&r).map(str::to_string);
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["a.example:8080"])),
+            Ok("a.example:8080".into())
+        );
+        assert_eq!(
+            ok(req("http://www.x/s", V::HTTP_11, &["admin.x"])),
+            Ok("www.x".into())
+        );
+        assert_eq!(ok(req("/", V::HTTP_10, &[])), Ok(String::new()));
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["[::1]:80"])),
+            Ok("[::1]:80".into())
+        );
+        for bad in [
+            req("/", V::HTTP_11, &["a", "b"]),
+            req("/", V::HTTP_11, &["a", "a"]),
+            req("http://www.x/", V::HTTP_11, &["a", "b"]),
+            req("/", V::HTTP_11, &[]),
+            req("/", V::HTTP_2, &[]),
+            req("/", V::HTTP_11, &[""]),
+            req("/", V::HTTP_11, &["a/b@c"]),
+            req("/", V::HTTP_11, &["user@a"]),
+            req("/", V::HTTP_11, &[":80"]),
+            req("/", V::HTTP_11, &["a b"]),
+            req("http://user@www.x/", V::HTTP_11, &["www.x"]),
+        ] {
+            assert_eq!(authority(&bad), Err(BadAuthority), "{bad:?}");
+        }
     }
 
     #[test]

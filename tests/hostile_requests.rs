@@ -32,6 +32,10 @@ enum Mode {
     HangUpgrades,
     /// Reads the request, then answers with these exact bytes and closes.
     Fixed(&'static [u8]),
+    /// Reads the head and nothing else, and never answers.
+    Deaf,
+    /// Answers 200 as soon as the head is read, then reads nothing more.
+    EarlyDeaf,
 }
 
 /// One request as the upstream read it: the head (lower case) and the decoded body.
@@ -188,6 +192,17 @@ async fn serve(mut s: TcpStream, mode: Mode, log: Arc<Mutex<Vec<Seen>>>) {
         };
         let upgrade = head.lines().any(|l| l.starts_with("upgrade:"));
         match mode {
+            Mode::Deaf => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Mode::EarlyDeaf => {
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
             Mode::HangUpgrades if upgrade => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
@@ -364,7 +379,6 @@ fn status_of(resp: &str) -> u16 {
 // ---- Item 1: a stalled upload must not fail other clients ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn a_stalled_upload_after_an_early_answer_fails_nobody_else() {
     // The upstream answers before it has read the body (as with a 401 or 413), and a client
     // stops sending half way. The connection the answer came on still expects the body: it must
@@ -402,22 +416,23 @@ async fn a_stalled_upload_after_an_early_answer_fails_nobody_else() {
         "{} innocent requests failed: {failures:?}",
         failures.len()
     );
-    // The stalled uploads are the clients' problem: cut by the stream idle timeout, never
-    // counted against the endpoint.
+    // The stalled uploads are the clients' problem: cut by the stream idle timeout (their
+    // connections closed), never counted against the endpoint.
     for mut s in stalled {
-        let rest = read_to_close(&mut s).await;
-        assert!(!rest.contains("HTTP/1.1 5"), "{rest:?}");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(ANSWER, s.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a stalled upload's connection is closed");
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     }
+    assert!(t.stat("listener.ingress.downstream_rq_idle_timeout").await >= 1);
     assert_eq!(t.stat("cluster.c.upstream_rq_timeout").await, 0);
     assert_eq!(t.stat("cluster.c.outlier_detection_ejections").await, 0);
-    assert!(t.stat("listener.ingress.downstream_rq_idle_timeout").await >= 1);
     t.good_get().await;
 }
 
 // ---- Item 2: absolute-form targets ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn an_absolute_form_target_replaces_host_for_routing_and_upstream() {
     let up = Upstream::start(Mode::Normal).await;
     let t = start("", "", "", up.addr).await;
@@ -452,7 +467,6 @@ async fn an_absolute_form_target_replaces_host_for_routing_and_upstream() {
 // ---- Item 6: Host validation ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn host_must_be_one_valid_authority() {
     let up = Upstream::start(Mode::Normal).await;
     let t = start("", "", "", up.addr).await;
@@ -501,7 +515,6 @@ async fn host_must_be_one_valid_authority() {
 // ---- Item 3: upgrade handshakes ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn hung_upgrade_handshakes_time_out_and_free_their_slots() {
     let up = Upstream::start(Mode::HangUpgrades).await;
     let t = start(
@@ -534,7 +547,6 @@ async fn hung_upgrade_handshakes_time_out_and_free_their_slots() {
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn an_upgrade_handshake_with_a_body_is_refused() {
     let up = Upstream::start(Mode::Upgrades).await;
     let t = start("", "", "", up.addr).await;
@@ -564,7 +576,6 @@ async fn an_upgrade_handshake_with_a_body_is_refused() {
 // ---- Item 7: only configured upgrades; h2c never ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn h2c_is_never_tunnelled() {
     // A backend that answers any Upgrade with 101 would otherwise get a raw tunnel, and every
     // later request on it would skip the route table.
@@ -596,6 +607,18 @@ async fn h2c_is_never_tunnelled() {
     assert_eq!((status, body.as_str()), (403, "denied"));
     assert_eq!(up.seen().len(), 1);
     t.good_get().await;
+
+    // An upstream that switches protocols unasked does not get the client's connection.
+    let rogue = Upstream::start(Mode::Fixed(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n",
+    ))
+    .await;
+    let t = start("", "", "", rogue.addr).await;
+    let r = t
+        .raw(b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings, close\r\nupgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&r), 502, "{r}");
+    assert_eq!(t.stat("cluster.c.upstream_cx_protocol_error").await, 1);
 }
 
 async fn upgrade_status(t: &Setup, upgrade: &str) -> (u16, String) {
@@ -616,7 +639,6 @@ async fn upgrade_status(t: &Setup, upgrade: &str) -> (u16, String) {
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn only_configured_upgrade_types_are_tunnelled() {
     let up = Upstream::start(Mode::Upgrades).await;
     // Default: websocket only, in any case.
@@ -658,7 +680,6 @@ async fn only_configured_upgrade_types_are_tunnelled() {
 // ---- Item 8: tunnels are bounded by the stream idle timeout and counted ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn an_idle_tunnel_is_closed_and_counted_while_open() {
     let up = Upstream::start(Mode::Upgrades).await;
     let t = start("    stream_idle_timeout: 400ms\n", "", "", up.addr).await;
@@ -702,7 +723,6 @@ async fn an_idle_tunnel_is_closed_and_counted_while_open() {
 // ---- Item 4: a client's fault is the client's ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn client_body_faults_are_answered_as_such_and_eject_nothing() {
     let up = Upstream::start(Mode::Normal).await;
     let t = start(
@@ -745,7 +765,6 @@ async fn client_body_faults_are_answered_as_such_and_eject_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn a_slow_honest_upload_outlasts_the_route_timeout() {
     // The route timeout starts when the request is complete, as in Envoy.
     let up = Upstream::start(Mode::Normal).await;
@@ -766,7 +785,84 @@ async fn a_slow_honest_upload_outlasts_the_route_timeout() {
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
+async fn an_upstream_that_never_reads_the_body_is_the_upstreams_timeout() {
+    // The route timeout waits for the body to go up, so the upstream not taking it is bounded
+    // by the stream idle timeout instead, and it is the upstream's fault.
+    let up = Upstream::start(Mode::Deaf).await;
+    let t = start(
+        "    stream_idle_timeout: 300ms\n",
+        ", timeout: 200ms",
+        "",
+        up.addr,
+    )
+    .await;
+    let mut s = t.connect().await;
+    let size = 64 << 20;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(ANSWER, rd.read_to_end(&mut got)).await;
+    writer.abort();
+    let r = String::from_utf8_lossy(&got);
+    assert_eq!(status_of(&r), 504, "{r}");
+    // The upstream connection, and with it the client's body, is let go: the client's
+    // connection closes instead of hanging on a body nobody reads.
+    assert!(closed.is_ok(), "the client's connection is closed");
+    assert_eq!(t.stat("cluster.c.upstream_rq_timeout").await, 1);
+    assert_eq!(
+        t.stat("listener.ingress.downstream_rq_idle_timeout").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_early_and_stops_reading_is_let_go() {
+    // The upload outlasts a complete early answer; the upstream no longer reads it. The
+    // connection is not reused, and it is closed after the stream idle timeout, releasing the
+    // client's connection too.
+    let up = Upstream::start(Mode::EarlyDeaf).await;
+    let t = start("    stream_idle_timeout: 300ms\n", "", "", up.addr).await;
+    let mut s = t.connect().await;
+    let size = 64 << 20;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..64 {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(ANSWER, rd.read_to_end(&mut got)).await;
+    writer.abort();
+    let r = String::from_utf8_lossy(&got);
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(closed.is_ok(), "the client's connection is closed");
+    wait_for("the upstream connection closed", || async {
+        (t.stat("cluster.c.upstream_cx_active").await == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn stalled_and_endless_uploads_get_408() {
     let up = Upstream::start(Mode::Normal).await;
     let t = start(
@@ -822,7 +918,6 @@ async fn stalled_and_endless_uploads_get_408() {
 // ---- Item 9: upstream framing ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn content_length_with_chunked_from_upstream_is_a_protocol_error() {
     let up = Upstream::start(Mode::Fixed(
         b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -838,7 +933,6 @@ async fn content_length_with_chunked_from_upstream_is_a_protocol_error() {
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn a_transfer_coding_other_than_chunked_from_upstream_is_a_protocol_error() {
     let up = Upstream::start(Mode::Fixed(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nnot really gzip",
@@ -852,7 +946,6 @@ async fn a_transfer_coding_other_than_chunked_from_upstream_is_a_protocol_error(
 }
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn a_repeated_content_length_is_sent_once() {
     let up = Upstream::start(Mode::Fixed(
         b"HTTP/1.1 200 OK\r\ncontent-length: 2, 2\r\ncontent-length: 2\r\n\r\nhi",
@@ -874,7 +967,6 @@ async fn a_repeated_content_length_is_sent_once() {
 // ---- Item 10: bodies on any method ----
 
 #[tokio::test]
-#[ignore = "issue 15: fixed in a later commit"]
 async fn a_chunked_body_on_get_and_head_is_forwarded() {
     let up = Upstream::start(Mode::Normal).await;
     let t = start("", "", "", up.addr).await;
