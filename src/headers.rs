@@ -164,11 +164,23 @@ pub fn authority<B>(req: &Request<B>) -> Result<&str, BadAuthority> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadAuthority;
 
-/// `host[:port]` with a host and no userinfo.
+/// `host[:port]` (RFC 3986 §3.2.2-3): a registered name or an IP literal in brackets, and a
+/// numeric port; no userinfo. Checked in place: this runs on every request.
 fn valid_authority(a: &str) -> bool {
-    !a.contains('@')
-        && a.parse::<http::uri::Authority>()
-            .is_ok_and(|au| !au.host().is_empty() && au.as_str().len() == a.len())
+    let digits = |p: &str| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = a.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let ip_char = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+        return !literal.is_empty()
+            && literal.bytes().all(ip_char)
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(digits));
+    }
+    let (host, port) = a.rsplit_once(':').unwrap_or((a, ""));
+    // unreserved, pct-encoded and sub-delims: no `@`, `/`, `?`, `#`, `:`, brackets or spaces.
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+    !host.is_empty() && host.bytes().all(name_char) && digits(port)
 }
 
 /// The host of an authority without its port: `example.com:8080` → `example.com`,
@@ -306,6 +318,11 @@ mod tests {
             ok(req("/", V::HTTP_11, &["[::1]:80"])),
             Ok("[::1]:80".into())
         );
+        assert_eq!(ok(req("/", V::HTTP_11, &["[::1]"])), Ok("[::1]".into()));
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["10.0.0.1"])),
+            Ok("10.0.0.1".into())
+        );
         for bad in [
             req("/", V::HTTP_11, &["a", "b"]),
             req("/", V::HTTP_11, &["a", "a"]),
@@ -317,6 +334,14 @@ mod tests {
             req("/", V::HTTP_11, &["user@a"]),
             req("/", V::HTTP_11, &[":80"]),
             req("/", V::HTTP_11, &["a b"]),
+            req("/", V::HTTP_11, &["a:b"]),
+            req("/", V::HTTP_11, &["a:123456"]),
+            req("/", V::HTTP_11, &["a:1:2"]),
+            req("/", V::HTTP_11, &["[::1"]),
+            req("/", V::HTTP_11, &["[]"]),
+            req("/", V::HTTP_11, &["[::1]x"]),
+            req("/", V::HTTP_11, &["a?b"]),
+            req("/", V::HTTP_11, &["a#b"]),
             req("http://user@www.x/", V::HTTP_11, &["www.x"]),
         ] {
             assert_eq!(authority(&bad), Err(BadAuthority), "{bad:?}");

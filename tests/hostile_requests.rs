@@ -989,3 +989,43 @@ async fn a_chunked_body_on_get_and_head_is_forwarded() {
     assert_eq!(up.seen()[2].body, b"abc");
     let _ = get(&t.url("/good"), &[]).await;
 }
+
+#[tokio::test]
+async fn an_http2_stalled_upload_gets_408_and_ejects_nothing() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start(Mode::Normal).await;
+    let t = start(
+        "    stream_idle_timeout: 300ms\n",
+        ", timeout: 200ms",
+        "    outlier_detection: { consecutive_5xx: 1, interval: 100ms }\n",
+        up.addr,
+    )
+    .await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|b| b.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))))
+    });
+    let client: hyper_util::client::legacy::Client<_, _> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = http::Request::post(t.url("/up"))
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    tx.send(bytes::Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    // The sender stays alive and silent: a stalled upload.
+    let resp = tokio::time::timeout(ANSWER, client.request(req))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(resp.status(), 408);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"stream timeout\n");
+    drop(tx);
+    assert_eq!(t.stat("cluster.c.outlier_detection_ejections").await, 0);
+    assert_eq!(t.stat("cluster.c.upstream_rq_timeout").await, 0);
+    t.good_get().await;
+}

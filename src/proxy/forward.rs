@@ -42,7 +42,11 @@ pub(super) async fn forward(
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
     let mut req = req;
-    let upgrade = match upgrade::requested(req.headers()) {
+    // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
+    let asked = (req.version() == Version::HTTP_11)
+        .then(|| upgrade::requested(req.headers()))
+        .flatten();
+    let upgrade = match asked {
         None => None,
         // Never tunnelled: served as the plain request it also is (Envoy's codec does the same).
         Some(proto) if upgrade::is_h2c(proto) => {
