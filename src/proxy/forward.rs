@@ -28,11 +28,10 @@ use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{upgrade_allowed, Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
+use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
 use crate::upstream::cluster::{ActiveRequest, Cluster};
 use crate::upstream::outlier::{self, Outcome};
-use crate::upstream::pool::{
-    BodyFault, BodyLimits, ClientBody, Exchange, Lease, SendError, Target, UpBody,
-};
+use crate::upstream::pool::{Lease, SendError, Target, UpBody};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
 pub(super) async fn forward(

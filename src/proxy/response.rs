@@ -13,8 +13,9 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use crate::stats::{ClusterStats, ListenerStats, RouteStats};
 use crate::stream_info::{Flags, Recorder};
+use crate::upstream::body::{BodyFault, Exchange};
 use crate::upstream::cluster::ActiveRequest;
-use crate::upstream::pool::{BodyFault, Exchange, Lease};
+use crate::upstream::pool::Lease;
 
 /// A lazily armed body idle timer: no timer exists while data keeps arriving.
 pub struct IdleTimer {
