@@ -136,15 +136,51 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(s).expect("a UUID is a valid header value")
 }
 
-/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
-pub fn authority<B>(req: &Request<B>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+/// The authority a request is routed by and forwarded with: the request target's (HTTP/2
+/// `:authority`, HTTP/1.1 absolute-form), which replaces any Host (RFC 9112 §3.2.2), else the
+/// one Host line. `Err` for what RFC 9112 §3.2 answers 400: more than one Host line, none on an
+/// HTTP/1.1 request, or a value that is not `host[:port]` (userinfo included, RFC 9110 §4.2.4).
+/// An HTTP/1.0 request may omit Host: its authority is empty.
+pub fn authority<B>(req: &Request<B>) -> Result<&str, BadAuthority> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadAuthority);
     }
-    req.headers()
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    let a = match (req.uri().authority(), host) {
+        (Some(a), _) => a.as_str(),
+        (None, Some(h)) => h.to_str().map_err(|_| BadAuthority)?,
+        (None, None) if req.version() <= http::Version::HTTP_10 => return Ok(""),
+        (None, None) => return Err(BadAuthority),
+    };
+    if valid_authority(a) {
+        Ok(a)
+    } else {
+        Err(BadAuthority)
+    }
+}
+
+/// A request's Host or `:authority` that cannot be routed (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAuthority;
+
+/// `host[:port]` (RFC 3986 §3.2.2-3): a registered name or an IP literal in brackets, and a
+/// numeric port; no userinfo. Checked in place: this runs on every request.
+fn valid_authority(a: &str) -> bool {
+    let digits = |p: &str| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = a.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let ip_char = |b: u8| b.is_ascii_hexdigit() || b == b':' || b == b'.';
+        return !literal.is_empty()
+            && literal.bytes().all(ip_char)
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(digits));
+    }
+    let (host, port) = a.rsplit_once(':').unwrap_or((a, ""));
+    // unreserved, pct-encoded and sub-delims: no `@`, `/`, `?`, `#`, `:`, brackets or spaces.
+    let name_char = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b);
+    !host.is_empty() && host.bytes().all(name_char) && digits(port)
 }
 
 /// The host of an authority without its port: `example.com:8080` → `example.com`,
@@ -256,6 +292,60 @@ mod tests {
             "",
             "an empty id is replaced"
         );
+    }
+
+    #[test]
+    fn the_authority_is_the_targets_or_the_one_valid_host() {
+        let req = |target: &str, version: http::Version, hosts: &[&str]| {
+            let mut b = Request::builder().uri(target).version(version);
+            for h in hosts {
+                b = b.header(HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version as V;
+        let ok = |r: Request<()>| authority(&r).map(str::to_string);
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["a.example:8080"])),
+            Ok("a.example:8080".into())
+        );
+        assert_eq!(
+            ok(req("http://www.x/s", V::HTTP_11, &["admin.x"])),
+            Ok("www.x".into())
+        );
+        assert_eq!(ok(req("/", V::HTTP_10, &[])), Ok(String::new()));
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["[::1]:80"])),
+            Ok("[::1]:80".into())
+        );
+        assert_eq!(ok(req("/", V::HTTP_11, &["[::1]"])), Ok("[::1]".into()));
+        assert_eq!(
+            ok(req("/", V::HTTP_11, &["10.0.0.1"])),
+            Ok("10.0.0.1".into())
+        );
+        for bad in [
+            req("/", V::HTTP_11, &["a", "b"]),
+            req("/", V::HTTP_11, &["a", "a"]),
+            req("http://www.x/", V::HTTP_11, &["a", "b"]),
+            req("/", V::HTTP_11, &[]),
+            req("/", V::HTTP_2, &[]),
+            req("/", V::HTTP_11, &[""]),
+            req("/", V::HTTP_11, &["a/b@c"]),
+            req("/", V::HTTP_11, &["user@a"]),
+            req("/", V::HTTP_11, &[":80"]),
+            req("/", V::HTTP_11, &["a b"]),
+            req("/", V::HTTP_11, &["a:b"]),
+            req("/", V::HTTP_11, &["a:123456"]),
+            req("/", V::HTTP_11, &["a:1:2"]),
+            req("/", V::HTTP_11, &["[::1"]),
+            req("/", V::HTTP_11, &["[]"]),
+            req("/", V::HTTP_11, &["[::1]x"]),
+            req("/", V::HTTP_11, &["a?b"]),
+            req("/", V::HTTP_11, &["a#b"]),
+            req("http://user@www.x/", V::HTTP_11, &["www.x"]),
+        ] {
+            assert_eq!(authority(&bad), Err(BadAuthority), "{bad:?}");
+        }
     }
 
     #[test]

@@ -38,8 +38,12 @@ pub struct ListenerRt {
     pub idle_timeout: Option<Duration>,
     /// Time allowed for a request's headers (HTTP/1.1).
     pub request_headers_timeout: Option<Duration>,
-    /// Time a response body may go without data.
+    /// Time a request or response body, or an upgraded connection, may go without data.
     pub stream_idle_timeout: Option<Duration>,
+    /// Time allowed to receive a whole request (headers to the last body byte).
+    pub request_timeout: Option<Duration>,
+    /// Protocol upgrades tunnelled unless a route says otherwise.
+    pub upgrades: crate::router::UpgradeMap,
     /// Who reads request records (access logs, span export); `None`: no record is kept, which
     /// costs the request path nothing.
     pub observers: Option<Arc<Observers>>,
@@ -230,6 +234,12 @@ impl Snapshot {
                         l.stream_idle_timeout.as_ref(),
                         tern_config::defaults::STREAM_IDLE_TIMEOUT,
                     ),
+                    request_timeout: l
+                        .request_timeout
+                        .as_ref()
+                        .map(|d| d.0)
+                        .filter(|d| !d.is_zero()),
+                    upgrades: crate::router::UpgradeMap::listener(l.upgrade_configs.as_deref()),
                 }),
             );
         }

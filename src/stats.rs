@@ -310,7 +310,7 @@ stats_table! {
         fault_overflow: Counter, "Faults not injected because max_active_faults was reached.";
         rate_limited: Counter, "Requests refused by a local rate limit (429).";
         downstream_rq_idle_timeout: Counter,
-            "Requests or responses cut by the stream idle timeout.";
+            "Request bodies, response bodies and tunnels cut by the stream idle timeout.";
         access_log_dropped: Counter, "Access log lines dropped because a sink's buffer was full.";
         tracing_spans_exported: Counter, "Spans accepted by the OTLP collector.";
         tracing_spans_dropped: Counter,
@@ -319,7 +319,17 @@ stats_table! {
             "Downstream connections closed by the listener idle timeout.";
         downstream_rq_header_timeout: Counter,
             "Downstream connections closed because request headers did not arrive in time.";
-        downstream_cx_active: Gauge, "Downstream connections open.";
+        downstream_rq_timeout: Counter,
+            "Requests answered 408 because they were not complete within request_timeout.";
+        downstream_rq_rx_reset: Counter,
+            "Requests whose body the client ended early (closed or reset the stream).";
+        downstream_cx_protocol_error: Counter,
+            "Requests refused as malformed: Host, request body, upgrade with a body (400).";
+        downstream_rq_ws_on_non_ws_route: Counter,
+            "Upgrade requests refused (403) because the listener and route do not enable the type.";
+        downstream_cx_upgrades_total: Counter, "Downstream connections upgraded (tunnels opened).";
+        downstream_cx_active: Gauge, "Downstream connections open (upgraded ones included).";
+        downstream_cx_upgrades_active: Gauge, "Upgraded connections (tunnels) open.";
         downstream_rq_active: Gauge, "Downstream requests in flight.";
         fault_active: Gauge, "Faults in progress.";
         downstream_rq_xx: StatusClasses, "Downstream responses by status class.";
@@ -336,6 +346,8 @@ stats_table! {
         upstream_cx_connect_fail: Counter, "Upstream connection failures and connect timeouts.";
         upstream_rq_timeout: Counter, "Upstream requests that hit the route timeout.";
         upstream_rq_reset: Counter, "Upstream requests reset before response headers.";
+        upstream_cx_protocol_error: Counter,
+            "Upstream responses refused as malformed or ambiguously framed (502).";
         upstream_rq_no_healthy: Counter, "Requests with no healthy endpoint to go to.";
         upstream_cx_total: Counter, "Upstream connections opened by the TCP proxy.";
         upstream_rq_active: Gauge, "Upstream requests in flight.";

@@ -43,9 +43,13 @@ impl Flags {
     pub const UR: Flags = Flags(1 << 10);
     /// `SI`: stream idle timeout.
     pub const SI: Flags = Flags(1 << 11);
+    /// `DPE`: the request broke the protocol (malformed body, bad Host).
+    pub const DPE: Flags = Flags(1 << 12);
+    /// `UPE`: the upstream response broke the protocol (its framing).
+    pub const UPE: Flags = Flags(1 << 13);
 
     /// Every flag with its code, in Envoy's order of appearance.
-    pub const ALL: [(Flags, &'static str); 12] = [
+    pub const ALL: [(Flags, &'static str); 14] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -58,6 +62,8 @@ impl Flags {
         (Flags::DC, "DC"),
         (Flags::UR, "UR"),
         (Flags::SI, "SI"),
+        (Flags::DPE, "DPE"),
+        (Flags::UPE, "UPE"),
     ];
 
     /// Adds `o`.

@@ -141,6 +141,25 @@ pub enum Deadline {
     Tokio(Pin<Box<tokio::time::Sleep>>),
 }
 
+impl Deadline {
+    /// A deadline at `at`: lazy when `lazy` (the connection's timer) is given, else tokio's.
+    pub fn at(at: Instant, lazy: Option<&LazyTimer>) -> Deadline {
+        match lazy {
+            Some(l) => Deadline::Lazy(l.sleep_until(at)),
+            None => Deadline::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
+        }
+    }
+
+    /// Whether it has passed (registering `cx` to be woken when it does).
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Deadline::None => false,
+            Deadline::Lazy(s) => Pin::new(s).poll(cx).is_ready(),
+            Deadline::Tokio(s) => s.as_mut().poll(cx).is_ready(),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A future bounded by a [`Deadline`]; one type for every kind, so a caller's future holds
     /// one slot for it rather than one per kind.
@@ -167,12 +186,7 @@ impl<F: Future> Future for Timed<F> {
         if let Poll::Ready(v) = this.inner.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        let expired = match this.deadline {
-            Deadline::None => false,
-            Deadline::Lazy(s) => Pin::new(s).poll(cx).is_ready(),
-            Deadline::Tokio(s) => s.as_mut().poll(cx).is_ready(),
-        };
-        if expired {
+        if this.deadline.poll_passed(cx) {
             Poll::Ready(Err(Elapsed))
         } else {
             Poll::Pending

@@ -147,3 +147,12 @@ fn resilience_values_are_checked_where_written() {
     ));
     assert_eq!(r.len(), 2, "{r:?}");
 }
+
+#[test]
+fn upgrade_types_are_checked_where_written() {
+    let r = codes_of(
+        "listeners:\n  - name: l\n    address: 127.0.0.1:8080\n    route_config: m\n    upgrade_configs: [{ upgrade_type: h2c }, { upgrade_type: \"web socket\" }]\nroute_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: / }\n            route: { cluster: c, upgrade_configs: [{ upgrade_type: H2C, enabled: false }] }\nclusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n",
+    );
+    let lines: Vec<_> = r.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(lines, vec![("E004", 5), ("E004", 5), ("E004", 13)], "{r:?}");
+}

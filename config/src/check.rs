@@ -608,6 +608,28 @@ impl Checker<'_> {
                 self.bad(l.file, t.cluster.pos, "tcp_proxy cluster must not be empty");
             }
         }
+        for u in v.upgrade_configs.iter().flatten() {
+            self.upgrade_config(l.file, u);
+        }
+    }
+
+    /// An upgrade type is a token (RFC 9110 §7.8), and never `h2c`: an h2c upgrade is served as
+    /// a plain request, as in Envoy.
+    fn upgrade_config(&mut self, f: usize, u: &Spanned<UpgradeConfig>) {
+        let t = &u.upgrade_type;
+        if t.eq_ignore_ascii_case("h2c") {
+            self.bad(
+                f,
+                t.pos,
+                "upgrade_type h2c cannot be enabled: h2c upgrades are always served as plain requests",
+            );
+        } else if !upgrade_type_ok(t) {
+            self.bad(
+                f,
+                t.pos,
+                format!("upgrade_type {:?} is not a protocol name", t.value),
+            );
+        }
     }
 
     fn route_config(&mut self, rc: &Def<RouteConfig>) {
@@ -689,6 +711,9 @@ impl Checker<'_> {
         if let Some(a) = &r.route {
             if let Some(c) = a.cluster.as_ref().filter(|c| c.trim().is_empty()) {
                 self.bad(f, c.pos, "route cluster must not be empty");
+            }
+            for u in &a.upgrade_configs {
+                self.upgrade_config(f, u);
             }
             if let Some(h) = &a.host_rewrite {
                 if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
@@ -926,6 +951,19 @@ fn names_in_text(text: &str) -> HashSet<String> {
     names
 }
 
+/// `protocol-name ["/" protocol-version]`, both tokens (RFC 9110 §7.8).
+fn upgrade_type_ok(t: &str) -> bool {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    match t.split_once('/') {
+        Some((name, version)) => token(name) && token(version),
+        None => token(t),
+    }
+}
+
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
@@ -1094,6 +1132,16 @@ mod tests {
         let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");
         assert!(n.contains("api") && n.contains("web"));
         assert!(!n.contains("no"));
+    }
+
+    #[test]
+    fn upgrade_types_are_protocol_names() {
+        for ok in ["websocket", "WebSocket", "foo/1.0", "CONNECT-UDP"] {
+            assert!(upgrade_type_ok(ok), "{ok}");
+        }
+        for bad in ["", "web socket", "/1", "foo/", "a/b/c", "x\u{e9}"] {
+            assert!(!upgrade_type_ok(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Listener `stream_idle_timeout` (Envoy's).
 pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Listener `upgrade_configs` when it sets none: WebSocket only (Envoy's default is none; a
+/// WebSocket through a proxy is common enough to work without configuration).
+pub const UPGRADE_TYPES: &[&str] = &["websocket"];
 
 /// Access log sink buffer, in lines.
 pub const ACCESS_LOG_BUFFER_LINES: usize = 8192;

@@ -67,9 +67,19 @@ pub struct Listener {
     /// Time allowed to receive a request's headers (default 30s; 0 = no limit). Expiry closes the connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers_timeout: Option<Spanned<Dur>>,
-    /// Time a request or response body may go without data (default 5m; 0 = no limit).
+    /// Time a request or response body (or an upgraded connection) may go without data
+    /// (default 5m; 0 = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Spanned<Dur>>,
+    /// Time allowed to receive a whole request, body included, counted from its headers
+    /// (Envoy's HTTP connection manager `request_timeout`; default 0 = no limit). Expiry
+    /// before the response started answers 408.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<Spanned<Dur>>,
+    /// Protocol upgrades the listener tunnels (Envoy's `upgrade_configs`; default: `websocket`
+    /// only, `[]`: none). A route's `upgrade_configs` can enable or disable a type for itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_configs: Option<Vec<Spanned<UpgradeConfig>>>,
     /// Access logs: one line per request to each sink (HTTP listeners).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<Spanned<AccessLog>>,
@@ -80,6 +90,17 @@ pub struct Listener {
     /// headers pass through untouched and no span is started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Spanned<Tracing>>,
+}
+
+/// One protocol upgrade type (the request's `Upgrade` value, compared case-insensitively).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// The upgrade, e.g. `websocket`. `h2c` is never tunnelled.
+    pub upgrade_type: Spanned<String>,
+    /// Whether it is allowed (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// One access log sink.
@@ -310,8 +331,8 @@ pub struct RouteAction {
     /// Set the upstream Host header to this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_rewrite: Option<Spanned<String>>,
-    /// Time from sending the request upstream to receiving response headers, all retries
-    /// included (default 15s, 0 = off).
+    /// Time from the end of the request (its last body byte received) to the response
+    /// headers, all retries included (default 15s, 0 = off). Also bounds an upgrade handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Spanned<Dur>>,
     /// Body idle timeout for this route (replaces the listener's `stream_idle_timeout`).
@@ -326,6 +347,10 @@ pub struct RouteAction {
     /// Request bodies up to this size are buffered so a retry can resend them (default 65536).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_request_buffer_limit_bytes: Option<u64>,
+    /// Upgrades enabled or disabled on this route, replacing the listener's setting for
+    /// each type listed (Envoy's route `upgrade_configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrade_configs: Vec<Spanned<UpgradeConfig>>,
 }
 
 /// Weighted traffic split.

@@ -1,28 +1,37 @@
-//! The forward phase: admission to the cluster, the request head as the upstream gets it, and
-//! the tries, each bounded by the per-try timeout and the route deadline, with the retry
-//! decisions of [`crate::router::retry`] (policy, replay body, outcome, back-off, budget).
+//! The forward phase: upgrades sorted out (enabled ones to [`super::upgrade`], `h2c` served
+//! plain, others refused), admission to the cluster, the request head as the upstream gets it
+//! (Host = the routed authority), the request body (none, buffered for retries, or streamed as a
+//! [`ClientBody`] bounded by the stream idle timeout and `request_timeout`), and the tries, with
+//! the retry decisions of [`crate::router::retry`] (policy, replay body, outcome, back-off,
+//! budget). A try's per-try timeout and the route deadline start when the request is complete:
+//! a streamed body is followed until it went up whole. A failure of the client's body is the
+//! client's ([`BodyFault`]: 400/408, never scored or retried); an upstream response whose framing
+//! cannot be forwarded faithfully is a 502 protocol error.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 
 use super::local_reply::LocalReply;
-use super::response::{Finish, IdleTimer, Upstream};
+use super::response::{check_framing, Finish, Framing, IdleTimer, Upstream};
 use super::{upgrade, Ctx, RespBody};
 use crate::headers;
 use crate::router::retry::{self, BodyPlan, TryOutcome};
-use crate::router::{Forward, Route};
+use crate::router::{upgrade_allowed, Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
+use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
 use crate::upstream::cluster::{ActiveRequest, Cluster};
 use crate::upstream::outlier::{self, Outcome};
-use crate::upstream::pool::{Counted, Lease, SendError, Target, UpBody};
+use crate::upstream::pool::{Lease, SendError, Target, UpBody};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
 pub(super) async fn forward(
@@ -31,6 +40,33 @@ pub(super) async fn forward(
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
+    let mut req = req;
+    // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
+    let asked = (req.version() == Version::HTTP_11)
+        .then(|| upgrade::requested(req.headers()))
+        .flatten();
+    let upgrade = match asked {
+        None => None,
+        // Never tunnelled: served as the plain request it also is (Envoy's codec does the same).
+        Some(proto) if upgrade::is_h2c(proto) => {
+            upgrade::strip_h2c(req.headers_mut());
+            None
+        }
+        Some(proto) => {
+            let ty = proto.to_str().unwrap_or_default().trim();
+            if !upgrade_allowed(&fwd.upgrades, &cx.listener.upgrades, ty) {
+                cx.listener.stats.downstream_rq_ws_on_non_ws_route.inc();
+                return Err(LocalReply::UpgradeRejected);
+            }
+            // Its bytes would be the tunnel's first ones to one side and a body to the other.
+            if !req.body().is_end_stream() {
+                cx.listener.stats.downstream_cx_protocol_error.inc();
+                return Err(LocalReply::UpgradeWithBody);
+            }
+            let proto = proto.clone();
+            Some((proto, hyper::upgrade::on(&mut req)))
+        }
+    };
     let cluster = fwd.cluster();
     let cs = &cluster.stats;
     cx.record(|i| i.upstream_cluster = Some(cluster.name.clone()));
@@ -42,23 +78,18 @@ pub(super) async fn forward(
         None
     };
 
-    let mut req = req;
-    let upgrade = if upgrade::is_upgrade(req.headers()) {
-        req.headers()
-            .get(http::header::UPGRADE)
-            .cloned()
-            .map(|proto| (proto, hyper::upgrade::on(&mut req)))
-    } else {
-        None
-    };
     let (mut parts, body) = req.into_parts();
     // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
     let lazy = (parts.version <= Version::HTTP_11).then_some(&cx.conn.timer);
     upstream_head(&mut parts, fwd, route, cx)?;
     if let Some((proto, on_upgrade)) = upgrade {
+        let limits = upgrade::Limits {
+            timeout: fwd.timeout,
+            idle: fwd.idle_timeout.unwrap_or(cx.listener.stream_idle_timeout),
+        };
         // Boxed: rare, and its future would otherwise enlarge every request's.
         return Box::pin(upgrade::forward(
-            cluster, hash, parts, proto, on_upgrade, cx,
+            cluster, hash, parts, proto, on_upgrade, limits, cx,
         ))
         .await;
     }
@@ -70,24 +101,57 @@ pub(super) async fn forward(
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
     };
-    let plan = retry::body_plan(
-        policy.is_some(),
-        body.is_end_stream(),
-        policy.and_then(|_| declared()),
-        fwd.buffer_limit,
-    );
+    let idle = fwd.idle_timeout.unwrap_or(cx.listener.stream_idle_timeout);
+    let limits = BodyLimits {
+        idle,
+        deadline: cx
+            .listener
+            .request_timeout
+            .map(|t| tokio::time::Instant::from_std(cx.start + t)),
+    };
+    // A request without a body is complete already: nothing to stream, nothing to wait for.
+    let plan = match body.is_end_stream() {
+        true => BodyPlan::Empty,
+        false => retry::body_plan(
+            policy.is_some(),
+            false,
+            policy.and_then(|_| declared()),
+            fwd.buffer_limit,
+        ),
+    };
     let mut stream_body = None;
+    let mut exchange = None;
     let replay: Option<Bytes> = match plan {
         BodyPlan::Empty => Some(Bytes::new()),
         BodyPlan::Buffer => {
+            let body = ClientBody::new(body, None, None, limits, cx.listener.stats.clone());
             // Boxed for the same reason as the upgrade path: only retried requests with a body.
             let collected = Box::pin(Limited::new(body, fwd.buffer_limit as usize).collect())
                 .await
-                .map_err(|_| LocalReply::BadRequestBody)?;
+                .map_err(|e| match e.downcast_ref::<BodyFault>() {
+                    Some(f) => fault_reply(*f),
+                    None => LocalReply::BadRequestBody,
+                })?;
             Some(collected.to_bytes())
         }
         BodyPlan::Stream => {
-            stream_body = Some(body);
+            // hyper sends no body of unknown length on GET, HEAD and CONNECT unless told to:
+            // every method's body is forwarded, as Envoy does.
+            if body.size_hint().exact().is_none() && !parts.headers.contains_key(CONTENT_LENGTH) {
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            }
+            let ex = Arc::new(Exchange::default());
+            let stats = cx.listener.stats.clone();
+            stream_body = Some(ClientBody::new(
+                body,
+                cx.rec.clone(),
+                Some(ex.clone()),
+                limits,
+                stats,
+            ));
+            exchange = Some(ex);
             None
         }
     };
@@ -113,10 +177,7 @@ pub(super) async fn forward(
         cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
         let body: UpBody = match &replay {
             Some(b) => Either::Right(Full::new(b.clone())),
-            None => {
-                let b = stream_body.take().expect("single try streams the body");
-                Either::Left(Counted::new(b, cx.rec.clone()))
-            }
+            None => Either::Left(stream_body.take().expect("single try streams the body")),
         };
         let upstream_req = if retries < max_retries {
             head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
@@ -128,11 +189,28 @@ pub(super) async fn forward(
             cs.upstream_rq_retry_active.inc();
             RetryGauge(cluster)
         });
-        let per_try = policy.and_then(|p| p.per_try_timeout);
+        let limits = TryLimits {
+            per_try: policy.and_then(|p| p.per_try_timeout),
+            deadline,
+            timeout: fwd.timeout,
+            idle,
+        };
         let sent = now;
-        let result = try_once(cluster, idx, upstream_req, per_try, sent, deadline, lazy).await;
+        let result = try_once(
+            cluster,
+            idx,
+            upstream_req,
+            sent,
+            &limits,
+            exchange.as_ref(),
+            lazy,
+        )
+        .await;
         if let Try::Response(..) = &result {
             cx.record(|i| i.upstream_service_time = Some(sent.elapsed()));
+            if let Some(ex) = &exchange {
+                ex.responded();
+            }
         }
 
         let retryable = policy.is_some_and(|p| {
@@ -174,12 +252,12 @@ pub(super) async fn forward(
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
                 let listener = cx.listener;
-                let idle = fwd.idle_timeout.unwrap_or(listener.stream_idle_timeout);
                 Ok(Response::from_parts(
                     parts,
                     Either::Left(Upstream {
                         inner: body,
-                        lease: Some(lease),
+                        lease,
+                        exchange,
                         _active: active,
                         idle: idle.map(|d| IdleTimer {
                             timeout: d,
@@ -201,7 +279,18 @@ pub(super) async fn forward(
                 ))
             }
             Try::Failed(local) => Err(local),
+            Try::ClientFault(f) => Err(fault_reply(f)),
         };
+    }
+}
+
+/// The answer to a client's own fault with its request body.
+fn fault_reply(f: BodyFault) -> LocalReply {
+    match f {
+        BodyFault::Malformed => LocalReply::BadRequestBody,
+        BodyFault::Aborted => LocalReply::RequestAborted,
+        BodyFault::Idle => LocalReply::RequestIdleTimeout,
+        BodyFault::Timeout => LocalReply::RequestTimeout,
     }
 }
 
@@ -227,6 +316,9 @@ fn upstream_head(
     route: &Route,
     cx: &Ctx<'_>,
 ) -> Result<(), LocalReply> {
+    // The routed authority came from the request target (absolute-form, `:authority`), or the
+    // request had no Host (HTTP/1.0): Host is set to it. Otherwise the one valid Host is it.
+    let set_host = parts.uri.authority().is_some() || !parts.headers.contains_key(HOST);
     let pq = match fwd
         .prefix_rewrite
         .as_deref()
@@ -246,8 +338,9 @@ fn upstream_head(
         Some(h) => {
             parts.headers.insert(HOST, h.clone());
         }
-        None if parts.version == Version::HTTP_2 || !parts.headers.contains_key(HOST) => {
-            // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+        None if set_host => {
+            // An HTTP/1.1 upstream needs the authority as Host (RFC 9112 §3.2.2: the target's
+            // replaces the client's Host).
             if let Ok(v) = HeaderValue::from_str(&cx.host) {
                 parts.headers.insert(HOST, v);
             }
@@ -283,8 +376,11 @@ impl Drop for RetryGauge<'_> {
 
 /// What one try produced.
 enum Try {
-    Response(Response<Incoming>, Lease, ActiveRequest),
+    /// The response, and its connection's lease unless the connection must not be reused.
+    Response(Response<Incoming>, Option<Lease>, ActiveRequest),
     Failed(LocalReply),
+    /// The client's request body failed: its fault, not the upstream's (never scored or retried).
+    ClientFault(BodyFault),
 }
 
 impl Try {
@@ -293,11 +389,21 @@ impl Try {
         match self {
             Try::Response(r, ..) => TryOutcome::Status(r.status().as_u16()),
             Try::Failed(LocalReply::ConnectFailure) => TryOutcome::ConnectFailure,
-            Try::Failed(LocalReply::UpstreamReset) => TryOutcome::Reset,
+            Try::Failed(LocalReply::UpstreamReset | LocalReply::UpstreamProtocolError) => {
+                TryOutcome::Reset
+            }
             Try::Failed(LocalReply::UpstreamTimeout) => TryOutcome::Timeout,
-            Try::Failed(_) => TryOutcome::Refused,
+            Try::Failed(_) | Try::ClientFault(_) => TryOutcome::Refused,
         }
     }
+}
+
+/// A response the proxy cannot forward faithfully: 502, scored like a reset (Envoy: `UPE`).
+fn protocol_error(cluster: &Arc<Cluster>, idx: usize, what: &str) -> Try {
+    cluster.stats.upstream_cx_protocol_error.inc();
+    tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[idx].address, what, "upstream protocol error");
+    outlier::report(cluster, idx, Outcome::Reset);
+    Try::Failed(LocalReply::UpstreamProtocolError)
 }
 
 /// A copy of the request head for another try.
@@ -310,14 +416,80 @@ fn head_copy(p: &http::request::Parts) -> Request<()> {
     r
 }
 
-/// One upstream try to endpoint `idx`, bounded by the per-try timeout and the route deadline.
+/// The clocks of one try.
+struct TryLimits {
+    /// `per_try_timeout`.
+    per_try: Option<Duration>,
+    /// The route deadline, when the request was complete at the first try.
+    deadline: Option<Instant>,
+    /// The route timeout, for a streamed body: it starts when the body has gone up whole.
+    timeout: Option<Duration>,
+    /// The stream idle timeout: how long a streamed body may go without moving.
+    idle: Option<Duration>,
+}
+
+/// What came first while a streamed body was still going up.
+enum Streaming<T> {
+    /// The upstream's answer (an early one, or its failure).
+    Sent(T),
+    /// The body went up whole: the route timeout starts now.
+    Done,
+    /// The client's fault ended the body.
+    Fault(BodyFault),
+    /// The upstream took none of the body for the stream idle timeout.
+    Stalled,
+}
+
+/// Polls `send` until it resolves or `ex`'s body ends. The upstream not reading the body (no
+/// progress while the body is not waiting for the client) for `idle` is its stall.
+async fn while_streaming<F: Future>(
+    mut send: std::pin::Pin<&mut F>,
+    ex: &Exchange,
+    idle: Option<Duration>,
+    lazy: Option<&LazyTimer>,
+) -> Streaming<F::Output> {
+    // Armed at the first wait (a small body is often up before that); lazy on HTTP/1.
+    let mut watchdog: Option<(Duration, Deadline, u64)> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = send.as_mut().poll(cx) {
+            return Poll::Ready(Streaming::Sent(r));
+        }
+        ex.register(cx.waker());
+        if let Some(f) = ex.fault() {
+            return Poll::Ready(Streaming::Fault(f));
+        }
+        if ex.done() {
+            return Poll::Ready(Streaming::Done);
+        }
+        let Some(idle) = idle else {
+            return Poll::Pending;
+        };
+        let (d, deadline, seen) = watchdog.get_or_insert_with(|| {
+            let at = Instant::now() + idle;
+            (idle, Deadline::at(at, lazy), ex.progress())
+        });
+        while deadline.poll_passed(cx) {
+            let now = ex.progress();
+            if now == *seen && !ex.waiting_on_client() {
+                return Poll::Ready(Streaming::Stalled);
+            }
+            *seen = now;
+            *deadline = Deadline::at(Instant::now() + *d, lazy);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// One upstream try to endpoint `idx`, bounded by the per-try timeout and the route deadline,
+/// which start when the request is complete (a streamed body: when it has gone up whole).
 async fn try_once(
     cluster: &Arc<Cluster>,
     idx: usize,
     req: Request<UpBody>,
-    per_try: Option<Duration>,
     now: Instant,
-    deadline: Option<Instant>,
+    limits: &TryLimits,
+    exchange: Option<&Arc<Exchange>>,
     lazy: Option<&LazyTimer>,
 ) -> Try {
     let cs = &cluster.stats;
@@ -330,36 +502,76 @@ async fn try_once(
         limits: &cluster.limits,
         stats: &cluster.stats,
     };
-    let remaining = deadline.map(|d| d.saturating_duration_since(now));
-    let (limit, is_per_try) = match (per_try, remaining) {
-        (Some(p), Some(r)) if p < r => (Some(p), true),
-        (Some(p), None) => (Some(p), true),
-        (_, r) => (r, false),
-    };
-    let deadline = match (limit, lazy) {
-        (Some(t), Some(lazy)) => Deadline::Lazy(lazy.sleep_until(now + t)),
-        (Some(t), None) => Deadline::Tokio(Box::pin(tokio::time::sleep(t))),
-        (None, _) => Deadline::None,
-    };
-    // Built in place: a named local for the send future would take a second slot in this future.
-    let result = match Timed::new(ep.state.pool.send(&target, req, now), deadline).await {
-        Ok(r) => r,
-        Err(Elapsed) => {
-            if is_per_try {
-                cs.upstream_rq_per_try_timeout.inc();
-            } else {
+    let send = ep.state.pool.send(&target, req, now);
+    let mut send = std::pin::pin!(send);
+    let (mut now, mut deadline) = (now, limits.deadline);
+    let mut early = None;
+    if let Some(ex) = exchange.filter(|e| !e.done()) {
+        match while_streaming(send.as_mut(), ex, limits.idle, lazy).await {
+            Streaming::Sent(r) => early = Some(r),
+            Streaming::Fault(f) => return Try::ClientFault(f),
+            Streaming::Stalled => {
                 cs.upstream_rq_timeout.inc();
+                outlier::report(cluster, idx, Outcome::Timeout);
+                return Try::Failed(LocalReply::UpstreamTimeout);
             }
-            outlier::report(cluster, idx, Outcome::Timeout);
-            return Try::Failed(LocalReply::UpstreamTimeout);
+            Streaming::Done => {
+                now = Instant::now();
+                deadline = limits.timeout.map(|t| now + t);
+            }
+        }
+    }
+    let result = match early {
+        Some(r) => r,
+        None => {
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            let (limit, is_per_try) = match (limits.per_try, remaining) {
+                (Some(p), Some(r)) if p < r => (Some(p), true),
+                (Some(p), None) => (Some(p), true),
+                (_, r) => (r, false),
+            };
+            let deadline = match limit {
+                Some(t) => Deadline::at(now + t, lazy),
+                None => Deadline::None,
+            };
+            match Timed::new(send, deadline).await {
+                Ok(r) => r,
+                Err(Elapsed) => {
+                    if is_per_try {
+                        cs.upstream_rq_per_try_timeout.inc();
+                    } else {
+                        cs.upstream_rq_timeout.inc();
+                    }
+                    outlier::report(cluster, idx, Outcome::Timeout);
+                    return Try::Failed(LocalReply::UpstreamTimeout);
+                }
+            }
         }
     };
+    // The exchange failed because the client's body did: the upstream is not to blame.
+    if let (Err(_), Some(f)) = (&result, exchange.and_then(|e| e.fault())) {
+        return Try::ClientFault(f);
+    }
     match result {
-        Ok((resp, lease)) => {
+        Ok((mut resp, lease)) => {
+            // No upgrade was asked for, so a 101 would hand the client's connection over.
+            let framing = match resp.status() {
+                StatusCode::SWITCHING_PROTOCOLS => Framing::Broken,
+                _ => check_framing(resp.headers_mut()),
+            };
+            if framing == Framing::Broken {
+                return protocol_error(cluster, idx, "response framing");
+            }
             let status = resp.status().as_u16();
             cs.upstream_rq_xx.record(status);
             outlier::report(cluster, idx, Outcome::Status(status));
+            // After a framing problem the connection is not trusted with another request.
+            let lease = (framing == Framing::Clean).then_some(lease);
             Try::Response(resp, lease, active)
+        }
+        Err(SendError::Reset(e)) if e.is_parse() => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");
+            protocol_error(cluster, idx, "response head")
         }
         Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();

@@ -33,8 +33,22 @@ pub enum LocalReply {
     RateLimited(u64),
     /// Fault injection answered with this status.
     FaultAbort(StatusCode),
-    /// The request body could not be read (400).
+    /// The request body is malformed (400, `DPE`).
     BadRequestBody,
+    /// The client ended its connection before the request body did (400, `DC`; rarely seen).
+    RequestAborted,
+    /// The request body got no data for the stream idle timeout (408, `SI`).
+    RequestIdleTimeout,
+    /// The request was not complete within the listener's `request_timeout` (408).
+    RequestTimeout,
+    /// Host or `:authority` missing, repeated or not `host[:port]` (400, `DPE`).
+    InvalidHost,
+    /// An upgrade type the listener and route do not enable (403, connection closed).
+    UpgradeRejected,
+    /// An upgrade request with a body (400, `DPE`).
+    UpgradeWithBody,
+    /// The upstream response's framing is broken or ambiguous (502, `UPE`).
+    UpstreamProtocolError,
 }
 
 impl LocalReply {
@@ -58,6 +72,15 @@ impl LocalReply {
             LocalReply::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate limited\n"),
             LocalReply::FaultAbort(s) => (s, "fault filter abort\n"),
             LocalReply::BadRequestBody => (StatusCode::BAD_REQUEST, "bad request body\n"),
+            LocalReply::RequestAborted => (StatusCode::BAD_REQUEST, "request body aborted\n"),
+            LocalReply::RequestIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout\n"),
+            LocalReply::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout\n"),
+            LocalReply::InvalidHost => (StatusCode::BAD_REQUEST, "invalid host\n"),
+            LocalReply::UpgradeRejected => (StatusCode::FORBIDDEN, "upgrade not allowed\n"),
+            LocalReply::UpgradeWithBody => (StatusCode::BAD_REQUEST, "upgrade with a body\n"),
+            LocalReply::UpstreamProtocolError => {
+                (StatusCode::BAD_GATEWAY, "upstream protocol error\n")
+            }
         }
     }
 
@@ -72,7 +95,15 @@ impl LocalReply {
             LocalReply::Overflow => Flags::UO,
             LocalReply::RateLimited(_) => Flags::RL,
             LocalReply::FaultAbort(_) => Flags::FI,
-            LocalReply::ListenerGone | LocalReply::BadRequestBody => Flags::default(),
+            LocalReply::BadRequestBody | LocalReply::InvalidHost | LocalReply::UpgradeWithBody => {
+                Flags::DPE
+            }
+            LocalReply::RequestAborted => Flags::DC,
+            LocalReply::RequestIdleTimeout => Flags::SI,
+            LocalReply::UpstreamProtocolError => Flags::UPE,
+            LocalReply::ListenerGone | LocalReply::RequestTimeout | LocalReply::UpgradeRejected => {
+                Flags::default()
+            }
         }
     }
 
@@ -87,6 +118,17 @@ impl LocalReply {
             }
             LocalReply::RateLimited(secs) => {
                 r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // The connection is not used again: the bytes after a refused upgrade or an
+            // unreadable request could be anything (Envoy closes it too).
+            LocalReply::UpgradeRejected
+            | LocalReply::UpgradeWithBody
+            | LocalReply::BadRequestBody
+            | LocalReply::RequestAborted
+            | LocalReply::RequestIdleTimeout
+            | LocalReply::RequestTimeout => {
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

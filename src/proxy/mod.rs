@@ -1,13 +1,15 @@
 //! The HTTP request path, one module per phase, top to bottom:
 //!
-//! 1. entry (here): snapshot and listener, request id, the request record, virtual host and route,
-//!    status stats, and the record's hand-over to whatever still moves bytes;
+//! 1. entry (here): snapshot and listener, request id, the request record, the authority (one
+//!    valid Host or the target's; 400 otherwise), virtual host and route, status stats, and the
+//!    record's hand-over to whatever still moves bytes;
 //! 2. [`route`]: fault injection → local rate limit → the action (direct response, redirect,
 //!    forward);
 //! 3. [`forward`]: cluster (weighted pick, `max_requests`) → the upstream head (rewrites,
 //!    forwarding and trace headers) → tries (endpoint pick, pool, per-try and route timeouts) with
 //!    the retry decisions of [`crate::router::retry`]; [`upgrade`] for protocol upgrades;
-//! 4. [`response`]: the upstream body streamed back (idle timeout, pool return, latency, record).
+//! 4. [`response`]: the upstream head's framing checked, its body streamed back (idle timeout,
+//!    pool return once both directions are complete, latency, record).
 //!
 //! Replies the proxy makes itself are [`LocalReply`]s. One [`Ctx`] per request carries what the
 //! phases share instead of long argument lists.
@@ -117,28 +119,38 @@ pub async fn handle(
 
     let mut req = req;
     let request_id = headers::ensure_request_id(req.headers_mut(), listener.preserve_request_id);
-    let host = headers::authority(&req).unwrap_or_default();
+    let host = headers::authority(&req).map(str::to_string);
     // Without observers this stays `None`: no record, no header copies.
     let rec = listener.observers.as_ref().map(|obs| {
-        let info = StreamInfo::begin(obs, &req, &host, conn.peer, start);
+        let shown = host.as_deref().unwrap_or_default();
+        let info = StreamInfo::begin(obs, &req, shown, conn.peer, start);
         Recorder::new(obs.clone(), info)
     });
+    let bad_host = host.is_err();
     let mut cx = Ctx {
         conn: &conn,
         listener,
-        host,
+        host: host.unwrap_or_default(),
         start,
         rec,
         tunnel: false,
     };
-    let route = router
-        .virtual_host(&cx.host)
+    // A request without one valid authority is refused before routing: routed by one Host and
+    // forwarded with another, it would reach a virtual host it was not routed to.
+    let route = (!bad_host)
+        .then(|| router.virtual_host(&cx.host))
+        .flatten()
         .and_then(|vh| vh.route(req.uri(), req.headers()));
     let route_stats = route.map(|r| {
         r.stats.rq_total.inc();
         &*r.stats
     });
     let mut resp = match route {
+        None if bad_host => {
+            stats.downstream_cx_protocol_error.inc();
+            cx.flag(LocalReply::InvalidHost.flag());
+            LocalReply::InvalidHost.response()
+        }
         None => {
             stats.no_route.inc();
             cx.flag(Flags::NR);

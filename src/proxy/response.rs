@@ -1,16 +1,19 @@
-//! The response phase: an upstream response body streamed to the client, with the stream idle
-//! timeout, the endpoint counted as busy until it ends, its connection back to the pool only
-//! when read to the end, and the request's end recorded (latency, record) when it ends or drops.
+//! The response phase: an upstream response head checked for framing ([`check_framing`]), its
+//! body streamed to the client with the stream idle timeout, the endpoint counted as busy until
+//! it ends, its connection back to the pool only when read to the end and the request's body
+//! sent whole, and the request's end recorded (latency, record) when it ends or drops.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::{HeaderMap, HeaderValue};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::stats::{ClusterStats, ListenerStats, RouteStats};
 use crate::stream_info::{Flags, Recorder};
+use crate::upstream::body::{BodyFault, Exchange};
 use crate::upstream::cluster::ActiveRequest;
 use crate::upstream::pool::Lease;
 
@@ -72,6 +75,58 @@ impl Finish {
 
 const ERRORED: Flags = Flags::UR;
 
+/// What an upstream response head says about its framing, as checked before it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// One way to read the body: forwarded as it is.
+    Clean,
+    /// A `Content-Length` repeated with one value (`2, 2`): forwarded once; the connection is
+    /// not reused.
+    Normalised,
+    /// `Content-Length` with `Transfer-Encoding`, or a transfer coding other than chunked: the
+    /// body hyper decoded is not the one the head describes (502, as Envoy's codec does).
+    Broken,
+}
+
+/// Checks (and repairs what is safe to repair in) the framing headers of an upstream response.
+/// hyper reads a CL + TE body as chunked and keeps the upstream's `Content-Length`, and reads a
+/// non-chunked coding to the connection's end; both would be forwarded with a head that does not
+/// match the body. Repeated equal lengths are accepted by hyper (different ones it refuses).
+pub(super) fn check_framing(h: &mut HeaderMap) -> Framing {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let te = h.get_all(TRANSFER_ENCODING).iter().next_back().map(|v| {
+        v.as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    });
+    match te {
+        Some(_) if h.contains_key(CONTENT_LENGTH) => return Framing::Broken,
+        Some(false) => return Framing::Broken,
+        _ => {}
+    }
+    let mut lines = h.get_all(CONTENT_LENGTH).iter();
+    let (Some(first), more) = (lines.next(), lines.next().is_some()) else {
+        return Framing::Clean;
+    };
+    if !more && !first.as_bytes().contains(&b',') {
+        return Framing::Clean;
+    }
+    let one = first
+        .as_bytes()
+        .split(|b| *b == b',')
+        .next()
+        .map(|v| v.trim_ascii().to_vec())
+        .and_then(|v| HeaderValue::from_bytes(&v).ok());
+    match one {
+        Some(v) => {
+            h.insert(CONTENT_LENGTH, v);
+            Framing::Normalised
+        }
+        None => Framing::Broken,
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An upstream response body that keeps its endpoint counted as busy until it ends, returns
     /// its connection to the pool if it was read to the end, and ends with an error when no data
@@ -80,6 +135,8 @@ pin_project_lite::pin_project! {
         #[pin]
         pub(super) inner: B,
         pub(super) lease: Option<Lease>,
+        // A streamed request body: the connection is reused only once it went up whole too.
+        pub(super) exchange: Option<Arc<Exchange>>,
         pub(super) _active: ActiveRequest,
         pub(super) idle: Option<IdleTimer>,
         pub(super) fin: Finish,
@@ -89,9 +146,12 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let now = this.fin.done(this.inner.is_end_stream());
-            if this.inner.is_end_stream() {
-                if let Some(lease) = this.lease.take() {
-                    lease.release(now);
+            // Read to the end: the connection is reused if the request went up whole too, else
+            // it finishes the upload and closes. Not read to the end: the lease closes it.
+            if let (true, Some(lease)) = (this.inner.is_end_stream(), this.lease.take()) {
+                match this.exchange.as_ref().filter(|e| !e.done()) {
+                    None => lease.release(now),
+                    Some(ex) => lease.finish_upload(ex.clone(), this.idle.as_ref().map(|t| t.timeout)),
                 }
             }
         }
@@ -123,7 +183,17 @@ where
                             this.fin.bytes += bytes::Buf::remaining(d) as u64;
                         }
                     }
-                    Some(Err(_)) => this.fin.outcome.set(ERRORED),
+                    // Cut because the client's upload failed: the client's fault's flag.
+                    Some(Err(_)) => {
+                        this.fin
+                            .outcome
+                            .set(match this.exchange.as_ref().and_then(|e| e.fault()) {
+                                Some(BodyFault::Idle) => Flags::SI,
+                                Some(BodyFault::Malformed) => Flags::DPE,
+                                Some(BodyFault::Aborted | BodyFault::Timeout) => Flags::DC,
+                                None => ERRORED,
+                            })
+                    }
                     None => this.fin.ended = true,
                 }
                 Poll::Ready(r.map(|r| r.map_err(Into::into)))
@@ -151,5 +221,45 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in lines {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn framing_is_clean_normalised_or_broken() {
+        let mut h = head(&[("content-length", "5")]);
+        assert_eq!(check_framing(&mut h), Framing::Clean);
+        let mut h = head(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(check_framing(&mut h), Framing::Clean);
+        let mut h = head(&[]);
+        assert_eq!(check_framing(&mut h), Framing::Clean);
+        let mut h = head(&[("content-length", "2, 2"), ("content-length", "2")]);
+        assert_eq!(check_framing(&mut h), Framing::Normalised);
+        let lines: Vec<_> = h.get_all("content-length").iter().collect();
+        assert_eq!(lines, vec!["2"]);
+        for bad in [
+            &[("content-length", "5"), ("transfer-encoding", "chunked")][..],
+            &[("transfer-encoding", "gzip")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "gzip"),
+            ],
+        ] {
+            assert_eq!(check_framing(&mut head(bad)), Framing::Broken, "{bad:?}");
+        }
     }
 }

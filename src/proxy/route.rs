@@ -2,7 +2,7 @@
 //! (direct response, redirect, or forward upstream).
 //!
 //! A fault delay happens here, before the route timeout starts: that timeout starts when the
-//! request goes upstream, as with Envoy's fault filter placed before the router.
+//! request is complete and goes upstream, as with Envoy's fault filter placed before the router.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};

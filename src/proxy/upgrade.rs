@@ -1,17 +1,24 @@
-//! HTTP/1.1 protocol upgrades (WebSocket and other `Upgrade:` protocols): the handshake is proxied
-//! like a request, and after a `101 Switching Protocols` the two connections are spliced.
+//! HTTP/1.1 protocol upgrades (WebSocket, and the types a listener or route enables): the
+//! handshake is proxied like a request, and after a `101 Switching Protocols` the two
+//! connections are spliced.
 //!
+//! Only configured types are tunnelled ([`crate::router::upgrade_allowed`]); `h2c` never is: its
+//! headers are removed and the request is served as a plain one, as Envoy does. A handshake has
+//! the route timeout until its answer and may carry no body; a tunnel ends after the stream idle
+//! timeout without a byte either way, and counts as an open downstream connection meanwhile.
 //! An upgraded connection is never pooled: it gets a fresh upstream connection of its own.
 
 use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -19,20 +26,46 @@ use super::local_reply::LocalReply;
 use super::{Ctx, RespBody};
 use crate::headers;
 use crate::state::Tunnels;
+use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
 use crate::upstream::cluster::{ActiveRequest, Cluster};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::UpBody;
 
-/// True for an HTTP/1.1 request asking to switch protocols (`Connection: upgrade` + `Upgrade`).
-pub fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(UPGRADE)
-        && h.get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// The `Upgrade` value of an HTTP/1.1 request asking to switch protocols (`Connection: upgrade`
+/// and `Upgrade`), if it is one.
+pub fn requested(h: &HeaderMap) -> Option<&HeaderValue> {
+    let proto = h.get(UPGRADE)?;
+    h.get_all(CONNECTION)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
         })
+        .then_some(proto)
+}
+
+/// Whether `proto` is `h2c` (the cleartext HTTP/2 upgrade, RFC 7540 §3.2).
+pub fn is_h2c(proto: &HeaderValue) -> bool {
+    proto.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")
+}
+
+/// Removes an h2c upgrade's own header; `Connection` and `Upgrade` go with the other hop-by-hop
+/// headers, so the request goes up as a plain one.
+pub fn strip_h2c(h: &mut HeaderMap) {
+    h.remove(HTTP2_SETTINGS);
+    h.remove(UPGRADE);
+}
+
+/// Limits of one upgrade: the handshake's and the tunnel's.
+pub(super) struct Limits {
+    /// The route timeout, from the handshake's start to its answer.
+    pub timeout: Option<Duration>,
+    /// The stream idle timeout: of the refused handshake's body, and of the tunnel.
+    pub idle: Option<Duration>,
 }
 
 /// Forwards an upgrade handshake (`parts`, already the upstream's head) to an endpoint of
@@ -43,6 +76,7 @@ pub(super) async fn forward(
     parts: http::request::Parts,
     proto: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
+    limits: Limits,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
     let Some(idx) = cluster.pick(hash, None) else {
@@ -50,21 +84,29 @@ pub(super) async fn forward(
         return Err(LocalReply::NoHealthyUpstream);
     };
     cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
-    let tunnels = &cx.conn.shared.tunnels;
-    let resp = proxy(
-        cluster,
-        idx,
-        parts,
-        proto,
-        on_upgrade,
-        cx.rec.clone(),
-        tunnels,
-    )
-    .await
-    .map_err(|e| match e {
-        UpgradeError::Connect => LocalReply::ConnectFailure,
-        UpgradeError::Reset => LocalReply::UpstreamReset,
-    })?;
+    let tunnel = Tunnel {
+        tunnels: &cx.conn.shared.tunnels,
+        stats: cx.listener.stats.clone(),
+        idle: limits.idle,
+        rec: cx.rec.clone(),
+    };
+    let handshake = proxy(cluster, idx, parts, proto, on_upgrade, tunnel);
+    let answered = match limits.timeout {
+        Some(t) => tokio::time::timeout(t, handshake).await,
+        None => Ok(handshake.await),
+    };
+    let resp = match answered {
+        Ok(r) => r.map_err(|e| match e {
+            UpgradeError::Connect => LocalReply::ConnectFailure,
+            UpgradeError::Reset => LocalReply::UpstreamReset,
+        })?,
+        Err(_) => {
+            // A handshake left unanswered must not hold its `max_requests` slot for ever.
+            cluster.stats.upstream_rq_timeout.inc();
+            outlier::report(cluster, idx, Outcome::Timeout);
+            return Err(LocalReply::UpstreamTimeout);
+        }
+    };
     let (mut head, body) = resp.into_parts();
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
     let keep = switching.then(|| {
@@ -90,13 +132,29 @@ pub(super) async fn forward(
             Either::Right(Full::new(Bytes::new())),
         ));
     }
-    // A refused handshake has a small body (an error page): read it, bounded.
-    let body = Limited::new(body, 64 * 1024)
-        .collect()
-        .await
+    // A refused handshake has a small body (an error page): read it, bounded in size and time.
+    let collect = Limited::new(body, 64 * 1024).collect();
+    let body = match limits.idle {
+        Some(t) => tokio::time::timeout(t, collect).await.ok(),
+        None => Some(collect.await),
+    };
+    let body = body
+        .and_then(Result::ok)
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     Ok(Response::from_parts(head, Either::Right(Full::new(body))))
+}
+
+/// Where a tunnel runs and what it reports to.
+pub struct Tunnel<'a> {
+    /// The process's open tunnels (drained at shutdown).
+    pub tunnels: &'a Tunnels,
+    /// The listener's stats: the tunnel counts as an open connection.
+    pub stats: Arc<ListenerStats>,
+    /// Close the tunnel after this long without a byte either way.
+    pub idle: Option<Duration>,
+    /// The request's record, ended when the tunnel closes.
+    pub rec: Option<Recorder>,
 }
 
 /// Why an upgrade could not be proxied.
@@ -111,16 +169,15 @@ pub enum UpgradeError {
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
 /// removed) to endpoint `idx`, and when it answers 101 splices the two upgraded connections.
 ///
-/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); `rec`,
-/// the request's record, goes to the tunnel, which ends it when it closes.
+/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); the
+/// tunnel's record and limits are in `tunnel`.
 pub async fn proxy(
     cluster: &Arc<Cluster>,
     idx: usize,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
-    rec: Option<Recorder>,
-    tunnels: &Tunnels,
+    tunnel: Tunnel<'_>,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let ep = &cluster.endpoints[idx];
     let cs = &cluster.stats;
@@ -163,20 +220,31 @@ pub async fn proxy(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = cluster.name.clone();
-        let stop = tunnels.stop_token();
-        tunnels.spawn(async move {
+        let stop = tunnel.tunnels.stop_token();
+        let Tunnel {
+            stats, idle, rec, ..
+        } = tunnel;
+        tunnel.tunnels.spawn(async move {
             // The endpoint stays counted as busy for as long as the tunnel is open.
             let _active = active;
             let mut counts = (0, 0);
+            let mut flags = Flags::default();
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
-                    let mut down = ReadCount::new(TokioIo::new(down));
-                    let mut up = ReadCount::new(TokioIo::new(up));
+                    // The HTTP connection ended with the upgrade; the tunnel is the connection now.
+                    let _open = OpenTunnel::new(&stats);
+                    let last = Arc::new(AtomicU64::new(crate::timer::now_ms()));
+                    let mut down = ReadCount::new(TokioIo::new(down), last.clone());
+                    let mut up = ReadCount::new(TokioIo::new(up), last.clone());
                     tokio::select! {
                         r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
                             if let Err(e) = r {
                                 tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
                             }
+                        }
+                        _ = idle_for(idle, &last) => {
+                            stats.downstream_rq_idle_timeout.inc();
+                            flags.set(Flags::SI);
                         }
                         _ = stop.cancelled() => {}
                     }
@@ -188,22 +256,62 @@ pub async fn proxy(
             // The tunnel holds the request's record: it ends now, with the bytes each way.
             if let Some(r) = rec {
                 r.update(|i| i.bytes_received = counts.0);
-                r.response_done(counts.1, Flags::default());
+                r.response_done(counts.1, flags);
             }
         });
     }
     Ok(resp)
 }
 
-/// An I/O object that counts the bytes read from it.
+/// Resolves once no byte has moved (`last`, in [`crate::timer::now_ms`]) for `idle`; never
+/// without a limit.
+async fn idle_for(idle: Option<Duration>, last: &AtomicU64) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let since = crate::timer::now_ms().saturating_sub(last.load(Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
+/// An open tunnel, counted in the listener's open connections and upgrades while it lives.
+struct OpenTunnel<'a>(&'a ListenerStats);
+
+impl<'a> OpenTunnel<'a> {
+    fn new(stats: &'a ListenerStats) -> OpenTunnel<'a> {
+        stats.downstream_cx_active.inc();
+        stats.downstream_cx_upgrades_total.inc();
+        stats.downstream_cx_upgrades_active.inc();
+        OpenTunnel(stats)
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.downstream_cx_active.dec();
+        self.0.downstream_cx_upgrades_active.dec();
+    }
+}
+
+/// An I/O object that counts the bytes read from it and stamps when it last read any.
 struct ReadCount<T> {
     inner: T,
     read: u64,
+    last: Arc<AtomicU64>,
 }
 
 impl<T> ReadCount<T> {
-    fn new(inner: T) -> Self {
-        ReadCount { inner, read: 0 }
+    fn new(inner: T, last: Arc<AtomicU64>) -> Self {
+        ReadCount {
+            inner,
+            read: 0,
+            last,
+        }
     }
 }
 
@@ -215,7 +323,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadCount<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            self.last.store(crate::timer::now_ms(), Relaxed);
+        }
         r
     }
 }
@@ -246,10 +358,23 @@ mod tests {
     fn detects_upgrade_requests() {
         let mut h = HeaderMap::new();
         h.insert(UPGRADE, "websocket".parse().unwrap());
-        assert!(!is_upgrade(&h));
+        assert!(requested(&h).is_none());
         h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
-        assert!(is_upgrade(&h));
+        assert_eq!(requested(&h).unwrap(), "websocket");
         h.remove(UPGRADE);
-        assert!(!is_upgrade(&h));
+        assert!(requested(&h).is_none());
+    }
+
+    #[test]
+    fn h2c_is_recognised_and_stripped() {
+        assert!(is_h2c(&HeaderValue::from_static("H2C")));
+        assert!(!is_h2c(&HeaderValue::from_static("h2c, websocket")));
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, "h2c".parse().unwrap());
+        h.insert(HTTP2_SETTINGS, "AAMAAABkAAQAAP__".parse().unwrap());
+        h.insert(CONNECTION, "Upgrade, HTTP2-Settings".parse().unwrap());
+        strip_h2c(&mut h);
+        crate::headers::strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 }

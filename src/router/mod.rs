@@ -135,6 +135,52 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Time to response headers; `None` = no limit.
     pub timeout: Option<Duration>,
+    /// Upgrades this route enables or disables, over the listener's setting.
+    pub upgrades: UpgradeMap,
+}
+
+/// Upgrade types (lower case) with whether each is allowed, from `upgrade_configs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpgradeMap(Vec<(Box<str>, bool)>);
+
+impl UpgradeMap {
+    /// The map of a checked `upgrade_configs` list (a later entry for a type wins).
+    pub fn compile(list: &[config::Spanned<config::UpgradeConfig>]) -> UpgradeMap {
+        let mut m = UpgradeMap::default();
+        for u in list {
+            let ty = u.upgrade_type.to_ascii_lowercase();
+            m.0.retain(|(t, _)| **t != *ty);
+            m.0.push((ty.into(), u.enabled.unwrap_or(true)));
+        }
+        m
+    }
+
+    /// A listener's map: its `upgrade_configs`, or the default types when it sets none.
+    pub fn listener(list: Option<&[config::Spanned<config::UpgradeConfig>]>) -> UpgradeMap {
+        match list {
+            Some(l) => UpgradeMap::compile(l),
+            None => UpgradeMap(
+                config::defaults::UPGRADE_TYPES
+                    .iter()
+                    .map(|t| ((*t).into(), true))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The setting for upgrade `ty` (any case), if the map has one.
+    pub fn get(&self, ty: &str) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|(t, _)| t.eq_ignore_ascii_case(ty))
+            .map(|(_, on)| *on)
+    }
+}
+
+/// Whether an upgrade to `ty` is tunnelled: the route's setting for it, else the listener's, as
+/// Envoy combines them (a route may enable a type its listener does not list). `h2c` never is.
+pub fn upgrade_allowed(route: &UpgradeMap, listener: &UpgradeMap, ty: &str) -> bool {
+    !ty.eq_ignore_ascii_case("h2c") && route.get(ty).or_else(|| listener.get(ty)).unwrap_or(false)
 }
 
 /// Redirect settings of a route.
@@ -529,6 +575,7 @@ fn compile_route(
                 .idle_timeout
                 .as_ref()
                 .map(|d| (!d.0.is_zero()).then_some(d.0)),
+            upgrades: UpgradeMap::compile(&a.upgrade_configs),
             prefix_rewrite: a.prefix_rewrite.clone(),
             host_rewrite: a
                 .host_rewrite
@@ -589,6 +636,26 @@ fn compile_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_route_setting_first_then_listener_h2c_never() {
+        let list = |yaml: &str| -> Vec<config::Spanned<config::UpgradeConfig>> {
+            serde_saphyr::from_str(yaml).unwrap()
+        };
+        let default = UpgradeMap::listener(None);
+        let none = UpgradeMap::listener(Some(&[]));
+        let route = UpgradeMap::compile(&list(
+            "[{ upgrade_type: Foo }, { upgrade_type: WEBSOCKET, enabled: false }]",
+        ));
+        let empty = UpgradeMap::default();
+        assert!(upgrade_allowed(&empty, &default, "WebSocket"));
+        assert!(!upgrade_allowed(&empty, &default, "foo"));
+        assert!(!upgrade_allowed(&empty, &none, "websocket"));
+        assert!(upgrade_allowed(&route, &none, "foo"));
+        assert!(!upgrade_allowed(&route, &default, "websocket"));
+        let h2c = UpgradeMap(vec![("h2c".into(), true)]);
+        assert!(!upgrade_allowed(&h2c, &h2c, "H2C"));
+    }
 
     fn router(yaml: &str) -> Router {
         let rc: config::RouteConfig = serde_saphyr::from_str(yaml).unwrap();

@@ -2,26 +2,29 @@
 //!
 //! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
 //! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
-//! back to the pool only once its response body was read to the end; anything else closes it.
+//! back to the pool only once both directions are complete: its response body read to the end
+//! and the request's body sent whole ([`Exchange`]), so a stalled upload never delays the next
+//! request on that connection. A request body that outlasts its response finishes on a
+//! connection that then closes ([`Lease::finish_upload`]); anything else closes it at once (its
+//! task is aborted).
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
+use super::body::{ClientBody, Exchange};
 use crate::stats::ClusterStats;
-use crate::stream_info::Recorder;
 use crate::upstream::cluster::Limits;
 
 /// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
@@ -29,60 +32,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
-/// A request body sent upstream: streamed from the client, or buffered so it can be retried.
-pub type UpBody = Either<Counted, Full<Bytes>>;
-
-pin_project_lite::pin_project! {
-    /// A client's request body streamed upstream. With a request record, counts its bytes
-    /// (`%BYTES_RECEIVED%`) and keeps the record open until the body has gone up or was dropped.
-    pub struct Counted {
-        #[pin]
-        inner: Incoming,
-        rec: Option<Recorder>,
-    }
-}
-
-impl Counted {
-    /// Wraps `inner`. A body of undeclared length (chunked) has its data frames counted into
-    /// `rec`'s received bytes; a declared length stays what the record shows.
-    pub fn new(inner: Incoming, rec: Option<Recorder>) -> Counted {
-        if let Some(r) = &rec {
-            if !inner.is_end_stream() && inner.size_hint().exact().is_none() {
-                r.stream_body();
-            }
-        }
-        Counted { inner, rec }
-    }
-}
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (this.rec.as_ref(), &r) {
-            if let Some(d) = f.data_ref() {
-                // Ignored by the record unless the body was marked streamed (undeclared length).
-                rec.received(d.len() as u64);
-            }
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// A request body sent upstream: streamed from the client, or in memory (none, or buffered so it
+/// can be retried).
+pub type UpBody = Either<ClientBody, Full<Bytes>>;
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]
@@ -111,32 +63,80 @@ pub struct Target<'a> {
     pub stats: &'a Arc<ClusterStats>,
 }
 
-/// Idle connections to one endpoint.
+/// Idle connections to one endpoint, each with its task.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
+    idle: Mutex<Vec<(SendRequest<UpBody>, AbortHandle, Instant)>>,
 }
 
-/// A connection in use; returns itself to its pool via [`Lease::release`].
+/// Aborts a connection's task when dropped, unless defused: the connection closes at once.
+#[derive(Debug)]
+struct CloseOnDrop(Option<AbortHandle>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A connection in use; returns itself to its pool via [`Lease::release`]. Dropped otherwise,
+/// it closes its connection at once, even mid-exchange: hyper alone would keep a connection
+/// that still writes a request body to an upstream that stopped reading, and with it the
+/// client's body and connection.
 #[derive(Debug)]
 pub struct Lease {
     pool: Arc<Pool>,
     tx: SendRequest<UpBody>,
+    task: CloseOnDrop,
 }
 
 impl Lease {
-    /// Puts the connection back for reuse (call only when the response was fully read).
+    /// Puts the connection back for reuse (call only when the response was fully read and the
+    /// request fully sent).
     pub fn release(self, now: Instant) {
-        if self.tx.is_closed() {
+        let Lease { pool, tx, mut task } = self;
+        if tx.is_closed() {
             return;
         }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_IDLE {
-            idle.retain(|(tx, _)| !tx.is_closed());
+            idle.retain(|(tx, ..)| !tx.is_closed());
         }
-        if idle.len() < MAX_IDLE {
-            idle.push((self.tx, now));
+        if let (true, Some(handle)) = (idle.len() < MAX_IDLE, task.0.take()) {
+            idle.push((tx, handle, now));
         }
+    }
+}
+
+impl Lease {
+    /// Lets the connection finish sending a request body that outlasts its complete response
+    /// (an early answer), then close; it is never reused. An upstream that stops taking the body
+    /// for `idle` while the client is not the one holding it up gets its connection closed then;
+    /// a client that stalls is cut by its body's own timers. Without `idle`, nothing bounds it.
+    pub fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
+        let Lease { tx, mut task, .. } = self;
+        // No more requests on it: hyper closes the connection once the body is sent.
+        drop(tx);
+        let (Some(idle), Some(handle)) = (idle, task.0.take()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut seen = ex.progress();
+            loop {
+                tokio::time::sleep(idle).await;
+                if ex.done() || ex.fault().is_some() || handle.is_finished() {
+                    return;
+                }
+                let now = ex.progress();
+                if now == seen && !ex.waiting_on_client() {
+                    handle.abort();
+                    return;
+                }
+                seen = now;
+            }
+        });
     }
 }
 
@@ -150,12 +150,13 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(&self, now: Instant) -> Option<SendRequest<UpBody>> {
+    fn take(self: &Arc<Self>, now: Instant) -> Option<Lease> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
-        while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
-                return Some(tx);
+        while let Some((tx, task, since)) = idle.pop() {
+            let lease = self.lease(tx, task);
+            if !lease.tx.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
+                return Some(lease);
             }
         }
         None
@@ -166,7 +167,8 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Sends `req` on a pooled connection, or a new one to the target.
+    /// Sends `req` on a pooled connection, or a new one to the target. The connection is the
+    /// future's until it returns: dropped before (a timeout), it is closed.
     pub async fn send(
         self: &Arc<Self>,
         t: &Target<'_>,
@@ -175,12 +177,12 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
-        while let Some(mut tx) = self.take(now) {
-            if tx.ready().await.is_err() {
+        while let Some(mut lease) = self.take(now) {
+            if lease.tx.ready().await.is_err() {
                 continue;
             }
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(tx))),
+            match lease.tx.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, lease)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(SendError::Reset(e.into_error())),
@@ -198,22 +200,27 @@ impl Pool {
         t.stats.upstream_rq_pending_active.inc();
         let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
         // Boxed: the cold connect path would otherwise enlarge every request's future.
-        let mut tx = Box::pin(self.connect(t)).await?;
+        let (tx, task) = Box::pin(self.connect(t)).await?;
+        let mut lease = self.lease(tx, task);
         drop(pending);
-        match tx.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(tx))),
+        match lease.tx.send_request(req).await {
+            Ok(resp) => Ok((resp, lease)),
             Err(e) => Err(SendError::Reset(e)),
         }
     }
 
-    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>) -> Lease {
+    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>, task: AbortHandle) -> Lease {
         Lease {
             pool: self.clone(),
             tx,
+            task: CloseOnDrop(Some(task)),
         }
     }
 
-    async fn connect(&self, t: &Target<'_>) -> Result<SendRequest<UpBody>, SendError> {
+    async fn connect(
+        &self,
+        t: &Target<'_>,
+    ) -> Result<(SendRequest<UpBody>, AbortHandle), SendError> {
         let connect = async {
             match t.resolved {
                 Some(sa) => TcpStream::connect(sa).await,
@@ -237,12 +244,13 @@ impl Pool {
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let stats = t.stats.clone();
         stats.upstream_cx_active.inc();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            // Counted down however the task ends, aborted included.
+            let _open = GaugeGuard(&stats.upstream_cx_active);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
-            stats.upstream_cx_active.dec();
         });
-        Ok(tx)
+        Ok((tx, task.abort_handle()))
     }
 }

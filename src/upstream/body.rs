@@ -1,0 +1,329 @@
+//! A client's request body on its way to an upstream connection ([`ClientBody`]), and what the
+//! request path, the pool and the response share about it ([`Exchange`]).
+//!
+//! The body is polled by the upstream connection's task, so its timers are tokio's: the stream
+//! idle timeout and `request_timeout`, armed only while it waits for the client. Its failures are
+//! the client's ([`BodyFault`]): a try that fails because of them is not the upstream's failure.
+//! The request path follows the body to its end to start the route timeout there, and the pool
+//! reuses a connection only when the body went up whole.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::AcqRel, Ordering::Acquire};
+use std::sync::atomic::{Ordering::Relaxed, Ordering::Release};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::stats::ListenerStats;
+use crate::stream_info::Recorder;
+
+/// What went wrong with a client's request body: the client's fault, never the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BodyFault {
+    /// The body broke HTTP framing (a bad chunk).
+    Malformed = 1,
+    /// The client closed or reset before the body's end.
+    Aborted = 2,
+    /// No data for the stream idle timeout.
+    Idle = 3,
+    /// Not complete within the listener's `request_timeout`.
+    Timeout = 4,
+}
+
+impl BodyFault {
+    fn from_bits(b: u8) -> Option<BodyFault> {
+        Some(match b {
+            1 => BodyFault::Malformed,
+            2 => BodyFault::Aborted,
+            3 => BodyFault::Idle,
+            4 => BodyFault::Timeout,
+            _ => return None,
+        })
+    }
+
+    /// What a body read error from the client's connection means: hyper reports a bad chunk as
+    /// invalid data or input, anything else is the body ending early.
+    fn of(e: &hyper::Error) -> BodyFault {
+        use std::error::Error;
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        match io.map(std::io::Error::kind) {
+            Some(std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput) => {
+                BodyFault::Malformed
+            }
+            _ => BodyFault::Aborted,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyFault::Malformed => "malformed request body",
+            BodyFault::Aborted => "request body aborted by the client",
+            BodyFault::Idle => "request body idle timeout",
+            BodyFault::Timeout => "request timeout",
+        })
+    }
+}
+
+impl std::error::Error for BodyFault {}
+
+/// How a streamed request body stands, shared by the body (polled by the upstream connection's
+/// task), the request path (which starts the route timeout when it ends, and tells a client's
+/// fault from an upstream failure) and the response (whose connection is reused only when the
+/// request went up whole too).
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// [`DONE`], [`WAITING`], [`RESPONDED`], and a [`BodyFault`] in the high bits.
+    state: AtomicU8,
+    /// Body bytes passed upstream so far.
+    progress: AtomicU64,
+    /// The request path, waiting for the body's end.
+    waker: AtomicWaker,
+}
+
+/// The body's last byte went to the upstream connection.
+const DONE: u8 = 1;
+/// The body waits for the client (not for the upstream to take more).
+const WAITING: u8 = 2;
+/// Response headers arrived: `request_timeout` no longer applies.
+const RESPONDED: u8 = 4;
+const FAULT_SHIFT: u8 = 4;
+
+impl Exchange {
+    /// Whether the whole body went upstream.
+    pub fn done(&self) -> bool {
+        self.state.load(Acquire) & DONE != 0
+    }
+
+    /// The client's fault that ended the body, if one did.
+    pub fn fault(&self) -> Option<BodyFault> {
+        BodyFault::from_bits(self.state.load(Acquire) >> FAULT_SHIFT)
+    }
+
+    /// Whether the body is waiting for the client to send more.
+    pub fn waiting_on_client(&self) -> bool {
+        self.state.load(Acquire) & WAITING != 0
+    }
+
+    /// Body bytes passed upstream so far.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Relaxed)
+    }
+
+    /// The response started: the request is no longer bounded by `request_timeout`.
+    pub fn responded(&self) {
+        self.state.fetch_or(RESPONDED, Release);
+    }
+
+    /// Wakes `w` when the body ends or fails.
+    pub fn register(&self, w: &std::task::Waker) {
+        self.waker.register(w);
+    }
+
+    fn set(&self, bits: u8) {
+        self.state.fetch_or(bits, AcqRel);
+        self.waker.wake();
+    }
+}
+
+/// The limits on a client's request body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyLimits {
+    /// The stream idle timeout: the longest wait for the next piece.
+    pub idle: Option<Duration>,
+    /// `request_timeout`: when the whole request must have arrived (until the response starts).
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream: bounded by the stream idle timeout and
+    /// `request_timeout` (armed only while it waits for the client), ended with a
+    /// [`BodyFault`] for the client's faults, counted in the request record, and reporting its
+    /// progress and end to its [`Exchange`].
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        rec: Option<Recorder>,
+        exchange: Option<Arc<Exchange>>,
+        limits: BodyLimits,
+        stats: Arc<ListenerStats>,
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Data arrived since the idle timer was last armed.
+        fresh: bool,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl ClientBody {
+    /// Wraps `inner`. With `rec`, its data counts as the request's received bytes; with
+    /// `exchange`, its progress, end and faults are reported there.
+    pub fn new(
+        inner: Incoming,
+        rec: Option<Recorder>,
+        exchange: Option<Arc<Exchange>>,
+        limits: BodyLimits,
+        stats: Arc<ListenerStats>,
+    ) -> ClientBody {
+        // A body of undeclared length (chunked) is counted; a declared length stays what the
+        // record shows.
+        if let Some(r) = &rec {
+            if !inner.is_end_stream() && inner.size_hint().exact().is_none() {
+                r.stream_body();
+            }
+        }
+        ClientBody {
+            inner,
+            rec,
+            exchange,
+            limits,
+            stats,
+            idle: None,
+            fresh: false,
+            deadline: None,
+        }
+    }
+}
+
+/// Ends a [`ClientBody`] with `fault`: counted, and reported to its exchange.
+fn fail(stats: &ListenerStats, exchange: Option<&Arc<Exchange>>, fault: BodyFault) -> BodyFault {
+    match fault {
+        BodyFault::Malformed => stats.downstream_cx_protocol_error.inc(),
+        BodyFault::Aborted => stats.downstream_rq_rx_reset.inc(),
+        BodyFault::Idle => stats.downstream_rq_idle_timeout.inc(),
+        BodyFault::Timeout => stats.downstream_rq_timeout.inc(),
+    }
+    if let Some(ex) = exchange {
+        ex.set((fault as u8) << FAULT_SHIFT);
+    }
+    fault
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BodyFault;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        let mut this = self.project();
+        let ex = this.exchange.as_ref();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    let n = d.len() as u64;
+                    if let Some(rec) = this.rec.as_ref() {
+                        rec.received(n);
+                    }
+                    if let Some(ex) = ex {
+                        ex.progress.fetch_add(n, Relaxed);
+                        ex.state.fetch_and(!WAITING, Relaxed);
+                    }
+                }
+                *this.fresh = true;
+                if let Some(ex) = ex.filter(|_| this.inner.is_end_stream()) {
+                    ex.set(DONE);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(None) => {
+                if let Some(ex) = ex {
+                    ex.set(DONE);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let fault = BodyFault::of(&e);
+                tracing::debug!(error = %e, %fault, "request body");
+                Poll::Ready(Some(Err(fail(this.stats, ex, fault))))
+            }
+            Poll::Pending => {
+                if let Some(ex) = ex {
+                    ex.state.fetch_or(WAITING, Relaxed);
+                }
+                // Timers exist only while the body waits for the client.
+                let responded = ex.is_some_and(|e| e.state.load(Acquire) & RESPONDED != 0);
+                match this.limits.deadline {
+                    Some(_) if responded => *this.deadline = None,
+                    Some(at) => {
+                        let s = this
+                            .deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                        if s.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Some(Err(fail(
+                                this.stats,
+                                ex,
+                                BodyFault::Timeout,
+                            ))));
+                        }
+                    }
+                    None => {}
+                }
+                if let Some(idle) = this.limits.idle {
+                    let at = tokio::time::Instant::now() + idle;
+                    match this.idle.as_mut() {
+                        None => *this.idle = Some(Box::pin(tokio::time::sleep_until(at))),
+                        Some(s) if *this.fresh => s.as_mut().reset(at),
+                        Some(_) => {}
+                    }
+                    *this.fresh = false;
+                    if let Some(s) = this.idle.as_mut() {
+                        if s.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Some(Err(fail(this.stats, ex, BodyFault::Idle))));
+                        }
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if let Some(ex) = self.exchange.as_ref().filter(|_| end) {
+            if !ex.done() {
+                ex.set(DONE);
+            }
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_records_its_end_or_its_fault() {
+        let ex = Exchange::default();
+        assert!(!ex.done() && ex.fault().is_none() && !ex.waiting_on_client());
+        ex.state.fetch_or(WAITING, Relaxed);
+        assert!(ex.waiting_on_client());
+        ex.set((BodyFault::Idle as u8) << FAULT_SHIFT);
+        assert_eq!(ex.fault(), Some(BodyFault::Idle));
+        assert!(!ex.done());
+        ex.set(DONE);
+        assert!(ex.done());
+        for f in [
+            BodyFault::Malformed,
+            BodyFault::Aborted,
+            BodyFault::Idle,
+            BodyFault::Timeout,
+        ] {
+            assert_eq!(BodyFault::from_bits(f as u8), Some(f));
+        }
+        assert_eq!(BodyFault::from_bits(0), None);
+    }
+}
