@@ -319,6 +319,10 @@ stats_table! {
             "Downstream connections closed by the listener idle timeout.";
         downstream_rq_header_timeout: Counter,
             "Downstream connections closed because request headers did not arrive in time.";
+        downstream_cx_proxy_proto_error: Counter,
+            "Connections closed because their PROXY protocol header was malformed or late.";
+        downstream_cx_proxy_proto_not_found: Counter,
+            "Connections without a PROXY protocol header (closed unless allowed).";
         downstream_cx_active: Gauge, "Downstream connections open.";
         downstream_rq_active: Gauge, "Downstream requests in flight.";
         fault_active: Gauge, "Faults in progress.";

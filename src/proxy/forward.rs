@@ -14,7 +14,7 @@ use hyper::body::{Body, Incoming};
 
 use super::local_reply::LocalReply;
 use super::response::{Finish, IdleTimer, Upstream};
-use super::{upgrade, Ctx, RespBody};
+use super::{header_rules, upgrade, Ctx, RespBody};
 use crate::headers;
 use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{Forward, Route};
@@ -31,13 +31,14 @@ pub(super) async fn forward(
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
-    let cluster = fwd.cluster();
+    let (cluster, cluster_rules) = fwd.pick();
+    cx.cluster_rules = cluster_rules.cloned();
     let cs = &cluster.stats;
     cx.record(|i| i.upstream_cluster = Some(cluster.name.clone()));
     cs.upstream_rq_total.inc();
     admit(cluster)?;
     let hash = if cluster.uses_hash() {
-        fwd.hash(req.headers(), cx.conn.peer.ip())
+        fwd.hash(req.headers(), cx.client.ip())
     } else {
         None
     };
@@ -54,7 +55,16 @@ pub(super) async fn forward(
     let (mut parts, body) = req.into_parts();
     // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
     let lazy = (parts.version <= Version::HTTP_11).then_some(&cx.conn.timer);
+    let original = header_rules::original(&parts, route, cluster_rules);
     upstream_head(&mut parts, fwd, route, cx)?;
+    header_rules::request(
+        &mut parts,
+        original,
+        route,
+        &cluster.name,
+        cluster_rules,
+        cx,
+    );
     if let Some((proto, on_upgrade)) = upgrade {
         // Boxed: rare, and its future would otherwise enlarge every request's.
         return Box::pin(upgrade::forward(
@@ -254,7 +264,7 @@ fn upstream_head(
         }
         None => {}
     }
-    headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip);
+    headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip, cx.listener.forwarding);
     // Tracing off: the client's trace headers pass through untouched (the record has its id).
     if let Some(policy) = &cx.listener.tracing {
         let (span, parent) = crate::trace::propagate(&mut parts.headers, policy);
@@ -329,6 +339,7 @@ async fn try_once(
         connect_timeout: cluster.connect_timeout,
         limits: &cluster.limits,
         stats: &cluster.stats,
+        options: &cluster.conn,
     };
     let remaining = deadline.map(|d| d.saturating_duration_since(now));
     let (limit, is_per_try) = match (per_try, remaining) {

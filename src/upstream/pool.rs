@@ -5,6 +5,10 @@
 //! back to the pool only once its response body was read to the end; anything else closes it.
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
+//! The cluster's [`ConnOptions`] bound reuse: a connection idle longer than `idle_timeout` is
+//! closed when the pool next looks at it (the next request to that endpoint) instead of being
+//! used, and one that has served `max_requests_per_connection` requests is closed when its last
+//! response ends.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,10 +26,8 @@ use tokio::net::TcpStream;
 
 use crate::stats::ClusterStats;
 use crate::stream_info::Recorder;
-use crate::upstream::cluster::Limits;
+use crate::upstream::cluster::{ConnOptions, Limits};
 
-/// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
@@ -109,12 +111,15 @@ pub struct Target<'a> {
     pub limits: &'a Limits,
     /// The cluster's statistics (open connections, pending requests).
     pub stats: &'a Arc<ClusterStats>,
+    /// Reuse limits and socket options.
+    pub options: &'a ConnOptions,
 }
 
 /// Idle connections to one endpoint.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
+    /// Idle connections: sender, when it went idle, requests it has served.
+    idle: Mutex<Vec<(SendRequest<UpBody>, Instant, u32)>>,
 }
 
 /// A connection in use; returns itself to its pool via [`Lease::release`].
@@ -122,20 +127,25 @@ pub struct Pool {
 pub struct Lease {
     pool: Arc<Pool>,
     tx: SendRequest<UpBody>,
+    /// Requests sent on the connection, this one included.
+    uses: u32,
+    /// Whether it may serve another request (`max_requests_per_connection`).
+    reusable: bool,
 }
 
 impl Lease {
     /// Puts the connection back for reuse (call only when the response was fully read).
     pub fn release(self, now: Instant) {
-        if self.tx.is_closed() {
+        // Dropping the last sender closes the connection.
+        if self.tx.is_closed() || !self.reusable {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= MAX_IDLE {
-            idle.retain(|(tx, _)| !tx.is_closed());
+            idle.retain(|(tx, ..)| !tx.is_closed());
         }
         if idle.len() < MAX_IDLE {
-            idle.push((self.tx, now));
+            idle.push((self.tx, now, self.uses));
         }
     }
 }
@@ -150,12 +160,17 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(&self, now: Instant) -> Option<SendRequest<UpBody>> {
+    fn take(
+        &self,
+        now: Instant,
+        idle_timeout: Option<Duration>,
+    ) -> Option<(SendRequest<UpBody>, u32)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
-        while let Some((tx, since)) = idle.pop() {
-            if !tx.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
-                return Some(tx);
+        while let Some((tx, since, uses)) = idle.pop() {
+            let fresh = idle_timeout.is_none_or(|t| now.saturating_duration_since(since) < t);
+            if !tx.is_closed() && fresh {
+                return Some((tx, uses));
             }
         }
         None
@@ -175,12 +190,12 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
-        while let Some(mut tx) = self.take(now) {
+        while let Some((mut tx, uses)) = self.take(now, t.options.idle_timeout) {
             if tx.ready().await.is_err() {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(tx))),
+                Ok(resp) => return Ok((resp, self.lease(tx, uses + 1, t.options))),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(SendError::Reset(e.into_error())),
@@ -201,15 +216,17 @@ impl Pool {
         let mut tx = Box::pin(self.connect(t)).await?;
         drop(pending);
         match tx.send_request(req).await {
-            Ok(resp) => Ok((resp, self.lease(tx))),
+            Ok(resp) => Ok((resp, self.lease(tx, 1, t.options))),
             Err(e) => Err(SendError::Reset(e)),
         }
     }
 
-    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>) -> Lease {
+    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>, uses: u32, o: &ConnOptions) -> Lease {
         Lease {
             pool: self.clone(),
             tx,
+            uses,
+            reusable: o.max_requests_per_connection.is_none_or(|m| uses < m),
         }
     }
 
@@ -231,6 +248,7 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        t.options.apply(&stream);
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
