@@ -402,6 +402,31 @@ pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_upstream_socket() {
+        let mut spec = test_spec(1, 1);
+        spec.upstream_connection_options = serde_saphyr::from_str(
+            "tcp_keepalive: { keepalive_time: 42s, keepalive_interval: 7s, keepalive_probes: 4 }",
+        )
+        .unwrap();
+        let o = ConnOptions::from_config(&spec);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        o.apply(&s);
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        // Unset: no keep-alive, and the idle default.
+        let o = ConnOptions::from_config(&test_spec(1, 1));
+        assert!(o.keepalive.is_none());
+        assert_eq!(o.idle_timeout, Some(config::defaults::UPSTREAM_IDLE_TIMEOUT));
+        assert_eq!(o.max_requests_per_connection, None);
+    }
     use super::*;
 
     fn cluster(n: usize) -> Arc<Cluster> {
