@@ -140,7 +140,7 @@ async fn accept_loop(
                 tracker.spawn(async move {
                     let (mut stream, mut conn) = (stream, conn);
                     if let Some(pp) = &pp {
-                        match crate::proxy_protocol::accept(&mut stream, pp, &stats).await {
+                        match crate::proxy_protocol::accept(&mut stream, pp, &stats, &kill).await {
                             Ok(source) => Conn::proxied(&mut conn, source),
                             Err(_) => return stats.downstream_cx_active.dec(),
                         }
@@ -156,7 +156,7 @@ async fn accept_loop(
                 tracker.spawn(async move {
                     let mut stream = stream;
                     if let Some(pp) = &pp {
-                        if crate::proxy_protocol::accept(&mut stream, pp, &stats)
+                        if crate::proxy_protocol::accept(&mut stream, pp, &stats, &kill)
                             .await
                             .is_err()
                         {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::stats::ListenerStats;
 
@@ -59,17 +60,25 @@ impl std::fmt::Display for Refused {
 /// Reads the PROXY header of a new connection. `Ok(Some(source))`: the client's address;
 /// `Ok(None)`: the connection's own peer stands (no header where that is allowed, `LOCAL`,
 /// `UNKNOWN`). A refusal is counted in `stats` and logged at debug level; the caller closes.
+/// `kill` (the listener's end of drain) ends the wait at once.
 pub async fn accept(
     stream: &mut TcpStream,
     settings: &Settings,
     stats: &ListenerStats,
+    kill: &CancellationToken,
 ) -> Result<Option<SocketAddr>, Refused> {
-    let read = read_header(stream);
-    let r = match settings.timeout {
-        Some(t) => tokio::time::timeout(t, read)
-            .await
-            .unwrap_or(Err(Refused::Timeout)),
-        None => read.await,
+    let read = async {
+        let read = read_header(stream);
+        match settings.timeout {
+            Some(t) => tokio::time::timeout(t, read)
+                .await
+                .unwrap_or(Err(Refused::Timeout)),
+            None => read.await,
+        }
+    };
+    let r = tokio::select! {
+        r = read => r,
+        _ = kill.cancelled() => return Err(Refused::Closed),
     };
     let r = match r {
         Ok(None) if settings.allow_missing => {

@@ -27,6 +27,10 @@ use tern_config::{self as config, AppendAction, Spanned};
 pub struct Rules {
     remove: Vec<HeaderName>,
     add: Vec<Add>,
+    /// No value reads the headers this level changes and no name is added twice: each addition
+    /// can be made as it is rendered, with the same result as Envoy's render-all-then-apply,
+    /// and without collecting them first.
+    direct: bool,
 }
 
 #[derive(Debug)]
@@ -67,6 +71,12 @@ impl Rules {
         for r in remove {
             rules.remove.push(name(r)?);
         }
+        // What reads the map the rules change: request headers in a request rule, response
+        // headers in a response rule; the trace id is read from the request's headers.
+        let reads_map = |f: &Field| match dir {
+            Direction::Request => matches!(f, Field::ReqHeader(_) | Field::TraceId),
+            Direction::Response => matches!(f, Field::RespHeader(_)),
+        };
         for h in add {
             let (mut req, mut resp) = (Vec::new(), Vec::new());
             let parts = compile_value(&h.header.value, dir, &mut req, &mut resp)?;
@@ -84,6 +94,10 @@ impl Rules {
                 keep_empty: h.keep_empty_value,
             });
         }
+        let mut names: Vec<&HeaderName> = rules.add.iter().map(|a| &a.name).collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        let distinct = names.windows(2).all(|w| w[0] != w[1]);
+        rules.direct = distinct && !rules.uses(reads_map);
         Ok(Some(Arc::new(rules)))
     }
 
@@ -102,6 +116,41 @@ impl Rules {
     pub fn apply(&self, map: &mut HeaderMap, facts: &Facts<'_>) {
         for n in &self.remove {
             map.remove(n);
+        }
+        if self.direct {
+            for a in &self.add {
+                let v = match &a.value {
+                    Value::Fixed(v) => v.clone(),
+                    Value::Format { parts, req, resp } => {
+                        match facts.render(parts, req, resp, map) {
+                            Some(v) => v,
+                            None => continue,
+                        }
+                    }
+                };
+                if v.is_empty() && !a.keep_empty {
+                    continue;
+                }
+                match a.action {
+                    AppendAction::AppendIfExistsOrAdd => {
+                        map.append(&a.name, v);
+                    }
+                    AppendAction::AddIfAbsent => {
+                        if let http::header::Entry::Vacant(e) = map.entry(&a.name) {
+                            e.insert(v);
+                        }
+                    }
+                    AppendAction::OverwriteIfExists => {
+                        if let http::header::Entry::Occupied(mut e) = map.entry(&a.name) {
+                            e.insert(v);
+                        }
+                    }
+                    AppendAction::OverwriteIfExistsOrAdd => {
+                        map.insert(&a.name, v);
+                    }
+                }
+            }
+            return;
         }
         // Rendered against the headers as they are before this level adds any.
         let mut overwrite: Vec<(&HeaderName, HeaderValue)> = Vec::new();
@@ -130,10 +179,10 @@ impl Rules {
             }
         }
         for (n, v) in overwrite {
-            map.insert(n.clone(), v);
+            map.insert(n, v);
         }
         for (n, v) in append {
-            map.append(n.clone(), v);
+            map.append(n, v);
         }
     }
 }
@@ -270,6 +319,9 @@ pub struct Facts<'a> {
     pub version: Version,
     /// The trusted client address.
     pub client: SocketAddr,
+    /// Its IP as a header value, when the connection has it ready (the client is the remote
+    /// address, not one from `x-forwarded-for`).
+    pub client_ip: Option<&'a HeaderValue>,
     /// The connection's peer.
     pub direct: SocketAddr,
     /// Route name.
@@ -295,22 +347,51 @@ impl Facts<'_> {
         resp: &[HeaderName],
         map: &HeaderMap,
     ) -> Option<HeaderValue> {
-        use std::io::Write;
-        let mut out: Vec<u8> = Vec::with_capacity(64);
+        // One header copied as it is, or the client's address the connection already has as a
+        // header value: no rendering.
+        match parts {
+            [Part::Field(Field::ReqHeader(i))] => {
+                let from = self.request.unwrap_or(map);
+                return Some(req.get(*i).and_then(|n| from.get(n)).cloned().unwrap_or(EMPTY));
+            }
+            [Part::Field(Field::DownstreamRemoteAddressWithoutPort)] if self.client_ip.is_some() => {
+                return self.client_ip.cloned();
+            }
+            _ => {}
+        }
+        let mut buf = [0u8; 256];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        if self.render_into(parts, req, resp, map, &mut cur).is_ok() {
+            let n = cur.position() as usize;
+            return HeaderValue::from_bytes(&buf[..n]).ok();
+        }
+        // Longer than the stack buffer.
+        let mut out = Vec::with_capacity(512);
+        self.render_into(parts, req, resp, map, &mut out).ok()?;
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+    }
+
+    fn render_into(
+        &self,
+        parts: &[Part],
+        req: &[HeaderName],
+        resp: &[HeaderName],
+        map: &HeaderMap,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
         for p in parts {
             let f = match p {
                 Part::Lit(s) => {
-                    out.extend_from_slice(s.as_bytes());
+                    out.write_all(s.as_bytes())?;
                     continue;
                 }
                 Part::Field(f) => f,
             };
-            let header = |v: Option<&HeaderValue>, out: &mut Vec<u8>| {
-                if let Some(v) = v {
-                    out.extend_from_slice(v.as_bytes());
-                }
+            let header = |v: Option<&HeaderValue>, out: &mut dyn std::io::Write| match v {
+                Some(v) => out.write_all(v.as_bytes()),
+                None => Ok(()),
             };
-            let _ = match f {
+            match f {
                 Field::StartTime => {
                     let t = SystemTime::now() - self.start.elapsed();
                     write!(out, "{}", humantime::format_rfc3339_millis(t))
@@ -320,21 +401,20 @@ impl Facts<'_> {
                 Field::Authority => write!(out, "{}", self.authority),
                 Field::ReqHeader(i) => {
                     let from = self.request.unwrap_or(map);
-                    header(req.get(*i).and_then(|n| from.get(n)), &mut out);
-                    Ok(())
+                    header(req.get(*i).and_then(|n| from.get(n)), out)
                 }
-                Field::RespHeader(i) => {
-                    if self.request.is_some() {
-                        header(resp.get(*i).and_then(|n| map.get(n)), &mut out);
-                    }
-                    Ok(())
+                Field::RespHeader(i) if self.request.is_some() => {
+                    header(resp.get(*i).and_then(|n| map.get(n)), out)
                 }
                 Field::Protocol => write!(out, "{}", protocol(self.version)),
                 Field::ResponseCode if self.status != 0 => write!(out, "{}", self.status),
                 Field::RouteName => write!(out, "{}", self.route_name.unwrap_or("")),
                 Field::UpstreamCluster => write!(out, "{}", self.cluster.unwrap_or("")),
                 Field::DownstreamRemoteAddress => write!(out, "{}", self.client),
-                Field::DownstreamRemoteAddressWithoutPort => write!(out, "{}", self.client.ip()),
+                Field::DownstreamRemoteAddressWithoutPort => match self.client_ip {
+                    Some(v) => out.write_all(v.as_bytes()),
+                    None => write!(out, "{}", self.client.ip()),
+                },
                 Field::DownstreamDirectRemoteAddress => write!(out, "{}", self.direct),
                 Field::DownstreamDirectRemoteAddressWithoutPort => {
                     write!(out, "{}", self.direct.ip())
@@ -351,11 +431,13 @@ impl Facts<'_> {
                 }
                 // Refused at load time for the direction where they are not known.
                 _ => Ok(()),
-            };
+            }?;
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+        Ok(())
     }
 }
+
+const EMPTY: HeaderValue = HeaderValue::from_static("");
 
 fn protocol(v: Version) -> &'static str {
     match v {
@@ -385,6 +467,7 @@ mod tests {
             authority: "example.com",
             version: Version::HTTP_11,
             client: "203.0.113.7:0".parse().unwrap(),
+            client_ip: None,
             direct: "10.0.0.2:5555".parse().unwrap(),
             route_name: Some("r"),
             cluster: Some("c"),
@@ -440,6 +523,55 @@ mod tests {
             values(&h, "x-upper").is_empty(),
             "an empty fixed value is left out too"
         );
+    }
+
+    #[test]
+    fn rules_applied_as_rendered_agree_with_rules_collected_first() {
+        let yaml = r#"
+- { header: { key: x-append, value: b } }
+- { header: { key: x-absent, value: b }, append_action: add_if_absent }
+- { header: { key: x-absent-new, value: "%ROUTE_NAME%" }, append_action: add_if_absent }
+- { header: { key: x-over, value: b }, append_action: overwrite_if_exists_or_add }
+- { header: { key: x-if, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" }, append_action: overwrite_if_exists }
+- { header: { key: x-if-new, value: n }, append_action: overwrite_if_exists }
+- { header: { key: x-ip, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%" } }
+"#;
+        let direct = rules(yaml, Direction::Request);
+        assert!(direct.direct);
+        let mut collected = rules(yaml, Direction::Request);
+        Arc::get_mut(&mut collected).unwrap().direct = false;
+        let m = Method::GET;
+        let ip = HeaderValue::from_static("192.0.2.1");
+        let mut f = facts(&m, None);
+        let mut out = Vec::new();
+        for (r, client_ip) in [(&direct, None), (&collected, None), (&direct, Some(&ip))] {
+            f.client_ip = client_ip;
+            let mut h = HeaderMap::new();
+            for n in ["x-append", "x-absent", "x-over", "x-if"] {
+                h.append(HeaderName::from_static(n), HeaderValue::from_static("a1"));
+                h.append(HeaderName::from_static(n), HeaderValue::from_static("a2"));
+            }
+            r.apply(&mut h, &f);
+            out.push(h);
+        }
+        assert_eq!(out[0], out[1]);
+        assert_eq!(values(&out[0], "x-append"), ["a1", "a2", "b"]);
+        assert_eq!(values(&out[0], "x-absent"), ["a1", "a2"]);
+        assert_eq!(values(&out[0], "x-absent-new"), ["r"]);
+        assert_eq!(values(&out[0], "x-if"), ["203.0.113.7"]);
+        assert!(values(&out[0], "x-if-new").is_empty());
+        // The connection's ready header value is used when the client is the remote address.
+        assert_eq!(values(&out[2], "x-ip"), ["192.0.2.1"]);
+        // Rules that read the headers they change, or add one name twice, are collected first.
+        assert!(!rules(r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#, Direction::Request).direct);
+        assert!(!rules(r#"[{ header: { key: x-a, value: "1" } }, { header: { key: X-A, value: "2" } }]"#, Direction::Request).direct);
+        assert!(rules(r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#, Direction::Response).direct);
+        // A value longer than the stack buffer renders all the same.
+        let long = "x".repeat(300);
+        let r = rules(&format!(r#"[{{ header: {{ key: x-long, value: "{long}%ROUTE_NAME%" }} }}]"#), Direction::Request);
+        let mut h = HeaderMap::new();
+        r.apply(&mut h, &facts(&m, None));
+        assert_eq!(h["x-long"].len(), 301);
     }
 
     #[test]
