@@ -352,9 +352,16 @@ impl Facts<'_> {
         match parts {
             [Part::Field(Field::ReqHeader(i))] => {
                 let from = self.request.unwrap_or(map);
-                return Some(req.get(*i).and_then(|n| from.get(n)).cloned().unwrap_or(EMPTY));
+                return Some(
+                    req.get(*i)
+                        .and_then(|n| from.get(n))
+                        .cloned()
+                        .unwrap_or(EMPTY),
+                );
             }
-            [Part::Field(Field::DownstreamRemoteAddressWithoutPort)] if self.client_ip.is_some() => {
+            [Part::Field(Field::DownstreamRemoteAddressWithoutPort)]
+                if self.client_ip.is_some() =>
+            {
                 return self.client_ip.cloned();
             }
             _ => {}
@@ -563,12 +570,33 @@ mod tests {
         // The connection's ready header value is used when the client is the remote address.
         assert_eq!(values(&out[2], "x-ip"), ["192.0.2.1"]);
         // Rules that read the headers they change, or add one name twice, are collected first.
-        assert!(!rules(r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#, Direction::Request).direct);
-        assert!(!rules(r#"[{ header: { key: x-a, value: "1" } }, { header: { key: X-A, value: "2" } }]"#, Direction::Request).direct);
-        assert!(rules(r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#, Direction::Response).direct);
+        assert!(
+            !rules(
+                r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#,
+                Direction::Request
+            )
+            .direct
+        );
+        assert!(
+            !rules(
+                r#"[{ header: { key: x-a, value: "1" } }, { header: { key: X-A, value: "2" } }]"#,
+                Direction::Request
+            )
+            .direct
+        );
+        assert!(
+            rules(
+                r#"[{ header: { key: x-a, value: "%REQ(x-b)%" } }]"#,
+                Direction::Response
+            )
+            .direct
+        );
         // A value longer than the stack buffer renders all the same.
         let long = "x".repeat(300);
-        let r = rules(&format!(r#"[{{ header: {{ key: x-long, value: "{long}%ROUTE_NAME%" }} }}]"#), Direction::Request);
+        let r = rules(
+            &format!(r#"[{{ header: {{ key: x-long, value: "{long}%ROUTE_NAME%" }} }}]"#),
+            Direction::Request,
+        );
         let mut h = HeaderMap::new();
         r.apply(&mut h, &facts(&m, None));
         assert_eq!(h["x-long"].len(), 301);

@@ -419,12 +419,18 @@ mod tests {
         let sock = socket2::SockRef::from(&s);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
-        assert_eq!(sock.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
         assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
         // Unset: no keep-alive, and the idle default.
         let o = ConnOptions::from_config(&test_spec(1, 1));
         assert!(o.keepalive.is_none());
-        assert_eq!(o.idle_timeout, Some(config::defaults::UPSTREAM_IDLE_TIMEOUT));
+        assert_eq!(
+            o.idle_timeout,
+            Some(config::defaults::UPSTREAM_IDLE_TIMEOUT)
+        );
         assert_eq!(o.max_requests_per_connection, None);
     }
     use super::*;
