@@ -216,6 +216,31 @@ mod tests {
         assert_eq!(parse(&v2(1, 0x11, &tlv)), src("203.0.113.7:8080"));
     }
 
+    /// The fuzz target's seed corpus, through the fuzz target's invariants, on every test run.
+    #[test]
+    fn the_fuzz_seed_corpus_keeps_the_fuzz_invariants() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/proxy_protocol");
+        let mut seeds = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            seeds += 1;
+            if let Frame::Header(len) = frame(&data) {
+                if data.starts_with(V1_SIGNATURE) {
+                    assert!(len <= V1_MAX);
+                }
+                if len <= data.len() {
+                    let mut more = data[..len].to_vec();
+                    more.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+                    assert_eq!(frame(&more), Frame::Header(len));
+                    assert_eq!(parse(&more[..len]), parse(&data[..len]));
+                }
+            }
+            let _ = parse(&data);
+        }
+        assert!(seeds >= 10, "{seeds} seeds in {}", dir.display());
+    }
+
     #[test]
     fn hostile_headers_are_errors_not_panics() {
         for bad in [
