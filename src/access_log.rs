@@ -49,6 +49,9 @@ fn value(i: &StreamInfo, f: &Field) -> Option<String> {
         Field::UpstreamServiceTime => ms(i.upstream_service_time?),
         Field::RouteName => i.route_name.as_deref()?.to_string(),
         Field::DownstreamRemoteAddress => i.peer.to_string(),
+        Field::DownstreamRemoteAddressWithoutPort => i.peer.ip().to_string(),
+        Field::DownstreamDirectRemoteAddress => i.direct_peer.to_string(),
+        Field::DownstreamDirectRemoteAddressWithoutPort => i.direct_peer.ip().to_string(),
         Field::TraceId => format!("{:032x}", i.trace_id?),
     })
 }
@@ -91,6 +94,7 @@ pub fn render(i: &StreamInfo, format: &Format) -> String {
                 "user_agent": s(header(&i.user_agent)),
                 "trace_id": s(value(i, &Field::TraceId)),
                 "downstream_remote_address": i.peer.to_string(),
+                "downstream_direct_remote_address": i.direct_peer.to_string(),
             });
             j.to_string()
         }
@@ -376,8 +380,11 @@ mod tests {
             req_headers: rq,
             resp_headers: rs,
         };
-        let peer = "10.0.0.9:5555".parse().unwrap();
-        let mut i = StreamInfo::begin(&obs, &req, "example.com", peer, Instant::now());
+        let peers = (
+            "203.0.113.9:0".parse().unwrap(),
+            "10.0.0.9:5555".parse().unwrap(),
+        );
+        let mut i = StreamInfo::begin(&obs, &req, "example.com", peers, Instant::now());
         let mut rh = HeaderMap::new();
         rh.insert("x-backend", "b1".parse().unwrap());
         i.response(&obs, 503, &rh);
@@ -402,6 +409,11 @@ mod tests {
         let (f, i) = record_for(DEFAULT_FORMAT);
         let line = render(&i, &f);
         assert!(line.contains("\"POST /a/b?c=1 HTTP/1.1\" 503 UF,URX 12 23 42 - \"-\" \"curl/8\" \"rid\" \"example.com\" \"127.0.0.1:8080\""), "{line}");
+        let (f, i) = record_for("%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS% %DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%");
+        assert_eq!(
+            render(&i, &f),
+            "203.0.113.9:0 203.0.113.9 10.0.0.9:5555 10.0.0.9"
+        );
     }
 
     #[test]
@@ -424,5 +436,7 @@ mod tests {
         assert_eq!(j["x_forwarded_for"], serde_json::Value::Null);
         assert_eq!(j["trace_id"], "00000000000000000000000000000abc");
         assert!(j["start_time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(j["downstream_remote_address"], "203.0.113.9:0");
+        assert_eq!(j["downstream_direct_remote_address"], "10.0.0.9:5555");
     }
 }

@@ -1,4 +1,7 @@
-//! Proxy header handling: hop-by-hop removal, forwarding headers, request IDs.
+//! Proxy header handling: hop-by-hop removal, forwarding headers and the client behind trusted
+//! proxies, request IDs.
+
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{Entry, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -95,25 +98,67 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `x-forwarded-for` and sets `x-forwarded-proto`.
-pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue) {
-    // The entry API hashes the (custom, so byte by byte) name once for the lookup and the insert.
-    match h.entry(X_FORWARDED_FOR) {
-        Entry::Occupied(mut e) => {
-            // Several lines are one list (RFC 9110 §5.3): joined, then the client appended.
-            let mut v = Vec::with_capacity(e.get().len() + 2 + peer_ip.len());
-            for prev in e.iter() {
-                v.extend_from_slice(prev.as_bytes());
-                v.extend_from_slice(b", ");
+/// How a listener treats the forwarding headers of the proxies in front of it (Envoy's
+/// `use_remote_address: true` with `xff_num_trusted_hops` and `skip_xff_append`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Trusted proxies in front: their `x-forwarded-for` entries and `x-forwarded-proto` count.
+    pub trusted_hops: u32,
+    /// Leave `x-forwarded-for` as received.
+    pub skip_append: bool,
+}
+
+/// Appends the peer to `x-forwarded-for` (unless `skip_append`) and sets `x-forwarded-proto`:
+/// a value sent by a trusted proxy (`trusted_hops > 0`) is kept, as in Envoy, where only such a
+/// hop could know the client's scheme; otherwise it is `http`, the scheme the peer used.
+pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue, f: Forwarding) {
+    if !f.skip_append {
+        // The entry API hashes the (custom, so byte by byte) name once for the lookup and the insert.
+        match h.entry(X_FORWARDED_FOR) {
+            Entry::Occupied(mut e) => {
+                // Several lines are one list (RFC 9110 §5.3): joined, then the client appended.
+                let mut v = Vec::with_capacity(e.get().len() + 2 + peer_ip.len());
+                for prev in e.iter() {
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                }
+                v.extend_from_slice(peer_ip.as_bytes());
+                e.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone()));
             }
-            v.extend_from_slice(peer_ip.as_bytes());
-            e.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone()));
-        }
-        Entry::Vacant(e) => {
-            e.insert(peer_ip.clone());
+            Entry::Vacant(e) => {
+                e.insert(peer_ip.clone());
+            }
         }
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let http = HeaderValue::from_static("http");
+    if f.trusted_hops == 0 {
+        h.insert(X_FORWARDED_PROTO, http);
+    } else if let Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO) {
+        e.insert(http);
+    }
+}
+
+/// The trusted client address (Envoy's rule with `use_remote_address: true`): with `trusted_hops`
+/// N > 0, the Nth address from the right of `x-forwarded-for` as received (all lines, in order,
+/// are one list); the peer when N is 0, when the list is shorter, or when that entry is not an
+/// IP address. An address from the header has port 0, as in Envoy.
+pub fn trusted_client(h: &HeaderMap, trusted_hops: u32, peer: SocketAddr) -> SocketAddr {
+    if trusted_hops == 0 {
+        return peer;
+    }
+    let mut left = trusted_hops;
+    for line in h.get_all(X_FORWARDED_FOR).iter().rev() {
+        for entry in line.as_bytes().rsplit(|b| *b == b',') {
+            left -= 1;
+            if left == 0 {
+                return std::str::from_utf8(entry)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<IpAddr>().ok())
+                    .map_or(peer, |ip| SocketAddr::new(ip, 0));
+            }
+        }
+    }
+    peer
 }
 
 /// Keeps a client's non-empty `x-request-id` when `preserve` is set, else puts a new UUID v4 in
@@ -265,14 +310,64 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = HeaderMap::new();
         let ip = HeaderValue::from_static("10.0.0.1");
-        append_forwarded(&mut h, &ip);
-        append_forwarded(&mut h, &ip);
+        let f = Forwarding::default();
+        append_forwarded(&mut h, &ip, f);
+        append_forwarded(&mut h, &ip, f);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.1");
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.9"));
-        append_forwarded(&mut h, &ip);
+        append_forwarded(&mut h, &ip, f);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.1, 10.0.0.9, 10.0.0.1");
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn forwarded_proto_is_kept_only_from_a_trusted_hop_and_append_can_be_skipped() {
+        let ip = HeaderValue::from_static("10.0.0.1");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        append_forwarded(&mut h, &ip, Forwarding::default());
+        assert_eq!(h[X_FORWARDED_PROTO], "http", "untrusted: overwritten");
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let trusted = Forwarding {
+            trusted_hops: 1,
+            skip_append: true,
+        };
+        append_forwarded(&mut h, &ip, trusted);
+        assert_eq!(h[X_FORWARDED_PROTO], "https", "from a trusted hop: kept");
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1", "skipped");
+        h.remove(X_FORWARDED_PROTO);
+        append_forwarded(&mut h, &ip, trusted);
+        assert_eq!(h[X_FORWARDED_PROTO], "http", "absent: set");
+    }
+
+    #[test]
+    fn the_client_is_the_nth_address_from_the_right() {
+        let peer: SocketAddr = "192.0.2.5:4000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            "203.0.113.128, 203.0.113.10".parse().unwrap(),
+        );
+        h.append(X_FORWARDED_FOR, " 203.0.113.1 ".parse().unwrap());
+        let at = |h: &HeaderMap, n| trusted_client(h, n, peer).to_string();
+        assert_eq!(at(&h, 0), "192.0.2.5:4000");
+        assert_eq!(at(&h, 1), "203.0.113.1:0");
+        // Envoy's example 3: two trusted hops.
+        assert_eq!(at(&h, 2), "203.0.113.10:0");
+        assert_eq!(at(&h, 3), "203.0.113.128:0");
+        assert_eq!(at(&h, 4), "192.0.2.5:4000", "fewer entries: the peer");
+        h.insert(X_FORWARDED_FOR, "2001:db8::1,not-an-ip,".parse().unwrap());
+        assert_eq!(
+            at(&h, 1),
+            "192.0.2.5:4000",
+            "an empty entry is not an address"
+        );
+        assert_eq!(at(&h, 2), "192.0.2.5:4000", "garbage is not an address");
+        assert_eq!(at(&h, 3), "[2001:db8::1]:0");
+        h.remove(X_FORWARDED_FOR);
+        assert_eq!(at(&h, 1), "192.0.2.5:4000", "no header: the peer");
     }
 
     #[test]

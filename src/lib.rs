@@ -13,6 +13,7 @@ pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod otlp;
 pub(crate) mod proxy;
+pub(crate) mod proxy_protocol;
 pub(crate) mod router;
 pub mod server;
 pub(crate) mod snapshot;

@@ -123,6 +123,7 @@ async fn accept_loop(
                     peer,
                     peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                         .unwrap_or(HeaderValue::from_static("unknown")),
+                    direct: peer,
                     last_request_ms: AtomicU64::new(now_ms()),
                     requests: std::sync::atomic::AtomicU32::new(0),
                     timer: LazyTimer::default(),
@@ -135,7 +136,15 @@ async fn accept_loop(
                 builder.http2().timer(TokioTimer::new());
                 let idle_timeout = lr.idle_timeout;
                 let (kill, drain) = (kill.clone(), drain_all.clone());
+                let pp = lr.proxy_protocol;
                 tracker.spawn(async move {
+                    let (mut stream, mut conn) = (stream, conn);
+                    if let Some(pp) = &pp {
+                        match crate::proxy_protocol::accept(&mut stream, pp, &stats, &kill).await {
+                            Ok(source) => Conn::proxied(&mut conn, source),
+                            Err(_) => return stats.downstream_cx_active.dec(),
+                        }
+                    }
                     serve_http(stream, conn, builder, idle_timeout, drain, kill, &stats).await;
                     stats.downstream_cx_active.dec();
                 });
@@ -143,7 +152,17 @@ async fn accept_loop(
             ListenerKind::Tcp(cluster) => {
                 let cluster = cluster.clone();
                 let kill = kill.clone();
+                let pp = lr.proxy_protocol;
                 tracker.spawn(async move {
+                    let mut stream = stream;
+                    if let Some(pp) = &pp {
+                        if crate::proxy_protocol::accept(&mut stream, pp, &stats, &kill)
+                            .await
+                            .is_err()
+                        {
+                            return stats.downstream_cx_active.dec();
+                        }
+                    }
                     tokio::select! {
                         _ = crate::tcp::proxy(stream, cluster) => {}
                         _ = kill.cancelled() => {}

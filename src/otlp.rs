@@ -474,6 +474,9 @@ fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
         ),
         KeyValue::new("network.protocol.version", protocol_version(i.version)),
         KeyValue::new("tern.response_flags", i.flags.render()),
+        // The trusted client (behind trusted proxies or a PROXY header) and the direct peer.
+        KeyValue::new("client.address", i.peer.ip().to_string()),
+        KeyValue::new("network.peer.address", i.direct_peer.ip().to_string()),
     ];
     if i.status != 0 {
         attrs.push(KeyValue::new(

@@ -53,6 +53,10 @@ pub struct ListenerRt {
     pub exports_spans: bool,
     /// Keep a client's `x-request-id`.
     pub preserve_request_id: bool,
+    /// Trusted hops and `x-forwarded-for` appending.
+    pub forwarding: crate::headers::Forwarding,
+    /// PROXY protocol settings, when connections start with a PROXY header.
+    pub proxy_protocol: Option<crate::proxy_protocol::Settings>,
 }
 
 /// `None` for zero (off), the configured value, or the default.
@@ -221,6 +225,17 @@ impl Snapshot {
                     tracing: trace_policy(tracing),
                     exports_spans,
                     preserve_request_id: l.preserve_external_request_id.unwrap_or(true),
+                    forwarding: crate::headers::Forwarding {
+                        trusted_hops: l.xff_num_trusted_hops.as_ref().map_or(0, |h| h.value),
+                        skip_append: l.skip_xff_append,
+                    },
+                    proxy_protocol: l.proxy_protocol.then(|| crate::proxy_protocol::Settings {
+                        allow_missing: l.allow_requests_without_proxy_protocol,
+                        timeout: timeout_or(
+                            l.listener_filters_timeout.as_ref(),
+                            tern_config::defaults::LISTENER_FILTERS_TIMEOUT,
+                        ),
+                    }),
                     stats: lstats,
                     idle_timeout: timeout_or(
                         l.idle_timeout.as_ref(),

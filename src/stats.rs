@@ -330,6 +330,10 @@ stats_table! {
         downstream_cx_upgrades_total: Counter, "Downstream connections upgraded (tunnels opened).";
         downstream_cx_active: Gauge, "Downstream connections open (upgraded ones included).";
         downstream_cx_upgrades_active: Gauge, "Upgraded connections (tunnels) open.";
+        downstream_cx_proxy_proto_error: Counter,
+            "Connections closed because their PROXY protocol header was malformed or late.";
+        downstream_cx_proxy_proto_not_found: Counter,
+            "Connections without a PROXY protocol header (closed unless allowed).";
         downstream_rq_active: Gauge, "Downstream requests in flight.";
         fault_active: Gauge, "Faults in progress.";
         downstream_rq_xx: StatusClasses, "Downstream responses by status class.";

@@ -116,8 +116,11 @@ pub struct StreamInfo {
     pub path: String,
     /// Protocol version as received.
     pub version: Version,
-    /// Client address.
+    /// The trusted client address (`%DOWNSTREAM_REMOTE_ADDRESS%`): from `x-forwarded-for` with
+    /// trusted hops (port 0), else the PROXY protocol source, else the peer.
     pub peer: SocketAddr,
+    /// The connection's peer (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub direct_peer: SocketAddr,
     /// Request headers the observers asked for, by index into [`Observers::req_headers`].
     pub req_headers: Vec<Option<HeaderValue>>,
     /// Response headers the observers asked for, by index into [`Observers::resp_headers`].
@@ -155,12 +158,13 @@ pub struct StreamInfo {
 }
 
 impl StreamInfo {
-    /// The record of a request, from its head (after `x-request-id` is ensured).
+    /// The record of a request, from its head (after `x-request-id` is ensured); `peers` is the
+    /// trusted client and the connection's peer.
     pub fn begin<B>(
         obs: &Observers,
         req: &Request<B>,
         authority: &str,
-        peer: SocketAddr,
+        peers: (SocketAddr, SocketAddr),
         start: Instant,
     ) -> StreamInfo {
         let h = req.headers();
@@ -178,7 +182,8 @@ impl StreamInfo {
                 .path_and_query()
                 .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
             version: req.version(),
-            peer,
+            peer: peers.0,
+            direct_peer: peers.1,
             req_headers: obs.req_headers.iter().map(|n| h.get(n).cloned()).collect(),
             resp_headers: Vec::new(),
             request_id: h.get(crate::headers::X_REQUEST_ID).cloned(),
@@ -359,7 +364,7 @@ mod tests {
             &observers,
             &req,
             "h",
-            "10.0.0.1:9".parse().unwrap(),
+            ("10.0.0.1:9".parse().unwrap(), "10.0.0.2:9".parse().unwrap()),
             Instant::now(),
         );
         Recorder::new(observers, info)

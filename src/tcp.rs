@@ -33,6 +33,7 @@ pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
         }
     };
     let _ = up.set_nodelay(true);
+    cluster.conn.apply(&up);
     // A connection that opens is a success for outlier detection (resets its failure streak).
     outlier::report(&cluster, idx, Outcome::Status(200));
     let _active = ActiveRequest::start(&cluster, idx);

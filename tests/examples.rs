@@ -496,6 +496,31 @@ async fn ecs_health_check_path_follows_healthcheck_fail() {
     assert_eq!(get(&ready, &[]).await.status, 200);
 }
 
+/// The ECS example's ingress sits behind an ALB (`xff_num_trusted_hops: 1`): the scheme the ALB
+/// saw reaches the app, and the ALB's node address is not mistaken for the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecs_ingress_trusts_the_load_balancer_hop() {
+    let p = prepare(example("config-examples/ecs/config")).await;
+    let _tern = Tern::start(p.dir.path(), p.admin_port, &[]).await;
+    let alb = [
+        ("x-forwarded-for", "198.51.100.1, 203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let r = get(&p.url("0.0.0.0:8000", "/users/42"), &alb).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(j["headers"]["x-forwarded-proto"], "https", "{}", r.body);
+    assert_eq!(
+        j["headers"]["x-forwarded-for"], "198.51.100.1, 203.0.113.9, 127.0.0.1",
+        "{}",
+        r.body
+    );
+    // The egress listener (the app's own calls) trusts no hop: a claimed scheme is overwritten.
+    let r = get(&p.url("127.0.0.1:10000", "/orders/x"), &alb).await;
+    let j: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http", "{}", r.body);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The image
 // ---------------------------------------------------------------------------------------------

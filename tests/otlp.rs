@@ -418,6 +418,9 @@ async fn spans_carry_ids_names_and_attributes(s: &Setup, rx: &Receiver) {
     assert_eq!(got.s("server.address").as_deref(), Some("shop.example"));
     assert_eq!(got.i("http.response.status_code"), Some(200));
     assert_eq!(got.s("network.protocol.version").as_deref(), Some("1.1"));
+    // No trusted hop on this listener: the client is the peer.
+    assert_eq!(got.s("client.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(got.s("network.peer.address").as_deref(), Some("127.0.0.1"));
     assert_eq!(
         got.s("user_agent.original").as_deref(),
         Some("otlp-test/1.0")

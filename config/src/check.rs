@@ -124,6 +124,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
+    super::check_edge::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
     diags.sort_by(|a, b| {

@@ -45,6 +45,13 @@ pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// WebSocket through a proxy is common enough to work without configuration).
 pub const UPGRADE_TYPES: &[&str] = &["websocket"];
 
+/// Listener `listener_filters_timeout`: time for a PROXY protocol header (Envoy's).
+pub const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+/// Cluster `idle_timeout`: an upstream connection idle this long is closed, not reused. Below
+/// the 60 s that ALBs, nginx (75 s) and Node.js (5 s, the exception) keep idle connections, so
+/// the proxy lets go first and never sends on a connection the upstream is closing. Envoy's is 1h.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
 /// Access log sink buffer, in lines.
 pub const ACCESS_LOG_BUFFER_LINES: usize = 8192;
 /// OTLP `service_name`.

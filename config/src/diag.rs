@@ -35,6 +35,9 @@ pub mod codes {
     pub const ADDRESS_CONFLICT: &str = "E007";
     /// A file or directory that cannot be read.
     pub const IO: &str = "E008";
+    /// A header rule that sets or removes a header no rule may touch (pseudo-headers, hop-by-hop
+    /// headers, a request's `host`).
+    pub const HEADER_NOT_MUTABLE: &str = "E010";
     /// A file that defines nothing.
     pub const EMPTY_FILE: &str = "W001";
     /// A route that can never match: an earlier route in the same virtual host takes all its requests.

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod check_edge;
 pub mod check_observability;
 pub mod check_resilience;
 pub mod defaults;

@@ -1,8 +1,9 @@
 //! The access-log format language: `json` or an Envoy-style format string with `%OPERATOR%`
-//! command operators, compiled once at load time.
+//! command operators, compiled once at load time. Header values of header rules
+//! (`request_headers_to_add`, ...) are format strings of the same language ([`compile_text`]).
 //!
 //! It lives in the configuration model so that `tern-validate` rejects exactly the formats the
-//! proxy would; the proxy's access log only renders what this compiles.
+//! proxy would; the proxy's access log and header rules only render what this compiles.
 
 use http::HeaderName;
 
@@ -41,8 +42,15 @@ pub enum Field {
     UpstreamServiceTime,
     /// `%ROUTE_NAME%`.
     RouteName,
-    /// `%DOWNSTREAM_REMOTE_ADDRESS%`.
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%`: the trusted client (`x-forwarded-for` with trusted hops,
+    /// else the PROXY protocol source, else the peer), `ip:port`.
     DownstreamRemoteAddress,
+    /// `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`.
+    DownstreamRemoteAddressWithoutPort,
+    /// `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`: the connection's peer, `ip:port`.
+    DownstreamDirectRemoteAddress,
+    /// `%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%`.
+    DownstreamDirectRemoteAddressWithoutPort,
     /// `%TRACE_ID%`: 32 hex digits.
     TraceId,
 }
@@ -84,8 +92,45 @@ pub const OPERATORS: &[&str] = &[
     "UPSTREAM_SERVICE_TIME",
     "ROUTE_NAME",
     "DOWNSTREAM_REMOTE_ADDRESS",
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
     "TRACE_ID",
 ];
+
+impl Field {
+    /// Whether the value is known before the request goes upstream, so a request header rule
+    /// can show it (the response, its timing and the endpoint are not known yet).
+    pub fn known_for_request(&self) -> bool {
+        !matches!(
+            self,
+            Field::RespHeader(_)
+                | Field::ResponseCode
+                | Field::ResponseFlags
+                | Field::BytesReceived
+                | Field::BytesSent
+                | Field::Duration
+                | Field::UpstreamHost
+                | Field::UpstreamServiceTime
+        )
+    }
+
+    /// Whether a response header rule can show it: what the request path knows when the response
+    /// head is sent (the request, the status and the response's headers; not what is measured
+    /// when the response ends, nor the endpoint).
+    pub fn known_for_response(&self) -> bool {
+        !matches!(
+            self,
+            Field::ResponseFlags
+                | Field::BytesReceived
+                | Field::BytesSent
+                | Field::Duration
+                | Field::UpstreamHost
+                | Field::UpstreamServiceTime
+                | Field::UpstreamCluster
+        )
+    }
+}
 
 /// Compiles `json` or a format string. Header names used by `%REQ()%`/`%RESP()%` are added to
 /// `req`/`resp` (shared by all sinks of a listener, so each header is captured once).
@@ -97,6 +142,15 @@ pub fn compile(
     if s.trim() == "json" {
         return Ok(Format::Json);
     }
+    compile_text(s, req, resp).map(Format::Text)
+}
+
+/// Compiles a format string (no `json` shorthand: a header value `json` is just text).
+pub fn compile_text(
+    s: &str,
+    req: &mut Vec<HeaderName>,
+    resp: &mut Vec<HeaderName>,
+) -> Result<Vec<Part>, String> {
     let mut parts = Vec::new();
     let mut rest = s;
     let mut lit = String::new();
@@ -125,7 +179,7 @@ pub fn compile(
     if !lit.is_empty() {
         parts.push(Part::Lit(lit));
     }
-    Ok(Format::Text(parts))
+    Ok(parts)
 }
 
 fn header_index(list: &mut Vec<HeaderName>, name: &str) -> Result<usize, String> {
@@ -178,6 +232,13 @@ fn operator(
         ("UPSTREAM_SERVICE_TIME", None) => Field::UpstreamServiceTime,
         ("ROUTE_NAME", None) => Field::RouteName,
         ("DOWNSTREAM_REMOTE_ADDRESS", None) => Field::DownstreamRemoteAddress,
+        ("DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT", None) => {
+            Field::DownstreamRemoteAddressWithoutPort
+        }
+        ("DOWNSTREAM_DIRECT_REMOTE_ADDRESS", None) => Field::DownstreamDirectRemoteAddress,
+        ("DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT", None) => {
+            Field::DownstreamDirectRemoteAddressWithoutPort
+        }
         ("TRACE_ID", None) => Field::TraceId,
         _ => {
             return Err(format!(
@@ -221,6 +282,22 @@ mod tests {
         assert_eq!(rq, vec![HeaderName::from_static("x-a")]);
         assert_eq!(rs, vec![HeaderName::from_static("x-b")]);
         assert_eq!(compile(" json ", &mut rq, &mut rs), Ok(Format::Json));
+        assert_eq!(
+            compile_text("json", &mut rq, &mut rs),
+            Ok(vec![Part::Lit("json".into())]),
+            "a header value `json` is text"
+        );
+        assert_eq!(
+            compile_text(
+                "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",
+                &mut rq,
+                &mut rs
+            ),
+            Ok(vec![
+                Part::Field(Field::DownstreamRemoteAddressWithoutPort),
+                Part::Field(Field::DownstreamDirectRemoteAddress),
+            ])
+        );
         assert!(compile(DEFAULT_FORMAT, &mut rq, &mut rs).is_ok());
     }
 

@@ -90,6 +90,25 @@ pub struct Listener {
     /// headers pass through untouched and no span is started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Spanned<Tracing>>,
+    /// Proxies in front of this listener whose `x-forwarded-for` entries are trusted (default 0):
+    /// the client is the Nth address from the right, and their `x-forwarded-proto` is kept
+    /// (Envoy's `xff_num_trusted_hops` with `use_remote_address: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xff_num_trusted_hops: Option<Spanned<u32>>,
+    /// Do not append the peer's address to `x-forwarded-for` (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_xff_append: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) giving the client's
+    /// address, as an NLB or HAProxy sends it (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: also accept connections that send no PROXY header (default false:
+    /// they are closed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_requests_without_proxy_protocol: bool,
+    /// Time allowed for a connection's PROXY protocol header (default 15s; 0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_filters_timeout: Option<Spanned<Dur>>,
 }
 
 /// One protocol upgrade type (the request's `Upgrade` value, compared case-insensitively).
@@ -220,6 +239,18 @@ pub struct RouteConfig {
     /// Virtual hosts, chosen by the request's Host (exact, then suffix, prefix, `*`).
     #[serde(default)]
     pub virtual_hosts: Vec<Spanned<VirtualHost>>,
+    /// Headers added to requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<Spanned<String>>,
+    /// Headers added to responses (also the proxy's own replies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<Spanned<String>>,
 }
 
 /// A set of domains and the routes that serve them.
@@ -242,6 +273,18 @@ pub struct VirtualHost {
     /// Local rate limit for routes that have none of their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Spanned<RateLimit>>,
+    /// Headers added to requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<Spanned<String>>,
+    /// Headers added to responses (also the proxy's own replies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<Spanned<String>>,
 }
 
 /// One route: a match and exactly one action.
@@ -269,6 +312,18 @@ pub struct Route {
     /// Local rate limit (replaces the virtual host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Spanned<RateLimit>>,
+    /// Headers added to requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<Spanned<String>>,
+    /// Headers added to responses (also the proxy's own replies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<Spanned<String>>,
 }
 
 /// Request matching. Exactly one of `prefix`, `path`, `regex`; all header and query matchers must match too.
@@ -369,6 +424,58 @@ pub struct WeightedCluster {
     pub name: Spanned<String>,
     /// Relative weight (0 = no traffic).
     pub weight: u32,
+    /// Headers added to requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from requests (before they go upstream).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<Spanned<String>>,
+    /// Headers added to responses (also the proxy's own replies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<Spanned<HeaderValueOption>>,
+    /// Headers removed from responses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<Spanned<String>>,
+}
+
+/// A header to add (Envoy's `HeaderValueOption`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderValueOption {
+    /// The header.
+    pub header: HeaderKeyValue,
+    /// What to do when the header is already there (default `append_if_exists_or_add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_action: Option<AppendAction>,
+    /// Add the header even when its value renders empty (default false: it is left out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_empty_value: bool,
+}
+
+/// A header name and its value.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderKeyValue {
+    /// Header name (case-insensitive).
+    pub key: Spanned<String>,
+    /// Value: text and access-log operators such as `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`
+    /// or `%REQ(X-NAME)%` (`%%` is a `%`).
+    pub value: Spanned<String>,
+}
+
+/// Envoy's `HeaderValueOption.append_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendAction {
+    /// Add another value when the header is there, else add it.
+    #[default]
+    AppendIfExistsOrAdd,
+    /// Add it only when the header is not there.
+    AddIfAbsent,
+    /// Replace every value when the header is there, else add it.
+    OverwriteIfExistsOrAdd,
+    /// Replace every value when the header is there, else do nothing.
+    OverwriteIfExists,
 }
 
 /// One way to compute a request's hash for consistent hashing.
@@ -595,6 +702,40 @@ pub struct Cluster {
     /// Active health checks (at most one per cluster: each endpoint has one health verdict).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<Spanned<HealthCheck>>,
+    /// Requests sent on one upstream connection before it is closed (default unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<Spanned<u32>>,
+    /// An upstream connection idle this long is not reused, but closed (default 50s; 0 = no
+    /// limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Spanned<Dur>>,
+    /// Socket options of upstream connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_connection_options: Option<Spanned<UpstreamConnectionOptions>>,
+}
+
+/// Socket options of upstream connections (Envoy's `upstream_connection_options`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConnectionOptions {
+    /// TCP keep-alive probes on every upstream connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_keepalive: Option<Spanned<TcpKeepalive>>,
+}
+
+/// TCP keep-alive settings; an unset field keeps the system's value.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    /// Unanswered probes before the connection is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_probes: Option<Spanned<u32>>,
+    /// Idle time before the first probe (whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_time: Option<Spanned<Dur>>,
+    /// Time between probes (whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval: Option<Spanned<Dur>>,
 }
 
 /// Per-cluster limits (Envoy's default-priority thresholds, flattened).

@@ -22,7 +22,7 @@ use hyper::body::{Body, Incoming};
 
 use super::local_reply::LocalReply;
 use super::response::{check_framing, Finish, Framing, IdleTimer, Upstream};
-use super::{upgrade, Ctx, RespBody};
+use super::{header_rules, upgrade, Ctx, RespBody};
 use crate::headers;
 use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{upgrade_allowed, Forward, Route};
@@ -67,13 +67,14 @@ pub(super) async fn forward(
             Some((proto, hyper::upgrade::on(&mut req)))
         }
     };
-    let cluster = fwd.cluster();
+    let (cluster, cluster_rules) = fwd.pick();
+    cx.cluster_rules = cluster_rules.cloned();
     let cs = &cluster.stats;
     cx.record(|i| i.upstream_cluster = Some(cluster.name.clone()));
     cs.upstream_rq_total.inc();
     admit(cluster)?;
     let hash = if cluster.uses_hash() {
-        fwd.hash(req.headers(), cx.conn.peer.ip())
+        fwd.hash(req.headers(), cx.client.ip())
     } else {
         None
     };
@@ -81,7 +82,16 @@ pub(super) async fn forward(
     let (mut parts, body) = req.into_parts();
     // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
     let lazy = (parts.version <= Version::HTTP_11).then_some(&cx.conn.timer);
+    let original = header_rules::original(&parts, route, cluster_rules);
     upstream_head(&mut parts, fwd, route, cx)?;
+    header_rules::request(
+        &mut parts,
+        original,
+        route,
+        &cluster.name,
+        cluster_rules,
+        cx,
+    );
     if let Some((proto, on_upgrade)) = upgrade {
         let limits = upgrade::Limits {
             timeout: fwd.timeout,
@@ -347,7 +357,7 @@ fn upstream_head(
         }
         None => {}
     }
-    headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip);
+    headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip, cx.listener.forwarding);
     // Tracing off: the client's trace headers pass through untouched (the record has its id).
     if let Some(policy) = &cx.listener.tracing {
         let (span, parent) = crate::trace::propagate(&mut parts.headers, policy);
@@ -501,6 +511,7 @@ async fn try_once(
         connect_timeout: cluster.connect_timeout,
         limits: &cluster.limits,
         stats: &cluster.stats,
+        options: &cluster.conn,
     };
     let send = ep.state.pool.send(&target, req, now);
     let mut send = std::pin::pin!(send);

@@ -33,6 +33,7 @@ use crate::stream_info::{Flags, Recorder, StreamInfo};
 use crate::timer::LazyTimer;
 
 mod forward;
+mod header_rules;
 mod local_reply;
 mod response;
 mod route;
@@ -51,16 +52,31 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     /// Local address the connection was accepted on (selects the listener in the snapshot).
     pub local: SocketAddr,
-    /// The client's address.
+    /// The connection's remote address: the PROXY protocol header's source when the listener
+    /// reads one, else the peer (Envoy's downstream remote address before `x-forwarded-for`).
     pub peer: SocketAddr,
-    /// The client's IP as a header value, for `x-forwarded-for`.
+    /// Its IP as a header value, for `x-forwarded-for`.
     pub peer_ip: HeaderValue,
+    /// The connection's peer, whatever a PROXY header said (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
+    pub direct: SocketAddr,
     /// When the last request started ([`crate::timer::now_ms`]), for the idle timeout.
     pub last_request_ms: AtomicU64,
     /// Requests started on this connection.
     pub requests: AtomicU32,
     /// Deadlines of HTTP/1 requests, checked when the connection's task polls them.
     pub timer: LazyTimer,
+}
+
+impl Conn {
+    /// Takes the client address a PROXY protocol header gave (`None`: the peer stands). Called
+    /// before the connection serves its first request, while nothing else holds it.
+    pub fn proxied(conn: &mut Arc<Conn>, source: Option<SocketAddr>) {
+        if let (Some(c), Some(a)) = (Arc::get_mut(conn), source) {
+            c.peer = a;
+            c.peer_ip = HeaderValue::from_str(&a.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"));
+        }
+    }
 }
 
 /// What the phases of one request share.
@@ -71,6 +87,12 @@ pub(crate) struct Ctx<'a> {
     listener: &'a ListenerRt,
     /// The request's authority, as routed.
     host: String,
+    /// The trusted client address (`x-forwarded-for` with trusted hops, else the remote address).
+    client: SocketAddr,
+    /// What response header rules show of the request, when they show any of it.
+    captured: Option<Box<crate::router::header_rules::Captured>>,
+    /// The picked weighted cluster's header rules, applied after the route's.
+    cluster_rules: Option<Arc<crate::router::ClusterRules>>,
     /// When the request started.
     start: Instant,
     /// The request's record, when the listener has observers.
@@ -120,10 +142,12 @@ pub async fn handle(
     let mut req = req;
     let request_id = headers::ensure_request_id(req.headers_mut(), listener.preserve_request_id);
     let host = headers::authority(&req).map(str::to_string);
+    let client =
+        headers::trusted_client(req.headers(), listener.forwarding.trusted_hops, conn.peer);
     // Without observers this stays `None`: no record, no header copies.
     let rec = listener.observers.as_ref().map(|obs| {
         let shown = host.as_deref().unwrap_or_default();
-        let info = StreamInfo::begin(obs, &req, shown, conn.peer, start);
+        let info = StreamInfo::begin(obs, &req, shown, (client, conn.direct), start);
         Recorder::new(obs.clone(), info)
     });
     let bad_host = host.is_err();
@@ -131,16 +155,26 @@ pub async fn handle(
         conn: &conn,
         listener,
         host: host.unwrap_or_default(),
+        client,
+        captured: None,
+        cluster_rules: None,
         start,
         rec,
         tunnel: false,
     };
     // A request without one valid authority is refused before routing: routed by one Host and
     // forwarded with another, it would reach a virtual host it was not routed to.
-    let route = (!bad_host)
-        .then(|| router.virtual_host(&cx.host))
-        .flatten()
-        .and_then(|vh| vh.route(req.uri(), req.headers()));
+    let vhost = (!bad_host).then(|| router.virtual_host(&cx.host)).flatten();
+    let route = vhost.and_then(|vh| vh.route(req.uri(), req.headers()));
+    let rules = match route {
+        Some(r) => r.header_rules.as_deref(),
+        None => vhost.map_or(router.header_rules.as_deref(), |v| {
+            v.header_rules.as_deref()
+        }),
+    };
+    if let Some(r) = rules {
+        cx.captured = r.capture(&req);
+    }
     let route_stats = route.map(|r| {
         r.stats.rq_total.inc();
         &*r.stats
@@ -173,6 +207,9 @@ pub async fn handle(
         rs.rq_xx.record(status);
     }
     resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+    if let Some(r) = rules {
+        header_rules::response(&mut resp, r, route, &cx);
+    }
     if let Some(r) = &cx.rec {
         r.update(|i| i.response(r.observers(), status, resp.headers()));
     }

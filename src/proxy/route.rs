@@ -46,7 +46,7 @@ pub(super) async fn serve(
         }
     }
     if let Some(rl) = &route.rate_limit {
-        if let Err(wait) = rl.check(req.headers(), cx.conn.peer.ip()) {
+        if let Err(wait) = rl.check(req.headers(), cx.client.ip()) {
             stats.rate_limited.inc();
             return Err(LocalReply::RateLimited(
                 wait.as_secs_f64().ceil().max(1.0) as u64

@@ -196,6 +196,7 @@ pub async fn proxy(
         }
     };
     let _ = stream.set_nodelay(true);
+    cluster.conn.apply(&stream);
     let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, UpBody>(TokioIo::new(stream))
         .await

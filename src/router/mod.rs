@@ -11,12 +11,15 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
 use crate::router::fault::Fault;
+use crate::router::header_rules::{HeaderRules, Rules};
 use crate::router::rate_limit::RateLimiter;
 use crate::router::retry::RetryPolicy;
 use crate::upstream::cluster::Cluster;
+use tern_config::check_edge::Direction;
 use tern_config::{self as config, Pattern};
 
 pub mod fault;
+pub mod header_rules;
 pub mod rate_limit;
 pub mod retry;
 
@@ -30,6 +33,8 @@ pub struct Router {
     /// `example.*` → "example.", longest first.
     prefix: Vec<(String, usize)>,
     any: Option<usize>,
+    /// The route config's header rules (for requests no virtual host takes).
+    pub header_rules: Option<Arc<HeaderRules>>,
 }
 
 /// A compiled virtual host.
@@ -38,6 +43,8 @@ pub struct VirtualHost {
     /// Its name.
     pub name: Arc<str>,
     routes: Vec<Route>,
+    /// Header rules of the route config and the virtual host (for requests no route takes).
+    pub header_rules: Option<Arc<HeaderRules>>,
 }
 
 /// A compiled route.
@@ -56,6 +63,9 @@ pub struct Route {
     pub rate_limit: Option<Arc<RateLimiter>>,
     /// Its statistics (see [`Router::attach_stats`]).
     pub stats: Arc<crate::stats::RouteStats>,
+    /// Header rules of the route config, virtual host and route; `None` when none of them, nor
+    /// a weighted cluster of the route, has any.
+    pub header_rules: Option<Arc<HeaderRules>>,
 }
 
 #[derive(Debug)]
@@ -102,7 +112,27 @@ pub enum Target {
     /// One cluster.
     Single(Arc<Cluster>),
     /// A weighted split: clusters with running weight sums, and the total.
-    Weighted(Vec<(Arc<Cluster>, u64)>, u64),
+    Weighted(Vec<Weighted>, u64),
+}
+
+/// One cluster of a weighted split.
+#[derive(Debug)]
+pub struct Weighted {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    /// Running weight sum up to and including this cluster.
+    cum: u64,
+    /// Its header rules, applied after the route's.
+    pub headers: Option<Arc<ClusterRules>>,
+}
+
+/// A weighted cluster's header rules.
+#[derive(Debug)]
+pub struct ClusterRules {
+    /// Request rules.
+    pub request: Option<Arc<Rules>>,
+    /// Response rules.
+    pub response: Option<Arc<Rules>>,
 }
 
 /// How a request's hash is computed for consistent hashing.
@@ -207,6 +237,19 @@ impl Router {
             suffix: Vec::new(),
             prefix: Vec::new(),
             any: None,
+            header_rules: HeaderRules::chain(
+                None,
+                Rules::compile(
+                    &rc.request_headers_to_add,
+                    &rc.request_headers_to_remove,
+                    Direction::Request,
+                )?,
+                Rules::compile(
+                    &rc.response_headers_to_add,
+                    &rc.response_headers_to_remove,
+                    Direction::Response,
+                )?,
+            ),
         };
         for (i, vh) in rc.virtual_hosts.iter().enumerate() {
             for d in &vh.domains {
@@ -221,7 +264,22 @@ impl Router {
                     r.exact.entry(d).or_insert(i);
                 }
             }
+            let vh_headers = HeaderRules::chain(
+                r.header_rules.as_deref(),
+                Rules::compile(
+                    &vh.request_headers_to_add,
+                    &vh.request_headers_to_remove,
+                    Direction::Request,
+                )?,
+                Rules::compile(
+                    &vh.response_headers_to_add,
+                    &vh.response_headers_to_remove,
+                    Direction::Response,
+                )?,
+            )
+            .or_else(|| r.header_rules.clone());
             let shared = VhostPolicies {
+                headers: vh_headers.clone(),
                 retry: vh
                     .retry_policy
                     .as_ref()
@@ -239,6 +297,7 @@ impl Router {
             r.vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
                 routes,
+                header_rules: vh_headers,
             });
         }
         // Longest wildcard wins, as in Envoy; stable sort keeps file order among equals.
@@ -434,22 +493,26 @@ fn value_match(m: &config::ValueMatcher, lowercase_name: bool) -> ValueMatch {
 
 /// Virtual-host-level policies, shared by the routes that have none of their own.
 struct VhostPolicies {
+    /// Header rules of the route config and the virtual host.
+    headers: Option<Arc<HeaderRules>>,
     retry: Option<Arc<RetryPolicy>>,
     fault: Option<Arc<Fault>>,
     rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Forward {
-    /// The cluster for this request (a weighted pick for splits).
+    /// The cluster for this request (a weighted pick for splits) and, for a weighted split, the
+    /// picked cluster's header rules.
     #[inline]
-    pub fn cluster(&self) -> &Arc<Cluster> {
+    pub fn pick(&self) -> (&Arc<Cluster>, Option<&Arc<ClusterRules>>) {
         match &self.target {
-            Target::Single(c) => c,
+            Target::Single(c) => (c, None),
             Target::Weighted(cs, total) => {
                 use rand::Rng;
                 let r = rand::rng().random_range(0..*total);
-                let i = cs.partition_point(|(_, cum)| *cum <= r);
-                &cs[i.min(cs.len() - 1)].0
+                let i = cs.partition_point(|w| w.cum <= r);
+                let w = &cs[i.min(cs.len() - 1)];
+                (&w.cluster, w.headers.as_ref())
             }
         }
     }
@@ -527,7 +590,23 @@ fn compile_route(
                 let mut v = Vec::new();
                 for c in w.clusters.iter().filter(|c| c.weight > 0) {
                     cum += c.weight as u64;
-                    v.push((find(&c.name)?, cum));
+                    let request = Rules::compile(
+                        &c.request_headers_to_add,
+                        &c.request_headers_to_remove,
+                        Direction::Request,
+                    )?;
+                    let response = Rules::compile(
+                        &c.response_headers_to_add,
+                        &c.response_headers_to_remove,
+                        Direction::Response,
+                    )?;
+                    let headers = (request.is_some() || response.is_some())
+                        .then(|| Arc::new(ClusterRules { request, response }));
+                    v.push(Weighted {
+                        cluster: find(&c.name)?,
+                        cum,
+                        headers,
+                    });
                 }
                 if v.is_empty() {
                     return Err("weighted_clusters has no weight".into());
@@ -607,7 +686,37 @@ fn compile_route(
     } else {
         return Err(format!("route {index} of {vhost} has no action"));
     };
+    let mut headers = HeaderRules::chain(
+        shared.headers.as_deref(),
+        Rules::compile(
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            Direction::Request,
+        )?,
+        Rules::compile(
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+            Direction::Response,
+        )?,
+    )
+    .or_else(|| shared.headers.clone());
+    if let Action::Forward(Forward {
+        target: Target::Weighted(ws, _),
+        ..
+    }) = &action
+    {
+        // A weighted cluster's rules apply after the route's: the route needs a chain (even an
+        // empty one) that captures what their response rules read.
+        let clusters: Vec<Arc<Rules>> = ws
+            .iter()
+            .filter_map(|w| w.headers.as_ref()?.response.clone())
+            .collect();
+        if ws.iter().any(|w| w.headers.is_some()) {
+            headers = Some(HeaderRules::with_clusters(headers.as_deref(), &clusters));
+        }
+    }
     Ok(Route {
+        header_rules: headers,
         name: r
             .name
             .clone()

@@ -117,6 +117,57 @@ impl Limits {
     }
 }
 
+/// How the cluster's upstream connections are kept: reuse limits and socket options.
+#[derive(Debug, Clone)]
+pub struct ConnOptions {
+    /// A pooled connection idle this long is closed instead of reused (`None`: no limit).
+    pub idle_timeout: Option<Duration>,
+    /// Requests per connection before it is closed (`None`: no limit).
+    pub max_requests_per_connection: Option<u32>,
+    /// TCP keep-alive on every upstream connection.
+    pub keepalive: Option<socket2::TcpKeepalive>,
+}
+
+impl ConnOptions {
+    fn from_config(spec: &config::Cluster) -> ConnOptions {
+        let ka = spec
+            .upstream_connection_options
+            .as_ref()
+            .and_then(|o| o.tcp_keepalive.as_ref());
+        ConnOptions {
+            idle_timeout: match spec.idle_timeout.as_ref().map(|d| d.0) {
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+                None => Some(config::defaults::UPSTREAM_IDLE_TIMEOUT),
+            },
+            max_requests_per_connection: spec.max_requests_per_connection.as_ref().map(|m| m.value),
+            keepalive: ka.map(|k| {
+                let mut t = socket2::TcpKeepalive::new();
+                if let Some(d) = &k.keepalive_time {
+                    t = t.with_time(d.0);
+                }
+                if let Some(d) = &k.keepalive_interval {
+                    t = t.with_interval(d.0);
+                }
+                if let Some(n) = &k.keepalive_probes {
+                    t = t.with_retries(n.value);
+                }
+                t
+            }),
+        }
+    }
+
+    /// Sets the socket options of a new upstream connection (best effort: a socket that refuses
+    /// an option is used as it is).
+    pub fn apply(&self, stream: &tokio::net::TcpStream) {
+        if let Some(ka) = &self.keepalive {
+            if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(ka) {
+                tracing::debug!(error = %e, "cannot set TCP keep-alive on an upstream connection");
+            }
+        }
+    }
+}
+
 /// A running cluster.
 pub struct Cluster {
     /// Cluster name.
@@ -130,6 +181,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Circuit-breaker limits.
     pub limits: Limits,
+    /// Connection reuse and socket options.
+    pub conn: ConnOptions,
     /// Statistics (shared with earlier and later versions of this cluster).
     pub stats: Arc<ClusterStats>,
     /// Outlier detection settings (`None`: off).
@@ -213,6 +266,7 @@ impl Cluster {
             endpoints: endpoints.into_boxed_slice(),
             connect_timeout,
             limits,
+            conn: ConnOptions::from_config(spec),
             stats: cluster_stats,
             outlier: spec
                 .outlier_detection
@@ -340,11 +394,45 @@ pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
         circuit_breakers: None,
         outlier_detection: None,
         health_checks: vec![],
+        max_requests_per_connection: None,
+        idle_timeout: None,
+        upstream_connection_options: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_upstream_socket() {
+        let mut spec = test_spec(1, 1);
+        spec.upstream_connection_options = serde_saphyr::from_str(
+            "tcp_keepalive: { keepalive_time: 42s, keepalive_interval: 7s, keepalive_probes: 4 }",
+        )
+        .unwrap();
+        let o = ConnOptions::from_config(&spec);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        o.apply(&s);
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(42));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        // Unset: no keep-alive, and the idle default.
+        let o = ConnOptions::from_config(&test_spec(1, 1));
+        assert!(o.keepalive.is_none());
+        assert_eq!(
+            o.idle_timeout,
+            Some(config::defaults::UPSTREAM_IDLE_TIMEOUT)
+        );
+        assert_eq!(o.max_requests_per_connection, None);
+    }
     use super::*;
 
     fn cluster(n: usize) -> Arc<Cluster> {

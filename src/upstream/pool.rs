@@ -9,6 +9,10 @@
 //! task is aborted).
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
+//! The cluster's [`ConnOptions`] bound reuse: a connection idle longer than `idle_timeout` is
+//! closed when the pool next looks at it (the next request to that endpoint) instead of being
+//! used, and one that has served `max_requests_per_connection` requests is closed when its last
+//! response ends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,10 +29,8 @@ use tokio::task::AbortHandle;
 
 use super::body::{ClientBody, Exchange};
 use crate::stats::ClusterStats;
-use crate::upstream::cluster::Limits;
+use crate::upstream::cluster::{ConnOptions, Limits};
 
-/// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
@@ -61,12 +63,17 @@ pub struct Target<'a> {
     pub limits: &'a Limits,
     /// The cluster's statistics (open connections, pending requests).
     pub stats: &'a Arc<ClusterStats>,
+    /// Reuse limits and socket options.
+    pub options: &'a ConnOptions,
 }
+
+/// One idle connection: its sender, its task, when it went idle, requests it has served.
+type Idle = (SendRequest<UpBody>, AbortHandle, Instant, u32);
 
 /// Idle connections to one endpoint, each with its task.
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle: Mutex<Vec<(SendRequest<UpBody>, AbortHandle, Instant)>>,
+    idle: Mutex<Vec<Idle>>,
 }
 
 /// Aborts a connection's task when dropped, unless defused: the connection closes at once.
@@ -90,14 +97,29 @@ pub struct Lease {
     pool: Arc<Pool>,
     tx: SendRequest<UpBody>,
     task: CloseOnDrop,
+    /// Requests sent on the connection, this one included.
+    uses: u32,
+    /// Whether it may serve another request (`max_requests_per_connection`).
+    reusable: bool,
 }
 
 impl Lease {
     /// Puts the connection back for reuse (call only when the response was fully read and the
     /// request fully sent).
     pub fn release(self, now: Instant) {
-        let Lease { pool, tx, mut task } = self;
+        let Lease {
+            pool,
+            tx,
+            mut task,
+            uses,
+            reusable,
+        } = self;
         if tx.is_closed() {
+            return;
+        }
+        if !reusable {
+            // Its last request is done: dropping the sender lets hyper close it.
+            task.0.take();
             return;
         }
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,7 +127,7 @@ impl Lease {
             idle.retain(|(tx, ..)| !tx.is_closed());
         }
         if let (true, Some(handle)) = (idle.len() < MAX_IDLE, task.0.take()) {
-            idle.push((tx, handle, now));
+            idle.push((tx, handle, now, uses));
         }
     }
 }
@@ -150,12 +172,16 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(self: &Arc<Self>, now: Instant) -> Option<Lease> {
+    fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<Lease> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
-        while let Some((tx, task, since)) = idle.pop() {
-            let lease = self.lease(tx, task);
-            if !lease.tx.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
+        while let Some((tx, task, since, uses)) = idle.pop() {
+            // Dropped unless reused: a stale connection closes with its lease.
+            let lease = self.lease(tx, task, uses + 1, o);
+            let fresh = o
+                .idle_timeout
+                .is_none_or(|t| now.saturating_duration_since(since) < t);
+            if !lease.tx.is_closed() && fresh {
                 return Some(lease);
             }
         }
@@ -177,7 +203,7 @@ impl Pool {
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
-        while let Some(mut lease) = self.take(now) {
+        while let Some(mut lease) = self.take(now, t.options) {
             if lease.tx.ready().await.is_err() {
                 continue;
             }
@@ -201,7 +227,7 @@ impl Pool {
         let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
         // Boxed: the cold connect path would otherwise enlarge every request's future.
         let (tx, task) = Box::pin(self.connect(t)).await?;
-        let mut lease = self.lease(tx, task);
+        let mut lease = self.lease(tx, task, 1, t.options);
         drop(pending);
         match lease.tx.send_request(req).await {
             Ok(resp) => Ok((resp, lease)),
@@ -209,11 +235,19 @@ impl Pool {
         }
     }
 
-    fn lease(self: &Arc<Self>, tx: SendRequest<UpBody>, task: AbortHandle) -> Lease {
+    fn lease(
+        self: &Arc<Self>,
+        tx: SendRequest<UpBody>,
+        task: AbortHandle,
+        uses: u32,
+        o: &ConnOptions,
+    ) -> Lease {
         Lease {
             pool: self.clone(),
             tx,
             task: CloseOnDrop(Some(task)),
+            uses,
+            reusable: o.max_requests_per_connection.is_none_or(|m| uses < m),
         }
     }
 
@@ -238,6 +272,7 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        t.options.apply(&stream);
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -27,7 +27,8 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// A real HTTP/1.1 backend on 127.0.0.1:0. Paths:
 /// `/slow?ms=N` answers after N ms; `/upload` answers the byte count of the body;
 /// `/download?bytes=N` streams N bytes; `/_hc` (health checks) answers `ctl.hc_status`
-/// (default 200); anything else echoes method, path and headers as JSON.
+/// (default 200); anything else echoes method, path and headers as JSON (a header sent several
+/// times as its values joined by `, `).
 /// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
 /// response other than `/_hc` that status (0, the default: normal behaviour).
 pub struct Backend {
@@ -187,11 +188,17 @@ async fn handle_backend(
             BodyExt::boxed(StreamBody::new(stream))
         }
         _ => {
-            let headers: serde_json::Map<String, serde_json::Value> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-                .collect();
+            // A header sent several times shows its values joined by ", ", in order.
+            let mut headers = serde_json::Map::new();
+            for k in req.headers().keys() {
+                let values: Vec<&str> = req
+                    .headers()
+                    .get_all(k)
+                    .iter()
+                    .map(|v| v.to_str().unwrap_or(""))
+                    .collect();
+                headers.insert(k.to_string(), values.join(", ").into());
+            }
             let j = serde_json::json!({
                 "backend": name,
                 "method": req.method().as_str(),
