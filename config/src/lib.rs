@@ -17,6 +17,7 @@ pub mod check_observability;
 pub mod check_resilience;
 pub mod defaults;
 pub mod diag;
+pub mod lines;
 pub mod lint;
 pub mod log_format;
 pub mod model;
@@ -30,7 +31,7 @@ use serde::{Serialize, Serializer};
 
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
-pub use source::{SourceFile, Sources};
+pub use source::{Limits, SourceFile, Sources};
 pub use value::{Dur, Pattern, Pos, Spanned};
 
 /// An item of a list merged from several files, with the file and position it came from.
@@ -98,7 +99,12 @@ impl Report {
 /// This is the function every program uses: `tern` at start and on reload, `tern-validate`,
 /// and `tern-sync` before making a snapshot current.
 pub fn load(path: &Path) -> Report {
-    match source::read(path) {
+    load_with(path, Limits::default())
+}
+
+/// [`load`] within `limits` (the programs' `--max-file-size` and `--max-yaml-nodes`).
+pub fn load_with(path: &Path, limits: Limits) -> Report {
+    match source::read_with(path, limits) {
         Ok(sources) => check_sources(sources),
         Err(diagnostics) => Report {
             diagnostics,
