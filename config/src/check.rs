@@ -226,14 +226,14 @@ fn recover(
     let outline = outline?;
     fn each<T: serde::de::DeserializeOwned>(
         items: &[serde_saphyr::Spanned<serde::de::IgnoredAny>],
-        lines: &[&str],
+        lines: &Lines<'_>,
         limits: &Limits,
         errors: &mut Vec<(serde_saphyr::Error, Shift)>,
     ) -> Vec<Spanned<T>> {
         let mut ok = Vec::new();
         for item in items {
             let at = &item.referenced;
-            let (text, shift) = item_text(lines, at.line(), at.column());
+            let (text, shift) = item_text(lines, at.line() as u32, at.column() as u32);
             match shift.during(|| parse::<Spanned<T>>(&text, limits)) {
                 Ok(v) => ok.push(v),
                 // An alias to an anchor in another item cannot resolve in the item alone: that
@@ -244,6 +244,7 @@ fn recover(
         }
         ok
     }
+    let lines = Lines::new(text);
     if let Some(a) = &outline.admin {
         let mut v = each::<Admin>(std::slice::from_ref(a), &lines, limits, &mut errors);
         frag.admin = v.pop();
@@ -357,30 +358,25 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
 /// The text of the node starting at `line:column`, and the shift that puts positions in it back
 /// where they are in the whole file. The node ends before the first non-blank line indented
 /// less than its own column.
-fn item_text(lines: &[&str], line: u64, column: u64) -> (String, Shift) {
-    let (line, col) = (line.max(1) as usize, column.max(1) as usize);
+fn item_text(lines: &Lines<'_>, line: u32, column: u32) -> (String, Shift) {
+    let (line, col) = (line.max(1), column.max(1));
     let mut out = String::new();
     let mut shift = Shift {
-        first: Pos {
-            line: line as u32,
-            column: 0,
-        },
-        lines: line as u32 - 1,
+        first: Pos { line, column: 0 },
+        lines: line - 1,
     };
-    let Some(first) = lines.get(line - 1) else {
+    let Some(first) = lines.get(line) else {
         return (out, shift);
     };
-    let start = first
-        .char_indices()
-        .nth(col - 1)
-        .map_or(first.len(), |(i, _)| i);
+    let start = lines.byte_of(line, col);
+    let rest = (line..).map_while(|n| lines.get(n));
     if first[start..].starts_with(['{', '[']) {
         // Flow collections ignore indentation: the item starts at column 1 of the piece.
-        shift.first.column = col as u32 - 1;
+        shift.first.column = col - 1;
         // A flow collection ends at its closing bracket, possibly lines later.
         let mut depth = 0usize;
         let mut quote: Option<char> = None;
-        for (n, l) in lines[line - 1..].iter().enumerate() {
+        for (n, l) in rest.enumerate() {
             let from = if n == 0 { start } else { 0 };
             for (i, c) in l[from..].char_indices() {
                 match (quote, c) {
@@ -405,13 +401,13 @@ fn item_text(lines: &[&str], line: u64, column: u64) -> (String, Shift) {
         return (out, shift);
     }
     // A block node: its first line keeps its indentation (the lines after it are indented so).
-    out.push_str(&" ".repeat(col - 1));
+    out.push_str(&" ".repeat(col as usize - 1));
     out.push_str(&first[start..]);
     out.push('\n');
-    for l in &lines[line..] {
+    for l in rest.skip(1) {
         let t = l.trim_start();
         let indent = l.len() - t.len();
-        if !t.is_empty() && !t.starts_with('#') && indent < col - 1 {
+        if !t.is_empty() && !t.starts_with('#') && indent < col as usize - 1 {
             break;
         }
         out.push_str(l);
@@ -1173,7 +1169,7 @@ mod tests {
     #[test]
     fn items_are_cut_out_with_their_positions() {
         let text = "clusters:\n  - name: a\n    endpoints: []\n\n    # c\n  - { name: b }\nlisteners: []\n";
-        let lines: Vec<&str> = text.lines().collect();
+        let lines = Lines::new(text);
         let (t, shift) = item_text(&lines, 2, 5);
         assert_eq!(t, "    name: a\n    endpoints: []\n\n    # c\n");
         assert_eq!(shift.apply(Pos { line: 2, column: 5 }).line, 3);
