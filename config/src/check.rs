@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::diag::{codes, Diagnostic};
 use super::lines::Lines;
 use super::model::*;
+use super::secrets::Secrets;
 use super::source::{Limits, Sources};
 use super::value::{Pos, Shift, Spanned};
 use super::{Config, Def};
@@ -36,8 +37,9 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_saphyr::from_str_with_options(text, yaml_options(limits))
 }
 
-/// Parses and checks a set of sources. Returns the merged configuration only when there is no error.
-pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
+/// Parses and checks a set of sources. Returns the merged configuration only when there is no
+/// error, the diagnostics (with secret values hidden), and the secrets of the files.
+pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
     let mut diags = Vec::new();
     let files: Vec<PathBuf> = sources.files.iter().map(|f| f.path.clone()).collect();
     let mut fragments = Vec::new();
@@ -161,13 +163,23 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     super::check_observability::check(&cfg, &mut diags);
     super::lint::lint(&cfg, admin_at, &mut diags);
 
+    // A message may quote a value (`found `...``): never a secret one.
+    let mut secrets = Secrets::find(sources);
+    secrets.add_values(cfg.listeners.iter().flat_map(|l| {
+        let otlp = l.value.tracing.as_ref().and_then(|t| t.otlp.as_ref());
+        otlp.into_iter()
+            .flat_map(|o| o.headers.values().map(|v| v.value.clone()))
+    }));
+    for d in &mut diags {
+        secrets.scrub(d);
+    }
     diags.sort_by(|a, b| {
         (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column))
     });
     if diags.iter().any(Diagnostic::is_error) {
-        (None, diags)
+        (None, diags, secrets)
     } else {
-        (Some(cfg), diags)
+        (Some(cfg), diags, secrets)
     }
 }
 
@@ -1287,7 +1299,7 @@ mod tests {
             .all(|(i, r)| r.is_err() == (i == 40)));
         let first = parsed[1].as_ref().unwrap();
         assert_eq!(first.clusters[0].name.as_str(), "c1-0");
-        let (cfg, diags) = check(&sources);
+        let (cfg, diags, _) = check(&sources);
         assert!(cfg.is_none());
         assert_eq!(diags.len(), 1);
         assert_eq!((diags[0].code, diags[0].line), ("E004", 183));

@@ -22,6 +22,7 @@ pub mod lint;
 pub mod log_format;
 pub mod model;
 pub mod otlp;
+pub mod secrets;
 pub mod source;
 pub mod value;
 
@@ -83,8 +84,10 @@ pub struct Report {
     pub config: Option<Config>,
     /// Content hash of the files (see [`Sources::version`]).
     pub version: Option<String>,
-    /// Errors and warnings, sorted by severity, file, line.
+    /// Errors and warnings, sorted by severity, file, line; secret values already hidden.
     pub diagnostics: Vec<Diagnostic>,
+    /// The secrets of the files: a program that quotes source lines hides them with it.
+    pub secrets: secrets::Secrets,
 }
 
 impl Report {
@@ -115,11 +118,12 @@ pub fn load_with(path: &Path, limits: Limits) -> Report {
 
 /// Parses and checks sources already read (the watcher reads first to skip unchanged content).
 pub fn check_sources(sources: Sources) -> Report {
-    let (config, diagnostics) = check::check(&sources);
+    let (config, diagnostics, secrets) = check::check(&sources);
     Report {
         version: Some(sources.version()),
         sources: Some(sources),
         config,
         diagnostics,
+        secrets,
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use annotate_snippets::{AnnotationKind, Group, Level, Origin, Renderer, Snippet};
 use serde::Serialize;
 use tern_config::lines::Lines;
+use tern_config::secrets::Secrets;
 use tern_config::{Diagnostic, Severity};
 
 use crate::{counts, Outcome};
@@ -15,13 +16,14 @@ use crate::{counts, Outcome};
 /// Version of the JSON document; bumped only on incompatible changes.
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
-/// Source texts of every file read, by path and indexed by line, to quote lines in snippets.
-fn texts(outcomes: &[Outcome]) -> HashMap<&Path, Lines<'_>> {
+/// Source texts of every file read, by path and indexed by line, with the secrets to hide
+/// when quoting their lines in snippets.
+fn texts(outcomes: &[Outcome]) -> HashMap<&Path, (Lines<'_>, &Secrets)> {
     let mut m = HashMap::new();
     for o in outcomes {
         if let Some(s) = &o.report.sources {
             for f in &s.files {
-                m.insert(f.path.as_path(), Lines::new(&f.text));
+                m.insert(f.path.as_path(), (Lines::new(&f.text), &o.report.secrets));
             }
         }
     }
@@ -101,7 +103,7 @@ pub fn token_span(line: &str, start: usize) -> Range<usize> {
 /// The quoted line of a place, with its caret: a snippet and, when the line was cut, the
 /// origin (`--> file:line:column`) that the cut snippet cannot compute itself.
 fn snippet<'a>(
-    texts: &HashMap<&Path, Lines<'a>>,
+    texts: &HashMap<&Path, (Lines<'a>, &Secrets)>,
     file: &'a Path,
     line: u32,
     column: u32,
@@ -111,14 +113,16 @@ fn snippet<'a>(
     Option<Origin<'a>>,
     Snippet<'a, annotate_snippets::Annotation<'a>>,
 )> {
-    let lines = texts.get(file)?;
-    let full = lines.get(line)?;
-    let (text, at) = around(full, lines.byte_of(line, column));
+    let (lines, secrets) = texts.get(file)?;
+    let (full, at) = secrets.redact_line(file, line, lines.get(line)?, lines.byte_of(line, column));
+    let (text, at) = around(&full, at);
     let span = token_span(text, at);
+    let cut = text.len() != full.len();
+    let text = text.to_string();
     let snippet = Snippet::source(text)
         .line_start(line as usize)
         .annotation(kind.span(span).label(label));
-    if text.len() == full.len() {
+    if !cut {
         Some((None, snippet.path(file.to_string_lossy())))
     } else {
         let origin = Origin::path(file.to_string_lossy())
