@@ -111,7 +111,7 @@ async fn a_billion_laughs_is_rejected() {
         let prev = format!("*l{}", i - 1);
         text.push_str(&format!(
             "  l{i}: &l{i} [{}]\n",
-            vec![prev.as_str(); 10].join(", ")
+            [prev.as_str(); 10].join(", ")
         ));
     }
     text.push_str("clusters: *l9\nroute_configs:\n  - name: x\n    virtual_hosts: *l9\n");
