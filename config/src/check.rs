@@ -1306,6 +1306,34 @@ mod tests {
         assert!(diags[0].file.ends_with("f40.yaml"));
     }
 
+    /// Found by the `config_load` fuzz target: YAML breaks lines at a lone CR too, so the
+    /// parser's line numbers ran past the end of the file as `\n` counts it, and quoted lines
+    /// were the wrong ones.
+    #[test]
+    fn positions_in_files_with_carriage_return_line_breaks() {
+        let text =
+            "clusters:\r  - name: a\r    connect_timeout: soon\r  - name: b\r    weight: x\r";
+        let report = crate::check_sources(Sources {
+            files: vec![crate::SourceFile {
+                path: "cr.yaml".into(),
+                text: text.into(),
+            }],
+            ..Default::default()
+        });
+        let read = &report.sources.as_ref().unwrap().files[0].text;
+        let lines = Lines::new(read);
+        assert!(!report.diagnostics.is_empty());
+        for d in &report.diagnostics {
+            let line = lines
+                .get(d.line)
+                .unwrap_or_else(|| panic!("{d} is past the end"));
+            assert!(
+                line.contains("connect_timeout") || line.contains("weight"),
+                "{d}: {line:?}"
+            );
+        }
+    }
+
     #[test]
     fn names_found_in_broken_text() {
         let n = names_in_text("clusters:\n  - name: api\n    oops: [\n  - { name: \"web\", x: 1 }\nroute_config_name: no\n");

@@ -117,7 +117,12 @@ pub fn load_with(path: &Path, limits: Limits) -> Report {
 }
 
 /// Parses and checks sources already read (the watcher reads first to skip unchanged content).
-pub fn check_sources(sources: Sources) -> Report {
+pub fn check_sources(mut sources: Sources) -> Report {
+    // The parser's lines are the ones diagnostics and quoted lines count (read already does
+    // this; sources made some other way may not have).
+    for f in &mut sources.files {
+        f.text = lines::normalize_line_breaks(std::mem::take(&mut f.text));
+    }
     let (config, diagnostics, secrets) = check::check(&sources);
     Report {
         version: Some(sources.version()),

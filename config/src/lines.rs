@@ -56,9 +56,30 @@ impl<'a> Lines<'a> {
     }
 }
 
+/// `text` with every lone carriage return (a line break in YAML, as in classic Mac files) made a
+/// line feed, so that lines counted by `\n` are the parser's lines. Same length, same offsets.
+pub fn normalize_line_breaks(text: String) -> String {
+    if !text.contains('\r') {
+        return text;
+    }
+    let mut bytes = text.into_bytes();
+    for i in 0..bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+            bytes[i] = b'\n';
+        }
+    }
+    String::from_utf8(bytes).expect("one ASCII byte replaced by another keeps UTF-8 valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lone_carriage_returns_are_line_breaks() {
+        assert_eq!(normalize_line_breaks("a\rb\r\nc\r".into()), "a\nb\r\nc\n");
+        assert_eq!(normalize_line_breaks("plain\n".into()), "plain\n");
+    }
 
     #[test]
     fn lines_and_columns() {

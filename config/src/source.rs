@@ -249,7 +249,9 @@ fn read_file(path: &Path, limits: &Limits) -> Result<String, Box<Diagnostic>> {
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(Box::new(too_large(path, bytes.len() as u64, limits)));
     }
-    String::from_utf8(bytes).map_err(|_| Box::new(io_error(path, "file is not valid UTF-8".into())))
+    String::from_utf8(bytes)
+        .map(super::lines::normalize_line_breaks)
+        .map_err(|_| Box::new(io_error(path, "file is not valid UTF-8".into())))
 }
 
 #[cfg(test)]
