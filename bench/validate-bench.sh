@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Times a release build of tern-validate on a generated configuration of 1,000 files with
-# 10,000 routes and 1,000 clusters; prints wall time and peak RSS (from /usr/bin/time -v).
+# Times a release build of tern-validate on a generated configuration (default: 1,000 files with
+# 10,000 routes and 1,000 clusters); prints wall time and peak RSS (from /usr/bin/time -v).
 #
 # Usage: bench/validate-bench.sh [FILES] [ROUTES_PER_FILE] [RUNS] [one-file]
 #   bench/validate-bench.sh 1000 100          100,000 routes in 1,000 files (target: under 2 s)
 #   bench/validate-bench.sh 1000 100 5 one-file   the same in one file (the YAML node budget)
-#   bench/validate-bench.sh hostile           the inputs that used to be quadratic (see below)
+#   bench/validate-bench.sh hostile           the inputs that used to be quadratic
+#                                             (bench/validate-hostile-gen.py; results in validate-results.md)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [[ ${1:-} == hostile ]]; then
