@@ -252,17 +252,25 @@ fn in_text(text: &str) -> HashMap<usize, Vec<Range<usize>>> {
                     }
                 }
             }
-            if pass == 1 {
-                for a in &anchors {
-                    if let Some(i) = line.find(&format!("&{a}")) {
-                        let from = value_from(i + 1 + a.len());
-                        if line[from..].trim().is_empty() {
-                            anchored = Some(indent);
-                        } else {
-                            ranges.push(from..line.len());
-                        }
+            if pass == 1 && !anchors.is_empty() {
+                // Each `&name` on the line, looked up (not each anchor searched for: linear).
+                for (i, _) in line.match_indices('&') {
+                    let rest = &line[i + 1..];
+                    let name = &rest[..rest
+                        .find(|c: char| c.is_whitespace() || ",[]{}".contains(c))
+                        .unwrap_or(rest.len())];
+                    if name.is_empty() || !anchors.contains(name) {
+                        continue;
+                    }
+                    let from = value_from(i + 1 + name.len());
+                    if line[from..].trim().is_empty() {
+                        anchored = Some(indent);
+                    } else {
+                        ranges.push(from..line.len());
                     }
                 }
+            }
+            if pass == 1 {
                 ranges.extend(url_credentials(line));
                 if !ranges.is_empty() {
                     out.insert(n, ranges);
