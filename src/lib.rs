@@ -8,6 +8,8 @@
 
 pub(crate) mod access_log;
 pub(crate) mod admin;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod headers;
 pub(crate) mod listener;
 pub mod logging;

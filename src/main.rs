@@ -35,6 +35,16 @@ struct Args {
     /// Quiet time after a finished write (file closed, renamed into place, deleted) before reloading.
     #[arg(long, env = "TERN_RELOAD_SETTLE", default_value = "10ms", value_parser = parse_duration)]
     reload_settle: Duration,
+    /// After a change, wait at most this long for files being written to be closed before
+    /// reloading (a writer that keeps a file open longer gets it read as it is then).
+    #[arg(long, env = "TERN_RELOAD_MAX_WAIT", default_value = "5s", value_parser = parse_duration)]
+    reload_max_wait: Duration,
+    /// Largest configuration file read, e.g. 16MiB (as `tern-validate --max-file-size`).
+    #[arg(long, env = "TERN_MAX_FILE_SIZE", default_value = "16MiB", value_parser = tern_config::source::parse_size)]
+    max_file_size: u64,
+    /// Most YAML nodes (mappings, lists, scalars) in one configuration file.
+    #[arg(long, env = "TERN_MAX_YAML_NODES", default_value_t = tern_config::defaults::MAX_YAML_NODES)]
+    max_yaml_nodes: usize,
     /// Re-read the files this often even without change events (for NFS/EFS); 0 turns it off.
     #[arg(long, env = "TERN_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -151,8 +161,12 @@ fn main() -> ExitCode {
         eprintln!("tern: --config PATH (or TERN_CONFIG) is required");
         return ExitCode::from(2);
     };
+    let limits = tern_config::Limits {
+        max_file_bytes: args.max_file_size,
+        max_yaml_nodes: args.max_yaml_nodes,
+    };
     if args.check {
-        return match server::check(&config) {
+        return match server::check(&config, limits) {
             Ok(v) => {
                 println!("configuration OK (version {v})");
                 ExitCode::SUCCESS
@@ -194,10 +208,12 @@ fn main() -> ExitCode {
     let opts = Options {
         config,
         drain_timeout: args.drain_timeout,
+        limits,
     };
     let watch = WatchOptions {
         debounce: args.reload_debounce,
         settle: args.reload_settle.min(args.reload_debounce),
+        max_wait: args.reload_max_wait,
         poll_interval: args.poll_interval,
     };
     match rt.block_on(server::run(opts, watch)) {

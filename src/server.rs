@@ -40,6 +40,8 @@ pub struct Options {
     pub config: PathBuf,
     /// Time given to open connections when a listener stops.
     pub drain_timeout: Duration,
+    /// Bounds on the configuration files read and parsed.
+    pub limits: config::Limits,
 }
 
 /// The running proxy.
@@ -92,8 +94,8 @@ impl Rejection {
 }
 
 /// Loads and builds a snapshot without binding anything (`tern --check`).
-pub fn check(path: &Path) -> Result<String, Vec<String>> {
-    let report = config::load(path);
+pub fn check(path: &Path, limits: config::Limits) -> Result<String, Vec<String>> {
+    let report = config::load_with(path, limits);
     let Some(cfg) = report.config else {
         return Err(report.diagnostics.iter().map(|d| d.to_string()).collect());
     };
@@ -167,10 +169,11 @@ impl Server {
                 stats.update_attempt.inc();
             }
         };
-        let sources = config::source::read(&self.opts.config).map_err(|d| {
-            attempt();
-            Rejection::diagnostics(None, d)
-        })?;
+        let sources =
+            config::source::read_with(&self.opts.config, self.opts.limits).map_err(|d| {
+                attempt();
+                Rejection::diagnostics(None, d)
+            })?;
         let version = sources.version();
         self.watch_dirs = watch_dirs_of(&sources);
         if !force && version == running.version {

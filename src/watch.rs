@@ -7,14 +7,18 @@
 //! (`current -> .snapshots/v2`) and Kubernetes' `..data` swap. Events are debounced here (a write
 //! in several steps is one change); the reloader then re-reads and skips content whose hash did
 //! not change. A slow periodic re-read covers filesystems that deliver no events (NFS/EFS).
+//!
+//! A file modified in place is not read while its writer still has it open (inotify's
+//! close-after-write tells when it is done), however long the writer pauses, up to
+//! [`WatchOptions::max_wait`]: reading it mid-write would apply half a configuration.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
@@ -39,6 +43,44 @@ impl Filter {
                 || self.dirs.contains(p)
                 || p.parent().is_some_and(|d| self.dirs.contains(d))
         })
+    }
+}
+
+/// Configuration files written in place and not closed yet, with when the write was first seen.
+#[derive(Debug, Default)]
+struct OpenWrites {
+    since: HashMap<PathBuf, tokio::time::Instant>,
+}
+
+impl OpenWrites {
+    /// Follows one event: a regular configuration file created or modified is being written
+    /// until it is closed after writing, deleted or renamed away.
+    fn track(&mut self, ev: &notify::Event, is_config_file: impl Fn(&Path) -> bool) {
+        let writing = matches!(
+            ev.kind,
+            EventKind::Create(CreateKind::File | CreateKind::Any)
+                | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+        );
+        let done = matches!(
+            ev.kind,
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Remove(_)
+                | EventKind::Modify(ModifyKind::Name(_))
+        );
+        for p in &ev.paths {
+            if done {
+                self.since.remove(p);
+            } else if writing
+                && is_config_file(p)
+                // Only a regular file is ever closed after writing: a FIFO or a symlink
+                // created here would hold the reload for nothing.
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+            {
+                self.since
+                    .entry(p.clone())
+                    .or_insert_with(tokio::time::Instant::now);
+            }
+        }
     }
 }
 
@@ -67,6 +109,8 @@ pub struct WatchOptions {
     pub debounce: Duration,
     /// Quiet time after an event that shows a finished write (close-after-write, rename, delete).
     pub settle: Duration,
+    /// Longest wait for a file being written to be closed; after it, the file is read as it is.
+    pub max_wait: Duration,
     /// Periodic re-read for filesystems without change events (zero: off).
     pub poll_interval: Duration,
 }
@@ -80,6 +124,7 @@ pub struct Watcher {
     watched: BTreeSet<PathBuf>,
     chain_parents: BTreeSet<PathBuf>,
     filter: Arc<ArcSwap<Filter>>,
+    writes: Arc<Mutex<OpenWrites>>,
 }
 
 impl Watcher {
@@ -106,11 +151,25 @@ impl Watcher {
             chain,
         }));
         let f = filter.clone();
+        let writes = Arc::new(Mutex::new(OpenWrites::default()));
+        let w = writes.clone();
+        let single_file = root.clone();
         let inner = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 let relevant = f.load().relevant(&ev);
                 tracing::trace!(?ev, relevant, "config path event");
                 if relevant {
+                    // What the loader would read: the configured file, or a visible YAML file.
+                    let is_config_file = |p: &Path| {
+                        p == single_file
+                            || (tern_config::source::is_yaml(p)
+                                && p.file_name()
+                                    .and_then(|n| n.to_str())
+                                    .is_some_and(|n| !n.starts_with('.')))
+                    };
+                    w.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .track(&ev, is_config_file);
                     // A full channel already holds wake-ups: nothing is lost by dropping this one.
                     let _ = tx.try_send(wake_kind(&ev.kind));
                 }
@@ -132,6 +191,7 @@ impl Watcher {
             watched: BTreeSet::new(),
             chain_parents,
             filter,
+            writes,
         };
         w.update(&BTreeSet::new());
         Ok(w)
@@ -168,11 +228,33 @@ impl Watcher {
     /// Waits for a change: an event followed by a quiet time (an editor or a copy writes in
     /// several steps; a finished write needs only a short settle to catch a follow-up event), or
     /// the periodic re-read.
+    ///
+    /// Then, while a configuration file written in place is still open for writing, waits for
+    /// it to be closed (up to [`WatchOptions::max_wait`] from the start of its write).
     pub async fn changed(&mut self) {
         let first = tokio::select! {
-            Some(w) = self.rx.recv() => w,
-            _ = self.ticker.tick() => return,
+            Some(w) = self.rx.recv() => Some(w),
+            _ = self.ticker.tick() => None,
         };
+        if let Some(first) = first {
+            self.quiet(first).await;
+        }
+        loop {
+            let now = tokio::time::Instant::now();
+            let Some(until) = self.open_writes_until(now) else {
+                return;
+            };
+            // A wake-up is a close (or another write): look again after its quiet time.
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(w)) => self.quiet(w).await,
+                Ok(None) => return,
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Waits until no event came for the quiet time of the last one.
+    async fn quiet(&mut self, first: Wake) {
         let quiet = |w| {
             if w == Wake::Complete {
                 self.opts.settle
@@ -184,5 +266,99 @@ impl Watcher {
         while let Ok(Some(w)) = tokio::time::timeout(wait, self.rx.recv()).await {
             wait = quiet(w);
         }
+    }
+
+    /// When the wait for the files still open for writing ends, or `None` if there are none
+    /// (writes open longer than the maximum wait are given up on, with a warning).
+    fn open_writes_until(&self, now: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let mut writes = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        let max = self.opts.max_wait;
+        writes.since.retain(|path, since| {
+            let keep = now < *since + max;
+            if !keep {
+                tracing::warn!(
+                    path = %path.display(),
+                    "still open for writing after {}; reading it as it is (publish with an \
+                     atomic rename or tern-sync instead of writing in place)",
+                    tern_config::Dur(max)
+                );
+            }
+            keep
+        });
+        writes.since.values().map(|s| *s + max).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn watch(dir: &Path, max_wait: Duration) -> Watcher {
+        let mut w = Watcher::new(
+            dir,
+            WatchOptions {
+                debounce: Duration::from_millis(50),
+                settle: Duration::from_millis(10),
+                max_wait,
+                poll_interval: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        w.update(&BTreeSet::from([dir.canonicalize().unwrap()]));
+        w
+    }
+
+    /// Longer than the debounce many times over: the old watcher reloaded after 50 ms of quiet.
+    const PAUSE: Duration = Duration::from_millis(600);
+
+    #[tokio::test]
+    async fn a_file_open_for_writing_is_waited_for_until_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, "clusters: []\n").unwrap();
+        let mut w = watch(dir.path(), Duration::from_secs(60));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"clusters:\n").unwrap();
+        // The writer pauses with the file open: no change is reported however long it pauses.
+        assert!(
+            tokio::time::timeout(PAUSE, w.changed()).await.is_err(),
+            "a change was reported while the file was still being written"
+        );
+        f.write_all(b"  - name: c\n").unwrap();
+        drop(f);
+        tokio::time::timeout(Duration::from_secs(20), w.changed())
+            .await
+            .expect("the change is reported once the file is closed");
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_never_closes_is_waited_for_at_most_max_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        let mut w = watch(dir.path(), Duration::from_millis(300));
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(b"clusters: []\n").unwrap();
+        let began = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(20), w.changed())
+            .await
+            .expect("the change is reported after the maximum wait");
+        assert!(began.elapsed() >= Duration::from_millis(250));
+        drop(f);
+    }
+
+    #[tokio::test]
+    async fn other_files_open_for_writing_do_not_hold_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = watch(dir.path(), Duration::from_secs(60));
+        // An editor's swap file stays open for the whole session; a FIFO is never "closed".
+        let mut swap = std::fs::File::create(dir.path().join(".routes.yaml.swp")).unwrap();
+        swap.write_all(b"x").unwrap();
+        std::fs::write(dir.path().join("routes.yaml"), "clusters: []\n").unwrap();
+        tokio::time::timeout(Duration::from_secs(20), w.changed())
+            .await
+            .expect("a closed configuration file is reported");
+        drop(swap);
     }
 }

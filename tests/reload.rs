@@ -355,3 +355,43 @@ async fn start_fails_clearly_on_invalid_config() {
     assert_eq!(check(cfg.path()), Some(1));
     assert_eq!(check(Path::new("config-examples/quickstart")), Some(0));
 }
+
+/// A file written in two steps with a pause between them, the writer keeping it open: the first
+/// half is valid YAML on its own, but it is never applied (before, it served for ~200 ms, losing
+/// the routes of the second half). The reload waits for the writer to close the file.
+#[tokio::test]
+async fn a_file_still_open_for_writing_is_not_applied_half_written() {
+    use std::io::Write;
+    let (admin, port) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write("listener.yaml", &listener_yaml("ingress", port, "main"));
+    cfg.write("routes.yaml", &direct_yaml("main", "v1"));
+    let tern = Tern::start(cfg.path(), admin, &["--reload-max-wait", "60s"]).await;
+    body_is(port, "v1").await;
+
+    let first = "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: /x }\n            direct_response: { status: 200, body: \"x-new\" }\n";
+    let second = "          - match: { prefix: / }\n            direct_response: { status: 200, body: \"v2\" }\n";
+    let mut f = std::fs::File::create(cfg.path().join("routes.yaml")).unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    // The writer pauses, many debounce times long; all along the old configuration serves.
+    let pause = std::time::Instant::now();
+    while pause.elapsed() < std::time::Duration::from_millis(800) {
+        let x = get(&format!("http://127.0.0.1:{port}/x"), &[]).await;
+        assert_eq!(
+            (x.status, x.body.as_str()),
+            (200, "v1"),
+            "the half-written file was applied"
+        );
+    }
+    f.write_all(second.as_bytes()).unwrap();
+    drop(f);
+    body_is(port, "v2").await;
+    let x = get(&format!("http://127.0.0.1:{port}/x"), &[]).await;
+    assert_eq!(x.body, "x-new");
+    assert_eq!(
+        tern.config_dump().await["reloads"]["rejected"],
+        0,
+        "nothing was rejected either"
+    );
+}

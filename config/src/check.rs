@@ -5,19 +5,48 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use super::diag::{codes, Diagnostic};
+use super::lines::Lines;
 use super::model::*;
-use super::source::Sources;
-use super::value::{Pos, Spanned};
+use super::secrets::Secrets;
+use super::source::{Limits, Sources};
+use super::value::{Pos, Shift, Spanned};
 use super::{Config, Def};
 
-/// Parses and checks a set of sources. Returns the merged configuration only when there is no error.
-pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
+/// The parser's options for `limits`: the node budget from `--max-yaml-nodes`, the others at
+/// serde-saphyr's defaults or derived from it.
+pub fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = limits.max_yaml_nodes;
+    // Every node has at most one end event (and a stream a few more): the node budget decides.
+    budget.max_events = limits.max_yaml_nodes.saturating_mul(2).saturating_add(16);
+    budget.max_total_scalar_bytes = budget
+        .max_total_scalar_bytes
+        .max(usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX));
+    // Sharing one anchor among many routes (`retry_policy: *default`) is normal; what aliases
+    // may cost is bounded by the replay limit instead.
+    budget.enforce_alias_anchor_ratio = false;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+fn parse<T: serde::de::DeserializeOwned>(
+    text: &str,
+    limits: &Limits,
+) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, yaml_options(limits))
+}
+
+/// Parses and checks a set of sources. Returns the merged configuration only when there is no
+/// error, the diagnostics (with secret values hidden), and the secrets of the files.
+pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
     let mut diags = Vec::new();
     let files: Vec<PathBuf> = sources.files.iter().map(|f| f.path.clone()).collect();
     let mut fragments = Vec::new();
     // Names that files which failed to parse may define: references to them are not reported as
     // dangling, so one broken file does not hide (or fake) problems in the others.
     let mut maybe_defined: HashSet<String> = HashSet::new();
+    let limits = &sources.limits;
     for (i, (f, parsed)) in sources.files.iter().zip(parse_all(sources)).enumerate() {
         match parsed {
             Ok(frag) => {
@@ -37,12 +66,20 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
             }
             Err(e) => {
                 maybe_defined.extend(names_in_text(&f.text));
-                let first = yaml_error(&f.path, &f.text, &e);
+                let lines = Lines::new(&f.text);
+                let first = yaml_error(&f.path, &lines, &e, Shift::default(), limits);
                 // serde stops at the first error of a file; parsing each list item on its own
                 // finds the others, and the items that do parse still take part in the checks.
-                if let Some((partial, errors)) = recover(&f.text, first.line as usize) {
-                    for e in errors {
-                        let d = yaml_error(&f.path, &f.text, &e);
+                // Not after a breached budget: that is about the file as a whole.
+                let recovered = match innermost(&e) {
+                    serde_saphyr::Error::Budget { .. }
+                    | serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+                    | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => None,
+                    _ => recover(&f.text, first.line as usize, limits),
+                };
+                if let Some((partial, errors)) = recovered {
+                    for (e, shift) in errors {
+                        let d = yaml_error(&f.path, &lines, &e, shift, limits);
                         if (d.line, d.column, d.code) != (first.line, first.column, first.code) {
                             diags.push(d);
                         }
@@ -125,15 +162,25 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     super::check_resilience::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
     super::check_edge::check(&cfg, &mut diags);
-    super::lint::lint(&cfg, &mut diags);
+    super::lint::lint(&cfg, admin_at, &mut diags);
 
+    // A message may quote a value (`found `...``): never a secret one.
+    let mut secrets = Secrets::find(sources);
+    secrets.add_values(cfg.listeners.iter().flat_map(|l| {
+        let otlp = l.value.tracing.as_ref().and_then(|t| t.otlp.as_ref());
+        otlp.into_iter()
+            .flat_map(|o| o.headers.values().map(|v| v.value.clone()))
+    }));
+    for d in &mut diags {
+        secrets.scrub(d);
+    }
     diags.sort_by(|a, b| {
         (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column))
     });
     if diags.iter().any(Diagnostic::is_error) {
-        (None, diags)
+        (None, diags, secrets)
     } else {
-        (Some(cfg), diags)
+        (Some(cfg), diags, secrets)
     }
 }
 
@@ -158,8 +205,12 @@ struct Outline {
 /// Other lists (flow style) are parsed item by item when the file is well-formed YAML. After a
 /// syntax error (the file is not well-formed), only errors of items that begin after
 /// `first_line` are kept: the parser may notice a mistake an item late, at `first_line`.
-fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr::Error>)> {
-    let outline = serde_saphyr::from_str::<Outline>(text).ok();
+fn recover(
+    text: &str,
+    first_line: usize,
+    limits: &Limits,
+) -> Option<(Fragment, Vec<(serde_saphyr::Error, Shift)>)> {
+    let outline = parse::<Outline>(text, limits).ok();
     let lines: Vec<&str> = text.lines().collect();
     let chunks = block_items(&lines);
     let mut frag = Fragment::default();
@@ -173,7 +224,14 @@ fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr:
                 .iter()
                 .take_while(|c| c.0 == chunks[i].0)
                 .count();
-            parse_chunks(&lines, &chunks[i..j], keep_from, &mut frag, &mut errors);
+            parse_chunks(
+                &lines,
+                &chunks[i..j],
+                keep_from,
+                limits,
+                &mut frag,
+                &mut errors,
+            );
             i = j;
         }
         return Some((frag, errors));
@@ -181,29 +239,32 @@ fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr:
     let outline = outline?;
     fn each<T: serde::de::DeserializeOwned>(
         items: &[serde_saphyr::Spanned<serde::de::IgnoredAny>],
-        lines: &[&str],
-        errors: &mut Vec<serde_saphyr::Error>,
+        lines: &Lines<'_>,
+        limits: &Limits,
+        errors: &mut Vec<(serde_saphyr::Error, Shift)>,
     ) -> Vec<Spanned<T>> {
         let mut ok = Vec::new();
         for item in items {
             let at = &item.referenced;
-            match serde_saphyr::from_str::<Spanned<T>>(&item_text(lines, at.line(), at.column())) {
+            let (text, shift) = item_text(lines, at.line() as u32, at.column() as u32);
+            match shift.during(|| parse::<Spanned<T>>(&text, limits)) {
                 Ok(v) => ok.push(v),
                 // An alias to an anchor in another item cannot resolve in the item alone: that
                 // is not a problem of the configuration, so the item is just left out.
                 Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
-                Err(e) => errors.push(e),
+                Err(e) => errors.push((e, shift)),
             }
         }
         ok
     }
+    let lines = Lines::new(text);
     if let Some(a) = &outline.admin {
-        let mut v = each::<Admin>(std::slice::from_ref(a), &lines, &mut errors);
+        let mut v = each::<Admin>(std::slice::from_ref(a), &lines, limits, &mut errors);
         frag.admin = v.pop();
     }
-    frag.listeners = each(&outline.listeners, &lines, &mut errors);
-    frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
-    frag.clusters = each(&outline.clusters, &lines, &mut errors);
+    frag.listeners = each(&outline.listeners, &lines, limits, &mut errors);
+    frag.route_configs = each(&outline.route_configs, &lines, limits, &mut errors);
+    frag.clusters = each(&outline.clusters, &lines, limits, &mut errors);
     Some((frag, errors))
 }
 
@@ -213,20 +274,27 @@ fn parse_chunks(
     lines: &[&str],
     chunks: &[(usize, usize, usize)],
     keep_from: usize,
+    limits: &Limits,
     frag: &mut Fragment,
-    errors: &mut Vec<serde_saphyr::Error>,
+    errors: &mut Vec<(serde_saphyr::Error, Shift)>,
 ) {
     let (key, start, _) = chunks[0];
     let end = chunks[chunks.len() - 1].2;
-    // Blank lines in place of everything else keep every position as in the whole file.
-    let mut t = "\n".repeat(key);
-    t.push_str(lines[key]);
-    t.push_str(&"\n".repeat(start - key));
+    // The key line, then the items: positions are shifted back to the whole file's.
+    let mut t = String::from(lines[key]);
+    t.push('\n');
     for l in &lines[start..end] {
         t.push_str(l);
         t.push('\n');
     }
-    match serde_saphyr::from_str::<Fragment>(&t) {
+    let shift = Shift {
+        first: Pos {
+            line: key as u32 + 1,
+            column: 0,
+        },
+        lines: start as u32 - 1,
+    };
+    match shift.during(|| parse::<Fragment>(&t, limits)) {
         Ok(part) => {
             if part.admin.is_some() {
                 frag.admin = part.admin;
@@ -237,12 +305,12 @@ fn parse_chunks(
         }
         Err(_) if chunks.len() > 1 => {
             let (a, b) = chunks.split_at(chunks.len() / 2);
-            parse_chunks(lines, a, keep_from, frag, errors);
-            parse_chunks(lines, b, keep_from, frag, errors);
+            parse_chunks(lines, a, keep_from, limits, frag, errors);
+            parse_chunks(lines, b, keep_from, limits, frag, errors);
         }
         // See `recover`: an alias into another item is not an error of this one.
         Err(e) if matches!(innermost(&e), serde_saphyr::Error::UnknownAnchor { .. }) => {}
-        Err(e) if start + 1 > keep_from => errors.push(e),
+        Err(e) if start + 1 > keep_from => errors.push((e, shift)),
         Err(_) => {}
     }
 }
@@ -300,25 +368,28 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
     chunks
 }
 
-/// The text of the node starting at `line:column`, padded with empty lines and spaces so that
-/// parsing it alone reports the same positions as in the whole file. The node ends before the
-/// first non-blank line indented less than its own column.
-fn item_text(lines: &[&str], line: u64, column: u64) -> String {
-    let (line, col) = (line.max(1) as usize, column.max(1) as usize);
-    let mut out = "\n".repeat(line - 1);
-    let Some(first) = lines.get(line - 1) else {
-        return out;
+/// The text of the node starting at `line:column`, and the shift that puts positions in it back
+/// where they are in the whole file. The node ends before the first non-blank line indented
+/// less than its own column.
+fn item_text(lines: &Lines<'_>, line: u32, column: u32) -> (String, Shift) {
+    let (line, col) = (line.max(1), column.max(1));
+    let mut out = String::new();
+    let mut shift = Shift {
+        first: Pos { line, column: 0 },
+        lines: line - 1,
     };
-    let start = first
-        .char_indices()
-        .nth(col - 1)
-        .map_or(first.len(), |(i, _)| i);
-    out.push_str(&" ".repeat(col - 1));
+    let Some(first) = lines.get(line) else {
+        return (out, shift);
+    };
+    let start = lines.byte_of(line, col);
+    let rest = (line..).map_while(|n| lines.get(n));
     if first[start..].starts_with(['{', '[']) {
+        // Flow collections ignore indentation: the item starts at column 1 of the piece.
+        shift.first.column = col - 1;
         // A flow collection ends at its closing bracket, possibly lines later.
         let mut depth = 0usize;
         let mut quote: Option<char> = None;
-        for (n, l) in lines[line - 1..].iter().enumerate() {
+        for (n, l) in rest.enumerate() {
             let from = if n == 0 { start } else { 0 };
             for (i, c) in l[from..].char_indices() {
                 match (quote, c) {
@@ -331,7 +402,7 @@ fn item_text(lines: &[&str], line: u64, column: u64) -> String {
                         if depth == 0 {
                             out.push_str(&l[from..from + i + 1]);
                             out.push('\n');
-                            return out;
+                            return (out, shift);
                         }
                     }
                     _ => {}
@@ -340,20 +411,22 @@ fn item_text(lines: &[&str], line: u64, column: u64) -> String {
             out.push_str(&l[from..]);
             out.push('\n');
         }
-        return out;
+        return (out, shift);
     }
+    // A block node: its first line keeps its indentation (the lines after it are indented so).
+    out.push_str(&" ".repeat(col as usize - 1));
     out.push_str(&first[start..]);
     out.push('\n');
-    for l in &lines[line..] {
+    for l in rest.skip(1) {
         let t = l.trim_start();
         let indent = l.len() - t.len();
-        if !t.is_empty() && !t.starts_with('#') && indent < col - 1 {
+        if !t.is_empty() && !t.starts_with('#') && indent < col as usize - 1 {
             break;
         }
         out.push_str(l);
         out.push('\n');
     }
-    out
+    (out, shift)
 }
 
 /// Below this much YAML, parsing on one thread is faster than starting others.
@@ -362,7 +435,7 @@ const PARALLEL_PARSE_BYTES: usize = 256 * 1024;
 /// Parses every file, in order. Large configurations are parsed on all cores: YAML parsing is
 /// most of the cost of loading, and files are independent until they are merged.
 fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
-    let parse = |f: &super::source::SourceFile| serde_saphyr::from_str::<Fragment>(&f.text);
+    let parse = |f: &super::source::SourceFile| parse::<Fragment>(&f.text, &sources.limits);
     let total: usize = sources.files.iter().map(|f| f.text.len()).sum();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads < 2 || total < PARALLEL_PARSE_BYTES || sources.files.len() < 2 {
@@ -392,14 +465,26 @@ fn parse_all(sources: &Sources) -> Vec<Result<Fragment, serde_saphyr::Error>> {
 }
 
 /// Turns a serde-saphyr error into a diagnostic with a stable code and, for typos, a suggestion.
-fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+/// `shift` places the error of a piece parsed alone (see [`recover`]) in the file.
+fn yaml_error(
+    file: &Path,
+    lines: &Lines<'_>,
+    e: &serde_saphyr::Error,
+    shift: Shift,
+    limits: &Limits,
+) -> Diagnostic {
     let pos = e
         .location()
-        .map(|l| Pos {
-            line: l.line() as u32,
-            column: l.column() as u32,
+        .map(|l| {
+            shift.apply(Pos {
+                line: l.line() as u32,
+                column: l.column() as u32,
+            })
         })
         .unwrap_or_default();
+    if let Some(d) = limit_error(file, pos, innermost(e), limits) {
+        return d;
+    }
     let full = e.without_snippet().to_string();
     let msg = match full.rfind(" at line ") {
         Some(i) => full[..i].to_string(),
@@ -428,7 +513,7 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
         None => msg,
     };
     let (code, msg) = match inner {
-        E::InvalidScalar { ty, .. } => scalar_message(ty, scalar_at(text, pos)),
+        E::InvalidScalar { ty, .. } => scalar_message(ty, scalar_at(lines, pos)),
         _ => (code, plain_message(msg)),
     };
     let mut d = Diagnostic::error(code, file, pos, msg.clone());
@@ -442,16 +527,73 @@ fn yaml_error(file: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     d
 }
 
+/// A breached parser budget, said in terms of the configuration: which limit, and how to raise
+/// it when it can be raised.
+fn limit_error(
+    file: &Path,
+    pos: Pos,
+    e: &serde_saphyr::Error,
+    limits: &Limits,
+) -> Option<Diagnostic> {
+    use serde_saphyr::budget::BudgetBreach as B;
+    use serde_saphyr::Error as E;
+    let name = file.display();
+    let nodes = || {
+        let d = Diagnostic::error(
+            codes::LIMIT,
+            file,
+            pos,
+            format!(
+                "{name} holds more than {} YAML nodes (mappings, lists and scalars), the limit \
+                 per configuration file",
+                limits.max_yaml_nodes
+            ),
+        );
+        Some(d.with_help(
+            "split it into several files, or raise the limit with --max-yaml-nodes (env \
+             TERN_MAX_YAML_NODES), given to tern and tern-validate alike",
+        ))
+    };
+    let fixed = |what: String| {
+        Some(Diagnostic::error(
+            codes::LIMIT,
+            file,
+            pos,
+            format!("{name}: {what}"),
+        ))
+    };
+    match e {
+        E::Budget { breach, .. } => match breach {
+            B::Nodes { .. } | B::Events { .. } => nodes(),
+            B::Depth { depth } => fixed(format!(
+                "nesting {depth} levels deep is over the limit of {} levels",
+                serde_saphyr::Budget::default().max_depth
+            )),
+            B::Aliases { .. } | B::Anchors { .. } | B::MergeKeys { .. } => fixed(format!(
+                "too many anchors, aliases or merge keys ({breach:?}); a configuration needs \
+                 far fewer"
+            )),
+            B::ScalarBytes { .. } => fixed(
+                "more text in values than the file size limit allows (--max-file-size)".into(),
+            ),
+            B::Documents { .. } => fixed("too many YAML documents (`---`) in one file".into()),
+            other => fixed(format!("YAML parser budget exceeded: {other:?}")),
+        },
+        E::AliasReplayLimitExceeded { .. } | E::AliasReplayStackDepthExceeded { .. } => fixed(
+            "aliases expand to more than the YAML parser's limit (a \"billion laughs\" of \
+             nested anchors?); write the values out or share less"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
 /// The plain scalar written at `pos` (up to a flow separator, comment or end of line).
-fn scalar_at(text: &str, pos: Pos) -> &str {
-    let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
+fn scalar_at<'a>(lines: &Lines<'a>, pos: Pos) -> &'a str {
+    let Some(line) = lines.get(pos.line) else {
         return "";
     };
-    let start = line
-        .char_indices()
-        .nth(pos.column.saturating_sub(1) as usize)
-        .map_or(line.len(), |(i, _)| i);
-    let rest = &line[start..];
+    let rest = &line[lines.byte_of(pos.line, pos.column)..];
     let end = rest.find([',', '}', ']', '#']).unwrap_or(rest.len());
     rest[..end].trim()
 }
@@ -523,7 +665,7 @@ fn suggestion(msg: &str) -> Option<String> {
         .or_else(|| rest.split_once("expected ").map(|(_, l)| l))?;
     list.split(',')
         .map(|s| s.trim().trim_matches('`'))
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.is_empty() && similar_lengths(got, s))
         .map(|s| (strsim::jaro_winkler(got, s), s))
         .filter(|(score, _)| *score > 0.75)
         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -812,21 +954,19 @@ impl Checker<'_> {
 
     /// Two listeners (or a listener and the admin endpoint) cannot share a port on overlapping IPs.
     fn addresses(&mut self, cfg: &Config, admin_at: Option<(usize, Pos)>) {
-        let mut seen: Vec<(SocketAddr, usize, Pos, String)> = Vec::new();
+        let mut seen = AddressIndex::default();
         if let Some((file, _)) = admin_at {
             if cfg.admin.address.port() == 0 {
                 self.bad(file, cfg.admin.address.pos, "admin port must not be 0");
             }
-            seen.push((
+            seen.insert(
                 *cfg.admin.address,
-                file,
-                cfg.admin.address.pos,
-                "the admin endpoint".into(),
-            ));
+                (file, cfg.admin.address.pos, "the admin endpoint".into()),
+            );
         }
         for l in &cfg.listeners {
             let addr = *l.value.address;
-            if let Some((_, f0, p0, what)) = seen.iter().find(|(a, ..)| overlaps(*a, addr)) {
+            if let Some((f0, p0, what)) = seen.first_overlapping(addr) {
                 let d = Diagnostic::error(
                     codes::ADDRESS_CONFLICT,
                     &self.files[l.file],
@@ -839,12 +979,14 @@ impl Checker<'_> {
                 .with_related("first used here", &self.files[*f0], *p0);
                 self.diags.push(d);
             } else {
-                seen.push((
+                seen.insert(
                     addr,
-                    l.file,
-                    l.value.address.pos,
-                    format!("listener `{}`", l.value.name.value),
-                ));
+                    (
+                        l.file,
+                        l.value.address.pos,
+                        format!("listener `{}`", l.value.name.value),
+                    ),
+                );
             }
         }
     }
@@ -913,6 +1055,7 @@ impl Checker<'_> {
                     let b = known
                         .copied()
                         .chain(maybe_defined.iter().map(String::as_str))
+                        .filter(|k| similar_lengths(k, name))
                         .map(|k| (strsim::jaro_winkler(k, name), k))
                         .filter(|(s, _)| *s > 0.8)
                         .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -928,6 +1071,13 @@ impl Checker<'_> {
             self.diags.push(d);
         }
     }
+}
+
+/// Names worth comparing for a "did you mean": Jaro-Winkler costs the product of the lengths,
+/// and a long name is not mistyped, it is pasted.
+fn similar_lengths(a: &str, b: &str) -> bool {
+    const MAX_LEN: usize = 256;
+    a.len() <= MAX_LEN && b.len() <= MAX_LEN
 }
 
 /// Every `name:` value in a file's text, found without parsing it (it may not be valid YAML).
@@ -962,6 +1112,47 @@ fn upgrade_type_ok(t: &str) -> bool {
     match t.split_once('/') {
         Some((name, version)) => token(name) && token(version),
         None => token(t),
+    }
+}
+
+/// Sockets taken so far, none overlapping another, indexed so that finding the one a new
+/// address overlaps is a few lookups (not a scan: thousands of listeners must stay cheap).
+#[derive(Default)]
+struct AddressIndex {
+    /// By exact address.
+    exact: HashMap<SocketAddr, (usize, Pos, String)>,
+    /// The first socket on each (port, IPv4?): what an unspecified address overlaps.
+    first_on_port: HashMap<(u16, bool), SocketAddr>,
+}
+
+impl AddressIndex {
+    fn insert(&mut self, addr: SocketAddr, what: (usize, Pos, String)) {
+        self.first_on_port
+            .entry((addr.port(), addr.is_ipv4()))
+            .or_insert(addr);
+        self.exact.insert(addr, what);
+    }
+
+    /// The socket `addr` overlaps (see [`overlaps`]); as no two taken sockets overlap, at most
+    /// one can.
+    fn first_overlapping(&self, addr: SocketAddr) -> Option<&(usize, Pos, String)> {
+        let same_family = (addr.port(), addr.is_ipv4());
+        let found = if addr.ip().is_unspecified() {
+            self.first_on_port.get(&same_family).copied()
+        } else {
+            let any = SocketAddr::new(
+                if addr.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                },
+                addr.port(),
+            );
+            [addr, any].into_iter().find(|a| self.exact.contains_key(a))
+        };
+        let found = found?;
+        debug_assert!(overlaps(found, addr));
+        self.exact.get(&found)
     }
 }
 
@@ -1029,28 +1220,40 @@ mod tests {
     #[test]
     fn items_are_cut_out_with_their_positions() {
         let text = "clusters:\n  - name: a\n    endpoints: []\n\n    # c\n  - { name: b }\nlisteners: []\n";
-        let lines: Vec<&str> = text.lines().collect();
+        let lines = Lines::new(text);
+        let (t, shift) = item_text(&lines, 2, 5);
+        assert_eq!(t, "    name: a\n    endpoints: []\n\n    # c\n");
+        assert_eq!(shift.apply(Pos { line: 2, column: 5 }).line, 3);
+        let (t, shift) = item_text(&lines, 6, 5);
+        assert_eq!(t, "{ name: b }\n");
         assert_eq!(
-            item_text(&lines, 2, 5),
-            "\n    name: a\n    endpoints: []\n\n    # c\n"
+            shift.apply(Pos { line: 1, column: 3 }),
+            Pos { line: 6, column: 7 }
         );
-        assert_eq!(item_text(&lines, 6, 5), "\n\n\n\n\n    { name: b }\n");
     }
 
     #[test]
     fn recovery_reports_each_bad_item_and_keeps_good_ones() {
         let text =
             "clusters:\n  - name: a\n    x: 1\n  - name: b\n  - name: c\n    connect_timeout: 5\n";
-        let (frag, errors) = recover(text, 3).unwrap();
+        let (frag, errors) = recover(text, 3, &Limits::default()).unwrap();
         assert_eq!(frag.clusters.len(), 1);
         assert_eq!(frag.clusters[0].name.as_str(), "b");
         assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 5 });
         let at: Vec<_> = errors
             .iter()
-            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .map(|(e, s)| {
+                e.location().map(|l| {
+                    let p = s.apply(Pos {
+                        line: l.line() as u32,
+                        column: l.column() as u32,
+                    });
+                    (p.line as u64, p.column as u64)
+                })
+            })
             .collect();
         assert_eq!(at, vec![Some((3, 5)), Some((6, 22))]);
-        assert!(recover("clusters: [ { name: a\n", 1).is_none());
+        assert!(recover("clusters: [ { name: a\n", 1, &Limits::default()).is_none());
     }
 
     #[test]
@@ -1061,14 +1264,20 @@ mod tests {
         let first = serde_saphyr::from_str::<Fragment>(text).unwrap_err();
         let first_line = first.location().unwrap().line() as usize;
         assert_eq!(first_line, 4);
-        let (frag, errors) = recover(text, first_line).unwrap();
+        let (frag, errors) = recover(text, first_line, &Limits::default()).unwrap();
         let names: Vec<&str> = frag.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["b", "d"]);
         assert_eq!(frag.clusters[1].pos, Pos { line: 6, column: 5 });
         assert!(frag.admin.is_some());
         let lines: Vec<_> = errors
             .iter()
-            .map(|e| e.location().unwrap().line())
+            .map(|(e, s)| {
+                s.apply(Pos {
+                    line: e.location().unwrap().line() as u32,
+                    column: 1,
+                })
+                .line as u64
+            })
             .collect();
         assert_eq!(lines, [5]);
     }
@@ -1076,15 +1285,23 @@ mod tests {
     #[test]
     fn recovery_of_flow_lists_and_lists_at_the_key_indentation() {
         let flow = "clusters: [{ name: a, x: 1 }, { name: b }, { name: c, connect_timeout: 5 }]\n";
-        let (frag, errors) = recover(flow, 1).unwrap();
+        let (frag, errors) = recover(flow, 1, &Limits::default()).unwrap();
         assert_eq!(frag.clusters.len(), 1);
         assert_eq!(errors.len(), 2);
         let flush = "clusters:\n- name: a\n  x: 1\n- name: b\nlisteners:\n- name: l\n  port: 1\n";
-        let (frag, errors) = recover(flush, 3).unwrap();
+        let (frag, errors) = recover(flush, 3, &Limits::default()).unwrap();
         assert_eq!(frag.clusters[0].pos, Pos { line: 4, column: 3 });
         let at: Vec<_> = errors
             .iter()
-            .map(|e| e.location().map(|l| (l.line(), l.column())))
+            .map(|(e, s)| {
+                e.location().map(|l| {
+                    let p = s.apply(Pos {
+                        line: l.line() as u32,
+                        column: l.column() as u32,
+                    });
+                    (p.line as u64, p.column as u64)
+                })
+            })
             .collect();
         assert_eq!(at, vec![Some((3, 3)), Some((7, 3))]);
     }
@@ -1121,11 +1338,39 @@ mod tests {
             .all(|(i, r)| r.is_err() == (i == 40)));
         let first = parsed[1].as_ref().unwrap();
         assert_eq!(first.clusters[0].name.as_str(), "c1-0");
-        let (cfg, diags) = check(&sources);
+        let (cfg, diags, _) = check(&sources);
         assert!(cfg.is_none());
         assert_eq!(diags.len(), 1);
         assert_eq!((diags[0].code, diags[0].line), ("E004", 183));
         assert!(diags[0].file.ends_with("f40.yaml"));
+    }
+
+    /// Found by the `config_load` fuzz target: YAML breaks lines at a lone CR too, so the
+    /// parser's line numbers ran past the end of the file as `\n` counts it, and quoted lines
+    /// were the wrong ones.
+    #[test]
+    fn positions_in_files_with_carriage_return_line_breaks() {
+        let text =
+            "clusters:\r  - name: a\r    connect_timeout: soon\r  - name: b\r    weight: x\r";
+        let report = crate::check_sources(Sources {
+            files: vec![crate::SourceFile {
+                path: "cr.yaml".into(),
+                text: text.into(),
+            }],
+            ..Default::default()
+        });
+        let read = &report.sources.as_ref().unwrap().files[0].text;
+        let lines = Lines::new(read);
+        assert!(!report.diagnostics.is_empty());
+        for d in &report.diagnostics {
+            let line = lines
+                .get(d.line)
+                .unwrap_or_else(|| panic!("{d} is past the end"));
+            assert!(
+                line.contains("connect_timeout") || line.contains("weight"),
+                "{d}: {line:?}"
+            );
+        }
     }
 
     #[test]

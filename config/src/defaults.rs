@@ -56,3 +56,10 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 pub const ACCESS_LOG_BUFFER_LINES: usize = 8192;
 /// OTLP `service_name`.
 pub const SERVICE_NAME: &str = "tern";
+
+/// Largest configuration file read (`--max-file-size`): far above any real file, far below what
+/// would hurt the proxy's memory.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Most YAML nodes (mappings, lists, scalars) in one file (`--max-yaml-nodes`): room for 100,000
+/// routes of a dozen nodes each, with what surrounds them.
+pub const MAX_YAML_NODES: usize = 3_000_000;

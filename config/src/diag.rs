@@ -35,6 +35,8 @@ pub mod codes {
     pub const ADDRESS_CONFLICT: &str = "E007";
     /// A file or directory that cannot be read.
     pub const IO: &str = "E008";
+    /// A file over a limit: its size, or the YAML parser's budget (nodes, nesting, aliases).
+    pub const LIMIT: &str = "E009";
     /// A header rule that sets or removes a header no rule may touch (pseudo-headers, hop-by-hop
     /// headers, a request's `host`).
     pub const HEADER_NOT_MUTABLE: &str = "E010";
@@ -56,6 +58,8 @@ pub mod codes {
     pub const FAULT_DELAY_EXCEEDS_TIMEOUT: &str = "W008";
     /// A circuit-breaker threshold below the retries the cluster allows in flight.
     pub const BREAKER_BELOW_RETRIES: &str = "W009";
+    /// The admin endpoint listens beyond loopback: anyone who reaches it can drain or stop the proxy.
+    pub const ADMIN_NOT_LOOPBACK: &str = "W010";
 }
 
 /// Another place that explains a diagnostic (e.g. the first definition of a duplicate).

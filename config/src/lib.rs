@@ -18,10 +18,12 @@ pub mod check_observability;
 pub mod check_resilience;
 pub mod defaults;
 pub mod diag;
+pub mod lines;
 pub mod lint;
 pub mod log_format;
 pub mod model;
 pub mod otlp;
+pub mod secrets;
 pub mod source;
 pub mod value;
 
@@ -31,7 +33,7 @@ use serde::{Serialize, Serializer};
 
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
-pub use source::{SourceFile, Sources};
+pub use source::{Limits, SourceFile, Sources};
 pub use value::{Dur, Pattern, Pos, Spanned};
 
 /// An item of a list merged from several files, with the file and position it came from.
@@ -83,8 +85,10 @@ pub struct Report {
     pub config: Option<Config>,
     /// Content hash of the files (see [`Sources::version`]).
     pub version: Option<String>,
-    /// Errors and warnings, sorted by severity, file, line.
+    /// Errors and warnings, sorted by severity, file, line; secret values already hidden.
     pub diagnostics: Vec<Diagnostic>,
+    /// The secrets of the files: a program that quotes source lines hides them with it.
+    pub secrets: secrets::Secrets,
 }
 
 impl Report {
@@ -99,7 +103,12 @@ impl Report {
 /// This is the function every program uses: `tern` at start and on reload, `tern-validate`,
 /// and `tern-sync` before making a snapshot current.
 pub fn load(path: &Path) -> Report {
-    match source::read(path) {
+    load_with(path, Limits::default())
+}
+
+/// [`load`] within `limits` (the programs' `--max-file-size` and `--max-yaml-nodes`).
+pub fn load_with(path: &Path, limits: Limits) -> Report {
+    match source::read_with(path, limits) {
         Ok(sources) => check_sources(sources),
         Err(diagnostics) => Report {
             diagnostics,
@@ -109,12 +118,18 @@ pub fn load(path: &Path) -> Report {
 }
 
 /// Parses and checks sources already read (the watcher reads first to skip unchanged content).
-pub fn check_sources(sources: Sources) -> Report {
-    let (config, diagnostics) = check::check(&sources);
+pub fn check_sources(mut sources: Sources) -> Report {
+    // The parser's lines are the ones diagnostics and quoted lines count (read already does
+    // this; sources made some other way may not have).
+    for f in &mut sources.files {
+        f.text = lines::normalize_line_breaks(std::mem::take(&mut f.text));
+    }
+    let (config, diagnostics, secrets) = check::check(&sources);
     Report {
         version: Some(sources.version()),
         sources: Some(sources),
         config,
         diagnostics,
+        secrets,
     }
 }

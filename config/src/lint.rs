@@ -4,13 +4,18 @@
 
 use std::collections::HashMap;
 
+use patricia_tree::PatriciaMap;
+
 use super::diag::{codes, Diagnostic};
-use super::model::{RouteMatch, VirtualHost};
+use super::model::{RouteMatch, ValueMatcher, VirtualHost};
 use super::value::{Pos, Spanned};
 use super::Config;
 
-/// Adds warnings for `cfg` to `diags`.
-pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
+/// Adds warnings for `cfg` to `diags`; `admin_at` is where `admin` is defined, if it is.
+pub fn lint(cfg: &Config, admin_at: Option<(usize, Pos)>, diags: &mut Vec<Diagnostic>) {
+    if let Some((file, _)) = admin_at {
+        admin_exposed(cfg, &cfg.files[file], diags);
+    }
     for rc in &cfg.route_configs {
         let file = &cfg.files[rc.file];
         domains(&rc.value.virtual_hosts, |d| diags.push(d.into_diag(file)));
@@ -23,6 +28,33 @@ pub fn lint(cfg: &Config, diags: &mut Vec<Diagnostic>) {
     if !diags.iter().any(Diagnostic::is_error) {
         resilience::lint(cfg, diags);
     }
+}
+
+/// The admin endpoint on an address other hosts can reach. It serves `/healthcheck/fail`
+/// (drains the proxy), `/logging` and `/config_dump` without authentication; Envoy's docs give
+/// the same advice: keep it on loopback, reach it with `kubectl port-forward` or ECS Exec.
+fn admin_exposed(cfg: &Config, file: &std::path::Path, diags: &mut Vec<Diagnostic>) {
+    let addr = &cfg.admin.address;
+    if addr.ip().is_loopback() {
+        return;
+    }
+    diags.push(
+        Diagnostic::warning(
+            codes::ADMIN_NOT_LOOPBACK,
+            file,
+            addr.pos,
+            format!(
+                "the admin endpoint listens on {}, reachable from other hosts: anyone who \
+                 reaches it can fail health checks (draining the proxy), change the log level \
+                 and read the configuration, without authentication",
+                addr.value
+            ),
+        )
+        .with_help(
+            "bind it to loopback (127.0.0.1:9901); for a container health check use \
+             `tern health`, which runs inside the task",
+        ),
+    );
 }
 
 /// A warning within one file, before the file's path is attached.
@@ -112,42 +144,151 @@ fn unreachable_routes(vh: &VirtualHost, mut out: impl FnMut(Local)) {
     }
 }
 
+/// A header or query matcher as a hashable key (equal keys: equal matchers, as in [`shadows`]).
+type MatcherKey<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<bool>,
+    bool,
+);
+
+fn matcher_key(m: &ValueMatcher) -> MatcherKey<'_> {
+    (
+        m.name.as_str(),
+        m.exact.as_deref(),
+        m.prefix.as_deref(),
+        m.regex.as_ref().map(|r| r.as_str()),
+        m.present,
+        m.invert_match,
+    )
+}
+
+/// The header and query matchers of a route, sorted and without repeats.
+type Conditions<'a> = (Vec<MatcherKey<'a>>, Vec<MatcherKey<'a>>);
+
+fn conditions(m: &RouteMatch) -> Conditions<'_> {
+    (matcher_set(&m.headers), matcher_set(&m.query_parameters))
+}
+
+fn matcher_set(v: &[Spanned<ValueMatcher>]) -> Vec<MatcherKey<'_>> {
+    let mut keys: Vec<_> = v.iter().map(|c| matcher_key(c)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Routes with more matchers than this are compared only with earlier routes that have none,
+/// one, or all of their matchers (a route with n matchers has 2^n subsets of them).
+const MAX_SUBSET_MATCHERS: usize = 6;
+
+/// Regex routes tried against one `path` route: a lint may miss a case, but must not make a
+/// table of thousands of regexes and paths cost their product.
+const MAX_REGEX_TRIES: usize = 64;
+
 /// The earlier routes of a virtual host, indexed so that checking a table of n routes costs
-/// about n lookups rather than n² comparisons (tables of thousands of routes exist).
+/// time linear in its size rather than n² comparisons (tables of thousands of routes exist,
+/// and a prefix may be long).
 ///
-/// Gives the same answer as trying [`shadows`] on every earlier route in order.
+/// Gives the same answer as trying [`shadows`] on every earlier route in order, except past
+/// [`MAX_SUBSET_MATCHERS`] and [`MAX_REGEX_TRIES`], where it may miss a shadowing route.
 #[derive(Default)]
 struct Earlier<'a> {
-    /// Routes without header or query matchers, by their `prefix`.
-    prefixes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
-    /// Same, by `path`.
+    /// By the header and query matchers of the routes (most routes have none).
+    groups: HashMap<Conditions<'a>, PathIndex<'a>>,
+    /// Bytes looked at so far (what the tests bound).
+    work: usize,
+}
+
+/// The earlier routes with the same header and query matchers, by their path condition; the
+/// first route of each condition only (a later one is shadowed by it).
+#[derive(Default)]
+struct PathIndex<'a> {
+    /// By `prefix`: walking the tree along a path finds every prefix of it in one pass.
+    prefixes: PatriciaMap<(&'a RouteMatch, Pos)>,
+    /// By `path`.
     paths: HashMap<&'a str, (&'a RouteMatch, Pos)>,
-    /// Same, by `regex` source.
+    /// By `regex` source.
     regexes: HashMap<&'a str, (&'a RouteMatch, Pos)>,
-    /// Same, regex routes with the literal text every match starts with.
-    regex_list: Vec<(&'a str, &'a RouteMatch, Pos)>,
-    /// Routes with header or query matchers, compared one by one (they are few).
-    with_matchers: Vec<(&'a RouteMatch, Pos)>,
+    /// Regex routes by the literal text every match starts with, in route order.
+    regex_starts: PatriciaMap<Vec<(&'a RouteMatch, Pos)>>,
 }
 
 impl<'a> Earlier<'a> {
     fn add(&mut self, m: &'a RouteMatch, pos: Pos) {
-        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
-            self.with_matchers.push((m, pos));
-        } else if let Some(p) = &m.prefix {
-            self.prefixes.entry(p.as_str()).or_insert((m, pos));
+        let index = self.groups.entry(conditions(m)).or_default();
+        if let Some(p) = &m.prefix {
+            if index.prefixes.get(p.as_str()).is_none() {
+                index.prefixes.insert(p.as_str(), (m, pos));
+            }
         } else if let Some(p) = &m.path {
-            self.paths.entry(p.as_str()).or_insert((m, pos));
+            index.paths.entry(p.as_str()).or_insert((m, pos));
         } else if let Some(r) = &m.regex {
-            if !self.regexes.contains_key(r.as_str()) {
-                self.regexes.insert(r.as_str(), (m, pos));
-                self.regex_list.push((literal_prefix(r.as_str()), m, pos));
+            if !index.regexes.contains_key(r.as_str()) {
+                index.regexes.insert(r.as_str(), (m, pos));
+                let lit = literal_prefix(r.as_str());
+                match index.regex_starts.get_mut(lit) {
+                    Some(v) => v.push((m, pos)),
+                    None => {
+                        index.regex_starts.insert(lit, vec![(m, pos)]);
+                    }
+                }
             }
         }
     }
 
     /// The earliest route that takes every request `m` would match.
-    fn first_shadowing(&self, m: &RouteMatch) -> Option<(&'a RouteMatch, Pos)> {
+    fn first_shadowing(&mut self, m: &RouteMatch) -> Option<(&'a RouteMatch, Pos)> {
+        let (headers, query) = conditions(m);
+        let mut best: Option<(&'a RouteMatch, Pos)> = None;
+        // A route shadows `m` only if its matchers are all among `m`'s: look in the group of
+        // each subset of them.
+        let all: Vec<(bool, MatcherKey<'_>)> = headers
+            .iter()
+            .map(|k| (true, *k))
+            .chain(query.iter().map(|k| (false, *k)))
+            .collect();
+        let pick = |chosen: &dyn Fn(usize) -> bool| -> Conditions<'_> {
+            let of = |header: bool| {
+                all.iter()
+                    .enumerate()
+                    .filter(|&(i, &(h, _))| h == header && chosen(i))
+                    .map(|(_, &(_, k))| k)
+                    .collect()
+            };
+            (of(true), of(false))
+        };
+        let mut keys = Vec::new();
+        if all.len() <= MAX_SUBSET_MATCHERS {
+            for mask in 0..1u32 << all.len() {
+                keys.push(pick(&|i| mask & (1 << i) != 0));
+            }
+        } else {
+            keys.push(pick(&|_| false));
+            for one in 0..all.len() {
+                keys.push(pick(&|i| i == one));
+            }
+            keys.push(pick(&|_| true));
+        }
+        for key in keys {
+            self.work += 1 + key.0.len() + key.1.len();
+            if let Some(index) = self.groups.get(&key) {
+                let found = index.first_shadowing(m, &mut self.work);
+                if let Some((r, p)) = found {
+                    if best.is_none_or(|(_, b)| p < b) {
+                        best = Some((r, p));
+                    }
+                }
+            }
+        }
+        best
+    }
+}
+
+impl<'a> PathIndex<'a> {
+    /// The earliest route of this group whose path condition covers `m`'s.
+    fn first_shadowing(&self, m: &RouteMatch, work: &mut usize) -> Option<(&'a RouteMatch, Pos)> {
         let mut best: Option<(&'a RouteMatch, Pos)> = None;
         let mut consider = |c: Option<&(&'a RouteMatch, Pos)>| {
             if let Some(&(r, p)) = c {
@@ -157,33 +298,36 @@ impl<'a> Earlier<'a> {
             }
         };
         if let Some(p) = m.prefix.as_ref().or(m.path.as_ref()) {
-            for (i, _) in p.char_indices().skip(1) {
-                consider(self.prefixes.get(&p[..i]));
+            *work += p.len();
+            for (_, c) in self.prefixes.common_prefixes(p.as_bytes()) {
+                consider(Some(c));
             }
-            consider(self.prefixes.get(p.as_str()));
         }
         if let Some(p) = &m.path {
             consider(self.paths.get(p.as_str()));
-            for (lit, r, pos) in &self.regex_list {
-                if p.starts_with(lit) && r.regex.as_ref().is_some_and(|re| re.is_match(p)) {
-                    consider(Some(&(*r, *pos)));
+            *work += p.len();
+            let mut tries = 0;
+            'starts: for (_, routes) in self.regex_starts.common_prefixes(p.as_bytes()) {
+                for &(r, pos) in routes {
+                    if tries == MAX_REGEX_TRIES {
+                        break 'starts;
+                    }
+                    tries += 1;
+                    *work += p.len();
+                    if r.regex.as_ref().is_some_and(|re| re.is_match(p)) {
+                        consider(Some(&(r, pos)));
+                        // Later routes of this list come after this one.
+                        break;
+                    }
                 }
             }
         }
         if let Some(r) = &m.regex {
             consider(self.regexes.get(r.as_str()));
             let lit = literal_prefix(r.as_str());
-            for (i, _) in lit.char_indices().skip(1) {
-                consider(self.prefixes.get(&lit[..i]));
-            }
-            consider(self.prefixes.get(lit));
-        }
-        if !m.headers.is_empty() || !m.query_parameters.is_empty() {
-            for c in &self.with_matchers {
-                if shadows(c.0, m) {
-                    consider(Some(c));
-                    break;
-                }
+            *work += lit.len();
+            for (_, c) in self.prefixes.common_prefixes(lit.as_bytes()) {
+                consider(Some(c));
             }
         }
         best
@@ -231,11 +375,13 @@ fn describe(m: &RouteMatch) -> String {
     s
 }
 
-/// True when every request matching `b` also matches `a`.
+/// True when every request matching `b` also matches `a`: what [`Earlier`] answers for all
+/// earlier routes at once (the tests compare the two).
 ///
 /// Conservative: only certain cases are reported (a prefix covering a prefix, a path, or the
 /// literal start of a regex; equal paths; equal regexes; a regex matching a literal path), with
 /// `a`'s header and query conditions all present in `b`.
+#[cfg(test)]
 fn shadows(a: &RouteMatch, b: &RouteMatch) -> bool {
     let subset = |x: &[Spanned<_>], y: &[Spanned<_>]| x.iter().all(|c| y.contains(c));
     if !subset(&a.headers, &b.headers) || !subset(&a.query_parameters, &b.query_parameters) {
@@ -625,6 +771,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The index looks at each route's text a bounded number of times, whatever the table: long
+    /// prefixes (a 300 KB one took 8.5 s), many routes with header matchers, many regexes
+    /// against many paths.
+    #[test]
+    fn index_work_is_linear_in_the_table() {
+        let long = format!("/{}", "a".repeat(300_000));
+        let mut yamls = vec![
+            format!("prefix: {long}"),
+            format!("prefix: {long}b"),
+            format!("path: {long}bc"),
+        ];
+        for i in 0..2000 {
+            yamls.push(format!(
+                "prefix: /\nheaders: [{{ name: x-tenant, exact: \"{i}\" }}]"
+            ));
+            yamls.push(format!("regex: \"/api/v[0-9]+/{i}\""));
+            yamls.push(format!("path: /api/v1/{i}x"));
+        }
+        let ms: Vec<RouteMatch> = yamls.iter().map(|y| m(y)).collect();
+        let size: usize = yamls.iter().map(String::len).sum();
+        let mut earlier = Earlier::default();
+        let mut shadowed = 0;
+        for (i, x) in ms.iter().enumerate() {
+            shadowed += earlier.first_shadowing(x).is_some() as usize;
+            earlier.add(
+                x,
+                Pos {
+                    line: i as u32 + 1,
+                    column: 1,
+                },
+            );
+        }
+        assert_eq!(shadowed, 2, "the two long routes under the first");
+        assert!(
+            earlier.work < 4 * size,
+            "work {} for {size} bytes of routes",
+            earlier.work
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! It lives in the configuration model so that `tern-validate` rejects exactly the formats the
 //! proxy would; the proxy's access log and header rules only render what this compiles.
 
+use std::collections::HashMap;
+
 use http::HeaderName;
 
 /// A value an access log line can show.
@@ -151,6 +153,11 @@ pub fn compile_text(
     req: &mut Vec<HeaderName>,
     resp: &mut Vec<HeaderName>,
 ) -> Result<Vec<Part>, String> {
+    // Header slots by name, so a format of many `%REQ()%`s compiles in linear time.
+    let mut slots = Slots {
+        req: Slot::new(req),
+        resp: Slot::new(resp),
+    };
     let mut parts = Vec::new();
     let mut rest = s;
     let mut lit = String::new();
@@ -173,7 +180,7 @@ pub fn compile_text(
         if !lit.is_empty() {
             parts.push(Part::Lit(std::mem::take(&mut lit)));
         }
-        parts.push(Part::Field(operator(op, req, resp)?));
+        parts.push(Part::Field(operator(op, &mut slots)?));
     }
     lit.push_str(rest);
     if !lit.is_empty() {
@@ -182,23 +189,40 @@ pub fn compile_text(
     Ok(parts)
 }
 
-fn header_index(list: &mut Vec<HeaderName>, name: &str) -> Result<usize, String> {
-    let n = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    Ok(match list.iter().position(|h| *h == n) {
-        Some(i) => i,
-        None => {
-            list.push(n);
-            list.len() - 1
-        }
-    })
+/// A list of captured headers and its index by name.
+struct Slot<'a> {
+    list: &'a mut Vec<HeaderName>,
+    index: HashMap<HeaderName, usize>,
 }
 
-fn operator(
-    op: &str,
-    req: &mut Vec<HeaderName>,
-    resp: &mut Vec<HeaderName>,
-) -> Result<Field, String> {
+impl<'a> Slot<'a> {
+    fn new(list: &'a mut Vec<HeaderName>) -> Slot<'a> {
+        let index = list
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), i))
+            .collect();
+        Slot { list, index }
+    }
+
+    fn index(&mut self, name: &str) -> Result<usize, String> {
+        let n = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("`{name}` is not a valid header name"))?;
+        let next = self.list.len();
+        let i = *self.index.entry(n.clone()).or_insert(next);
+        if i == next {
+            self.list.push(n);
+        }
+        Ok(i)
+    }
+}
+
+struct Slots<'a> {
+    req: Slot<'a>,
+    resp: Slot<'a>,
+}
+
+fn operator(op: &str, slots: &mut Slots<'_>) -> Result<Field, String> {
     // `NAME(ARG)` optionally followed by Envoy's `:LEN` truncation, which is not supported.
     let (name, arg) = match op.split_once('(') {
         Some((n, a)) => {
@@ -218,9 +242,9 @@ fn operator(
             _ if a.starts_with(':') => {
                 return Err(format!("`%{op}%`: pseudo-header `{a}` is not supported"))
             }
-            _ => Field::ReqHeader(header_index(req, a)?),
+            _ => Field::ReqHeader(slots.req.index(a)?),
         },
-        ("RESP", Some(a)) => Field::RespHeader(header_index(resp, a)?),
+        ("RESP", Some(a)) => Field::RespHeader(slots.resp.index(a)?),
         ("PROTOCOL", None) => Field::Protocol,
         ("RESPONSE_CODE", None) => Field::ResponseCode,
         ("RESPONSE_FLAGS", None) => Field::ResponseFlags,

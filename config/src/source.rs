@@ -1,12 +1,45 @@
-//! Finding and reading the YAML files that make up one configuration.
+//! Finding and reading the YAML files that make up one configuration, within the [`Limits`].
+//!
+//! Only regular files (or symlinks to them) are read, and each is checked against the size cap
+//! before it is opened: a FIFO would block the reader forever, a device may act on an open, and
+//! a huge file would be held in memory whole.
 
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::defaults;
 use super::diag::{codes, Diagnostic};
 use super::value::Pos;
+
+/// Bounds on what one load reads and parses; the same in the proxy and in `tern-validate`
+/// (`--max-file-size`, `--max-yaml-nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file read, in bytes (checked before the file is opened).
+    pub max_file_bytes: u64,
+    /// Most YAML nodes (mappings, lists, scalars) one file may hold.
+    pub max_yaml_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: defaults::MAX_FILE_BYTES,
+            max_yaml_nodes: defaults::MAX_YAML_NODES,
+        }
+    }
+}
+
+/// Parses a size such as `16MiB`, `500kB` or `1048576` (the `--max-file-size` syntax).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s.trim())
+        .map_err(|e| format!("invalid size {s:?} ({e}); write e.g. 16MiB, 500KiB or 1048576"))
+}
 
 /// One YAML file as read from disk.
 #[derive(Debug, Clone)]
@@ -26,6 +59,8 @@ pub struct Sources {
     pub files: Vec<SourceFile>,
     /// Canonical paths of every directory walked (what a watcher must watch).
     pub dirs: BTreeSet<PathBuf>,
+    /// The limits the files were read with; parsing applies them too.
+    pub limits: Limits,
 }
 
 impl Sources {
@@ -43,7 +78,8 @@ impl Sources {
     }
 }
 
-fn is_yaml(path: &Path) -> bool {
+/// True for a name the loader reads: `*.yaml` or `*.yml`.
+pub fn is_yaml(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
         Some("yaml") | Some("yml")
@@ -58,11 +94,62 @@ fn io_error(path: &Path, message: String) -> Diagnostic {
     Diagnostic::error(codes::IO, path, Pos::default(), message)
 }
 
+/// What a file type is, for the error about a file that is not a regular file.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn not_regular(path: &Path, t: std::fs::FileType) -> Diagnostic {
+    io_error(
+        path,
+        format!(
+            "{} is {}: only regular files (or symlinks to them) are read as configuration",
+            path.display(),
+            kind_of(t)
+        ),
+    )
+}
+
+/// The error for a file over [`Limits::max_file_bytes`].
+fn too_large(path: &Path, size: u64, limits: &Limits) -> Diagnostic {
+    Diagnostic::error(
+        codes::LIMIT,
+        path,
+        Pos::default(),
+        format!(
+            "{} is {size} bytes, over the limit of {} bytes per configuration file",
+            path.display(),
+            limits.max_file_bytes
+        ),
+    )
+    .with_help(
+        "split it into several files, or raise the limit with --max-file-size (env TERN_MAX_FILE_SIZE), \
+         given to tern and tern-validate alike",
+    )
+}
+
+/// Reads every non-hidden `*.yaml`/`*.yml` file below `root` (recursively, following symlinks)
+/// with the default [`Limits`].
+pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
+    read_with(root, Limits::default())
+}
+
 /// Reads every non-hidden `*.yaml`/`*.yml` file below `root` (recursively, following symlinks).
 ///
 /// Hidden entries are skipped, which also skips Kubernetes' `..data` and `..<timestamp>` directories
-/// while still reading the files that point into them.
-pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
+/// while still reading the files that point into them. A YAML-named entry that is not a regular
+/// file (a FIFO, socket or device) is an error at its path, and is never opened.
+pub fn read_with(root: &Path, limits: Limits) -> Result<Sources, Vec<Diagnostic>> {
     let meta = std::fs::metadata(root).map_err(|e| {
         vec![io_error(
             root,
@@ -71,6 +158,7 @@ pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
     })?;
     let mut sources = Sources {
         root: root.to_path_buf(),
+        limits,
         ..Default::default()
     };
     let mut errors = Vec::new();
@@ -80,6 +168,8 @@ pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
         if let Some(parent) = root.parent().and_then(|p| p.canonicalize().ok()) {
             sources.dirs.insert(parent);
         }
+    } else if !meta.is_dir() {
+        return Err(vec![not_regular(root, meta.file_type())]);
     } else {
         let walker = walkdir::WalkDir::new(root)
             .follow_links(true)
@@ -93,8 +183,12 @@ pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
                         sources.dirs.insert(c);
                     }
                 }
-                Ok(e) if e.file_type().is_file() && is_yaml(e.path()) => {
-                    paths.push(e.path().to_path_buf())
+                Ok(e) if is_yaml(e.path()) => {
+                    if e.file_type().is_file() {
+                        paths.push(e.path().to_path_buf())
+                    } else {
+                        errors.push(not_regular(e.path(), e.file_type()));
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -113,17 +207,62 @@ pub fn read(root: &Path) -> Result<Sources, Vec<Diagnostic>> {
     }
     paths.sort();
     for path in paths {
-        match std::fs::read(&path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => sources.files.push(SourceFile { path, text }),
-                Err(_) => errors.push(io_error(&path, "file is not valid UTF-8".into())),
-            },
-            Err(e) => errors.push(io_error(&path, format!("cannot read: {e}"))),
+        match read_file(&path, &limits) {
+            Ok(text) => sources.files.push(SourceFile { path, text }),
+            Err(d) => errors.push(*d),
         }
     }
     if errors.is_empty() {
         Ok(sources)
     } else {
         Err(errors)
+    }
+}
+
+/// Reads one file: checked (type and size) before it is opened, and again on the open handle,
+/// since the path may have been replaced in between; never more than the cap is read.
+fn read_file(path: &Path, limits: &Limits) -> Result<String, Box<Diagnostic>> {
+    let cannot = |e: std::io::Error| Box::new(io_error(path, format!("cannot read: {e}")));
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(Box::new(not_regular(path, meta.file_type())));
+    }
+    if meta.len() > limits.max_file_bytes {
+        return Err(Box::new(too_large(path, meta.len(), limits)));
+    }
+    // Non-blocking: should a FIFO have taken the file's place since the check, opening it
+    // returns at once instead of waiting for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(Box::new(not_regular(path, meta.file_type())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limits.max_file_bytes) as usize);
+    // One byte over the cap tells a file that grew while it was read.
+    File::take(file, limits.max_file_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(Box::new(too_large(path, bytes.len() as u64, limits)));
+    }
+    String::from_utf8(bytes)
+        .map(super::lines::normalize_line_breaks)
+        .map_err(|_| Box::new(io_error(path, "file is not valid UTF-8".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("16MiB"), Ok(16 * 1024 * 1024));
+        assert_eq!(parse_size("1048576"), Ok(1048576));
+        assert_eq!(parse_size(" 2 KiB "), Ok(2048));
+        assert!(parse_size("lots").unwrap_err().contains("invalid size"));
     }
 }

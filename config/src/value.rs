@@ -4,6 +4,7 @@
 //! and the request path only ever sees typed values.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Deref;
 use std::time::Duration;
@@ -70,15 +71,61 @@ impl<T: Ord> Ord for Spanned<T> {
     }
 }
 
+/// Where a piece of a file parsed on its own sits in the file (see `check::recover`): its first
+/// line is `first` (columns on it moved right by `first.column`), every later line moves down by
+/// `lines`. Parsing the piece alone, instead of padded with blank lines up to its place, keeps
+/// recovering n items of a file linear in its size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Shift {
+    /// Line (and extra columns) of the piece's first line.
+    pub first: Pos,
+    /// Lines added to the piece's other lines.
+    pub lines: u32,
+}
+
+impl Shift {
+    /// The position in the file of `p`, a position in the piece (identity for the default).
+    pub fn apply(self, p: Pos) -> Pos {
+        if self == Shift::default() {
+            p
+        } else if p.line <= 1 {
+            Pos {
+                line: self.first.line,
+                column: p.column + self.first.column,
+            }
+        } else {
+            Pos {
+                line: p.line + self.lines,
+                column: p.column,
+            }
+        }
+    }
+
+    /// Runs `f` (a parse of the piece) with positions of [`Spanned`] values shifted.
+    pub fn during<R>(self, f: impl FnOnce() -> R) -> R {
+        let before = SHIFT.replace(self);
+        let r = f();
+        SHIFT.set(before);
+        r
+    }
+}
+
+thread_local! {
+    // A parse runs on one thread and `Deserialize` takes no context: the shift of the piece
+    // being parsed is set around the parse.
+    static SHIFT: Cell<Shift> = const { Cell::new(Shift { first: Pos { line: 0, column: 0 }, lines: 0 }) };
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        let pos = Pos {
+            line: s.referenced.line() as u32,
+            column: s.referenced.column() as u32,
+        };
         Ok(Spanned {
             value: s.value,
-            pos: Pos {
-                line: s.referenced.line() as u32,
-                column: s.referenced.column() as u32,
-            },
+            pos: SHIFT.get().apply(pos),
         })
     }
 }

@@ -47,6 +47,14 @@ struct Cli {
     /// When to color human output.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+
+    /// Largest configuration file read, e.g. 16MiB (as `tern --max-file-size`).
+    #[arg(long, env = "TERN_MAX_FILE_SIZE", default_value = "16MiB", value_parser = config::source::parse_size)]
+    max_file_size: u64,
+
+    /// Most YAML nodes (mappings, lists, scalars) in one file (as `tern --max-yaml-nodes`).
+    #[arg(long, env = "TERN_MAX_YAML_NODES", default_value_t = config::defaults::MAX_YAML_NODES)]
+    max_yaml_nodes: usize,
 }
 
 /// How diagnostics are written.
@@ -101,7 +109,11 @@ fn main() -> ExitCode {
     // `--skip-files` is accepted now so CI pipelines need no change when file checks arrive.
     let _ = cli.skip_files;
 
-    let outcomes: Vec<Outcome> = cli.paths.iter().map(|p| validate(p)).collect();
+    let limits = config::Limits {
+        max_file_bytes: cli.max_file_size,
+        max_yaml_nodes: cli.max_yaml_nodes,
+    };
+    let outcomes: Vec<Outcome> = cli.paths.iter().map(|p| validate(p, limits)).collect();
 
     let errors: usize = outcomes.iter().map(|o| o.report.error_count()).sum();
     let warnings: usize = outcomes
@@ -179,7 +191,7 @@ fn main() -> ExitCode {
 }
 
 /// Loads one PATH with the proxy's loader; a PATH that does not exist is an I/O failure (exit 2).
-fn validate(path: &Path) -> Outcome {
+fn validate(path: &Path, limits: config::Limits) -> Outcome {
     if let Err(e) = std::fs::metadata(path) {
         let d = Diagnostic::error(
             codes::IO,
@@ -196,7 +208,7 @@ fn validate(path: &Path) -> Outcome {
             io_failure: true,
         };
     }
-    let report = config::load(path);
+    let report = config::load_with(path, limits);
     Outcome {
         path: path.to_path_buf(),
         report,

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use annotate_snippets::{AnnotationKind, Group, Level, Origin, Renderer, Snippet};
 use serde::Serialize;
+use tern_config::lines::Lines;
+use tern_config::secrets::Secrets;
 use tern_config::{Diagnostic, Severity};
 
 use crate::{counts, Outcome};
@@ -14,37 +16,45 @@ use crate::{counts, Outcome};
 /// Version of the JSON document; bumped only on incompatible changes.
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
-/// Source texts of every file read, by path, to quote lines in snippets.
-fn texts(outcomes: &[Outcome]) -> HashMap<&Path, &str> {
+/// Source texts of every file read, by path and indexed by line, with the secrets to hide
+/// when quoting their lines in snippets.
+fn texts(outcomes: &[Outcome]) -> HashMap<&Path, (Lines<'_>, &Secrets)> {
     let mut m = HashMap::new();
     for o in outcomes {
         if let Some(s) = &o.report.sources {
             for f in &s.files {
-                m.insert(f.path.as_path(), f.text.as_str());
+                m.insert(f.path.as_path(), (Lines::new(&f.text), &o.report.secrets));
             }
         }
     }
     m
 }
 
-/// The text of 1-based `line` in `text`.
-fn line_of(text: &str, line: u32) -> Option<&str> {
-    if line == 0 {
-        return None;
+/// Lines longer than this are quoted in part: the part around the caret.
+const MAX_QUOTED_LINE: usize = 240;
+
+/// `line` cut to at most about [`MAX_QUOTED_LINE`] bytes around byte `at`, and `at` in the cut.
+/// Rendering a whole megabyte-long line (a flow list on one line) for each of its problems
+/// would be quadratic, and unreadable.
+fn around(line: &str, at: usize) -> (&str, usize) {
+    if line.len() <= MAX_QUOTED_LINE {
+        return (line, at);
     }
-    text.split('\n')
-        .nth(line as usize - 1)
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+    let floor = |mut i: usize| {
+        while !line.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let from = floor(at.saturating_sub(MAX_QUOTED_LINE / 4));
+    let to = floor((from + MAX_QUOTED_LINE).min(line.len()));
+    (&line[from..to], at - from)
 }
 
-/// Byte range of the token starting at 1-based char `column` of `line`: a quoted string, or up to
-/// the next separator. Diagnostics carry only a position, so the caret covers the word there.
-pub fn token_span(line: &str, column: u32) -> Range<usize> {
-    let start = line
-        .char_indices()
-        .nth(column.saturating_sub(1) as usize)
-        .map(|(i, _)| i)
-        .unwrap_or(line.len());
+/// Byte range of the token starting at byte `start` of `line`: a quoted string, or up to the
+/// next separator. Diagnostics carry only a position, so the caret covers the word there.
+pub fn token_span(line: &str, start: usize) -> Range<usize> {
+    let start = start.min(line.len());
     let rest = &line[start..];
     let mut len = 0;
     let mut chars = rest.char_indices().peekable();
@@ -90,22 +100,36 @@ pub fn token_span(line: &str, column: u32) -> Range<usize> {
     start..start + len
 }
 
+/// The quoted line of a place, with its caret: a snippet and, when the line was cut, the
+/// origin (`--> file:line:column`) that the cut snippet cannot compute itself.
 fn snippet<'a>(
-    texts: &HashMap<&Path, &'a str>,
+    texts: &HashMap<&Path, (Lines<'a>, &Secrets)>,
     file: &'a Path,
     line: u32,
     column: u32,
     kind: AnnotationKind,
     label: Option<&'a str>,
-) -> Option<Snippet<'a, annotate_snippets::Annotation<'a>>> {
-    let text = line_of(texts.get(file)?, line)?;
-    let span = token_span(text, column);
-    Some(
-        Snippet::source(text)
-            .line_start(line as usize)
-            .path(file.to_string_lossy())
-            .annotation(kind.span(span).label(label)),
-    )
+) -> Option<(
+    Option<Origin<'a>>,
+    Snippet<'a, annotate_snippets::Annotation<'a>>,
+)> {
+    let (lines, secrets) = texts.get(file)?;
+    let (full, at) = secrets.redact_line(file, line, lines.get(line)?, lines.byte_of(line, column));
+    let (text, at) = around(&full, at);
+    let span = token_span(text, at);
+    let cut = text.len() != full.len();
+    let text = text.to_string();
+    let snippet = Snippet::source(text)
+        .line_start(line as usize)
+        .annotation(kind.span(span).label(label));
+    if !cut {
+        Some((None, snippet.path(file.to_string_lossy())))
+    } else {
+        let origin = Origin::path(file.to_string_lossy())
+            .line(line as usize)
+            .char_column(column as usize);
+        Some((Some(origin), snippet))
+    }
 }
 
 /// Writes diagnostics like rustc does: header, location, quoted line with a caret, notes, help.
@@ -136,7 +160,12 @@ pub fn human(
                 AnnotationKind::Primary,
                 None,
             ) {
-                Some(s) => group = group.element(s),
+                Some((origin, s)) => {
+                    if let Some(o) = origin {
+                        group = group.element(o);
+                    }
+                    group = group.element(s)
+                }
                 None => {
                     let mut origin = Origin::path(d.file.to_string_lossy());
                     if d.line > 0 {
@@ -154,7 +183,12 @@ pub fn human(
                     AnnotationKind::Context,
                     Some(r.message.as_str()),
                 ) {
-                    Some(s) => group = group.element(s),
+                    Some((origin, s)) => {
+                        if let Some(o) = origin {
+                            group = group.element(o);
+                        }
+                        group = group.element(s)
+                    }
                     None => {
                         group = group.element(Level::NOTE.message(format!(
                             "{} at {}:{}:{}",
@@ -383,17 +417,31 @@ mod tests {
     #[test]
     fn token_spans() {
         let l = "    conect_timeout: 1s";
-        assert_eq!(&l[token_span(l, 5)], "conect_timeout");
+        assert_eq!(&l[token_span(l, 4)], "conect_timeout");
         let l = "  - { name: a, address: 0.0.0.0:8080, tcp_proxy: { cluster: c } }";
-        assert_eq!(&l[token_span(l, 25)], "0.0.0.0:8080");
+        assert_eq!(&l[token_span(l, 24)], "0.0.0.0:8080");
         let l = "    route: { cluster: \"a b\" }";
-        assert_eq!(&l[token_span(l, 23)], "\"a b\"");
-        assert_eq!(token_span("ab", 9), 2..2);
+        assert_eq!(&l[token_span(l, 22)], "\"a b\"");
+        assert_eq!(token_span("ab", 8), 2..2);
         let l = "  - match: { prefix: /, headers: [{ name: a }] } # x";
         assert_eq!(
-            &l[token_span(l, 12)],
+            &l[token_span(l, 11)],
             "{ prefix: /, headers: [{ name: a }] }"
         );
+    }
+
+    #[test]
+    fn long_lines_are_quoted_around_the_caret() {
+        let l = format!("{}é{}", "a".repeat(1000), "b".repeat(1000));
+        let (cut, at) = around(&l, 1500);
+        assert!(cut.len() <= MAX_QUOTED_LINE, "{}", cut.len());
+        assert_eq!(&cut[at..at + 1], "b");
+        assert_eq!(around("short", 2), ("short", 2));
+        // Never cut inside a character.
+        for at in 990..1010 {
+            let (cut, _) = around(&l, at);
+            assert!(cut.len() <= MAX_QUOTED_LINE);
+        }
     }
 
     #[test]

@@ -88,7 +88,10 @@ fn every_fixture_reports_exactly_its_expected_diagnostics() {
             &fs::read_to_string(fixtures_dir().join(&name).join("expect.json")).unwrap(),
         )
         .unwrap();
-        let out = run_in(&fixtures_dir(), &["--format", "json", &name]);
+        let mut args = fixture_args(&name);
+        args.extend(["--format".into(), "json".into(), name.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_in(&fixtures_dir(), &args);
         let doc = json_of(&out);
         let got: Vec<Value> = doc["diagnostics"]
             .as_array()
@@ -131,6 +134,34 @@ fn every_fixture_reports_exactly_its_expected_diagnostics() {
     }
 }
 
+/// Options a fixture is checked with (`args` in its expect.json): a limit lowered so that a
+/// small file shows what a huge one would.
+fn fixture_args(name: &str) -> Vec<String> {
+    let expect: Value = serde_json::from_str(
+        &fs::read_to_string(fixtures_dir().join(name).join("expect.json")).unwrap(),
+    )
+    .unwrap();
+    expect["args"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The limits the programs take from `args`.
+fn limits_of(args: &[String]) -> tern_config::Limits {
+    let mut limits = tern_config::Limits::default();
+    for w in args.windows(2) {
+        match w[0].as_str() {
+            "--max-yaml-nodes" => limits.max_yaml_nodes = w[1].parse().unwrap(),
+            "--max-file-size" => {
+                limits.max_file_bytes = tern_config::source::parse_size(&w[1]).unwrap()
+            }
+            _ => {}
+        }
+    }
+    limits
+}
+
 /// The codes declared in the shared diagnostics module.
 fn declared_codes() -> Vec<String> {
     let src = fs::read_to_string(manifest_dir().join("../config/src/diag.rs")).unwrap();
@@ -161,21 +192,41 @@ fn every_code_has_a_fixture_and_a_documented_section() {
 
 #[test]
 fn validator_loader_and_tern_check_agree_on_fixtures_and_examples() {
-    let mut dirs: Vec<PathBuf> = fixtures().iter().map(|n| fixtures_dir().join(n)).collect();
+    let mut dirs: Vec<(PathBuf, Vec<String>)> = fixtures()
+        .iter()
+        .map(|n| (fixtures_dir().join(n), fixture_args(n)))
+        .collect();
     for e in fs::read_dir(manifest_dir().join("../config-examples")).unwrap() {
-        dirs.push(e.unwrap().path());
+        dirs.push((e.unwrap().path(), Vec::new()));
     }
-    for d in dirs {
-        let loads = tern_config::load(&d).config.is_some();
-        let out = run_in(&manifest_dir(), &["--format", "json", d.to_str().unwrap()]);
+    for (d, extra) in dirs {
+        let loads = tern_config::load_with(&d, limits_of(&extra))
+            .config
+            .is_some();
+        let mut args = extra.clone();
+        args.extend(["--format".into(), "json".into(), d.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_in(&manifest_dir(), &args);
         assert_eq!(
             out.status.code() == Some(0),
             loads,
             "{}: validator and loader disagree",
             d.display()
         );
+        let tern = if extra.is_empty() {
+            tern_check_code(&d)
+        } else {
+            let out = std::process::Command::new(tern_testkit::tern_bin())
+                .args(&extra)
+                .arg("--check")
+                .arg("--config")
+                .arg(&d)
+                .output()
+                .unwrap();
+            out.status.code().unwrap()
+        };
         assert_eq!(
-            tern_check_code(&d) == 0,
+            tern == 0,
             loads,
             "{}: `tern --check` and the loader disagree",
             d.display()

@@ -1,0 +1,57 @@
+//! Entry points for the fuzz targets in `fuzz/` (`cargo fuzz`): the proxy's pure parsers and
+//! its route matching, reachable without making the runtime modules public. Hidden from the
+//! documentation; not an API.
+
+use std::collections::HashMap;
+
+pub use crate::trace::{parse_b3_multi, parse_b3_single, parse_traceparent, parse_xray};
+
+/// Every trace format read from `headers` at once (what a request's arrival does).
+pub fn extract_trace(headers: &http::HeaderMap) {
+    let _ = crate::trace::extract(headers);
+}
+
+/// One request to route: host, path with query, headers.
+pub struct Request<'a> {
+    /// `Host` / `:authority`.
+    pub host: &'a str,
+    /// Path and query.
+    pub path_and_query: &'a str,
+    /// Header names and values (invalid ones are skipped).
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// Compiles a route config (its routes may not forward to a cluster: there are none) and routes
+/// each request as the proxy would; returns the route names chosen. `None` when the route
+/// config does not compile.
+pub fn route(
+    rc: &tern_config::RouteConfig,
+    requests: &[Request<'_>],
+) -> Option<Vec<Option<String>>> {
+    let router = crate::router::Router::build(rc, &HashMap::new()).ok()?;
+    let mut chosen = Vec::with_capacity(requests.len());
+    for r in requests {
+        let Ok(uri) = r.path_and_query.parse::<http::Uri>() else {
+            chosen.push(None);
+            continue;
+        };
+        let mut headers = http::HeaderMap::new();
+        for (n, v) in &r.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(n),
+                http::HeaderValue::from_bytes(v),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let route = router
+            .virtual_host(r.host)
+            .and_then(|vh| vh.route(&uri, &headers));
+        if let Some(route) = route {
+            // Rewrites and redirects are computed on the matched route, as the request path does.
+            let _ = route.rewrite_path(&uri, "/rewritten/");
+        }
+        chosen.push(route.map(|rt| rt.name.to_string()));
+    }
+    Some(chosen)
+}
