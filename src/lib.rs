@@ -12,6 +12,7 @@ pub(crate) mod headers;
 pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod otlp;
+pub(crate) mod overload;
 pub(crate) mod proxy;
 pub(crate) mod router;
 pub mod server;

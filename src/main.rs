@@ -129,6 +129,31 @@ fn init_logging(args: &Args) {
     );
 }
 
+/// Raises the open-files soft limit to the hard limit: each client connection holds a
+/// descriptor, and the usual soft limit (1024) would cap the proxy near a thousand clients while
+/// the hard limit allows far more. Logged either way, so the capacity is known.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    // An unlimited hard limit is not a valid soft one: the kernel caps it at fs.nr_open.
+    let target = lim.maximum.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    });
+    if soft >= target {
+        tracing::info!(limit = soft, "open files limit");
+        return;
+    }
+    lim.current = Some(target);
+    match setrlimit(Resource::Nofile, lim) {
+        Ok(()) => tracing::info!(from = soft, to = target, "open files limit raised to the hard limit"),
+        Err(e) => tracing::warn!(limit = soft, error = %e, "cannot raise the open files limit"),
+    }
+}
+
 fn main() -> ExitCode {
     // TLS (OTLP to an https collector) uses ring; named as the process default so that a build
     // that also links another rustls provider (the workspace's test crates) still picks one.
@@ -166,6 +191,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(&args);
+    raise_open_files_limit();
     if std::env::var_os("TERN_STATS_DISABLED").is_some_and(|v| v == "1") {
         // Only for measuring what stats cost (bench/README.md); gauges still work.
         tern::set_recording(false);

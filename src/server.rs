@@ -114,6 +114,7 @@ impl Server {
             hc_failed: AtomicBool::new(false),
             config_path: opts.config.clone(),
             tunnels: Tunnels::default(),
+            overload: Default::default(),
         });
         let mut server = Server {
             shared,
@@ -132,6 +133,7 @@ impl Server {
             return Err("a listener or the admin endpoint could not start (see the log)".into());
         }
         tracing::info!(version = %version, listeners = server.listeners.len(), admin = %snap.config.admin.address.value, "configuration loaded");
+        tokio::spawn(sample_memory(server.shared.clone()));
         Ok(server)
     }
 
@@ -312,6 +314,38 @@ impl Server {
         if let Some((_, admin)) = self.admin {
             admin.stop();
         }
+    }
+}
+
+/// The overload manager's memory monitor: samples the resident set size every
+/// `overload.refresh_interval` (read from the running configuration each time, so a reload
+/// changes it) and sets the overload state when it is at or over `max_heap_size_bytes`.
+async fn sample_memory(shared: Arc<Shared>) {
+    loop {
+        let (max, every) = {
+            let snap = shared.snapshot.load();
+            let o = &snap.config.overload;
+            (
+                o.max_heap_size_bytes.as_ref().map(|m| m.value),
+                o.refresh_interval
+                    .as_ref()
+                    .map_or(config::defaults::OVERLOAD_REFRESH_INTERVAL, |r| r.value.0),
+            )
+        };
+        if let Some(rss) = crate::overload::rss_bytes() {
+            let server = &shared.stats.server;
+            server.memory_physical_size.set(rss as i64);
+            let over = max.is_some_and(|m| rss >= m);
+            if shared.overload.set_overloaded(over) {
+                server.overload_active.set(i64::from(over));
+                if over {
+                    tracing::warn!(rss, max_heap_size_bytes = max, "overloaded: refusing new connections and answering new requests 503");
+                } else {
+                    tracing::info!(rss, "no longer overloaded");
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

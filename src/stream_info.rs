@@ -43,9 +43,11 @@ impl Flags {
     pub const UR: Flags = Flags(1 << 10);
     /// `SI`: stream idle timeout.
     pub const SI: Flags = Flags(1 << 11);
+    /// `OM`: refused by the overload manager.
+    pub const OM: Flags = Flags(1 << 12);
 
     /// Every flag with its code, in Envoy's order of appearance.
-    pub const ALL: [(Flags, &'static str); 12] = [
+    pub const ALL: [(Flags, &'static str); 13] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -58,6 +60,7 @@ impl Flags {
         (Flags::DC, "DC"),
         (Flags::UR, "UR"),
         (Flags::SI, "SI"),
+        (Flags::OM, "OM"),
     ];
 
     /// Adds `o`.

@@ -22,6 +22,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         match parsed {
             Ok(frag) => {
                 if frag.admin.is_none()
+                    && frag.overload.is_none()
                     && frag.listeners.is_empty()
                     && frag.route_configs.is_empty()
                     && frag.clusters.is_empty()
@@ -59,7 +60,24 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         ..Default::default()
     };
     let mut admin_at: Option<(usize, Pos)> = None;
+    let mut overload_at: Option<(usize, Pos)> = None;
     for (file, frag) in fragments {
+        if let Some(o) = frag.overload {
+            if let Some((f0, p0)) = overload_at {
+                diags.push(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        &cfg.files[file],
+                        o.pos,
+                        "overload is defined twice",
+                    )
+                    .with_related("first defined here", &cfg.files[f0], p0),
+                );
+            } else {
+                overload_at = Some((file, o.pos));
+                cfg.overload = o.value;
+            }
+        }
         if let Some(a) = frag.admin {
             if let Some((f0, p0)) = admin_at {
                 diags.push(
@@ -121,6 +139,9 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         ck.cluster(c);
     }
     ck.addresses(&cfg, admin_at);
+    if let Some((file, _)) = overload_at {
+        ck.overload(file, &cfg.overload);
+    }
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
@@ -141,6 +162,8 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
 struct Outline {
     #[serde(default)]
     admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    overload: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -200,6 +223,10 @@ fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr:
         let mut v = each::<Admin>(std::slice::from_ref(a), &lines, &mut errors);
         frag.admin = v.pop();
     }
+    if let Some(o) = &outline.overload {
+        let mut v = each::<Overload>(std::slice::from_ref(o), &lines, &mut errors);
+        frag.overload = v.pop();
+    }
     frag.listeners = each(&outline.listeners, &lines, &mut errors);
     frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
     frag.clusters = each(&outline.clusters, &lines, &mut errors);
@@ -230,6 +257,9 @@ fn parse_chunks(
             if part.admin.is_some() {
                 frag.admin = part.admin;
             }
+            if part.overload.is_some() {
+                frag.overload = part.overload;
+            }
             frag.listeners.extend(part.listeners);
             frag.route_configs.extend(part.route_configs);
             frag.clusters.extend(part.clusters);
@@ -250,7 +280,10 @@ fn parse_chunks(
 fn top_level_key(line: &str) -> Option<&str> {
     let (key, rest) = line.split_once(':')?;
     let rest = rest.trim();
-    let known = matches!(key, "admin" | "listeners" | "route_configs" | "clusters");
+    let known = matches!(
+        key,
+        "admin" | "overload" | "listeners" | "route_configs" | "clusters"
+    );
     (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
 }
 
@@ -275,7 +308,7 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
         let end = (i + 1..lines.len())
             .find(|&n| at_top_level(lines[n]))
             .unwrap_or(lines.len());
-        if key == "admin" {
+        if key == "admin" || key == "overload" {
             chunks.push((i, i + 1, end));
         } else {
             let mut indent = None;
@@ -606,6 +639,74 @@ impl Checker<'_> {
         if let Some(t) = &v.tcp_proxy {
             if t.cluster.trim().is_empty() {
                 self.bad(l.file, t.cluster.pos, "tcp_proxy cluster must not be empty");
+            }
+        }
+        self.limits(l);
+    }
+
+    /// Connection and header limits of a listener.
+    fn limits(&mut self, l: &Def<Listener>) {
+        use super::defaults::{H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, MAX_REQUEST_HEADERS_KB_LIMIT};
+        let (f, v) = (l.file, &l.value);
+        if let Some(m) = &v.max_connections {
+            if m.value == 0 {
+                self.bad(f, m.pos, "max_connections must be at least 1");
+            }
+        }
+        if let Some(k) = &v.max_request_headers_kb {
+            if !(1..=MAX_REQUEST_HEADERS_KB_LIMIT).contains(&k.value) {
+                self.bad(
+                    f,
+                    k.pos,
+                    format!("max_request_headers_kb must be 1..={MAX_REQUEST_HEADERS_KB_LIMIT}"),
+                );
+            }
+        }
+        if let Some(c) = &v.max_headers_count {
+            if c.value == 0 {
+                self.bad(f, c.pos, "max_headers_count must be at least 1");
+            }
+        }
+        if let Some(b) = &v.per_connection_buffer_limit_bytes {
+            if b.value < 1024 {
+                self.bad(f, b.pos, "per_connection_buffer_limit_bytes must be at least 1024");
+            }
+        }
+        if let Some(h2) = &v.http2_protocol_options {
+            if let Some(m) = &h2.max_concurrent_streams {
+                if m.value == 0 {
+                    self.bad(f, m.pos, "max_concurrent_streams must be at least 1");
+                }
+            }
+            for w in [&h2.initial_stream_window_size, &h2.initial_connection_window_size]
+                .into_iter()
+                .flatten()
+            {
+                if !(H2_MIN_WINDOW_SIZE..=H2_MAX_WINDOW_SIZE).contains(&w.value) {
+                    self.bad(
+                        f,
+                        w.pos,
+                        format!("an HTTP/2 window must be {H2_MIN_WINDOW_SIZE}..={H2_MAX_WINDOW_SIZE} bytes"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn overload(&mut self, file: usize, o: &Overload) {
+        if let Some(m) = &o.global_downstream_max_connections {
+            if m.value == 0 {
+                self.bad(file, m.pos, "global_downstream_max_connections must be at least 1");
+            }
+        }
+        if let Some(m) = &o.max_heap_size_bytes {
+            if m.value == 0 {
+                self.bad(file, m.pos, "max_heap_size_bytes must be at least 1");
+            }
+        }
+        if let Some(r) = &o.refresh_interval {
+            if r.value.0.is_zero() {
+                self.bad(file, r.pos, "refresh_interval must be more than 0");
             }
         }
     }

@@ -46,3 +46,33 @@ pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const ACCESS_LOG_BUFFER_LINES: usize = 8192;
 /// OTLP `service_name`.
 pub const SERVICE_NAME: &str = "tern";
+
+/// Admin `request_headers_timeout`: the admin endpoint is for operators and probes, which send
+/// their request at once.
+pub const ADMIN_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once (not configurable): a flood of them cannot take descriptors
+/// from the listeners.
+pub const ADMIN_MAX_CONNECTIONS: u64 = 256;
+
+/// Listener `max_request_headers_kb` (Envoy's).
+pub const MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Upper bound of `max_request_headers_kb` (Envoy's).
+pub const MAX_REQUEST_HEADERS_KB_LIMIT: u32 = 8192;
+/// Listener `max_headers_count` (Envoy's).
+pub const MAX_HEADERS_COUNT: u32 = 100;
+/// Listener `per_connection_buffer_limit_bytes` (Envoy's edge recommendation; its default is
+/// 1 MiB).
+pub const PER_CONNECTION_BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
+/// HTTP/2 `max_concurrent_streams` (Envoy's edge recommendation).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 `initial_stream_window_size` (the protocol's default; Envoy's edge recommendation is
+/// 64 KiB).
+pub const H2_INITIAL_STREAM_WINDOW_SIZE: u32 = 65_535;
+/// HTTP/2 `initial_connection_window_size` (Envoy's edge recommendation).
+pub const H2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+/// Smallest HTTP/2 window (the protocol's initial window).
+pub const H2_MIN_WINDOW_SIZE: u32 = 65_535;
+/// Largest HTTP/2 window (2^31 - 1).
+pub const H2_MAX_WINDOW_SIZE: u32 = 2_147_483_647;
+/// Overload `refresh_interval` (Envoy's).
+pub const OVERLOAD_REFRESH_INTERVAL: Duration = Duration::from_secs(1);

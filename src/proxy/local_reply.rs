@@ -35,6 +35,10 @@ pub enum LocalReply {
     FaultAbort(StatusCode),
     /// The request body could not be read (400).
     BadRequestBody,
+    /// Memory is over the overload limit (503, flag `OM`).
+    Overloaded,
+    /// More request headers than `max_headers_count` (431).
+    TooManyHeaders,
 }
 
 impl LocalReply {
@@ -58,6 +62,11 @@ impl LocalReply {
             LocalReply::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate limited\n"),
             LocalReply::FaultAbort(s) => (s, "fault filter abort\n"),
             LocalReply::BadRequestBody => (StatusCode::BAD_REQUEST, "bad request body\n"),
+            LocalReply::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded\n"),
+            LocalReply::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many request headers\n",
+            ),
         }
     }
 
@@ -72,7 +81,10 @@ impl LocalReply {
             LocalReply::Overflow => Flags::UO,
             LocalReply::RateLimited(_) => Flags::RL,
             LocalReply::FaultAbort(_) => Flags::FI,
-            LocalReply::ListenerGone | LocalReply::BadRequestBody => Flags::default(),
+            LocalReply::Overloaded => Flags::OM,
+            LocalReply::ListenerGone | LocalReply::BadRequestBody | LocalReply::TooManyHeaders => {
+                Flags::default()
+            }
         }
     }
 

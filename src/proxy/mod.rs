@@ -131,14 +131,22 @@ pub async fn handle(
         rec,
         tunnel: false,
     };
+    // Overloaded (memory over its limit): no route, a 503 with flag OM.
+    let overloaded = conn.shared.overload.overloaded();
     let route = router
         .virtual_host(&cx.host)
-        .and_then(|vh| vh.route(req.uri(), req.headers()));
+        .and_then(|vh| vh.route(req.uri(), req.headers()))
+        .filter(|_| !overloaded);
     let route_stats = route.map(|r| {
         r.stats.rq_total.inc();
         &*r.stats
     });
     let mut resp = match route {
+        None if overloaded => {
+            stats.downstream_rq_overload_close.inc();
+            cx.flag(Flags::OM);
+            LocalReply::Overloaded.response()
+        }
         None => {
             stats.no_route.inc();
             cx.flag(Flags::NR);
