@@ -53,7 +53,13 @@ pub fn spawn(sock: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Resul
             }
             open.fetch_add(1, Ordering::Relaxed);
             let header_timeout = timeout_or(
-                shared.snapshot.load().config.admin.request_headers_timeout.as_ref(),
+                shared
+                    .snapshot
+                    .load()
+                    .config
+                    .admin
+                    .request_headers_timeout
+                    .as_ref(),
                 tern_config::defaults::ADMIN_REQUEST_HEADERS_TIMEOUT,
             );
             let (shared, open) = (shared.clone(), open.clone());

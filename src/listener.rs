@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use futures_util::future::Either;
+use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -133,7 +133,11 @@ async fn accept_loop(
             stats.downstream_cx_overflow.inc();
             continue;
         }
-        let global = snap.config.overload.global_downstream_max_connections.as_ref();
+        let global = snap
+            .config
+            .overload
+            .global_downstream_max_connections
+            .as_ref();
         if !shared.overload.admit(global.map(|g| g.value)) {
             stats.downstream_global_cx_overflow.inc();
             continue;
@@ -155,16 +159,13 @@ async fn accept_loop(
                 let limits = lr.limits;
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 // hyper has one buffer limit for an HTTP/1 connection: the request head must fit
-                // in it (431 beyond), and it bounds what is queued for a slow reader.
+                // in it (431 beyond), and it also bounds what is queued for a slow reader.
                 builder
                     .http1()
                     .timer(conn.timer.clone())
                     .header_read_timeout(lr.request_headers_timeout)
                     .max_headers(limits.max_headers_count as usize)
-                    .max_buf_size(
-                        (limits.max_request_headers_bytes.max(limits.buffer_limit_bytes) as usize)
-                            .max(MIN_H1_BUF),
-                    );
+                    .max_buf_size((limits.max_request_headers_bytes as usize).max(MIN_H1_BUF));
                 builder
                     .http2()
                     .timer(TokioTimer::new())

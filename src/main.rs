@@ -149,7 +149,11 @@ fn raise_open_files_limit() {
     }
     lim.current = Some(target);
     match setrlimit(Resource::Nofile, lim) {
-        Ok(()) => tracing::info!(from = soft, to = target, "open files limit raised to the hard limit"),
+        Ok(()) => tracing::info!(
+            from = soft,
+            to = target,
+            "open files limit raised to the hard limit"
+        ),
         Err(e) => tracing::warn!(limit = soft, error = %e, "cannot raise the open files limit"),
     }
 }

@@ -339,7 +339,11 @@ async fn sample_memory(shared: Arc<Shared>) {
             if shared.overload.set_overloaded(over) {
                 server.overload_active.set(i64::from(over));
                 if over {
-                    tracing::warn!(rss, max_heap_size_bytes = max, "overloaded: refusing new connections and answering new requests 503");
+                    tracing::warn!(
+                        rss,
+                        max_heap_size_bytes = max,
+                        "overloaded: refusing new connections and answering new requests 503"
+                    );
                 } else {
                     tracing::info!(rss, "no longer overloaded");
                 }

@@ -646,7 +646,9 @@ impl Checker<'_> {
 
     /// Connection and header limits of a listener.
     fn limits(&mut self, l: &Def<Listener>) {
-        use super::defaults::{H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, MAX_REQUEST_HEADERS_KB_LIMIT};
+        use super::defaults::{
+            H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, MAX_REQUEST_HEADERS_KB_LIMIT,
+        };
         let (f, v) = (l.file, &l.value);
         if let Some(m) = &v.max_connections {
             if m.value == 0 {
@@ -669,7 +671,11 @@ impl Checker<'_> {
         }
         if let Some(b) = &v.per_connection_buffer_limit_bytes {
             if b.value < 1024 {
-                self.bad(f, b.pos, "per_connection_buffer_limit_bytes must be at least 1024");
+                self.bad(
+                    f,
+                    b.pos,
+                    "per_connection_buffer_limit_bytes must be at least 1024",
+                );
             }
         }
         if let Some(h2) = &v.http2_protocol_options {
@@ -678,9 +684,12 @@ impl Checker<'_> {
                     self.bad(f, m.pos, "max_concurrent_streams must be at least 1");
                 }
             }
-            for w in [&h2.initial_stream_window_size, &h2.initial_connection_window_size]
-                .into_iter()
-                .flatten()
+            for w in [
+                &h2.initial_stream_window_size,
+                &h2.initial_connection_window_size,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if !(H2_MIN_WINDOW_SIZE..=H2_MAX_WINDOW_SIZE).contains(&w.value) {
                     self.bad(
@@ -696,7 +705,11 @@ impl Checker<'_> {
     fn overload(&mut self, file: usize, o: &Overload) {
         if let Some(m) = &o.global_downstream_max_connections {
             if m.value == 0 {
-                self.bad(file, m.pos, "global_downstream_max_connections must be at least 1");
+                self.bad(
+                    file,
+                    m.pos,
+                    "global_downstream_max_connections must be at least 1",
+                );
             }
         }
         if let Some(m) = &o.max_heap_size_bytes {

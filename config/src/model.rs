@@ -119,8 +119,10 @@ pub struct Listener {
     /// Most request headers accepted (Envoy's `max_headers_count`, default 100); more gets 431.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_headers_count: Option<Spanned<u32>>,
-    /// Soft limit of what one connection buffers for a slow reader, in bytes (Envoy's
-    /// `per_connection_buffer_limit_bytes`; default 32 KiB, Envoy's edge recommendation).
+    /// What one HTTP/2 stream buffers for a slow reader, in bytes (Envoy's
+    /// `per_connection_buffer_limit_bytes`; default 32 KiB, Envoy's edge recommendation). An
+    /// HTTP/1 connection's buffers are bounded by `max_request_headers_kb` instead (hyper has one
+    /// buffer limit there, and the request head must fit in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_connection_buffer_limit_bytes: Option<Spanned<u32>>,
     /// HTTP/2 settings of the listener's connections.
