@@ -289,7 +289,7 @@ clusters:
                 with open(os.path.join(TMP, "haproxy.cfg"), "w") as f:
                     f.write(f"""global
     nbthread 1
-    maxconn 20000
+    maxconn 9000
 defaults
     mode http
     option http-keep-alive

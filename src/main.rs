@@ -158,6 +158,37 @@ fn raise_open_files_limit() {
     }
 }
 
+/// glibc's allocator settings for the proxy: at most two arenas (glibc's default is eight per
+/// core). Each worker thread otherwise gets an arena of its own, and after a burst of connections
+/// every arena keeps the pages it grew to: RSS after repeated bursts of 2,000 connections climbed
+/// from 120 to 141 MiB; with two arenas it stays within 2 % of the first burst's
+/// (`bench/memory.py`).
+const GLIBC_TUNABLES: &str = "glibc.malloc.arena_max=2";
+
+/// glibc reads `GLIBC_TUNABLES` only when a process starts, and setting it needs no unsafe code
+/// only this way: the proxy runs itself again with it (same process id, arguments and
+/// environment). Skipped when the variable is already set (by the operator, or by the first
+/// run), so it happens at most once; if the exec fails the proxy just goes on.
+fn tune_allocator() {
+    if cfg!(not(target_env = "gnu")) || std::env::var_os("GLIBC_TUNABLES").is_some() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let Some(arg0) = args.next() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .arg0(arg0)
+        .args(args)
+        .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+        .exec();
+    eprintln!("tern: cannot apply {GLIBC_TUNABLES} ({err}); going on without");
+}
+
 fn main() -> ExitCode {
     // TLS (OTLP to an https collector) uses ring; named as the process default so that a build
     // that also links another rustls provider (the workspace's test crates) still picks one.
@@ -194,6 +225,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    tune_allocator();
     init_logging(&args);
     raise_open_files_limit();
     if std::env::var_os("TERN_STATS_DISABLED").is_some_and(|v| v == "1") {

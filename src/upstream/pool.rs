@@ -24,6 +24,9 @@ use crate::stats::ClusterStats;
 use crate::stream_info::Recorder;
 use crate::upstream::cluster::Limits;
 
+/// Read and write buffer limit of an upstream HTTP/1 connection: what one response may hold in
+/// the proxy while its client reads slowly.
+const UPSTREAM_BUF_SIZE: usize = 64 * 1024;
 /// Idle connections older than this are closed instead of reused (upstreams often close at 60-75 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// At most this many idle connections are kept per endpoint.
@@ -227,7 +230,10 @@ impl Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        // hyper's default buffer limit (~400 KB) let a stalled download pin two read buffers of
+        // that size; 64 KiB also bounds a response head like Envoy's `max_response_headers_kb`.
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUF_SIZE)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
