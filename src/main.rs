@@ -158,12 +158,13 @@ fn raise_open_files_limit() {
     }
 }
 
-/// glibc's allocator settings for the proxy: at most two arenas (glibc's default is eight per
-/// core). Each worker thread otherwise gets an arena of its own, and after a burst of connections
-/// every arena keeps the pages it grew to: RSS after repeated bursts of 2,000 connections climbed
-/// from 120 to 141 MiB; with two arenas it stays within 2 % of the first burst's
-/// (`bench/memory.py`).
-const GLIBC_TUNABLES: &str = "glibc.malloc.arena_max=2";
+/// glibc's allocator settings for the proxy: one arena (glibc's default is up to eight per core).
+/// With an arena per worker thread, every arena keeps the pages it grew to in a burst of
+/// connections, and the next burst lands in another: RSS after eight bursts of 2,000 connections
+/// climbed from 120 to 145 MiB (two arenas: 78 to 128). With one it stays flat: 67 to 70 MiB
+/// (`bench/memory.py`). Small allocations still come from each thread's own cache (tcache)
+/// without taking the arena's lock.
+const GLIBC_TUNABLES: &str = "glibc.malloc.arena_max=1";
 
 /// glibc reads `GLIBC_TUNABLES` only when a process starts, and setting it needs no unsafe code
 /// only this way: the proxy runs itself again with it (same process id, arguments and

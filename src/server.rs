@@ -317,9 +317,10 @@ impl Server {
     }
 }
 
-/// The overload manager's memory monitor: samples the resident set size every
-/// `overload.refresh_interval` (read from the running configuration each time, so a reload
-/// changes it) and sets the overload state when it is at or over `max_heap_size_bytes`.
+/// The overload manager's memory monitor: while `overload.max_heap_size_bytes` is set, samples
+/// the resident set size every `overload.refresh_interval` (both read from the running
+/// configuration each time, so a reload changes them) and sets the overload state when it is at
+/// or over the limit. Without a limit it only checks the configuration, every second.
 async fn sample_memory(shared: Arc<Shared>) {
     loop {
         let (max, every) = {
@@ -332,7 +333,7 @@ async fn sample_memory(shared: Arc<Shared>) {
                     .map_or(config::defaults::OVERLOAD_REFRESH_INTERVAL, |r| r.value.0),
             )
         };
-        if let Some(rss) = crate::overload::rss_bytes() {
+        if let Some(rss) = max.and_then(|_| crate::overload::rss_bytes()) {
             let server = &shared.stats.server;
             server.memory_physical_size.set(rss as i64);
             let over = max.is_some_and(|m| rss >= m);
@@ -348,6 +349,10 @@ async fn sample_memory(shared: Arc<Shared>) {
                     tracing::info!(rss, "no longer overloaded");
                 }
             }
+        }
+        if max.is_none() && shared.overload.set_overloaded(false) {
+            shared.stats.server.overload_active.set(0);
+            tracing::info!("no longer overloaded (max_heap_size_bytes removed)");
         }
         tokio::time::sleep(every).await;
     }

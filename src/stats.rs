@@ -436,7 +436,7 @@ stats_table! {
         total_connections: Gauge,
             "Downstream connections open on all listeners (global_downstream_max_connections).";
         memory_physical_size: Gauge,
-            "Resident memory of the process in bytes, as last sampled.";
+            "Resident memory in bytes, as last sampled (while max_heap_size_bytes is set).";
         overload_active: Gauge,
             "1 while memory is over max_heap_size_bytes (new connections and requests refused).";
         downstream_cx_accept_error: Counter,

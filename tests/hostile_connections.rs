@@ -543,6 +543,35 @@ async fn http2_continuation_flood_is_cut() {
 }
 
 #[tokio::test]
+async fn http2_rapid_reset_flood_is_cut() {
+    // CVE-2023-44487: streams opened and reset at once, faster than they can be served.
+    let (tern, port, _c) = start("", "", "").await;
+    let pid = tern.child.id();
+    let base = rss_kib(pid);
+    let (mut s, _) = h2_connect(port).await;
+    let mut flood = Vec::new();
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        flood.extend(frame(1, 0x4, id, GET_BLOCK));
+        flood.extend(frame(3, 0, id, &[0, 0, 0, 8]));
+    }
+    let _ = s.write_all(&flood).await;
+    let got = read_until_closed(&mut s, Duration::from_secs(10))
+        .await
+        .expect("the flooding connection is closed");
+    assert!(
+        frames(&got).iter().any(|f| f.0 == 7),
+        "closed with a GOAWAY"
+    );
+    served(port).await;
+    assert!(
+        rss_kib(pid) < base + 20 * 1024,
+        "RSS {} KiB (from {base})",
+        rss_kib(pid)
+    );
+}
+
+#[tokio::test]
 async fn admin_refuses_cross_site_mutations() {
     let (tern, _port, _c) = start("", "", "").await;
     let fail = tern.admin_url("/healthcheck/fail");
@@ -683,4 +712,18 @@ async fn idle_memory_stays_small() {
     // bench/memory.sh).
     let anon = status_kib(tern.child.id(), "RssAnon");
     assert!(anon <= 10 * 1024, "idle anonymous RSS {anon} KiB");
+}
+
+#[tokio::test]
+async fn the_allocator_runs_with_one_arena() {
+    // glibc reads its tunables at exec: tern runs itself again with them (bench/memory.py shows
+    // RSS after repeated connection bursts climbing without it).
+    let (tern, _port, _c) = start("", "", "").await;
+    let env = std::fs::read(format!("/proc/{}/environ", tern.child.id())).unwrap();
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.split('\0')
+            .any(|v| v == "GLIBC_TUNABLES=glibc.malloc.arena_max=1"),
+        "{env}"
+    );
 }
