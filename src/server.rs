@@ -1,4 +1,5 @@
-//! The running proxy: the start, reloads (all-or-nothing), listener set changes and drain.
+//! The running proxy: the start, reloads (all-or-nothing), listener set changes and drain, and
+//! the overload manager's memory sampler.
 //!
 //! The start is the first reload. A reload reads the files, skips them if their content hash is
 //! unchanged, then *prepares* (checks them, builds a complete snapshot, binds every new socket)
