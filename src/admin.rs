@@ -1,7 +1,11 @@
 //! The admin endpoint: readiness, config dump, stats, health-check flip for draining.
+//!
+//! It is hardened like a listener, with fixed limits: a header timeout (silent, slow and idle
+//! connections close), at most 256 connections, an accept loop that pauses when out of
+//! descriptors, and no state change (POST) from a browser page of another site.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,37 +14,108 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::Running;
+use crate::listener::{AcceptBackoff, Running};
+use crate::snapshot::timeout_or;
 use crate::state::Shared;
 
 /// Starts the admin endpoint on a bound socket.
 pub fn spawn(sock: std::net::TcpListener, shared: Arc<Shared>) -> std::io::Result<Running> {
     let listener = TcpListener::from_std(sock)?;
+    let local = listener.local_addr()?;
     let stop = CancellationToken::new();
     let token = stop.clone();
+    let open = Arc::new(AtomicU64::new(0));
     let task = tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::default();
         loop {
             let stream = tokio::select! {
                 r = listener.accept() => match r {
                     Ok((s, _)) => s,
-                    Err(_) => continue,
+                    Err(e) => {
+                        let pause = backoff.failed("admin", local, &e, &shared.stats.server);
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => continue,
+                            _ = token.cancelled() => break,
+                        }
+                    }
                 },
                 _ = token.cancelled() => break,
             };
-            let shared = shared.clone();
+            backoff.succeeded("admin", local);
+            // A flood of admin connections must not take every descriptor from the listeners.
+            if open.load(Ordering::Relaxed) >= tern_config::defaults::ADMIN_MAX_CONNECTIONS {
+                shared.stats.server.admin_cx_overflow.inc();
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let header_timeout = timeout_or(
+                shared
+                    .snapshot
+                    .load()
+                    .config
+                    .admin
+                    .request_headers_timeout
+                    .as_ref(),
+                tern_config::defaults::ADMIN_REQUEST_HEADERS_TIMEOUT,
+            );
+            let (shared, open) = (shared.clone(), open.clone());
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(req, shared.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
+                let s = shared.clone();
+                let svc = service_fn(move |req| handle(req, s.clone()));
+                // hyper's header timer runs from accept and again after each response: silent,
+                // slow and idle admin connections all close after it.
+                let r = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                if r.is_err_and(|e| e.is_timeout()) {
+                    shared.stats.server.admin_rq_header_timeout.inc();
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     });
     Ok(Running::new(stop, task))
+}
+
+/// Why a mutation (POST) looks like a browser's cross-site request, which the admin endpoint
+/// refuses: a page on another site may not flip `/healthcheck/fail` on a developer's machine
+/// with a form post. Browsers mark their requests (`Origin`, `Sec-Fetch-Site`); non-browser
+/// clients (curl, scripts, orchestrators) send neither and are not affected. A request that has
+/// an `Origin` must come from the admin's own origin, named by an IP address or `localhost` (a
+/// DNS name could be an attacker's, rebound to this address).
+fn cross_site(req: &Request<Incoming>) -> Option<&'static str> {
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return Some("a cross-site request (sec-fetch-site)");
+        }
+    }
+    let origin = h.get(http::header::ORIGIN)?;
+    let host = h
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let authority = origin.to_str().ok().and_then(|o| {
+        o.strip_prefix("http://")
+            .or_else(|| o.strip_prefix("https://"))
+    });
+    let name = crate::headers::strip_port(host);
+    let local = name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+    match authority {
+        Some(a) if local && a.eq_ignore_ascii_case(host) => None,
+        _ => Some("a request from another origin"),
+    }
 }
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -71,6 +146,12 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
     let m = req.method();
+    if m == Method::POST {
+        if let Some(why) = cross_site(&req) {
+            let body = format!("refused: {why} may not change the admin state\n");
+            return Ok(reply(StatusCode::FORBIDDEN, TEXT, body));
+        }
+    }
     let r = match (m, path) {
         (&Method::GET, "/ready") => {
             if shared.draining.load(Ordering::SeqCst) {

@@ -14,6 +14,7 @@ pub(crate) mod headers;
 pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod otlp;
+pub(crate) mod overload;
 pub(crate) mod proxy;
 pub(crate) mod proxy_protocol;
 pub(crate) mod router;

@@ -1,10 +1,14 @@
 //! Accept loops: one per bound address, serving HTTP/1.1 + HTTP/2 (prior knowledge) or TCP.
 //!
 //! A listener keeps its socket across reloads while its address stays configured; what it does
-//! with each connection is read from the current snapshot at accept time.
+//! with each connection is read from the current snapshot at accept time. At accept, a connection
+//! over a limit (memory overload, the global or the listener's connection limit) is closed at
+//! once, so established connections never pay for a flood; a failing `accept` (out of
+//! descriptors) pauses the loop instead of spinning.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{
     AtomicBool, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
@@ -12,8 +16,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
-use http::HeaderValue;
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{self, Conn};
-use crate::snapshot::ListenerKind;
+use crate::snapshot::{ConnLimits, ListenerKind};
 use crate::state::Shared;
 use crate::stats::ListenerStats;
 use crate::timer::now_ms;
@@ -94,27 +100,50 @@ async fn accept_loop(
     // Cancelled at drain: every HTTP connection finishes its in-flight requests and closes.
     let drain_all = CancellationToken::new();
     let kill = CancellationToken::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%local, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    let pause = backoff.failed("listener", local, &e, &shared.stats.server);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => continue,
+                        _ = stop.cancelled() => break,
+                    }
                 }
             },
             _ = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
+        backoff.succeeded("listener", local);
         let snap = shared.snapshot.load();
         let Some(lr) = snap.listeners.get(&local) else {
             continue;
         };
         let stats = lr.stats.clone();
-        stats.downstream_cx_total.inc();
-        stats.downstream_cx_active.inc();
+        // Refused connections are closed at once (dropped): they never reach the established ones.
+        if shared.overload.overloaded() {
+            stats.downstream_cx_overload_reject.inc();
+            continue;
+        }
+        if lr
+            .max_connections
+            .is_some_and(|m| stats.downstream_cx_active.get() >= m as i64)
+        {
+            stats.downstream_cx_overflow.inc();
+            continue;
+        }
+        let global = snap
+            .config
+            .overload
+            .global_downstream_max_connections
+            .as_ref();
+        if !shared.overload.admit(global.map(|g| g.value)) {
+            stats.downstream_global_cx_overflow.inc();
+            continue;
+        }
+        let open = Open::new(shared.clone(), stats.clone());
+        let _ = stream.set_nodelay(true);
         match &lr.kind {
             ListenerKind::Http(_) => {
                 let conn = Arc::new(Conn {
@@ -128,13 +157,28 @@ async fn accept_loop(
                     requests: std::sync::atomic::AtomicU32::new(0),
                     timer: LazyTimer::default(),
                 });
+                let limits = lr.limits;
                 let mut builder = auto::Builder::new(TokioExecutor::new());
+                // hyper has one buffer limit for an HTTP/1 connection: the request head must fit
+                // in it (431 beyond), and it also bounds what is queued for a slow reader.
                 builder
                     .http1()
                     .timer(conn.timer.clone())
-                    .header_read_timeout(lr.request_headers_timeout);
-                builder.http2().timer(TokioTimer::new());
-                let idle_timeout = lr.idle_timeout;
+                    .header_read_timeout(lr.request_headers_timeout)
+                    .max_headers(limits.max_headers_count as usize)
+                    .max_buf_size((limits.max_request_headers_bytes as usize).max(MIN_H1_BUF));
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                    .initial_stream_window_size(limits.h2_initial_stream_window_size)
+                    .initial_connection_window_size(limits.h2_initial_connection_window_size)
+                    .max_header_list_size(limits.max_request_headers_bytes)
+                    .max_send_buf_size(limits.buffer_limit_bytes as usize);
+                let timeouts = Timeouts {
+                    idle: lr.idle_timeout,
+                    headers: lr.request_headers_timeout,
+                };
                 let (kill, drain) = (kill.clone(), drain_all.clone());
                 let pp = lr.proxy_protocol;
                 tracker.spawn(async move {
@@ -142,11 +186,12 @@ async fn accept_loop(
                     if let Some(pp) = &pp {
                         match crate::proxy_protocol::accept(&mut stream, pp, &stats, &kill).await {
                             Ok(source) => Conn::proxied(&mut conn, source),
-                            Err(_) => return stats.downstream_cx_active.dec(),
+                            // The connection's slot is given back when `open` drops.
+                            Err(_) => return,
                         }
                     }
-                    serve_http(stream, conn, builder, idle_timeout, drain, kill, &stats).await;
-                    stats.downstream_cx_active.dec();
+                    serve_http(stream, conn, builder, timeouts, limits, drain, kill, &stats).await;
+                    drop(open);
                 });
             }
             ListenerKind::Tcp(cluster) => {
@@ -160,14 +205,14 @@ async fn accept_loop(
                             .await
                             .is_err()
                         {
-                            return stats.downstream_cx_active.dec();
+                            return;
                         }
                     }
                     tokio::select! {
                         _ = crate::tcp::proxy(stream, cluster) => {}
                         _ = kill.cancelled() => {}
                     }
-                    stats.downstream_cx_active.dec();
+                    drop(open);
                 });
             }
         }
@@ -185,46 +230,247 @@ async fn accept_loop(
     tracing::info!(%local, "listener stopped");
 }
 
+/// hyper's smallest HTTP/1 buffer limit.
+const MIN_H1_BUF: usize = 8192;
+
+/// An admitted downstream connection: counted in its listener's `downstream_cx_active` and in
+/// the process-wide total until dropped.
+struct Open {
+    shared: Arc<Shared>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Open {
+    fn new(shared: Arc<Shared>, stats: Arc<ListenerStats>) -> Open {
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        shared.stats.server.total_connections.inc();
+        Open { shared, stats }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.stats.downstream_cx_active.dec();
+        self.shared.stats.server.total_connections.dec();
+        self.shared.overload.release();
+    }
+}
+
+/// What an accept loop does when `accept` fails (out of descriptors, out of memory): it pauses
+/// instead of spinning (10 ms, doubling up to 1 s, reset by the next accepted connection), counts
+/// each failure, and logs once per episode, at most once a minute.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptBackoff {
+    failures: u64,
+    pause: Duration,
+    logged: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(60);
+
+    /// Records a failed accept; returns how long to pause before the next one.
+    pub(crate) fn failed(
+        &mut self,
+        what: &str,
+        local: SocketAddr,
+        e: &std::io::Error,
+        stats: &crate::stats::ServerStats,
+    ) -> Duration {
+        stats.downstream_cx_accept_error.inc();
+        if self.failures == 0 && self.logged.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(%local, error = %e, "{what}: accept failed; pausing accepts until it succeeds (further failures are only counted in downstream_cx_accept_error)");
+            self.logged = Some(std::time::Instant::now());
+        }
+        self.failures += 1;
+        self.pause = if self.failures == 1 {
+            Self::FIRST
+        } else {
+            (self.pause * 2).min(Self::MAX)
+        };
+        self.pause
+    }
+
+    /// Records an accepted connection: the episode, if any, is over.
+    pub(crate) fn succeeded(&mut self, what: &str, local: SocketAddr) {
+        if self.failures > 0 {
+            tracing::info!(%local, failures = self.failures, "{what}: accepting again");
+            self.failures = 0;
+        }
+    }
+}
+
+/// A connection's timeouts.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    /// No request started for this long: closed gracefully.
+    idle: Option<Duration>,
+    /// No request within this time from accept: closed (hyper times the later HTTP/1 requests).
+    headers: Option<Duration>,
+}
+
 /// What a client gets when its request headers do not arrive within `request_headers_timeout`.
 const REQUEST_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest headers timeout\n";
 
+/// The HTTP/2 connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+pin_project_lite::pin_project! {
+    /// A client connection as hyper reads and writes it. It notes whether the first bytes were
+    /// an HTTP/1 request (rather than nothing, or the HTTP/2 preface), so that when the first
+    /// request's headers time out it can answer 408 as it is dropped: the socket's one
+    /// descriptor does it, no second handle is needed.
+    struct Io {
+        #[pin]
+        stream: tokio::net::TcpStream,
+        // Bytes of the HTTP/2 preface seen, up to its length; `u8::MAX` once a byte differed.
+        preface: u8,
+        signal: Arc<Signal>,
+    }
+
+    impl PinnedDrop for Io {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let http1 = *this.preface == u8::MAX;
+            if http1 && this.signal.reply_408.load(Relaxed) {
+                // Nothing was sent on this connection yet: the reply fits the empty send buffer.
+                let _ = this.stream.try_write(REQUEST_TIMEOUT_REPLY);
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.stream.poll_read(cx, buf);
+        if usize::from(*this.preface) < H2_PREFACE.len() {
+            for &b in &buf.filled()[before..] {
+                match H2_PREFACE.get(usize::from(*this.preface)) {
+                    Some(&p) if p == b => *this.preface += 1,
+                    Some(_) => {
+                        *this.preface = u8::MAX;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
+    }
+}
+
+/// Instant of a [`now_ms`] value.
+fn instant_at(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
+}
+
 /// Serves one HTTP connection until it ends, closing it gracefully on drain or when no request
-/// has started for `idle_timeout` (in-flight requests and streams always finish first).
+/// has started for `idle_timeout` (in-flight requests and streams always finish first), and at
+/// once when no request arrived within `request_headers_timeout` of accept (HTTP/1 or HTTP/2,
+/// whatever the client sent: nothing, part of a request line, part of the HTTP/2 preface, or an
+/// HTTP/2 connection without a HEADERS frame).
+#[allow(clippy::too_many_arguments)]
 async fn serve_http(
     stream: tokio::net::TcpStream,
     conn: Arc<Conn>,
     builder: auto::Builder<TokioExecutor>,
-    idle_timeout: Option<Duration>,
+    timeouts: Timeouts,
+    limits: ConnLimits,
     drain: CancellationToken,
     kill: CancellationToken,
-    stats: &ListenerStats,
+    stats: &Arc<ListenerStats>,
 ) {
     let c = conn.clone();
-    let svc = service_fn(move |req| proxy::handle(req, c.clone()));
-    // A second handle on the socket, to answer 408 after hyper gives up on slow headers (hyper
-    // itself only closes). Best effort: without it the connection is just closed.
-    let raw = {
-        use std::os::fd::AsFd;
-        stream
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(std::net::TcpStream::from)
+    let max_headers = limits.max_headers_count as usize;
+    let st = stats.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        // hyper enforces the header count on HTTP/1 only.
+        if req.version() == http::Version::HTTP_2 && req.headers().len() > max_headers {
+            st.downstream_rq_header_overflow.inc();
+            return Either::Left(std::future::ready(Ok::<_, std::convert::Infallible>(
+                proxy::LocalReply::TooManyHeaders.response(),
+            )));
+        }
+        // Boxed: hyper keeps the slot of an HTTP/1 connection's request future allocated for the
+        // connection's life, and that future is about 10 KB; boxed, an idle keep-alive connection
+        // holds a pointer instead (one allocation per request).
+        Either::Right(Box::pin(proxy::handle(req, c.clone())))
+    });
+    let signal = Arc::new(Signal::default());
+    let io = Io {
+        stream,
+        preface: 0,
+        signal: signal.clone(),
     };
-    let fut = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(fut);
     let mut closing = false;
     let far = Duration::from_secs(365 * 24 * 3600);
-    let idle = tokio::time::sleep(idle_timeout.unwrap_or(far));
-    tokio::pin!(idle);
+    let header_deadline = timeouts
+        .headers
+        .map(|t| conn.last_request_ms.load(Relaxed) + t.as_millis() as u64);
+    // The next idle or header deadline, in `now_ms` terms.
+    let next_deadline = || {
+        let idle = timeouts
+            .idle
+            .map(|t| conn.last_request_ms.load(Relaxed) + t.as_millis() as u64);
+        let header = header_deadline.filter(|_| conn.requests.load(Relaxed) == 0);
+        match (idle, header) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    };
+    // One timer for both: the header deadline while no request came, then the idle one.
+    let timer = tokio::time::sleep_until(
+        next_deadline().map_or_else(|| tokio::time::Instant::now() + far, instant_at),
+    );
+    tokio::pin!(timer);
     let drained = drain.cancelled();
     tokio::pin!(drained);
     let killed = kill.cancelled();
     tokio::pin!(killed);
-    // The drain, kill, idle and alarm futures are polled with their own waker, and only after it
+    // The drain, kill, timer and alarm futures are polled with their own waker, and only after it
     // fired: the socket wakes this task several times per request, and polling four more futures
     // on each of those wake-ups is a measurable part of a request's cost.
-    let signal = Arc::new(Signal::default());
     let signal_waker = Waker::from(signal.clone());
     let mut alarm = Alarm::default();
     let r = std::future::poll_fn(|cx| loop {
@@ -247,21 +493,26 @@ async fn serve_http(
             closing = true;
             again = true;
         }
-        if let (false, Some(timeout)) = (closing, idle_timeout) {
-            while idle.as_mut().poll(&mut scx).is_ready() {
-                let since = Duration::from_millis(
-                    now_ms().saturating_sub(conn.last_request_ms.load(Relaxed)),
-                );
-                if since >= timeout {
+        while !closing && timer.as_mut().poll(&mut scx).is_ready() {
+            let now = now_ms();
+            let first = conn.requests.load(Relaxed) == 0;
+            if first && header_deadline.is_some_and(|d| now >= d) {
+                stats.downstream_rq_header_timeout.inc();
+                signal.reply_408.store(true, Relaxed);
+                return Poll::Ready(None);
+            }
+            if let Some(timeout) = timeouts.idle {
+                let since = now.saturating_sub(conn.last_request_ms.load(Relaxed));
+                if since >= timeout.as_millis() as u64 {
                     stats.downstream_cx_idle_timeout.inc();
                     fut.as_mut().graceful_shutdown();
                     closing = true;
                     again = true;
                     break;
                 }
-                idle.as_mut()
-                    .reset(tokio::time::Instant::now() + (timeout - since));
             }
+            let at = next_deadline().map_or_else(|| tokio::time::Instant::now() + far, instant_at);
+            timer.as_mut().reset(at);
         }
         if !again {
             return Poll::Pending;
@@ -271,19 +522,17 @@ async fn serve_http(
     let Some(Err(e)) = r else {
         return;
     };
-    let timeout = e
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(|h| h.is_timeout());
-    if timeout {
-        stats.downstream_rq_header_timeout.inc();
-        // Only when no request was served yet: an idle keep-alive connection that times out is
-        // closed silently (a 408 there could be mistaken for the answer to the client's next
-        // request).
-        if conn.requests.load(Relaxed) == 0 {
-            if let Some(mut raw) = raw {
-                use std::io::Write;
-                let _ = raw.write_all(REQUEST_TIMEOUT_REPLY);
+    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+        if h.is_timeout() {
+            stats.downstream_rq_header_timeout.inc();
+            // Only when no request was served yet: an idle keep-alive connection that times out is
+            // closed silently (a 408 there could be mistaken for the answer to the client's next
+            // request). The reply goes out when `fut` drops the connection.
+            if conn.requests.load(Relaxed) == 0 {
+                signal.reply_408.store(true, Relaxed);
             }
+        } else if h.is_parse_too_large() {
+            stats.downstream_rq_header_overflow.inc();
         }
     }
     tracing::debug!(error = %e, "connection error");
@@ -295,6 +544,8 @@ async fn serve_http(
 struct Signal {
     fired: AtomicBool,
     task: AtomicWaker,
+    /// Answer 408 when the connection is dropped (its first request's headers timed out).
+    reply_408: AtomicBool,
 }
 
 impl Default for Signal {
@@ -303,6 +554,7 @@ impl Default for Signal {
         Signal {
             fired: AtomicBool::new(true),
             task: AtomicWaker::new(),
+            reply_408: AtomicBool::new(false),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The running proxy: the start, reloads (all-or-nothing), listener set changes and drain.
+//! The running proxy: the start, reloads (all-or-nothing), listener set changes and drain, and
+//! the overload manager's memory sampler.
 //!
 //! The start is the first reload. A reload reads the files, skips them if their content hash is
 //! unchanged, then *prepares* (checks them, builds a complete snapshot, binds every new socket)
@@ -116,6 +117,7 @@ impl Server {
             hc_failed: AtomicBool::new(false),
             config_path: opts.config.clone(),
             tunnels: Tunnels::default(),
+            overload: Default::default(),
         });
         let mut server = Server {
             shared,
@@ -143,6 +145,7 @@ impl Server {
             return Err(format!("could not start: {}", down.join(", ")));
         }
         tracing::info!(version = %version, listeners = server.listeners.len(), admin = %snap.config.admin.address.value, "configuration loaded");
+        tokio::spawn(sample_memory(server.shared.clone()));
         Ok(server)
     }
 
@@ -328,6 +331,47 @@ impl Server {
         if let Some((_, admin)) = self.admin {
             admin.stop();
         }
+    }
+}
+
+/// The overload manager's memory monitor: while `overload.max_heap_size_bytes` is set, samples
+/// the resident set size every `overload.refresh_interval` (both read from the running
+/// configuration each time, so a reload changes them) and sets the overload state when it is at
+/// or over the limit. Without a limit it only checks the configuration, every second.
+async fn sample_memory(shared: Arc<Shared>) {
+    loop {
+        let (max, every) = {
+            let snap = shared.snapshot.load();
+            let o = &snap.config.overload;
+            (
+                o.max_heap_size_bytes.as_ref().map(|m| m.value),
+                o.refresh_interval
+                    .as_ref()
+                    .map_or(config::defaults::OVERLOAD_REFRESH_INTERVAL, |r| r.value.0),
+            )
+        };
+        if let Some(rss) = max.and_then(|_| crate::overload::rss_bytes()) {
+            let server = &shared.stats.server;
+            server.memory_physical_size.set(rss as i64);
+            let over = max.is_some_and(|m| rss >= m);
+            if shared.overload.set_overloaded(over) {
+                server.overload_active.set(i64::from(over));
+                if over {
+                    tracing::warn!(
+                        rss,
+                        max_heap_size_bytes = max,
+                        "overloaded: refusing new connections and answering new requests 503"
+                    );
+                } else {
+                    tracing::info!(rss, "no longer overloaded");
+                }
+            }
+        }
+        if max.is_none() && shared.overload.set_overloaded(false) {
+            shared.stats.server.overload_active.set(0);
+            tracing::info!("no longer overloaded (max_heap_size_bytes removed)");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -57,6 +57,65 @@ pub struct ListenerRt {
     pub forwarding: crate::headers::Forwarding,
     /// PROXY protocol settings, when connections start with a PROXY header.
     pub proxy_protocol: Option<crate::proxy_protocol::Settings>,
+    /// Connections open at once; more are closed at accept.
+    pub max_connections: Option<u64>,
+    /// Header, buffer and HTTP/2 limits of each connection.
+    pub limits: ConnLimits,
+}
+
+/// Limits of one downstream connection, with their defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Largest request head, in bytes (`max_request_headers_kb`).
+    pub max_request_headers_bytes: u32,
+    /// Most request headers (`max_headers_count`).
+    pub max_headers_count: u32,
+    /// What a connection buffers for a slow reader (`per_connection_buffer_limit_bytes`).
+    pub buffer_limit_bytes: u32,
+    /// HTTP/2 `max_concurrent_streams`.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 `initial_stream_window_size`.
+    pub h2_initial_stream_window_size: u32,
+    /// HTTP/2 `initial_connection_window_size`.
+    pub h2_initial_connection_window_size: u32,
+}
+
+impl ConnLimits {
+    /// The limits a listener configures.
+    pub fn of(l: &tern_config::Listener) -> ConnLimits {
+        use tern_config::defaults as d;
+        let h2 = l.http2_protocol_options.as_ref().map(|h| &h.value);
+        let h2v = |f: fn(&tern_config::Http2ProtocolOptions) -> Option<u32>, default| {
+            h2.and_then(f).unwrap_or(default)
+        };
+        ConnLimits {
+            max_request_headers_bytes: l
+                .max_request_headers_kb
+                .as_ref()
+                .map_or(d::MAX_REQUEST_HEADERS_KB, |k| k.value)
+                * 1024,
+            max_headers_count: l
+                .max_headers_count
+                .as_ref()
+                .map_or(d::MAX_HEADERS_COUNT, |c| c.value),
+            buffer_limit_bytes: l
+                .per_connection_buffer_limit_bytes
+                .as_ref()
+                .map_or(d::PER_CONNECTION_BUFFER_LIMIT_BYTES, |b| b.value),
+            h2_max_concurrent_streams: h2v(
+                |h| h.max_concurrent_streams.as_ref().map(|v| v.value),
+                d::H2_MAX_CONCURRENT_STREAMS,
+            ),
+            h2_initial_stream_window_size: h2v(
+                |h| h.initial_stream_window_size.as_ref().map(|v| v.value),
+                d::H2_INITIAL_STREAM_WINDOW_SIZE,
+            ),
+            h2_initial_connection_window_size: h2v(
+                |h| h.initial_connection_window_size.as_ref().map(|v| v.value),
+                d::H2_INITIAL_CONNECTION_WINDOW_SIZE,
+            ),
+        }
+    }
 }
 
 /// `None` for zero (off), the configured value, or the default.
@@ -236,6 +295,8 @@ impl Snapshot {
                             tern_config::defaults::LISTENER_FILTERS_TIMEOUT,
                         ),
                     }),
+                    max_connections: l.max_connections.as_ref().map(|m| m.value),
+                    limits: ConnLimits::of(l),
                     stats: lstats,
                     idle_timeout: timeout_or(
                         l.idle_timeout.as_ref(),

@@ -1,6 +1,6 @@
 //! Process state that outlives snapshots and that every layer above the snapshot reads: the
 //! current snapshot, the statistics, the outcome of the last reload, the drain and health-check
-//! switches, and the open tunnels.
+//! switches, the overload state and the open tunnels.
 //!
 //! It sits below the listeners, the request path and the admin endpoint, which only read it;
 //! the server (the reloader) is the one writer of the snapshot and the reload status.
@@ -33,6 +33,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Upgraded (WebSocket) connections, which outlive the HTTP connection that opened them.
     pub tunnels: Tunnels,
+    /// Downstream connections of all listeners and the memory state (overload protection).
+    pub overload: crate::overload::Monitor,
 }
 
 /// What the admin endpoint reports about reloads.

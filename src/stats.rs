@@ -334,6 +334,16 @@ stats_table! {
             "Connections closed because their PROXY protocol header was malformed or late.";
         downstream_cx_proxy_proto_not_found: Counter,
             "Connections without a PROXY protocol header (closed unless allowed).";
+        downstream_cx_overflow: Counter,
+            "Connections closed at accept because the listener's max_connections were open.";
+        downstream_global_cx_overflow: Counter,
+            "Connections closed at accept because global_downstream_max_connections were open.";
+        downstream_cx_overload_reject: Counter,
+            "Connections closed at accept because memory was over max_heap_size_bytes.";
+        downstream_rq_overload_close: Counter,
+            "Requests answered 503 (flag OM) because memory was over max_heap_size_bytes.";
+        downstream_rq_header_overflow: Counter,
+            "Requests refused with 431: headers over max_request_headers_kb or max_headers_count.";
         downstream_rq_active: Gauge, "Downstream requests in flight.";
         fault_active: Gauge, "Faults in progress.";
         downstream_rq_xx: StatusClasses, "Downstream responses by status class.";
@@ -435,6 +445,25 @@ stats_table! {
     }
 }
 
+stats_table! {
+    /// Process-wide statistics (Envoy's `server.*`), shown with the `server.` prefix.
+    #[derive(Debug, Default)]
+    pub struct ServerStats {
+        total_connections: Gauge,
+            "Downstream connections open on all listeners (global_downstream_max_connections).";
+        memory_physical_size: Gauge,
+            "Resident memory in bytes, as last sampled (while max_heap_size_bytes is set).";
+        overload_active: Gauge,
+            "1 while memory is over max_heap_size_bytes (new connections and requests refused).";
+        downstream_cx_accept_error: Counter,
+            "Accepts that failed on a listener or the admin endpoint (e.g. out of descriptors).";
+        admin_cx_overflow: Counter,
+            "Admin connections closed at accept because the admin connection limit was reached.";
+        admin_rq_header_timeout: Counter,
+            "Admin connections closed because a request's headers did not arrive in time.";
+    }
+}
+
 /// The configuration scope's one family that is not a stored stat: a constant 1 whose `version`
 /// label is the running version (`server.config_version` in `/stats`).
 static CONFIG_VERSION_INFO: Family = Family {
@@ -472,6 +501,8 @@ pub struct Stats {
     routes: Mutex<BTreeMap<RouteKey, Arc<RouteStats>>>,
     /// Reload counters.
     pub config: ConfigStats,
+    /// Process-wide stats.
+    pub server: ServerStats,
 }
 
 /// A counter or gauge series: its family, labels and value.
@@ -607,6 +638,7 @@ impl Stats {
             s.visit(|f, v| out.push(f, &labels, v));
         }
         self.config.visit(|f, v| out.push(f, &[], v));
+        self.server.visit(|f, v| out.push(f, &[], v));
         out.push(&CONFIG_VERSION_INFO, &[("version", version)], Value::Int(1));
         out
     }
@@ -880,6 +912,7 @@ mod tests {
     fn scopes() -> [(&'static str, Vec<&'static Family>); 5] {
         let mut server = ConfigStats::families();
         server.push(&CONFIG_VERSION_INFO);
+        server.extend(ServerStats::families());
         [
             ("Listener", ListenerStats::families()),
             ("Cluster", ClusterStats::families()),

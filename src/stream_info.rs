@@ -48,8 +48,11 @@ impl Flags {
     /// `UPE`: the upstream response broke the protocol (its framing).
     pub const UPE: Flags = Flags(1 << 13);
 
+    /// `OM`: refused by the overload manager.
+    pub const OM: Flags = Flags(1 << 14);
+
     /// Every flag with its code, in Envoy's order of appearance.
-    pub const ALL: [(Flags, &'static str); 14] = [
+    pub const ALL: [(Flags, &'static str); 15] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -64,6 +67,7 @@ impl Flags {
         (Flags::SI, "SI"),
         (Flags::DPE, "DPE"),
         (Flags::UPE, "UPE"),
+        (Flags::OM, "OM"),
     ];
 
     /// Adds `o`.

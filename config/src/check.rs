@@ -51,6 +51,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
         match parsed {
             Ok(frag) => {
                 if frag.admin.is_none()
+                    && frag.overload.is_none()
                     && frag.listeners.is_empty()
                     && frag.route_configs.is_empty()
                     && frag.clusters.is_empty()
@@ -96,7 +97,24 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
         ..Default::default()
     };
     let mut admin_at: Option<(usize, Pos)> = None;
+    let mut overload_at: Option<(usize, Pos)> = None;
     for (file, frag) in fragments {
+        if let Some(o) = frag.overload {
+            if let Some((f0, p0)) = overload_at {
+                diags.push(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        &cfg.files[file],
+                        o.pos,
+                        "overload is defined twice",
+                    )
+                    .with_related("first defined here", &cfg.files[f0], p0),
+                );
+            } else {
+                overload_at = Some((file, o.pos));
+                cfg.overload = o.value;
+            }
+        }
         if let Some(a) = frag.admin {
             if let Some((f0, p0)) = admin_at {
                 diags.push(
@@ -158,6 +176,9 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
         ck.cluster(c);
     }
     ck.addresses(&cfg, admin_at);
+    if let Some((file, _)) = overload_at {
+        ck.overload(file, &cfg.overload);
+    }
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
@@ -189,6 +210,8 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
 struct Outline {
     #[serde(default)]
     admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    overload: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -262,6 +285,10 @@ fn recover(
         let mut v = each::<Admin>(std::slice::from_ref(a), &lines, limits, &mut errors);
         frag.admin = v.pop();
     }
+    if let Some(o) = &outline.overload {
+        let mut v = each::<Overload>(std::slice::from_ref(o), &lines, limits, &mut errors);
+        frag.overload = v.pop();
+    }
     frag.listeners = each(&outline.listeners, &lines, limits, &mut errors);
     frag.route_configs = each(&outline.route_configs, &lines, limits, &mut errors);
     frag.clusters = each(&outline.clusters, &lines, limits, &mut errors);
@@ -299,6 +326,9 @@ fn parse_chunks(
             if part.admin.is_some() {
                 frag.admin = part.admin;
             }
+            if part.overload.is_some() {
+                frag.overload = part.overload;
+            }
             frag.listeners.extend(part.listeners);
             frag.route_configs.extend(part.route_configs);
             frag.clusters.extend(part.clusters);
@@ -319,7 +349,10 @@ fn parse_chunks(
 fn top_level_key(line: &str) -> Option<&str> {
     let (key, rest) = line.split_once(':')?;
     let rest = rest.trim();
-    let known = matches!(key, "admin" | "listeners" | "route_configs" | "clusters");
+    let known = matches!(
+        key,
+        "admin" | "overload" | "listeners" | "route_configs" | "clusters"
+    );
     (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
 }
 
@@ -344,7 +377,7 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
         let end = (i + 1..lines.len())
             .find(|&n| at_top_level(lines[n]))
             .unwrap_or(lines.len());
-        if key == "admin" {
+        if key == "admin" || key == "overload" {
             chunks.push((i, i + 1, end));
         } else {
             let mut indent = None;
@@ -754,6 +787,7 @@ impl Checker<'_> {
         for u in v.upgrade_configs.iter().flatten() {
             self.upgrade_config(l.file, u);
         }
+        self.limits(l);
     }
 
     /// An upgrade type is a token (RFC 9110 §7.8), and never `h2c`: an h2c upgrade is served as
@@ -772,6 +806,86 @@ impl Checker<'_> {
                 t.pos,
                 format!("upgrade_type {:?} is not a protocol name", t.value),
             );
+        }
+    }
+
+    /// Connection and header limits of a listener.
+    fn limits(&mut self, l: &Def<Listener>) {
+        use super::defaults::{
+            H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, MAX_REQUEST_HEADERS_KB_LIMIT,
+        };
+        let (f, v) = (l.file, &l.value);
+        if let Some(m) = &v.max_connections {
+            if m.value == 0 {
+                self.bad(f, m.pos, "max_connections must be at least 1");
+            }
+        }
+        if let Some(k) = &v.max_request_headers_kb {
+            if !(1..=MAX_REQUEST_HEADERS_KB_LIMIT).contains(&k.value) {
+                self.bad(
+                    f,
+                    k.pos,
+                    format!("max_request_headers_kb must be 1..={MAX_REQUEST_HEADERS_KB_LIMIT}"),
+                );
+            }
+        }
+        if let Some(c) = &v.max_headers_count {
+            if c.value == 0 {
+                self.bad(f, c.pos, "max_headers_count must be at least 1");
+            }
+        }
+        if let Some(b) = &v.per_connection_buffer_limit_bytes {
+            if b.value < 1024 {
+                self.bad(
+                    f,
+                    b.pos,
+                    "per_connection_buffer_limit_bytes must be at least 1024",
+                );
+            }
+        }
+        if let Some(h2) = &v.http2_protocol_options {
+            if let Some(m) = &h2.max_concurrent_streams {
+                if m.value == 0 {
+                    self.bad(f, m.pos, "max_concurrent_streams must be at least 1");
+                }
+            }
+            for w in [
+                &h2.initial_stream_window_size,
+                &h2.initial_connection_window_size,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !(H2_MIN_WINDOW_SIZE..=H2_MAX_WINDOW_SIZE).contains(&w.value) {
+                    self.bad(
+                        f,
+                        w.pos,
+                        format!("an HTTP/2 window must be {H2_MIN_WINDOW_SIZE}..={H2_MAX_WINDOW_SIZE} bytes"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn overload(&mut self, file: usize, o: &Overload) {
+        if let Some(m) = &o.global_downstream_max_connections {
+            if m.value == 0 {
+                self.bad(
+                    file,
+                    m.pos,
+                    "global_downstream_max_connections must be at least 1",
+                );
+            }
+        }
+        if let Some(m) = &o.max_heap_size_bytes {
+            if m.value == 0 {
+                self.bad(file, m.pos, "max_heap_size_bytes must be at least 1");
+            }
+        }
+        if let Some(r) = &o.refresh_interval {
+            if r.value.0.is_zero() {
+                self.bad(file, r.pos, "refresh_interval must be more than 0");
+            }
         }
     }
 

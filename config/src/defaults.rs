@@ -63,3 +63,33 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Most YAML nodes (mappings, lists, scalars) in one file (`--max-yaml-nodes`): room for 100,000
 /// routes of a dozen nodes each, with what surrounds them.
 pub const MAX_YAML_NODES: usize = 3_000_000;
+
+/// Admin `request_headers_timeout`: the admin endpoint is for operators and probes, which send
+/// their request at once.
+pub const ADMIN_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once (not configurable): a flood of them cannot take descriptors
+/// from the listeners.
+pub const ADMIN_MAX_CONNECTIONS: u64 = 256;
+
+/// Listener `max_request_headers_kb` (Envoy's).
+pub const MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Upper bound of `max_request_headers_kb` (Envoy's).
+pub const MAX_REQUEST_HEADERS_KB_LIMIT: u32 = 8192;
+/// Listener `max_headers_count` (Envoy's).
+pub const MAX_HEADERS_COUNT: u32 = 100;
+/// Listener `per_connection_buffer_limit_bytes` (Envoy's edge recommendation; its default is
+/// 1 MiB).
+pub const PER_CONNECTION_BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
+/// HTTP/2 `max_concurrent_streams` (Envoy's edge recommendation).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// HTTP/2 `initial_stream_window_size` (the protocol's default; Envoy's edge recommendation is
+/// 64 KiB).
+pub const H2_INITIAL_STREAM_WINDOW_SIZE: u32 = 65_535;
+/// HTTP/2 `initial_connection_window_size` (Envoy's edge recommendation).
+pub const H2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+/// Smallest HTTP/2 window (the protocol's initial window).
+pub const H2_MIN_WINDOW_SIZE: u32 = 65_535;
+/// Largest HTTP/2 window (2^31 - 1).
+pub const H2_MAX_WINDOW_SIZE: u32 = 2_147_483_647;
+/// Overload `refresh_interval` (Envoy's).
+pub const OVERLOAD_REFRESH_INTERVAL: Duration = Duration::from_secs(1);

@@ -58,6 +58,8 @@ impl<T: Serialize> Serialize for Def<T> {
 pub struct Config {
     /// The admin endpoint.
     pub admin: Admin,
+    /// Overload protection.
+    pub overload: Overload,
     /// All listeners, in file order.
     pub listeners: Vec<Def<Listener>>,
     /// All route configs, in file order.

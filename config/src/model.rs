@@ -18,6 +18,9 @@ pub struct Fragment {
     /// The admin endpoint (at most one file may set it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Spanned<Admin>>,
+    /// Process-wide overload protection (at most one file may set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<Spanned<Overload>>,
     /// Listeners (sockets the proxy accepts on).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<Spanned<Listener>>,
@@ -36,14 +39,40 @@ pub struct Admin {
     /// Address to listen on; keep it on loopback (default `127.0.0.1:9901`).
     #[schemars(with = "String")]
     pub address: Spanned<SocketAddr>,
+    /// Time a connection gets to send a request's headers, from accept or from the previous
+    /// response (default 10s; 0 = no limit): silent and idle admin connections close after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers_timeout: Option<Spanned<Dur>>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             address: Spanned::unplaced(SocketAddr::from(([127, 0, 0, 1], 9901))),
+            request_headers_timeout: None,
         }
     }
+}
+
+/// Overload protection (Envoy's overload manager in small): above a limit the proxy refuses new
+/// connections, and above the memory limit it also answers new requests 503 (flag `OM`).
+/// Established connections and the admin endpoint are never refused.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// Downstream connections open at once on all listeners together (Envoy's
+    /// `global_downstream_max_connections`); new ones beyond it are closed at accept (default:
+    /// no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_downstream_max_connections: Option<Spanned<u64>>,
+    /// Resident memory at which the proxy is overloaded (Envoy's fixed_heap
+    /// `max_heap_size_bytes`; here the process RSS): new connections are refused and new requests
+    /// answered 503 until it drops below (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_heap_size_bytes: Option<Spanned<u64>>,
+    /// How often memory is sampled (Envoy's `refresh_interval`, default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_interval: Option<Spanned<Dur>>,
 }
 
 /// A socket the proxy accepts connections on.
@@ -109,6 +138,25 @@ pub struct Listener {
     /// Time allowed for a connection's PROXY protocol header (default 15s; 0 = no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener_filters_timeout: Option<Spanned<Dur>>,
+    /// Connections open at once on this listener; new ones beyond it are closed at accept and
+    /// counted in `downstream_cx_overflow` (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Spanned<u64>>,
+    /// Largest request head accepted, in KiB (Envoy's, default 60, at most 8192); larger gets 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_kb: Option<Spanned<u32>>,
+    /// Most request headers accepted (Envoy's `max_headers_count`, default 100); more gets 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_headers_count: Option<Spanned<u32>>,
+    /// What one HTTP/2 stream buffers for a slow reader, in bytes (Envoy's
+    /// `per_connection_buffer_limit_bytes`; default 32 KiB, Envoy's edge recommendation). An
+    /// HTTP/1 connection's buffers are bounded by `max_request_headers_kb` instead (hyper has one
+    /// buffer limit there, and the request head must fit in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_connection_buffer_limit_bytes: Option<Spanned<u32>>,
+    /// HTTP/2 settings of the listener's connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_protocol_options: Option<Spanned<Http2ProtocolOptions>>,
 }
 
 /// One protocol upgrade type (the request's `Upgrade` value, compared case-insensitively).
@@ -120,6 +168,23 @@ pub struct UpgradeConfig {
     /// Whether it is allowed (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+}
+
+/// HTTP/2 settings (Envoy's `http2_protocol_options`; defaults are Envoy's edge-proxy
+/// recommendations, not its unbounded service-mesh defaults).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2ProtocolOptions {
+    /// Streams a client may have open at once on one connection (default 100); more are refused
+    /// with `REFUSED_STREAM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<Spanned<u32>>,
+    /// Flow-control window of each stream, in bytes (default 65535, 65535..2147483647).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_stream_window_size: Option<Spanned<u32>>,
+    /// Flow-control window of the connection, in bytes (default 1 MiB, 65535..2147483647).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_connection_window_size: Option<Spanned<u32>>,
 }
 
 /// One access log sink.

@@ -49,6 +49,10 @@ pub enum LocalReply {
     UpgradeWithBody,
     /// The upstream response's framing is broken or ambiguous (502, `UPE`).
     UpstreamProtocolError,
+    /// Memory is over the overload limit (503, flag `OM`).
+    Overloaded,
+    /// More request headers than `max_headers_count` (431).
+    TooManyHeaders,
 }
 
 impl LocalReply {
@@ -81,6 +85,11 @@ impl LocalReply {
             LocalReply::UpstreamProtocolError => {
                 (StatusCode::BAD_GATEWAY, "upstream protocol error\n")
             }
+            LocalReply::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded\n"),
+            LocalReply::TooManyHeaders => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many request headers\n",
+            ),
         }
     }
 
@@ -101,9 +110,11 @@ impl LocalReply {
             LocalReply::RequestAborted => Flags::DC,
             LocalReply::RequestIdleTimeout => Flags::SI,
             LocalReply::UpstreamProtocolError => Flags::UPE,
-            LocalReply::ListenerGone | LocalReply::RequestTimeout | LocalReply::UpgradeRejected => {
-                Flags::default()
-            }
+            LocalReply::Overloaded => Flags::OM,
+            LocalReply::ListenerGone
+            | LocalReply::RequestTimeout
+            | LocalReply::UpgradeRejected
+            | LocalReply::TooManyHeaders => Flags::default(),
         }
     }
 

@@ -162,9 +162,13 @@ pub async fn handle(
         rec,
         tunnel: false,
     };
+    // Overloaded (memory over its limit): no route, a 503 with flag OM.
+    let overloaded = conn.shared.overload.overloaded();
     // A request without one valid authority is refused before routing: routed by one Host and
     // forwarded with another, it would reach a virtual host it was not routed to.
-    let vhost = (!bad_host).then(|| router.virtual_host(&cx.host)).flatten();
+    let vhost = (!bad_host && !overloaded)
+        .then(|| router.virtual_host(&cx.host))
+        .flatten();
     let route = vhost.and_then(|vh| vh.route(req.uri(), req.headers()));
     let rules = match route {
         Some(r) => r.header_rules.as_deref(),
@@ -180,6 +184,11 @@ pub async fn handle(
         &*r.stats
     });
     let mut resp = match route {
+        None if overloaded => {
+            stats.downstream_rq_overload_close.inc();
+            cx.flag(Flags::OM);
+            LocalReply::Overloaded.response()
+        }
         None if bad_host => {
             stats.downstream_cx_protocol_error.inc();
             cx.flag(LocalReply::InvalidHost.flag());

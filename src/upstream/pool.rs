@@ -31,6 +31,9 @@ use super::body::{ClientBody, Exchange};
 use crate::stats::ClusterStats;
 use crate::upstream::cluster::{ConnOptions, Limits};
 
+/// Read and write buffer limit of an upstream HTTP/1 connection: what one response may hold in
+/// the proxy while its client reads slowly.
+const UPSTREAM_BUF_SIZE: usize = 64 * 1024;
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
@@ -273,7 +276,10 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         t.options.apply(&stream);
+        // hyper's default buffer limit (~400 KB) let a stalled download pin two read buffers of
+        // that size; 64 KiB also bounds a response head like Envoy's `max_response_headers_kb`.
         let (tx, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUF_SIZE)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
