@@ -22,6 +22,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
         match parsed {
             Ok(frag) => {
                 if frag.admin.is_none()
+                    && frag.dns.is_none()
                     && frag.listeners.is_empty()
                     && frag.route_configs.is_empty()
                     && frag.clusters.is_empty()
@@ -30,7 +31,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
                         codes::EMPTY_FILE,
                         &f.path,
                         Pos { line: 1, column: 1 },
-                        "file defines nothing (no admin, listeners, route_configs or clusters)",
+                        "file defines nothing (no admin, dns, listeners, route_configs or clusters)",
                     ));
                 }
                 fragments.push((i, frag));
@@ -74,6 +75,29 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
             } else {
                 admin_at = Some((file, a.pos));
                 cfg.admin = a.value;
+            }
+        }
+        if let Some(d) = frag.dns {
+            if let Some(first) = &cfg.dns {
+                diags.push(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        &cfg.files[file],
+                        d.pos,
+                        "dns is defined twice",
+                    )
+                    .with_related(
+                        "first defined here",
+                        &cfg.files[first.file],
+                        first.pos,
+                    ),
+                );
+            } else {
+                cfg.dns = Some(Def {
+                    file,
+                    pos: d.pos,
+                    value: d.value,
+                });
             }
         }
         let def = |s: Spanned<_>| Def {
@@ -123,6 +147,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
     ck.addresses(&cfg, admin_at);
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
+    super::check_discovery::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
     super::lint::lint(&cfg, &mut diags);
 
@@ -141,6 +166,8 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>) {
 struct Outline {
     #[serde(default)]
     admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    dns: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -200,6 +227,10 @@ fn recover(text: &str, first_line: usize) -> Option<(Fragment, Vec<serde_saphyr:
         let mut v = each::<Admin>(std::slice::from_ref(a), &lines, &mut errors);
         frag.admin = v.pop();
     }
+    if let Some(d) = &outline.dns {
+        let mut v = each::<Dns>(std::slice::from_ref(d), &lines, &mut errors);
+        frag.dns = v.pop();
+    }
     frag.listeners = each(&outline.listeners, &lines, &mut errors);
     frag.route_configs = each(&outline.route_configs, &lines, &mut errors);
     frag.clusters = each(&outline.clusters, &lines, &mut errors);
@@ -230,6 +261,9 @@ fn parse_chunks(
             if part.admin.is_some() {
                 frag.admin = part.admin;
             }
+            if part.dns.is_some() {
+                frag.dns = part.dns;
+            }
             frag.listeners.extend(part.listeners);
             frag.route_configs.extend(part.route_configs);
             frag.clusters.extend(part.clusters);
@@ -250,7 +284,10 @@ fn parse_chunks(
 fn top_level_key(line: &str) -> Option<&str> {
     let (key, rest) = line.split_once(':')?;
     let rest = rest.trim();
-    let known = matches!(key, "admin" | "listeners" | "route_configs" | "clusters");
+    let known = matches!(
+        key,
+        "admin" | "dns" | "listeners" | "route_configs" | "clusters"
+    );
     (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
 }
 
@@ -263,7 +300,7 @@ fn at_top_level(line: &str) -> bool {
 }
 
 /// The items of the block-style top-level lists, as `(key line, first line, end line)`, 0-based
-/// with the end exclusive; `admin` is one item. Lists in flow style (`[...]`) have none.
+/// with the end exclusive; `admin` and `dns` are one item each. Lists in flow style (`[...]`) have none.
 fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
     let mut chunks = Vec::new();
     let mut i = 0;
@@ -275,7 +312,7 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
         let end = (i + 1..lines.len())
             .find(|&n| at_top_level(lines[n]))
             .unwrap_or(lines.len());
-        if key == "admin" {
+        if key == "admin" || key == "dns" {
             chunks.push((i, i + 1, end));
         } else {
             let mut indent = None;
