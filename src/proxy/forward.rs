@@ -20,7 +20,7 @@ use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
-use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::{Counted, Lease, SendError, Target, UpBody};
 
@@ -103,14 +103,14 @@ pub(super) async fn forward(
     let mut now = Instant::now();
     let deadline = fwd.timeout.map(|t| now + t);
     let mut head = Some(parts);
-    let mut prev: Option<usize> = None;
+    let mut prev: Option<Arc<Endpoint>> = None;
     let mut retries = 0u32;
     loop {
-        let Some(idx) = cluster.pick(hash, prev) else {
+        let Some(ep) = cluster.pick(hash, prev.as_deref()) else {
             cs.upstream_rq_no_healthy.inc();
             return Err(LocalReply::NoHealthyUpstream);
         };
-        cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
+        cx.record(|i| i.upstream_host = Some(ep.address.clone()));
         let body: UpBody = match &replay {
             Some(b) => Either::Right(Full::new(b.clone())),
             None => {
@@ -130,7 +130,7 @@ pub(super) async fn forward(
         });
         let per_try = policy.and_then(|p| p.per_try_timeout);
         let sent = now;
-        let result = try_once(cluster, idx, upstream_req, per_try, sent, deadline, lazy).await;
+        let result = try_once(cluster, &ep, upstream_req, per_try, sent, deadline, lazy).await;
         if let Try::Response(..) = &result {
             cx.record(|i| i.upstream_service_time = Some(sent.elapsed()));
         }
@@ -159,7 +159,7 @@ pub(super) async fn forward(
             }
             retries += 1;
             cs.upstream_rq_retry.inc();
-            prev = Some(idx);
+            prev = Some(ep);
             continue;
         }
         if retryable {
@@ -208,7 +208,7 @@ pub(super) async fn forward(
 /// The cluster's admission: an endpoint to send to, and room under `max_requests`.
 fn admit(cluster: &Cluster) -> Result<(), LocalReply> {
     let cs = &cluster.stats;
-    if cluster.endpoints.is_empty() {
+    if !cluster.has_endpoints() {
         cs.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
     }
@@ -310,10 +310,10 @@ fn head_copy(p: &http::request::Parts) -> Request<()> {
     r
 }
 
-/// One upstream try to endpoint `idx`, bounded by the per-try timeout and the route deadline.
+/// One upstream try to endpoint `ep`, bounded by the per-try timeout and the route deadline.
 async fn try_once(
     cluster: &Arc<Cluster>,
-    idx: usize,
+    ep: &Arc<Endpoint>,
     req: Request<UpBody>,
     per_try: Option<Duration>,
     now: Instant,
@@ -321,11 +321,9 @@ async fn try_once(
     lazy: Option<&LazyTimer>,
 ) -> Try {
     let cs = &cluster.stats;
-    let ep = &cluster.endpoints[idx];
-    let active = ActiveRequest::start(cluster, idx);
+    let active = ActiveRequest::start(cluster, ep.clone());
     let target = Target {
-        addr: &ep.address,
-        resolved: ep.resolved,
+        addr: ep.addr,
         connect_timeout: cluster.connect_timeout,
         limits: &cluster.limits,
         stats: &cluster.stats,
@@ -350,7 +348,7 @@ async fn try_once(
             } else {
                 cs.upstream_rq_timeout.inc();
             }
-            outlier::report(cluster, idx, Outcome::Timeout);
+            outlier::report(cluster, ep, Outcome::Timeout);
             return Try::Failed(LocalReply::UpstreamTimeout);
         }
     };
@@ -358,19 +356,19 @@ async fn try_once(
         Ok((resp, lease)) => {
             let status = resp.status().as_u16();
             cs.upstream_rq_xx.record(status);
-            outlier::report(cluster, idx, Outcome::Status(status));
+            outlier::report(cluster, ep, Outcome::Status(status));
             Try::Response(resp, lease, active)
         }
         Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream connect error");
-            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            outlier::report(cluster, ep, Outcome::ConnectFailure);
             Try::Failed(LocalReply::ConnectFailure)
         }
         Err(SendError::Reset(e)) => {
             cs.upstream_rq_reset.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream reset");
-            outlier::report(cluster, idx, Outcome::Reset);
+            outlier::report(cluster, ep, Outcome::Reset);
             Try::Failed(LocalReply::UpstreamReset)
         }
         Err(SendError::ConnectionOverflow | SendError::PendingOverflow) => {

@@ -20,7 +20,7 @@ use super::{Ctx, RespBody};
 use crate::headers;
 use crate::state::Tunnels;
 use crate::stream_info::{Flags, Recorder};
-use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::UpBody;
 
@@ -45,15 +45,15 @@ pub(super) async fn forward(
     on_upgrade: hyper::upgrade::OnUpgrade,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
-    let Some(idx) = cluster.pick(hash, None) else {
+    let Some(ep) = cluster.pick(hash, None) else {
         cluster.stats.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
     };
-    cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
+    cx.record(|i| i.upstream_host = Some(ep.address.clone()));
     let tunnels = &cx.conn.shared.tunnels;
     let resp = proxy(
         cluster,
-        idx,
+        ep,
         parts,
         proto,
         on_upgrade,
@@ -109,32 +109,26 @@ pub enum UpgradeError {
 }
 
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
-/// removed) to endpoint `idx`, and when it answers 101 splices the two upgraded connections.
+/// removed) to endpoint `ep`, and when it answers 101 splices the two upgraded connections.
 ///
 /// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); `rec`,
 /// the request's record, goes to the tunnel, which ends it when it closes.
 pub async fn proxy(
     cluster: &Arc<Cluster>,
-    idx: usize,
+    ep: Arc<Endpoint>,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
     rec: Option<Recorder>,
     tunnels: &Tunnels,
 ) -> Result<Response<Incoming>, UpgradeError> {
-    let ep = &cluster.endpoints[idx];
     let cs = &cluster.stats;
-    let connect = async {
-        match ep.resolved {
-            Some(sa) => TcpStream::connect(sa).await,
-            None => TcpStream::connect(&*ep.address).await,
-        }
-    };
+    let connect = TcpStream::connect(ep.addr);
     let stream = match tokio::time::timeout(cluster.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         _ => {
             cs.upstream_cx_connect_fail.inc();
-            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            outlier::report(cluster, &ep, Outcome::ConnectFailure);
             return Err(UpgradeError::Connect);
         }
     };
@@ -150,16 +144,16 @@ pub async fn proxy(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, upgrade);
-    let active = ActiveRequest::start(cluster, idx);
+    let active = ActiveRequest::start(cluster, ep.clone());
     let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     let mut resp = tx.send_request(req).await.map_err(|_| {
         cs.upstream_rq_reset.inc();
-        outlier::report(cluster, idx, Outcome::Reset);
+        outlier::report(cluster, &ep, Outcome::Reset);
         UpgradeError::Reset
     })?;
     let status = resp.status();
     cs.upstream_rq_xx.record(status.as_u16());
-    outlier::report(cluster, idx, Outcome::Status(status.as_u16()));
+    outlier::report(cluster, &ep, Outcome::Status(status.as_u16()));
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = cluster.name.clone();

@@ -3,11 +3,14 @@
 //! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
 //! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
 //! back to the pool only once its response body was read to the end; anything else closes it.
+//! The pool of an endpoint that left its cluster (DNS stopped returning it) is closed: its idle
+//! connections close at once and the ones still in use close when their request ends.
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -99,10 +102,8 @@ pub enum SendError {
 
 /// Where and how to connect, and what to count.
 pub struct Target<'a> {
-    /// `host:port` as configured.
-    pub addr: &'a str,
-    /// The address when it is an IP literal.
-    pub resolved: Option<SocketAddr>,
+    /// The endpoint's address (host names are resolved off the request path).
+    pub addr: SocketAddr,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// The cluster's circuit-breaker limits.
@@ -115,6 +116,8 @@ pub struct Target<'a> {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<(SendRequest<UpBody>, Instant)>>,
+    /// Set when the endpoint left its cluster: nothing is pooled any more.
+    closed: AtomicBool,
 }
 
 /// A connection in use; returns itself to its pool via [`Lease::release`].
@@ -131,6 +134,10 @@ impl Lease {
             return;
         }
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: a close racing with this release cannot leave a connection behind.
+        if self.pool.closed.load(Relaxed) {
+            return;
+        }
         if idle.len() >= MAX_IDLE {
             idle.retain(|(tx, _)| !tx.is_closed());
         }
@@ -159,6 +166,21 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Closes the idle connections and keeps no more (the endpoint left its cluster).
+    pub fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Relaxed);
+        let closing = std::mem::take(&mut *idle);
+        drop(idle);
+        drop(closing);
+    }
+
+    /// Whether [`Pool::close`] was called.
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
     }
 
     /// Number of idle connections (for tests and admin).
@@ -214,13 +236,8 @@ impl Pool {
     }
 
     async fn connect(&self, t: &Target<'_>) -> Result<SendRequest<UpBody>, SendError> {
-        let connect = async {
-            match t.resolved {
-                Some(sa) => TcpStream::connect(sa).await,
-                None => TcpStream::connect(t.addr).await,
-            }
-        };
-        let stream = match tokio::time::timeout(t.connect_timeout, connect).await {
+        let stream = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(t.addr)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
             Err(_) => {
