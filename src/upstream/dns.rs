@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use rand::Rng;
@@ -63,12 +64,13 @@ impl Settings {
     }
 }
 
-/// What a name resolved to: its addresses (none: NXDOMAIN or NODATA) and the smallest TTL.
+/// What a name resolved to: its addresses (none: NXDOMAIN or NODATA) and the smallest TTL (the
+/// negative TTL for an answer without addresses).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Answer {
     /// Addresses in answer order, without repeats.
     pub addrs: Vec<IpAddr>,
-    /// The smallest TTL of the records (`None` without records).
+    /// The smallest TTL of the records, or the negative TTL (`None`: not given).
     pub ttl: Option<Duration>,
 }
 
@@ -198,7 +200,11 @@ async fn query(r: &TokioResolver, host: &str, rt: RecordType) -> Result<Answer, 
             }
             Ok(out)
         }
-        Err(e) if e.is_no_records_found() => Ok(Answer::default()),
+        // The negative TTL (the SOA's) says when to ask again, like a positive one.
+        Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => Ok(Answer {
+            addrs: Vec::new(),
+            ttl: nr.negative_ttl.map(|t| Duration::from_secs(t.into())),
+        }),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -315,13 +321,13 @@ impl Discovery {
                 .map_or(base * defaults::DNS_FAILURE_MAX_FACTOR, |m| m.0);
             (base, max)
         });
-        let answers_valid = prev.is_some_and(|p| {
-            Arc::ptr_eq(&p.resolver, &resolver) && p.family == family && p.logical == logical
+        // Other settings: the old answers are a starting point (endpoint state is carried by
+        // address), resolved again at once and waited for.
+        let same = prev.is_some_and(|p| {
+            Arc::ptr_eq(&p.resolver, &resolver)
+                && (p.family, p.logical, p.refresh, p.respect_ttl, p.failure)
+                    == (family, logical, refresh, respect_ttl, failure)
         });
-        let same_schedule = answers_valid
-            && prev.is_some_and(|p| {
-                (p.refresh, p.respect_ttl, p.failure) == (refresh, respect_ttl, failure)
-            });
         let mut pending = 0;
         let targets: Vec<Target> = spec
             .endpoints
@@ -335,14 +341,13 @@ impl Discovery {
                     let addr: SocketAddr = e.address.parse().ok()?;
                     state.addrs = Some(vec![addr.ip()]);
                     state.tried = true;
-                } else if let Some(old) = prev
-                    .filter(|_| answers_valid)
-                    .and_then(|p| p.targets.iter().find(|t| !t.fixed && *t.host == *host))
+                } else if let Some(old) =
+                    prev.and_then(|p| p.targets.iter().find(|t| !t.fixed && *t.host == *host))
                 {
                     let old = old.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     state.addrs = old.addrs;
-                    state.tried = old.tried;
-                    if same_schedule {
+                    if same {
+                        state.tried = old.tried;
                         state.due = old.due;
                         state.failures = old.failures;
                     }
