@@ -189,6 +189,20 @@ async fn every_address_is_an_endpoint_and_a_removed_one_finishes_its_requests() 
         "{prom}"
     );
 
+    // Concurrent requests leave two or more idle pooled connections to each task.
+    let slow = format!("http://127.0.0.1:{}/slow?ms=600", s.port);
+    let burst: Vec<_> = (0..6)
+        .map(|_| {
+            let u = slow.clone();
+            tokio::spawn(async move { get(&u, &[]).await.status })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let open = |x: &Backend| x.open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!([&a, &b, &c].iter().all(|x| open(x) >= 2));
+
     // A request in flight to one task, then that task leaves DNS (scale-in, deploy).
     let url = format!("http://127.0.0.1:{}/hold", s.port);
     let inflight = tokio::spawn(async move { get(&url, &[]).await });
@@ -209,6 +223,12 @@ async fn every_address_is_an_endpoint_and_a_removed_one_finishes_its_requests() 
     assert_eq!(s.stat("membership_change").await, changes + 1);
     assert_eq!(s.stat("membership_total").await, 2);
 
+    // Its idle connections close at once; the one in flight stays.
+    wait_for("the removed task's idle connections to close", || async {
+        (open(backends[gone]) == 1).then_some(())
+    })
+    .await;
+
     // No new request goes there; the one in flight finishes.
     let h = s.hits(6).await;
     assert_eq!(count(&h, names[gone]), 0, "{h:?}");
@@ -218,21 +238,15 @@ async fn every_address_is_an_endpoint_and_a_removed_one_finishes_its_requests() 
     let r = inflight.await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.headers["x-backend"], names[gone]);
-    // Its pooled connections closed, and the one that served the held request was not pooled.
-    wait_for("the removed task's connections to close", || async {
-        (backends[gone]
-            .open
-            .load(std::sync::atomic::Ordering::SeqCst)
-            == 0)
-            .then_some(())
+    // The connection that served it is not pooled again.
+    wait_for("the removed task's last connection to close", || async {
+        (open(backends[gone]) == 0).then_some(())
     })
     .await;
     // The tasks that stayed keep their warm connections.
-    let kept_open: usize = (0..3)
+    assert!((0..3)
         .filter(|&i| i != gone)
-        .map(|i| backends[i].open.load(std::sync::atomic::Ordering::SeqCst))
-        .sum();
-    assert!(kept_open >= 1);
+        .all(|i| open(backends[i]) >= 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
