@@ -328,7 +328,7 @@ impl Cluster {
     /// (or in the current set), else a new one.
     pub(crate) fn endpoints_from(
         &self,
-        list: Vec<(SocketAddr, Option<Arc<str>>, Option<Arc<str>>, u32)>,
+        list: Vec<dns::EndpointSpec>,
         from: Option<&HostSet>,
     ) -> Vec<Arc<Endpoint>> {
         let current = self.hosts();
