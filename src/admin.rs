@@ -260,6 +260,7 @@ fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
 /// One endpoint as `/clusters` shows it.
 struct HostView {
     address: String,
+    hostname: Option<String>,
     weight: u32,
     flags: Vec<&'static str>,
     ejection_remaining_ms: Option<u64>,
@@ -278,11 +279,11 @@ fn endpoint_samples(shared: &Shared) -> Vec<crate::stats::EndpointSample> {
     let snap = shared.snapshot.load_full();
     let mut out = Vec::new();
     for (name, c) in snap.clusters.iter() {
-        for e in c.endpoints.iter() {
+        for e in c.hosts().endpoints.iter() {
             let s = &e.state;
             out.push(crate::stats::EndpointSample {
                 cluster: name.to_string(),
-                endpoint: e.address.to_string(),
+                endpoint: e.key.to_string(),
                 rq_total: s.rq_total.load(Relaxed),
                 rq_error: s.rq_error.load(Relaxed),
                 rq_active: s.active.load(Relaxed),
@@ -311,6 +312,7 @@ fn host_view(e: &crate::upstream::cluster::Endpoint, now: u64) -> HostView {
     }
     HostView {
         address: e.address.to_string(),
+        hostname: e.hostname.as_deref().map(str::to_string),
         weight: e.weight,
         flags,
         ejection_remaining_ms,
@@ -348,7 +350,12 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
             ("rq_open", st.upstream_rq_active.get()),
             ("rq_retry_open", st.upstream_rq_retry_active.get()),
         ];
-        let hosts: Vec<HostView> = c.endpoints.iter().map(|e| host_view(e, now)).collect();
+        let hosts: Vec<HostView> = c
+            .hosts()
+            .endpoints
+            .iter()
+            .map(|e| host_view(e, now))
+            .collect();
         if json {
             let mut cb = serde_json::json!({
                 "max_connections": l.max_connections,
@@ -378,6 +385,7 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
                 .map(|h| {
                     serde_json::json!({
                         "address": h.address,
+                        "hostname": h.hostname,
                         "weight": h.weight,
                         "health_status": {
                             "healthy": h.flags.is_empty(),
@@ -451,6 +459,9 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
             } else {
                 h.flags.iter().map(|f| format!("/{f}")).collect()
             };
+            if let Some(host) = &h.hostname {
+                let _ = writeln!(t, "{name}::{a}::hostname::{host}");
+            }
             let _ = writeln!(t, "{name}::{a}::weight::{}", h.weight);
             let _ = writeln!(t, "{name}::{a}::health_flags::{flags}");
             if let Some(ms) = h.ejection_remaining_ms {

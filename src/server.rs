@@ -34,6 +34,9 @@ pub(crate) enum Outcome {
     Rejected(String),
 }
 
+/// The longest a start or reload waits for new DNS clusters' first answers.
+const DNS_WARM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Process-level settings.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -126,7 +129,7 @@ impl Server {
             admin: None,
             watch_dirs: BTreeSet::new(),
         };
-        let version = match server.load(true) {
+        let version = match server.load(true).await {
             Ok(Some(v)) => v,
             Ok(None) => unreachable!("a forced load never finds the content unchanged"),
             Err(r) => return Err(r.message),
@@ -151,7 +154,7 @@ impl Server {
 
     /// Re-reads the configuration and applies it if it changed and is valid (`force`: even if unchanged).
     pub async fn reload(&mut self, force: bool) -> Outcome {
-        match self.load(force) {
+        match self.load(force).await {
             Ok(None) => Outcome::Unchanged,
             Ok(Some(version)) => {
                 tracing::info!(version = %version, "configuration applied");
@@ -162,7 +165,7 @@ impl Server {
     }
 
     /// Reads, prepares and applies; `Ok(None)` when the content is unchanged.
-    fn load(&mut self, force: bool) -> Result<Option<String>, Rejection> {
+    async fn load(&mut self, force: bool) -> Result<Option<String>, Rejection> {
         let shared = self.shared.clone();
         let stats = &shared.stats.config;
         let running = shared.snapshot.load_full();
@@ -185,6 +188,8 @@ impl Server {
         }
         attempt();
         let prepared = self.prepare(config::check_sources(sources), &version)?;
+        // New DNS clusters resolve before they serve (bounded: a dead resolver delays, not blocks).
+        prepared.snap.warm(DNS_WARM_TIMEOUT).await;
         for e in self.apply(prepared) {
             tracing::error!("{e}");
         }

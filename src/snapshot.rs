@@ -10,6 +10,7 @@ use crate::router::Router;
 use crate::stats::{ListenerStats, Stats};
 use crate::stream_info::Observers;
 use crate::upstream::cluster::Cluster;
+use crate::upstream::dns;
 use tern_config::Config;
 
 /// One loaded configuration, ready to serve.
@@ -237,11 +238,20 @@ impl Snapshot {
         stats: &Stats,
     ) -> Result<Snapshot, String> {
         let mut clusters = HashMap::with_capacity(config.clusters.len());
+        // One resolver per `dns` settings, shared with the running snapshot when they are the same.
+        let resolver = config
+            .clusters
+            .iter()
+            .any(|c| c.value.discovery_type() != tern_config::DiscoveryType::Static)
+            .then(|| {
+                let settings = dns::Settings::from_config(config.dns.as_ref().map(|d| &d.value));
+                dns::Resolver::get(&settings)
+            });
         for c in &config.clusters {
             let old = prev.and_then(|p| p.clusters.get(c.value.name.as_str()));
             clusters.insert(
                 c.value.name.value.clone(),
-                Cluster::build(&c.value, old, stats)?,
+                Cluster::build(&c.value, old, stats, resolver.as_ref())?,
             );
         }
         let mut routers = HashMap::new();
@@ -337,6 +347,17 @@ impl Snapshot {
             listeners: HashMap::default(),
             clusters: HashMap::new(),
         }
+    }
+
+    /// Starts the DNS discovery of its clusters and waits, up to `within`, until each of their
+    /// host names was resolved once (answered or failed), so that a new DNS cluster does not
+    /// serve its first requests empty (Envoy's cluster warming). Called before it serves.
+    pub async fn warm(&self, within: Duration) {
+        let waits = self
+            .clusters
+            .values()
+            .filter_map(|c| Some(c.discovery.as_ref()?.warm(c, within)));
+        futures_util::future::join_all(waits).await;
     }
 
     /// Starts the background tasks of its clusters that have none running yet (a cluster carried

@@ -392,7 +392,15 @@ stats_table! {
         upstream_cx_active: Gauge, "Upstream connections open.";
         upstream_rq_pending_active: Gauge, "Requests waiting for a new upstream connection.";
         upstream_rq_retry_active: Gauge, "Retries in flight.";
-        membership_total: Gauge, "Configured endpoints.";
+        update_attempt: Counter, "DNS resolutions of the cluster's host names started.";
+        update_success: Counter, "DNS resolutions answered (with addresses or without any).";
+        update_failure: Counter,
+            "DNS resolutions that failed (timeout, SERVFAIL, unreachable resolver); the last answer stays.";
+        update_empty: Counter,
+            "DNS resolutions answered with no address (NXDOMAIN or no record of the family).";
+        membership_change: Counter, "Changes of the cluster's endpoint set by DNS.";
+        membership_total: Gauge,
+            "Endpoints in the cluster (configured, or resolved for strict_dns).";
         membership_healthy: Gauge, "Endpoints available (healthy and not ejected).";
         outlier_detection_ejections_active: Gauge, "Endpoints ejected by outlier detection now.";
         upstream_rq_time: Histogram,

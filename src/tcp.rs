@@ -11,23 +11,22 @@ use crate::upstream::outlier::{self, Outcome};
 pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
-    let Some(idx) = cluster.pick(None, None) else {
+    let Some(ep) = cluster.pick(None, None) else {
         stats.upstream_rq_no_healthy.inc();
         return;
     };
-    let ep = &cluster.endpoints[idx];
-    let connect = TcpStream::connect(&*ep.address);
+    let connect = TcpStream::connect(ep.addr);
     let mut up = match tokio::time::timeout(cluster.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
-            outlier::report(&cluster, idx, Outcome::ConnectFailure);
+            outlier::report(&cluster, &ep, Outcome::ConnectFailure);
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "tcp connect failed");
             return;
         }
         Err(_) => {
             stats.upstream_cx_connect_fail.inc();
-            outlier::report(&cluster, idx, Outcome::Timeout);
+            outlier::report(&cluster, &ep, Outcome::Timeout);
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, "tcp connect timeout");
             return;
         }
@@ -35,8 +34,8 @@ pub async fn proxy(mut down: TcpStream, cluster: Arc<Cluster>) {
     let _ = up.set_nodelay(true);
     cluster.conn.apply(&up);
     // A connection that opens is a success for outlier detection (resets its failure streak).
-    outlier::report(&cluster, idx, Outcome::Status(200));
-    let _active = ActiveRequest::start(&cluster, idx);
+    outlier::report(&cluster, &ep, Outcome::Status(200));
+    let _active = ActiveRequest::start(&cluster, ep);
     if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
         tracing::debug!(cluster = %cluster.name, error = %e, "tcp proxy ended with error");
     }

@@ -20,7 +20,7 @@ use std::process::Command;
 use serde_json::Value;
 use tern_testkit::{
     admin_yaml, free_port, get, request, tern_bin, tern_check, tern_validate_bin, workspace_root,
-    Backend, ConfigDir, Tern,
+    Backend, ConfigDir, DnsServer, Tern,
 };
 
 fn read(rel: &str) -> String {
@@ -277,6 +277,8 @@ struct Prepared {
     map: BTreeMap<String, String>,
     admin_port: u16,
     _backends: Vec<Backend>,
+    /// Answers the host names the example's upstreams use, when it has any.
+    _dns: Option<DnsServer>,
 }
 
 impl Prepared {
@@ -290,7 +292,9 @@ impl Prepared {
 }
 
 /// Copies `ex` to a temp dir, rewriting every address it binds (listeners, admin) to a free port
-/// on 127.0.0.1 and every upstream in `ex.backends` to a freshly started backend.
+/// on 127.0.0.1 and every upstream in `ex.backends` to a freshly started backend. An upstream
+/// written as a host name stays one: a test DNS server (the copy's `dns.resolvers`) resolves it
+/// to 127.0.0.1 and only its port changes, so DNS discovery runs as where the example is deployed.
 async fn prepare(ex: &Example) -> Prepared {
     let src = workspace_root().join(ex.dir);
     let report = tern_config::load(&src);
@@ -316,9 +320,21 @@ async fn prepare(ex: &Example) -> Prepared {
             .or_insert_with(|| format!("127.0.0.1:{}", free_port()));
     }
     let mut backends = Vec::new();
+    let mut dns: Option<DnsServer> = None;
     for (upstream, name) in ex.backends {
         let b = Backend::start(name).await;
-        map.insert(upstream.to_string(), b.addr.to_string());
+        let (host, _) = upstream.rsplit_once(':').unwrap();
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            map.insert(upstream.to_string(), b.addr.to_string());
+        } else {
+            if dns.is_none() {
+                dns = Some(DnsServer::start().await);
+            }
+            if let Some(d) = &dns {
+                d.set(host, &["127.0.0.1"], 5);
+            }
+            map.insert(upstream.to_string(), format!("{host}:{}", b.addr.port()));
+        }
         backends.push(b);
     }
 
@@ -350,11 +366,23 @@ async fn prepare(ex: &Example) -> Prepared {
         // The example relies on the default admin address: set it explicitly in the copy.
         dir.write("zz-test-admin.yaml", &admin_yaml(admin_port));
     }
+    if let Some(d) = &dns {
+        assert!(
+            config.dns.is_none(),
+            "{}: sets dns; the test would replace it",
+            ex.dir
+        );
+        dir.write(
+            "zz-test-dns.yaml",
+            &format!("dns:\n  resolvers: [\"{}\"]\n", d.resolver()),
+        );
+    }
     Prepared {
         dir,
         map,
         admin_port,
         _backends: backends,
+        _dns: dns,
     }
 }
 

@@ -52,6 +52,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
             Ok(frag) => {
                 if frag.admin.is_none()
                     && frag.overload.is_none()
+                    && frag.dns.is_none()
                     && frag.listeners.is_empty()
                     && frag.route_configs.is_empty()
                     && frag.clusters.is_empty()
@@ -60,7 +61,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
                         codes::EMPTY_FILE,
                         &f.path,
                         Pos { line: 1, column: 1 },
-                        "file defines nothing (no admin, listeners, route_configs or clusters)",
+                        "file defines nothing (no admin, dns, listeners, route_configs or clusters)",
                     ));
                 }
                 fragments.push((i, frag));
@@ -131,6 +132,29 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
                 cfg.admin = a.value;
             }
         }
+        if let Some(d) = frag.dns {
+            if let Some(first) = &cfg.dns {
+                diags.push(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        &cfg.files[file],
+                        d.pos,
+                        "dns is defined twice",
+                    )
+                    .with_related(
+                        "first defined here",
+                        &cfg.files[first.file],
+                        first.pos,
+                    ),
+                );
+            } else {
+                cfg.dns = Some(Def {
+                    file,
+                    pos: d.pos,
+                    value: d.value,
+                });
+            }
+        }
         let def = |s: Spanned<_>| Def {
             file,
             pos: s.pos,
@@ -181,6 +205,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
     }
     ck.references(&cfg, &maybe_defined);
     super::check_resilience::check(&cfg, &mut diags);
+    super::check_discovery::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
     super::check_edge::check(&cfg, &mut diags);
     super::lint::lint(&cfg, admin_at, &mut diags);
@@ -212,6 +237,7 @@ struct Outline {
     admin: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     overload: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
+    dns: Option<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
     listeners: Vec<serde_saphyr::Spanned<serde::de::IgnoredAny>>,
     #[serde(default)]
@@ -289,6 +315,10 @@ fn recover(
         let mut v = each::<Overload>(std::slice::from_ref(o), &lines, limits, &mut errors);
         frag.overload = v.pop();
     }
+    if let Some(d) = &outline.dns {
+        let mut v = each::<Dns>(std::slice::from_ref(d), &lines, limits, &mut errors);
+        frag.dns = v.pop();
+    }
     frag.listeners = each(&outline.listeners, &lines, limits, &mut errors);
     frag.route_configs = each(&outline.route_configs, &lines, limits, &mut errors);
     frag.clusters = each(&outline.clusters, &lines, limits, &mut errors);
@@ -329,6 +359,9 @@ fn parse_chunks(
             if part.overload.is_some() {
                 frag.overload = part.overload;
             }
+            if part.dns.is_some() {
+                frag.dns = part.dns;
+            }
             frag.listeners.extend(part.listeners);
             frag.route_configs.extend(part.route_configs);
             frag.clusters.extend(part.clusters);
@@ -351,7 +384,7 @@ fn top_level_key(line: &str) -> Option<&str> {
     let rest = rest.trim();
     let known = matches!(
         key,
-        "admin" | "overload" | "listeners" | "route_configs" | "clusters"
+        "admin" | "overload" | "dns" | "listeners" | "route_configs" | "clusters"
     );
     (known && (rest.is_empty() || rest.starts_with('#'))).then_some(key)
 }
@@ -365,7 +398,7 @@ fn at_top_level(line: &str) -> bool {
 }
 
 /// The items of the block-style top-level lists, as `(key line, first line, end line)`, 0-based
-/// with the end exclusive; `admin` is one item. Lists in flow style (`[...]`) have none.
+/// with the end exclusive; `admin` and `dns` are one item each. Lists in flow style (`[...]`) have none.
 fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
     let mut chunks = Vec::new();
     let mut i = 0;
@@ -377,7 +410,7 @@ fn block_items(lines: &[&str]) -> Vec<(usize, usize, usize)> {
         let end = (i + 1..lines.len())
             .find(|&n| at_top_level(lines[n]))
             .unwrap_or(lines.len());
-        if key == "admin" || key == "overload" {
+        if key == "admin" || key == "overload" || key == "dns" {
             chunks.push((i, i + 1, end));
         } else {
             let mut indent = None;

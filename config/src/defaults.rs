@@ -35,6 +35,13 @@ pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 /// Outlier detection `max_ejection_percent` (Envoy's).
 pub const MAX_EJECTION_PERCENT: f64 = 10.0;
 
+/// DNS clusters' `dns_refresh_rate` (Envoy's).
+pub const DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+/// The shortest time between two resolutions of a name, whatever the TTL or refresh rate says.
+pub const DNS_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// `dns_failure_refresh_rate.max_interval` as a multiple of its `base_interval` (Envoy's).
+pub const DNS_FAILURE_MAX_FACTOR: u32 = 10;
+
 /// Listener `idle_timeout`: a connection without requests closes (Envoy's).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Listener `request_headers_timeout` (Envoy has none; hyper's default, kept against slowloris).

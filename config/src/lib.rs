@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod check_discovery;
 pub mod check_edge;
 pub mod check_observability;
 pub mod check_resilience;
@@ -66,6 +67,9 @@ pub struct Config {
     pub route_configs: Vec<Def<RouteConfig>>,
     /// All clusters, in file order.
     pub clusters: Vec<Def<Cluster>>,
+    /// The DNS resolver settings (system configuration when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Def<Dns>>,
     /// The files, indexed by [`Def::file`].
     #[serde(skip)]
     pub files: Vec<PathBuf>,

@@ -30,6 +30,27 @@ pub struct Fragment {
     /// Upstream clusters, referenced by routes and TCP listeners.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clusters: Vec<Spanned<Cluster>>,
+    /// The DNS resolver of `strict_dns` and `logical_dns` clusters (at most one file may set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Spanned<Dns>>,
+}
+
+/// The DNS resolver that `strict_dns` and `logical_dns` clusters resolve their host names with.
+/// Unset fields come from the system configuration (`/etc/resolv.conf`; on ECS and Fargate it
+/// points at the VPC resolver).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// Name servers as `ip` or `ip:port` (port 53 when absent), asked over UDP (TCP for long
+    /// answers); replaces the `nameserver` lines of resolv.conf (its `search` domains are not used then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<Spanned<String>>,
+    /// Time allowed for one query (default: resolv.conf's `timeout`, else 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Spanned<Dur>>,
+    /// Tries of a query before it fails (default: resolv.conf's `attempts`, else 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Spanned<u32>>,
 }
 
 /// The admin endpoint: readiness, stats, config dump.
@@ -752,6 +773,23 @@ pub struct Cluster {
     /// Time allowed to establish a TCP connection (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Spanned<Dur>>,
+    /// How the endpoints are found (Envoy's `type`): `static`, `strict_dns` or `logical_dns`
+    /// (default `strict_dns` when an endpoint address is a host name, else `static`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Spanned<DiscoveryType>>,
+    /// Time between two resolutions of each host name (default 5s; at least 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh_rate: Option<Spanned<Dur>>,
+    /// Resolve again when the answer's TTL runs out, if that is sooner than `dns_refresh_rate`
+    /// (default true; never more often than once a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respect_dns_ttl: Option<bool>,
+    /// Back-off between resolutions after a failed one (default: `dns_refresh_rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_failure_refresh_rate: Option<Spanned<RefreshRate>>,
+    /// Address families asked for (default `v4_preferred`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_lookup_family: Option<DnsLookupFamily>,
     /// How requests are spread over endpoints (default `round_robin`).
     #[serde(default)]
     pub lb_policy: LbPolicy,
@@ -801,6 +839,65 @@ pub struct TcpKeepalive {
     /// Time between probes (whole seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_interval: Option<Spanned<Dur>>,
+}
+
+impl Cluster {
+    /// The discovery type: as written, else `strict_dns` when an endpoint address is a host name
+    /// and `static` when all are IP addresses.
+    pub fn discovery_type(&self) -> DiscoveryType {
+        match &self.discovery {
+            Some(t) => t.value,
+            None if self.endpoints.iter().any(|e| !e.is_ip()) => DiscoveryType::StrictDns,
+            None => DiscoveryType::Static,
+        }
+    }
+}
+
+impl Endpoint {
+    /// Whether the address is an IP literal with a port (`10.0.0.5:8080`, `[::1]:80`).
+    pub fn is_ip(&self) -> bool {
+        self.address.parse::<SocketAddr>().is_ok()
+    }
+}
+
+/// Cluster service discovery types (Envoy's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryType {
+    /// The endpoints are IP addresses, used as written.
+    Static,
+    /// Every address a host name resolves to is an endpoint, re-resolved in the background.
+    StrictDns,
+    /// One endpoint per host name; new connections go to the first address of the latest answer.
+    LogicalDns,
+}
+
+/// Address families a DNS cluster asks for (Envoy's `dns_lookup_family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookupFamily {
+    /// IPv6 (AAAA); IPv4 (A) when there is none.
+    Auto,
+    /// IPv4 only.
+    V4Only,
+    /// IPv6 only.
+    V6Only,
+    /// IPv4; IPv6 when there is none.
+    #[default]
+    V4Preferred,
+    /// IPv4 and IPv6.
+    All,
+}
+
+/// Exponential back-off between retried resolutions (Envoy's `RefreshRate`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRate {
+    /// First wait after a failure.
+    pub base_interval: Spanned<Dur>,
+    /// Longest wait (default 10 × `base_interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Spanned<Dur>>,
 }
 
 /// Per-cluster limits (Envoy's default-priority thresholds, flattened).
@@ -923,7 +1020,7 @@ pub enum LbPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `host:port`; a DNS name is resolved when connecting.
+    /// `ip:port`, or `host:port` for `strict_dns` and `logical_dns` clusters.
     pub address: Spanned<String>,
     /// Relative weight (default 1).
     #[serde(default = "default_weight")]

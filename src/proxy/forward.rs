@@ -29,7 +29,7 @@ use crate::router::{upgrade_allowed, Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
 use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
-use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::{Lease, SendError, Target, UpBody};
 
@@ -177,14 +177,14 @@ pub(super) async fn forward(
     let mut now = Instant::now();
     let deadline = fwd.timeout.map(|t| now + t);
     let mut head = Some(parts);
-    let mut prev: Option<usize> = None;
+    let mut prev: Option<Arc<Endpoint>> = None;
     let mut retries = 0u32;
     loop {
-        let Some(idx) = cluster.pick(hash, prev) else {
+        let Some(ep) = cluster.pick(hash, prev.as_deref()) else {
             cs.upstream_rq_no_healthy.inc();
             return Err(LocalReply::NoHealthyUpstream);
         };
-        cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
+        cx.record(|i| i.upstream_host = Some(ep.address.clone()));
         let body: UpBody = match &replay {
             Some(b) => Either::Right(Full::new(b.clone())),
             None => Either::Left(stream_body.take().expect("single try streams the body")),
@@ -208,7 +208,7 @@ pub(super) async fn forward(
         let sent = now;
         let result = try_once(
             cluster,
-            idx,
+            &ep,
             upstream_req,
             sent,
             &limits,
@@ -247,7 +247,7 @@ pub(super) async fn forward(
             }
             retries += 1;
             cs.upstream_rq_retry.inc();
-            prev = Some(idx);
+            prev = Some(ep);
             continue;
         }
         if retryable {
@@ -307,7 +307,7 @@ fn fault_reply(f: BodyFault) -> LocalReply {
 /// The cluster's admission: an endpoint to send to, and room under `max_requests`.
 fn admit(cluster: &Cluster) -> Result<(), LocalReply> {
     let cs = &cluster.stats;
-    if cluster.endpoints.is_empty() {
+    if !cluster.has_endpoints() {
         cs.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
     }
@@ -409,10 +409,10 @@ impl Try {
 }
 
 /// A response the proxy cannot forward faithfully: 502, scored like a reset (Envoy: `UPE`).
-fn protocol_error(cluster: &Arc<Cluster>, idx: usize, what: &str) -> Try {
+fn protocol_error(cluster: &Arc<Cluster>, ep: &Arc<Endpoint>, what: &str) -> Try {
     cluster.stats.upstream_cx_protocol_error.inc();
-    tracing::debug!(cluster = %cluster.name, endpoint = %cluster.endpoints[idx].address, what, "upstream protocol error");
-    outlier::report(cluster, idx, Outcome::Reset);
+    tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, what, "upstream protocol error");
+    outlier::report(cluster, ep, Outcome::Reset);
     Try::Failed(LocalReply::UpstreamProtocolError)
 }
 
@@ -491,11 +491,11 @@ async fn while_streaming<F: Future>(
     .await
 }
 
-/// One upstream try to endpoint `idx`, bounded by the per-try timeout and the route deadline,
+/// One upstream try to endpoint `ep`, bounded by the per-try timeout and the route deadline,
 /// which start when the request is complete (a streamed body: when it has gone up whole).
 async fn try_once(
     cluster: &Arc<Cluster>,
-    idx: usize,
+    ep: &Arc<Endpoint>,
     req: Request<UpBody>,
     now: Instant,
     limits: &TryLimits,
@@ -503,11 +503,9 @@ async fn try_once(
     lazy: Option<&LazyTimer>,
 ) -> Try {
     let cs = &cluster.stats;
-    let ep = &cluster.endpoints[idx];
-    let active = ActiveRequest::start(cluster, idx);
+    let active = ActiveRequest::start(cluster, ep.clone());
     let target = Target {
-        addr: &ep.address,
-        resolved: ep.resolved,
+        addr: ep.addr,
         connect_timeout: cluster.connect_timeout,
         limits: &cluster.limits,
         stats: &cluster.stats,
@@ -523,7 +521,7 @@ async fn try_once(
             Streaming::Fault(f) => return Try::ClientFault(f),
             Streaming::Stalled => {
                 cs.upstream_rq_timeout.inc();
-                outlier::report(cluster, idx, Outcome::Timeout);
+                outlier::report(cluster, ep, Outcome::Timeout);
                 return Try::Failed(LocalReply::UpstreamTimeout);
             }
             Streaming::Done => {
@@ -553,7 +551,7 @@ async fn try_once(
                     } else {
                         cs.upstream_rq_timeout.inc();
                     }
-                    outlier::report(cluster, idx, Outcome::Timeout);
+                    outlier::report(cluster, ep, Outcome::Timeout);
                     return Try::Failed(LocalReply::UpstreamTimeout);
                 }
             }
@@ -571,29 +569,29 @@ async fn try_once(
                 _ => check_framing(resp.headers_mut()),
             };
             if framing == Framing::Broken {
-                return protocol_error(cluster, idx, "response framing");
+                return protocol_error(cluster, ep, "response framing");
             }
             let status = resp.status().as_u16();
             cs.upstream_rq_xx.record(status);
-            outlier::report(cluster, idx, Outcome::Status(status));
+            outlier::report(cluster, ep, Outcome::Status(status));
             // After a framing problem the connection is not trusted with another request.
             let lease = (framing == Framing::Clean).then_some(lease);
             Try::Response(resp, lease, active)
         }
         Err(SendError::Reset(e)) if e.is_parse() => {
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");
-            protocol_error(cluster, idx, "response head")
+            protocol_error(cluster, ep, "response head")
         }
         Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream connect error");
-            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            outlier::report(cluster, ep, Outcome::ConnectFailure);
             Try::Failed(LocalReply::ConnectFailure)
         }
         Err(SendError::Reset(e)) => {
             cs.upstream_rq_reset.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream reset");
-            outlier::report(cluster, idx, Outcome::Reset);
+            outlier::report(cluster, ep, Outcome::Reset);
             Try::Failed(LocalReply::UpstreamReset)
         }
         Err(SendError::ConnectionOverflow | SendError::PendingOverflow) => {

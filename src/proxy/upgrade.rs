@@ -28,7 +28,7 @@ use crate::headers;
 use crate::state::Tunnels;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
-use crate::upstream::cluster::{ActiveRequest, Cluster};
+use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::UpBody;
 
@@ -79,18 +79,18 @@ pub(super) async fn forward(
     limits: Limits,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
-    let Some(idx) = cluster.pick(hash, None) else {
+    let Some(ep) = cluster.pick(hash, None) else {
         cluster.stats.upstream_rq_no_healthy.inc();
         return Err(LocalReply::NoHealthyUpstream);
     };
-    cx.record(|i| i.upstream_host = Some(cluster.endpoints[idx].address.clone()));
+    cx.record(|i| i.upstream_host = Some(ep.address.clone()));
     let tunnel = Tunnel {
         tunnels: &cx.conn.shared.tunnels,
         stats: cx.listener.stats.clone(),
         idle: limits.idle,
         rec: cx.rec.clone(),
     };
-    let handshake = proxy(cluster, idx, parts, proto, on_upgrade, tunnel);
+    let handshake = proxy(cluster, ep.clone(), parts, proto, on_upgrade, tunnel);
     let answered = match limits.timeout {
         Some(t) => tokio::time::timeout(t, handshake).await,
         None => Ok(handshake.await),
@@ -103,7 +103,7 @@ pub(super) async fn forward(
         Err(_) => {
             // A handshake left unanswered must not hold its `max_requests` slot for ever.
             cluster.stats.upstream_rq_timeout.inc();
-            outlier::report(cluster, idx, Outcome::Timeout);
+            outlier::report(cluster, &ep, Outcome::Timeout);
             return Err(LocalReply::UpstreamTimeout);
         }
     };
@@ -167,31 +167,25 @@ pub enum UpgradeError {
 }
 
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
-/// removed) to endpoint `idx`, and when it answers 101 splices the two upgraded connections.
+/// removed) to endpoint `ep`, and when it answers 101 splices the two upgraded connections.
 ///
 /// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); the
 /// tunnel's record and limits are in `tunnel`.
 pub async fn proxy(
     cluster: &Arc<Cluster>,
-    idx: usize,
+    ep: Arc<Endpoint>,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
     tunnel: Tunnel<'_>,
 ) -> Result<Response<Incoming>, UpgradeError> {
-    let ep = &cluster.endpoints[idx];
     let cs = &cluster.stats;
-    let connect = async {
-        match ep.resolved {
-            Some(sa) => TcpStream::connect(sa).await,
-            None => TcpStream::connect(&*ep.address).await,
-        }
-    };
+    let connect = TcpStream::connect(ep.addr);
     let stream = match tokio::time::timeout(cluster.connect_timeout, connect).await {
         Ok(Ok(s)) => s,
         _ => {
             cs.upstream_cx_connect_fail.inc();
-            outlier::report(cluster, idx, Outcome::ConnectFailure);
+            outlier::report(cluster, &ep, Outcome::ConnectFailure);
             return Err(UpgradeError::Connect);
         }
     };
@@ -208,16 +202,16 @@ pub async fn proxy(
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, upgrade);
-    let active = ActiveRequest::start(cluster, idx);
+    let active = ActiveRequest::start(cluster, ep.clone());
     let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     let mut resp = tx.send_request(req).await.map_err(|_| {
         cs.upstream_rq_reset.inc();
-        outlier::report(cluster, idx, Outcome::Reset);
+        outlier::report(cluster, &ep, Outcome::Reset);
         UpgradeError::Reset
     })?;
     let status = resp.status();
     cs.upstream_rq_xx.record(status.as_u16());
-    outlier::report(cluster, idx, Outcome::Status(status.as_u16()));
+    outlier::report(cluster, &ep, Outcome::Status(status.as_u16()));
     if status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         let name = cluster.name.clone();

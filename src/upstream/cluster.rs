@@ -1,23 +1,37 @@
-//! Upstream clusters: endpoints, their balancer, circuit-breaker limits, and per-endpoint state.
+//! Upstream clusters: the host set (endpoints and their balancer), circuit-breaker limits, and
+//! per-endpoint state.
+//!
+//! A cluster's endpoints live in an immutable [`HostSet`] behind an `ArcSwap`: a static cluster
+//! has one for its whole life, a DNS cluster gets a new one from its resolver task whenever the
+//! answers change (built off the request path). The request path loads the current set, picks an
+//! endpoint and keeps that endpoint's `Arc`, never an index, so a swap never invalidates a request
+//! in flight. An endpoint that leaves the set keeps serving the requests that hold it; its idle
+//! connections close and its connections are not pooled again.
 //!
 //! A cluster whose configuration did not change is carried into the next snapshot as the same
 //! `Arc`. A changed cluster keeps the [`EndpointState`] (connection pool, health and outlier
-//! state, counters) of every endpoint that is still configured, matched by address, so a reload
-//! neither drops warm connections nor forgets that an endpoint is unhealthy.
+//! state, counters) of every endpoint that is still there, matched by its key (`ip:port`; the
+//! host name for `logical_dns`), and its DNS answers when the discovery settings did not change,
+//! so a reload neither drops warm connections nor forgets that an endpoint is unhealthy.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
 use crate::stats::{ClusterStats, Stats};
+use crate::upstream::dns::{self, Discovery};
 use crate::upstream::health::{self, EndpointHealth};
 use crate::upstream::lb::Balancer;
 use crate::upstream::outlier::{self, EndpointOutlier};
 use crate::upstream::pool::Pool;
 use tern_config as config;
 
-/// State of one endpoint that outlives snapshots.
+/// State of one endpoint that outlives snapshots and host sets.
 #[derive(Debug, Default)]
 pub struct EndpointState {
     /// Keep-alive connections.
@@ -42,19 +56,83 @@ impl EndpointState {
     pub fn available(&self) -> bool {
         !self.hc_failed.load(Relaxed) && !self.outlier.is_ejected()
     }
+
+    /// A new endpoint's state: in a health-checked cluster it takes traffic once its first check
+    /// passes (Envoy's `pending_active_hc`).
+    fn new(health_checked: bool) -> Arc<EndpointState> {
+        let s = EndpointState::default();
+        if health_checked {
+            s.hc_failed.store(true, Relaxed);
+            s.health.pending.store(true, Relaxed);
+        }
+        Arc::new(s)
+    }
 }
 
-/// One upstream endpoint.
+/// One upstream endpoint of a host set (immutable; a changed address is a new `Endpoint`).
 #[derive(Debug)]
 pub struct Endpoint {
-    /// `host:port` as configured.
+    /// What its state is carried by: `ip:port`, or `host:port` for a `logical_dns` endpoint
+    /// (whose address changes with the answers). The `endpoint` label of its stats.
+    pub key: Arc<str>,
+    /// `ip:port` as shown in `/clusters` and logged as the upstream host.
     pub address: Arc<str>,
-    /// The address when it is an IP literal (no DNS lookup per connect).
-    pub resolved: Option<SocketAddr>,
-    /// Relative weight.
+    /// Where connections go.
+    pub addr: SocketAddr,
+    /// The host name it was resolved from (`None` for an IP address in the configuration).
+    pub hostname: Option<Arc<str>>,
+    /// Relative weight (the configured endpoint's).
     pub weight: u32,
-    /// Shared state, carried across reloads by address.
+    /// Shared state, carried across host sets and reloads by key.
     pub state: Arc<EndpointState>,
+}
+
+impl Endpoint {
+    /// An endpoint at `addr`, keyed by `key` (its address when `None`).
+    pub fn new(
+        addr: SocketAddr,
+        key: Option<Arc<str>>,
+        hostname: Option<Arc<str>>,
+        weight: u32,
+        state: Arc<EndpointState>,
+    ) -> Endpoint {
+        let address: Arc<str> = addr.to_string().into();
+        Endpoint {
+            key: key.unwrap_or_else(|| address.clone()),
+            address,
+            addr,
+            hostname,
+            weight,
+            state,
+        }
+    }
+}
+
+/// The endpoints of a cluster at one moment, with the balancer built for them.
+#[derive(Debug)]
+pub struct HostSet {
+    /// Endpoints in configuration (then answer) order.
+    pub endpoints: Box<[Arc<Endpoint>]>,
+    lb: Balancer,
+    /// Round-robin position used while failing open.
+    panic_next: AtomicUsize,
+}
+
+impl HostSet {
+    fn new(policy: config::LbPolicy, endpoints: Vec<Arc<Endpoint>>) -> HostSet {
+        let addrs: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        HostSet {
+            lb: Balancer::new(policy, &addrs, &weights),
+            endpoints: endpoints.into_boxed_slice(),
+            panic_next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The endpoint with `key`, if it is in this set.
+    pub fn get(&self, key: &str) -> Option<&Arc<Endpoint>> {
+        self.endpoints.iter().find(|e| *e.key == *key)
+    }
 }
 
 /// Circuit-breaker limits (Envoy's defaults).
@@ -168,15 +246,22 @@ impl ConnOptions {
     }
 }
 
+/// The background work of a running cluster version: its token (health checkers are its
+/// children) and the guard that cancels everything when the version is dropped.
+pub(crate) type Background = Option<(CancellationToken, DropGuard)>;
+
 /// A running cluster.
 pub struct Cluster {
     /// Cluster name.
     pub name: Arc<str>,
     /// The configuration it was built from.
     pub spec: config::Cluster,
-    /// Endpoints in configuration order.
-    pub endpoints: Box<[Endpoint]>,
-    lb: Balancer,
+    /// The current endpoints; swapped by DNS discovery.
+    hosts: ArcSwap<HostSet>,
+    /// Endpoints in the current set (read on the request path without loading the set).
+    host_count: AtomicUsize,
+    /// Serializes host set changes (several DNS names resolve at once).
+    update: Mutex<()>,
     /// Time allowed to connect.
     pub connect_timeout: Duration,
     /// Circuit-breaker limits.
@@ -189,30 +274,39 @@ pub struct Cluster {
     pub outlier: Option<outlier::Settings>,
     /// Active health check settings (`None`: no checks).
     pub health: Option<Arc<health::Settings>>,
-    /// Round-robin position used while failing open.
-    panic_next: AtomicUsize,
-    /// Stops this cluster's background tasks (health checks) when the cluster is dropped.
-    pub background: Mutex<Option<tokio_util::sync::DropGuard>>,
+    /// DNS discovery (`strict_dns`, `logical_dns`); `None` for a static cluster.
+    pub discovery: Option<Discovery>,
+    /// Stops this cluster's background tasks (health checks, sweeper) when it is dropped.
+    pub(crate) background: Mutex<Background>,
+    /// The running health checkers by endpoint key: where each checks, and its stop guard.
+    pub(crate) checkers: Mutex<HashMap<Arc<str>, (SocketAddr, DropGuard)>>,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("name", &self.name)
-            .field("endpoints", &self.endpoints)
+            .field("endpoints", &self.hosts.load().endpoints)
             .finish()
     }
 }
 
 impl Cluster {
-    /// Builds cluster `spec`, reusing what it can from `prev` (the same-named cluster of the running snapshot).
+    /// Builds cluster `spec`, reusing what it can from `prev` (the same-named cluster of the
+    /// running snapshot). `resolver` resolves its host names (present when it has any).
     pub fn build(
         spec: &config::Cluster,
         prev: Option<&Arc<Cluster>>,
         stats: &Stats,
+        resolver: Option<&Arc<dns::Resolver>>,
     ) -> Result<Arc<Cluster>, String> {
         if let Some(p) = prev {
-            if p.spec == *spec {
+            let same_resolver = match (&p.discovery, resolver) {
+                (Some(d), Some(r)) => Arc::ptr_eq(d.resolver(), r),
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            if p.spec == *spec && same_resolver {
                 return Ok(p.clone());
             }
         }
@@ -225,30 +319,6 @@ impl Cluster {
             .health_checks
             .first()
             .map(|hc| Arc::new(health::Settings::from_config(&spec.name, hc)));
-        let mut endpoints = Vec::with_capacity(spec.endpoints.len());
-        for e in &spec.endpoints {
-            let state = prev
-                .and_then(|p| p.endpoints.iter().find(|o| *o.address == *e.address.value))
-                .map(|o| o.state.clone())
-                .unwrap_or_else(|| {
-                    let s = EndpointState::default();
-                    if health.is_some() {
-                        // Envoy: a new endpoint of a health-checked cluster takes traffic once
-                        // its first check passes.
-                        s.hc_failed.store(true, Relaxed);
-                        s.health.pending.store(true, Relaxed);
-                    }
-                    Arc::new(s)
-                });
-            endpoints.push(Endpoint {
-                address: e.address.as_str().into(),
-                resolved: e.address.parse().ok(),
-                weight: e.weight,
-                state,
-            });
-        }
-        let addrs: Vec<&str> = endpoints.iter().map(|e| &*e.address).collect();
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let cluster_stats = stats.cluster(&spec.name);
         let limits = Limits::from_config(spec.circuit_breakers.as_ref().map(|c| &c.value));
         for (g, v) in cluster_stats.cb_limits.iter().zip([
@@ -258,12 +328,25 @@ impl Cluster {
         ]) {
             g.set(v);
         }
-        cluster_stats.membership_total.set(endpoints.len() as i64);
+        let discovery = match spec.discovery_type() {
+            config::DiscoveryType::Static => None,
+            kind => {
+                let resolver = resolver
+                    .ok_or_else(|| format!("cluster `{}`: no DNS resolver", spec.name.value))?;
+                Some(Discovery::new(
+                    spec,
+                    kind,
+                    resolver.clone(),
+                    prev.and_then(|p| p.discovery.as_ref()),
+                ))
+            }
+        };
         let cluster = Arc::new(Cluster {
             name: spec.name.as_str().into(),
-            lb: Balancer::new(spec.lb_policy, &addrs, &weights),
             spec: spec.clone(),
-            endpoints: endpoints.into_boxed_slice(),
+            hosts: ArcSwap::from_pointee(HostSet::new(spec.lb_policy, Vec::new())),
+            host_count: AtomicUsize::new(0),
+            update: Mutex::new(()),
             connect_timeout,
             limits,
             conn: ConnOptions::from_config(spec),
@@ -273,19 +356,94 @@ impl Cluster {
                 .as_ref()
                 .map(|o| outlier::Settings::from_config(o)),
             health,
-            panic_next: AtomicUsize::new(0),
+            discovery,
             background: Mutex::new(None),
+            checkers: Mutex::new(HashMap::new()),
         });
-        cluster.refresh_membership();
+        // The first host set: the configured addresses, or what earlier answers resolved to.
+        let carried = prev.map(|p| p.hosts());
+        let endpoints = match &cluster.discovery {
+            None => spec
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let addr: SocketAddr = e.address.parse().ok()?;
+                    Some((addr, None, None, e.weight))
+                })
+                .collect(),
+            Some(d) => d.endpoints(),
+        };
+        let endpoints = cluster.endpoints_from(endpoints, carried.as_ref().map(|h| &***h));
+        cluster.install(endpoints, false);
         Ok(cluster)
     }
 
+    /// Endpoints for `(addr, key, hostname, weight)`, each with the state its key has in `from`
+    /// (or in the current set), else a new one.
+    pub(crate) fn endpoints_from(
+        &self,
+        list: Vec<dns::EndpointSpec>,
+        from: Option<&HostSet>,
+    ) -> Vec<Arc<Endpoint>> {
+        let current = self.hosts();
+        let from = from.unwrap_or(&current);
+        list.into_iter()
+            .map(|(addr, key, hostname, weight)| {
+                let key: Arc<str> = key.unwrap_or_else(|| addr.to_string().into());
+                let state = from
+                    .get(&key)
+                    .map(|e| e.state.clone())
+                    .unwrap_or_else(|| EndpointState::new(self.health.is_some()));
+                Arc::new(Endpoint::new(addr, Some(key), hostname, weight, state))
+            })
+            .collect()
+    }
+
+    /// Makes `endpoints` the host set (off the request path). Endpoints that left close their
+    /// idle connections; health checkers follow the set; `changed` counts a membership change.
+    pub(crate) fn install(self: &Arc<Self>, endpoints: Vec<Arc<Endpoint>>, changed: bool) {
+        let _g = self.update.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self
+            .hosts
+            .swap(Arc::new(HostSet::new(self.spec.lb_policy, endpoints)));
+        let new = self.hosts();
+        self.host_count.store(new.endpoints.len(), Relaxed);
+        for e in old.endpoints.iter() {
+            if new
+                .get(&e.key)
+                .is_none_or(|n| !Arc::ptr_eq(&n.state, &e.state))
+            {
+                // Gone: requests that hold it finish; nothing new goes there.
+                e.state.pool.close();
+            }
+        }
+        if changed {
+            self.stats.membership_change.inc();
+        }
+        self.stats.membership_total.set(new.endpoints.len() as i64);
+        drop(_g);
+        self.refresh_membership();
+        health::sync_checkers(self);
+    }
+
+    /// The current host set (for admin and background work; the request path uses [`Self::pick`]).
+    pub fn hosts(&self) -> arc_swap::Guard<Arc<HostSet>> {
+        self.hosts.load()
+    }
+
+    /// Whether the cluster has any endpoint now.
+    #[inline]
+    pub fn has_endpoints(&self) -> bool {
+        self.host_count.load(Relaxed) != 0
+    }
+
     /// Sets the `membership_healthy` and `outlier_detection_ejections_active` gauges from the
-    /// endpoints' state (called when health or ejection changes; not on the request path).
+    /// endpoints' state (called when health, ejection or membership changes; not on the request
+    /// path).
     pub fn refresh_membership(&self) {
         let now = crate::timer::now_ms();
         let (mut healthy, mut ejected) = (0i64, 0i64);
-        for e in self.endpoints.iter() {
+        for e in self.hosts().endpoints.iter() {
             let ej = e.state.outlier.is_ejected_at(now);
             ejected += ej as i64;
             healthy += (!ej && !e.state.hc_failed.load(Relaxed)) as i64;
@@ -296,7 +454,10 @@ impl Cluster {
 
     /// True when the balancer hashes requests (`ring_hash`, `maglev`).
     pub fn uses_hash(&self) -> bool {
-        self.lb.uses_hash()
+        matches!(
+            self.spec.lb_policy,
+            config::LbPolicy::RingHash | config::LbPolicy::Maglev
+        )
     }
 
     /// Picks an endpoint, avoiding `avoid` (the previous try's) when another is available.
@@ -304,36 +465,39 @@ impl Cluster {
     /// Unavailable endpoints (failed health checks, ejected) are skipped; when every endpoint
     /// is unavailable the pick fails open over all of them (`lb_healthy_panic` counts it).
     #[inline]
-    pub fn pick(&self, hash: Option<u64>, avoid: Option<usize>) -> Option<usize> {
-        let eps = &self.endpoints;
+    pub fn pick(&self, hash: Option<u64>, avoid: Option<&Endpoint>) -> Option<Arc<Endpoint>> {
+        let set = self.hosts.load();
+        let eps = &set.endpoints;
+        // By state: a logical_dns endpoint whose address changed is still the one to avoid.
+        let avoid = avoid.map(|a| Arc::as_ptr(&a.state));
+        let avoided = |i: usize| avoid.is_some_and(|p| std::ptr::eq(Arc::as_ptr(&eps[i].state), p));
         let active = |i: usize| eps[i].state.active.load(Relaxed);
-        if let Some(i) = self.lb.pick(
-            hash,
-            |i| Some(i) != avoid && eps[i].state.available(),
-            active,
-        ) {
-            return Some(i);
+        let lb = &set.lb;
+        if let Some(i) = lb.pick(hash, |i| !avoided(i) && eps[i].state.available(), active) {
+            return Some(eps[i].clone());
         }
         if avoid.is_some() {
-            if let Some(i) = self.lb.pick(hash, |i| eps[i].state.available(), active) {
-                return Some(i);
+            if let Some(i) = lb.pick(hash, |i| eps[i].state.available(), active) {
+                return Some(eps[i].clone());
             }
         }
         if eps.is_empty() {
             return None;
         }
         self.stats.lb_healthy_panic.inc();
-        let usable = |i: usize| Some(i) != avoid || eps.len() == 1;
-        if let Balancer::RoundRobin { schedule, .. } = &self.lb {
+        let usable = |i: usize| !avoided(i) || eps.len() == 1;
+        let i = if let Balancer::RoundRobin { schedule, .. } = lb {
             // The failed pick above advanced the shared position too; walking the schedule with
             // a position of its own keeps the fail-open spread even (and weighted).
             let n = schedule.len();
-            let k = self.panic_next.fetch_add(1, Relaxed);
-            return (0..n)
+            let k = set.panic_next.fetch_add(1, Relaxed);
+            (0..n)
                 .map(|j| schedule[(k + j) % n] as usize)
-                .find(|&i| usable(i));
-        }
-        self.lb.pick(hash, usable, active)
+                .find(|&i| usable(i))
+        } else {
+            lb.pick(hash, usable, active)
+        };
+        i.map(|i| eps[i].clone())
     }
 
     /// Whether another retry fits the retry budget or `max_retries`.
@@ -345,32 +509,29 @@ impl Cluster {
     }
 }
 
-/// Counts a request to endpoint `index` as in flight until dropped.
+/// Counts a request to an endpoint as in flight until dropped; keeps the endpoint alive.
 pub struct ActiveRequest {
     cluster: Arc<Cluster>,
-    index: usize,
+    endpoint: Arc<Endpoint>,
 }
 
 impl ActiveRequest {
-    /// Marks a request to endpoint `index` of `cluster` as in flight.
-    pub fn start(cluster: &Arc<Cluster>, index: usize) -> ActiveRequest {
-        let s = &cluster.endpoints[index].state;
+    /// Marks a request to `endpoint` of `cluster` as in flight.
+    pub fn start(cluster: &Arc<Cluster>, endpoint: Arc<Endpoint>) -> ActiveRequest {
+        let s = &endpoint.state;
         s.active.fetch_add(1, Relaxed);
         s.rq_total.fetch_add(1, Relaxed);
         cluster.stats.upstream_rq_active.inc();
         ActiveRequest {
             cluster: cluster.clone(),
-            index,
+            endpoint,
         }
     }
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.cluster.endpoints[self.index]
-            .state
-            .active
-            .fetch_sub(1, Relaxed);
+        self.endpoint.state.active.fetch_sub(1, Relaxed);
         self.cluster.stats.upstream_rq_active.dec();
     }
 }
@@ -382,6 +543,11 @@ pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
     config::Cluster {
         name: Spanned::unplaced("c".into()),
         connect_timeout: None,
+        discovery: None,
+        dns_refresh_rate: None,
+        respect_dns_ttl: None,
+        dns_failure_refresh_rate: None,
+        dns_lookup_family: None,
         lb_policy: Default::default(),
         endpoints: (0..n)
             .map(|i| {
@@ -437,26 +603,72 @@ mod tests {
 
     fn cluster(n: usize) -> Arc<Cluster> {
         let spec = test_spec(n, 2000);
-        Cluster::build(&spec, None, &Stats::default()).unwrap()
+        Cluster::build(&spec, None, &Stats::default(), None).unwrap()
     }
 
     #[test]
     fn fail_open_spreads_over_every_endpoint() {
         let c = cluster(2);
-        for e in c.endpoints.iter() {
+        let h = c.hosts();
+        for e in h.endpoints.iter() {
             e.state.hc_failed.store(true, Relaxed);
         }
-        let picks: Vec<usize> = (0..10).map(|_| c.pick(None, None).unwrap()).collect();
-        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 5, "{picks:?}");
+        let picks: Vec<Arc<Endpoint>> = (0..10).map(|_| c.pick(None, None).unwrap()).collect();
+        let first = picks.iter().filter(|e| e.addr.port() == 2000).count();
+        assert_eq!(first, 5);
         assert_eq!(c.stats.lb_healthy_panic.get(), 10);
         // A retry still avoids the endpoint it just tried.
         for _ in 0..4 {
-            assert_eq!(c.pick(None, Some(1)), Some(0));
+            assert_eq!(
+                c.pick(None, Some(&h.endpoints[1])).unwrap().addr.port(),
+                2000
+            );
         }
-        c.endpoints[1].state.hc_failed.store(false, Relaxed);
-        assert_eq!(c.pick(None, None), Some(1));
+        h.endpoints[1].state.hc_failed.store(false, Relaxed);
+        assert_eq!(c.pick(None, None).unwrap().addr.port(), 2001);
         c.refresh_membership();
         assert_eq!(c.stats.membership_healthy.get(), 1);
+    }
+
+    #[test]
+    fn a_new_host_set_keeps_state_by_key_and_closes_what_left() {
+        let c = cluster(2);
+        let before = c.hosts();
+        before.endpoints[0].state.rq_total.store(7, Relaxed);
+        let held = before.endpoints[1].clone();
+        let list = vec![
+            (
+                "127.0.0.1:2000".parse().unwrap(),
+                None,
+                Some("svc".into()),
+                1,
+            ),
+            (
+                "127.0.0.1:2002".parse().unwrap(),
+                None,
+                Some("svc".into()),
+                1,
+            ),
+        ];
+        let eps = c.endpoints_from(list, None);
+        c.install(eps, true);
+        let after = c.hosts();
+        assert_eq!(after.endpoints.len(), 2);
+        assert!(Arc::ptr_eq(
+            &after.endpoints[0].state,
+            &before.endpoints[0].state
+        ));
+        assert_eq!(after.endpoints[0].state.rq_total.load(Relaxed), 7);
+        assert_eq!(after.endpoints[1].state.rq_total.load(Relaxed), 0);
+        assert!(held.state.pool.is_closed() && !after.endpoints[0].state.pool.is_closed());
+        assert_eq!(c.stats.membership_change.get(), 1);
+        assert_eq!(c.stats.membership_total.get(), 2);
+        // The endpoint a request still holds is never picked again.
+        for _ in 0..10 {
+            assert_ne!(c.pick(None, None).unwrap().addr.port(), 2001);
+        }
+        c.install(Vec::new(), true);
+        assert!(!c.has_endpoints() && c.pick(None, None).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Active health checking of cluster endpoints.
 //!
-//! One task per endpoint of every health-checked cluster version. It checks at once, then every
-//! `interval` plus a random `0..=interval_jitter`:
+//! One task per endpoint of every health-checked cluster version, started and stopped as the
+//! endpoint joins and leaves the cluster's host set (DNS discovery changes it at runtime). It
+//! checks at once, then every `interval` plus a random `0..=interval_jitter`:
 //!
 //! - HTTP: a GET of `path` on a new connection with `Host: host` (default the cluster name),
 //!   healthy when the status is in `expected_statuses` (default `[200]`) within `timeout`;
@@ -32,7 +33,7 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::cluster::{Cluster, EndpointState};
+use crate::upstream::cluster::{Cluster, Endpoint, EndpointState};
 use crate::upstream::outlier;
 use tern_config as config;
 
@@ -169,16 +170,9 @@ pub fn apply(state: &EndpointState, s: &Settings, r: Check) -> Option<bool> {
     }
 }
 
-async fn connect(addr: &str, resolved: Option<SocketAddr>) -> std::io::Result<TcpStream> {
-    match resolved {
-        Some(sa) => TcpStream::connect(sa).await,
-        None => TcpStream::connect(addr).await,
-    }
-}
-
 /// Runs one check of `addr` (no timeout; the caller bounds it).
-async fn check_once(kind: &Kind, addr: &str, resolved: Option<SocketAddr>) -> Check {
-    let Ok(stream) = connect(addr, resolved).await else {
+async fn check_once(kind: &Kind, addr: SocketAddr) -> Check {
+    let Ok(stream) = TcpStream::connect(addr).await else {
         return Check::NetworkFailure;
     };
     let Kind::Http {
@@ -219,15 +213,15 @@ async fn check_once(kind: &Kind, addr: &str, resolved: Option<SocketAddr>) -> Ch
 }
 
 /// Runs one check bounded by the check's timeout.
-pub async fn check(s: &Settings, addr: &str, resolved: Option<SocketAddr>) -> Check {
-    tokio::time::timeout(s.timeout, check_once(&s.kind, addr, resolved))
+pub async fn check(s: &Settings, addr: SocketAddr) -> Check {
+    tokio::time::timeout(s.timeout, check_once(&s.kind, addr))
         .await
         .unwrap_or(Check::NetworkFailure)
 }
 
 /// Checks removed by a reload: stops the old checkers and forgets their verdict.
 pub fn forget(cluster: &Cluster) {
-    for e in cluster.endpoints.iter() {
+    for e in cluster.hosts().endpoints.iter() {
         e.state.health.generation.fetch_add(1, Relaxed);
         e.state.health.pending.store(false, Relaxed);
         e.state.hc_failed.store(false, Relaxed);
@@ -235,18 +229,49 @@ pub fn forget(cluster: &Cluster) {
     cluster.refresh_membership();
 }
 
-/// Starts the health checker of endpoint `idx`; it stops when `token` is cancelled, the cluster
-/// is dropped, or a later checker of the endpoint takes over.
+/// Makes the running checkers of a started, health-checked cluster follow its host set: one per
+/// endpoint, started for endpoints that joined, stopped for those that left (and restarted for a
+/// `logical_dns` endpoint whose address changed).
+pub fn sync_checkers(cluster: &Arc<Cluster>) {
+    let Some(s) = &cluster.health else {
+        return;
+    };
+    let Some(token) = cluster
+        .background
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|(t, _)| t.clone())
+    else {
+        // Not started yet: `start_background` syncs once it is.
+        return;
+    };
+    let mut checkers = cluster.checkers.lock().unwrap_or_else(|e| e.into_inner());
+    // Read under the lock: concurrent syncs cannot leave an older set's checkers running.
+    let hosts = cluster.hosts();
+    // Dropping a checker's guard stops it.
+    checkers.retain(|key, (addr, _)| hosts.get(key).is_some_and(|e| e.addr == *addr));
+    for ep in hosts.endpoints.iter() {
+        if !checkers.contains_key(&ep.key) {
+            let t = token.child_token();
+            spawn_checker(cluster, ep, s.clone(), t.clone());
+            checkers.insert(ep.key.clone(), (ep.addr, t.drop_guard()));
+        }
+    }
+}
+
+/// Starts the health checker of `ep`; it stops when `token` is cancelled, the cluster is dropped,
+/// or a later checker of the endpoint takes over.
 pub fn spawn_checker(
     cluster: &Arc<Cluster>,
-    idx: usize,
+    ep: &Arc<Endpoint>,
     s: Arc<Settings>,
     token: CancellationToken,
 ) {
-    let ep = &cluster.endpoints[idx];
     let state = ep.state.clone();
     let addr = ep.address.clone();
-    let resolved = ep.resolved;
+    let sock = ep.addr;
+    let endpoint = ep.clone();
     let stats = cluster.stats.clone();
     let name = cluster.name.clone();
     let weak: Weak<Cluster> = Arc::downgrade(cluster);
@@ -255,7 +280,7 @@ pub fn spawn_checker(
         let mine = || state.health.generation.load(Relaxed) == generation;
         loop {
             let r = tokio::select! {
-                r = check(&s, &addr, resolved) => r,
+                r = check(&s, sock) => r,
                 _ = token.cancelled() => return,
             };
             if !mine() {
@@ -272,7 +297,7 @@ pub fn spawn_checker(
             if flipped.is_some() || (r == Check::Pass && state.outlier.is_ejected()) {
                 if let Some(c) = weak.upgrade() {
                     if r == Check::Pass {
-                        outlier::uneject(&c, idx, crate::timer::now_ms());
+                        outlier::uneject(&c, &endpoint, crate::timer::now_ms());
                     }
                     c.refresh_membership();
                 }
@@ -432,20 +457,13 @@ mod tests {
             timeout: Duration::from_millis(300),
             ..settings(1, 1)
         };
-        let a = addr.to_string();
-        assert_eq!(check(&http("/ok"), &a, Some(addr)).await, Check::Pass);
-        assert_eq!(check(&http("/bad"), &a, None).await, Check::BadStatus(500));
-        assert_eq!(
-            check(&http("/hang"), &a, Some(addr)).await,
-            Check::NetworkFailure
-        );
-        assert_eq!(check(&settings(1, 1), &a, Some(addr)).await, Check::Pass);
+        assert_eq!(check(&http("/ok"), addr).await, Check::Pass);
+        assert_eq!(check(&http("/bad"), addr).await, Check::BadStatus(500));
+        assert_eq!(check(&http("/hang"), addr).await, Check::NetworkFailure);
+        assert_eq!(check(&settings(1, 1), addr).await, Check::Pass);
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dead = closed.local_addr().unwrap();
         drop(closed);
-        assert_eq!(
-            check(&settings(1, 1), &dead.to_string(), Some(dead)).await,
-            Check::NetworkFailure
-        );
+        assert_eq!(check(&settings(1, 1), dead).await, Check::NetworkFailure);
     }
 }

@@ -79,11 +79,6 @@ impl Balancer {
         }
     }
 
-    /// True for policies that use the request hash.
-    pub fn uses_hash(&self) -> bool {
-        matches!(self, Balancer::RingHash { .. } | Balancer::Maglev { .. })
-    }
-
     /// The next endpoint among those `available`; `hash` feeds consistent hashing (random when absent).
     #[inline]
     pub fn pick(

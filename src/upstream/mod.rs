@@ -1,12 +1,13 @@
-//! The upstream side: clusters and their endpoints, the load balancer that picks one, the
-//! connection pools and the request bodies they carry, active health checking and outlier
-//! detection.
+//! The upstream side: clusters and their host sets, DNS service discovery, the load balancer
+//! that picks an endpoint, the connection pools and the request bodies they carry, active health
+//! checking and outlier detection.
 //!
-//! Endpoint state (pool, health, ejection, counters) outlives snapshots and is carried across
-//! reloads by address; everything else here is rebuilt with the snapshot that owns it.
+//! Endpoint state (pool, health, ejection, counters) outlives host sets and snapshots and is
+//! carried by endpoint key; everything else here is rebuilt with the snapshot that owns it.
 
 pub mod body;
 pub mod cluster;
+pub mod dns;
 pub mod health;
 pub mod lb;
 pub mod outlier;
@@ -18,23 +19,26 @@ use tokio_util::sync::CancellationToken;
 
 use cluster::Cluster;
 
-/// Starts the background work of a cluster version that has none running: one health checker
-/// per endpoint and the outlier detection sweeper. Its tasks stop when that version is dropped.
+/// Starts the background work of a cluster version that has none running: DNS discovery (if
+/// [`dns::Discovery::warm`] did not start it already), one health checker per endpoint (following
+/// the host set from then on) and the outlier detection sweeper. Its tasks stop when that version
+/// is dropped.
 pub fn start_background(cluster: &Arc<Cluster>) {
-    let mut bg = cluster.background.lock().unwrap_or_else(|e| e.into_inner());
-    if bg.is_some() {
-        return;
-    }
-    let token = CancellationToken::new();
-    *bg = Some(token.clone().drop_guard());
-    drop(bg);
-    outlier::spawn_sweeper(cluster, token.clone());
-    match &cluster.health {
-        Some(s) => {
-            for idx in 0..cluster.endpoints.len() {
-                health::spawn_checker(cluster, idx, s.clone(), token.clone());
-            }
+    let token = {
+        let mut bg = cluster.background.lock().unwrap_or_else(|e| e.into_inner());
+        if bg.is_some() {
+            return;
         }
+        let token = CancellationToken::new();
+        *bg = Some((token.clone(), token.clone().drop_guard()));
+        token
+    };
+    if let Some(d) = &cluster.discovery {
+        d.start(cluster);
+    }
+    outlier::spawn_sweeper(cluster, token);
+    match &cluster.health {
+        Some(_) => health::sync_checkers(cluster),
         None => health::forget(cluster),
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::timer::now_ms;
-use crate::upstream::cluster::Cluster;
+use crate::upstream::cluster::{Cluster, Endpoint};
 use tern_config::{self as config, defaults};
 
 /// A cluster's outlier detection settings, compiled once when the cluster is built.
@@ -206,10 +206,10 @@ fn count(counter: &AtomicU32, failed: bool, threshold: u32) -> bool {
     }
 }
 
-/// Records the outcome of a try to endpoint `index` of `cluster`.
+/// Records the outcome of a try to endpoint `ep` of `cluster`.
 #[inline]
-pub fn report(cluster: &Cluster, index: usize, outcome: Outcome) {
-    let state = &cluster.endpoints[index].state;
+pub fn report(cluster: &Cluster, ep: &Endpoint, outcome: Outcome) {
+    let state = &ep.state;
     let (is_5xx, is_gateway) = outcome.classify();
     if is_5xx {
         state.rq_error.fetch_add(1, Relaxed);
@@ -225,33 +225,34 @@ pub fn report(cluster: &Cluster, index: usize, outcome: Outcome) {
         s.consecutive_gateway_failure,
     );
     if trip_5xx {
-        eject(cluster, index, Reason::Consecutive5xx, now_ms());
+        eject(cluster, ep, Reason::Consecutive5xx, now_ms());
     } else if trip_gw {
-        eject(cluster, index, Reason::ConsecutiveGatewayFailure, now_ms());
+        eject(cluster, ep, Reason::ConsecutiveGatewayFailure, now_ms());
     }
 }
 
-/// Ejects endpoint `index` at time `now` unless it is ejected already or `max_ejection_percent`
-/// forbids it. Returns whether it was ejected.
-pub fn eject(cluster: &Cluster, index: usize, reason: Reason, now: u64) -> bool {
+/// Ejects endpoint `ep` at time `now` unless it is ejected already or `max_ejection_percent`
+/// (of the cluster's current endpoints) forbids it. Returns whether it was ejected.
+pub fn eject(cluster: &Cluster, ep: &Endpoint, reason: Reason, now: u64) -> bool {
     let Some(s) = cluster.outlier.as_ref() else {
         return false;
     };
     let stats = &cluster.stats;
     let ejected: usize = {
         let _g = s.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let o = &cluster.endpoints[index].state.outlier;
+        let o = &ep.state.outlier;
         if o.is_ejected_at(now) {
             return false;
         }
-        let ejected = cluster
+        let hosts = cluster.hosts();
+        let ejected = hosts
             .endpoints
             .iter()
             .filter(|e| e.state.outlier.is_ejected_at(now))
             .count();
-        if !may_eject(ejected, cluster.endpoints.len(), s.max_ejection_percent) {
+        if !may_eject(ejected, hosts.endpoints.len(), s.max_ejection_percent) {
             stats.outlier_detection_ejections_overflow.inc();
-            tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].address, ?reason,
+            tracing::info!(cluster = %cluster.name, endpoint = %ep.address, ?reason,
                 ejected, "outlier not ejected: max_ejection_percent reached");
             return false;
         }
@@ -262,7 +263,7 @@ pub fn eject(cluster: &Cluster, index: usize, reason: Reason, now: u64) -> bool 
         o.last_end_ms.store(until, Relaxed);
         o.ejected_until_ms.store(until, Relaxed);
         o.ejections.fetch_add(1, Relaxed);
-        tracing::warn!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].address, ?reason,
+        tracing::warn!(cluster = %cluster.name, endpoint = %ep.address, ?reason,
             ejection_ms = ms, multiplier = m, "outlier ejected");
         ejected + 1
     };
@@ -279,10 +280,10 @@ pub fn eject(cluster: &Cluster, index: usize, reason: Reason, now: u64) -> bool 
     true
 }
 
-/// Ends the ejection of endpoint `index` early (a passing active health check). Returns whether
+/// Ends the ejection of endpoint `ep` early (a passing active health check). Returns whether
 /// it was ejected.
-pub fn uneject(cluster: &Cluster, index: usize, now: u64) -> bool {
-    let o = &cluster.endpoints[index].state.outlier;
+pub fn uneject(cluster: &Cluster, ep: &Endpoint, now: u64) -> bool {
+    let o = &ep.state.outlier;
     let until = o.ejected_until_ms.load(Relaxed);
     if until == 0 || now >= until {
         return false;
@@ -294,7 +295,7 @@ pub fn uneject(cluster: &Cluster, index: usize, now: u64) -> bool {
         return false;
     }
     o.last_end_ms.store(now, Relaxed);
-    tracing::info!(cluster = %cluster.name, endpoint = %cluster.endpoints[index].address,
+    tracing::info!(cluster = %cluster.name, endpoint = %ep.address,
         "outlier ejection ended by a passing health check");
     cluster.refresh_membership();
     true
@@ -304,7 +305,7 @@ pub fn uneject(cluster: &Cluster, index: usize, now: u64) -> bool {
 pub fn sweep(cluster: &Cluster, now: u64) -> Option<u64> {
     let mut next: Option<u64> = None;
     let mut changed = false;
-    for e in cluster.endpoints.iter() {
+    for e in cluster.hosts().endpoints.iter() {
         let o = &e.state.outlier;
         let until = o.ejected_until_ms.load(Relaxed);
         if until == 0 {
@@ -330,7 +331,7 @@ pub fn sweep(cluster: &Cluster, now: u64) -> Option<u64> {
 
 /// Ends every ejection of `cluster` (its outlier detection was removed by a reload).
 pub fn clear(cluster: &Cluster) {
-    for e in cluster.endpoints.iter() {
+    for e in cluster.hosts().endpoints.iter() {
         let o = &e.state.outlier;
         o.consecutive_5xx.store(0, Relaxed);
         o.consecutive_gateway.store(0, Relaxed);
@@ -378,7 +379,12 @@ mod tests {
     fn cluster(n: usize, od: config::OutlierDetection) -> Arc<Cluster> {
         let mut spec = crate::upstream::cluster::test_spec(n, 1000);
         spec.outlier_detection = Some(Spanned::unplaced(od));
-        Cluster::build(&spec, None, &Stats::default()).unwrap()
+        Cluster::build(&spec, None, &Stats::default(), None).unwrap()
+    }
+
+    /// Endpoint `i` of the cluster's current set.
+    fn ep(c: &Cluster, i: usize) -> Arc<Endpoint> {
+        c.hosts().endpoints[i].clone()
     }
 
     fn dur(ms: u64) -> Option<Spanned<Dur>> {
@@ -426,26 +432,26 @@ mod tests {
                 ..Default::default()
             },
         );
-        let o = &c.endpoints[0].state.outlier;
-        report(&c, 0, Outcome::Status(500));
-        report(&c, 0, Outcome::Status(503));
-        report(&c, 0, Outcome::Status(200));
+        let o = &ep(&c, 0).state.outlier;
+        report(&c, &ep(&c, 0), Outcome::Status(500));
+        report(&c, &ep(&c, 0), Outcome::Status(503));
+        report(&c, &ep(&c, 0), Outcome::Status(200));
         assert_eq!(o.consecutive_5xx(), 0, "success resets");
-        report(&c, 0, Outcome::Status(404));
-        report(&c, 0, Outcome::ConnectFailure);
-        report(&c, 0, Outcome::Reset);
+        report(&c, &ep(&c, 0), Outcome::Status(404));
+        report(&c, &ep(&c, 0), Outcome::ConnectFailure);
+        report(&c, &ep(&c, 0), Outcome::Reset);
         assert!(!o.is_ejected());
-        report(&c, 0, Outcome::Timeout);
+        report(&c, &ep(&c, 0), Outcome::Timeout);
         assert!(o.is_ejected());
         assert_eq!(o.consecutive_5xx(), 0, "reset when it trips");
         assert_eq!(c.stats.outlier_detection_ejections_total.get(), 1);
         assert_eq!(c.stats.outlier_detection_ejections_consecutive_5xx.get(), 1);
         assert_eq!(c.stats.outlier_detection_ejections_active.get(), 1);
         assert_eq!(c.stats.membership_healthy.get(), 1);
-        assert_eq!(c.endpoints[0].state.rq_error.load(Relaxed), 5);
+        assert_eq!(ep(&c, 0).state.rq_error.load(Relaxed), 5);
         let rem = o.remaining_ms(now_ms()).unwrap();
         assert!(rem > 29_000 && rem <= 30_000, "{rem}");
-        assert!(!c.endpoints[1].state.outlier.is_ejected());
+        assert!(!ep(&c, 1).state.outlier.is_ejected());
     }
 
     #[test]
@@ -460,15 +466,15 @@ mod tests {
             },
         );
         for _ in 0..10 {
-            report(&c, 0, Outcome::Status(500));
+            report(&c, &ep(&c, 0), Outcome::Status(500));
         }
         assert!(
-            !c.endpoints[0].state.outlier.is_ejected(),
+            !ep(&c, 0).state.outlier.is_ejected(),
             "500 is not a gateway failure"
         );
-        report(&c, 0, Outcome::Status(502));
-        report(&c, 0, Outcome::ConnectFailure);
-        assert!(c.endpoints[0].state.outlier.is_ejected());
+        report(&c, &ep(&c, 0), Outcome::Status(502));
+        report(&c, &ep(&c, 0), Outcome::ConnectFailure);
+        assert!(ep(&c, 0).state.outlier.is_ejected());
         assert_eq!(
             c.stats
                 .outlier_detection_ejections_consecutive_gateway_failure
@@ -478,11 +484,11 @@ mod tests {
         // Off by default: 5xx detector only.
         let d = cluster(2, config::OutlierDetection::default());
         for _ in 0..4 {
-            report(&d, 1, Outcome::Status(503));
+            report(&d, &ep(&d, 1), Outcome::Status(503));
         }
-        assert!(!d.endpoints[1].state.outlier.is_ejected());
-        report(&d, 1, Outcome::Status(503));
-        assert!(d.endpoints[1].state.outlier.is_ejected());
+        assert!(!ep(&d, 1).state.outlier.is_ejected());
+        report(&d, &ep(&d, 1), Outcome::Status(503));
+        assert!(ep(&d, 1).state.outlier.is_ejected());
     }
 
     #[test]
@@ -495,14 +501,19 @@ mod tests {
             },
         );
         let now = now_ms();
-        assert!(eject(&c, 0, Reason::Consecutive5xx, now));
+        assert!(eject(&c, &ep(&c, 0), Reason::Consecutive5xx, now));
         assert!(
-            !eject(&c, 0, Reason::Consecutive5xx, now),
+            !eject(&c, &ep(&c, 0), Reason::Consecutive5xx, now),
             "already ejected"
         );
-        assert!(!eject(&c, 1, Reason::Consecutive5xx, now));
+        assert!(!eject(&c, &ep(&c, 1), Reason::Consecutive5xx, now));
         assert_eq!(c.stats.outlier_detection_ejections_overflow.get(), 1);
-        let available = c.endpoints.iter().filter(|e| e.state.available()).count();
+        let available = c
+            .hosts()
+            .endpoints
+            .iter()
+            .filter(|e| e.state.available())
+            .count();
         assert_eq!(available, 3);
     }
 
@@ -517,24 +528,29 @@ mod tests {
                 ..Default::default()
             },
         );
-        let o = &c.endpoints[0].state.outlier;
+        let o = &ep(&c, 0).state.outlier;
         let t0 = 1_000_000;
-        assert!(eject(&c, 0, Reason::Consecutive5xx, t0));
+        assert!(eject(&c, &ep(&c, 0), Reason::Consecutive5xx, t0));
         assert_eq!(o.remaining_ms(t0), Some(100));
         assert!(!o.is_ejected_at(t0 + 100), "returns when the time is over");
         // Second ejection right after: 2 × base.
-        assert!(eject(&c, 0, Reason::Consecutive5xx, t0 + 150));
+        assert!(eject(&c, &ep(&c, 0), Reason::Consecutive5xx, t0 + 150));
         assert_eq!(o.remaining_ms(t0 + 150), Some(200));
         // Third: 3 × base capped at 250.
-        assert!(eject(&c, 0, Reason::Consecutive5xx, t0 + 400));
+        assert!(eject(&c, &ep(&c, 0), Reason::Consecutive5xx, t0 + 400));
         assert_eq!(o.remaining_ms(t0 + 400), Some(250));
         // Ended at t0+650; two intervals healthy take the multiplier from 3 to 1, +1 = 2.
-        assert!(eject(&c, 0, Reason::Consecutive5xx, t0 + 650 + 2_000));
+        assert!(eject(
+            &c,
+            &ep(&c, 0),
+            Reason::Consecutive5xx,
+            t0 + 650 + 2_000
+        ));
         assert_eq!(o.remaining_ms(t0 + 2_650), Some(200));
         // A health check cuts it short.
-        assert!(uneject(&c, 0, t0 + 2_700));
+        assert!(uneject(&c, &ep(&c, 0), t0 + 2_700));
         assert!(!o.is_ejected_at(t0 + 2_701));
-        assert!(!uneject(&c, 0, t0 + 2_702));
+        assert!(!uneject(&c, &ep(&c, 0), t0 + 2_702));
         assert_eq!(o.ejections.load(Relaxed), 4);
     }
 
@@ -549,15 +565,12 @@ mod tests {
             },
         );
         let now = now_ms();
-        eject(&c, 0, Reason::Consecutive5xx, now);
-        eject(&c, 1, Reason::Consecutive5xx, now + 50);
+        eject(&c, &ep(&c, 0), Reason::Consecutive5xx, now);
+        eject(&c, &ep(&c, 1), Reason::Consecutive5xx, now + 50);
         assert_eq!(c.stats.outlier_detection_ejections_active.get(), 2);
         assert_eq!(sweep(&c, now + 10), Some(now + 100));
         assert_eq!(sweep(&c, now + 120), Some(now + 150));
-        assert_eq!(
-            c.endpoints[0].state.outlier.ejected_until_ms.load(Relaxed),
-            0
-        );
+        assert_eq!(ep(&c, 0).state.outlier.ejected_until_ms.load(Relaxed), 0);
         assert_eq!(sweep(&c, now + 200), None);
     }
 }

@@ -6,7 +6,9 @@
 //! and the request's body sent whole ([`Exchange`]), so a stalled upload never delays the next
 //! request on that connection. A request body that outlasts its response finishes on a
 //! connection that then closes ([`Lease::finish_upload`]); anything else closes it at once (its
-//! task is aborted).
+//! task is aborted). The pool of an endpoint that left its cluster (DNS stopped returning it) is
+//! closed: its idle connections close at once and the ones still in use close when their request
+//! ends.
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 //! The cluster's [`ConnOptions`] bound reuse: a connection idle longer than `idle_timeout` is
@@ -15,6 +17,7 @@
 //! response ends.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,10 +59,8 @@ pub enum SendError {
 
 /// Where and how to connect, and what to count.
 pub struct Target<'a> {
-    /// `host:port` as configured.
-    pub addr: &'a str,
-    /// The address when it is an IP literal.
-    pub resolved: Option<SocketAddr>,
+    /// The endpoint's address (host names are resolved off the request path).
+    pub addr: SocketAddr,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// The cluster's circuit-breaker limits.
@@ -77,6 +78,8 @@ type Idle = (SendRequest<UpBody>, AbortHandle, Instant, u32);
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// Set when the endpoint left its cluster: nothing is pooled any more.
+    closed: AtomicBool,
 }
 
 /// Aborts a connection's task when dropped, unless defused: the connection closes at once.
@@ -126,6 +129,10 @@ impl Lease {
             return;
         }
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock: a close racing with this release cannot leave a connection behind.
+        if pool.closed.load(Relaxed) {
+            return;
+        }
         if idle.len() >= MAX_IDLE {
             idle.retain(|(tx, ..)| !tx.is_closed());
         }
@@ -189,6 +196,21 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Closes the idle connections and keeps no more (the endpoint left its cluster).
+    pub fn close(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        self.closed.store(true, Relaxed);
+        let closing = std::mem::take(&mut *idle);
+        drop(idle);
+        drop(closing);
+    }
+
+    /// Whether it was closed.
+    #[cfg(test)]
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
     }
 
     /// Number of idle connections (for tests and admin).
@@ -258,13 +280,8 @@ impl Pool {
         &self,
         t: &Target<'_>,
     ) -> Result<(SendRequest<UpBody>, AbortHandle), SendError> {
-        let connect = async {
-            match t.resolved {
-                Some(sa) => TcpStream::connect(sa).await,
-                None => TcpStream::connect(t.addr).await,
-            }
-        };
-        let stream = match tokio::time::timeout(t.connect_timeout, connect).await {
+        let stream = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(t.addr)).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
             Err(_) => {

@@ -24,8 +24,9 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
     })
 }
 
-/// A real HTTP/1.1 backend on 127.0.0.1:0. Paths:
-/// `/slow?ms=N` answers after N ms; `/upload` answers the byte count of the body;
+/// A real HTTP/1.1 backend on 127.0.0.1:0 (or an address of the test's choice). Paths:
+/// `/slow?ms=N` answers after N ms; `/hold` answers once `ctl.release_holds()` was called;
+/// `/upload` answers the byte count of the body;
 /// `/download?bytes=N` streams N bytes; `/_hc` (health checks) answers `ctl.hc_status`
 /// (default 200); anything else echoes method, path and headers as JSON (a header sent several
 /// times as its values joined by `, `).
@@ -36,6 +37,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open now.
+    pub open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Behaviour switches and request counts.
     pub ctl: std::sync::Arc<BackendCtl>,
     task: tokio::task::JoinHandle<()>,
@@ -52,6 +55,9 @@ pub struct BackendCtl {
     pub hc_requests: std::sync::atomic::AtomicUsize,
     /// Other requests received.
     pub requests: std::sync::atomic::AtomicUsize,
+    /// `/hold` requests waiting now.
+    pub held: std::sync::atomic::AtomicUsize,
+    release: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for BackendCtl {
@@ -61,6 +67,8 @@ impl Default for BackendCtl {
             hc_status: 200.into(),
             hc_requests: 0.into(),
             requests: 0.into(),
+            held: 0.into(),
+            release: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -80,6 +88,14 @@ impl BackendCtl {
     pub fn requests(&self) -> usize {
         self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
+    /// Lets every `/hold` request (waiting or to come) answer.
+    pub fn release_holds(&self) {
+        self.release.send_replace(true);
+    }
+    /// `/hold` requests waiting now.
+    pub fn held(&self) -> usize {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
     /// `/_hc` requests received so far.
     pub fn hc_requests(&self) -> usize {
         self.hc_requests.load(std::sync::atomic::Ordering::SeqCst)
@@ -94,11 +110,19 @@ impl Backend {
 
     /// `keep_alive: false`: the backend closes every connection after one response.
     pub async fn start_with(name: &str, keep_alive: bool) -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap(), keep_alive).await
+    }
+
+    /// Starts on `addr`, e.g. `127.0.0.2:<port>`: several backends on one port and different
+    /// loopback addresses are what a DNS name with several A records points at.
+    pub async fn start_on(name: &str, addr: SocketAddr, keep_alive: bool) -> Backend {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
         let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = conns.clone();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open2 = open.clone();
         let ctl = std::sync::Arc::new(BackendCtl::default());
         let ctl2 = ctl.clone();
         let task = tokio::spawn(async move {
@@ -108,18 +132,22 @@ impl Backend {
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let ctl = ctl2.clone();
+                let open = open2.clone();
+                open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle_backend(name, req, ctl.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .keep_alive(keep_alive)
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
         Backend {
             addr,
             conns,
+            open,
             ctl,
             task,
         }
@@ -154,6 +182,13 @@ async fn handle_backend(
         return Ok(r);
     }
     let body = match path.as_str() {
+        "/hold" => {
+            ctl.held.fetch_add(1, SeqCst);
+            let mut rx = ctl.release.subscribe();
+            let _ = rx.wait_for(|r| *r).await;
+            ctl.held.fetch_sub(1, SeqCst);
+            full(format!("held {name}\n"))
+        }
         "/slow" => {
             let ms = query_u64(&req, "ms").unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;

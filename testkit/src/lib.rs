@@ -1,7 +1,7 @@
 //! The integration-test harness shared by the workspace's crates (`tern`, `tern-validate`,
 //! `tern-sync`): real binaries built with the tests' own cargo and profile, race-free ports,
-//! polling waits, config directories, real backends, a `tern` process harness, HTTP clients and
-//! a moto S3 harness. It is a dev-dependency only and is never published.
+//! polling waits, config directories, real backends, a DNS server, a `tern` process harness, HTTP
+//! clients and a moto S3 harness. It is a dev-dependency only and is never published.
 //!
 //! Each module holds one concern; the items most tests need are re-exported here, the S3 harness
 //! stays under [`s3`].
@@ -12,6 +12,7 @@ pub mod bin;
 pub mod check;
 pub mod client;
 pub mod config_dir;
+pub mod dns;
 pub mod ports;
 pub mod process;
 pub mod s3;
@@ -27,6 +28,7 @@ pub use client::{get, http_get, request, wait_body, Resp};
 pub use config_dir::{
     admin_yaml, config_files, direct_yaml, forward_config, listener_yaml, write_files, ConfigDir,
 };
+pub use dns::DnsServer;
 pub use ports::free_port;
 pub use process::Proc;
 pub use tern::Tern;
