@@ -225,6 +225,7 @@ fn main() -> ExitCode {
     let limits = tern_config::Limits {
         max_file_bytes: args.max_file_size,
         max_yaml_nodes: args.max_yaml_nodes,
+        ..tern_config::Limits::default()
     };
     if args.check {
         return match server::check(&config, limits) {

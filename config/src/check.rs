@@ -39,7 +39,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 
 /// Parses and checks a set of sources. Returns the merged configuration only when there is no
 /// error, the diagnostics (with secret values hidden), and the secrets of the files.
-pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
+pub fn check(sources: &mut Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
     let mut diags = Vec::new();
     let files: Vec<PathBuf> = sources.files.iter().map(|f| f.path.clone()).collect();
     let mut fragments = Vec::new();
@@ -204,6 +204,8 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
         ck.overload(file, &cfg.overload);
     }
     ck.references(&cfg, &maybe_defined);
+    let limits = sources.limits;
+    super::check_tls::check(&mut cfg, &mut sources.data, &limits, &mut diags);
     super::check_resilience::check(&cfg, &mut diags);
     super::check_discovery::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
@@ -217,6 +219,7 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
         otlp.into_iter()
             .flat_map(|o| o.headers.values().map(|v| v.value.clone()))
     }));
+    secrets.add_values(inline_pem_lines(&cfg));
     for d in &mut diags {
         secrets.scrub(d);
     }
@@ -228,6 +231,36 @@ pub fn check(sources: &Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets) {
     } else {
         (Some(cfg), diags, secrets)
     }
+}
+
+/// The lines of every inline PEM text (a private key's among them): never quoted in a message.
+fn inline_pem_lines(cfg: &Config) -> Vec<String> {
+    let mut sources: Vec<&DataSource> = Vec::new();
+    for l in &cfg.listeners {
+        if let Some(t) = &l.value.tls {
+            for c in &t.certificates {
+                sources.push(&c.certificate_chain);
+                sources.push(&c.private_key);
+            }
+            sources.extend(t.client_ca.as_deref());
+        }
+    }
+    for c in &cfg.clusters {
+        if let Some(t) = &c.value.tls {
+            sources.extend(t.ca.as_deref());
+            if let Some(cc) = &t.client_certificate {
+                sources.push(&cc.certificate_chain);
+                sources.push(&cc.private_key);
+            }
+        }
+    }
+    sources
+        .into_iter()
+        .filter_map(|d| d.inline.as_ref())
+        .flat_map(|i| i.lines().map(|l| l.trim().to_string()).collect::<Vec<_>>())
+        // The armour lines are no secret, and messages name them ("no -----BEGIN ...").
+        .filter(|l| !l.starts_with("-----"))
+        .collect()
 }
 
 /// The top level of a file with every item left unparsed, to find where each item is.
@@ -1472,7 +1505,7 @@ mod tests {
                 text,
             });
         }
-        let sources = Sources {
+        let mut sources = Sources {
             files,
             ..Default::default()
         };
@@ -1485,7 +1518,7 @@ mod tests {
             .all(|(i, r)| r.is_err() == (i == 40)));
         let first = parsed[1].as_ref().unwrap();
         assert_eq!(first.clusters[0].name.as_str(), "c1-0");
-        let (cfg, diags, _) = check(&sources);
+        let (cfg, diags, _) = check(&mut sources);
         assert!(cfg.is_none());
         assert_eq!(diags.len(), 1);
         assert_eq!((diags[0].code, diags[0].line), ("E004", 183));

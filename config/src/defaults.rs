@@ -100,3 +100,11 @@ pub const H2_MIN_WINDOW_SIZE: u32 = 65_535;
 pub const H2_MAX_WINDOW_SIZE: u32 = 2_147_483_647;
 /// Overload `refresh_interval` (Envoy's).
 pub const OVERLOAD_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A certificate expiring within this is warned about (`tern-validate --cert-expiry-warn`).
+pub const CERT_EXPIRY_WARN: Duration = Duration::from_secs(30 * 24 * 3600);
+/// ALPN protocols an HTTP listener with TLS offers (HTTP/2 preferred, as Envoy's edge does).
+pub const LISTENER_ALPN: &[&str] = &["h2", "http/1.1"];
+/// Time a TLS handshake may take on a listener, from accept (Envoy's
+/// `transport_socket_connect_timeout` is off by default; a silent client would hold a slot).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

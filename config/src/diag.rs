@@ -40,6 +40,12 @@ pub mod codes {
     /// A header rule that sets or removes a header no rule may touch (pseudo-headers, hop-by-hop
     /// headers, a request's `host`).
     pub const HEADER_NOT_MUTABLE: &str = "E010";
+    /// Key material that cannot be used: a file that cannot be read, an environment variable
+    /// that is not set or empty, PEM that does not parse, a key that does not match its
+    /// certificate, a chain out of order, a CA that cannot be a trust anchor.
+    pub const KEY_MATERIAL: &str = "E011";
+    /// A certificate that has expired (or is not valid yet).
+    pub const CERT_EXPIRED: &str = "E012";
     /// A file that defines nothing.
     pub const EMPTY_FILE: &str = "W001";
     /// A route that can never match: an earlier route in the same virtual host takes all its requests.
@@ -60,6 +66,18 @@ pub mod codes {
     pub const BREAKER_BELOW_RETRIES: &str = "W009";
     /// The admin endpoint listens beyond loopback: anyone who reaches it can drain or stop the proxy.
     pub const ADMIN_NOT_LOOPBACK: &str = "W010";
+    /// A certificate that expires soon (within `--cert-expiry-warn`, default 30 days).
+    pub const CERT_EXPIRING: &str = "W011";
+    /// A listener certificate's `server_names` that its subject alternative names do not cover:
+    /// clients that verify the name refuse it.
+    pub const SERVER_NAME_NOT_COVERED: &str = "W012";
+    /// `insecure_skip_verify: true`: upstream certificates are not verified.
+    pub const INSECURE_SKIP_VERIFY: &str = "W013";
+    /// TLS 1.0 or 1.1 configured: obsolete (RFC 8996) and not spoken; 1.2 is the floor.
+    pub const LEGACY_TLS_VERSION: &str = "W014";
+    /// Key material from an environment variable that is not set where the check ran
+    /// (`tern-validate`): not checked.
+    pub const KEY_NOT_CHECKED: &str = "W015";
 }
 
 /// Another place that explains a diagnostic (e.g. the first definition of a duplicate).

@@ -17,6 +17,7 @@ pub mod check_discovery;
 pub mod check_edge;
 pub mod check_observability;
 pub mod check_resilience;
+pub mod check_tls;
 pub mod defaults;
 pub mod diag;
 pub mod lines;
@@ -26,6 +27,7 @@ pub mod model;
 pub mod otlp;
 pub mod secrets;
 pub mod source;
+pub mod tls;
 pub mod value;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use serde::{Serialize, Serializer};
 
 pub use diag::{Diagnostic, Severity};
 pub use model::*;
-pub use source::{Limits, SourceFile, Sources};
+pub use source::{DataFiles, Limits, SourceFile, Sources};
 pub use value::{Dur, Pattern, Pos, Spanned};
 
 /// An item of a list merged from several files, with the file and position it came from.
@@ -130,7 +132,7 @@ pub fn check_sources(mut sources: Sources) -> Report {
     for f in &mut sources.files {
         f.text = lines::normalize_line_breaks(std::mem::take(&mut f.text));
     }
-    let (config, diagnostics, secrets) = check::check(&sources);
+    let (config, diagnostics, secrets) = check::check(&mut sources);
     Report {
         version: Some(sources.version()),
         sources: Some(sources),

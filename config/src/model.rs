@@ -178,6 +178,260 @@ pub struct Listener {
     /// HTTP/2 settings of the listener's connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_protocol_options: Option<Spanned<Http2ProtocolOptions>>,
+    /// TLS termination (Envoy's `DownstreamTlsContext`): connections are TLS, served with the
+    /// certificate their SNI selects. HTTP and TCP listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Spanned<ListenerTls>>,
+    /// What happens to `x-forwarded-client-cert` (XFCC) going upstream (Envoy's
+    /// `forward_client_cert_details`; default `sanitize`: a client's XFCC is removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_client_cert_details: Option<Spanned<ForwardClientCertDetails>>,
+    /// With `sanitize_set` or `append_forward`: what the XFCC element of this proxy's client
+    /// holds besides `By` and `Hash` (Envoy's `set_current_client_cert_details`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_current_client_cert_details: Option<Spanned<SetCurrentClientCertDetails>>,
+}
+
+/// Key material (Envoy's `DataSource`): exactly one of `file`, `env` and `inline`.
+///
+/// What was read is kept with it (never serialized), so two configurations whose files differ
+/// are different even when their YAML is the same.
+#[derive(Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataSource {
+    /// A PEM file; a relative path is relative to the YAML file that names it.
+    #[serde(default, alias = "filename", skip_serializing_if = "Option::is_none")]
+    pub file: Option<Spanned<String>>,
+    /// An environment variable holding the PEM text (ECS injects Secrets Manager secrets so).
+    #[serde(
+        default,
+        alias = "environment_variable",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub env: Option<Spanned<String>>,
+    /// The PEM text itself (shown as `<redacted>` in `/config_dump`).
+    #[serde(
+        default,
+        alias = "inline_string",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted_inline"
+    )]
+    pub inline: Option<Spanned<String>>,
+    /// The bytes read at load time (set by the checks; `None` before, or when not read).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub loaded: Option<Loaded>,
+}
+
+/// The contents of a [`DataSource`], as read when the configuration was loaded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The PEM bytes.
+    pub bytes: std::sync::Arc<[u8]>,
+    /// Where they came from: the resolved file path, `env NAME`, or `inline`.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for Loaded {
+    // Key material never reaches a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes from {}>", self.bytes.len(), self.origin)
+    }
+}
+
+impl std::fmt::Debug for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("DataSource");
+        if let Some(p) = &self.file {
+            d.field("file", &p.value);
+        }
+        if let Some(e) = &self.env {
+            d.field("env", &e.value);
+        }
+        if self.inline.is_some() {
+            d.field("inline", &crate::secrets::REDACTED);
+        }
+        d.field("loaded", &self.loaded).finish()
+    }
+}
+
+impl DataSource {
+    /// What the source names, for messages: the file, `env NAME` or `inline` (never the text).
+    pub fn describe(&self) -> String {
+        match (&self.file, &self.env) {
+            (Some(p), _) => format!("file `{}`", p.value),
+            (None, Some(e)) => format!("environment variable `{}`", e.value),
+            (None, None) => "inline PEM".to_string(),
+        }
+    }
+
+    /// The loaded bytes (empty before the checks ran).
+    pub fn bytes(&self) -> &[u8] {
+        self.loaded.as_ref().map_or(&[], |l| &l.bytes)
+    }
+}
+
+// Inline PEM may be a private key: the config dump shows that there is one, not what it is.
+fn redacted_inline<S: serde::Serializer>(
+    v: &Option<Spanned<String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str(crate::secrets::REDACTED),
+        None => s.serialize_none(),
+    }
+}
+
+/// A TLS protocol version (Envoy's `tls_minimum_protocol_version` names; `1.2` works too).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+pub enum TlsVersion {
+    /// TLS 1.0: not supported (rustls speaks 1.2 and 1.3); accepted with a warning, acts as 1.2.
+    #[serde(rename = "TLSv1_0", alias = "1.0")]
+    TlsV1_0,
+    /// TLS 1.1: not supported; accepted with a warning, acts as 1.2.
+    #[serde(rename = "TLSv1_1", alias = "1.1")]
+    TlsV1_1,
+    /// TLS 1.2.
+    #[serde(rename = "TLSv1_2", alias = "1.2")]
+    TlsV1_2,
+    /// TLS 1.3.
+    #[serde(rename = "TLSv1_3", alias = "1.3")]
+    TlsV1_3,
+}
+
+/// TLS termination of a listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// The listener's certificates: SNI picks the one whose `server_names` match (exact, then
+    /// `*.` wildcard), else the first.
+    pub certificates: Vec<Spanned<TlsCertificate>>,
+    /// CA certificates that client certificates are verified against (mutual TLS); without it
+    /// no client certificate is asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<Spanned<DataSource>>,
+    /// With `client_ca`: refuse a client without a valid certificate (default false: a client
+    /// may send none, but one it sends must be valid).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_client_certificate: bool,
+    /// Lowest version accepted (default `TLSv1_2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<Spanned<TlsVersion>>,
+    /// Highest version accepted (default `TLSv1_3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<Spanned<TlsVersion>>,
+    /// ALPN protocols offered, in order of preference (default `[h2, http/1.1]` on HTTP
+    /// listeners, none on TCP listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<Spanned<String>>>,
+    /// Session resumption with tickets whose keys rotate (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_resumption: Option<bool>,
+}
+
+/// One certificate of a listener, with its key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The certificate, then its intermediates, in PEM.
+    pub certificate_chain: Spanned<DataSource>,
+    /// Its private key in PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: Spanned<DataSource>,
+    /// SNI names this certificate serves: `example.com` or `*.example.com` (default: none; the
+    /// first certificate also serves any name no other one does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<Spanned<String>>,
+}
+
+/// A client certificate and key that a cluster presents to its upstreams (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificate {
+    /// The certificate, then its intermediates, in PEM.
+    pub certificate_chain: Spanned<DataSource>,
+    /// Its private key in PEM.
+    pub private_key: Spanned<DataSource>,
+}
+
+/// TLS origination of a cluster (Envoy's `UpstreamTlsContext`). Verification is on by default.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// Server name sent as SNI and verified (default: the endpoint's host name, Envoy's
+    /// `auto_sni`; an endpoint written as an IP address sends none and is verified by its IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<Spanned<String>>,
+    /// CA certificates the upstream's certificate is verified against (default: the system's
+    /// root certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<Spanned<DataSource>>,
+    /// Accept the upstream only if its certificate has one of these DNS or URI subject
+    /// alternative names (instead of the SNI name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_subject_alt_names: Vec<Spanned<String>>,
+    /// Certificate presented to upstreams that ask for one (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<Spanned<ClientCertificate>>,
+    /// ALPN protocols offered (default none). Upstream HTTP is HTTP/1.1 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<Spanned<String>>,
+    /// Lowest version accepted (default `TLSv1_2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<Spanned<TlsVersion>>,
+    /// Highest version accepted (default `TLSv1_3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_version: Option<Spanned<TlsVersion>>,
+    /// Accept any upstream certificate (default false). Anyone on the path can then read and
+    /// change the traffic; the validator warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<Spanned<bool>>,
+}
+
+impl ClusterTls {
+    /// Whether `insecure_skip_verify` is set to true.
+    pub fn skips_verification(&self) -> bool {
+        self.insecure_skip_verify.as_ref().is_some_and(|s| s.value)
+    }
+}
+
+/// Envoy's `forward_client_cert_details`: what becomes of `x-forwarded-client-cert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardClientCertDetails {
+    /// Remove it (a client could forge it).
+    #[default]
+    Sanitize,
+    /// Forward it as the client sent it (only behind a proxy you trust to set it).
+    ForwardOnly,
+    /// Forward it and, on mutual TLS connections, append this client's element.
+    AppendForward,
+    /// Replace it with this client's element (mutual TLS connections), else remove it.
+    SanitizeSet,
+    /// Forward it unchanged only on mutual TLS connections, else remove it.
+    AlwaysForwardOnly,
+}
+
+/// Envoy's `set_current_client_cert_details`: the XFCC fields added besides `By` and `Hash`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetCurrentClientCertDetails {
+    /// `Subject`: the client certificate's subject.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subject: bool,
+    /// `Cert`: the client certificate, URL-encoded PEM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cert: bool,
+    /// `Chain`: the client's certificate chain, URL-encoded PEM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chain: bool,
+    /// `DNS`: each DNS subject alternative name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dns: bool,
+    /// `URI`: the URI subject alternative names.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uri: bool,
 }
 
 /// One protocol upgrade type (the request's `Upgrade` value, compared case-insensitively).
@@ -815,6 +1069,9 @@ pub struct Cluster {
     /// Socket options of upstream connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_connection_options: Option<Spanned<UpstreamConnectionOptions>>,
+    /// TLS to the endpoints (HTTPS upstreams, mutual TLS); health checks use it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Spanned<ClusterTls>>,
 }
 
 /// Socket options of upstream connections (Envoy's `upstream_connection_options`).

@@ -1,5 +1,6 @@
 //! Values that are never printed: OTLP export header values (what `/config_dump` shows as
-//! `<redacted>`) and credentials in URLs. Found in each file's text, line by line, so that they
+//! `<redacted>`), inline key material (`inline:` PEM, private keys among it) and credentials in
+//! URLs. Found in each file's text, line by line, so that they
 //! are hidden whether or not the file parses; diagnostics (messages, and the source lines
 //! `tern-validate` quotes) go through [`Secrets`] before anything prints them.
 
@@ -219,6 +220,8 @@ fn in_text(text: &str) -> HashMap<usize, Vec<Range<usize>>> {
         let mut stack: Vec<(usize, &str)> = Vec::new();
         // Indentation below which an anchored secret block ends.
         let mut anchored: Option<usize> = None;
+        // Indentation below which an inline PEM block scalar (`inline: |`) ends.
+        let mut pem_block: Option<usize> = None;
         for (n, line) in lines.iter().enumerate() {
             let t = line.trim_start();
             if t.is_empty() || t.starts_with('#') {
@@ -231,12 +234,31 @@ fn in_text(text: &str) -> HashMap<usize, Vec<Range<usize>>> {
             if anchored.is_some_and(|i| indent <= i) {
                 anchored = None;
             }
+            if pem_block.is_some_and(|i| indent <= i) {
+                pem_block = None;
+            }
             let otlp_at = stack.iter().rposition(|&(_, k)| k == "otlp");
             let under_headers =
                 otlp_at.is_some_and(|o| stack[o + 1..].iter().any(|&(_, k)| k == "headers"));
             let mut ranges = Vec::new();
             let value_from = |i: usize| i + line[i..].len() - line[i..].trim_start().len();
-            if under_headers || anchored.is_some() {
+            if pem_block.is_some() {
+                ranges.push(indent..line.len());
+            } else if let Some(i) = ["inline:", "inline_string:"]
+                .iter()
+                .filter_map(|k| line.find(k).map(|i| i + k.len()))
+                .min()
+            {
+                // Inline key material: its value, and the lines of a block scalar under it.
+                let from = value_from(i);
+                let value = line[from..].trim();
+                if value.is_empty() || value.starts_with(['|', '>']) {
+                    pem_block = Some(indent);
+                }
+                if from < line.len() {
+                    ranges.push(from..line.len());
+                }
+            } else if under_headers || anchored.is_some() {
                 let from = value_from(key.map_or(indent, |(_, v)| v));
                 if from < line.len() {
                     ranges.push(from..line.len());
@@ -315,6 +337,17 @@ mod tests {
         let routes =
             "routes:\n  - match: { prefix: /, headers: [{ name: x-canary, exact: \"1\" }] }\n";
         assert!(hidden(routes).is_empty());
+        let pem = "tls:\n  certificates:\n    - private_key:\n        inline: |\n          -----BEGIN PRIVATE KEY-----\n          MIGHAgEAMBMGByqGSM49\n\n          -----END PRIVATE KEY-----\n      certificate_chain: { file: a.pem }\n    - private_key: { inline: \"-----BEGIN PRIVATE KEY-----\\nMIGH\" }\n";
+        assert_eq!(
+            hidden(pem),
+            [
+                "|",
+                "-----BEGIN PRIVATE KEY-----",
+                "MIGHAgEAMBMGByqGSM49",
+                "-----END PRIVATE KEY-----",
+                "\"-----BEGIN PRIVATE KEY-----\\nMIGH\" }"
+            ]
+        );
         let url = "        endpoint: https://user:pa55word@collector:4318\n";
         assert_eq!(hidden(url), ["user:pa55word"]);
     }

@@ -16,14 +16,21 @@ use super::defaults;
 use super::diag::{codes, Diagnostic};
 use super::value::Pos;
 
-/// Bounds on what one load reads and parses; the same in the proxy and in `tern-validate`
-/// (`--max-file-size`, `--max-yaml-nodes`).
+/// Bounds on what one load reads and parses, and how key material is checked; the same in the
+/// proxy and in `tern-validate` (`--max-file-size`, `--max-yaml-nodes`, `--cert-expiry-warn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest file read, in bytes (checked before the file is opened).
+    /// Largest file read, in bytes (checked before the file is opened); key material files too.
     pub max_file_bytes: u64,
     /// Most YAML nodes (mappings, lists, scalars) one file may hold.
     pub max_yaml_nodes: usize,
+    /// A certificate that expires within this is warned about (W011).
+    pub cert_expiry_warn: std::time::Duration,
+    /// Checking away from the proxy (`tern-validate`): an environment variable that is not set
+    /// is reported as not checked (W015) instead of an error.
+    pub offline: bool,
+    /// Do not read key material files at all (`tern-validate --skip-files`).
+    pub skip_files: bool,
 }
 
 impl Default for Limits {
@@ -31,6 +38,9 @@ impl Default for Limits {
         Limits {
             max_file_bytes: defaults::MAX_FILE_BYTES,
             max_yaml_nodes: defaults::MAX_YAML_NODES,
+            cert_expiry_warn: defaults::CERT_EXPIRY_WARN,
+            offline: false,
+            skip_files: false,
         }
     }
 }
@@ -61,20 +71,77 @@ pub struct Sources {
     pub dirs: BTreeSet<PathBuf>,
     /// The limits the files were read with; parsing applies them too.
     pub limits: Limits,
+    /// Key material files the configuration names (certificates, keys, CAs), as read.
+    pub data: DataFiles,
 }
 
 impl Sources {
-    /// Content hash of the whole set (paths and bytes): equal hashes mean nothing changed.
+    /// Content hash of the whole set (paths and bytes of the YAML files and of the key material
+    /// files they name): equal hashes mean nothing changed.
     pub fn version(&self) -> String {
         let mut h = Sha256::new();
-        for f in &self.files {
-            let p = f.path.to_string_lossy();
+        let mut add = |path: &Path, bytes: &[u8]| {
+            let p = path.to_string_lossy();
             h.update((p.len() as u64).to_le_bytes());
             h.update(p.as_bytes());
-            h.update((f.text.len() as u64).to_le_bytes());
-            h.update(f.text.as_bytes());
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        for f in &self.files {
+            add(&f.path, f.text.as_bytes());
+        }
+        for (path, read) in &self.data.files {
+            match read {
+                Ok(bytes) => add(path, bytes),
+                // An unreadable file hashes as its error: it differs from any content.
+                Err(e) => add(path, format!("\0unreadable: {e}").as_bytes()),
+            }
         }
         hex::encode(&h.finalize()[..8])
+    }
+}
+
+/// Key material files named by a configuration, read once per load (by absolute path) and part
+/// of its content hash: a rotated certificate is a new configuration even when no YAML changed.
+#[derive(Debug, Clone, Default)]
+pub struct DataFiles {
+    files: std::collections::BTreeMap<PathBuf, Result<std::sync::Arc<[u8]>, String>>,
+    used: BTreeSet<PathBuf>,
+}
+
+impl DataFiles {
+    /// Reads `paths` now (the files a running configuration named), so that their content can
+    /// be hashed before the configuration is parsed again; a later [`DataFiles::read`] of the
+    /// same path uses these bytes.
+    pub fn preread<'a>(paths: impl IntoIterator<Item = &'a PathBuf>, limits: &Limits) -> DataFiles {
+        let mut d = DataFiles::default();
+        for p in paths {
+            let r = read_bytes(p, limits).map(Into::into);
+            d.files.insert(p.clone(), r);
+            d.used.insert(p.clone());
+        }
+        d
+    }
+
+    /// The bytes of `path` (absolute), read at most once per load.
+    pub fn read(&mut self, path: &Path, limits: &Limits) -> Result<std::sync::Arc<[u8]>, String> {
+        self.used.insert(path.to_path_buf());
+        self.files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| read_bytes(path, limits).map(Into::into))
+            .clone()
+    }
+
+    /// Forgets files read before but no longer named (called once the configuration is checked).
+    pub fn keep_used(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.files.retain(|p, _| used.contains(p));
+        self.used = used;
+    }
+
+    /// The paths of the files, in order.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.files.keys()
     }
 }
 
@@ -219,9 +286,22 @@ pub fn read_with(root: &Path, limits: Limits) -> Result<Sources, Vec<Diagnostic>
     }
 }
 
+/// Reads a key material file with the same care as a configuration file; the error says why not.
+fn read_bytes(path: &Path, limits: &Limits) -> Result<Vec<u8>, String> {
+    read_raw(path, limits).map_err(|d| d.message)
+}
+
 /// Reads one file: checked (type and size) before it is opened, and again on the open handle,
 /// since the path may have been replaced in between; never more than the cap is read.
 fn read_file(path: &Path, limits: &Limits) -> Result<String, Box<Diagnostic>> {
+    let bytes = read_raw(path, limits)?;
+    String::from_utf8(bytes)
+        .map(super::lines::normalize_line_breaks)
+        .map_err(|_| Box::new(io_error(path, "file is not valid UTF-8".into())))
+}
+
+/// [`read_file`]'s bytes.
+fn read_raw(path: &Path, limits: &Limits) -> Result<Vec<u8>, Box<Diagnostic>> {
     let cannot = |e: std::io::Error| Box::new(io_error(path, format!("cannot read: {e}")));
     let meta = std::fs::metadata(path).map_err(cannot)?;
     if !meta.is_file() {
@@ -249,9 +329,7 @@ fn read_file(path: &Path, limits: &Limits) -> Result<String, Box<Diagnostic>> {
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(Box::new(too_large(path, bytes.len() as u64, limits)));
     }
-    String::from_utf8(bytes)
-        .map(super::lines::normalize_line_breaks)
-        .map_err(|_| Box::new(io_error(path, "file is not valid UTF-8".into())))
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -563,6 +563,7 @@ pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
         max_requests_per_connection: None,
         idle_timeout: None,
         upstream_connection_options: None,
+        tls: None,
     }
 }
 

@@ -40,6 +40,10 @@ struct Cli {
     #[arg(long)]
     skip_files: bool,
 
+    /// Warn about certificates that expire within this long (W011), e.g. 30d, 2w, 90days.
+    #[arg(long, value_name = "DURATION", default_value = "30days", value_parser = parse_duration)]
+    cert_expiry_warn: std::time::Duration,
+
     /// Print the JSON Schema of one configuration file and exit.
     #[arg(long, conflicts_with_all = ["paths", "print_effective"])]
     schema: bool,
@@ -106,12 +110,13 @@ fn main() -> ExitCode {
         println!("{text}");
         return ExitCode::SUCCESS;
     }
-    // `--skip-files` is accepted now so CI pipelines need no change when file checks arrive.
-    let _ = cli.skip_files;
-
     let limits = config::Limits {
         max_file_bytes: cli.max_file_size,
         max_yaml_nodes: cli.max_yaml_nodes,
+        cert_expiry_warn: cli.cert_expiry_warn,
+        // Secrets injected into the proxy's environment are not in CI's: reported, not failed.
+        offline: true,
+        skip_files: cli.skip_files,
     };
     let outcomes: Vec<Outcome> = cli.paths.iter().map(|p| validate(p, limits)).collect();
 
@@ -188,6 +193,11 @@ fn main() -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `--cert-expiry-warn`'s syntax: a duration such as `30d`, `2w` or `720h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    config::Dur::parse(s).map(|d| d.0)
 }
 
 /// Loads one PATH with the proxy's loader; a PATH that does not exist is an I/O failure (exit 2).

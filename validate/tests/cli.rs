@@ -156,10 +156,26 @@ fn limits_of(args: &[String]) -> tern_config::Limits {
             "--max-file-size" => {
                 limits.max_file_bytes = tern_config::source::parse_size(&w[1]).unwrap()
             }
+            "--cert-expiry-warn" => {
+                limits.cert_expiry_warn = tern_config::Dur::parse(&w[1]).unwrap().0
+            }
             _ => {}
         }
     }
+    // The validator's loader: an environment variable that is not set is not checked.
+    limits.offline = true;
     limits
+}
+
+/// The options of `args` that `tern` takes too (the limits; not the validator's own).
+fn tern_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in args.chunks(2) {
+        if w[0] != "--cert-expiry-warn" {
+            out.extend(w.iter().cloned());
+        }
+    }
+    out
 }
 
 /// The codes declared in the shared diagnostics module.
@@ -213,6 +229,11 @@ fn validator_loader_and_tern_check_agree_on_fixtures_and_examples() {
             "{}: validator and loader disagree",
             d.display()
         );
+        // The proxy needs the secrets the validator may go without (W015: not checked).
+        if d.ends_with("W015-key-not-checked") {
+            continue;
+        }
+        let extra = tern_args(&extra);
         let tern = if extra.is_empty() {
             tern_check_code(&d)
         } else {
