@@ -53,6 +53,7 @@ fn value(i: &StreamInfo, f: &Field) -> Option<String> {
         Field::DownstreamDirectRemoteAddress => i.direct_peer.to_string(),
         Field::DownstreamDirectRemoteAddressWithoutPort => i.direct_peer.ip().to_string(),
         Field::TraceId => format!("{:032x}", i.trace_id?),
+        Field::UpstreamTlsVersion => i.upstream_tls_version?.to_string(),
     })
 }
 

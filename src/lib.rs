@@ -25,6 +25,7 @@ pub(crate) mod stats;
 pub(crate) mod stream_info;
 pub(crate) mod tcp;
 pub(crate) mod timer;
+pub(crate) mod tls;
 pub(crate) mod trace;
 pub(crate) mod upstream;
 pub mod watch;

@@ -403,6 +403,14 @@ stats_table! {
             "Endpoints in the cluster (configured, or resolved for strict_dns).";
         membership_healthy: Gauge, "Endpoints available (healthy and not ejected).";
         outlier_detection_ejections_active: Gauge, "Endpoints ejected by outlier detection now.";
+        ssl_handshake: Counter => "upstream_ssl.handshake",
+            "TLS handshakes completed with endpoints (Envoy's cluster ssl.handshake).";
+        ssl_connection_error: Counter => "upstream_ssl.connection_error",
+            "TLS handshakes with endpoints that failed, whatever the reason (503 upstream TLS error).";
+        ssl_fail_verify_error: Counter => "upstream_ssl.fail_verify_error",
+            "Endpoint certificates refused because their chain did not verify (unknown CA, expired).";
+        ssl_fail_verify_san: Counter => "upstream_ssl.fail_verify_san",
+            "Endpoint certificates refused because they are not for the expected name or SANs.";
         upstream_rq_time: Histogram,
             "Upstream request time (request sent to response end), milliseconds.";
     }
@@ -789,15 +797,17 @@ impl Stats {
 
 /// A family's Prometheus name.
 fn prometheus_name(f: &Family) -> String {
+    // Envoy's `ssl.handshake` is `ssl_handshake` in Prometheus, as Envoy exports it.
+    let name = f.name.replace('.', "_");
     match f.kind {
-        Kind::Counter => format!("tern_{}_total", f.name.trim_end_matches("_total")),
+        Kind::Counter => format!("tern_{}_total", name.trim_end_matches("_total")),
         // Prometheus reserves `_total` for counters (promtool rejects it on a gauge).
-        Kind::Gauge => match f.name.strip_suffix("_total") {
+        Kind::Gauge => match name.strip_suffix("_total") {
             Some("membership") => "tern_membership_endpoints".to_string(),
             Some(stem) => format!("tern_{stem}_all"),
-            None => format!("tern_{}", f.name),
+            None => format!("tern_{name}"),
         },
-        Kind::Histogram => format!("tern_{}", f.name),
+        Kind::Histogram => format!("tern_{name}"),
     }
 }
 

@@ -153,6 +153,8 @@ pub struct StreamInfo {
     pub upstream_host: Option<Arc<str>>,
     /// Last try: sent to response headers.
     pub upstream_service_time: Option<Duration>,
+    /// Last try: its connection's TLS version (`None`: plain TCP).
+    pub upstream_tls_version: Option<&'static str>,
     /// Trace id: of the span sent upstream, or the client's when tracing is off.
     pub trace_id: Option<u128>,
     /// Set when the request is exported as a span.
@@ -202,6 +204,7 @@ impl StreamInfo {
             upstream_cluster: None,
             upstream_host: None,
             upstream_service_time: None,
+            upstream_tls_version: None,
             trace_id: crate::trace::extract(h).0.map(|c| c.trace_id),
             span: None,
             response_done: false,

@@ -55,6 +55,8 @@ pub enum Field {
     DownstreamDirectRemoteAddressWithoutPort,
     /// `%TRACE_ID%`: 32 hex digits.
     TraceId,
+    /// `%UPSTREAM_TLS_VERSION%`: `TLSv1.2` or `TLSv1.3` of the last try's connection.
+    UpstreamTlsVersion,
 }
 
 /// One piece of a compiled format string.
@@ -98,6 +100,7 @@ pub const OPERATORS: &[&str] = &[
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
     "TRACE_ID",
+    "UPSTREAM_TLS_VERSION",
 ];
 
 impl Field {
@@ -114,6 +117,7 @@ impl Field {
                 | Field::Duration
                 | Field::UpstreamHost
                 | Field::UpstreamServiceTime
+                | Field::UpstreamTlsVersion
         )
     }
 
@@ -130,6 +134,7 @@ impl Field {
                 | Field::UpstreamHost
                 | Field::UpstreamServiceTime
                 | Field::UpstreamCluster
+                | Field::UpstreamTlsVersion
         )
     }
 }
@@ -264,6 +269,7 @@ fn operator(op: &str, slots: &mut Slots<'_>) -> Result<Field, String> {
             Field::DownstreamDirectRemoteAddressWithoutPort
         }
         ("TRACE_ID", None) => Field::TraceId,
+        ("UPSTREAM_TLS_VERSION", None) => Field::UpstreamTlsVersion,
         _ => {
             return Err(format!(
                 "unknown access log operator `%{op}%`; known: {}",

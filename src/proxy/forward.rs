@@ -30,6 +30,7 @@ use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
 use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
 use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
+use crate::upstream::connect::Connector;
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::{Lease, SendError, Target, UpBody};
 
@@ -216,8 +217,11 @@ pub(super) async fn forward(
             lazy,
         )
         .await;
-        if let Try::Response(..) = &result {
-            cx.record(|i| i.upstream_service_time = Some(sent.elapsed()));
+        if let Try::Response(_, _, active) = &result {
+            cx.record(|i| {
+                i.upstream_service_time = Some(sent.elapsed());
+                i.upstream_tls_version = active.tls_version;
+            });
             if let Some(ex) = &exchange {
                 ex.responded();
             }
@@ -385,6 +389,9 @@ impl Drop for RetryGauge<'_> {
 }
 
 /// What one try produced.
+// Lives on the stack for one try and is matched at once: boxing the response would cost an
+// allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Try {
     /// The response, and its connection's lease unless the connection must not be reused.
     Response(Response<Incoming>, Option<Lease>, ActiveRequest),
@@ -398,7 +405,9 @@ impl Try {
     fn outcome(&self) -> TryOutcome {
         match self {
             Try::Response(r, ..) => TryOutcome::Status(r.status().as_u16()),
-            Try::Failed(LocalReply::ConnectFailure) => TryOutcome::ConnectFailure,
+            Try::Failed(LocalReply::ConnectFailure | LocalReply::UpstreamTlsError) => {
+                TryOutcome::ConnectFailure
+            }
             Try::Failed(LocalReply::UpstreamReset | LocalReply::UpstreamProtocolError) => {
                 TryOutcome::Reset
             }
@@ -505,8 +514,8 @@ async fn try_once(
     let cs = &cluster.stats;
     let active = ActiveRequest::start(cluster, ep.clone());
     let target = Target {
-        addr: ep.addr,
-        connect_timeout: cluster.connect_timeout,
+        endpoint: ep,
+        connector: Connector::of(cluster),
         limits: &cluster.limits,
         stats: &cluster.stats,
         options: &cluster.conn,
@@ -575,12 +584,20 @@ async fn try_once(
             cs.upstream_rq_xx.record(status);
             outlier::report(cluster, ep, Outcome::Status(status));
             // After a framing problem the connection is not trusted with another request.
+            let mut active = active;
+            active.tls_version = lease.tls_version();
             let lease = (framing == Framing::Clean).then_some(lease);
             Try::Response(resp, lease, active)
         }
         Err(SendError::Reset(e)) if e.is_parse() => {
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");
             protocol_error(cluster, ep, "response head")
+        }
+        Err(SendError::Tls(e)) => {
+            cs.upstream_cx_connect_fail.inc();
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream TLS error");
+            outlier::report(cluster, ep, Outcome::ConnectFailure);
+            Try::Failed(LocalReply::UpstreamTlsError)
         }
         Err(SendError::Connect(e)) => {
             cs.upstream_cx_connect_fail.inc();

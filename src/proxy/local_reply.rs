@@ -21,6 +21,9 @@ pub enum LocalReply {
     NoHealthyUpstream,
     /// Connecting to the endpoint failed or timed out (503).
     ConnectFailure,
+    /// The TLS handshake with the endpoint failed: its certificate did not verify, or the
+    /// protocol (503, flag `UF` as in Envoy).
+    UpstreamTlsError,
     /// The upstream closed or reset before sending response headers (503).
     UpstreamReset,
     /// No response headers within the route timeout (504).
@@ -66,6 +69,9 @@ impl LocalReply {
             LocalReply::ConnectFailure => {
                 (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
             }
+            LocalReply::UpstreamTlsError => {
+                (StatusCode::SERVICE_UNAVAILABLE, "upstream TLS error\n")
+            }
             LocalReply::UpstreamReset => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream reset before response\n",
@@ -98,7 +104,7 @@ impl LocalReply {
         match self {
             LocalReply::NoRoute => Flags::NR,
             LocalReply::NoHealthyUpstream => Flags::UH,
-            LocalReply::ConnectFailure => Flags::UF,
+            LocalReply::ConnectFailure | LocalReply::UpstreamTlsError => Flags::UF,
             LocalReply::UpstreamReset => Flags::UR,
             LocalReply::UpstreamTimeout => Flags::UT,
             LocalReply::Overflow => Flags::UO,

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::local_reply::LocalReply;
 use super::{Ctx, RespBody};
@@ -29,6 +28,7 @@ use crate::state::Tunnels;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
 use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
+use crate::upstream::connect::{ConnectError, Connector};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::UpBody;
 
@@ -98,6 +98,7 @@ pub(super) async fn forward(
     let resp = match answered {
         Ok(r) => r.map_err(|e| match e {
             UpgradeError::Connect => LocalReply::ConnectFailure,
+            UpgradeError::Tls => LocalReply::UpstreamTlsError,
             UpgradeError::Reset => LocalReply::UpstreamReset,
         })?,
         Err(_) => {
@@ -162,6 +163,8 @@ pub struct Tunnel<'a> {
 pub enum UpgradeError {
     /// Connecting to the endpoint failed or timed out.
     Connect,
+    /// The TLS handshake with the endpoint failed.
+    Tls,
     /// The upstream failed before answering.
     Reset,
 }
@@ -180,17 +183,17 @@ pub async fn proxy(
     tunnel: Tunnel<'_>,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let cs = &cluster.stats;
-    let connect = TcpStream::connect(ep.addr);
-    let stream = match tokio::time::timeout(cluster.connect_timeout, connect).await {
-        Ok(Ok(s)) => s,
-        _ => {
+    let stream = match Connector::of(cluster).connect(&ep).await {
+        Ok(s) => s,
+        Err(e) => {
             cs.upstream_cx_connect_fail.inc();
             outlier::report(cluster, &ep, Outcome::ConnectFailure);
-            return Err(UpgradeError::Connect);
+            return Err(match e {
+                ConnectError::Tls(_) => UpgradeError::Tls,
+                ConnectError::Tcp(_) => UpgradeError::Connect,
+            });
         }
     };
-    let _ = stream.set_nodelay(true);
-    cluster.conn.apply(&stream);
     let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, UpBody>(TokioIo::new(stream))
         .await

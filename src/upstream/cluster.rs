@@ -276,6 +276,8 @@ pub struct Cluster {
     pub health: Option<Arc<health::Settings>>,
     /// DNS discovery (`strict_dns`, `logical_dns`); `None` for a static cluster.
     pub discovery: Option<Discovery>,
+    /// TLS origination (`None`: plain TCP).
+    pub tls: Option<Arc<crate::tls::client::UpstreamTls>>,
     /// Stops this cluster's background tasks (health checks, sweeper) when it is dropped.
     pub(crate) background: Mutex<Background>,
     /// The running health checkers by endpoint key: where each checks, and its stop guard.
@@ -341,6 +343,13 @@ impl Cluster {
                 ))
             }
         };
+        let tls = match &spec.tls {
+            Some(t) => Some(Arc::new(
+                crate::tls::client::UpstreamTls::build(t)
+                    .map_err(|e| format!("cluster `{}` tls: {e}", spec.name.value))?,
+            )),
+            None => None,
+        };
         let cluster = Arc::new(Cluster {
             name: spec.name.as_str().into(),
             spec: spec.clone(),
@@ -357,6 +366,7 @@ impl Cluster {
                 .map(|o| outlier::Settings::from_config(o)),
             health,
             discovery,
+            tls,
             background: Mutex::new(None),
             checkers: Mutex::new(HashMap::new()),
         });
@@ -513,6 +523,8 @@ impl Cluster {
 pub struct ActiveRequest {
     cluster: Arc<Cluster>,
     endpoint: Arc<Endpoint>,
+    /// The TLS version of the connection it went on (`None`: plain TCP, or not sent yet).
+    pub tls_version: Option<&'static str>,
 }
 
 impl ActiveRequest {
@@ -525,6 +537,7 @@ impl ActiveRequest {
         ActiveRequest {
             cluster: cluster.clone(),
             endpoint,
+            tls_version: None,
         }
     }
 }

@@ -19,7 +19,6 @@
 //! a new checker that continues from that state (counters in a row included); it bumps the
 //! endpoint's generation so the previous version's checker stops at its next result.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -30,10 +29,11 @@ use http::{HeaderValue, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::client::UpStream;
 use crate::upstream::cluster::{Cluster, Endpoint, EndpointState};
+use crate::upstream::connect::Connector;
 use crate::upstream::outlier;
 use tern_config as config;
 
@@ -170,9 +170,12 @@ pub fn apply(state: &EndpointState, s: &Settings, r: Check) -> Option<bool> {
     }
 }
 
-/// Runs one check of `addr` (no timeout; the caller bounds it).
-async fn check_once(kind: &Kind, addr: SocketAddr) -> Check {
-    let Ok(stream) = TcpStream::connect(addr).await else {
+/// Runs one check on the connection `connect` makes (no timeout; the caller bounds it).
+async fn check_once(
+    kind: &Kind,
+    connect: impl std::future::Future<Output = Option<UpStream>>,
+) -> Check {
+    let Some(stream) = connect.await else {
         return Check::NetworkFailure;
     };
     let Kind::Http {
@@ -183,7 +186,6 @@ async fn check_once(kind: &Kind, addr: SocketAddr) -> Check {
     else {
         return Check::Pass;
     };
-    let _ = stream.set_nodelay(true);
     let Ok((mut tx, conn)) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
     else {
@@ -212,9 +214,25 @@ async fn check_once(kind: &Kind, addr: SocketAddr) -> Check {
     }
 }
 
-/// Runs one check bounded by the check's timeout.
-pub async fn check(s: &Settings, addr: SocketAddr) -> Check {
-    tokio::time::timeout(s.timeout, check_once(&s.kind, addr))
+/// Runs one check of a plain TCP address, bounded by the check's timeout.
+#[cfg(test)]
+pub async fn check(s: &Settings, addr: std::net::SocketAddr) -> Check {
+    let connect = async {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .ok()
+            .map(UpStream::Plain)
+    };
+    tokio::time::timeout(s.timeout, check_once(&s.kind, connect))
+        .await
+        .unwrap_or(Check::NetworkFailure)
+}
+
+/// Runs one check of an endpoint as its cluster connects (its TLS included: a handshake that
+/// fails is a failed check), bounded by the check's timeout.
+pub async fn check_endpoint(s: &Settings, ep: &Endpoint, connector: Connector<'_>) -> Check {
+    let connect = async { connector.connect(ep).await.ok() };
+    tokio::time::timeout(s.timeout, check_once(&s.kind, connect))
         .await
         .unwrap_or(Check::NetworkFailure)
 }
@@ -270,17 +288,27 @@ pub fn spawn_checker(
 ) {
     let state = ep.state.clone();
     let addr = ep.address.clone();
-    let sock = ep.addr;
     let endpoint = ep.clone();
     let stats = cluster.stats.clone();
+    let (tls, conn, connect_timeout) = (
+        cluster.tls.clone(),
+        cluster.conn.clone(),
+        cluster.connect_timeout,
+    );
     let name = cluster.name.clone();
     let weak: Weak<Cluster> = Arc::downgrade(cluster);
     let generation = state.health.generation.fetch_add(1, Relaxed) + 1;
     tokio::spawn(async move {
         let mine = || state.health.generation.load(Relaxed) == generation;
         loop {
+            let connector = Connector {
+                timeout: connect_timeout,
+                tls: tls.as_deref(),
+                options: &conn,
+                stats: &stats,
+            };
             let r = tokio::select! {
-                r = check(&s, sock) => r,
+                r = check_endpoint(&s, &endpoint, connector) => r,
                 _ = token.cancelled() => return,
             };
             if !mine() {

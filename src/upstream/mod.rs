@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod cluster;
+pub mod connect;
 pub mod dns;
 pub mod health;
 pub mod lb;

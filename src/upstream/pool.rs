@@ -16,7 +16,6 @@
 //! used, and one that has served `max_requests_per_connection` requests is closed when its last
 //! response ends.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,12 +26,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
 use super::body::{ClientBody, Exchange};
+use super::connect::{ConnectError, Connector};
 use crate::stats::ClusterStats;
-use crate::upstream::cluster::{ConnOptions, Limits};
+use crate::upstream::cluster::{ConnOptions, Endpoint, Limits};
 
 /// Read and write buffer limit of an upstream HTTP/1 connection: what one response may hold in
 /// the proxy while its client reads slowly.
@@ -49,6 +48,8 @@ pub type UpBody = Either<ClientBody, Full<Bytes>>;
 pub enum SendError {
     /// TCP connect failed or timed out.
     Connect(String),
+    /// The TLS handshake failed (verification, or the protocol).
+    Tls(String),
     /// The connection failed after it was established, before response headers.
     Reset(hyper::Error),
     /// `max_connections` reached.
@@ -59,10 +60,10 @@ pub enum SendError {
 
 /// Where and how to connect, and what to count.
 pub struct Target<'a> {
-    /// The endpoint's address (host names are resolved off the request path).
-    pub addr: SocketAddr,
-    /// Connect timeout.
-    pub connect_timeout: Duration,
+    /// The endpoint (its address: host names are resolved off the request path).
+    pub endpoint: &'a Endpoint,
+    /// How the cluster connects (timeout, TLS, socket options).
+    pub connector: Connector<'a>,
     /// The cluster's circuit-breaker limits.
     pub limits: &'a Limits,
     /// The cluster's statistics (open connections, pending requests).
@@ -71,8 +72,15 @@ pub struct Target<'a> {
     pub options: &'a ConnOptions,
 }
 
-/// One idle connection: its sender, its task, when it went idle, requests it has served.
-type Idle = (SendRequest<UpBody>, AbortHandle, Instant, u32);
+/// One idle connection: its sender, its task, when it went idle, requests it has served, its
+/// TLS version.
+type Idle = (
+    SendRequest<UpBody>,
+    AbortHandle,
+    Instant,
+    u32,
+    Option<&'static str>,
+);
 
 /// Idle connections to one endpoint, each with its task.
 #[derive(Debug, Default)]
@@ -107,6 +115,8 @@ pub struct Lease {
     uses: u32,
     /// Whether it may serve another request (`max_requests_per_connection`).
     reusable: bool,
+    /// The connection's TLS version (`None`: plain TCP).
+    tls_version: Option<&'static str>,
 }
 
 impl Lease {
@@ -119,6 +129,7 @@ impl Lease {
             mut task,
             uses,
             reusable,
+            tls_version,
         } = self;
         if tx.is_closed() {
             return;
@@ -137,12 +148,17 @@ impl Lease {
             idle.retain(|(tx, ..)| !tx.is_closed());
         }
         if let (true, Some(handle)) = (idle.len() < MAX_IDLE, task.0.take()) {
-            idle.push((tx, handle, now, uses));
+            idle.push((tx, handle, now, uses, tls_version));
         }
     }
 }
 
 impl Lease {
+    /// The connection's TLS version (`%UPSTREAM_TLS_VERSION%`), `None` for plain TCP.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        self.tls_version
+    }
+
     /// Lets the connection finish sending a request body that outlasts its complete response
     /// (an early answer), then close; it is never reused. An upstream that stops taking the body
     /// for `idle` while the client is not the one holding it up gets its connection closed then;
@@ -185,9 +201,9 @@ impl Pool {
     fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<Lease> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
-        while let Some((tx, task, since, uses)) = idle.pop() {
+        while let Some((tx, task, since, uses, tls)) = idle.pop() {
             // Dropped unless reused: a stale connection closes with its lease.
-            let lease = self.lease(tx, task, uses + 1, o);
+            let lease = self.lease(tx, task, uses + 1, o, tls);
             let fresh = o
                 .idle_timeout
                 .is_none_or(|t| now.saturating_duration_since(since) < t);
@@ -251,8 +267,8 @@ impl Pool {
         t.stats.upstream_rq_pending_active.inc();
         let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
         // Boxed: the cold connect path would otherwise enlarge every request's future.
-        let (tx, task) = Box::pin(self.connect(t)).await?;
-        let mut lease = self.lease(tx, task, 1, t.options);
+        let (tx, task, tls) = Box::pin(self.connect(t)).await?;
+        let mut lease = self.lease(tx, task, 1, t.options, tls);
         drop(pending);
         match lease.tx.send_request(req).await {
             Ok(resp) => Ok((resp, lease)),
@@ -266,6 +282,7 @@ impl Pool {
         task: AbortHandle,
         uses: u32,
         o: &ConnOptions,
+        tls_version: Option<&'static str>,
     ) -> Lease {
         Lease {
             pool: self.clone(),
@@ -273,26 +290,19 @@ impl Pool {
             task: CloseOnDrop(Some(task)),
             uses,
             reusable: o.max_requests_per_connection.is_none_or(|m| uses < m),
+            tls_version,
         }
     }
 
     async fn connect(
         &self,
         t: &Target<'_>,
-    ) -> Result<(SendRequest<UpBody>, AbortHandle), SendError> {
-        let stream = match tokio::time::timeout(t.connect_timeout, TcpStream::connect(t.addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-            Err(_) => {
-                return Err(SendError::Connect(format!(
-                    "timed out after {:?}",
-                    t.connect_timeout
-                )))
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        t.options.apply(&stream);
+    ) -> Result<(SendRequest<UpBody>, AbortHandle, Option<&'static str>), SendError> {
+        let stream = t.connector.connect(t.endpoint).await.map_err(|e| match e {
+            ConnectError::Tcp(e) => SendError::Connect(e),
+            ConnectError::Tls(e) => SendError::Tls(e),
+        })?;
+        let tls = stream.tls_version();
         // hyper's default buffer limit (~400 KB) let a stalled download pin two read buffers of
         // that size; 64 KiB also bounds a response head like Envoy's `max_response_headers_kb`.
         let (tx, conn) = http1::Builder::new()
@@ -309,6 +319,6 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok((tx, task.abort_handle()))
+        Ok((tx, task.abort_handle(), tls))
     }
 }
