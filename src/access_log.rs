@@ -54,6 +54,21 @@ fn value(i: &StreamInfo, f: &Field) -> Option<String> {
         Field::DownstreamDirectRemoteAddressWithoutPort => i.direct_peer.ip().to_string(),
         Field::TraceId => format!("{:032x}", i.trace_id?),
         Field::UpstreamTlsVersion => i.upstream_tls_version?.to_string(),
+        Field::DownstreamTlsVersion => i.downstream_tls.as_ref()?.version?.to_string(),
+        Field::DownstreamTlsCipher => i.downstream_tls.as_ref()?.cipher?.to_string(),
+        Field::RequestedServerName => i.downstream_tls.as_ref()?.sni.as_deref()?.to_string(),
+        Field::DownstreamPeerSubject => i
+            .downstream_tls
+            .as_ref()?
+            .peer
+            .as_ref()?
+            .facts
+            .subject
+            .clone(),
+        Field::DownstreamPeerUriSan => {
+            let uris = &i.downstream_tls.as_ref()?.peer.as_ref()?.facts.uris;
+            (!uris.is_empty()).then(|| uris.join(","))?
+        }
     })
 }
 

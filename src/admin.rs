@@ -189,7 +189,7 @@ async fn handle(
         },
         (&Method::GET, "/stats/prometheus") => {
             let v = shared.snapshot.load().version.clone();
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.stats.prometheus(&v, &endpoint_samples(&shared)))
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.stats.prometheus(&v, &scraped(&shared)))
         }
         (&Method::GET, "/stats") => {
             let v = shared.snapshot.load().version.clone();
@@ -200,7 +200,7 @@ async fn handle(
                 }
                 None => None,
             };
-            let endpoints = endpoint_samples(&shared);
+            let endpoints = scraped(&shared);
             if query(&req, "format") == Some("json") {
                 reply(StatusCode::OK, JSON, shared.stats.json(&v, filter.as_ref(), &endpoints).to_string())
             } else {
@@ -271,6 +271,49 @@ struct HostView {
     ejections: u64,
     consecutive_5xx: u32,
     consecutive_gateway_failure: u32,
+}
+
+/// What the stats outputs read from the running snapshot: its endpoints and certificates.
+fn scraped(shared: &Shared) -> crate::stats::Scraped {
+    crate::stats::Scraped {
+        endpoints: endpoint_samples(shared),
+        certificates: certificate_samples(shared),
+    }
+}
+
+/// Every certificate the running snapshot presents: the listeners', the clusters' client ones.
+fn certificate_samples(shared: &Shared) -> Vec<crate::stats::CertificateSample> {
+    let snap = shared.snapshot.load_full();
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, owner: &str, c: &crate::tls::server::CertInfo| {
+        out.push(crate::stats::CertificateSample {
+            owner_kind: kind,
+            owner: owner.to_string(),
+            certificate: c.origin.clone(),
+            subject: c.subject.clone(),
+            expiration_unix_time_seconds: c.not_after.max(0) as u64,
+        })
+    };
+    for l in snap.config.listeners.iter() {
+        if let Some(t) = snap
+            .listeners
+            .get(&*l.value.address)
+            .and_then(|r| r.tls.as_ref())
+        {
+            for c in &t.certs {
+                add("listener", &l.value.name, c);
+            }
+        }
+    }
+    for (name, c) in snap.clusters.iter() {
+        if let Some(cert) = c.tls.as_ref().and_then(|t| t.client_cert.as_ref()) {
+            add("cluster", name, cert);
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.owner_kind, &a.owner, &a.certificate).cmp(&(b.owner_kind, &b.owner, &b.certificate))
+    });
+    out
 }
 
 /// Every endpoint of the running snapshot's clusters, for the stats outputs.

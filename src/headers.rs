@@ -106,11 +106,14 @@ pub struct Forwarding {
     pub trusted_hops: u32,
     /// Leave `x-forwarded-for` as received.
     pub skip_append: bool,
+    /// The listener terminates TLS: the peer's scheme is `https`.
+    pub https: bool,
 }
 
 /// Appends the peer to `x-forwarded-for` (unless `skip_append`) and sets `x-forwarded-proto`:
 /// a value sent by a trusted proxy (`trusted_hops > 0`) is kept, as in Envoy, where only such a
-/// hop could know the client's scheme; otherwise it is `http`, the scheme the peer used.
+/// hop could know the client's scheme; otherwise it is the scheme the peer used (`https` on a
+/// TLS listener).
 pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue, f: Forwarding) {
     if !f.skip_append {
         // The entry API hashes the (custom, so byte by byte) name once for the lookup and the insert.
@@ -130,7 +133,7 @@ pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue, f: Forwarding)
             }
         }
     }
-    let http = HeaderValue::from_static("http");
+    let http = HeaderValue::from_static(if f.https { "https" } else { "http" });
     if f.trusted_hops == 0 {
         h.insert(X_FORWARDED_PROTO, http);
     } else if let Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO) {
@@ -333,6 +336,7 @@ mod tests {
         let trusted = Forwarding {
             trusted_hops: 1,
             skip_append: true,
+            https: false,
         };
         append_forwarded(&mut h, &ip, trusted);
         assert_eq!(h[X_FORWARDED_PROTO], "https", "from a trusted hop: kept");
@@ -340,6 +344,13 @@ mod tests {
         h.remove(X_FORWARDED_PROTO);
         append_forwarded(&mut h, &ip, trusted);
         assert_eq!(h[X_FORWARDED_PROTO], "http", "absent: set");
+        let tls = Forwarding {
+            https: true,
+            ..Forwarding::default()
+        };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        append_forwarded(&mut h, &ip, tls);
+        assert_eq!(h[X_FORWARDED_PROTO], "https", "a TLS listener's scheme");
     }
 
     #[test]

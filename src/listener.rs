@@ -1,4 +1,5 @@
-//! Accept loops: one per bound address, serving HTTP/1.1 + HTTP/2 (prior knowledge) or TCP.
+//! Accept loops: one per bound address, serving HTTP/1.1 + HTTP/2 (prior knowledge, or ALPN
+//! over TLS) or TCP, after the PROXY protocol header and the TLS handshake when configured.
 //!
 //! A listener keeps its socket across reloads while its address stays configured; what it does
 //! with each connection is read from the current snapshot at accept time. At accept, a connection
@@ -34,6 +35,7 @@ use crate::state::Shared;
 use crate::stats::ListenerStats;
 use crate::timer::now_ms;
 use crate::timer::{Alarm, LazyTimer};
+use crate::tls::server::{DownStream, DownstreamTls, Failure, TlsInfo};
 
 /// A running accept loop.
 #[derive(Debug)]
@@ -144,6 +146,7 @@ async fn accept_loop(
         }
         let open = Open::new(shared.clone(), stats.clone());
         let _ = stream.set_nodelay(true);
+        let tls = lr.tls.clone();
         match &lr.kind {
             ListenerKind::Http(_) => {
                 let conn = Arc::new(Conn {
@@ -156,6 +159,7 @@ async fn accept_loop(
                     last_request_ms: AtomicU64::new(now_ms()),
                     requests: std::sync::atomic::AtomicU32::new(0),
                     timer: LazyTimer::default(),
+                    tls: None,
                 });
                 let limits = lr.limits;
                 let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -190,6 +194,16 @@ async fn accept_loop(
                             Err(_) => return,
                         }
                     }
+                    let stream = match &tls {
+                        None => DownStream::Plain(stream),
+                        Some(t) => match handshake(t, stream, &stats, &kill).await {
+                            Some((s, info)) => {
+                                Conn::secured(&mut conn, info);
+                                DownStream::Tls(s)
+                            }
+                            None => return,
+                        },
+                    };
                     serve_http(stream, conn, builder, timeouts, limits, drain, kill, &stats).await;
                     drop(open);
                 });
@@ -208,9 +222,20 @@ async fn accept_loop(
                             return;
                         }
                     }
-                    tokio::select! {
-                        _ = crate::tcp::proxy(stream, cluster) => {}
-                        _ = kill.cancelled() => {}
+                    match &tls {
+                        None => tokio::select! {
+                            _ = crate::tcp::proxy(stream, cluster) => {}
+                            _ = kill.cancelled() => {}
+                        },
+                        Some(t) => {
+                            let Some((s, _)) = handshake(t, stream, &stats, &kill).await else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = crate::tcp::proxy(s, cluster) => {}
+                                _ = kill.cancelled() => {}
+                            }
+                        }
                     }
                     drop(open);
                 });
@@ -232,6 +257,57 @@ async fn accept_loop(
 
 /// hyper's smallest HTTP/1 buffer limit.
 const MIN_H1_BUF: usize = 8192;
+
+/// A TLS stream accepted by a listener.
+type TlsStream = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+/// The TLS handshake of an accepted connection, with the certificate its SNI picks, bounded by
+/// [`tern_config::defaults::TLS_HANDSHAKE_TIMEOUT`] (a client that stays silent loses its slot)
+/// and counted; `None` when it failed (the connection is closed).
+async fn handshake(
+    tls: &DownstreamTls,
+    tcp: tokio::net::TcpStream,
+    stats: &ListenerStats,
+    kill: &CancellationToken,
+) -> Option<(TlsStream, Arc<TlsInfo>)> {
+    let accept = tokio::time::timeout(
+        tern_config::defaults::TLS_HANDSHAKE_TIMEOUT,
+        tls.acceptor().accept(tcp),
+    );
+    let r = tokio::select! {
+        r = accept => r,
+        _ = kill.cancelled() => return None,
+    };
+    match r {
+        Ok(Ok(s)) => {
+            let conn = s.get_ref().1;
+            stats.ssl_handshake.inc();
+            if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                stats.ssl_session_reused.inc();
+            }
+            let info = tls.info(conn);
+            if tls.asks_client_cert && info.peer.is_none() {
+                stats.ssl_no_certificate.inc();
+            }
+            Some((Box::new(s), Arc::new(info)))
+        }
+        Ok(Err(e)) => {
+            stats.ssl_connection_error.inc();
+            match Failure::of(&e) {
+                Failure::NoCert => stats.ssl_fail_verify_no_cert.inc(),
+                Failure::Verify => stats.ssl_fail_verify_error.inc(),
+                Failure::Other => {}
+            }
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            stats.ssl_connection_error.inc();
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
 
 /// An admitted downstream connection: counted in its listener's `downstream_cx_active` and in
 /// the process-wide total until dropped.
@@ -325,7 +401,7 @@ pin_project_lite::pin_project! {
     /// descriptor does it, no second handle is needed.
     struct Io {
         #[pin]
-        stream: tokio::net::TcpStream,
+        stream: DownStream,
         // Bytes of the HTTP/2 preface seen, up to its length; `u8::MAX` once a byte differed.
         preface: u8,
         signal: Arc<Signal>,
@@ -337,7 +413,7 @@ pin_project_lite::pin_project! {
             let http1 = *this.preface == u8::MAX;
             if http1 && this.signal.reply_408.load(Relaxed) {
                 // Nothing was sent on this connection yet: the reply fits the empty send buffer.
-                let _ = this.stream.try_write(REQUEST_TIMEOUT_REPLY);
+                this.stream.try_write_plain(REQUEST_TIMEOUT_REPLY);
             }
         }
     }
@@ -410,7 +486,7 @@ fn instant_at(ms: u64) -> tokio::time::Instant {
 /// HTTP/2 connection without a HEADERS frame).
 #[allow(clippy::too_many_arguments)]
 async fn serve_http(
-    stream: tokio::net::TcpStream,
+    stream: DownStream,
     conn: Arc<Conn>,
     builder: auto::Builder<TokioExecutor>,
     timeouts: Timeouts,

@@ -62,6 +62,10 @@ pub struct ListenerRt {
     pub max_connections: Option<u64>,
     /// Header, buffer and HTTP/2 limits of each connection.
     pub limits: ConnLimits,
+    /// TLS termination (`None`: plain TCP).
+    pub tls: Option<Arc<crate::tls::server::DownstreamTls>>,
+    /// `x-forwarded-client-cert` handling.
+    pub xfcc: crate::tls::xfcc::Xfcc,
 }
 
 /// Limits of one downstream connection, with their defaults applied.
@@ -283,6 +287,19 @@ impl Snapshot {
                 return Err(format!("listener `{}` has nothing to do", l.name.value));
             };
             let lstats = stats.listener(&l.name);
+            let tls = match &l.tls {
+                Some(t) => {
+                    let prev = prev
+                        .and_then(|p| p.listeners.get(&*l.address))
+                        .and_then(|p| p.tls.as_deref());
+                    let http = l.route_config.is_some();
+                    Some(Arc::new(
+                        crate::tls::server::DownstreamTls::build(t, http, prev)
+                            .map_err(|e| format!("listener `{}` tls: {e}", l.name.value))?,
+                    ))
+                }
+                None => None,
+            };
             let tracing = l.tracing.as_ref().map(|t| &t.value);
             let (observers, exports_spans) = observers(l, tracing, &lstats)
                 .map_err(|e| format!("listener `{}`: {e}", l.name.value))?;
@@ -297,7 +314,10 @@ impl Snapshot {
                     forwarding: crate::headers::Forwarding {
                         trusted_hops: l.xff_num_trusted_hops.as_ref().map_or(0, |h| h.value),
                         skip_append: l.skip_xff_append,
+                        https: tls.is_some(),
                     },
+                    xfcc: crate::tls::xfcc::Xfcc::of(l),
+                    tls,
                     proxy_protocol: l.proxy_protocol.then(|| crate::proxy_protocol::Settings {
                         allow_missing: l.allow_requests_without_proxy_protocol,
                         timeout: timeout_or(

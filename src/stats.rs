@@ -344,6 +344,17 @@ stats_table! {
             "Requests answered 503 (flag OM) because memory was over max_heap_size_bytes.";
         downstream_rq_header_overflow: Counter,
             "Requests refused with 431: headers over max_request_headers_kb or max_headers_count.";
+        ssl_handshake: Counter => "ssl.handshake", "TLS handshakes completed.";
+        ssl_connection_error: Counter => "ssl.connection_error",
+            "TLS handshakes that failed, whatever the reason (timeouts included).";
+        ssl_fail_verify_no_cert: Counter => "ssl.fail_verify_no_cert",
+            "TLS handshakes refused because a required client certificate was not sent.";
+        ssl_fail_verify_error: Counter => "ssl.fail_verify_error",
+            "TLS handshakes refused because the client certificate did not verify.";
+        ssl_no_certificate: Counter => "ssl.no_certificate",
+            "TLS connections without a client certificate, on listeners that ask for one.";
+        ssl_session_reused: Counter => "ssl.session_reused",
+            "TLS handshakes that resumed an earlier session (no full handshake).";
         downstream_rq_active: Gauge, "Downstream requests in flight.";
         fault_active: Gauge, "Faults in progress.";
         downstream_rq_xx: StatusClasses, "Downstream responses by status class.";
@@ -509,6 +520,35 @@ stats_table! {
     }
 }
 
+stats_table! {
+    /// One certificate the proxy presents (a listener's, or a cluster's client certificate),
+    /// read from the running snapshot at scrape time.
+    #[derive(Debug, Clone, Default)]
+    pub struct CertificateSample {
+        expiration_unix_time_seconds: u64 as Gauge,
+            "When the certificate expires, Unix seconds (Envoy's ssl.certificate expiration): alert before it does.";
+    }
+    other {
+        /// `listener` or `cluster`.
+        pub owner_kind: &'static str,
+        /// The listener's or cluster's name.
+        pub owner: String,
+        /// Where the certificate came from (file path, `env NAME`, `inline`).
+        pub certificate: String,
+        /// Its subject.
+        pub subject: String,
+    }
+}
+
+/// What the stats outputs read from the running snapshot at scrape time.
+#[derive(Debug, Default)]
+pub struct Scraped {
+    /// Every endpoint of every cluster.
+    pub endpoints: Vec<EndpointSample>,
+    /// Every certificate the proxy presents.
+    pub certificates: Vec<CertificateSample>,
+}
+
 /// All statistics of the process.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -633,15 +673,23 @@ impl Stats {
 
     /// Every series, scope by scope through the tables: the one list all output formats are
     /// made from.
-    fn samples(&self, version: &str, endpoints: &[EndpointSample]) -> Samples {
+    fn samples(&self, version: &str, scraped: &Scraped) -> Samples {
         let mut out = Samples::default();
+        for c in &scraped.certificates {
+            let labels = [
+                (c.owner_kind, &*c.owner),
+                ("certificate", &*c.certificate),
+                ("subject", &*c.subject),
+            ];
+            c.visit(|f, v| out.push(f, &labels, v));
+        }
         for (n, s) in self.each_listener() {
             s.visit(|f, v| out.push(f, &[("listener", n.as_str())], v));
         }
         for (n, s) in self.each_cluster() {
             s.visit(|f, v| out.push(f, &[("cluster", n.as_str())], v));
         }
-        for e in endpoints {
+        for e in &scraped.endpoints {
             let labels = [("cluster", &*e.cluster), ("endpoint", &*e.endpoint)];
             e.visit(|f, v| out.push(f, &labels, v));
         }
@@ -660,11 +708,11 @@ impl Stats {
     }
 
     /// Prometheus text exposition format 0.0.4, every name prefixed `tern_`.
-    pub fn prometheus(&self, version: &str, endpoints: &[EndpointSample]) -> String {
+    pub fn prometheus(&self, version: &str, scraped: &Scraped) -> String {
         let Samples {
             mut values,
             histograms,
-        } = self.samples(version, endpoints);
+        } = self.samples(version, scraped);
         let mut out = String::with_capacity(4096);
         // One family's series must be contiguous, under one HELP and TYPE line.
         values.sort_by_key(|s| s.family.name);
@@ -704,14 +752,9 @@ impl Stats {
     }
 
     /// Envoy-style text: `listener.ingress.downstream_rq_total: 10`, optionally filtered by a regex.
-    pub fn text(
-        &self,
-        version: &str,
-        filter: Option<&regex::Regex>,
-        endpoints: &[EndpointSample],
-    ) -> String {
+    pub fn text(&self, version: &str, filter: Option<&regex::Regex>, scraped: &Scraped) -> String {
         let mut out = String::new();
-        for (name, v) in self.entries(version, filter, endpoints) {
+        for (name, v) in self.entries(version, filter, scraped) {
             let _ = writeln!(out, "{name}: {v}");
         }
         out
@@ -723,10 +766,10 @@ impl Stats {
         &self,
         version: &str,
         filter: Option<&regex::Regex>,
-        endpoints: &[EndpointSample],
+        scraped: &Scraped,
     ) -> serde_json::Value {
         let map = self
-            .entries(version, filter, endpoints)
+            .entries(version, filter, scraped)
             .into_iter()
             .map(|(name, v)| {
                 let v = match v {
@@ -747,10 +790,10 @@ impl Stats {
         &self,
         version: &str,
         filter: Option<&regex::Regex>,
-        endpoints: &[EndpointSample],
+        scraped: &Scraped,
     ) -> Vec<(String, Entry)> {
         let mut out = Vec::new();
-        let samples = self.samples(version, endpoints);
+        let samples = self.samples(version, scraped);
         for s in samples.values {
             if std::ptr::eq(s.family, &CONFIG_VERSION_INFO) {
                 // The filter sees the whole line here, as the version is the point.
@@ -851,7 +894,7 @@ mod tests {
         l.downstream_rq_total.inc();
         l.downstream_rq_xx.record(503);
         s.cluster("api").upstream_rq_total.inc();
-        let p = s.prometheus("abc", &[]);
+        let p = s.prometheus("abc", &Scraped::default());
         assert!(p.contains("# TYPE tern_downstream_rq_total counter\n"));
         assert!(p.contains("tern_downstream_rq_total{listener=\"ingress\"} 1\n"));
         assert!(p.contains("tern_downstream_rq_xx_total{listener=\"ingress\",class=\"5xx\"} 1\n"));
@@ -860,17 +903,17 @@ mod tests {
         let t = s.text(
             "abc",
             Some(&regex::Regex::new("downstream.*5xx").unwrap()),
-            &[],
+            &Scraped::default(),
         );
         assert_eq!(t, "listener.ingress.downstream_rq_5xx: 1\n");
         s.listener("egress").downstream_rq_total.inc();
-        let p = s.prometheus("abc", &[]);
+        let p = s.prometheus("abc", &Scraped::default());
         assert_eq!(
             p.matches("# TYPE tern_downstream_rq_total counter").count(),
             1
         );
         assert!(s
-            .text("abc", None, &[])
+            .text("abc", None, &Scraped::default())
             .contains("server.config_version: abc\n"));
     }
 
@@ -888,13 +931,13 @@ mod tests {
         assert_eq!(b[18], 2); // <= 3600000 ms
         assert_eq!(b[19], 3); // +Inf
         assert!((sum - 7_200_003.3).abs() < 0.01, "{sum}");
-        let p = s.prometheus("v", &[]);
+        let p = s.prometheus("v", &Scraped::default());
         assert!(p.contains("# TYPE tern_downstream_rq_time histogram\n"));
         assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"0.5\"} 1\n"));
         assert!(p.contains("tern_downstream_rq_time_bucket{listener=\"ingress\",le=\"+Inf\"} 3\n"));
         assert!(p.contains("tern_downstream_rq_time_count{listener=\"ingress\"} 3\n"));
         assert!(s
-            .text("v", None, &[])
+            .text("v", None, &Scraped::default())
             .contains("listener.ingress.downstream_rq_time_count: 3\n"));
         // A value exactly on a bound falls into that bucket (le is inclusive).
         let h = Histogram::default();
@@ -904,7 +947,7 @@ mod tests {
     }
 
     /// At least two series of every scope, so a family split in two would show.
-    fn populated() -> (Stats, Vec<EndpointSample>) {
+    fn populated() -> (Stats, Scraped) {
         let s = Stats::default();
         for name in ["ingress", "egress"] {
             let l = s.listener(name);
@@ -923,11 +966,26 @@ mod tests {
                 ..Default::default()
             })
             .to_vec();
-        (s, endpoints)
+        let certificates = ["a.pem", "b.pem"]
+            .map(|c| CertificateSample {
+                owner_kind: "listener",
+                owner: "ingress".into(),
+                certificate: c.into(),
+                subject: "CN=a".into(),
+                expiration_unix_time_seconds: 4_891_363_200,
+            })
+            .to_vec();
+        (
+            s,
+            Scraped {
+                endpoints,
+                certificates,
+            },
+        )
     }
 
     /// Every family, by the docs/observability.md heading it is listed under.
-    fn scopes() -> [(&'static str, Vec<&'static Family>); 5] {
+    fn scopes() -> [(&'static str, Vec<&'static Family>); 6] {
         let mut server = ConfigStats::families();
         server.push(&CONFIG_VERSION_INFO);
         server.extend(ServerStats::families());
@@ -936,6 +994,7 @@ mod tests {
             ("Cluster", ClusterStats::families()),
             ("Endpoint", EndpointSample::families()),
             ("Route", RouteStats::families()),
+            ("Certificate", CertificateSample::families()),
             ("Server", server),
         ]
     }

@@ -155,6 +155,8 @@ pub struct StreamInfo {
     pub upstream_service_time: Option<Duration>,
     /// Last try: its connection's TLS version (`None`: plain TCP).
     pub upstream_tls_version: Option<&'static str>,
+    /// What the client's TLS handshake established (`None`: plain TCP).
+    pub downstream_tls: Option<std::sync::Arc<crate::tls::server::TlsInfo>>,
     /// Trace id: of the span sent upstream, or the client's when tracing is off.
     pub trace_id: Option<u128>,
     /// Set when the request is exported as a span.
@@ -205,6 +207,7 @@ impl StreamInfo {
             upstream_host: None,
             upstream_service_time: None,
             upstream_tls_version: None,
+            downstream_tls: None,
             trace_id: crate::trace::extract(h).0.map(|c| c.trace_id),
             span: None,
             response_done: false,

@@ -324,3 +324,400 @@ async fn upstream_mutual_tls_and_tls_health_checks() {
     let r = get(&format!("http://127.0.0.1:{port}/nocert/x"), &[]).await;
     assert_eq!(r.status, 503, "{}", r.body);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Termination: listeners
+// ---------------------------------------------------------------------------------------------
+
+/// A client configuration trusting `ca`, offering `alpn`, presenting `cert` if given; its
+/// session cache lets a second connection resume.
+fn client_config(ca: &Ca, alpn: &[&str], cert: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.issuer.der().clone()).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(ring())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match cert {
+        Some(l) => b
+            .with_client_auth_cert(certs(&l.cert), key(&l.key))
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    Arc::new(c)
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_connect(
+    port: u16,
+    sni: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<Tls> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+}
+
+/// The subject of the certificate the server presented.
+fn server_subject(s: &Tls) -> String {
+    let c = s.get_ref().1.peer_certificates().unwrap();
+    tern_config::tls::CertFacts::of(&c[0]).unwrap().subject
+}
+
+/// One GET over an established TLS stream, HTTP/2 when ALPN chose it: status, body, version.
+async fn get_over(
+    s: Tls,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String, http::Version), String> {
+    use http_body_util::BodyExt;
+    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut b = hyper::Request::get(if h2 {
+        format!("https://{host}{path}")
+    } else {
+        path.to_string()
+    });
+    if !h2 {
+        b = b.header("host", host);
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let resp = if h2 {
+        let (mut tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(s),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        tx.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        tx.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    let status = resp.status().as_u16();
+    let version = resp.version();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        version,
+    ))
+}
+
+/// The request headers the echo backend got.
+fn echoed(body: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+        ["headers"]
+        .clone()
+}
+
+struct Edge {
+    tern: Tern,
+    cfg: ConfigDir,
+    ca: Ca,
+    client: Leaf,
+    /// Plain, TLS (three certificates), mTLS required (sanitize_set), mTLS optional
+    /// (append_forward), mTLS optional (forward_only), plain (always_forward_only).
+    ports: [u16; 6],
+    log: std::path::PathBuf,
+    _app: tern_testkit::Backend,
+}
+
+async fn edge() -> Edge {
+    let app = tern_testkit::Backend::start("app").await;
+    let ca = Ca::new("Edge CA");
+    let client = ca.leaf("mobile-app", &["spiffe://prod/mobile", "app.clients.test"]);
+    let cfg = ConfigDir::new();
+    cfg.write("certs/ca.pem", &ca.pem());
+    for (name, cn, sans) in [
+        ("default", "default", vec!["default.test"]),
+        ("api", "api", vec!["api.test", "spiffe://prod/edge"]),
+        ("wild", "wildcard", vec!["*.apps.test"]),
+    ] {
+        let l = ca.leaf(cn, &sans);
+        cfg.write(&format!("certs/{name}.pem"), &l.cert);
+        cfg.write(&format!("certs/{name}.key"), &l.key);
+    }
+    let ports = [(); 6].map(|_| free_port());
+    let admin = free_port();
+    let log = cfg.path().join("access.log");
+    let cert = |n: &str, names: &str| {
+        format!("        - {{ certificate_chain: {{ file: certs/{n}.pem }}, private_key: {{ file: certs/{n}.key }}, server_names: {names} }}\n")
+    };
+    let certs3 = format!(
+        "{}{}{}",
+        cert("default", "[]"),
+        cert("api", "[api.test]"),
+        cert("wild", "[\"*.apps.test\"]")
+    );
+    let api_only = cert("api", "[]");
+    let y = format!(
+        "{admin_yaml}listeners:
+  - name: plain
+    address: 127.0.0.1:{p0}
+    route_config: main
+  - name: tls
+    address: 127.0.0.1:{p1}
+    route_config: main
+    access_log:
+      - path: {log}
+        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL%\"
+    tls:
+      certificates:
+{certs3}  - name: mtls
+    address: 127.0.0.1:{p2}
+    route_config: main
+    forward_client_cert_details: sanitize_set
+    set_current_client_cert_details: {{ subject: true, uri: true, dns: true }}
+    access_log:
+      - path: {log}
+        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL%\"
+    tls:
+      certificates:
+{api_only}      client_ca: {{ file: certs/ca.pem }}
+      require_client_certificate: true
+  - name: optional
+    address: 127.0.0.1:{p3}
+    route_config: main
+    forward_client_cert_details: append_forward
+    set_current_client_cert_details: {{ subject: true }}
+    tls:
+      certificates:
+{api_only}      client_ca: {{ file: certs/ca.pem }}
+  - name: forward-only
+    address: 127.0.0.1:{p4}
+    route_config: main
+    forward_client_cert_details: forward_only
+    tls:
+      certificates:
+{api_only}      client_ca: {{ file: certs/ca.pem }}
+  - name: trusting
+    address: 127.0.0.1:{p5}
+    route_config: main
+    forward_client_cert_details: always_forward_only
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: [\"*\"]
+        routes:
+          - match: {{ prefix: /secure }}
+            redirect: {{ https_redirect: true, port_redirect: {p1} }}
+          - match: {{ prefix: / }}
+            route: {{ cluster: app }}
+clusters:
+  - name: app
+    endpoints: [{{ address: \"{app}\" }}]
+",
+        admin_yaml = admin_yaml(admin),
+        p0 = ports[0],
+        p1 = ports[1],
+        p2 = ports[2],
+        p3 = ports[3],
+        p4 = ports[4],
+        p5 = ports[5],
+        log = log.display(),
+        app = app.addr,
+    );
+    cfg.write("tern.yaml", &y);
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    Edge {
+        tern,
+        cfg,
+        ca,
+        client,
+        ports,
+        log,
+        _app: app,
+    }
+}
+
+#[tokio::test]
+async fn sni_selects_the_certificate_and_alpn_serves_h2_and_http1_to_rust_and_curl() {
+    let e = edge().await;
+    let port = e.ports[1];
+    let h2 = client_config(&e.ca, &["h2", "http/1.1"], None);
+    let h1 = client_config(&e.ca, &["http/1.1"], None);
+    // Exact name, wildcard (one label), and the first certificate for anything else.
+    for (sni, subject) in [
+        ("api.test", "CN=api"),
+        ("x.apps.test", "CN=wildcard"),
+        ("default.test", "CN=default"),
+    ] {
+        let s = tls_connect(port, sni, &h2).await.unwrap();
+        assert_eq!(server_subject(&s), subject, "{sni}");
+    }
+    // HTTP/2 over TLS (ALPN h2), and HTTP/1.1 when the client offers only that.
+    let s = tls_connect(port, "api.test", &h2).await.unwrap();
+    let (status, body, version) = get_over(s, "api.test", "/h2", &[]).await.unwrap();
+    assert_eq!((status, version), (200, http::Version::HTTP_2));
+    assert_eq!(echoed(&body)["x-forwarded-proto"], "https");
+    let s = tls_connect(port, "api.test", &h1).await.unwrap();
+    let (status, body, version) = get_over(s, "api.test", "/h1", &[]).await.unwrap();
+    assert_eq!((status, version), (200, http::Version::HTTP_11));
+    assert_eq!(echoed(&body)["x-forwarded-proto"], "https");
+    // curl, both ways.
+    let ca = e.cfg.path().join("certs/ca.pem");
+    for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        // Async: the backend runs on this test's runtime, which a blocking wait would stall.
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(&ca)
+            .args([
+                "--resolve",
+                &format!("api.test:{port}:127.0.0.1"),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                &format!("https://api.test:{port}/curl"),
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("200 {want}"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The access log shows the connection's TLS facts.
+    assert_eq!(
+        log_line(&e.log, "/h2").await,
+        "/h2 TLSv1.3 api.test - - HTTP/2"
+    );
+    // Session resumption: a second connection of the same client resumes.
+    let s = tls_connect(port, "api.test", &h1).await.unwrap();
+    assert_eq!(
+        s.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    stat_above_zero(&e.tern, "listener.tls.ssl.session_reused").await;
+    assert!(e.tern.stat("listener.tls.ssl.handshake").await >= 7);
+    // Each certificate's expiry is a gauge.
+    let prom = get(&e.tern.admin_url("/stats/prometheus"), &[]).await.body;
+    assert!(
+        prom.contains("tern_expiration_unix_time_seconds{listener=\"tls\",certificate=")
+            && prom.contains("subject=\"CN=wildcard\"}"),
+        "{prom}"
+    );
+}
+
+#[tokio::test]
+async fn https_redirect_is_for_plaintext_and_x_forwarded_proto_says_http() {
+    let e = edge().await;
+    let r = get(&format!("http://127.0.0.1:{}/secure/x", e.ports[0]), &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.headers.get("location").unwrap(),
+        &format!("https://127.0.0.1:{}/secure/x", e.ports[1])
+    );
+    let r = get(&format!("http://127.0.0.1:{}/plain", e.ports[0]), &[]).await;
+    assert_eq!(echoed(&r.body)["x-forwarded-proto"], "http");
+    // Over TLS the redirect route is passed over: the request is served.
+    let s = tls_connect(e.ports[1], "api.test", &client_config(&e.ca, &[], None))
+        .await
+        .unwrap();
+    let (status, body, _) = get_over(s, "api.test", "/secure/x", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(echoed(&body)["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
+    let e = edge().await;
+    let forged = [(
+        "x-forwarded-client-cert",
+        "By=spiffe://evil;Hash=00;Subject=\"CN=admin\"",
+    )];
+    let anon = client_config(&e.ca, &[], None);
+    let with_cert = client_config(&e.ca, &[], Some(&e.client));
+
+    // Required: without a certificate the handshake is refused (and counted).
+    let refused = match tls_connect(e.ports[2], "api.test", &anon).await {
+        Err(_) => true,
+        // TLS 1.3: the server's refusal arrives after the client's side of the handshake.
+        Ok(s) => get_over(s, "api.test", "/x", &[]).await.is_err(),
+    };
+    assert!(refused);
+    stat_above_zero(&e.tern, "listener.mtls.ssl.fail_verify_no_cert").await;
+    // With one: sanitize_set replaces the forged XFCC with this client's element.
+    let s = tls_connect(e.ports[2], "api.test", &with_cert)
+        .await
+        .unwrap();
+    let (status, body, _) = get_over(s, "api.test", "/mtls", &forged).await.unwrap();
+    assert_eq!(status, 200);
+    let xfcc = echoed(&body)["x-forwarded-client-cert"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hash = {
+        use sha2::Digest;
+        data_encoding::HEXLOWER.encode(&sha2::Sha256::digest(&certs(&e.client.cert)[0]))
+    };
+    assert_eq!(
+        xfcc,
+        format!("By=spiffe://prod/edge;Hash={hash};Subject=\"CN=mobile-app\";URI=spiffe://prod/mobile;DNS=app.clients.test")
+    );
+    assert_eq!(
+        log_line(&e.log, "/mtls").await,
+        "/mtls TLSv1.3 api.test CN=mobile-app spiffe://prod/mobile HTTP/1.1"
+    );
+
+    // Optional, append_forward: without a certificate served, no XFCC (the forged one removed).
+    let s = tls_connect(e.ports[3], "api.test", &anon).await.unwrap();
+    let (status, body, _) = get_over(s, "api.test", "/opt", &forged).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        echoed(&body).get("x-forwarded-client-cert").is_none(),
+        "{body}"
+    );
+    stat_above_zero(&e.tern, "listener.optional.ssl.no_certificate").await;
+    // With one: appended to what the client sent.
+    let s = tls_connect(e.ports[3], "api.test", &with_cert)
+        .await
+        .unwrap();
+    let (_, body, _) = get_over(s, "api.test", "/opt", &forged).await.unwrap();
+    assert_eq!(
+        echoed(&body)["x-forwarded-client-cert"],
+        format!(
+            "{},By=spiffe://prod/edge;Hash={hash};Subject=\"CN=mobile-app\"",
+            forged[0].1
+        )
+    );
+
+    // forward_only: forwarded as sent on mutual TLS, removed otherwise.
+    let s = tls_connect(e.ports[4], "api.test", &with_cert)
+        .await
+        .unwrap();
+    let (_, body, _) = get_over(s, "api.test", "/fwd", &forged).await.unwrap();
+    assert_eq!(echoed(&body)["x-forwarded-client-cert"], forged[0].1);
+    let s = tls_connect(e.ports[4], "api.test", &anon).await.unwrap();
+    let (_, body, _) = get_over(s, "api.test", "/fwd", &forged).await.unwrap();
+    assert!(echoed(&body).get("x-forwarded-client-cert").is_none());
+
+    // The default (sanitize) removes a client's XFCC, TLS or not; always_forward_only keeps it.
+    let r = get(&format!("http://127.0.0.1:{}/x", e.ports[0]), &forged).await;
+    assert!(echoed(&r.body).get("x-forwarded-client-cert").is_none());
+    let s = tls_connect(e.ports[1], "api.test", &anon).await.unwrap();
+    let (_, body, _) = get_over(s, "api.test", "/x", &forged).await.unwrap();
+    assert!(echoed(&body).get("x-forwarded-client-cert").is_none());
+    let r = get(&format!("http://127.0.0.1:{}/x", e.ports[5]), &forged).await;
+    assert_eq!(echoed(&r.body)["x-forwarded-client-cert"], forged[0].1);
+}

@@ -57,6 +57,16 @@ pub enum Field {
     TraceId,
     /// `%UPSTREAM_TLS_VERSION%`: `TLSv1.2` or `TLSv1.3` of the last try's connection.
     UpstreamTlsVersion,
+    /// `%DOWNSTREAM_TLS_VERSION%`: `TLSv1.2` or `TLSv1.3` of the client's connection.
+    DownstreamTlsVersion,
+    /// `%DOWNSTREAM_TLS_CIPHER%`: the cipher suite of the client's connection (IANA name).
+    DownstreamTlsCipher,
+    /// `%REQUESTED_SERVER_NAME%`: the SNI the client sent.
+    RequestedServerName,
+    /// `%DOWNSTREAM_PEER_SUBJECT%`: the subject of the client's certificate (RFC 2253).
+    DownstreamPeerSubject,
+    /// `%DOWNSTREAM_PEER_URI_SAN%`: the URI SANs of the client's certificate, `,`-separated.
+    DownstreamPeerUriSan,
 }
 
 /// One piece of a compiled format string.
@@ -101,6 +111,11 @@ pub const OPERATORS: &[&str] = &[
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
     "TRACE_ID",
     "UPSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_VERSION",
+    "DOWNSTREAM_TLS_CIPHER",
+    "REQUESTED_SERVER_NAME",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_PEER_URI_SAN",
 ];
 
 impl Field {
@@ -118,6 +133,18 @@ impl Field {
                 | Field::UpstreamHost
                 | Field::UpstreamServiceTime
                 | Field::UpstreamTlsVersion
+        ) && !self.is_downstream_tls()
+    }
+
+    /// The connection's TLS facts: access logs only (header rules have XFCC for them).
+    fn is_downstream_tls(&self) -> bool {
+        matches!(
+            self,
+            Field::DownstreamTlsVersion
+                | Field::DownstreamTlsCipher
+                | Field::RequestedServerName
+                | Field::DownstreamPeerSubject
+                | Field::DownstreamPeerUriSan
         )
     }
 
@@ -135,7 +162,7 @@ impl Field {
                 | Field::UpstreamServiceTime
                 | Field::UpstreamCluster
                 | Field::UpstreamTlsVersion
-        )
+        ) && !self.is_downstream_tls()
     }
 }
 
@@ -270,6 +297,11 @@ fn operator(op: &str, slots: &mut Slots<'_>) -> Result<Field, String> {
         }
         ("TRACE_ID", None) => Field::TraceId,
         ("UPSTREAM_TLS_VERSION", None) => Field::UpstreamTlsVersion,
+        ("DOWNSTREAM_TLS_VERSION", None) => Field::DownstreamTlsVersion,
+        ("DOWNSTREAM_TLS_CIPHER", None) => Field::DownstreamTlsCipher,
+        ("REQUESTED_SERVER_NAME", None) => Field::RequestedServerName,
+        ("DOWNSTREAM_PEER_SUBJECT", None) => Field::DownstreamPeerSubject,
+        ("DOWNSTREAM_PEER_URI_SAN", None) => Field::DownstreamPeerUriSan,
         _ => {
             return Err(format!(
                 "unknown access log operator `%{op}%`; known: {}",

@@ -362,6 +362,9 @@ fn upstream_head(
         None => {}
     }
     headers::append_forwarded(&mut parts.headers, &cx.conn.peer_ip, cx.listener.forwarding);
+    cx.listener
+        .xfcc
+        .apply(&mut parts.headers, cx.conn.tls.as_deref());
     // Tracing off: the client's trace headers pass through untouched (the record has its id).
     if let Some(policy) = &cx.listener.tracing {
         let (span, parent) = crate::trace::propagate(&mut parts.headers, policy);

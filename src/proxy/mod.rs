@@ -65,9 +65,19 @@ pub struct Conn {
     pub requests: AtomicU32,
     /// Deadlines of HTTP/1 requests, checked when the connection's task polls them.
     pub timer: LazyTimer,
+    /// What the TLS handshake established (`None`: plain TCP).
+    pub tls: Option<Arc<crate::tls::server::TlsInfo>>,
 }
 
 impl Conn {
+    /// Takes what the TLS handshake established. Called before the connection serves its first
+    /// request, while nothing else holds it.
+    pub fn secured(conn: &mut Arc<Conn>, info: Arc<crate::tls::server::TlsInfo>) {
+        if let Some(c) = Arc::get_mut(conn) {
+            c.tls = Some(info);
+        }
+    }
+
     /// Takes the client address a PROXY protocol header gave (`None`: the peer stands). Called
     /// before the connection serves its first request, while nothing else holds it.
     pub fn proxied(conn: &mut Arc<Conn>, source: Option<SocketAddr>) {
@@ -147,7 +157,8 @@ pub async fn handle(
     // Without observers this stays `None`: no record, no header copies.
     let rec = listener.observers.as_ref().map(|obs| {
         let shown = host.as_deref().unwrap_or_default();
-        let info = StreamInfo::begin(obs, &req, shown, (client, conn.direct), start);
+        let mut info = StreamInfo::begin(obs, &req, shown, (client, conn.direct), start);
+        info.downstream_tls = conn.tls.clone();
         Recorder::new(obs.clone(), info)
     });
     let bad_host = host.is_err();
@@ -169,7 +180,7 @@ pub async fn handle(
     let vhost = (!bad_host && !overloaded)
         .then(|| router.virtual_host(&cx.host))
         .flatten();
-    let route = vhost.and_then(|vh| vh.route(req.uri(), req.headers()));
+    let route = vhost.and_then(|vh| vh.route(req.uri(), req.headers(), conn.tls.is_some()));
     let rules = match route {
         Some(r) => r.header_rules.as_deref(),
         None => vhost.map_or(router.header_rules.as_deref(), |v| {

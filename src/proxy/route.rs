@@ -62,7 +62,12 @@ pub(super) async fn serve(
             Ok(r)
         }
         Action::Redirect(rd) => {
-            let loc = rd.location(route, "http", &cx.host, req.uri());
+            let scheme = if cx.conn.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let loc = rd.location(route, scheme, &cx.host, req.uri());
             let mut r = text(rd.code(), Bytes::new());
             r.headers_mut().remove(CONTENT_TYPE);
             if let Ok(v) = HeaderValue::from_str(&loc) {

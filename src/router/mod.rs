@@ -350,14 +350,23 @@ impl Router {
 
 impl VirtualHost {
     /// The first route matching the request.
-    pub fn route(&self, uri: &Uri, headers: &HeaderMap) -> Option<&Route> {
+    pub fn route(&self, uri: &Uri, headers: &HeaderMap, tls: bool) -> Option<&Route> {
         let path = uri.path();
         let query = uri.query();
-        self.routes.iter().find(|r| r.matches(path, query, headers))
+        // A redirect to https is for plaintext requests: on a TLS connection the route is
+        // passed over (a route config shared by the :80 and :443 listeners does not loop).
+        self.routes
+            .iter()
+            .find(|r| !(tls && r.to_https()) && r.matches(path, query, headers))
     }
 }
 
 impl Route {
+    /// Whether the route redirects to `https` (`https_redirect`, `scheme_redirect: https`).
+    fn to_https(&self) -> bool {
+        matches!(&self.action, Action::Redirect(r) if r.scheme.as_deref() == Some("https"))
+    }
+
     fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
@@ -807,7 +816,7 @@ virtual_hosts:
                 v.parse().unwrap(),
             );
         }
-        match &r.virtual_host(host)?.route(&uri, &h)?.action {
+        match &r.virtual_host(host)?.route(&uri, &h, false)?.action {
             Action::Direct { status, .. } => Some(status.as_u16()),
             _ => None,
         }

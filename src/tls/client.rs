@@ -27,6 +27,8 @@ pub struct UpstreamTls {
     config: Arc<rustls::ClientConfig>,
     /// `sni`: the name every endpoint is reached by.
     sni: Option<ServerName<'static>>,
+    /// The client certificate, for the expiration gauge.
+    pub client_cert: Option<super::server::CertInfo>,
 }
 
 /// How a handshake failed, for the stats and the log.
@@ -99,9 +101,11 @@ impl UpstreamTls {
             .map_err(|e| format!("TLS versions: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
+        let mut client_cert = None;
         let mut config = match &t.client_certificate {
             Some(cc) => {
                 let ck = super::certified_key(&cc.certificate_chain, &cc.private_key)?;
+                client_cert = Some(super::server::CertInfo::of(&cc.certificate_chain, &ck)?);
                 builder
                     .with_client_auth_cert(ck.cert.clone(), private_key_of(&cc.private_key)?)
                     .map_err(|e| format!("client_certificate: {e}"))?
@@ -119,6 +123,7 @@ impl UpstreamTls {
         Ok(UpstreamTls {
             config: Arc::new(config),
             sni,
+            client_cert,
         })
     }
 

@@ -14,6 +14,8 @@ use rustls::sign::CertifiedKey;
 use tern_config::{DataSource, TlsVersion};
 
 pub mod client;
+pub mod server;
+pub mod xfcc;
 
 /// The one crypto provider: ring (aws-lc raised the idle RSS past its target). Named explicitly,
 /// so a process that also links another provider (tests) still uses this one.
