@@ -104,7 +104,7 @@ pub fn check(path: &Path, limits: config::Limits) -> Result<String, Vec<String>>
         return Err(report.diagnostics.iter().map(|d| d.to_string()).collect());
     };
     let version = report.version.unwrap_or_default();
-    Snapshot::build(cfg, version.clone(), None, &Stats::default())
+    Snapshot::build(cfg, version.clone(), Vec::new(), None, &Stats::default())
         .map(|_| version)
         .map_err(|e| vec![e])
 }
@@ -175,11 +175,14 @@ impl Server {
                 stats.update_attempt.inc();
             }
         };
-        let sources =
+        let mut sources =
             config::source::read_with(&self.opts.config, self.opts.limits).map_err(|d| {
                 attempt();
                 Rejection::diagnostics(None, d)
             })?;
+        // The key material files the running configuration names are part of its content: a
+        // renewed certificate is a change even when no YAML changed.
+        sources.data = config::DataFiles::preread(&running.data_files, &self.opts.limits);
         let version = sources.version();
         self.watch_dirs = watch_dirs_of(&sources);
         if !force && version == running.version {
@@ -187,7 +190,13 @@ impl Server {
             return Ok(None);
         }
         attempt();
-        let prepared = self.prepare(config::check_sources(sources), &version)?;
+        let report = config::check_sources(sources);
+        // The files this configuration names (which may be new ones) and their content.
+        let version = report.version.clone().unwrap_or(version);
+        if let Some(s) = &report.sources {
+            self.watch_dirs = watch_dirs_of(s);
+        }
+        let prepared = self.prepare(report, &version)?;
         // New DNS clusters resolve before they serve (bounded: a dead resolver delays, not blocks).
         prepared.snap.warm(DNS_WARM_TIMEOUT).await;
         for e in self.apply(prepared) {
@@ -212,8 +221,19 @@ impl Server {
         };
         let admin_addr = *cfg.admin.address;
         let current = self.shared.snapshot.load_full();
-        let snap = Snapshot::build(cfg, version.to_string(), Some(&current), &self.shared.stats)
-            .map_err(|e| Rejection::message(v(), e))?;
+        let data_files = report
+            .sources
+            .as_ref()
+            .map(|s| s.data.paths().cloned().collect())
+            .unwrap_or_default();
+        let snap = Snapshot::build(
+            cfg,
+            version.to_string(),
+            data_files,
+            Some(&current),
+            &self.shared.stats,
+        )
+        .map_err(|e| Rejection::message(v(), e))?;
         let mut listeners = Vec::new();
         for addr in snap.listeners.keys() {
             if !self.listeners.contains_key(addr) {
@@ -381,15 +401,23 @@ async fn sample_memory(shared: Arc<Shared>) {
 }
 
 /// Directories a watcher must watch for this set of files: every directory walked, and the
-/// directory of each file's real location (files may be symlinks into other directories).
+/// directory of each file's real location (files may be symlinks into other directories), key
+/// material files included (they may live outside the configuration directory).
 fn watch_dirs_of(s: &config::Sources) -> BTreeSet<PathBuf> {
     let mut dirs = s.dirs.clone();
-    for f in &s.files {
-        if let Some(p) = f
-            .path
+    let files = s.files.iter().map(|f| &f.path).chain(s.data.paths());
+    for path in files {
+        if let Some(p) = path
             .canonicalize()
             .ok()
             .and_then(|c| c.parent().map(Path::to_path_buf))
+        {
+            dirs.insert(p);
+        }
+        // The directory of the name itself, where a rename into place happens.
+        if let Some(p) = std::path::absolute(path)
+            .ok()
+            .and_then(|a| a.parent().map(Path::to_path_buf))
         {
             dirs.insert(p);
         }

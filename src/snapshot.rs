@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub listeners: HashMap<SocketAddr, Arc<ListenerRt>, foldhash::fast::RandomState>,
     /// Clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// The key material files the configuration names (part of its version; watched).
+    pub data_files: Vec<PathBuf>,
 }
 
 /// A listener's view of the snapshot.
@@ -238,6 +240,7 @@ impl Snapshot {
     pub fn build(
         config: Config,
         version: String,
+        data_files: Vec<PathBuf>,
         prev: Option<&Snapshot>,
         stats: &Stats,
     ) -> Result<Snapshot, String> {
@@ -355,6 +358,7 @@ impl Snapshot {
             config,
             listeners,
             clusters,
+            data_files,
         })
     }
 
@@ -366,6 +370,7 @@ impl Snapshot {
             config: Config::default(),
             listeners: HashMap::default(),
             clusters: HashMap::new(),
+            data_files: Vec::new(),
         }
     }
 

@@ -721,3 +721,190 @@ async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
     let r = get(&format!("http://127.0.0.1:{}/x", e.ports[5]), &forged).await;
     assert_eq!(echoed(&r.body)["x-forwarded-client-cert"], forged[0].1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rotation
+// ---------------------------------------------------------------------------------------------
+
+/// Writes `text` to `path` atomically (a temporary file renamed into place), as a secrets
+/// agent or `tern-sync` does.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_load_without_a_failed_handshake_and_bad_ones_are_refused() {
+    let ca = Ca::new("Rotation CA");
+    let old = ca.leaf("old", &["rot.test"]);
+    let new = ca.leaf("new", &["rot.test"]);
+    // The key material lives outside the configuration directory: it is watched too.
+    let secrets = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (
+        secrets.path().join("tls.pem"),
+        secrets.path().join("tls.key"),
+    );
+    std::fs::write(&cert_path, &old.cert).unwrap();
+    std::fs::write(&key_path, &old.key).unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let cfg = ConfigDir::new();
+    cfg.write(
+        "tern.yaml",
+        &format!(
+            "{}listeners:
+  - name: tls
+    address: 127.0.0.1:{port}
+    route_config: main
+    tls:
+      certificates:
+        - certificate_chain: {{ file: {} }}
+          private_key: {{ file: {} }}
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: [\"*\"]
+        routes: [{{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: ok }} }}]
+",
+            admin_yaml(admin),
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    // Full handshakes only: a resumed session would not show (nor use) the new certificate.
+    let mut full = (*client_config(&ca, &["http/1.1"], None)).clone();
+    full.resumption = rustls::client::Resumption::disabled();
+    let client = Arc::new(full);
+    // Load: new connections (full handshakes) in a loop, each with a request, on four tasks,
+    // until told to stop; every failure is counted, every served certificate noted.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen_new = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, seen_new, client) = (
+            stop.clone(),
+            failures.clone(),
+            seen_new.clone(),
+            client.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded: the test stops it, and it stops by itself after 30 s.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                let ok = match tls_connect(port, "rot.test", &client).await {
+                    Ok(s) => {
+                        if server_subject(&s) == "CN=new" {
+                            seen_new.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        matches!(get_over(s, "rot.test", "/", &[]).await, Ok((200, _, _)))
+                    }
+                    Err(_) => false,
+                };
+                if !ok {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                n += 1;
+            }
+            n
+        }));
+    }
+    wait_for("handshakes before the rotation", || async {
+        (tern.stat("listener.tls.ssl.handshake").await > 20).then_some(())
+    })
+    .await;
+    // Rotate: key first (the pair mismatches until the certificate follows: that reload is
+    // refused and the old pair keeps serving), then the certificate.
+    replace_file(&key_path, &new.key);
+    replace_file(&cert_path, &new.cert);
+    wait_for("the new certificate on new connections", || async {
+        (seen_new.load(std::sync::atomic::Ordering::Relaxed) > 20).then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut handshakes = 0;
+    for t in load {
+        handshakes += t.await.unwrap();
+    }
+    assert!(handshakes > 40, "{handshakes}");
+    assert_eq!(
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "failed handshakes or requests during the rotation"
+    );
+    // The expiry gauge follows the rotation at once.
+    let prom = get(&tern.admin_url("/stats/prometheus"), &[]).await.body;
+    assert!(prom.contains("subject=\"CN=new\""), "{prom}");
+
+    // A certificate that does not parse is refused at the line that names it; the running one
+    // keeps serving.
+    let rejected = tern.stat("server.config_update_rejected").await;
+    replace_file(
+        &cert_path,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    wait_for("the bad certificate refused", || async {
+        (tern.stat("server.config_update_rejected").await > rejected).then_some(())
+    })
+    .await;
+    let dump = tern.config_dump().await;
+    let diag = &dump["last_reload_error"]["diagnostics"][0];
+    assert_eq!(diag["code"], "E011", "{dump}");
+    assert_eq!(diag["line"], 9, "{dump}");
+    let s = tls_connect(port, "rot.test", &client).await.unwrap();
+    assert_eq!(server_subject(&s), "CN=new");
+    assert!(matches!(
+        get_over(s, "rot.test", "/", &[]).await,
+        Ok((200, _, _))
+    ));
+}
+
+#[tokio::test]
+async fn a_key_from_an_environment_variable_serves() {
+    let ca = Ca::new("Env CA");
+    let leaf = ca.leaf("env", &["env.test"]);
+    let port = free_port();
+    let admin = free_port();
+    let cfg = ConfigDir::new();
+    cfg.write("tls.pem", &leaf.cert);
+    cfg.write(
+        "tern.yaml",
+        &format!(
+            "{}listeners:
+  - name: tls
+    address: 127.0.0.1:{port}
+    route_config: main
+    tls:
+      certificates:
+        - {{ certificate_chain: {{ file: tls.pem }}, private_key: {{ env: TERN_TEST_TLS_KEY }} }}
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: [\"*\"]
+        routes: [{{ match: {{ prefix: / }}, direct_response: {{ status: 200, body: ok }} }}]
+",
+            admin_yaml(admin)
+        ),
+    );
+    let tern = Tern::start_env(cfg.path(), admin, &[], &[("TERN_TEST_TLS_KEY", &leaf.key)]).await;
+    let s = tls_connect(port, "env.test", &client_config(&ca, &[], None))
+        .await
+        .unwrap();
+    assert_eq!(server_subject(&s), "CN=env");
+    // The dump names the variable, never the key.
+    let dump = tern.config_dump().await.to_string();
+    assert!(dump.contains("TERN_TEST_TLS_KEY") && !dump.contains("PRIVATE KEY"));
+    // Without it the proxy refuses to start, naming the variable.
+    let mut t = Tern::spawn(cfg.path(), free_port(), &[]);
+    assert!(!t.wait_exit().await.success());
+    assert!(t
+        .logs()
+        .contains("environment variable `TERN_TEST_TLS_KEY` is not set"));
+}

@@ -118,7 +118,6 @@ impl DataFiles {
         for p in paths {
             let r = read_bytes(p, limits).map(Into::into);
             d.files.insert(p.clone(), r);
-            d.used.insert(p.clone());
         }
         d
     }
