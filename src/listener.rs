@@ -208,8 +208,8 @@ async fn accept_loop(
                     drop(open);
                 });
             }
-            ListenerKind::Tcp(cluster) => {
-                let cluster = cluster.clone();
+            ListenerKind::Tcp(routes) => {
+                let routes = routes.clone();
                 let kill = kill.clone();
                 let pp = lr.proxy_protocol;
                 tracker.spawn(async move {
@@ -223,12 +223,43 @@ async fn accept_loop(
                         }
                     }
                     match &tls {
-                        None => tokio::select! {
-                            _ = crate::tcp::proxy(stream, cluster) => {}
-                            _ = kill.cancelled() => {}
-                        },
+                        // SNI passthrough: the ClientHello picks the cluster and goes upstream
+                        // as it came, the TLS session is the upstream's.
+                        None if routes.uses_sni() => {
+                            let mut stream = stream;
+                            let hello = tokio::select! {
+                                h = crate::tcp::client_hello(&mut stream) => h,
+                                _ = kill.cancelled() => None,
+                            };
+                            let Some((first, sni)) = hello else {
+                                stats.downstream_cx_sni_error.inc();
+                                return;
+                            };
+                            let Some(cluster) = routes.pick(sni.as_deref()).cloned() else {
+                                stats.downstream_cx_sni_no_route.inc();
+                                return;
+                            };
+                            tokio::select! {
+                                _ = crate::tcp::proxy_with(stream, cluster, &first) => {}
+                                _ = kill.cancelled() => {}
+                            }
+                        }
+                        None => {
+                            let Some(cluster) = routes.default.clone() else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = crate::tcp::proxy(stream, cluster) => {}
+                                _ = kill.cancelled() => {}
+                            }
+                        }
+                        // Terminated: the handshake's SNI picks the cluster of the plaintext.
                         Some(t) => {
-                            let Some((s, _)) = handshake(t, stream, &stats, &kill).await else {
+                            let Some((s, info)) = handshake(t, stream, &stats, &kill).await else {
+                                return;
+                            };
+                            let Some(cluster) = routes.pick(info.sni.as_deref()).cloned() else {
+                                stats.downstream_cx_sni_no_route.inc();
                                 return;
                             };
                             tokio::select! {

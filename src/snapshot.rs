@@ -231,8 +231,8 @@ fn observers(
 pub enum ListenerKind {
     /// Serve HTTP/1.1 and HTTP/2 and route requests.
     Http(Arc<Router>),
-    /// Forward the bytes to a cluster.
-    Tcp(Arc<Cluster>),
+    /// Forward the bytes to a cluster (chosen by SNI when it has SNI routes).
+    Tcp(Arc<crate::router::sni::TcpRoutes>),
 }
 
 impl Snapshot {
@@ -280,12 +280,25 @@ impl Snapshot {
                         .clone(),
                 )
             } else if let Some(t) = &l.tcp_proxy {
-                ListenerKind::Tcp(
+                let get = |name: &tern_config::Spanned<String>| {
                     clusters
-                        .get(t.cluster.as_str())
-                        .ok_or_else(|| format!("cluster `{}` is not defined", t.cluster.value))?
-                        .clone(),
-                )
+                        .get(name.as_str())
+                        .cloned()
+                        .ok_or_else(|| format!("cluster `{}` is not defined", name.value))
+                };
+                let mut routes = Vec::new();
+                for r in &t.sni_routes {
+                    let c = get(&r.cluster)?;
+                    routes.extend(
+                        r.server_names
+                            .iter()
+                            .map(|n| (n.to_ascii_lowercase(), c.clone())),
+                    );
+                }
+                ListenerKind::Tcp(Arc::new(crate::router::sni::TcpRoutes {
+                    default: t.cluster.as_ref().map(get).transpose()?,
+                    by_sni: routes,
+                }))
             } else {
                 return Err(format!("listener `{}` has nothing to do", l.name.value));
             };

@@ -344,6 +344,10 @@ stats_table! {
             "Requests answered 503 (flag OM) because memory was over max_heap_size_bytes.";
         downstream_rq_header_overflow: Counter,
             "Requests refused with 431: headers over max_request_headers_kb or max_headers_count.";
+        downstream_cx_sni_error: Counter,
+            "TCP connections closed on an SNI-routed listener because they sent no TLS ClientHello in time.";
+        downstream_cx_sni_no_route: Counter,
+            "TCP connections closed because no SNI route matched and tcp_proxy has no default cluster.";
         ssl_handshake: Counter => "ssl.handshake", "TLS handshakes completed.";
         ssl_connection_error: Counter => "ssl.connection_error",
             "TLS handshakes that failed, whatever the reason (timeouts included).";

@@ -908,3 +908,73 @@ route_configs:
         .logs()
         .contains("environment variable `TERN_TEST_TLS_KEY` is not set"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// TCP listeners
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn tcp_listeners_terminate_tls_and_route_by_sni_without_terminating() {
+    let ca = Ca::new("L4 CA");
+    let a = https_backend(&ca.leaf("a", &["a.test"]), None).await;
+    let wild = https_backend(&ca.leaf("wild", &["*.wild.test"]), None).await;
+    let app = tern_testkit::Backend::start("app").await;
+    let listener = ca.leaf("l4", &["l4.test"]);
+    let (passthrough, terminating, admin) = (free_port(), free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("l4.pem", &listener.cert);
+    cfg.write("l4.key", &listener.key);
+    cfg.write(
+        "tern.yaml",
+        &format!(
+            "{}listeners:
+  - name: passthrough
+    address: 127.0.0.1:{passthrough}
+    tcp_proxy:
+      sni_routes:
+        - {{ server_names: [a.test], cluster: a }}
+        - {{ server_names: [\"*.wild.test\"], cluster: wild }}
+  - name: terminating
+    address: 127.0.0.1:{terminating}
+    tcp_proxy: {{ cluster: app }}
+    tls:
+      certificates: [{{ certificate_chain: {{ file: l4.pem }}, private_key: {{ file: l4.key }} }}]
+clusters:
+  - {{ name: a, endpoints: [{{ address: \"{a}\" }}] }}
+  - {{ name: wild, endpoints: [{{ address: \"{wild}\" }}] }}
+  - {{ name: app, endpoints: [{{ address: \"{}\" }}] }}
+",
+            admin_yaml(admin),
+            app.addr
+        ),
+    );
+    let tern = Tern::start(cfg.path(), admin, &[]).await;
+    let client = client_config(&ca, &[], None);
+    // Passthrough: the upstream's own certificate and TLS session, chosen by the SNI.
+    for (sni, subject) in [("a.test", "CN=a"), ("x.wild.test", "CN=wild")] {
+        let s = tls_connect(passthrough, sni, &client).await.unwrap();
+        assert_eq!(server_subject(&s), subject);
+        let (status, body, _) = get_over(s, sni, "/", &[]).await.unwrap();
+        assert_eq!((status, body), (200, format!("sni={sni} client=-")));
+    }
+    // No route and no default cluster: closed, counted.
+    assert!(tls_connect(passthrough, "other.test", &client)
+        .await
+        .is_err());
+    stat_above_zero(&tern, "listener.passthrough.downstream_cx_sni_no_route").await;
+    // Not TLS at all: closed, counted.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", passthrough))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    stat_above_zero(&tern, "listener.passthrough.downstream_cx_sni_error").await;
+    // Termination: the plaintext goes to the cluster.
+    let s = tls_connect(terminating, "l4.test", &client).await.unwrap();
+    assert_eq!(server_subject(&s), "CN=l4");
+    let (status, body, _) = get_over(s, "l4.test", "/echo", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(echoed(&body)["host"], "l4.test");
+    assert_eq!(tern.stat("listener.terminating.ssl.handshake").await, 1);
+}

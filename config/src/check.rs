@@ -846,8 +846,31 @@ impl Checker<'_> {
             }
         }
         if let Some(t) = &v.tcp_proxy {
-            if t.cluster.trim().is_empty() {
-                self.bad(l.file, t.cluster.pos, "tcp_proxy cluster must not be empty");
+            let routes = t.sni_routes.iter().map(|r| &r.cluster);
+            for c in t.cluster.iter().chain(routes) {
+                if c.trim().is_empty() {
+                    self.bad(l.file, c.pos, "tcp_proxy cluster must not be empty");
+                }
+            }
+            if t.cluster.is_none() && t.sni_routes.is_empty() {
+                self.bad(l.file, l.pos, "tcp_proxy needs a cluster or sni_routes");
+            }
+            for r in &t.sni_routes {
+                if r.server_names.is_empty() {
+                    self.bad(l.file, r.pos, "an SNI route needs server_names");
+                }
+                for n in &r.server_names {
+                    if !super::check_tls::server_name_ok(n) {
+                        self.bad(
+                            l.file,
+                            n.pos,
+                            format!(
+                                "server name {:?} is not a DNS name or a `*.` wildcard",
+                                n.value
+                            ),
+                        );
+                    }
+                }
             }
         }
         for u in v.upgrade_configs.iter().flatten() {
@@ -1190,8 +1213,11 @@ impl Checker<'_> {
                 }
             }
             if let Some(t) = &l.value.tcp_proxy {
-                if !clusters.contains_key(t.cluster.as_str()) {
-                    missing.push((l.file, &t.cluster, "cluster", clusters.keys()));
+                let routes = t.sni_routes.iter().map(|r| &r.cluster);
+                for c in t.cluster.iter().chain(routes) {
+                    if !clusters.contains_key(c.as_str()) {
+                        missing.push((l.file, c, "cluster", clusters.keys()));
+                    }
                 }
             }
         }

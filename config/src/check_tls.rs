@@ -443,7 +443,7 @@ pub fn resolve(yaml: &Path, file: &str) -> PathBuf {
 }
 
 /// `example.com` or `*.example.com`.
-fn server_name_ok(n: &str) -> bool {
+pub fn server_name_ok(n: &str) -> bool {
     sni_ok(n.strip_prefix("*.").unwrap_or(n))
 }
 

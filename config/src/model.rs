@@ -566,6 +566,24 @@ pub enum TraceFormat {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProxy {
+    /// The cluster that receives the connections (with `sni_routes`: those no route matches,
+    /// or that send no SNI; without it they are closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Spanned<String>>,
+    /// Routes by the SNI of the client's TLS ClientHello (Envoy's
+    /// `filter_chain_match.server_names`): the exact name, else the longest `*.` wildcard. On a
+    /// listener without `tls` the connection is passed through untouched (the upstream
+    /// terminates TLS); with `tls`, it is terminated and its plaintext routed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<Spanned<SniRoute>>,
+}
+
+/// One route of a TCP listener by SNI.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Server names: `example.com` or `*.example.com`.
+    pub server_names: Vec<Spanned<String>>,
     /// The cluster that receives the connections.
     pub cluster: Spanned<String>,
 }

@@ -22,6 +22,7 @@ pub mod fault;
 pub mod header_rules;
 pub mod rate_limit;
 pub mod retry;
+pub mod sni;
 
 /// A compiled route config.
 #[derive(Debug)]
