@@ -115,7 +115,10 @@ mod tests {
         // Not TLS.
         assert_eq!(hello_of(b"GET / HTTP/1.1\r\n\r\n".to_vec()).await, None);
         // A handshake record header announcing more than is sent, then the end.
-        assert_eq!(hello_of(vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await, None);
+        assert_eq!(
+            hello_of(vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await,
+            None
+        );
         // Records of garbage up to the cap.
         let mut big = Vec::new();
         while big.len() <= MAX_CLIENT_HELLO {
@@ -138,6 +141,9 @@ mod tests {
         let mut hello = Vec::new();
         conn.write_tls(&mut hello).unwrap();
         let n = hello.len();
-        assert_eq!(hello_of(hello).await, Some((n, Some("db.example.com".into()))));
+        assert_eq!(
+            hello_of(hello).await,
+            Some((n, Some("db.example.com".into())))
+        );
     }
 }

@@ -189,6 +189,17 @@ const EXAMPLES: &[Example] = &[
         ],
     },
     Example {
+        dir: "config-examples/tls",
+        backends: &[],
+        checks: &[Check {
+            listener: "0.0.0.0:8080",
+            path: "/hello",
+            status: 301,
+            body: &[],
+            header: Some(("location", "/hello")),
+        }],
+    },
+    Example {
         dir: "config-examples/quickstart",
         backends: &[],
         checks: &[
@@ -350,11 +361,22 @@ async fn prepare(ex: &Example) -> Prepared {
     for entry in walkdir::WalkDir::new(&src).sort_by_file_name() {
         let entry = entry.unwrap();
         let rel = entry.path().strip_prefix(&src).unwrap();
-        if !is_yaml(entry.path())
-            || rel
-                .components()
-                .any(|c| is_hidden(Path::new(c.as_os_str())))
+        if rel
+            .components()
+            .any(|c| is_hidden(Path::new(c.as_os_str())))
         {
+            continue;
+        }
+        // Key material named by the example travels with it, unchanged.
+        if matches!(
+            entry.path().extension().and_then(|e| e.to_str()),
+            Some("pem" | "key")
+        ) {
+            let bytes = std::fs::read_to_string(entry.path()).unwrap();
+            dir.write(&rel.to_string_lossy(), &bytes);
+            continue;
+        }
+        if !is_yaml(entry.path()) {
             continue;
         }
         let text = std::fs::read_to_string(entry.path()).unwrap();

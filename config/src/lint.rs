@@ -140,7 +140,17 @@ fn unreachable_routes(vh: &VirtualHost, mut out: impl FnMut(Local)) {
                 ),
             });
         }
-        earlier.add(m, r.matcher.pos);
+        // A redirect to https takes only plaintext requests: those over TLS pass it over.
+        let to_https = r.redirect.as_ref().is_some_and(|rd| {
+            rd.https_redirect
+                || rd
+                    .scheme_redirect
+                    .as_ref()
+                    .is_some_and(|s| s.value == "https")
+        });
+        if !to_https {
+            earlier.add(m, r.matcher.pos);
+        }
     }
 }
 
