@@ -704,6 +704,8 @@ async fn an_idle_tunnel_is_closed_and_counted_while_open() {
             .await,
         1
     );
+    // It also counts toward the process's connections (the global connection limit).
+    assert_eq!(t.stat("server.total_connections").await, 1);
     // Then silence: the tunnel is closed by the idle timeout.
     let rest = read_to_close(&mut s).await;
     assert!(rest.is_empty(), "{rest:?}");
@@ -718,6 +720,7 @@ async fn an_idle_tunnel_is_closed_and_counted_while_open() {
     );
     assert_eq!(t.stat("cluster.c.upstream_rq_active").await, 0);
     assert!(t.stat("listener.ingress.downstream_rq_idle_timeout").await >= 1);
+    assert_eq!(t.stat("server.total_connections").await, 0);
 }
 
 // ---- Item 4: a client's fault is the client's ----
@@ -962,6 +965,18 @@ async fn a_repeated_content_length_is_sent_once() {
         .collect();
     assert_eq!(lines, vec!["content-length: 2"], "{r}");
     assert!(r.ends_with("\r\n\r\nhi"), "{r:?}");
+
+    // A body larger than what is in flight at once still arrives whole: the connection that is
+    // not reused carries it to its end.
+    let body = "x".repeat(300_000);
+    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: 300000, 300000\r\n\r\n{body}");
+    let up = Upstream::start(Mode::Fixed(Box::leak(resp.into_bytes().into_boxed_slice()))).await;
+    let t = start("", "", "", up.addr).await;
+    let r = t
+        .raw(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&r), 200);
+    assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{} bytes", r.len());
 }
 
 // ---- Item 10: bodies on any method ----

@@ -220,6 +220,7 @@ pub fn check(sources: &mut Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets
             .flat_map(|o| o.headers.values().map(|v| v.value.clone()))
     }));
     secrets.add_values(inline_pem_lines(&cfg));
+    secrets.add_values(sensitive_rule_values(&cfg));
     for d in &mut diags {
         secrets.scrub(d);
     }
@@ -261,6 +262,39 @@ fn inline_pem_lines(cfg: &Config) -> Vec<String> {
         // The armour lines are no secret, and messages name them ("no -----BEGIN ...").
         .filter(|l| !l.starts_with("-----"))
         .collect()
+}
+
+/// Values that header rules set on credential headers ([`super::secrets::sensitive_header`]),
+/// at every level: never quoted in a diagnostic.
+fn sensitive_rule_values(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut take = |rules: &[Spanned<super::HeaderValueOption>]| {
+        out.extend(
+            rules
+                .iter()
+                .filter(|r| super::secrets::sensitive_header(&r.header.key))
+                .map(|r| r.header.value.value.clone()),
+        );
+    };
+    for rc in &cfg.route_configs {
+        let rc = &rc.value;
+        take(&rc.request_headers_to_add);
+        take(&rc.response_headers_to_add);
+        for vh in &rc.virtual_hosts {
+            take(&vh.request_headers_to_add);
+            take(&vh.response_headers_to_add);
+            for r in &vh.routes {
+                take(&r.request_headers_to_add);
+                take(&r.response_headers_to_add);
+                let split = r.route.as_ref().and_then(|a| a.weighted_clusters.as_ref());
+                for w in split.iter().flat_map(|w| w.clusters.iter()) {
+                    take(&w.request_headers_to_add);
+                    take(&w.response_headers_to_add);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The top level of a file with every item left unparsed, to find where each item is.

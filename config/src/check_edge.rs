@@ -38,6 +38,9 @@ pub fn immutable(name: &str, dir: Direction) -> Option<&'static str> {
         Some("pseudo-headers cannot be changed by header rules")
     } else if HOP_BY_HOP.contains(&name) {
         Some("hop-by-hop headers are removed on every hop and cannot be set or removed")
+    } else if name == "content-length" {
+        // The body's framing: a rule could only truncate a body or leave a peer waiting for one.
+        Some("`content-length` is the body's framing and cannot be set or removed by header rules")
     } else if dir == Direction::Request && name == "host" {
         Some("`host` cannot be changed by header rules; use the route's `host_rewrite`")
     } else {

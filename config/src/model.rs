@@ -811,14 +811,30 @@ pub struct HeaderValueOption {
 }
 
 /// A header name and its value.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderKeyValue {
     /// Header name (case-insensitive).
     pub key: Spanned<String>,
     /// Value: text and access-log operators such as `%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%`
-    /// or `%REQ(X-NAME)%` (`%%` is a `%`).
+    /// or `%REQ(X-NAME)%` (`%%` is a `%`). The value of a credential header (`authorization`, a
+    /// cookie, an API key or token) is shown as `<redacted>` in `/config_dump` and diagnostics.
     pub value: Spanned<String>,
+}
+
+// By hand: a credential a rule adds upstream must not show in `/config_dump`.
+impl Serialize for HeaderKeyValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HeaderKeyValue", 2)?;
+        st.serialize_field("key", &self.key)?;
+        if crate::secrets::sensitive_header(&self.key) {
+            st.serialize_field("value", crate::secrets::REDACTED)?;
+        } else {
+            st.serialize_field("value", &self.value)?;
+        }
+        st.end()
+    }
 }
 
 /// Envoy's `HeaderValueOption.append_action`.

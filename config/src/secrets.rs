@@ -17,6 +17,26 @@ use super::source::Sources;
 /// What a secret is shown as.
 pub const REDACTED: &str = "<redacted>";
 
+/// Whether a header carries a credential, so that a header rule's value for it is never shown:
+/// `authorization`, `proxy-authorization`, cookies, and names that say key, token, secret or
+/// password.
+pub fn sensitive_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "credential",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
 /// Values shorter than this are not searched for in messages (they would hide ordinary words);
 /// they are still hidden in quoted lines, by position.
 const MIN_SCRUBBED_LEN: usize = 4;
@@ -376,5 +396,39 @@ mod tests {
         );
         s.scrub(&mut d);
         assert_eq!(d.message, "found `<redacted>`");
+    }
+
+    #[test]
+    fn credential_header_rules_are_never_shown() {
+        assert!(sensitive_header("Authorization") && sensitive_header("x-api-key"));
+        assert!(sensitive_header("X-Auth-Token") && sensitive_header("set-cookie"));
+        assert!(!sensitive_header("x-canary") && !sensitive_header("keep-alive"));
+        // A rule that adds a credential upstream, and an error on the same route.
+        let text = "route_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: / }\n            route: { cluster: nowhere }\n            request_headers_to_add:\n              - header: { key: authorization, value: \"Bearer sk-live-9876\" }\n              - header: { key: x-team, value: payments }\n";
+        let mut sources = Sources {
+            files: vec![crate::SourceFile {
+                path: "routes.yaml".into(),
+                text: text.into(),
+            }],
+            ..Default::default()
+        };
+        let (cfg, diags, secrets) = crate::check::check(&mut sources);
+        assert!(cfg.is_none(), "the cluster is not defined");
+        let line = "              - header: { key: authorization, value: \"Bearer sk-live-9876\" }";
+        let (red, _) = secrets.redact_line(Path::new("routes.yaml"), 10, line, 0);
+        assert!(!red.contains("sk-live-9876"), "{red}");
+        assert!(diags.iter().all(|d| !d.message.contains("sk-live-9876")));
+        // And `/config_dump`: the model serialises the value as redacted, other values as they are.
+        let kv: crate::HeaderKeyValue =
+            serde_saphyr::from_str("{ key: authorization, value: \"Bearer sk-live-9876\" }")
+                .unwrap();
+        let json = serde_json::to_string(&kv).unwrap();
+        assert!(
+            json.contains(REDACTED) && !json.contains("sk-live"),
+            "{json}"
+        );
+        let kv: crate::HeaderKeyValue =
+            serde_saphyr::from_str("{ key: x-team, value: payments }").unwrap();
+        assert!(serde_json::to_string(&kv).unwrap().contains("payments"));
     }
 }

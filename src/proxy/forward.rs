@@ -586,11 +586,15 @@ async fn try_once(
             let status = resp.status().as_u16();
             cs.upstream_rq_xx.record(status);
             outlier::report(cluster, ep, Outcome::Status(status));
-            // After a framing problem the connection is not trusted with another request.
+            // After a framing problem the connection is not trusted with another request; it
+            // still carries this response to its end (dropping it would cut the body short).
             let mut active = active;
             active.tls_version = lease.tls_version();
-            let lease = (framing == Framing::Clean).then_some(lease);
-            Try::Response(resp, lease, active)
+            let lease = match framing {
+                Framing::Clean => lease,
+                _ => lease.no_reuse(),
+            };
+            Try::Response(resp, Some(lease), active)
         }
         Err(SendError::Reset(e)) if e.is_parse() => {
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");

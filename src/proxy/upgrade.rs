@@ -87,6 +87,7 @@ pub(super) async fn forward(
     let tunnel = Tunnel {
         tunnels: &cx.conn.shared.tunnels,
         stats: cx.listener.stats.clone(),
+        shared: cx.conn.shared.clone(),
         idle: limits.idle,
         rec: cx.rec.clone(),
     };
@@ -152,6 +153,8 @@ pub struct Tunnel<'a> {
     pub tunnels: &'a Tunnels,
     /// The listener's stats: the tunnel counts as an open connection.
     pub stats: Arc<ListenerStats>,
+    /// Process state: the tunnel also counts toward the global connection limit.
+    pub shared: Arc<crate::state::Shared>,
     /// Close the tunnel after this long without a byte either way.
     pub idle: Option<Duration>,
     /// The request's record, ended when the tunnel closes.
@@ -220,7 +223,11 @@ pub async fn proxy(
         let name = cluster.name.clone();
         let stop = tunnel.tunnels.stop_token();
         let Tunnel {
-            stats, idle, rec, ..
+            stats,
+            shared,
+            idle,
+            rec,
+            ..
         } = tunnel;
         tunnel.tunnels.spawn(async move {
             // The endpoint stays counted as busy for as long as the tunnel is open.
@@ -230,7 +237,7 @@ pub async fn proxy(
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
                     // The HTTP connection ended with the upgrade; the tunnel is the connection now.
-                    let _open = OpenTunnel::new(&stats);
+                    let _open = OpenTunnel::new(&stats, &shared);
                     let last = Arc::new(AtomicU64::new(crate::timer::now_ms()));
                     let mut down = ReadCount::new(TokioIo::new(down), last.clone());
                     let mut up = ReadCount::new(TokioIo::new(up), last.clone());
@@ -278,19 +285,27 @@ async fn idle_for(idle: Option<Duration>, last: &AtomicU64) {
 }
 
 /// An open tunnel, counted in the listener's open connections and upgrades while it lives.
-struct OpenTunnel<'a>(&'a ListenerStats);
+struct OpenTunnel<'a>(&'a ListenerStats, &'a crate::state::Shared);
 
 impl<'a> OpenTunnel<'a> {
-    fn new(stats: &'a ListenerStats) -> OpenTunnel<'a> {
+    /// Counts the tunnel as an open connection of its listener and of the process: the HTTP
+    /// connection that carried the upgrade gave its slots back when it ended with the 101.
+    fn new(stats: &'a ListenerStats, shared: &'a crate::state::Shared) -> OpenTunnel<'a> {
         stats.downstream_cx_active.inc();
         stats.downstream_cx_upgrades_total.inc();
         stats.downstream_cx_upgrades_active.inc();
-        OpenTunnel(stats)
+        // Always admitted (it is open already); new connections see it against the limit.
+        shared.overload.admit(None);
+        shared.stats.server.total_connections.inc();
+        OpenTunnel(stats, shared)
     }
 }
 
 impl Drop for OpenTunnel<'_> {
     fn drop(&mut self) {
+        // The process count first: whoever sees the listener's count at 0 sees this one too.
+        self.1.overload.release();
+        self.1.stats.server.total_connections.dec();
         self.0.downstream_cx_active.dec();
         self.0.downstream_cx_upgrades_active.dec();
     }

@@ -159,6 +159,12 @@ impl Lease {
         self.tls_version
     }
 
+    /// The connection carries this exchange to its end, then closes instead of being reused.
+    pub fn no_reuse(mut self) -> Lease {
+        self.reusable = false;
+        self
+    }
+
     /// Lets the connection finish sending a request body that outlasts its complete response
     /// (an early answer), then close; it is never reused. An upstream that stops taking the body
     /// for `idle` while the client is not the one holding it up gets its connection closed then;
