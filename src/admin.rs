@@ -268,6 +268,8 @@ struct HostView {
     rq_total: u64,
     rq_error: u64,
     cx_idle: usize,
+    /// HTTP/2 connections (open or being set up).
+    cx_http2: usize,
     ejections: u64,
     consecutive_5xx: u32,
     consecutive_gateway_failure: u32,
@@ -363,6 +365,7 @@ fn host_view(e: &crate::upstream::cluster::Endpoint, now: u64) -> HostView {
         rq_total: s.rq_total.load(Relaxed),
         rq_error: s.rq_error.load(Relaxed),
         cx_idle: s.pool.idle_count(),
+        cx_http2: s.pool.h2.len(),
         ejections: s.outlier.ejections.load(Relaxed),
         consecutive_5xx: s.outlier.consecutive_5xx(),
         consecutive_gateway_failure: s.outlier.consecutive_gateway_failure(),
@@ -441,6 +444,7 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
                             "rq_total": h.rq_total,
                             "rq_error": h.rq_error,
                             "cx_idle": h.cx_idle,
+                            "cx_http2": h.cx_http2,
                         },
                         "outlier": {
                             "ejections": h.ejections,
@@ -452,6 +456,7 @@ fn clusters(shared: &Shared, json: bool) -> Response<Full<Bytes>> {
                 .collect();
             out.push(serde_json::json!({
                 "name": name,
+                "protocol": c.conn.protocol.name(),
                 "circuit_breakers": cb,
                 "outlier_detection": od,
                 "health_checked": c.health.is_some(),

@@ -179,6 +179,12 @@ async fn accept_loop(
                     .initial_connection_window_size(limits.h2_initial_connection_window_size)
                     .max_header_list_size(limits.max_request_headers_bytes)
                     .max_send_buf_size(limits.buffer_limit_bytes as usize);
+                if let Some((interval, timeout)) = limits.h2_keepalive {
+                    builder
+                        .http2()
+                        .keep_alive_interval(interval)
+                        .keep_alive_timeout(timeout);
+                }
                 let timeouts = Timeouts {
                     idle: lr.idle_timeout,
                     headers: lr.request_headers_timeout,

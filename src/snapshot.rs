@@ -85,6 +85,8 @@ pub struct ConnLimits {
     pub h2_initial_stream_window_size: u32,
     /// HTTP/2 `initial_connection_window_size`.
     pub h2_initial_connection_window_size: u32,
+    /// HTTP/2 `connection_keepalive` as `(interval, timeout)`.
+    pub h2_keepalive: Option<(Duration, Duration)>,
 }
 
 impl ConnLimits {
@@ -121,6 +123,9 @@ impl ConnLimits {
                 |h| h.initial_connection_window_size.as_ref().map(|v| v.value),
                 d::H2_INITIAL_CONNECTION_WINDOW_SIZE,
             ),
+            h2_keepalive: h2
+                .and_then(|h| h.connection_keepalive.as_ref())
+                .map(|k| (k.interval.0, k.timeout.0)),
         }
     }
 }

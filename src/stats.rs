@@ -379,6 +379,8 @@ stats_table! {
             "Upstream responses refused as malformed or ambiguously framed (502).";
         upstream_rq_no_healthy: Counter, "Requests with no healthy endpoint to go to.";
         upstream_cx_total: Counter, "Upstream connections opened by the TCP proxy.";
+        upstream_cx_http1_total: Counter, "Upstream HTTP/1.1 connections opened.";
+        upstream_cx_http2_total: Counter, "Upstream HTTP/2 connections opened.";
         upstream_rq_active: Gauge, "Upstream requests in flight.";
         upstream_rq_xx: StatusClasses, "Upstream responses by status class.";
         upstream_cx_overflow: Counter, "Requests refused because max_connections was reached.";

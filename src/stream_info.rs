@@ -39,7 +39,7 @@ impl Flags {
     pub const RL: Flags = Flags(1 << 8);
     /// `DC`: downstream connection closed before the response ended.
     pub const DC: Flags = Flags(1 << 9);
-    /// `UR`: upstream reset before response headers.
+    /// `UR`: the upstream reset the stream (HTTP/2 `RST_STREAM`) before or during the response.
     pub const UR: Flags = Flags(1 << 10);
     /// `SI`: stream idle timeout.
     pub const SI: Flags = Flags(1 << 11);
@@ -50,9 +50,12 @@ impl Flags {
 
     /// `OM`: refused by the overload manager.
     pub const OM: Flags = Flags(1 << 14);
+    /// `UC`: the upstream connection ended before the response did (closed, failed, an
+    /// unanswered PING), as opposed to `UR`, the upstream resetting the stream.
+    pub const UC: Flags = Flags(1 << 15);
 
     /// Every flag with its code, in Envoy's order of appearance.
-    pub const ALL: [(Flags, &'static str); 15] = [
+    pub const ALL: [(Flags, &'static str); 16] = [
         (Flags::UH, "UH"),
         (Flags::UF, "UF"),
         (Flags::UO, "UO"),
@@ -64,6 +67,7 @@ impl Flags {
         (Flags::RL, "RL"),
         (Flags::DC, "DC"),
         (Flags::UR, "UR"),
+        (Flags::UC, "UC"),
         (Flags::SI, "SI"),
         (Flags::DPE, "DPE"),
         (Flags::UPE, "UPE"),

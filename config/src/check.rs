@@ -210,6 +210,7 @@ pub fn check(sources: &mut Sources) -> (Option<Config>, Vec<Diagnostic>, Secrets
     super::check_discovery::check(&cfg, &mut diags);
     super::check_observability::check(&cfg, &mut diags);
     super::check_edge::check(&cfg, &mut diags);
+    super::check_http2::check(&cfg, &mut diags);
     super::lint::lint(&cfg, admin_at, &mut diags);
 
     // A message may quote a value (`found `...``): never a secret one.
@@ -934,9 +935,7 @@ impl Checker<'_> {
 
     /// Connection and header limits of a listener.
     fn limits(&mut self, l: &Def<Listener>) {
-        use super::defaults::{
-            H2_MAX_WINDOW_SIZE, H2_MIN_WINDOW_SIZE, MAX_REQUEST_HEADERS_KB_LIMIT,
-        };
+        use super::defaults::MAX_REQUEST_HEADERS_KB_LIMIT;
         let (f, v) = (l.file, &l.value);
         if let Some(m) = &v.max_connections {
             if m.value == 0 {
@@ -964,28 +963,6 @@ impl Checker<'_> {
                     b.pos,
                     "per_connection_buffer_limit_bytes must be at least 1024",
                 );
-            }
-        }
-        if let Some(h2) = &v.http2_protocol_options {
-            if let Some(m) = &h2.max_concurrent_streams {
-                if m.value == 0 {
-                    self.bad(f, m.pos, "max_concurrent_streams must be at least 1");
-                }
-            }
-            for w in [
-                &h2.initial_stream_window_size,
-                &h2.initial_connection_window_size,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if !(H2_MIN_WINDOW_SIZE..=H2_MAX_WINDOW_SIZE).contains(&w.value) {
-                    self.bad(
-                        f,
-                        w.pos,
-                        format!("an HTTP/2 window must be {H2_MIN_WINDOW_SIZE}..={H2_MAX_WINDOW_SIZE} bytes"),
-                    );
-                }
             }
         }
     }

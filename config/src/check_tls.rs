@@ -67,8 +67,9 @@ pub fn check(cfg: &mut Config, data: &mut DataFiles, limits: &Limits, diags: &mu
             now,
             diags,
         };
+        let protocol = c.value.protocol();
         if let Some(t) = &mut c.value.tls {
-            ck.cluster_tls(t);
+            ck.cluster_tls(t, protocol);
         }
     }
     data.keep_used();
@@ -382,7 +383,7 @@ impl Ck<'_> {
         }
     }
 
-    fn cluster_tls(&mut self, t: &mut Spanned<ClusterTls>) {
+    fn cluster_tls(&mut self, t: &mut Spanned<ClusterTls>, protocol: ClusterProtocol) {
         if let Some(s) = &t.sni {
             if !sni_ok(s) {
                 self.bad(s.pos, format!("sni {:?} is not a DNS name", s.value));
@@ -420,10 +421,15 @@ impl Ck<'_> {
         for a in &t.alpn {
             if a.is_empty() || a.len() > 255 {
                 self.bad(a.pos, "an ALPN protocol name is 1 to 255 bytes");
-            } else if a.as_str() == "h2" {
-                self.bad(
-                    a.pos,
-                    "upstream connections speak HTTP/1.1: a cluster cannot offer h2",
+            } else if a.as_str() == "h2" && protocol == ClusterProtocol::Http1 {
+                self.diags.push(
+                    Diagnostic::error(
+                        codes::BAD_VALUE,
+                        self.file,
+                        a.pos,
+                        "this cluster speaks HTTP/1.1 (protocol http1): it cannot offer h2",
+                    )
+                    .with_help("set `protocol: http2` or `auto` instead; the cluster then offers h2 itself"),
                 );
             }
         }

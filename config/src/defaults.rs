@@ -87,13 +87,18 @@ pub const MAX_HEADERS_COUNT: u32 = 100;
 /// Listener `per_connection_buffer_limit_bytes` (Envoy's edge recommendation; its default is
 /// 1 MiB).
 pub const PER_CONNECTION_BUFFER_LIMIT_BYTES: u32 = 32 * 1024;
-/// HTTP/2 `max_concurrent_streams` (Envoy's edge recommendation).
+/// Listener HTTP/2 `max_concurrent_streams` (Envoy's edge recommendation). A cluster has no cap
+/// of its own by default: the endpoint's `SETTINGS_MAX_CONCURRENT_STREAMS` decides.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
-/// HTTP/2 `initial_stream_window_size` (the protocol's default; Envoy's edge recommendation is
-/// 64 KiB).
+/// HTTP/2 `initial_stream_window_size` of listeners and clusters (the protocol's default;
+/// Envoy's edge recommendation is 64 KiB, for listeners and clusters alike).
 pub const H2_INITIAL_STREAM_WINDOW_SIZE: u32 = 65_535;
-/// HTTP/2 `initial_connection_window_size` (Envoy's edge recommendation).
+/// HTTP/2 `initial_connection_window_size` of listeners and clusters (Envoy's edge
+/// recommendation).
 pub const H2_INITIAL_CONNECTION_WINDOW_SIZE: u32 = 1024 * 1024;
+/// Streams an upstream HTTP/2 connection is assumed to take until the endpoint's SETTINGS say
+/// how many (RFC 9113 §6.5.2 asks peers to allow at least 100; hyper's and h2's default).
+pub const H2_INITIAL_MAX_SEND_STREAMS: u32 = 100;
 /// Smallest HTTP/2 window (the protocol's initial window).
 pub const H2_MIN_WINDOW_SIZE: u32 = 65_535;
 /// Largest HTTP/2 window (2^31 - 1).

@@ -15,6 +15,7 @@
 pub mod check;
 pub mod check_discovery;
 pub mod check_edge;
+pub mod check_http2;
 pub mod check_observability;
 pub mod check_resilience;
 pub mod check_tls;

@@ -374,7 +374,8 @@ pub struct ClusterTls {
     /// Certificate presented to upstreams that ask for one (mutual TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<Spanned<ClientCertificate>>,
-    /// ALPN protocols offered (default none). Upstream HTTP is HTTP/1.1 only.
+    /// ALPN protocols offered (default none) on an `http1` cluster; `protocol: http2` and `auto`
+    /// set their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<Spanned<String>>,
     /// Lowest version accepted (default `TLSv1_2`).
@@ -460,6 +461,20 @@ pub struct Http2ProtocolOptions {
     /// Flow-control window of the connection, in bytes (default 1 MiB, 65535..2147483647).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_connection_window_size: Option<Spanned<u32>>,
+    /// PING frames that find a dead connection: one is sent when nothing arrived for `interval`,
+    /// and the connection is closed when it is not answered within `timeout` (default off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_keepalive: Option<Spanned<Http2Keepalive>>,
+}
+
+/// HTTP/2 PING keep-alive (Envoy's `connection_keepalive`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Keepalive {
+    /// Time without a frame from the peer after which a PING is sent.
+    pub interval: Spanned<Dur>,
+    /// Time a PING has to be answered; unanswered, the connection is closed.
+    pub timeout: Spanned<Dur>,
 }
 
 /// One access log sink.
@@ -1106,6 +1121,37 @@ pub struct Cluster {
     /// TLS to the endpoints (HTTPS upstreams, mutual TLS); health checks use it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Spanned<ClusterTls>>,
+    /// The HTTP version spoken to the endpoints (default `http1`): `http2` (prior knowledge on
+    /// plain TCP, ALPN `h2` over TLS) or `auto` (ALPN `h2,http/1.1` over TLS, HTTP/1.1 on plain
+    /// TCP: Envoy's `auto_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Spanned<ClusterProtocol>>,
+    /// HTTP/2 settings of the cluster's connections (`protocol: http2` or `auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_protocol_options: Option<Spanned<Http2ProtocolOptions>>,
+}
+
+/// The HTTP version a cluster speaks to its endpoints (Envoy's `explicit_http_config` and
+/// `auto_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterProtocol {
+    /// HTTP/1.1 with keep-alive pooling.
+    #[default]
+    Http1,
+    /// HTTP/2: multiplexed connections (h2c with prior knowledge on plain TCP).
+    Http2,
+    /// HTTP/2 or HTTP/1.1 as ALPN decides over TLS; HTTP/1.1 on plain TCP.
+    Auto,
+}
+
+impl Cluster {
+    /// The protocol as written (default `http1`).
+    pub fn protocol(&self) -> ClusterProtocol {
+        self.protocol
+            .as_ref()
+            .map_or_else(Default::default, |p| p.value)
+    }
 }
 
 /// Socket options of upstream connections (Envoy's `upstream_connection_options`).

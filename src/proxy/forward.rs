@@ -31,6 +31,7 @@ use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
 use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
 use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::connect::Connector;
+use crate::upstream::h2::{Failure, Protocol};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::{Lease, SendError, Target, UpBody};
 
@@ -69,6 +70,12 @@ pub(super) async fn forward(
         }
     };
     let (cluster, cluster_rules) = fwd.pick();
+    // An HTTP/1.1 upgrade cannot be carried over HTTP/2 (RFC 8441's extended CONNECT is not
+    // spoken): refused as an upgrade the route does not take.
+    if upgrade.is_some() && cluster.conn.protocol == Protocol::Http2 {
+        cx.listener.stats.downstream_rq_ws_on_non_ws_route.inc();
+        return Err(LocalReply::UpgradeRejected);
+    }
     cx.cluster_rules = cluster_rules.cloned();
     let cs = &cluster.stats;
     cx.record(|i| i.upstream_cluster = Some(cluster.name.clone()));
@@ -293,6 +300,7 @@ pub(super) async fn forward(
                 ))
             }
             Try::Failed(local) => Err(local),
+            Try::RefusedStream => Err(LocalReply::UpstreamReset),
             Try::ClientFault(f) => Err(fault_reply(f)),
         };
     }
@@ -399,6 +407,8 @@ enum Try {
     /// The response, and its connection's lease unless the connection must not be reused.
     Response(Response<Incoming>, Option<Lease>, ActiveRequest),
     Failed(LocalReply),
+    /// The upstream refused the stream (`REFUSED_STREAM`): 503 `UR`, retried by `refused-stream`.
+    RefusedStream,
     /// The client's request body failed: its fault, not the upstream's (never scored or retried).
     ClientFault(BodyFault),
 }
@@ -411,9 +421,12 @@ impl Try {
             Try::Failed(LocalReply::ConnectFailure | LocalReply::UpstreamTlsError) => {
                 TryOutcome::ConnectFailure
             }
-            Try::Failed(LocalReply::UpstreamReset | LocalReply::UpstreamProtocolError) => {
-                TryOutcome::Reset
-            }
+            Try::Failed(
+                LocalReply::UpstreamReset
+                | LocalReply::UpstreamConnectionTermination
+                | LocalReply::UpstreamProtocolError,
+            ) => TryOutcome::Reset,
+            Try::RefusedStream => TryOutcome::RefusedStream,
             Try::Failed(LocalReply::UpstreamTimeout) => TryOutcome::Timeout,
             Try::Failed(_) | Try::ClientFault(_) => TryOutcome::Refused,
         }
@@ -616,7 +629,13 @@ async fn try_once(
             cs.upstream_rq_reset.inc();
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream reset");
             outlier::report(cluster, ep, Outcome::Reset);
-            Try::Failed(LocalReply::UpstreamReset)
+            match Failure::of(&e) {
+                Failure::RemoteReset => Try::Failed(LocalReply::UpstreamReset),
+                Failure::RefusedStream => Try::RefusedStream,
+                Failure::GoAway | Failure::ConnectionTermination => {
+                    Try::Failed(LocalReply::UpstreamConnectionTermination)
+                }
+            }
         }
         Err(SendError::ConnectionOverflow | SendError::PendingOverflow) => {
             Try::Failed(LocalReply::Overflow)

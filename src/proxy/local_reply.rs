@@ -24,8 +24,10 @@ pub enum LocalReply {
     /// The TLS handshake with the endpoint failed: its certificate did not verify, or the
     /// protocol (503, flag `UF` as in Envoy).
     UpstreamTlsError,
-    /// The upstream closed or reset before sending response headers (503).
+    /// The upstream reset the stream before sending response headers (503, `UR`).
     UpstreamReset,
+    /// The upstream connection ended before response headers (503, `UC`).
+    UpstreamConnectionTermination,
     /// No response headers within the route timeout (504).
     UpstreamTimeout,
     /// The listener was removed by a reload while this connection was open (503).
@@ -76,6 +78,10 @@ impl LocalReply {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream reset before response\n",
             ),
+            LocalReply::UpstreamConnectionTermination => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connection closed before response\n",
+            ),
             LocalReply::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n"),
             LocalReply::ListenerGone => (StatusCode::SERVICE_UNAVAILABLE, "listener draining\n"),
             LocalReply::Overflow => (StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n"),
@@ -106,6 +112,7 @@ impl LocalReply {
             LocalReply::NoHealthyUpstream => Flags::UH,
             LocalReply::ConnectFailure | LocalReply::UpstreamTlsError => Flags::UF,
             LocalReply::UpstreamReset => Flags::UR,
+            LocalReply::UpstreamConnectionTermination => Flags::UC,
             LocalReply::UpstreamTimeout => Flags::UT,
             LocalReply::Overflow => Flags::UO,
             LocalReply::RateLimited(_) => Flags::RL,

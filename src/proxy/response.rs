@@ -15,6 +15,7 @@ use crate::stats::{ClusterStats, ListenerStats, RouteStats};
 use crate::stream_info::{Flags, Recorder};
 use crate::upstream::body::{BodyFault, Exchange};
 use crate::upstream::cluster::ActiveRequest;
+use crate::upstream::h2::Failure;
 use crate::upstream::pool::Lease;
 
 /// A lazily armed body idle timer: no timer exists while data keeps arriving.
@@ -48,7 +49,7 @@ pub struct Finish {
     pub(super) rec: Option<Recorder>,
     pub(super) bytes: u64,
     pub(super) ended: bool,
-    // Set when the body ended with an error (idle timeout: SI; an upstream error: UR).
+    // Set when the body ended with an error (idle timeout: SI; the upstream's: UR or UC).
     pub(super) outcome: Flags,
 }
 
@@ -73,7 +74,14 @@ impl Finish {
     }
 }
 
-const ERRORED: Flags = Flags::UR;
+/// The flag of a response body the upstream cut: `UR` for a reset stream (HTTP/2
+/// `RST_STREAM`), `UC` for a connection that ended.
+fn upstream_cut(e: &(dyn std::error::Error + 'static)) -> Flags {
+    match Failure::of(e) {
+        Failure::RemoteReset | Failure::RefusedStream => Flags::UR,
+        Failure::GoAway | Failure::ConnectionTermination => Flags::UC,
+    }
+}
 
 /// What an upstream response head says about its framing, as checked before it is forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +169,7 @@ pin_project_lite::pin_project! {
 impl<B> Body for Upstream<B>
 where
     B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::error::Error + 'static,
 {
     type Data = B::Data;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -184,14 +192,14 @@ where
                         }
                     }
                     // Cut because the client's upload failed: the client's fault's flag.
-                    Some(Err(_)) => {
+                    Some(Err(e)) => {
                         this.fin
                             .outcome
                             .set(match this.exchange.as_ref().and_then(|e| e.fault()) {
                                 Some(BodyFault::Idle) => Flags::SI,
                                 Some(BodyFault::Malformed) => Flags::DPE,
                                 Some(BodyFault::Aborted | BodyFault::Timeout) => Flags::DC,
-                                None => ERRORED,
+                                None => upstream_cut(e),
                             })
                     }
                     None => this.fin.ended = true,

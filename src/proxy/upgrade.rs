@@ -100,7 +100,7 @@ pub(super) async fn forward(
         Ok(r) => r.map_err(|e| match e {
             UpgradeError::Connect => LocalReply::ConnectFailure,
             UpgradeError::Tls => LocalReply::UpstreamTlsError,
-            UpgradeError::Reset => LocalReply::UpstreamReset,
+            UpgradeError::Reset => LocalReply::UpstreamConnectionTermination,
         })?,
         Err(_) => {
             // A handshake left unanswered must not hold its `max_requests` slot for ever.

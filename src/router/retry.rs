@@ -89,7 +89,13 @@ impl RetryPolicy {
 
     /// Whether a reset before response headers (or a per-try timeout) is retried.
     pub fn on_reset(&self) -> bool {
-        self.on & (ON_5XX | ON_GATEWAY | ON_RESET | ON_REFUSED) != 0
+        self.on & (ON_5XX | ON_GATEWAY | ON_RESET) != 0
+    }
+
+    /// Whether a stream the upstream refused (`REFUSED_STREAM`: not processed) is retried:
+    /// `refused-stream`, or any condition that retries resets (Envoy's).
+    pub fn on_refused_stream(&self) -> bool {
+        self.on_reset() || self.on & ON_REFUSED != 0
     }
 
     /// Full-jitter back-off before retry `n` (1-based): random in [0, min(max, (2^n - 1) × base)].
@@ -112,6 +118,8 @@ pub enum TryOutcome {
     ConnectFailure,
     /// The upstream closed or reset before response headers.
     Reset,
+    /// The upstream refused the stream (HTTP/2 `REFUSED_STREAM`) before processing it.
+    RefusedStream,
     /// No response headers in time (a per-try timeout, or the route deadline).
     Timeout,
     /// Refused locally (a circuit breaker): never retried.
@@ -126,6 +134,7 @@ impl RetryPolicy {
             TryOutcome::Status(s) => self.on_status(s),
             TryOutcome::ConnectFailure => self.on_connect_failure(),
             TryOutcome::Reset => self.on_reset(),
+            TryOutcome::RefusedStream => self.on_refused_stream(),
             TryOutcome::Timeout => self.on_reset() && !deadline_passed,
             TryOutcome::Refused => false,
         }
@@ -226,6 +235,17 @@ mod tests {
             p.retries(TryOutcome::Status(500), false) && !p.retries(TryOutcome::Status(404), false)
         );
         assert!(!p.retries(TryOutcome::Refused, false));
+        // `refused-stream` is about REFUSED_STREAM only; resets and timeouts are `reset`'s.
+        let p = policy("retry_on: refused-stream\n");
+        assert!(p.retries(TryOutcome::RefusedStream, false));
+        assert!(!p.retries(TryOutcome::Reset, false));
+        assert!(!p.retries(TryOutcome::Timeout, false));
+        for on in ["reset", "5xx", "gateway-error"] {
+            let p = policy(&format!("retry_on: {on}\n"));
+            assert!(p.retries(TryOutcome::RefusedStream, false), "{on}");
+        }
+        let p = policy("retry_on: connect-failure\n");
+        assert!(!p.retries(TryOutcome::RefusedStream, false));
     }
 
     #[test]

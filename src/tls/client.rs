@@ -25,6 +25,9 @@ use super::provider;
 #[derive(Debug)]
 pub struct UpstreamTls {
     config: Arc<rustls::ClientConfig>,
+    /// The configuration of the cluster's HTTP connections when its protocol sets their ALPN
+    /// (`http2`: h2; `auto`: h2, http/1.1); `None`: `config`.
+    http: Option<Arc<rustls::ClientConfig>>,
     /// `sni`: the name every endpoint is reached by.
     sni: Option<ServerName<'static>>,
     /// The client certificate, for the expiration gauge.
@@ -122,6 +125,7 @@ impl UpstreamTls {
         };
         Ok(UpstreamTls {
             config: Arc::new(config),
+            http: None,
             sni,
             client_cert,
         })
@@ -142,13 +146,27 @@ impl UpstreamTls {
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
     }
 
-    /// Runs the handshake on a connected socket.
+    /// The same settings, with HTTP connections offering `alpn` (the cluster's protocol's).
+    pub fn with_http_alpn(mut self, alpn: &[&str]) -> UpstreamTls {
+        let mut c = (*self.config).clone();
+        c.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.http = Some(Arc::new(c));
+        self
+    }
+
+    /// Runs the handshake on a connected socket; `http`: for an HTTP connection of the pool
+    /// (the protocol's ALPN), else with the cluster's `alpn` (health checks, upgrades, TCP).
     pub async fn connect(
         &self,
         tcp: TcpStream,
         name: ServerName<'static>,
+        http: bool,
     ) -> io::Result<TlsStream<TcpStream>> {
-        tokio_rustls::TlsConnector::from(self.config.clone())
+        let config = match (&self.http, http) {
+            (Some(c), true) => c,
+            _ => &self.config,
+        };
+        tokio_rustls::TlsConnector::from(config.clone())
             .connect(name, tcp)
             .await
     }
@@ -265,6 +283,14 @@ impl UpStream {
         match self {
             UpStream::Plain(_) => None,
             UpStream::Tls(t) => super::version_name(t.get_ref().1.protocol_version()),
+        }
+    }
+
+    /// The protocol ALPN chose (`None`: plain TCP, or none chosen).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            UpStream::Plain(_) => None,
+            UpStream::Tls(t) => t.get_ref().1.alpn_protocol(),
         }
     }
 }

@@ -25,6 +25,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::stats::{ClusterStats, Stats};
 use crate::upstream::dns::{self, Discovery};
+use crate::upstream::h2::{H2Settings, Protocol};
 use crate::upstream::health::{self, EndpointHealth};
 use crate::upstream::lb::Balancer;
 use crate::upstream::outlier::{self, EndpointOutlier};
@@ -204,6 +205,10 @@ pub struct ConnOptions {
     pub max_requests_per_connection: Option<u32>,
     /// TCP keep-alive on every upstream connection.
     pub keepalive: Option<socket2::TcpKeepalive>,
+    /// The HTTP version spoken to the endpoints.
+    pub protocol: Protocol,
+    /// HTTP/2 settings (`http2_protocol_options`).
+    pub h2: H2Settings,
 }
 
 impl ConnOptions {
@@ -232,6 +237,8 @@ impl ConnOptions {
                 }
                 t
             }),
+            protocol: Protocol::of(spec.protocol(), spec.tls.is_some()),
+            h2: H2Settings::of(spec.http2_protocol_options.as_deref()),
         }
     }
 
@@ -343,11 +350,16 @@ impl Cluster {
                 ))
             }
         };
+        let conn = ConnOptions::from_config(spec);
         let tls = match &spec.tls {
-            Some(t) => Some(Arc::new(
-                crate::tls::client::UpstreamTls::build(t)
-                    .map_err(|e| format!("cluster `{}` tls: {e}", spec.name.value))?,
-            )),
+            Some(t) => {
+                let tls = crate::tls::client::UpstreamTls::build(t)
+                    .map_err(|e| format!("cluster `{}` tls: {e}", spec.name.value))?;
+                Some(Arc::new(match conn.protocol.alpn() {
+                    Some(alpn) => tls.with_http_alpn(alpn),
+                    None => tls,
+                }))
+            }
             None => None,
         };
         let cluster = Arc::new(Cluster {
@@ -358,7 +370,7 @@ impl Cluster {
             update: Mutex::new(()),
             connect_timeout,
             limits,
-            conn: ConnOptions::from_config(spec),
+            conn,
             stats: cluster_stats,
             outlier: spec
                 .outlier_detection
@@ -577,6 +589,8 @@ pub(crate) fn test_spec(n: usize, base_port: usize) -> config::Cluster {
         idle_timeout: None,
         upstream_connection_options: None,
         tls: None,
+        protocol: None,
+        http2_protocol_options: None,
     }
 }
 

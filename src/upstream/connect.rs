@@ -1,6 +1,7 @@
 //! Connecting to an endpoint: TCP, then TLS when the cluster originates it, within the cluster's
 //! `connect_timeout` (both together), with the cluster's socket options. The HTTP pool, upgrades,
-//! health checks and the TCP proxy all connect here, so they all speak the cluster's TLS.
+//! health checks and the TCP proxy all connect here, so they all speak the cluster's TLS; the
+//! pool's connections offer its protocol's ALPN ([`Connector::connect_http`]).
 
 use std::sync::Arc;
 
@@ -52,8 +53,19 @@ impl<'a> Connector<'a> {
         }
     }
 
-    /// Connects to `ep`.
+    /// Connects to `ep`, offering the cluster's `alpn` over TLS (health checks, upgrades, the TCP
+    /// proxy).
     pub async fn connect(&self, ep: &Endpoint) -> Result<UpStream, ConnectError> {
+        self.open(ep, false).await
+    }
+
+    /// Connects to `ep` for the HTTP pool: over TLS, ALPN offers what the cluster's protocol
+    /// speaks (`http2`: h2; `auto`: h2, http/1.1; `http1`: the cluster's `alpn`).
+    pub async fn connect_http(&self, ep: &Endpoint) -> Result<UpStream, ConnectError> {
+        self.open(ep, true).await
+    }
+
+    async fn open(&self, ep: &Endpoint, http: bool) -> Result<UpStream, ConnectError> {
         let work = async {
             let tcp = TcpStream::connect(ep.addr)
                 .await
@@ -64,7 +76,7 @@ impl<'a> Connector<'a> {
                 return Ok(UpStream::Plain(tcp));
             };
             let name = tls.server_name(ep.hostname.as_deref(), ep.addr);
-            match tls.connect(tcp, name).await {
+            match tls.connect(tcp, name, http).await {
                 Ok(s) => {
                     self.stats.ssl_handshake.inc();
                     Ok(UpStream::Tls(Box::new(s)))

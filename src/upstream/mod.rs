@@ -1,6 +1,6 @@
 //! The upstream side: clusters and their host sets, DNS service discovery, the load balancer
-//! that picks an endpoint, the connection pools and the request bodies they carry, active health
-//! checking and outlier detection.
+//! that picks an endpoint, the connection pools (HTTP/1.1 and multiplexed HTTP/2) and the request
+//! bodies they carry, active health checking and outlier detection.
 //!
 //! Endpoint state (pool, health, ejection, counters) outlives host sets and snapshots and is
 //! carried by endpoint key; everything else here is rebuilt with the snapshot that owns it.
@@ -9,6 +9,7 @@ pub mod body;
 pub mod cluster;
 pub mod connect;
 pub mod dns;
+pub mod h2;
 pub mod health;
 pub mod lb;
 pub mod outlier;

@@ -1,4 +1,6 @@
-//! Per-endpoint pools of keep-alive HTTP/1.1 upstream connections.
+//! Per-endpoint pools of upstream connections: keep-alive HTTP/1.1 here, multiplexed HTTP/2 in
+//! [`super::h2`]; [`Pool::send`] takes the cluster's protocol (for `auto`, what ALPN chose last
+//! for the endpoint).
 //!
 //! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
 //! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
@@ -16,7 +18,8 @@
 //! used, and one that has served `max_requests_per_connection` requests is closed when its last
 //! response ends.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,9 @@ use tokio::task::AbortHandle;
 
 use super::body::{ClientBody, Exchange};
 use super::connect::{ConnectError, Connector};
+use super::h2::{H2Pool, Protocol, Sent, Stream};
 use crate::stats::ClusterStats;
+use crate::tls::client::UpStream;
 use crate::upstream::cluster::{ConnOptions, Endpoint, Limits};
 
 /// Read and write buffer limit of an upstream HTTP/1 connection: what one response may hold in
@@ -82,13 +87,21 @@ type Idle = (
     Option<&'static str>,
 );
 
-/// Idle connections to one endpoint, each with its task.
+/// Idle HTTP/1.1 connections to one endpoint, each with its task, and its HTTP/2 connections.
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Set when the endpoint left its cluster: nothing is pooled any more.
     closed: AtomicBool,
+    /// The HTTP/2 connections.
+    pub h2: H2Pool,
+    /// `auto`: what ALPN chose for the endpoint's last new connection ([`LEARNED_H1`],
+    /// [`LEARNED_H2`]; 0: not known yet).
+    learned: AtomicU8,
 }
+
+const LEARNED_H1: u8 = 1;
+const LEARNED_H2: u8 = 2;
 
 /// Aborts a connection's task when dropped, unless defused: the connection closes at once.
 #[derive(Debug)]
@@ -102,12 +115,23 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// A connection in use; returns itself to its pool via [`Lease::release`]. Dropped otherwise,
-/// it closes its connection at once, even mid-exchange: hyper alone would keep a connection
-/// that still writes a request body to an upstream that stopped reading, and with it the
-/// client's body and connection.
+/// A connection in use, or an HTTP/2 stream; an HTTP/1.1 connection returns itself to its pool
+/// via [`Lease::release`]. Dropped otherwise, it closes its connection at once, even
+/// mid-exchange: hyper alone would keep a connection that still writes a request body to an
+/// upstream that stopped reading, and with it the client's body and connection. An HTTP/2 stream
+/// dropped early is reset by hyper (`CANCEL`); its connection carries on.
 #[derive(Debug)]
-pub struct Lease {
+pub struct Lease(Kind);
+
+#[derive(Debug)]
+enum Kind {
+    H1(H1Lease),
+    H2(Stream),
+}
+
+/// An HTTP/1.1 connection in use.
+#[derive(Debug)]
+struct H1Lease {
     pool: Arc<Pool>,
     tx: SendRequest<UpBody>,
     task: CloseOnDrop,
@@ -121,9 +145,50 @@ pub struct Lease {
 
 impl Lease {
     /// Puts the connection back for reuse (call only when the response was fully read and the
-    /// request fully sent).
+    /// request fully sent); an HTTP/2 stream frees its slot.
     pub fn release(self, now: Instant) {
-        let Lease {
+        match self.0 {
+            Kind::H1(l) => l.release(now),
+            Kind::H2(_) => {}
+        }
+    }
+
+    /// The connection's TLS version (`%UPSTREAM_TLS_VERSION%`), `None` for plain TCP.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        match &self.0 {
+            Kind::H1(l) => l.tls_version,
+            Kind::H2(s) => s.tls_version(),
+        }
+    }
+
+    /// The connection carries this exchange to its end, then closes instead of being reused
+    /// (HTTP/1.1; an HTTP/2 response's framing is the protocol's own).
+    pub fn no_reuse(self) -> Lease {
+        match self.0 {
+            Kind::H1(mut l) => {
+                l.reusable = false;
+                Lease(Kind::H1(l))
+            }
+            k => Lease(k),
+        }
+    }
+
+    /// Lets the connection finish sending a request body that outlasts its complete response
+    /// (an early answer), then close; it is never reused. An upstream that stops taking the body
+    /// for `idle` while the client is not the one holding it up gets its connection closed then;
+    /// a client that stalls is cut by its body's own timers. Without `idle`, nothing bounds it.
+    /// On HTTP/2 the body goes on on its own stream (hyper's task) and the slot is freed.
+    pub fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
+        match self.0 {
+            Kind::H1(l) => l.finish_upload(ex, idle),
+            Kind::H2(_) => {}
+        }
+    }
+}
+
+impl H1Lease {
+    fn release(self, now: Instant) {
+        let H1Lease {
             pool,
             tx,
             mut task,
@@ -153,24 +218,9 @@ impl Lease {
     }
 }
 
-impl Lease {
-    /// The connection's TLS version (`%UPSTREAM_TLS_VERSION%`), `None` for plain TCP.
-    pub fn tls_version(&self) -> Option<&'static str> {
-        self.tls_version
-    }
-
-    /// The connection carries this exchange to its end, then closes instead of being reused.
-    pub fn no_reuse(mut self) -> Lease {
-        self.reusable = false;
-        self
-    }
-
-    /// Lets the connection finish sending a request body that outlasts its complete response
-    /// (an early answer), then close; it is never reused. An upstream that stops taking the body
-    /// for `idle` while the client is not the one holding it up gets its connection closed then;
-    /// a client that stalls is cut by its body's own timers. Without `idle`, nothing bounds it.
-    pub fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
-        let Lease { tx, mut task, .. } = self;
+impl H1Lease {
+    fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
+        let H1Lease { tx, mut task, .. } = self;
         // No more requests on it: hyper closes the connection once the body is sent.
         drop(tx);
         let (Some(idle), Some(handle)) = (idle, task.0.take()) else {
@@ -204,7 +254,7 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<Lease> {
+    fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<H1Lease> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Most recently used first: it is the least likely to have been closed by the upstream.
         while let Some((tx, task, since, uses, tls)) = idle.pop() {
@@ -227,6 +277,16 @@ impl Pool {
         let closing = std::mem::take(&mut *idle);
         drop(idle);
         drop(closing);
+        self.h2.close();
+    }
+
+    /// Remembers what ALPN chose for the endpoint (`auto`).
+    pub(super) fn learn(&self, p: Protocol) {
+        let v = match p {
+            Protocol::Http2 => LEARNED_H2,
+            _ => LEARNED_H1,
+        };
+        self.learned.store(v, Relaxed);
     }
 
     /// Whether it was closed.
@@ -240,9 +300,45 @@ impl Pool {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }
 
-    /// Sends `req` on a pooled connection, or a new one to the target. The connection is the
-    /// future's until it returns: dropped before (a timeout), it is closed.
+    /// Sends `req` on a pooled connection, or a new one to the target, in the cluster's
+    /// protocol. The connection (HTTP/2: the stream) is the future's until it returns: dropped
+    /// before (a timeout), it is closed (reset).
     pub async fn send(
+        self: &Arc<Self>,
+        t: &Target<'_>,
+        req: Request<UpBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        match t.options.protocol {
+            Protocol::Http1 => self.send_h1(t, req, now).await,
+            Protocol::Auto if self.learned.load(Relaxed) != LEARNED_H2 => {
+                self.send_h1(t, req, now).await
+            }
+            // Boxed: HTTP/1.1 requests do not carry its future.
+            Protocol::Http2 | Protocol::Auto => self.send_h2(t, req, None).await,
+        }
+    }
+
+    /// [`Self::send`] on HTTP/2, with `adopt` (a connection ALPN made HTTP/2) as its new one.
+    fn send_h2<'a>(
+        self: &'a Arc<Self>,
+        t: &'a Target<'_>,
+        req: Request<UpBody>,
+        adopt: Option<UpStream>,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let closed = self.closed.load(Relaxed);
+            match self.h2.send(t, req, adopt, closed).await? {
+                Sent::Response(resp, stream) => Ok((resp, Lease(Kind::H2(stream)))),
+                Sent::Http1(req) => self.send_h1(t, req, Instant::now()).await,
+            }
+        })
+    }
+
+    /// [`Self::send`] on HTTP/1.1.
+    async fn send_h1(
         self: &Arc<Self>,
         t: &Target<'_>,
         mut req: Request<UpBody>,
@@ -255,7 +351,7 @@ impl Pool {
                 continue;
             }
             match lease.tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, lease)),
+                Ok(resp) => return Ok((resp, Lease(Kind::H1(lease)))),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => return Err(SendError::Reset(e.into_error())),
@@ -273,11 +369,25 @@ impl Pool {
         t.stats.upstream_rq_pending_active.inc();
         let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
         // Boxed: the cold connect path would otherwise enlarge every request's future.
-        let (tx, task, tls) = Box::pin(self.connect(t)).await?;
+        let stream = Box::pin(t.connector.connect_http(t.endpoint))
+            .await
+            .map_err(|e| match e {
+                ConnectError::Tcp(e) => SendError::Connect(e),
+                ConnectError::Tls(e) => SendError::Tls(e),
+            })?;
+        if t.options.protocol == Protocol::Auto {
+            let h2 = stream.alpn() == Some(b"h2");
+            self.learn(if h2 { Protocol::Http2 } else { Protocol::Http1 });
+            if h2 {
+                drop(pending);
+                return self.send_h2(t, req, Some(stream)).await;
+            }
+        }
+        let (tx, task, tls) = Box::pin(self.handshake(t, stream)).await?;
         let mut lease = self.lease(tx, task, 1, t.options, tls);
         drop(pending);
         match lease.tx.send_request(req).await {
-            Ok(resp) => Ok((resp, lease)),
+            Ok(resp) => Ok((resp, Lease(Kind::H1(lease)))),
             Err(e) => Err(SendError::Reset(e)),
         }
     }
@@ -289,8 +399,8 @@ impl Pool {
         uses: u32,
         o: &ConnOptions,
         tls_version: Option<&'static str>,
-    ) -> Lease {
-        Lease {
+    ) -> H1Lease {
+        H1Lease {
             pool: self.clone(),
             tx,
             task: CloseOnDrop(Some(task)),
@@ -300,14 +410,12 @@ impl Pool {
         }
     }
 
-    async fn connect(
+    /// Sets up HTTP/1.1 on a connected stream and starts the connection's task.
+    async fn handshake(
         &self,
         t: &Target<'_>,
+        stream: UpStream,
     ) -> Result<(SendRequest<UpBody>, AbortHandle, Option<&'static str>), SendError> {
-        let stream = t.connector.connect(t.endpoint).await.map_err(|e| match e {
-            ConnectError::Tcp(e) => SendError::Connect(e),
-            ConnectError::Tls(e) => SendError::Tls(e),
-        })?;
         let tls = stream.tls_version();
         // hyper's default buffer limit (~400 KB) let a stalled download pin two read buffers of
         // that size; 64 KiB also bounds a response head like Envoy's `max_response_headers_kb`.
@@ -318,6 +426,7 @@ impl Pool {
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let stats = t.stats.clone();
         stats.upstream_cx_active.inc();
+        stats.upstream_cx_http1_total.inc();
         let task = tokio::spawn(async move {
             // Counted down however the task ends, aborted included.
             let _open = GaugeGuard(&stats.upstream_cx_active);
