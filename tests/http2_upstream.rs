@@ -1044,3 +1044,83 @@ async fn the_clusters_http2_settings_reach_the_endpoint() {
     assert_eq!(conn_window, 4_194_304);
     let _ = client.await;
 }
+
+#[tokio::test]
+async fn an_upstream_that_breaks_http2_fails_its_request_not_the_proxy() {
+    // An HTTP/1.1 server behind an http2 cluster answers the preface with a 400 and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h1 = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    // A peer that answers a request with DATA on stream 0 (a connection error), or with a
+    // response head on a stream the client never opened.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Ok((tcp, _)) = l.accept().await {
+            n += 1;
+            let odd = n % 2 == 0;
+            tokio::spawn(async move {
+                let mut raw = Raw::accept(tcp).await;
+                while let Some(f) = raw.next_event().await {
+                    if f.0 == HEADERS {
+                        let wrong = match odd {
+                            false => frame(DATA, 0, 0, b"x"),
+                            true => ok(f.2 + 100),
+                        };
+                        raw.send(&wrong).await;
+                    }
+                }
+            });
+        }
+    });
+    let clusters = format!(
+        "  - name: h1
+    protocol: http2
+    endpoints: [{{ address: \"{h1}\" }}]
+  - name: bad
+    protocol: http2
+    max_requests_per_connection: 1
+    endpoints: [{{ address: \"{bad}\" }}]
+"
+    );
+    let (be, _) = h2c_server(ServeOpts::default(), describe).await;
+    let clusters = format!(
+        "{clusters}  - name: good
+    protocol: http2
+    endpoints: [{{ address: \"{be}\" }}]
+"
+    );
+    let (tern, port, cfg) = start(
+        &[
+            ("/h1", "h1", ""),
+            ("/bad", "bad", ""),
+            ("/good", "good", ""),
+        ],
+        &clusters,
+    )
+    .await;
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    assert_eq!(get(&url("/h1"), &[]).await.status, 503);
+    assert_eq!(log_line(&cfg, "/h1").await, "/h1 503 UC");
+    for p in ["/bad/0", "/bad/1"] {
+        assert_eq!(get(&url(p), &[]).await.status, 503, "{p}");
+    }
+    assert_eq!(get(&url("/good"), &[]).await.status, 200);
+    wait_for("the broken connections to close", || async {
+        let open = tern.stat("cluster.h1.upstream_cx_active").await
+            + tern.stat("cluster.bad.upstream_cx_active").await;
+        (open == 0).then_some(())
+    })
+    .await;
+}

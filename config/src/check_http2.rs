@@ -181,7 +181,7 @@ route_configs: [{ name: r, virtual_hosts: [] }]
 ";
         let e = errors(bad);
         let lines: Vec<u32> = e.iter().map(|(l, _)| *l).collect();
-        assert_eq!(lines, vec![3, 4, 5, 6, 10, 17, 18], "{e:?}");
+        assert_eq!(lines, vec![4, 4, 5, 6, 10, 17, 18], "{e:?}");
         assert!(e[0].1.contains("apply to protocol http2 or auto"), "{e:?}");
         assert!(
             e[4].1.contains("protocol http2: the cluster offers h2"),

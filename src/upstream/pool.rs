@@ -100,6 +100,11 @@ pub struct Pool {
     learned: AtomicU8,
 }
 
+/// What [`Pool::send`] returns, as a boxed future (HTTP/2 and HTTP/1.1 call each other).
+type Boxed<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>,
+>;
+
 const LEARNED_H1: u8 = 1;
 const LEARNED_H2: u8 = 2;
 
@@ -325,9 +330,7 @@ impl Pool {
         t: &'a Target<'_>,
         req: Request<UpBody>,
         adopt: Option<UpStream>,
-    ) -> std::pin::Pin<
-        Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>,
-    > {
+    ) -> Boxed<'a> {
         Box::pin(async move {
             let closed = self.closed.load(Relaxed);
             match self.h2.send(t, req, adopt, closed).await? {
