@@ -1069,12 +1069,12 @@ async fn an_upstream_that_breaks_http2_fails_its_request_not_the_proxy() {
         let mut n = 0u32;
         while let Ok((tcp, _)) = l.accept().await {
             n += 1;
-            let odd = n % 2 == 0;
+            let unopened = n.is_multiple_of(2);
             tokio::spawn(async move {
                 let mut raw = Raw::accept(tcp).await;
                 while let Some(f) = raw.next_event().await {
                     if f.0 == HEADERS {
-                        let wrong = match odd {
+                        let wrong = match unopened {
                             false => frame(DATA, 0, 0, b"x"),
                             true => ok(f.2 + 100),
                         };
