@@ -179,7 +179,7 @@ impl ConnState {
 /// A set-up connection.
 #[derive(Debug)]
 struct Live {
-    tx: SendRequest<UpBody>,
+    tx: SendRequest<H2Body>,
     tls_version: Option<&'static str>,
 }
 
@@ -377,7 +377,7 @@ impl H2Pool {
                 Either::Left(_) => None,
             };
             let mut tx = live.tx.clone();
-            match tx.try_send_request(req).await {
+            match tx.try_send_request(req.map(H2Body)).await {
                 Ok(mut resp) => {
                     let s = &conn.state;
                     if !s.settled.load(Relaxed) {
@@ -391,7 +391,7 @@ impl H2Pool {
                     if let Some(r) = e.take_message() {
                         // Not sent: the connection is going away; another one takes it.
                         conn.state.drain();
-                        req = r;
+                        req = r.map(|b| b.0);
                         continue;
                     }
                     let e = e.into_error();
@@ -441,6 +441,31 @@ fn new_conn(t: &Target<'_>) -> Arc<H2Conn> {
         }),
         ready: OnceCell::new(),
     })
+}
+
+/// A request body on an HTTP/2 stream. A type of its own: hyper's HTTP/1.1 and HTTP/2 senders
+/// then share no generic code, and the HTTP/1.1 path is compiled (inlined) as it was alone.
+pub(super) struct H2Body(UpBody);
+
+impl hyper::body::Body for H2Body {
+    type Data = bytes::Bytes;
+    type Error = <UpBody as hyper::body::Body>::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
 }
 
 /// Decrements the pending-requests gauge when dropped.
@@ -562,7 +587,7 @@ async fn handshake(
     Ok(Live { tx, tls_version })
 }
 
-type Conn = http2::Connection<TokioIo<Counted>, UpBody, TokioExecutor>;
+type Conn = http2::Connection<TokioIo<Counted>, H2Body, TokioExecutor>;
 
 /// A connection's task: drives hyper's dispatch, reads the peer's stream limit when asked, and
 /// closes the connection when it has been without streams for `idle`. When the connection ends

@@ -311,42 +311,15 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         t: &Target<'_>,
-        req: Request<UpBody>,
-        now: Instant,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        match t.options.protocol {
-            Protocol::Http1 => self.send_h1(t, req, now).await,
-            Protocol::Auto if self.learned.load(Relaxed) != LEARNED_H2 => {
-                self.send_h1(t, req, now).await
-            }
-            // Boxed: HTTP/1.1 requests do not carry its future.
-            Protocol::Http2 | Protocol::Auto => self.send_h2(t, req, None).await,
-        }
-    }
-
-    /// [`Self::send`] on HTTP/2, with `adopt` (a connection ALPN made HTTP/2) as its new one.
-    fn send_h2<'a>(
-        self: &'a Arc<Self>,
-        t: &'a Target<'_>,
-        req: Request<UpBody>,
-        adopt: Option<UpStream>,
-    ) -> Boxed<'a> {
-        Box::pin(async move {
-            let closed = self.closed.load(Relaxed);
-            match self.h2.send(t, req, adopt, closed).await? {
-                Sent::Response(resp, stream) => Ok((resp, Lease(Kind::H2(stream)))),
-                Sent::Http1(req) => self.send_h1(t, req, Instant::now()).await,
-            }
-        })
-    }
-
-    /// [`Self::send`] on HTTP/1.1.
-    async fn send_h1(
-        self: &Arc<Self>,
-        t: &Target<'_>,
         mut req: Request<UpBody>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
+        // HTTP/2 is boxed and HTTP/1.1 inline: an HTTP/1.1 request's future stays as it was.
+        match t.options.protocol {
+            Protocol::Http1 => {}
+            Protocol::Auto if self.learned.load(Relaxed) != LEARNED_H2 => {}
+            Protocol::Http2 | Protocol::Auto => return self.send_h2(t, req, None).await,
+        }
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
         while let Some(mut lease) = self.take(now, t.options) {
@@ -369,30 +342,56 @@ impl Pool {
             t.stats.upstream_rq_pending_overflow.inc();
             return Err(SendError::PendingOverflow);
         }
-        t.stats.upstream_rq_pending_active.inc();
-        let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
         // Boxed: the cold connect path would otherwise enlarge every request's future.
-        let stream = Box::pin(t.connector.connect_http(t.endpoint))
-            .await
-            .map_err(|e| match e {
-                ConnectError::Tcp(e) => SendError::Connect(e),
-                ConnectError::Tls(e) => SendError::Tls(e),
-            })?;
-        if t.options.protocol == Protocol::Auto {
-            let h2 = stream.alpn() == Some(b"h2");
-            self.learn(if h2 { Protocol::Http2 } else { Protocol::Http1 });
-            if h2 {
-                drop(pending);
-                return self.send_h2(t, req, Some(stream)).await;
+        self.send_new(t, req).await
+    }
+
+    /// [`Self::send`] on a new connection (HTTP/1.1, or what ALPN chose for `auto`).
+    fn send_new<'a>(self: &'a Arc<Self>, t: &'a Target<'_>, req: Request<UpBody>) -> Boxed<'a> {
+        Box::pin(async move {
+            t.stats.upstream_rq_pending_active.inc();
+            let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
+            let stream = t
+                .connector
+                .connect_http(t.endpoint)
+                .await
+                .map_err(|e| match e {
+                    ConnectError::Tcp(e) => SendError::Connect(e),
+                    ConnectError::Tls(e) => SendError::Tls(e),
+                })?;
+            if t.options.protocol == Protocol::Auto {
+                let h2 = stream.alpn() == Some(b"h2");
+                self.learn(if h2 { Protocol::Http2 } else { Protocol::Http1 });
+                if h2 {
+                    drop(pending);
+                    return self.send_h2(t, req, Some(stream)).await;
+                }
             }
-        }
-        let (tx, task, tls) = Box::pin(self.handshake(t, stream)).await?;
-        let mut lease = self.lease(tx, task, 1, t.options, tls);
-        drop(pending);
-        match lease.tx.send_request(req).await {
-            Ok(resp) => Ok((resp, Lease(Kind::H1(lease)))),
-            Err(e) => Err(SendError::Reset(e)),
-        }
+            let (tx, task, tls) = self.handshake(t, stream).await?;
+            let mut lease = self.lease(tx, task, 1, t.options, tls);
+            drop(pending);
+            match lease.tx.send_request(req).await {
+                Ok(resp) => Ok((resp, Lease(Kind::H1(lease)))),
+                Err(e) => Err(SendError::Reset(e)),
+            }
+        })
+    }
+
+    /// [`Self::send`] on HTTP/2, with `adopt` (a connection ALPN made HTTP/2) as its new one.
+    fn send_h2<'a>(
+        self: &'a Arc<Self>,
+        t: &'a Target<'_>,
+        req: Request<UpBody>,
+        adopt: Option<UpStream>,
+    ) -> Boxed<'a> {
+        Box::pin(async move {
+            let closed = self.closed.load(Relaxed);
+            match self.h2.send(t, req, adopt, closed).await? {
+                Sent::Response(resp, stream) => Ok((resp, Lease(Kind::H2(stream)))),
+                // ALPN chose HTTP/1.1 (`auto`), and the endpoint is known as HTTP/1.1 now.
+                Sent::Http1(req) => self.send(t, req, Instant::now()).await,
+            }
+        })
     }
 
     fn lease(
