@@ -556,15 +556,10 @@ async fn connect(
     handshake(stream, t, state, list).await
 }
 
-/// Sets up HTTP/2 on a connected stream and starts the connection's task.
-async fn handshake(
-    stream: UpStream,
-    t: &Target<'_>,
-    state: Arc<ConnState>,
-    list: Weak<Mutex<Vec<Arc<H2Conn>>>>,
-) -> Result<Live, Failed> {
-    let tls_version = stream.tls_version();
-    let o = &t.options.h2;
+/// hyper's HTTP/2 client set up as the cluster says (windows, PING keep-alive) with the proxy's
+/// limits; for any connection to an endpoint that speaks the cluster's HTTP/2 (a gRPC health
+/// check's too: connect with [`super::connect::Connector::connect_http`], then `handshake`).
+pub fn builder(o: &H2Settings) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
         .initial_stream_window_size(o.initial_stream_window_size)
@@ -577,8 +572,19 @@ async fn handshake(
             .keep_alive_timeout(timeout)
             .keep_alive_while_idle(true);
     }
+    b
+}
+
+/// Sets up HTTP/2 on a connected stream and starts the connection's task.
+async fn handshake(
+    stream: UpStream,
+    t: &Target<'_>,
+    state: Arc<ConnState>,
+    list: Weak<Mutex<Vec<Arc<H2Conn>>>>,
+) -> Result<Live, Failed> {
+    let tls_version = stream.tls_version();
     let io = Counted::new(stream, t.stats);
-    let (tx, conn) = b
+    let (tx, conn) = builder(&t.options.h2)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failed::Connect(e.to_string().into()))?;
