@@ -17,6 +17,21 @@ pub const RETRY_ON: &[&str] = &[
     "retriable-4xx",
     "refused-stream",
     "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// The `retry_on` conditions read from a gRPC response's `grpc-status` (Envoy's
+/// `x-envoy-retry-grpc-on` values, accepted in `retry_on` as Envoy's route config does).
+pub const GRPC_RETRY_ON: &[&str] = &[
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 ];
 
 struct Ck<'a> {
@@ -242,8 +257,26 @@ impl Ck<'_> {
             );
         }
         for hc in &c.health_checks {
-            if hc.http.is_some() == hc.tcp.is_some() {
-                self.bad(hc.pos, "health check needs exactly one of http or tcp");
+            let kinds = [
+                hc.http.is_some(),
+                hc.tcp.is_some(),
+                hc.grpc_health_check.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                self.bad(
+                    hc.pos,
+                    "health check needs exactly one of http, tcp or grpc_health_check",
+                );
+            }
+            if let Some(g) = &hc.grpc_health_check {
+                if let Some(a) = &g.authority {
+                    if a.is_empty() || http::uri::Authority::try_from(a.as_str()).is_err() {
+                        self.bad(
+                            hc.pos,
+                            format!("grpc_health_check authority {a:?} is not a valid authority"),
+                        );
+                    }
+                }
             }
             for t in [&hc.timeout, &hc.interval] {
                 if t.0.is_zero() {

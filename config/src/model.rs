@@ -764,6 +764,29 @@ pub struct RouteAction {
     /// each type listed (Envoy's route `upgrade_configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgrade_configs: Vec<Spanned<UpgradeConfig>>,
+    /// A limit on the whole stream, from the request's start to the response's end, and how a
+    /// client's `grpc-timeout` sets it (Envoy's `RouteAction.MaxStreamDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<Spanned<MaxStreamDuration>>,
+}
+
+/// Envoy's `RouteAction.MaxStreamDuration`: the stream's time limit, and the client's
+/// `grpc-timeout` as that limit.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaxStreamDuration {
+    /// The longest a stream may last, from the request's start to the response's end (0 or
+    /// unset = no limit), when `grpc_timeout_header_max` does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<Spanned<Dur>>,
+    /// When set, a request's `grpc-timeout` is the stream's limit, capped at this (0 = no cap:
+    /// the header as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_timeout_header_max: Option<Spanned<Dur>>,
+    /// Taken off the `grpc-timeout` limit, so the proxy answers before the client gives up
+    /// (an offset as long as the timeout leaves no time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_timeout_header_offset: Option<Spanned<Dur>>,
 }
 
 /// Weighted traffic split.
@@ -899,7 +922,9 @@ pub struct HashConnection {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Comma-separated conditions: `5xx`, `gateway-error`, `reset`, `connect-failure`,
-    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes` (default `5xx`).
+    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes` (default `5xx`); for gRPC,
+    /// read from `grpc-status` in the response headers: `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted`, `unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Spanned<String>>,
     /// Maximum retries (default 1).
@@ -1248,7 +1273,7 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<Spanned<f64>>,
 }
 
-/// An active health check. Exactly one of `http` and `tcp`.
+/// An active health check. Exactly one of `http`, `tcp` and `grpc_health_check`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -1269,6 +1294,23 @@ pub struct HealthCheck {
     /// Check that a TCP connection opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheck>,
+    /// Check with the standard gRPC health protocol, `grpc.health.v1.Health/Check` over
+    /// HTTP/2 (Envoy's `grpc_health_check`; `grpc` is accepted too).
+    #[serde(default, alias = "grpc", skip_serializing_if = "Option::is_none")]
+    pub grpc_health_check: Option<GrpcHealthCheck>,
+}
+
+/// gRPC health check settings (Envoy's `GrpcHealthCheck`): healthy when the endpoint answers
+/// `SERVING`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The service asked about (default empty: the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The request's `:authority` (default the cluster name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// HTTP health check settings.
