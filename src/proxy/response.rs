@@ -164,10 +164,13 @@ pin_project_lite::pin_project! {
     impl<B: Body> PinnedDrop for Upstream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let now = this.fin.done(this.inner.is_end_stream());
+            // Trailers end a message: a body whose trailers passed was read to its end, though
+            // the client stops polling before the inner body says so.
+            let at_end = this.fin.ended || this.inner.is_end_stream();
+            let now = this.fin.done(at_end);
             // Read to the end: the connection is reused if the request went up whole too, else
             // it finishes the upload and closes. Not read to the end: the lease closes it.
-            if let (true, Some(lease)) = (this.inner.is_end_stream(), this.lease.take()) {
+            if let (true, Some(lease)) = (at_end, this.lease.take()) {
                 match this.exchange.as_ref().filter(|e| !e.done()) {
                     None => lease.release(now),
                     Some(ex) => lease.finish_upload(ex.clone(), this.idle.as_ref().map(|t| t.timeout)),
@@ -208,8 +211,10 @@ where
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
                             this.fin.bytes += bytes::Buf::remaining(d) as u64;
-                        } else if let Some(t) = f.trailers_ref().filter(|_| this.fin.grpc) {
-                            if let Some(code) = crate::grpc::status_of(t) {
+                        } else if let Some(t) = f.trailers_ref() {
+                            this.fin.ended = true;
+                            if let Some(code) = crate::grpc::status_of(t).filter(|_| this.fin.grpc)
+                            {
                                 this.fin.cluster.upstream_rq_grpc_status.record(code);
                                 if let Some(rec) = &this.fin.rec {
                                     rec.update(|i| i.grpc_status = Some(code));
