@@ -226,6 +226,12 @@ route_configs:
             route: {{ cluster: ok }}
             rate_limit: {{ requests_per_unit: 1, unit: minute }}
       - {{ name: ut, domains: [ut], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: hang, timeout: 200ms }} }}] }}
+      - name: fault
+        domains: [fault]
+        routes:
+          - match: {{ prefix: / }}
+            route: {{ cluster: ok }}
+            fault: {{ abort: {{ grpc_status: 8 }} }}
       - name: direct
         domains: [direct]
         routes: [{{ match: {{ prefix: / }}, direct_response: {{ status: 403, body: "not for you" }} }}]
@@ -280,6 +286,17 @@ clusters:
         Code::PermissionDenied
     );
 
+    // A fault abort with a gRPC status (Envoy's grpc_status): that status; HTTP 200 otherwise.
+    assert_eq!(
+        call(&mut client(port, "fault").await).await,
+        Code::ResourceExhausted
+    );
+    let plain = tern_testkit::get(&format!("http://127.0.0.1:{port}/"), &[("host", "fault")]).await;
+    assert_eq!(
+        (plain.status, plain.body.as_str()),
+        (200, "fault filter abort\n")
+    );
+
     // The exact headers: HTTP 200, application/grpc, grpc-status, percent-encoded grpc-message,
     // and nothing after them.
     let (head, body) = raw(port, "uh", &[]).await;
@@ -309,6 +326,8 @@ clusters:
         "ut 504 UT DeadlineExceeded 4",
         "uo 503 UO Unavailable 14",
         "direct 403 - PermissionDenied 7",
+        "fault 200 FI ResourceExhausted 8",
+        "fault 200 FI - -",
         "uh 503 UH - -",
     ];
     let lines = wait_for("the access log lines", || {

@@ -148,14 +148,21 @@ impl Ck<'_> {
         }
         if let Some(a) = &f.abort {
             self.percent("abort percentage", &a.percentage);
-            match &a.http_status {
-                Some(s) if !(200..=599).contains(&s.value) => self.bad(
+            match (&a.http_status, &a.grpc_status) {
+                (Some(s), _) if !(200..=599).contains(&s.value) => self.bad(
                     s.pos,
                     format!("abort http_status {} must be 200-599", s.value),
                 ),
-                None if !f.header_controlled => self.bad(
+                (_, Some(g)) if g.value > 16 => self.bad(
+                    g.pos,
+                    format!("abort grpc_status {} must be a gRPC status (0-16)", g.value),
+                ),
+                (Some(_), Some(g)) => {
+                    self.bad(g.pos, "abort takes http_status or grpc_status, not both")
+                }
+                (None, None) if !f.header_controlled => self.bad(
                     a.pos,
-                    "abort needs http_status (or header_controlled: true)",
+                    "abort needs http_status or grpc_status (or header_controlled: true)",
                 ),
                 _ => {}
             }

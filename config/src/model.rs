@@ -990,9 +990,13 @@ pub struct FaultDelay {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
-    /// Status to answer with, 200-599 (required unless header-controlled).
+    /// Status to answer with, 200-599 (required unless header-controlled or `grpc_status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<Spanned<u16>>,
+    /// gRPC status (0-16) to answer gRPC requests with, trailers-only with HTTP 200 (Envoy's
+    /// `grpc_status`; instead of `http_status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<Spanned<u32>>,
     /// Share of requests aborted, 0-100 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Spanned<f64>>,

@@ -40,6 +40,8 @@ pub enum LocalReply {
     RateLimited(u64),
     /// Fault injection answered with this status.
     FaultAbort(StatusCode),
+    /// Fault injection answered with this gRPC status (HTTP 200; plain for other requests).
+    FaultAbortGrpc(u8),
     /// The request body is malformed (400, `DPE`).
     BadRequestBody,
     /// The client ended its connection before the request body did (400, `DC`; rarely seen).
@@ -85,6 +87,7 @@ impl LocalReply {
             LocalReply::Overflow => (StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n"),
             LocalReply::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate limited\n"),
             LocalReply::FaultAbort(s) => (s, "fault filter abort\n"),
+            LocalReply::FaultAbortGrpc(_) => (StatusCode::OK, "fault filter abort\n"),
             LocalReply::BadRequestBody => (StatusCode::BAD_REQUEST, "bad request body\n"),
             LocalReply::RequestAborted => (StatusCode::BAD_REQUEST, "request body aborted\n"),
             LocalReply::RequestIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout\n"),
@@ -113,7 +116,7 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => Flags::UT,
             LocalReply::Overflow => Flags::UO,
             LocalReply::RateLimited(_) => Flags::RL,
-            LocalReply::FaultAbort(_) => Flags::FI,
+            LocalReply::FaultAbort(_) | LocalReply::FaultAbortGrpc(_) => Flags::FI,
             LocalReply::BadRequestBody | LocalReply::InvalidHost | LocalReply::UpgradeWithBody => {
                 Flags::DPE
             }
@@ -133,6 +136,7 @@ impl LocalReply {
     pub fn grpc_status(self) -> u8 {
         match self {
             LocalReply::UpstreamTimeout => crate::grpc::DEADLINE_EXCEEDED,
+            LocalReply::FaultAbortGrpc(code) => code,
             _ => crate::grpc::from_http(self.parts().0.as_u16()),
         }
     }

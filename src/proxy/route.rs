@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 
 use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
+use crate::router::fault::Abort;
 use crate::router::{Action, Route};
 use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
@@ -37,9 +38,12 @@ pub(super) async fn serve(
                         cx.flag(Flags::DI);
                         tokio::time::sleep(delay).await;
                     }
-                    if let Some(status) = d.abort {
+                    if let Some(abort) = d.abort {
                         stats.fault_aborts_injected.inc();
-                        return Err(LocalReply::FaultAbort(status));
+                        return Err(match abort {
+                            Abort::Http(status) => LocalReply::FaultAbort(status),
+                            Abort::Grpc(code) => LocalReply::FaultAbortGrpc(code),
+                        });
                     }
                     _fault_slot = Some(slot);
                 }
