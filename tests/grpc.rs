@@ -1,5 +1,5 @@
 //! gRPC through the proxy with real gRPC peers: a tonic client (HTTP/2 to Tern), raw HTTP/2
-//! requests (hyper) to read the exact headers, a tonic-health server for health checks, and
+//! requests (hyper) to read the exact headers, tonic-health servers (h2c and TLS) for health checks, and
 //! HTTP/1.1 upstreams that answer the way gRPC servers do (a message with `grpc-status` in
 //! chunked trailers, or trailers-only) and record the `grpc-timeout` they were sent.
 
@@ -609,4 +609,83 @@ fn tokio_stream_of(l: TcpListener) -> impl futures_util::Stream<Item = std::io::
         let r = l.accept().await.map(|(s, _)| s);
         Some((r, l))
     })
+}
+
+/// The gRPC health check over the cluster's TLS: a tonic-health server behind TLS (a private CA,
+/// certificates made here) is checked, goes out when NOT_SERVING and comes back.
+#[tokio::test]
+async fn grpc_health_checks_speak_the_clusters_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    // Both providers are linked into the tests; tonic's server takes the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, "gRPC CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["cart.internal".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let identity = tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem());
+
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_of(l)),
+    );
+    let (port, admin) = (free_port(), free_port());
+    let cfg = ConfigDir::new();
+    cfg.write("admin.yaml", &admin_yaml(admin));
+    cfg.write("ca.pem", &ca.pem());
+    cfg.write(
+        "main.yaml",
+        &format!(
+            r#"listeners:
+  - {{ name: ingress, address: 127.0.0.1:{port}, route_config: main }}
+route_configs:
+  - name: main
+    virtual_hosts:
+      - {{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: be }} }}] }}
+clusters:
+  - name: be
+    endpoints: [{{ address: "{addr}" }}]
+    tls: {{ sni: cart.internal, ca: {{ file: ca.pem }} }}
+    health_checks:
+      - timeout: 200ms
+        interval: 200ms
+        unhealthy_threshold: 1
+        healthy_threshold: 1
+        grpc_health_check: {{}}
+"#
+        ),
+    );
+    let t = Tern::start(cfg.path(), admin, &[]).await;
+    let healthy = |want: i64| {
+        let t = &t;
+        async move {
+            wait_for(&format!("membership_healthy {want}"), || async move {
+                (t.stat("cluster.be.membership_healthy").await == want).then_some(())
+            })
+            .await
+        }
+    };
+    healthy(1).await;
+    assert!(t.stat("cluster.be.upstream_ssl.handshake").await >= 1);
+    // The server as a whole (service "") goes NOT_SERVING, then SERVING again.
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    healthy(0).await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    healthy(1).await;
+    drop(t);
+    server.abort();
 }
