@@ -1,7 +1,8 @@
 //! gRPC through the proxy with real gRPC peers: a tonic client (HTTP/2 to Tern), raw HTTP/2
-//! requests (hyper) to read the exact headers, tonic-health servers (h2c and TLS) for health checks, and
-//! HTTP/1.1 upstreams that answer the way gRPC servers do (a message with `grpc-status` in
-//! chunked trailers, or trailers-only) and record the `grpc-timeout` they were sent.
+//! requests (hyper) to read the exact headers, tonic-health servers (h2c and TLS) for health
+//! checks, and HTTP/1.1 upstreams that answer the way gRPC servers do (a message with
+//! `grpc-status` in chunked trailers, or trailers-only) and record the `grpc-timeout` they were
+//! sent.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
