@@ -722,6 +722,60 @@ async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
     assert_eq!(echoed(&r.body)["x-forwarded-client-cert"], forged[0].1);
 }
 
+/// Writes the edge's configuration and waits until it is the running one.
+async fn reload(e: &Edge, text: String) {
+    let before = e.tern.config_dump().await["version"].clone();
+    e.cfg.write("tern.yaml", &text);
+    wait_for("the reload", || async {
+        (e.tern.config_dump().await["version"] != before).then_some(())
+    })
+    .await;
+}
+
+/// A resumed session skips the client's proof: tickets outlive a reload that leaves client
+/// authentication alone, and none from before it works once a certificate is required.
+#[tokio::test]
+async fn session_tickets_outlive_a_reload_unless_client_authentication_changes() {
+    let e = edge().await;
+    let anon = client_config(&e.ca, &[], None);
+    // A session (and its ticket) on the optional-certificate listener.
+    let s = tls_connect(e.ports[3], "api.test", &anon).await.unwrap();
+    let (status, _, _) = get_over(s, "api.test", "/a", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    // A reload that changes something else: the ticket still resumes.
+    let yaml = std::fs::read_to_string(e.cfg.path().join("tern.yaml")).unwrap();
+    reload(&e, yaml.replace("prefix: /secure", "prefix: /secured")).await;
+    let s = tls_connect(e.ports[3], "api.test", &anon).await.unwrap();
+    assert_eq!(
+        s.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (status, _, _) = get_over(s, "api.test", "/b", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    // Now the listener requires a certificate: the old ticket must not let the client in.
+    let optional = "    forward_client_cert_details: append_forward\n";
+    assert!(yaml.contains(optional));
+    let required = yaml.replacen(
+        "      client_ca: { file: certs/ca.pem }\n  - name: forward-only",
+        "      client_ca: { file: certs/ca.pem }\n      require_client_certificate: true\n  - name: forward-only",
+        1,
+    );
+    assert_ne!(required, yaml);
+    reload(&e, required.replace("prefix: /secure", "prefix: /secured")).await;
+    let let_in = match tls_connect(e.ports[3], "api.test", &anon).await {
+        Err(_) => false,
+        Ok(s) => {
+            assert_ne!(
+                s.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "resumed past a newly required client certificate"
+            );
+            get_over(s, "api.test", "/c", &[]).await.is_ok()
+        }
+    };
+    assert!(!let_in, "a client without a certificate got in");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rotation
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ pub struct DownstreamTls {
     pub asks_client_cert: bool,
     /// The certificates, for the expiration gauge.
     pub certs: Vec<CertInfo>,
+    /// What a client had to prove (the CA's bytes, whether a certificate was required): a
+    /// resumed session skips that proof, so tickets outlive a reload only when it is unchanged.
+    client_auth: (Option<Vec<u8>>, bool),
 }
 
 #[derive(Debug)]
@@ -169,8 +172,15 @@ impl DownstreamTls {
                 .collect(),
             None => Vec::new(),
         };
+        let client_auth = (
+            t.client_ca.as_ref().map(|ca| ca.bytes().to_vec()),
+            t.require_client_certificate,
+        );
         if t.session_resumption.unwrap_or(true) {
-            match prev.filter(|p| p.config.ticketer.enabled()) {
+            // Envoy likewise puts the validation context in the session id context.
+            let carried =
+                prev.filter(|p| p.config.ticketer.enabled() && p.client_auth == client_auth);
+            match carried {
                 Some(p) => {
                     config.ticketer = p.config.ticketer.clone();
                     config.session_storage = p.config.session_storage.clone();
@@ -190,6 +200,7 @@ impl DownstreamTls {
             resolver,
             asks_client_cert: t.client_ca.is_some(),
             certs,
+            client_auth,
         })
     }
 
