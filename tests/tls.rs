@@ -273,6 +273,23 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
     // The CA is shown by its file, never its content.
     let dump = tern.config_dump().await.to_string();
     assert!(dump.contains("certs/upstream-ca.pem") && !dump.contains("BEGIN"));
+
+    // A reload that changes a cluster's TLS leaves no connection verified under the old rules:
+    // the pooled connection of /bysni is not reused once its CA no longer vouches for it.
+    let before = tern.config_dump().await["version"].clone();
+    let changed = y.replacen(
+        "tls: { sni: api.internal, ca: { file: certs/upstream-ca.pem } }",
+        "tls: { sni: api.internal, ca: { file: certs/other-ca.pem } }",
+        1,
+    );
+    assert_ne!(changed, y);
+    cfg.write("tern.yaml", &changed);
+    wait_for("the reload", || async {
+        (tern.config_dump().await["version"] != before).then_some(())
+    })
+    .await;
+    let r = get(&url("/bysni/again"), &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "upstream TLS error\n"));
 }
 
 #[tokio::test]
