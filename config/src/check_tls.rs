@@ -215,6 +215,10 @@ impl Ck<'_> {
             None => None,
         };
         if let (Some(certs), Some(k), Some(_)) = (&certs, &parsed_key, &facts) {
+            if let Err(e) = tls::key_usable(&certs[0]) {
+                self.key_error(kpos, format!("private_key ({}): {e}", origin(key)));
+                return None;
+            }
             match tls::key_matches(&certs[0], k) {
                 Ok(Some(true)) | Ok(None) => {}
                 Ok(Some(false)) => self.key_error(
@@ -591,6 +595,20 @@ route_configs:
             .replace("ec-chain.pem", "ec-chain-reversed.pem")
             .replace("KEY", "ec.key");
         assert_eq!(codes(&load(&text, Limits::default()))[0], ("E011", 7));
+        // Keys ring cannot sign with: refused here, not later by the proxy without a line.
+        for (chain, key, says) in [
+            ("p521.pem", "p521.key", "P-521"),
+            ("rsa1024.pem", "rsa1024.key", "1024 bits"),
+        ] {
+            let text = LISTENER.replace("ec-chain.pem", chain).replace("KEY", key);
+            let r = load(&text, Limits::default());
+            assert_eq!(codes(&r)[0], ("E011", 8), "{:?}", r.diagnostics);
+            assert!(
+                r.diagnostics[0].message.contains(says),
+                "{:?}",
+                r.diagnostics
+            );
+        }
         let env = LISTENER.replace("{ file: KEY }", "{ env: TERN_TEST_UNSET_KEY_VARIABLE }");
         assert_eq!(codes(&load(&env, Limits::default()))[0], ("E011", 8));
         assert_eq!(codes(&load(&env, offline))[0], ("W015", 8));
