@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
 use crate::upstream::cluster::{ActiveRequest, Cluster};
 use crate::upstream::connect::Connector;
 use crate::upstream::outlier::{self, Outcome};
