@@ -99,7 +99,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let (done, read) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let mut c = TcpStream::connect(addr).await.unwrap();
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
             let _ = c.write_all(&bytes).await;
             let _ = c.shutdown().await;
             // Held open until the reader is done.
