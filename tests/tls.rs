@@ -200,8 +200,13 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
     y.push_str(&routes_yaml(
         port,
         &log,
-        &["bysni", "byip", "wrongca", "wrongsan", "bysan", "plain"],
+        &[
+            "bysni", "byip", "wrongca", "wrongsan", "bysan", "plain", "silent",
+        ],
     ));
+    // Accepts (the kernel does) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
     y.push_str(&format!(
         "clusters:
   - name: bysni
@@ -223,6 +228,10 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
       verify_subject_alt_names: [spiffe://prod/orders, spiffe://prod/payments]
   - name: plain
     endpoints: [{{ address: \"{api}\" }}]
+  - name: silent
+    connect_timeout: 0.3s
+    endpoints: [{{ address: \"{silent_addr}\" }}]
+    tls: {{ sni: api.internal, ca: {{ file: certs/upstream-ca.pem }} }}
 "
     ));
     cfg.write("tern.yaml", &y);
@@ -248,6 +257,14 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
             "{bad}"
         );
     }
+    // A handshake that never completes within connect_timeout is a TLS failure too.
+    let r = get(&url("/silent/x"), &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "upstream TLS error\n"));
+    assert_eq!(
+        tern.stat("cluster.silent.upstream_ssl.connection_error")
+            .await,
+        1
+    );
     // Plain HTTP to a TLS port is no TLS error: the upstream just fails.
     assert_ne!(get(&url("/plain/x"), &[]).await.status, 200);
 
