@@ -201,12 +201,20 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
         port,
         &log,
         &[
-            "bysni", "byip", "wrongca", "wrongsan", "bysan", "plain", "silent",
+            "bysni", "byip", "wrongca", "wrongsan", "bysan", "plain", "silent", "auto",
         ],
+    ));
+    // A host name endpoint (from DNS): its name is the SNI and what is verified (auto_sni).
+    let dns = tern_testkit::DnsServer::start().await;
+    dns.set("api.internal", &["127.0.0.1"], 60);
+    y.push_str(&format!(
+        "dns: {{ resolvers: [\"{}\"], timeout: 200ms, attempts: 1 }}\n",
+        dns.resolver()
     ));
     // Accepts (the kernel does) and never says a word.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    let api_port = api.port();
     y.push_str(&format!(
         "clusters:
   - name: bysni
@@ -228,6 +236,9 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
       verify_subject_alt_names: [spiffe://prod/orders, spiffe://prod/payments]
   - name: plain
     endpoints: [{{ address: \"{api}\" }}]
+  - name: auto
+    endpoints: [{{ address: \"api.internal:{api_port}\" }}]
+    tls: {{ ca: {{ file: certs/upstream-ca.pem }} }}
   - name: silent
     connect_timeout: 0.3s
     endpoints: [{{ address: \"{silent_addr}\" }}]
@@ -240,6 +251,11 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
 
     // Verified by the configured SNI name, which the upstream receives.
     let r = get(&url("/bysni/x"), &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=api.internal client=-")
+    );
+    let r = get(&url("/auto/x"), &[]).await;
     assert_eq!(
         (r.status, r.body.as_str()),
         (200, "sni=api.internal client=-")
@@ -510,7 +526,7 @@ async fn edge() -> Edge {
     route_config: main
     access_log:
       - path: {log}
-        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL%\"
+        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL% %DOWNSTREAM_TLS_CIPHER%\"
     tls:
       certificates:
 {certs3}  - name: mtls
@@ -634,7 +650,7 @@ async fn sni_selects_the_certificate_and_alpn_serves_h2_and_http1_to_rust_and_cu
     // The access log shows the connection's TLS facts.
     assert_eq!(
         log_line(&e.log, "/h2").await,
-        "/h2 TLSv1.3 api.test - - HTTP/2"
+        "/h2 TLSv1.3 api.test - - HTTP/2 TLS_AES_256_GCM_SHA384"
     );
     // Session resumption: a second connection of the same client resumes.
     let s = tls_connect(port, "api.test", &h1).await.unwrap();
