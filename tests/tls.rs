@@ -707,6 +707,15 @@ async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
     };
     assert!(refused);
     stat_above_zero(&e.tern, "listener.mtls.ssl.fail_verify_no_cert").await;
+    // A certificate from another CA: refused too, and counted as a verification failure.
+    let stranger = Ca::new("Stranger CA").leaf("mobile-app", &["app.clients.test"]);
+    let foreign = client_config(&e.ca, &[], Some(&stranger));
+    let refused = match tls_connect(e.ports[2], "api.test", &foreign).await {
+        Err(_) => true,
+        Ok(s) => get_over(s, "api.test", "/x", &[]).await.is_err(),
+    };
+    assert!(refused);
+    stat_above_zero(&e.tern, "listener.mtls.ssl.fail_verify_error").await;
     // With one: sanitize_set replaces the forged XFCC with this client's element.
     let s = tls_connect(e.ports[2], "api.test", &with_cert)
         .await
