@@ -1020,6 +1020,12 @@ route_configs:
     assert!(t
         .logs()
         .contains("environment variable `TERN_TEST_TLS_KEY` is not set"));
+    // Set but empty (a secret that failed to resolve): refused likewise.
+    let mut t = Tern::spawn_env(cfg.path(), free_port(), &[], &[("TERN_TEST_TLS_KEY", "")]);
+    assert!(!t.wait_exit().await.success());
+    assert!(t
+        .logs()
+        .contains("environment variable `TERN_TEST_TLS_KEY` is empty"));
 }
 
 // ---------------------------------------------------------------------------------------------
