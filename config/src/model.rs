@@ -403,13 +403,14 @@ pub enum ForwardClientCertDetails {
     /// Remove it (a client could forge it).
     #[default]
     Sanitize,
-    /// Forward it as the client sent it (only behind a proxy you trust to set it).
+    /// Forward it as the client sent it on mutual TLS connections, else remove it.
     ForwardOnly,
     /// Forward it and, on mutual TLS connections, append this client's element.
     AppendForward,
     /// Replace it with this client's element (mutual TLS connections), else remove it.
     SanitizeSet,
-    /// Forward it unchanged only on mutual TLS connections, else remove it.
+    /// Always forward it as the client sent it, TLS or not (only behind a proxy you trust to
+    /// set it).
     AlwaysForwardOnly,
 }
 

@@ -52,12 +52,15 @@ impl<'a> Connector<'a> {
         }
     }
 
-    /// Connects to `ep`.
+    /// Connects to `ep`: TCP and the TLS handshake together within the connect timeout.
     pub async fn connect(&self, ep: &Endpoint) -> Result<UpStream, ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || format!("timed out after {:?}", self.timeout);
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await {
+            Ok(r) => r.map_err(|e| ConnectError::Tcp(e.to_string()))?,
+            Err(_) => return Err(ConnectError::Tcp(timed_out())),
+        };
         let work = async {
-            let tcp = TcpStream::connect(ep.addr)
-                .await
-                .map_err(|e| ConnectError::Tcp(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             self.options.apply(&tcp);
             let Some(tls) = self.tls else {
@@ -80,12 +83,13 @@ impl<'a> Connector<'a> {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Tcp(format!(
-                "timed out after {:?}",
-                self.timeout
-            ))),
+            // A peer that accepts but never finishes the handshake is a TLS failure.
+            Err(_) => {
+                self.stats.ssl_connection_error.inc();
+                Err(ConnectError::Tls(format!("handshake {}", timed_out())))
+            }
         }
     }
 }
