@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Version};
-use tern_config::log_format::{compile, Field, Format, Part, DEFAULT_FORMAT};
+use tern_config::log_format::{compile, Field, Format, GrpcStatusFormat, Part, DEFAULT_FORMAT};
 
 use crate::stats::ListenerStats;
 use crate::stream_info::{Observer, StreamInfo};
@@ -69,7 +69,25 @@ fn value(i: &StreamInfo, f: &Field) -> Option<String> {
             let uris = &i.downstream_tls.as_ref()?.peer.as_ref()?.facts.uris;
             (!uris.is_empty()).then(|| uris.join(","))?
         }
+        Field::GrpcStatus(f) => {
+            let code = grpc_status(i)?;
+            match f {
+                GrpcStatusFormat::CamelString => crate::grpc::camel_name(code).to_string(),
+                GrpcStatusFormat::SnakeString => crate::grpc::snake_name(code).to_string(),
+                GrpcStatusFormat::Number => code.to_string(),
+            }
+        }
     })
+}
+
+/// A gRPC request's status as Envoy's `%GRPC_STATUS%` finds it: the trailers', else the
+/// trailers-only headers', else the HTTP status mapped; none for other requests.
+fn grpc_status(i: &StreamInfo) -> Option<u8> {
+    if !i.grpc {
+        return None;
+    }
+    i.grpc_status
+        .or_else(|| (i.status != 0).then(|| crate::grpc::from_http(i.status)))
 }
 
 /// The line (without newline) for `i` in `format`.
@@ -111,6 +129,7 @@ pub fn render(i: &StreamInfo, format: &Format) -> String {
                 "trace_id": s(value(i, &Field::TraceId)),
                 "downstream_remote_address": i.peer.to_string(),
                 "downstream_direct_remote_address": i.direct_peer.to_string(),
+                "grpc_status": grpc_status(i),
             });
             j.to_string()
         }

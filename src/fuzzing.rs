@@ -55,3 +55,33 @@ pub fn route(
     }
     Some(chosen)
 }
+
+/// Reads a `grpc-timeout` value as the proxy does; what it accepts is written back in the wire
+/// format and read again (never shorter than what was read, rounded to whole milliseconds).
+pub fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
+    let d = crate::grpc::parse_timeout(value)?;
+    let written = crate::grpc::format_timeout(d);
+    let back = crate::grpc::parse_timeout(written.as_bytes());
+    // Written in the wire format, and never shorter (past 8 digits of milliseconds the unit
+    // grows and rounds down, as Envoy's does).
+    assert!(
+        back.is_some_and(|b| b >= d || d > std::time::Duration::from_millis(99_999_999)),
+        "{d:?} written as {written:?}"
+    );
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The seed corpus goes through the fuzz target's checks in every test run.
+    #[test]
+    fn grpc_timeout_corpus_holds_the_invariants() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/grpc_timeout");
+        let mut accepted = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            accepted += usize::from(super::grpc_timeout(&bytes).is_some());
+        }
+        assert!(accepted >= 4, "the corpus has valid values too");
+    }
+}

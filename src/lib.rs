@@ -10,6 +10,7 @@ pub(crate) mod access_log;
 pub(crate) mod admin;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod listener;
 pub mod logging;

@@ -457,8 +457,9 @@ fn hv(v: &HeaderValue) -> String {
     String::from_utf8_lossy(v.as_bytes()).into_owned()
 }
 
-/// The OTel span of a record: kind SERVER, named after the route, HTTP semantic-convention
-/// attributes plus Tern's own.
+/// The OTel span of a record: kind SERVER, named after the route (a gRPC call after its method,
+/// `package.Service/Method`, as OpenTelemetry's RPC conventions name spans), HTTP
+/// semantic-convention attributes (and RPC ones for gRPC) plus Tern's own.
 fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
     let i = &*r.info;
     let ids = i.span.unwrap_or(SpanIds {
@@ -500,6 +501,20 @@ fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
         "upstream.address",
         i.upstream_host.as_deref().map(str::to_string),
     );
+    let method = i.grpc.then(|| crate::grpc::method(i.path_only())).flatten();
+    if i.grpc {
+        attrs.push(KeyValue::new("rpc.system", "grpc"));
+        if let Some((service, m)) = method.and_then(|m| m[1..].split_once('/')) {
+            attrs.push(KeyValue::new("rpc.service", service.to_string()));
+            attrs.push(KeyValue::new("rpc.method", m.to_string()));
+        }
+        let code = i
+            .grpc_status
+            .or_else(|| (i.status != 0).then(|| crate::grpc::from_http(i.status)));
+        if let Some(code) = code {
+            attrs.push(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+        }
+    }
     let status = if i.status >= 500 {
         Status::error(format!("HTTP {}", i.status))
     } else {
@@ -516,10 +531,11 @@ fn span_data(r: &Record, scope: &InstrumentationScope) -> SpanData {
         parent_span_id: ids.parent.map_or(SpanId::INVALID, SpanId::from),
         parent_span_is_remote: ids.parent.is_some(),
         span_kind: SpanKind::Server,
-        name: i
-            .route_name
-            .as_deref()
-            .map_or_else(|| "ingress".into(), |n| n.to_string().into()),
+        name: match (method, i.route_name.as_deref()) {
+            (Some(m), _) => m[1..].to_string().into(),
+            (None, Some(n)) => n.to_string().into(),
+            (None, None) => "ingress".into(),
+        },
         start_time: i.start_time,
         end_time: i.start_time + i.duration,
         attributes: attrs,

@@ -451,11 +451,13 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
             crate::access_log::reopen_all();
         }
     });
-    let mut server = Server::start(opts.clone()).await?;
+    // Watching starts before the first read, so a write during the start is not missed.
     let mut watcher = Watcher::new(&opts.config, watch)
         .map_err(|e| format!("cannot watch {}: {e}", opts.config.display()))?;
+    let mut server = Server::start(opts.clone()).await?;
     if watcher.update(&server.watch_dirs) {
-        // Files may have changed between the initial read and the watches being in place.
+        // Files may have changed in directories watched only now.
+        watcher.writes_closed().await;
         server.reload(false).await;
         watcher.update(&server.watch_dirs);
     }
@@ -473,6 +475,7 @@ pub async fn run(opts: Options, watch: WatchOptions) -> Result<(), String> {
             if !watcher.update(&server.watch_dirs) {
                 break;
             }
+            watcher.writes_closed().await;
             server.reload(false).await;
         }
     }

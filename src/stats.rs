@@ -148,6 +148,30 @@ impl StatusClasses {
     }
 }
 
+/// Counts by gRPC status code (0..=16; a code above the known ones counts as 2, `UNKNOWN`).
+#[derive(Debug, Default)]
+pub struct GrpcStatuses([Counter; 17]);
+
+impl GrpcStatuses {
+    /// Counts one response with gRPC status `code`.
+    #[inline]
+    pub fn record(&self, code: u8) {
+        let i = if code > 16 { 2 } else { code as usize };
+        self.0[i].inc();
+    }
+    /// Count for `code`.
+    pub fn get(&self, code: u8) -> u64 {
+        self.0.get(code as usize).map_or(0, Counter::get)
+    }
+
+    /// `("14", count)` for each code seen at least once (a bounded label set: 17 values).
+    fn by_code(&self) -> impl Iterator<Item = (String, i64)> + '_ {
+        (0..=16u8)
+            .map(|c| (c.to_string(), self.get(c) as i64))
+            .filter(|(_, n)| *n > 0)
+    }
+}
+
 /// How a family is exported.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
@@ -170,6 +194,7 @@ struct Family {
 enum Value<'a> {
     Int(i64),
     Classes(&'a StatusClasses),
+    Grpc(&'a GrpcStatuses),
     Histogram(&'a Histogram),
 }
 
@@ -186,6 +211,11 @@ impl From<&Gauge> for Value<'_> {
 impl<'a> From<&'a StatusClasses> for Value<'a> {
     fn from(c: &'a StatusClasses) -> Self {
         Value::Classes(c)
+    }
+}
+impl<'a> From<&'a GrpcStatuses> for Value<'a> {
+    fn from(c: &'a GrpcStatuses) -> Self {
+        Value::Grpc(c)
     }
 }
 impl<'a> From<&'a Histogram> for Value<'a> {
@@ -215,6 +245,9 @@ impl Stat for Gauge {
     const KIND: Kind = Kind::Gauge;
 }
 impl Stat for StatusClasses {
+    const KIND: Kind = Kind::Counter;
+}
+impl Stat for GrpcStatuses {
     const KIND: Kind = Kind::Counter;
 }
 impl Stat for Histogram {
@@ -383,6 +416,8 @@ stats_table! {
         upstream_cx_http2_total: Counter, "Upstream HTTP/2 connections opened.";
         upstream_rq_active: Gauge, "Upstream requests in flight.";
         upstream_rq_xx: StatusClasses, "Upstream responses by status class.";
+        upstream_rq_grpc_status: GrpcStatuses,
+            "Upstream gRPC responses by grpc-status (trailers-only headers or trailers).";
         upstream_cx_overflow: Counter, "Requests refused because max_connections was reached.";
         upstream_rq_pending_overflow: Counter,
             "Requests refused because max_pending_requests or max_requests was reached.";
@@ -611,6 +646,17 @@ impl Samples {
                     });
                 }
             }
+            Value::Grpc(c) => {
+                for (code, value) in c.by_code() {
+                    let mut labels = owned();
+                    labels.push(("code", code));
+                    self.values.push(Sample {
+                        family,
+                        labels,
+                        value,
+                    });
+                }
+            }
             Value::Histogram(h) => self.histograms.push(HistSample {
                 family,
                 labels: owned(),
@@ -811,9 +857,14 @@ impl Stats {
             }
             let mut name = String::new();
             let mut class = None;
+            let mut code = None;
             for (k, v) in &s.labels {
                 if *k == "class" {
                     class = Some(v);
+                    continue;
+                }
+                if *k == "code" {
+                    code = Some(v);
                     continue;
                 }
                 let _ = write!(name, "{k}.{v}.");
@@ -824,6 +875,10 @@ impl Stats {
             match class {
                 Some(c) => name.push_str(&s.family.name.replace("_xx", &format!("_{c}"))),
                 None => name.push_str(s.family.name),
+            }
+            // A gRPC status family: one line per code seen, `..._grpc_status.14`.
+            if let Some(c) = code {
+                let _ = write!(name, ".{c}");
             }
             if filter.is_none_or(|f| f.is_match(&name)) {
                 out.push((name, Entry::Int(s.value)));
@@ -904,6 +959,22 @@ mod tests {
         assert!(p.contains("# TYPE tern_downstream_rq_total counter\n"));
         assert!(p.contains("tern_downstream_rq_total{listener=\"ingress\"} 1\n"));
         assert!(p.contains("tern_downstream_rq_xx_total{listener=\"ingress\",class=\"5xx\"} 1\n"));
+        let c = s.cluster("api");
+        c.upstream_rq_grpc_status.record(14);
+        c.upstream_rq_grpc_status.record(14);
+        c.upstream_rq_grpc_status.record(99);
+        let g = s.prometheus("v1", &Scraped::default());
+        assert!(g.contains("tern_upstream_rq_grpc_status_total{cluster=\"api\",code=\"14\"} 2\n"));
+        assert!(g.contains("tern_upstream_rq_grpc_status_total{cluster=\"api\",code=\"2\"} 1\n"));
+        assert!(
+            !g.contains("code=\"0\""),
+            "codes never seen are not exported"
+        );
+        let t = s.text("v1", None, &Scraped::default());
+        assert!(
+            t.contains("cluster.api.upstream_rq_grpc_status.14: 2\n"),
+            "{t}"
+        );
         assert!(p.contains("tern_upstream_rq_total{cluster=\"api\"} 1\n"));
         assert!(p.contains("tern_config_version_info{version=\"abc\"} 1\n"));
         let t = s.text(
@@ -960,6 +1031,8 @@ mod tests {
             l.downstream_rq_xx.record(200);
             l.downstream_rq_time.record(Duration::from_millis(3));
             s.cluster(name).upstream_cx_total.inc();
+            // Codes are exported once seen.
+            s.cluster(name).upstream_rq_grpc_status.record(14);
             s.route("main", "all", name).rq_total.inc();
         }
         s.config.update_success.inc();

@@ -167,6 +167,11 @@ pub struct StreamInfo {
     pub span: Option<SpanIds>,
     /// Whether the response reached its end (otherwise the record ends with `DC`).
     pub response_done: bool,
+    /// The request is gRPC (`content-type: application/grpc...`).
+    pub grpc: bool,
+    /// The gRPC status: from the response headers (trailers-only, or the proxy's own reply),
+    /// else from the response trailers.
+    pub grpc_status: Option<u8>,
 }
 
 impl StreamInfo {
@@ -215,6 +220,8 @@ impl StreamInfo {
             trace_id: crate::trace::extract(h).0.map(|c| c.trace_id),
             span: None,
             response_done: false,
+            grpc: crate::grpc::is_grpc(h),
+            grpc_status: None,
         }
     }
 
@@ -222,6 +229,9 @@ impl StreamInfo {
     pub fn response(&mut self, obs: &Observers, status: u16, h: &HeaderMap) {
         self.status = status;
         self.resp_headers = obs.resp_headers.iter().map(|n| h.get(n).cloned()).collect();
+        if self.grpc {
+            self.grpc_status = crate::grpc::status_of(h);
+        }
     }
 
     /// The path without the query.

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
-
 use crate::upstream::cluster::{ActiveRequest, Cluster};
 use crate::upstream::connect::Connector;
 use crate::upstream::outlier::{self, Outcome};
@@ -16,7 +14,10 @@ const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// first) and the SNI it names. `None` when the bytes are not a ClientHello (or are over
 /// [`MAX_CLIENT_HELLO`], or do not come within the TLS handshake timeout): the connection is
 /// closed. rustls parses the hello; nothing of it is answered.
-pub async fn client_hello(down: &mut TcpStream) -> Option<(Vec<u8>, Option<String>)> {
+pub async fn client_hello<R>(down: &mut R) -> Option<(Vec<u8>, Option<String>)>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let read = async {
         let mut acceptor = rustls::server::Acceptor::default();
@@ -98,7 +99,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let (done, read) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            let mut c = TcpStream::connect(addr).await.unwrap();
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
             let _ = c.write_all(&bytes).await;
             let _ = c.shutdown().await;
             // Held open until the reader is done.
@@ -119,13 +120,21 @@ mod tests {
             hello_of(vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).await,
             None
         );
-        // Records of garbage up to the cap.
-        let mut big = Vec::new();
-        while big.len() <= MAX_CLIENT_HELLO {
-            big.extend_from_slice(&[0x16, 0x03, 0x01, 0x3f, 0xff]);
-            big.extend(std::iter::repeat_n(0xAB, 0x3fff));
+        // A ClientHello announcing 64 KiB, trickled in tiny records (86 KB for the whole
+        // hello): the read ends at the cap (rustls's own buffer limit is about the same),
+        // never holding more than it.
+        let mut big = vec![0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0xff, 0xff];
+        while big.len() <= 2 * MAX_CLIENT_HELLO {
+            big.extend_from_slice(&[0x16, 0x03, 0x01, 0x00, 0x10]);
+            big.extend(std::iter::repeat_n(0xAB, 0x10));
         }
-        assert_eq!(hello_of(big).await, None);
+        let mut reader = std::io::Cursor::new(big);
+        assert_eq!(client_hello(&mut reader).await, None);
+        let read = reader.position() as usize;
+        assert!(
+            read > MAX_CLIENT_HELLO - 4096 && read <= MAX_CLIENT_HELLO + 4096,
+            "read {read}: the cap, not a parse error, ended it"
+        );
         // A real ClientHello, split in two writes, is read whole with its SNI.
         let mut conn = rustls::ClientConnection::new(
             std::sync::Arc::new(

@@ -193,7 +193,13 @@ impl Watcher {
             filter,
             writes,
         };
-        w.update(&BTreeSet::new());
+        // The configured directory itself from the start: the first read happens after this,
+        // so a file written during or after it is seen (and waited for while open).
+        // It stays watched (a second watch of the same directory under another name shares its
+        // inotify watch, which an unwatch would remove).
+        let first: BTreeSet<PathBuf> = [root].into_iter().filter(|r| r.is_dir()).collect();
+        w.chain_parents.extend(first.iter().cloned());
+        w.update(&first);
         Ok(w)
     }
 
@@ -239,6 +245,13 @@ impl Watcher {
         if let Some(first) = first {
             self.quiet(first).await;
         }
+        self.writes_closed().await;
+    }
+
+    /// Waits while a configuration file written in place is still open for writing (up to
+    /// [`WatchOptions::max_wait`] from the start of its write): before any read, so a read
+    /// that no event asked for (after a new directory is watched) never takes half a file.
+    pub async fn writes_closed(&mut self) {
         loop {
             let now = tokio::time::Instant::now();
             let Some(until) = self.open_writes_until(now) else {

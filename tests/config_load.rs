@@ -141,6 +141,27 @@ fn resilience_values_are_checked_where_written() {
         vec![("E004", 4), ("E004", 4), ("E004", 6), ("E004", 6)],
         "{r:?}"
     );
+    // gRPC: a fault abort with both statuses and one out of range; max_stream_duration with a
+    // bad duration; a health check with two kinds (`grpc` is accepted for grpc_health_check) and
+    // a bad authority.
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: /a }}\n            route: {{ cluster: c, max_stream_duration: {{ grpc_timeout_header_max: 1s }} }}\n            fault: {{ abort: {{ http_status: 503, grpc_status: 14 }} }}\n          - match: {{ prefix: /b }}\n            route: {{ cluster: c }}\n            fault: {{ abort: {{ grpc_status: 17 }} }}\n"
+    ));
+    let lines: Vec<_> = r.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(lines, vec![("E004", 12), ("E004", 15)], "{r:?}");
+    let r = codes_of(&format!(
+        "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: c, max_stream_duration: {{ grpc_timeout_header_offset: 1x }} }}\n"
+    ));
+    assert_eq!(
+        r.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+        vec![("E004", 11)],
+        "{r:?}"
+    );
+    let r = codes_of(
+        "clusters:\n  - name: c\n    endpoints: [{ address: 127.0.0.1:1 }]\n    health_checks:\n      - { timeout: 1s, interval: 1s, unhealthy_threshold: 2, healthy_threshold: 1, tcp: {}, grpc: { service_name: s } }\n      - { timeout: 1s, interval: 1s, unhealthy_threshold: 2, healthy_threshold: 1, grpc_health_check: { authority: \"a b\" } }\n",
+    );
+    let lines: Vec<_> = r.iter().map(|d| (d.0, d.1)).collect();
+    assert_eq!(lines, vec![("E004", 5), ("E004", 6), ("E004", 6)], "{r:?}");
     // Rate limit of zero and a bad key.
     let r = codes_of(&format!(
         "{base}route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        rate_limit: {{ requests_per_unit: 0, unit: second, key: {{ source_ip: true, header: x }} }}\n        routes: []\n"

@@ -889,3 +889,51 @@ fn bad_otlp_settings_are_rejected_with_positions() {
         "{err}"
     );
 }
+
+/// A gRPC call's span is named after its method and carries the RPC attributes, the status
+/// included (here the proxy's own UNAVAILABLE for a dead upstream, sent trailers-only).
+#[tokio::test]
+async fn grpc_call_spans_are_named_after_the_method() {
+    let rx = grpc_receiver().await;
+    let tracing = format!("{{ otlp: {{ endpoint: \"http://{}\" }} }}", rx.addr);
+    let s = setup(&tracing, FAST).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+        .await
+        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://shop/broken.Cart/Add")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("traceparent", format!("00-{TRACE}-2222222222222222-01"))
+        .body(Full::new(Bytes::from_static(b"\x00\x00\x00\x00\x00")))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "14");
+    let got = wait_for("the gRPC span", || async {
+        rx.sink
+            .all()
+            .into_iter()
+            .find(|g| g.parent_id() == "2222222222222222")
+    })
+    .await;
+    assert_eq!(got.span.name, "broken.Cart/Add");
+    assert_eq!(got.s("rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(got.s("rpc.service").as_deref(), Some("broken.Cart"));
+    assert_eq!(got.s("rpc.method").as_deref(), Some("Add"));
+    assert_eq!(got.i("rpc.grpc.status_code"), Some(14));
+    assert_eq!(got.i("http.response.status_code"), Some(503));
+    assert_eq!(got.s("tern.response_flags").as_deref(), Some("UF"));
+    // A plain request's span has none of them.
+    let r = get(&format!("{}/api/x", s.base), &[]).await;
+    let (_, span_id, _) = backend_traceparent(&r);
+    let plain = rx.sink.span(&span_id).await;
+    assert_eq!(plain.span.name, "api");
+    assert!(plain.s("rpc.system").is_none() && plain.i("rpc.grpc.status_code").is_none());
+}

@@ -200,8 +200,21 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
     y.push_str(&routes_yaml(
         port,
         &log,
-        &["bysni", "byip", "wrongca", "wrongsan", "bysan", "plain"],
+        &[
+            "bysni", "byip", "wrongca", "wrongsan", "bysan", "plain", "silent", "auto",
+        ],
     ));
+    // A host name endpoint (from DNS): its name is the SNI and what is verified (auto_sni).
+    let dns = tern_testkit::DnsServer::start().await;
+    dns.set("api.internal", &["127.0.0.1"], 60);
+    y.push_str(&format!(
+        "dns: {{ resolvers: [\"{}\"], timeout: 200ms, attempts: 1 }}\n",
+        dns.resolver()
+    ));
+    // Accepts (the kernel does) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let api_port = api.port();
     y.push_str(&format!(
         "clusters:
   - name: bysni
@@ -223,6 +236,13 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
       verify_subject_alt_names: [spiffe://prod/orders, spiffe://prod/payments]
   - name: plain
     endpoints: [{{ address: \"{api}\" }}]
+  - name: auto
+    endpoints: [{{ address: \"api.internal:{api_port}\" }}]
+    tls: {{ ca: {{ file: certs/upstream-ca.pem }} }}
+  - name: silent
+    connect_timeout: 0.3s
+    endpoints: [{{ address: \"{silent_addr}\" }}]
+    tls: {{ sni: api.internal, ca: {{ file: certs/upstream-ca.pem }} }}
 "
     ));
     cfg.write("tern.yaml", &y);
@@ -231,6 +251,11 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
 
     // Verified by the configured SNI name, which the upstream receives.
     let r = get(&url("/bysni/x"), &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "sni=api.internal client=-")
+    );
+    let r = get(&url("/auto/x"), &[]).await;
     assert_eq!(
         (r.status, r.body.as_str()),
         (200, "sni=api.internal client=-")
@@ -248,6 +273,14 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
             "{bad}"
         );
     }
+    // A handshake that never completes within connect_timeout is a TLS failure too.
+    let r = get(&url("/silent/x"), &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "upstream TLS error\n"));
+    assert_eq!(
+        tern.stat("cluster.silent.upstream_ssl.connection_error")
+            .await,
+        1
+    );
     // Plain HTTP to a TLS port is no TLS error: the upstream just fails.
     assert_ne!(get(&url("/plain/x"), &[]).await.status, 200);
 
@@ -273,6 +306,23 @@ async fn https_upstreams_are_verified_and_failures_are_503_upstream_tls_error() 
     // The CA is shown by its file, never its content.
     let dump = tern.config_dump().await.to_string();
     assert!(dump.contains("certs/upstream-ca.pem") && !dump.contains("BEGIN"));
+
+    // A reload that changes a cluster's TLS leaves no connection verified under the old rules:
+    // the pooled connection of /bysni is not reused once its CA no longer vouches for it.
+    let before = tern.config_dump().await["version"].clone();
+    let changed = y.replacen(
+        "tls: { sni: api.internal, ca: { file: certs/upstream-ca.pem } }",
+        "tls: { sni: api.internal, ca: { file: certs/other-ca.pem } }",
+        1,
+    );
+    assert_ne!(changed, y);
+    cfg.write("tern.yaml", &changed);
+    wait_for("the reload", || async {
+        (tern.config_dump().await["version"] != before).then_some(())
+    })
+    .await;
+    let r = get(&url("/bysni/again"), &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (503, "upstream TLS error\n"));
 }
 
 #[tokio::test]
@@ -476,7 +526,7 @@ async fn edge() -> Edge {
     route_config: main
     access_log:
       - path: {log}
-        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL%\"
+        format: \"%REQ(:PATH)% %DOWNSTREAM_TLS_VERSION% %REQUESTED_SERVER_NAME% %DOWNSTREAM_PEER_SUBJECT% %DOWNSTREAM_PEER_URI_SAN% %PROTOCOL% %DOWNSTREAM_TLS_CIPHER%\"
     tls:
       certificates:
 {certs3}  - name: mtls
@@ -600,7 +650,7 @@ async fn sni_selects_the_certificate_and_alpn_serves_h2_and_http1_to_rust_and_cu
     // The access log shows the connection's TLS facts.
     assert_eq!(
         log_line(&e.log, "/h2").await,
-        "/h2 TLSv1.3 api.test - - HTTP/2"
+        "/h2 TLSv1.3 api.test - - HTTP/2 TLS_AES_256_GCM_SHA384"
     );
     // Session resumption: a second connection of the same client resumes.
     let s = tls_connect(port, "api.test", &h1).await.unwrap();
@@ -657,6 +707,15 @@ async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
     };
     assert!(refused);
     stat_above_zero(&e.tern, "listener.mtls.ssl.fail_verify_no_cert").await;
+    // A certificate from another CA: refused too, and counted as a verification failure.
+    let stranger = Ca::new("Stranger CA").leaf("mobile-app", &["app.clients.test"]);
+    let foreign = client_config(&e.ca, &[], Some(&stranger));
+    let refused = match tls_connect(e.ports[2], "api.test", &foreign).await {
+        Err(_) => true,
+        Ok(s) => get_over(s, "api.test", "/x", &[]).await.is_err(),
+    };
+    assert!(refused);
+    stat_above_zero(&e.tern, "listener.mtls.ssl.fail_verify_error").await;
     // With one: sanitize_set replaces the forged XFCC with this client's element.
     let s = tls_connect(e.ports[2], "api.test", &with_cert)
         .await
@@ -720,6 +779,60 @@ async fn mutual_tls_required_optional_and_xfcc_in_each_mode() {
     assert!(echoed(&body).get("x-forwarded-client-cert").is_none());
     let r = get(&format!("http://127.0.0.1:{}/x", e.ports[5]), &forged).await;
     assert_eq!(echoed(&r.body)["x-forwarded-client-cert"], forged[0].1);
+}
+
+/// Writes the edge's configuration and waits until it is the running one.
+async fn reload(e: &Edge, text: String) {
+    let before = e.tern.config_dump().await["version"].clone();
+    e.cfg.write("tern.yaml", &text);
+    wait_for("the reload", || async {
+        (e.tern.config_dump().await["version"] != before).then_some(())
+    })
+    .await;
+}
+
+/// A resumed session skips the client's proof: tickets outlive a reload that leaves client
+/// authentication alone, and none from before it works once a certificate is required.
+#[tokio::test]
+async fn session_tickets_outlive_a_reload_unless_client_authentication_changes() {
+    let e = edge().await;
+    let anon = client_config(&e.ca, &[], None);
+    // A session (and its ticket) on the optional-certificate listener.
+    let s = tls_connect(e.ports[3], "api.test", &anon).await.unwrap();
+    let (status, _, _) = get_over(s, "api.test", "/a", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    // A reload that changes something else: the ticket still resumes.
+    let yaml = std::fs::read_to_string(e.cfg.path().join("tern.yaml")).unwrap();
+    reload(&e, yaml.replace("prefix: /secure", "prefix: /secured")).await;
+    let s = tls_connect(e.ports[3], "api.test", &anon).await.unwrap();
+    assert_eq!(
+        s.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let (status, _, _) = get_over(s, "api.test", "/b", &[]).await.unwrap();
+    assert_eq!(status, 200);
+    // Now the listener requires a certificate: the old ticket must not let the client in.
+    let optional = "    forward_client_cert_details: append_forward\n";
+    assert!(yaml.contains(optional));
+    let required = yaml.replacen(
+        "      client_ca: { file: certs/ca.pem }\n  - name: forward-only",
+        "      client_ca: { file: certs/ca.pem }\n      require_client_certificate: true\n  - name: forward-only",
+        1,
+    );
+    assert_ne!(required, yaml);
+    reload(&e, required.replace("prefix: /secure", "prefix: /secured")).await;
+    let let_in = match tls_connect(e.ports[3], "api.test", &anon).await {
+        Err(_) => false,
+        Ok(s) => {
+            assert_ne!(
+                s.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Resumed),
+                "resumed past a newly required client certificate"
+            );
+            get_over(s, "api.test", "/c", &[]).await.is_ok()
+        }
+    };
+    assert!(!let_in, "a client without a certificate got in");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -907,6 +1020,12 @@ route_configs:
     assert!(t
         .logs()
         .contains("environment variable `TERN_TEST_TLS_KEY` is not set"));
+    // Set but empty (a secret that failed to resolve): refused likewise.
+    let mut t = Tern::spawn_env(cfg.path(), free_port(), &[], &[("TERN_TEST_TLS_KEY", "")]);
+    assert!(!t.wait_exit().await.success());
+    assert!(t
+        .logs()
+        .contains("environment variable `TERN_TEST_TLS_KEY` is empty"));
 }
 
 // ---------------------------------------------------------------------------------------------

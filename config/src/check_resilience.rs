@@ -17,6 +17,21 @@ pub const RETRY_ON: &[&str] = &[
     "retriable-4xx",
     "refused-stream",
     "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+/// The `retry_on` conditions read from a gRPC response's `grpc-status` (Envoy's
+/// `x-envoy-retry-grpc-on` values, accepted in `retry_on` as Envoy's route config does).
+pub const GRPC_RETRY_ON: &[&str] = &[
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 ];
 
 struct Ck<'a> {
@@ -133,14 +148,21 @@ impl Ck<'_> {
         }
         if let Some(a) = &f.abort {
             self.percent("abort percentage", &a.percentage);
-            match &a.http_status {
-                Some(s) if !(200..=599).contains(&s.value) => self.bad(
+            match (&a.http_status, &a.grpc_status) {
+                (Some(s), _) if !(200..=599).contains(&s.value) => self.bad(
                     s.pos,
                     format!("abort http_status {} must be 200-599", s.value),
                 ),
-                None if !f.header_controlled => self.bad(
+                (_, Some(g)) if g.value > 16 => self.bad(
+                    g.pos,
+                    format!("abort grpc_status {} must be a gRPC status (0-16)", g.value),
+                ),
+                (Some(_), Some(g)) => {
+                    self.bad(g.pos, "abort takes http_status or grpc_status, not both")
+                }
+                (None, None) if !f.header_controlled => self.bad(
                     a.pos,
-                    "abort needs http_status (or header_controlled: true)",
+                    "abort needs http_status or grpc_status (or header_controlled: true)",
                 ),
                 _ => {}
             }
@@ -242,8 +264,26 @@ impl Ck<'_> {
             );
         }
         for hc in &c.health_checks {
-            if hc.http.is_some() == hc.tcp.is_some() {
-                self.bad(hc.pos, "health check needs exactly one of http or tcp");
+            let kinds = [
+                hc.http.is_some(),
+                hc.tcp.is_some(),
+                hc.grpc_health_check.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                self.bad(
+                    hc.pos,
+                    "health check needs exactly one of http, tcp or grpc_health_check",
+                );
+            }
+            if let Some(g) = &hc.grpc_health_check {
+                if let Some(a) = &g.authority {
+                    if a.is_empty() || http::uri::Authority::try_from(a.as_str()).is_err() {
+                        self.bad(
+                            hc.pos,
+                            format!("grpc_health_check authority {a:?} is not a valid authority"),
+                        );
+                    }
+                }
             }
             for t in [&hc.timeout, &hc.interval] {
                 if t.0.is_zero() {

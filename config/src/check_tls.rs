@@ -216,6 +216,10 @@ impl Ck<'_> {
             None => None,
         };
         if let (Some(certs), Some(k), Some(_)) = (&certs, &parsed_key, &facts) {
+            if let Err(e) = tls::key_usable(&certs[0]) {
+                self.key_error(kpos, format!("private_key ({}): {e}", origin(key)));
+                return None;
+            }
             match tls::key_matches(&certs[0], k) {
                 Ok(Some(true)) | Ok(None) => {}
                 Ok(Some(false)) => self.key_error(
@@ -234,7 +238,10 @@ impl Ck<'_> {
         Some(leaf)
     }
 
-    /// An expired (or not yet valid) certificate is an error, one expiring soon a warning.
+    /// An expired (or not yet valid) certificate is an error for the validator, one expiring
+    /// soon a warning. In the proxy an expired one is a warning too (and its gauge shows it):
+    /// refusing it would refuse every later reload and even a restart, taking the plaintext
+    /// listeners down with it, while serving it fails only its own handshakes (Envoy serves it).
     fn validity(&mut self, leaf: &CertFacts, pos: Pos, origin: &str) {
         let when = |t: i64| {
             humantime::format_rfc3339_seconds(
@@ -242,7 +249,25 @@ impl Ck<'_> {
             )
             .to_string()
         };
-        if leaf.not_after < self.now {
+        if !self.limits.offline && (leaf.not_after < self.now || leaf.not_before > self.now) {
+            let what = if leaf.not_after < self.now {
+                format!("expired on {}", when(leaf.not_after))
+            } else {
+                format!("is not valid before {}", when(leaf.not_before))
+            };
+            self.diags.push(
+                Diagnostic::warning(
+                    codes::CERT_EXPIRING,
+                    self.file,
+                    pos,
+                    format!(
+                        "certificate `{}` ({origin}) {what}; served anyway",
+                        leaf.subject
+                    ),
+                )
+                .with_help("renew it: clients refuse it"),
+            );
+        } else if leaf.not_after < self.now {
             self.diags.push(
                 Diagnostic::error(
                     codes::CERT_EXPIRED,
@@ -556,7 +581,16 @@ route_configs:
         let text = LISTENER
             .replace("ec-chain.pem", "expired.pem")
             .replace("KEY", "expired.key");
-        assert_eq!(codes(&load(&text, Limits::default()))[0], ("E012", 7));
+        let offline = Limits {
+            offline: true,
+            ..Limits::default()
+        };
+        // The validator refuses it; the proxy serves it with a warning.
+        assert_eq!(codes(&load(&text, offline))[0], ("E012", 7));
+        let served = load(&text, Limits::default());
+        assert!(served.config.is_some(), "{:?}", served.diagnostics);
+        assert_eq!(codes(&served)[0], ("W011", 7));
+        assert!(served.diagnostics[0].message.contains("served anyway"));
         let soon = Limits {
             cert_expiry_warn: std::time::Duration::from_secs(200 * 365 * 86_400),
             ..Limits::default()
@@ -567,12 +601,22 @@ route_configs:
             .replace("ec-chain.pem", "ec-chain-reversed.pem")
             .replace("KEY", "ec.key");
         assert_eq!(codes(&load(&text, Limits::default()))[0], ("E011", 7));
+        // Keys ring cannot sign with: refused here, not later by the proxy without a line.
+        for (chain, key, says) in [
+            ("p521.pem", "p521.key", "P-521"),
+            ("rsa1024.pem", "rsa1024.key", "1024 bits"),
+        ] {
+            let text = LISTENER.replace("ec-chain.pem", chain).replace("KEY", key);
+            let r = load(&text, Limits::default());
+            assert_eq!(codes(&r)[0], ("E011", 8), "{:?}", r.diagnostics);
+            assert!(
+                r.diagnostics[0].message.contains(says),
+                "{:?}",
+                r.diagnostics
+            );
+        }
         let env = LISTENER.replace("{ file: KEY }", "{ env: TERN_TEST_UNSET_KEY_VARIABLE }");
         assert_eq!(codes(&load(&env, Limits::default()))[0], ("E011", 8));
-        let offline = Limits {
-            offline: true,
-            ..Limits::default()
-        };
         assert_eq!(codes(&load(&env, offline))[0], ("W015", 8));
     }
 

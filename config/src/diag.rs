@@ -78,6 +78,9 @@ pub mod codes {
     /// Key material from an environment variable that is not set where the check ran
     /// (`tern-validate`): not checked.
     pub const KEY_NOT_CHECKED: &str = "W015";
+    /// gRPC settings (`retry_on` gRPC conditions, `grpc_health_check`) on a cluster that does not
+    /// speak HTTP/2 upstream: gRPC servers speak HTTP/2 only.
+    pub const GRPC_NEEDS_HTTP2: &str = "W016";
 }
 
 /// Another place that explains a diagnostic (e.g. the first definition of a duplicate).

@@ -478,6 +478,45 @@ mod resilience {
         }
         for c in &cfg.clusters {
             breakers(&cfg.files[c.file], &c.value, diags);
+            grpc_health_check_on_http1(&cfg.files[c.file], &c.value, diags);
+        }
+    }
+
+    /// Whether a cluster can speak HTTP/2 upstream: `http2`, or `auto` over TLS (ALPN).
+    fn speaks_http2(c: &Cluster) -> bool {
+        match c.protocol() {
+            crate::ClusterProtocol::Http2 => true,
+            crate::ClusterProtocol::Auto => c.tls.is_some(),
+            crate::ClusterProtocol::Http1 => false,
+        }
+    }
+
+    fn grpc_needs_http2(file: &Path, at: Pos, c: &Cluster, what: &str) -> Diagnostic {
+        Diagnostic::warning(
+            codes::GRPC_NEEDS_HTTP2,
+            file,
+            at,
+            format!(
+                "{what} for cluster `{}`, which does not speak HTTP/2 upstream: gRPC servers speak \
+                 HTTP/2 only, so its requests go to them as HTTP/1.1",
+                c.name.value
+            ),
+        )
+        .with_help("give the cluster protocol: http2 (h2c) or auto (TLS with ALPN h2)")
+    }
+
+    /// A gRPC health check on a cluster whose requests go upstream as HTTP/1.1: the check
+    /// passes (it speaks HTTP/2 on its own connection) while the traffic cannot.
+    fn grpc_health_check_on_http1(file: &Path, c: &Cluster, diags: &mut Vec<Diagnostic>) {
+        if speaks_http2(c) {
+            return;
+        }
+        for hc in c
+            .health_checks
+            .iter()
+            .filter(|h| h.grpc_health_check.is_some())
+        {
+            diags.push(grpc_needs_http2(file, hc.pos, c, "grpc_health_check"));
         }
     }
 
@@ -598,6 +637,24 @@ mod resilience {
             let Some(c) = clusters.get(name.as_str()) else {
                 continue;
             };
+            let on = p.retry_on.as_ref().map_or("5xx", |o| o.as_str());
+            let grpc: Vec<&str> = on
+                .split(',')
+                .map(str::trim)
+                .filter(|c| crate::check_resilience::GRPC_RETRY_ON.contains(c))
+                .collect();
+            if !grpc.is_empty()
+                && !speaks_http2(&c.value)
+                && said.insert((codes::GRPC_NEEDS_HTTP2, p.pos, c.pos))
+            {
+                let pos = p.retry_on.as_ref().map_or(p.pos, |o| o.pos);
+                let what = format!("retry_on {}", grpc.join(", "));
+                diags.push(grpc_needs_http2(file, pos, &c.value, &what).with_related(
+                    "cluster defined here",
+                    &cfg.files[c.file],
+                    c.value.name.pos,
+                ));
+            }
             let cb = c.value.circuit_breakers.as_ref();
             let limited = cb.is_some_and(|b| b.max_retries.is_some() || b.retry_budget.is_some());
             if !limited && said.insert((codes::RETRY_WITHOUT_BUDGET, p.pos, c.pos)) {
@@ -732,6 +789,17 @@ mod tests {
         assert_eq!(codes(&broken), ["E004"]);
         // No retries at all: nothing to say.
         assert!(codes(&ok.replace("num_retries: 2", "num_retries: 0")).is_empty());
+    }
+
+    /// W016 speaks for `http1` clusters (and `auto` without TLS) only.
+    #[test]
+    fn grpc_conditions_warn_only_where_http2_cannot_be_spoken() {
+        let cfg = |proto: &str| {
+            format!("clusters: [{{ name: c, endpoints: [{{ address: 127.0.0.1:1 }}]{proto} }}]\nroute_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: / }}\n            route: {{ cluster: c, retry_policy: {{ retry_on: unavailable, num_retries: 1 }} }}\n")
+        };
+        assert!(codes(&cfg("")).contains(&"W016"));
+        assert!(codes(&cfg(", protocol: auto")).contains(&"W016"));
+        assert!(!codes(&cfg(", protocol: http2")).contains(&"W016"));
     }
 
     #[test]

@@ -67,6 +67,21 @@ pub enum Field {
     DownstreamPeerSubject,
     /// `%DOWNSTREAM_PEER_URI_SAN%`: the URI SANs of the client's certificate, `,`-separated.
     DownstreamPeerUriSan,
+    /// `%GRPC_STATUS(CAMEL_STRING|SNAKE_STRING|NUMBER)%`: a gRPC request's status (trailers, else
+    /// trailers-only headers, else Envoy's mapping of the HTTP status); `CAMEL_STRING` when no
+    /// argument (Envoy's default).
+    GrpcStatus(GrpcStatusFormat),
+}
+
+/// How `%GRPC_STATUS%` writes a status (Envoy's formatter arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcStatusFormat {
+    /// `DeadlineExceeded`.
+    CamelString,
+    /// `DEADLINE_EXCEEDED`.
+    SnakeString,
+    /// `4`.
+    Number,
 }
 
 /// One piece of a compiled format string.
@@ -116,6 +131,7 @@ pub const OPERATORS: &[&str] = &[
     "REQUESTED_SERVER_NAME",
     "DOWNSTREAM_PEER_SUBJECT",
     "DOWNSTREAM_PEER_URI_SAN",
+    "GRPC_STATUS(CAMEL_STRING|SNAKE_STRING|NUMBER)",
 ];
 
 impl Field {
@@ -133,6 +149,7 @@ impl Field {
                 | Field::UpstreamHost
                 | Field::UpstreamServiceTime
                 | Field::UpstreamTlsVersion
+                | Field::GrpcStatus(_)
         ) && !self.is_downstream_tls()
     }
 
@@ -162,6 +179,7 @@ impl Field {
                 | Field::UpstreamServiceTime
                 | Field::UpstreamCluster
                 | Field::UpstreamTlsVersion
+                | Field::GrpcStatus(_)
         ) && !self.is_downstream_tls()
     }
 }
@@ -302,6 +320,16 @@ fn operator(op: &str, slots: &mut Slots<'_>) -> Result<Field, String> {
         ("REQUESTED_SERVER_NAME", None) => Field::RequestedServerName,
         ("DOWNSTREAM_PEER_SUBJECT", None) => Field::DownstreamPeerSubject,
         ("DOWNSTREAM_PEER_URI_SAN", None) => Field::DownstreamPeerUriSan,
+        ("GRPC_STATUS", None | Some("CAMEL_STRING")) => {
+            Field::GrpcStatus(GrpcStatusFormat::CamelString)
+        }
+        ("GRPC_STATUS", Some("SNAKE_STRING")) => Field::GrpcStatus(GrpcStatusFormat::SnakeString),
+        ("GRPC_STATUS", Some("NUMBER")) => Field::GrpcStatus(GrpcStatusFormat::Number),
+        ("GRPC_STATUS", Some(a)) => {
+            return Err(format!(
+                "`%{op}%`: `{a}` is not a gRPC status format (CAMEL_STRING, SNAKE_STRING, NUMBER)"
+            ))
+        }
         _ => {
             return Err(format!(
                 "unknown access log operator `%{op}%`; known: {}",
@@ -361,6 +389,18 @@ mod tests {
             ])
         );
         assert!(compile(DEFAULT_FORMAT, &mut rq, &mut rs).is_ok());
+        assert_eq!(
+            compile_text(
+                "%GRPC_STATUS%%GRPC_STATUS(SNAKE_STRING)%%GRPC_STATUS(NUMBER)%",
+                &mut rq,
+                &mut rs
+            ),
+            Ok(vec![
+                Part::Field(Field::GrpcStatus(GrpcStatusFormat::CamelString)),
+                Part::Field(Field::GrpcStatus(GrpcStatusFormat::SnakeString)),
+                Part::Field(Field::GrpcStatus(GrpcStatusFormat::Number)),
+            ])
+        );
     }
 
     #[test]
@@ -372,6 +412,7 @@ mod tests {
             ("%REQ(X-A):10%", "length limit"),
             ("%REQ(bad header)%", "not a valid header name"),
             ("%DURATION(1)%", "unknown"),
+            ("%GRPC_STATUS(NAME)%", "not a gRPC status format"),
         ] {
             let e = compile(bad, &mut Vec::new(), &mut Vec::new()).unwrap_err();
             assert!(e.contains(want), "{bad}: {e}");

@@ -404,13 +404,14 @@ pub enum ForwardClientCertDetails {
     /// Remove it (a client could forge it).
     #[default]
     Sanitize,
-    /// Forward it as the client sent it (only behind a proxy you trust to set it).
+    /// Forward it as the client sent it on mutual TLS connections, else remove it.
     ForwardOnly,
     /// Forward it and, on mutual TLS connections, append this client's element.
     AppendForward,
     /// Replace it with this client's element (mutual TLS connections), else remove it.
     SanitizeSet,
-    /// Forward it unchanged only on mutual TLS connections, else remove it.
+    /// Always forward it as the client sent it, TLS or not (only behind a proxy you trust to
+    /// set it).
     AlwaysForwardOnly,
 }
 
@@ -779,6 +780,29 @@ pub struct RouteAction {
     /// each type listed (Envoy's route `upgrade_configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgrade_configs: Vec<Spanned<UpgradeConfig>>,
+    /// A limit on the whole stream, from the request's start to the response's end, and how a
+    /// client's `grpc-timeout` sets it (Envoy's `RouteAction.MaxStreamDuration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<Spanned<MaxStreamDuration>>,
+}
+
+/// Envoy's `RouteAction.MaxStreamDuration`: the stream's time limit, and the client's
+/// `grpc-timeout` as that limit.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaxStreamDuration {
+    /// The longest a stream may last, from the request's start to the response's end (0 or
+    /// unset = no limit), when `grpc_timeout_header_max` does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_stream_duration: Option<Spanned<Dur>>,
+    /// When set, a request's `grpc-timeout` is the stream's limit, capped at this (0 = no cap:
+    /// the header as it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_timeout_header_max: Option<Spanned<Dur>>,
+    /// Taken off the `grpc-timeout` limit, so the proxy answers before the client gives up
+    /// (an offset as long as the timeout leaves no time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_timeout_header_offset: Option<Spanned<Dur>>,
 }
 
 /// Weighted traffic split.
@@ -914,7 +938,9 @@ pub struct HashConnection {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Comma-separated conditions: `5xx`, `gateway-error`, `reset`, `connect-failure`,
-    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes` (default `5xx`).
+    /// `retriable-4xx`, `refused-stream`, `retriable-status-codes` (default `5xx`); for gRPC,
+    /// read from `grpc-status` in the response headers: `cancelled`, `deadline-exceeded`,
+    /// `internal`, `resource-exhausted`, `unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Spanned<String>>,
     /// Maximum retries (default 1).
@@ -980,9 +1006,13 @@ pub struct FaultDelay {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbort {
-    /// Status to answer with, 200-599 (required unless header-controlled).
+    /// Status to answer with, 200-599 (required unless header-controlled or `grpc_status`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<Spanned<u16>>,
+    /// gRPC status (0-16) to answer gRPC requests with, trailers-only with HTTP 200 (Envoy's
+    /// `grpc_status`; instead of `http_status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<Spanned<u32>>,
     /// Share of requests aborted, 0-100 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Spanned<f64>>,
@@ -1294,7 +1324,7 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<Spanned<f64>>,
 }
 
-/// An active health check. Exactly one of `http` and `tcp`.
+/// An active health check. Exactly one of `http`, `tcp` and `grpc_health_check`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
@@ -1315,6 +1345,23 @@ pub struct HealthCheck {
     /// Check that a TCP connection opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheck>,
+    /// Check with the standard gRPC health protocol, `grpc.health.v1.Health/Check` over
+    /// HTTP/2 (Envoy's `grpc_health_check`; `grpc` is accepted too).
+    #[serde(default, alias = "grpc", skip_serializing_if = "Option::is_none")]
+    pub grpc_health_check: Option<GrpcHealthCheck>,
+}
+
+/// gRPC health check settings (Envoy's `GrpcHealthCheck`): healthy when the endpoint answers
+/// `SERVING`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcHealthCheck {
+    /// The service asked about (default empty: the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The request's `:authority` (default the cluster name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// HTTP health check settings.

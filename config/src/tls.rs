@@ -208,6 +208,48 @@ pub fn check_ca(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Whether the proxy can sign with the key of `cert` (ring's algorithms): ECDSA P-256 or
+/// P-384, Ed25519, RSA of 2048 to 8192 bits. Checked here so the validator refuses what the
+/// proxy could not serve, at the line that names it.
+pub fn key_usable(cert: &CertificateDer<'_>) -> Result<(), String> {
+    use x509_parser::public_key::PublicKey;
+    let (_, c) =
+        X509Certificate::from_der(cert).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let spki = c.public_key();
+    let curve = || {
+        spki.algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .map(|o| o.to_id_string())
+            .unwrap_or_default()
+    };
+    match spki.parsed() {
+        Ok(PublicKey::RSA(r)) => {
+            let bits = r.key_size();
+            if (2048..=8192).contains(&bits) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "an RSA key of {bits} bits cannot be used (2048 to 8192 bits can)"
+                ))
+            }
+        }
+        Ok(PublicKey::EC(_)) => match curve().as_str() {
+            "1.2.840.10045.3.1.7" | "1.3.132.0.34" => Ok(()),
+            "1.3.132.0.35" => Err("a P-521 key cannot be used (P-256 and P-384 can)".into()),
+            other => Err(format!(
+                "an EC key on curve {other} cannot be used (P-256 and P-384 can)"
+            )),
+        },
+        _ if spki.algorithm.algorithm.to_id_string() == "1.3.101.112" => Ok(()),
+        _ => Err(format!(
+            "a key of algorithm {} cannot be used (ECDSA P-256/P-384, Ed25519 or RSA can)",
+            spki.algorithm.algorithm.to_id_string()
+        )),
+    }
+}
+
 /// Whether `key` belongs to `cert`: `Some(true)` or `Some(false)` when the key holds its public
 /// part, `None` when it does not say (the proxy decides, with ring); an error for a key that
 /// does not parse.

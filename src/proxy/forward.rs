@@ -7,6 +7,11 @@
 //! a streamed body is followed until it went up whole. A failure of the client's body is the
 //! client's ([`BodyFault`]: 400/408, never scored or retried); an upstream response whose framing
 //! cannot be forwarded faithfully is a 502 protocol error.
+//!
+//! gRPC: the route's `max_stream_duration` (or the client's `grpc-timeout` under it) caps the
+//! route deadline, counting from the request's start, and goes upstream as the time left in
+//! `grpc-timeout`; a trailers-only `grpc-status` is counted and is a retry outcome; a call's
+//! body streams up at once with a copy kept for a retry ([`Exchange::with_copy`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -112,7 +117,12 @@ pub(super) async fn forward(
         .await;
     }
 
-    let policy = retry::policy_for(fwd.retry.as_deref(), &parts.method);
+    let policy = retry::policy_for(fwd.retry.as_deref(), &parts.method, cx.grpc);
+    // The stream's limit counts from the request's start (Envoy's max stream duration).
+    let cap = fwd
+        .stream_duration
+        .and_then(|s| s.limit(crate::grpc::timeout_of(&parts.headers)))
+        .map(|d| cx.start + d);
     let declared = || {
         parts
             .headers
@@ -139,7 +149,7 @@ pub(super) async fn forward(
     };
     let mut stream_body = None;
     let mut exchange = None;
-    let replay: Option<Bytes> = match plan {
+    let mut replay: Option<Bytes> = match plan {
         BodyPlan::Empty => Some(Bytes::new()),
         BodyPlan::Buffer => {
             let body = ClientBody::new(body, None, None, limits, cx.listener.stats.clone());
@@ -160,7 +170,12 @@ pub(super) async fn forward(
                     .headers
                     .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             }
-            let ex = Arc::new(Exchange::default());
+            // A gRPC call's body streams (it may be a client stream); a copy is kept so that a
+            // unary call can be retried once its body went up whole.
+            let ex = Arc::new(match policy.is_some() && cx.grpc {
+                true => Exchange::with_copy(fwd.buffer_limit),
+                false => Exchange::default(),
+            });
             let stats = cx.listener.stats.clone();
             stream_body = Some(ClientBody::new(
                 body,
@@ -176,18 +191,25 @@ pub(super) async fn forward(
     if let Some(b) = &replay {
         cx.record(|i| i.bytes_received = b.len() as u64);
     }
+    let copied = exchange.is_some() && policy.is_some() && cx.grpc;
     let max_retries = match (policy, &replay) {
         (Some(p), Some(_)) => p.num_retries,
+        (Some(p), None) if copied => p.num_retries,
         _ => 0,
     };
 
     // One clock read per try: it is the try's start, and the route deadline counts from the first.
     let mut now = Instant::now();
-    let deadline = fwd.timeout.map(|t| now + t);
+    let deadline = earliest(fwd.timeout.map(|t| now + t), cap);
     let mut head = Some(parts);
     let mut prev: Option<Arc<Endpoint>> = None;
     let mut retries = 0u32;
     loop {
+        // No time left of the stream's limit (the client's deadline passed): no try.
+        if cap.is_some_and(|c| now >= c) {
+            cs.upstream_rq_timeout.inc();
+            return Err(LocalReply::UpstreamTimeout);
+        }
         let Some(ep) = cluster.pick(hash, prev.as_deref()) else {
             cs.upstream_rq_no_healthy.inc();
             return Err(LocalReply::NoHealthyUpstream);
@@ -197,12 +219,18 @@ pub(super) async fn forward(
             Some(b) => Either::Right(Full::new(b.clone())),
             None => Either::Left(stream_body.take().expect("single try streams the body")),
         };
-        let upstream_req = if retries < max_retries {
+        let mut upstream_req = if retries < max_retries {
             head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
         } else {
             // The last possible try takes the head itself: no copy on the common path.
             Request::from_parts(head.take().expect("head used once"), body)
         };
+        if let Some(c) = cap.filter(|_| cx.grpc) {
+            upstream_req.headers_mut().insert(
+                crate::grpc::GRPC_TIMEOUT,
+                crate::grpc::format_timeout(c.saturating_duration_since(now)),
+            );
+        }
         let _retry_gauge = (retries > 0).then(|| {
             cs.upstream_rq_retry_active.inc();
             RetryGauge(cluster)
@@ -211,6 +239,7 @@ pub(super) async fn forward(
             per_try: policy.and_then(|p| p.per_try_timeout),
             deadline,
             timeout: fwd.timeout,
+            cap,
             idle,
         };
         let sent = now;
@@ -224,7 +253,12 @@ pub(super) async fn forward(
             lazy,
         )
         .await;
-        if let Try::Response(_, _, active) = &result {
+        if let Try::Response(resp, _, active) = &result {
+            if cx.grpc {
+                if let Some(code) = crate::grpc::status_of(resp.headers()) {
+                    cs.upstream_rq_grpc_status.record(code);
+                }
+            }
             cx.record(|i| {
                 i.upstream_service_time = Some(sent.elapsed());
                 i.upstream_tls_version = active.tls_version;
@@ -235,13 +269,21 @@ pub(super) async fn forward(
         }
 
         let retryable = policy.is_some_and(|p| {
-            let outcome = result.outcome();
+            let outcome = result.outcome(cx.grpc);
             // The clock is read only for the one outcome whose retry depends on it.
             let passed =
                 outcome == TryOutcome::Timeout && deadline.is_some_and(|d| Instant::now() >= d);
             p.retries(outcome, passed)
         });
-        let give_up = !retryable || retries >= max_retries;
+        let mut give_up = !retryable || retries >= max_retries;
+        // A streamed body goes again only from its copy: whole, and within the buffer limit.
+        let mut refill = None;
+        let mut unreplayable = false;
+        if !give_up && replay.is_none() {
+            refill = exchange.as_ref().and_then(|e| e.replay());
+            unreplayable = refill.is_none();
+            give_up = unreplayable;
+        }
         if !give_up && !cluster.retry_allowed() {
             cs.upstream_rq_retry_overflow.inc();
         } else if !give_up {
@@ -250,6 +292,11 @@ pub(super) async fn forward(
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let backoff = retry::backoff_within(backoff, remaining);
             drop(result);
+            if let Some(b) = refill {
+                cx.record(|i| i.bytes_received = b.len() as u64);
+                replay = Some(b);
+                exchange = None;
+            }
             tokio::time::sleep(backoff).await;
             now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
@@ -261,7 +308,7 @@ pub(super) async fn forward(
             prev = Some(ep);
             continue;
         }
-        if retryable {
+        if retryable && !unreplayable {
             cs.upstream_rq_retry_limit_exceeded.inc();
             cx.flag(Flags::URX);
         }
@@ -295,7 +342,9 @@ pub(super) async fn forward(
                             bytes: 0,
                             ended: false,
                             outcome: Flags::default(),
+                            grpc: cx.grpc,
                         },
+                        cap: cap.map(|c| Box::pin(tokio::time::sleep_until(c.into()))),
                     }),
                 ))
             }
@@ -414,10 +463,17 @@ enum Try {
 }
 
 impl Try {
-    /// The outcome, as the retry policy sees it.
-    fn outcome(&self) -> TryOutcome {
+    /// The outcome, as the retry policy sees it (for a gRPC call, with the `grpc-status` of a
+    /// trailers-only response).
+    fn outcome(&self, grpc: bool) -> TryOutcome {
         match self {
-            Try::Response(r, ..) => TryOutcome::Status(r.status().as_u16()),
+            Try::Response(r, ..) => {
+                let status = r.status().as_u16();
+                match grpc.then(|| crate::grpc::status_of(r.headers())).flatten() {
+                    Some(code) => TryOutcome::Grpc(status, code),
+                    None => TryOutcome::Status(status),
+                }
+            }
             Try::Failed(LocalReply::ConnectFailure | LocalReply::UpstreamTlsError) => {
                 TryOutcome::ConnectFailure
             }
@@ -441,6 +497,14 @@ fn protocol_error(cluster: &Arc<Cluster>, ep: &Arc<Endpoint>, what: &str) -> Try
     Try::Failed(LocalReply::UpstreamProtocolError)
 }
 
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// A copy of the request head for another try.
 fn head_copy(p: &http::request::Parts) -> Request<()> {
     let mut r = Request::new(());
@@ -459,6 +523,9 @@ struct TryLimits {
     deadline: Option<Instant>,
     /// The route timeout, for a streamed body: it starts when the body has gone up whole.
     timeout: Option<Duration>,
+    /// The stream's limit (`max_stream_duration`, the client's `grpc-timeout`), from the
+    /// request's start: no deadline passes it.
+    cap: Option<Instant>,
     /// The stream idle timeout: how long a streamed body may go without moving.
     idle: Option<Duration>,
 }
@@ -473,6 +540,8 @@ enum Streaming<T> {
     Fault(BodyFault),
     /// The upstream took none of the body for the stream idle timeout.
     Stalled,
+    /// The stream's limit passed.
+    Expired,
 }
 
 /// Polls `send` until it resolves or `ex`'s body ends. The upstream not reading the body (no
@@ -481,10 +550,12 @@ async fn while_streaming<F: Future>(
     mut send: std::pin::Pin<&mut F>,
     ex: &Exchange,
     idle: Option<Duration>,
+    cap: Option<Instant>,
     lazy: Option<&LazyTimer>,
 ) -> Streaming<F::Output> {
     // Armed at the first wait (a small body is often up before that); lazy on HTTP/1.
     let mut watchdog: Option<(Duration, Deadline, u64)> = None;
+    let mut cap = cap.map_or(Deadline::None, |c| Deadline::at(c, lazy));
     std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = send.as_mut().poll(cx) {
             return Poll::Ready(Streaming::Sent(r));
@@ -495,6 +566,9 @@ async fn while_streaming<F: Future>(
         }
         if ex.done() {
             return Poll::Ready(Streaming::Done);
+        }
+        if cap.poll_passed(cx) {
+            return Poll::Ready(Streaming::Expired);
         }
         let Some(idle) = idle else {
             return Poll::Pending;
@@ -541,7 +615,7 @@ async fn try_once(
     let (mut now, mut deadline) = (now, limits.deadline);
     let mut early = None;
     if let Some(ex) = exchange.filter(|e| !e.done()) {
-        match while_streaming(send.as_mut(), ex, limits.idle, lazy).await {
+        match while_streaming(send.as_mut(), ex, limits.idle, limits.cap, lazy).await {
             Streaming::Sent(r) => early = Some(r),
             Streaming::Fault(f) => return Try::ClientFault(f),
             Streaming::Stalled => {
@@ -549,9 +623,13 @@ async fn try_once(
                 outlier::report(cluster, ep, Outcome::Timeout);
                 return Try::Failed(LocalReply::UpstreamTimeout);
             }
+            Streaming::Expired => {
+                cs.upstream_rq_timeout.inc();
+                return Try::Failed(LocalReply::UpstreamTimeout);
+            }
             Streaming::Done => {
                 now = Instant::now();
-                deadline = limits.timeout.map(|t| now + t);
+                deadline = earliest(limits.timeout.map(|t| now + t), limits.cap);
             }
         }
     }

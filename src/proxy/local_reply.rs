@@ -1,5 +1,9 @@
 //! Replies the proxy makes by itself: why (each cause has a status, a short body naming it, and
-//! an Envoy response flag) and the small responses that carry them.
+//! an Envoy response flag) and the small responses that carry them. A gRPC client gets them as
+//! trailers-only responses (HTTP 200, `grpc-status`, `grpc-message`, no body), as Envoy's
+//! `Http::Utility::sendLocalReply` sends them: the status from Envoy's HTTP → gRPC mapping
+//! ([`crate::grpc::from_http`]), except a route timeout, which is `DEADLINE_EXCEEDED` as in
+//! Envoy's router.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -38,6 +42,8 @@ pub enum LocalReply {
     RateLimited(u64),
     /// Fault injection answered with this status.
     FaultAbort(StatusCode),
+    /// Fault injection answered with this gRPC status (HTTP 200; plain for other requests).
+    FaultAbortGrpc(u8),
     /// The request body is malformed (400, `DPE`).
     BadRequestBody,
     /// The client ended its connection before the request body did (400, `DC`; rarely seen).
@@ -87,6 +93,7 @@ impl LocalReply {
             LocalReply::Overflow => (StatusCode::SERVICE_UNAVAILABLE, "upstream overflow\n"),
             LocalReply::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate limited\n"),
             LocalReply::FaultAbort(s) => (s, "fault filter abort\n"),
+            LocalReply::FaultAbortGrpc(_) => (StatusCode::OK, "fault filter abort\n"),
             LocalReply::BadRequestBody => (StatusCode::BAD_REQUEST, "bad request body\n"),
             LocalReply::RequestAborted => (StatusCode::BAD_REQUEST, "request body aborted\n"),
             LocalReply::RequestIdleTimeout => (StatusCode::REQUEST_TIMEOUT, "stream timeout\n"),
@@ -116,7 +123,7 @@ impl LocalReply {
             LocalReply::UpstreamTimeout => Flags::UT,
             LocalReply::Overflow => Flags::UO,
             LocalReply::RateLimited(_) => Flags::RL,
-            LocalReply::FaultAbort(_) => Flags::FI,
+            LocalReply::FaultAbort(_) | LocalReply::FaultAbortGrpc(_) => Flags::FI,
             LocalReply::BadRequestBody | LocalReply::InvalidHost | LocalReply::UpgradeWithBody => {
                 Flags::DPE
             }
@@ -131,10 +138,36 @@ impl LocalReply {
         }
     }
 
+    /// The gRPC status this reply stands for: `DEADLINE_EXCEEDED` for a route timeout (Envoy's
+    /// router), else Envoy's mapping of its HTTP status.
+    pub fn grpc_status(self) -> u8 {
+        match self {
+            LocalReply::UpstreamTimeout => crate::grpc::DEADLINE_EXCEEDED,
+            LocalReply::FaultAbortGrpc(code) => code,
+            _ => crate::grpc::from_http(self.parts().0.as_u16()),
+        }
+    }
+
+    /// The reply sent to the client: plain text, or trailers-only for a gRPC request.
+    pub fn reply(self, grpc: bool) -> Response<RespBody> {
+        if !grpc {
+            return self.response();
+        }
+        let mut r = trailers_only(self.grpc_status(), self.parts().1);
+        self.extras(&mut r);
+        r
+    }
+
     /// The reply sent to the client.
     pub fn response(self) -> Response<RespBody> {
         let (status, body) = self.parts();
         let mut r = text(status, Bytes::from_static(body.as_bytes()));
+        self.extras(&mut r);
+        r
+    }
+
+    /// The headers this reply adds to either form.
+    fn extras(self, r: &mut Response<RespBody>) {
         match self {
             LocalReply::Overflow => {
                 r.headers_mut()
@@ -156,8 +189,21 @@ impl LocalReply {
             }
             _ => {}
         }
-        r
     }
+}
+
+/// A gRPC trailers-only response: HTTP 200, `content-type: application/grpc`, `grpc-status`,
+/// `grpc-message` (percent-encoded `message`, left out when empty), no body.
+pub fn trailers_only(code: u8, message: &str) -> Response<RespBody> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(crate::grpc::GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    let message = crate::grpc::message(message);
+    if !message.is_empty() {
+        h.insert(crate::grpc::GRPC_MESSAGE, message);
+    }
+    r
 }
 
 /// A small plain-text response.

@@ -109,6 +109,11 @@ pub(crate) struct Ctx<'a> {
     rec: Option<Recorder>,
     /// The record went to an upgraded connection, which finishes it when it closes.
     tunnel: bool,
+    /// The request is gRPC: the proxy's own replies are trailers-only.
+    grpc: bool,
+    /// The HTTP status a reply the proxy made stands for, when it went out as gRPC (HTTP 200):
+    /// stats and the record show this one.
+    local_status: Option<u16>,
 }
 
 impl Ctx<'_> {
@@ -135,10 +140,10 @@ pub async fn handle(
     // One snapshot per request: a reload mid-request does not change what this request sees.
     let snap = conn.shared.snapshot.load_full();
     let Some(listener) = snap.listeners.get(&conn.local) else {
-        return Ok(LocalReply::ListenerGone.response());
+        return Ok(LocalReply::ListenerGone.reply(crate::grpc::is_grpc(req.headers())));
     };
     let ListenerKind::Http(router) = &listener.kind else {
-        return Ok(LocalReply::ListenerGone.response());
+        return Ok(LocalReply::ListenerGone.reply(crate::grpc::is_grpc(req.headers())));
     };
     let stats = &listener.stats;
     let start = Instant::now();
@@ -172,6 +177,8 @@ pub async fn handle(
         start,
         rec,
         tunnel: false,
+        grpc: crate::grpc::is_grpc(req.headers()),
+        local_status: None,
     };
     // Overloaded (memory over its limit): no route, a 503 with flag OM.
     let overloaded = conn.shared.overload.overloaded();
@@ -194,34 +201,36 @@ pub async fn handle(
         r.stats.rq_total.inc();
         &*r.stats
     });
-    let mut resp = match route {
+    let served = match route {
         None if overloaded => {
             stats.downstream_rq_overload_close.inc();
-            cx.flag(Flags::OM);
-            LocalReply::Overloaded.response()
+            Err(LocalReply::Overloaded)
         }
         None if bad_host => {
             stats.downstream_cx_protocol_error.inc();
-            cx.flag(LocalReply::InvalidHost.flag());
-            LocalReply::InvalidHost.response()
+            Err(LocalReply::InvalidHost)
         }
         None => {
             stats.no_route.inc();
-            cx.flag(Flags::NR);
-            LocalReply::NoRoute.response()
+            Err(LocalReply::NoRoute)
         }
         Some(route) => {
             cx.record(|i| i.route_name = Some(route.name.clone()));
-            match route::serve(req, route, &mut cx).await {
-                Ok(r) => r,
-                Err(local) => {
-                    cx.flag(local.flag());
-                    local.response()
-                }
-            }
+            route::serve(req, route, &mut cx).await
         }
     };
-    let status = resp.status().as_u16();
+    let mut resp = match served {
+        Ok(r) => r,
+        Err(local) => {
+            cx.flag(local.flag());
+            if cx.grpc {
+                cx.local_status = Some(local.parts().0.as_u16());
+            }
+            local.reply(cx.grpc)
+        }
+    };
+    // A reply sent to a gRPC client as HTTP 200 counts as the status it stands for.
+    let status = cx.local_status.unwrap_or_else(|| resp.status().as_u16());
     stats.downstream_rq_xx.record(status);
     if let Some(rs) = route_stats {
         rs.rq_xx.record(status);

@@ -1,7 +1,8 @@
 //! The response phase: an upstream response head checked for framing ([`check_framing`]), its
 //! body streamed to the client with the stream idle timeout, the endpoint counted as busy until
 //! it ends, its connection back to the pool only when read to the end and the request's body
-//! sent whole, and the request's end recorded (latency, record) when it ends or drops.
+//! sent whole, and the request's end recorded (latency, record) when it ends or drops. A gRPC
+//! response's `grpc-status` trailer is counted and recorded as it passes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +38,19 @@ impl std::fmt::Display for StreamIdleTimeout {
 
 impl std::error::Error for StreamIdleTimeout {}
 
+/// The error a body ends with when the stream's limit passes (`max_stream_duration`, or the
+/// client's `grpc-timeout` under it).
+#[derive(Debug)]
+pub struct StreamDurationExceeded;
+
+impl std::fmt::Display for StreamDurationExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("max stream duration reached")
+    }
+}
+
+impl std::error::Error for StreamDurationExceeded {}
+
 /// End-of-response bookkeeping carried by an upstream body: latency histograms and the end of
 /// the response in the request's record, when the body ends or is dropped.
 pub struct Finish {
@@ -51,6 +65,8 @@ pub struct Finish {
     pub(super) ended: bool,
     // Set when the body ended with an error (idle timeout: SI; the upstream's: UR or UC).
     pub(super) outcome: Flags,
+    /// The request is gRPC: the trailers' `grpc-status` is counted and recorded.
+    pub(super) grpc: bool,
 }
 
 impl Finish {
@@ -148,15 +164,21 @@ pin_project_lite::pin_project! {
         pub(super) _active: ActiveRequest,
         pub(super) idle: Option<IdleTimer>,
         pub(super) fin: Finish,
+        // The stream's limit (`max_stream_duration`, the client's `grpc-timeout`): the body is
+        // cut when it passes.
+        pub(super) cap: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
     impl<B: Body> PinnedDrop for Upstream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let now = this.fin.done(this.inner.is_end_stream());
+            // Trailers end a message: a body whose trailers passed was read to its end, though
+            // the client stops polling before the inner body says so.
+            let at_end = this.fin.ended || this.inner.is_end_stream();
+            let now = this.fin.done(at_end);
             // Read to the end: the connection is reused if the request went up whole too, else
             // it finishes the upload and closes. Not read to the end: the lease closes it.
-            if let (true, Some(lease)) = (this.inner.is_end_stream(), this.lease.take()) {
+            if let (true, Some(lease)) = (at_end, this.lease.take()) {
                 match this.exchange.as_ref().filter(|e| !e.done()) {
                     None => lease.release(now),
                     Some(ex) => lease.finish_upload(ex.clone(), this.idle.as_ref().map(|t| t.timeout)),
@@ -180,6 +202,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if let Some(cap) = this.cap.as_mut() {
+            if std::future::Future::poll(cap.as_mut(), cx).is_ready() {
+                this.fin.cluster.upstream_rq_timeout.inc();
+                this.fin.outcome.set(Flags::UT);
+                *this.cap = None;
+                return Poll::Ready(Some(Err(Box::new(StreamDurationExceeded))));
+            }
+        }
         match this.inner.poll_frame(cx) {
             Poll::Ready(r) => {
                 if let Some(t) = this.idle.as_mut() {
@@ -189,6 +219,15 @@ where
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
                             this.fin.bytes += bytes::Buf::remaining(d) as u64;
+                        } else if let Some(t) = f.trailers_ref() {
+                            this.fin.ended = true;
+                            if let Some(code) = crate::grpc::status_of(t).filter(|_| this.fin.grpc)
+                            {
+                                this.fin.cluster.upstream_rq_grpc_status.record(code);
+                                if let Some(rec) = &this.fin.rec {
+                                    rec.update(|i| i.grpc_status = Some(code));
+                                }
+                            }
                         }
                     }
                     // Cut because the client's upload failed: the client's fault's flag.

@@ -1,5 +1,6 @@
 //! The route phases, in order: fault injection, local rate limit, then the route's action
-//! (direct response, redirect, or forward upstream).
+//! (direct response, redirect, or forward upstream). A direct response or redirect to a gRPC
+//! request goes out trailers-only, as Envoy's router sends both through `sendLocalReply`.
 //!
 //! A fault delay happens here, before the route timeout starts: that timeout starts when the
 //! request is complete and goes upstream, as with Envoy's fault filter placed before the router.
@@ -9,8 +10,9 @@ use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::local_reply::{text, LocalReply};
+use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
+use crate::router::fault::Abort;
 use crate::router::{Action, Route};
 use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
@@ -36,9 +38,12 @@ pub(super) async fn serve(
                         cx.flag(Flags::DI);
                         tokio::time::sleep(delay).await;
                     }
-                    if let Some(status) = d.abort {
+                    if let Some(abort) = d.abort {
                         stats.fault_aborts_injected.inc();
-                        return Err(LocalReply::FaultAbort(status));
+                        return Err(match abort {
+                            Abort::Http(status) => LocalReply::FaultAbort(status),
+                            Abort::Grpc(code) => LocalReply::FaultAbortGrpc(code),
+                        });
                     }
                     _fault_slot = Some(slot);
                 }
@@ -54,6 +59,14 @@ pub(super) async fn serve(
         }
     }
     match &route.action {
+        Action::Direct { status, body } if cx.grpc => {
+            cx.local_status = Some(status.as_u16());
+            let message = String::from_utf8_lossy(body);
+            Ok(trailers_only(
+                crate::grpc::from_http(status.as_u16()),
+                &message,
+            ))
+        }
         Action::Direct { status, body } => {
             let mut r = text(*status, body.clone());
             if body.is_empty() {
@@ -68,8 +81,14 @@ pub(super) async fn serve(
                 "http"
             };
             let loc = rd.location(route, scheme, &cx.host, req.uri());
-            let mut r = text(rd.code(), Bytes::new());
-            r.headers_mut().remove(CONTENT_TYPE);
+            let mut r = if cx.grpc {
+                cx.local_status = Some(rd.code().as_u16());
+                trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
+            } else {
+                let mut r = text(rd.code(), Bytes::new());
+                r.headers_mut().remove(CONTENT_TYPE);
+                r
+            };
             if let Ok(v) = HeaderValue::from_str(&loc) {
                 r.headers_mut().insert(LOCATION, v);
             }

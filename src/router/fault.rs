@@ -14,6 +14,8 @@ pub const DELAY_HEADER: &str = "x-tern-fault-delay-request";
 pub const DELAY_PCT_HEADER: &str = "x-tern-fault-delay-request-percentage";
 /// Header: abort this request with status N.
 pub const ABORT_HEADER: &str = "x-tern-fault-abort-request";
+/// Header: abort this request with gRPC status N (when it has no `ABORT_HEADER`).
+pub const ABORT_GRPC_HEADER: &str = "x-tern-fault-abort-grpc-request";
 /// Header: percentage for the header-requested abort.
 pub const ABORT_PCT_HEADER: &str = "x-tern-fault-abort-request-percentage";
 
@@ -21,7 +23,7 @@ pub const ABORT_PCT_HEADER: &str = "x-tern-fault-abort-request-percentage";
 #[derive(Debug)]
 pub struct Fault {
     delay: Option<(Option<Duration>, f64)>,
-    abort: Option<(Option<StatusCode>, f64)>,
+    abort: Option<(Option<Abort>, f64)>,
     max_active: Option<u32>,
     header_controlled: bool,
     active: AtomicU32,
@@ -32,8 +34,18 @@ pub struct Fault {
 pub struct Decision {
     /// Wait this long first.
     pub delay: Option<Duration>,
-    /// Then answer with this status instead of forwarding.
-    pub abort: Option<StatusCode>,
+    /// Then answer with this instead of forwarding.
+    pub abort: Option<Abort>,
+}
+
+/// How an aborted request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    /// This HTTP status (mapped for a gRPC request).
+    Http(StatusCode),
+    /// HTTP 200 with this gRPC status (Envoy's fault filter `grpc_status`): a gRPC request gets
+    /// it trailers-only, another request a plain 200.
+    Grpc(u8),
 }
 
 /// Holds a fault's active count up while the faulted request runs.
@@ -63,12 +75,17 @@ impl Fault {
                 .as_ref()
                 .map(|d| (d.fixed_delay.as_ref().map(|x| x.0), pct(&d.percentage))),
             abort: f.abort.as_ref().map(|a| {
-                (
-                    a.http_status
-                        .as_ref()
-                        .and_then(|s| StatusCode::from_u16(s.value).ok()),
-                    pct(&a.percentage),
-                )
+                let http = a
+                    .http_status
+                    .as_ref()
+                    .and_then(|s| StatusCode::from_u16(s.value).ok())
+                    .map(Abort::Http);
+                let grpc = a
+                    .grpc_status
+                    .as_ref()
+                    .and_then(|g| u8::try_from(g.value).ok())
+                    .map(Abort::Grpc);
+                (http.or(grpc), pct(&a.percentage))
             }),
             max_active: f.max_active_faults,
             header_controlled: f.header_controlled,
@@ -93,14 +110,27 @@ impl Fault {
             }
         }
         if let Some((status, pct)) = self.abort {
-            let (status, p) = match (self.header_controlled, header::<u16>(h, ABORT_HEADER)) {
-                (true, Some(code)) => (
-                    StatusCode::from_u16(code)
-                        .ok()
-                        .filter(|s| s.as_u16() >= 200),
+            // As Envoy's headers: an HTTP status first, else a gRPC one.
+            let asked = match self.header_controlled {
+                true => header::<u16>(h, ABORT_HEADER)
+                    .map(|code| {
+                        StatusCode::from_u16(code)
+                            .ok()
+                            .filter(|s| s.as_u16() >= 200)
+                            .map(Abort::Http)
+                    })
+                    .or_else(|| {
+                        header::<u8>(h, ABORT_GRPC_HEADER)
+                            .map(|c| (c <= crate::grpc::MAX_CODE).then_some(Abort::Grpc(c)))
+                    }),
+                false => None,
+            };
+            let (status, p) = match asked {
+                Some(a) => (
+                    a,
                     header::<f64>(h, ABORT_PCT_HEADER).map_or(pct, |hp| hp.min(pct)),
                 ),
-                _ => (status, pct),
+                None => (status, pct),
             };
             if status.is_some() && roll(p) {
                 d.abort = status;
@@ -133,8 +163,10 @@ mod tests {
         let f = fault("abort: { http_status: 503, percentage: 100 }\n");
         assert_eq!(
             f.decide(&HeaderMap::new()).abort,
-            Some(StatusCode::SERVICE_UNAVAILABLE)
+            Some(Abort::Http(StatusCode::SERVICE_UNAVAILABLE))
         );
+        let f = fault("abort: { grpc_status: 14 }\n");
+        assert_eq!(f.decide(&HeaderMap::new()).abort, Some(Abort::Grpc(14)));
         let f = fault("abort: { http_status: 503, percentage: 0 }\ndelay: { fixed_delay: 1s, percentage: 0 }\n");
         assert_eq!(f.decide(&HeaderMap::new()), Decision::default());
 
@@ -146,8 +178,18 @@ mod tests {
         h.insert(ABORT_HEADER, "418".parse().unwrap());
         h.insert(DELAY_HEADER, "20".parse().unwrap());
         let d = f.decide(&h);
-        assert_eq!(d.abort, Some(StatusCode::IM_A_TEAPOT));
+        assert_eq!(d.abort, Some(Abort::Http(StatusCode::IM_A_TEAPOT)));
         assert_eq!(d.delay, Some(Duration::from_millis(20)));
+        // A gRPC status by header, when no HTTP status is asked for (Envoy's order).
+        h.insert(ABORT_GRPC_HEADER, "8".parse().unwrap());
+        assert_eq!(
+            f.decide(&h).abort,
+            Some(Abort::Http(StatusCode::IM_A_TEAPOT))
+        );
+        h.remove(ABORT_HEADER);
+        assert_eq!(f.decide(&h).abort, Some(Abort::Grpc(8)));
+        h.insert(ABORT_GRPC_HEADER, "17".parse().unwrap());
+        assert_eq!(f.decide(&h).abort, None, "not a gRPC status");
         // Headers are ignored unless the config enables them.
         let f = fault("abort: { percentage: 100 }\n");
         assert_eq!(f.decide(&h).abort, None);

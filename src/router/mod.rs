@@ -23,6 +23,7 @@ pub mod header_rules;
 pub mod rate_limit;
 pub mod retry;
 pub mod sni;
+pub mod stream_duration;
 
 /// A compiled route config.
 #[derive(Debug)]
@@ -168,6 +169,8 @@ pub struct Forward {
     pub timeout: Option<Duration>,
     /// Upgrades this route enables or disables, over the listener's setting.
     pub upgrades: UpgradeMap,
+    /// `max_stream_duration`: the stream's limit, and the client's `grpc-timeout` as it.
+    pub stream_duration: Option<stream_duration::StreamDuration>,
 }
 
 /// Upgrade types (lower case) with whether each is allowed, from `upgrade_configs`.
@@ -672,6 +675,10 @@ fn compile_route(
                 .map(|h| HeaderValue::from_str(h).map_err(|e| e.to_string()))
                 .transpose()?,
             timeout,
+            stream_duration: a
+                .max_stream_duration
+                .as_ref()
+                .map(|m| stream_duration::StreamDuration::compile(m)),
         })
     } else if let Some(d) = &r.direct_response {
         Action::Direct {

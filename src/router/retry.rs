@@ -2,6 +2,12 @@
 //! back-off) and the decisions the request path makes with it, as pure functions: does the
 //! policy apply to this request, how does its body go up, is this outcome retried, how long to
 //! wait. The retry budget is a circuit breaker and lives with the cluster's limits.
+//!
+//! gRPC conditions (`unavailable`, ...) are read from `grpc-status` in the response headers, a
+//! trailers-only response, as Envoy's `RetryStateImpl` reads them; a status in the trailers
+//! comes after the response started and is never retried. A gRPC request (a POST) gets a policy
+//! that has gRPC conditions: naming one is the route's opt-in to retrying gRPC calls, as Envoy
+//! retries them whatever the method.
 
 use std::time::Duration;
 
@@ -22,6 +28,8 @@ const ON_STATUS: u8 = 64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     on: u8,
+    /// gRPC status codes retried, one bit per code.
+    grpc_on: u32,
     /// Retries after the first try.
     pub num_retries: u32,
     /// Timeout of each try.
@@ -38,7 +46,11 @@ impl RetryPolicy {
     pub fn compile(p: &config::RetryPolicy) -> RetryPolicy {
         let on = p.retry_on.as_ref().map_or("5xx", |s| s.as_str());
         let mut bits = 0;
+        let mut grpc_on = 0u32;
         for c in on.split(',').map(str::trim) {
+            if let Some(code) = crate::grpc::retry_condition(c) {
+                grpc_on |= 1 << code;
+            }
             bits |= match c {
                 "5xx" => ON_5XX,
                 "gateway-error" => ON_GATEWAY,
@@ -62,6 +74,7 @@ impl RetryPolicy {
             .map_or(base * 10, |d| d.0);
         RetryPolicy {
             on: bits,
+            grpc_on,
             num_retries: p
                 .num_retries
                 .as_ref()
@@ -80,6 +93,16 @@ impl RetryPolicy {
             || (self.on & ON_GATEWAY != 0 && matches!(status, 502..=504))
             || (self.on & ON_4XX != 0 && status == 409)
             || (self.on & ON_STATUS != 0 && self.statuses.contains(&status))
+    }
+
+    /// Whether a response with gRPC status `code` in its headers is retried.
+    pub fn on_grpc(&self, code: u8) -> bool {
+        code < 32 && self.grpc_on & (1 << code) != 0
+    }
+
+    /// Whether the policy names a gRPC condition.
+    pub fn has_grpc(&self) -> bool {
+        self.grpc_on != 0
     }
 
     /// Whether a failed connect is retried (`5xx` and `gateway-error` include it, as in Envoy).
@@ -114,6 +137,8 @@ impl RetryPolicy {
 pub enum TryOutcome {
     /// Response headers with this status.
     Status(u16),
+    /// Response headers with this HTTP status and this `grpc-status` (trailers-only gRPC).
+    Grpc(u16, u8),
     /// The connection could not be made.
     ConnectFailure,
     /// The upstream closed or reset before response headers.
@@ -132,6 +157,7 @@ impl RetryPolicy {
     pub fn retries(&self, outcome: TryOutcome, deadline_passed: bool) -> bool {
         match outcome {
             TryOutcome::Status(s) => self.on_status(s),
+            TryOutcome::Grpc(s, code) => self.on_status(s) || self.on_grpc(code),
             TryOutcome::ConnectFailure => self.on_connect_failure(),
             TryOutcome::Reset => self.on_reset(),
             TryOutcome::RefusedStream => self.on_refused_stream(),
@@ -150,9 +176,16 @@ pub fn is_idempotent(m: &Method) -> bool {
 }
 
 /// The policy that applies to a request: none unless it allows a retry and the method may be
-/// repeated (or the policy retries non-idempotent methods too).
-pub fn policy_for<'a>(p: Option<&'a RetryPolicy>, method: &Method) -> Option<&'a RetryPolicy> {
-    p.filter(|p| p.num_retries > 0 && (p.non_idempotent || is_idempotent(method)))
+/// repeated (or the policy retries non-idempotent methods too, or the request is gRPC and the
+/// policy has gRPC conditions).
+pub fn policy_for<'a>(
+    p: Option<&'a RetryPolicy>,
+    method: &Method,
+    grpc: bool,
+) -> Option<&'a RetryPolicy> {
+    p.filter(|p| {
+        p.num_retries > 0 && (p.non_idempotent || is_idempotent(method) || (grpc && p.has_grpc()))
+    })
 }
 
 /// How a request body goes upstream.
@@ -208,6 +241,32 @@ mod tests {
     }
 
     #[test]
+    fn grpc_conditions_read_the_header_status() {
+        let p = policy("retry_on: unavailable,resource-exhausted\n");
+        assert!(p.has_grpc());
+        assert!(p.retries(TryOutcome::Grpc(200, 14), false));
+        assert!(p.retries(TryOutcome::Grpc(200, 8), false));
+        assert!(!p.retries(TryOutcome::Grpc(200, 13), false));
+        assert!(!p.retries(TryOutcome::Grpc(200, 0), false));
+        assert!(
+            !p.retries(TryOutcome::Status(503), false),
+            "HTTP statuses need an HTTP condition"
+        );
+        let all = policy(
+            "retry_on: cancelled,deadline-exceeded,internal,resource-exhausted,unavailable,5xx\n",
+        );
+        for code in [1, 4, 8, 13, 14] {
+            assert!(all.on_grpc(code), "{code}");
+        }
+        for code in [0, 2, 3, 5, 7, 12, 16] {
+            assert!(!all.on_grpc(code), "{code}");
+        }
+        // An HTTP condition still applies to a gRPC response's HTTP status.
+        assert!(all.retries(TryOutcome::Grpc(503, 0), false));
+        assert!(!policy("retry_on: 5xx\n").has_grpc());
+    }
+
+    #[test]
     fn backoff_is_capped_full_jitter() {
         let p = policy("retry_back_off: { base_interval: 10ms, max_interval: 50ms }\n");
         for n in 1..10 {
@@ -251,15 +310,20 @@ mod tests {
     #[test]
     fn only_repeatable_requests_get_the_policy() {
         let p = policy("{}");
-        assert!(policy_for(Some(&p), &Method::GET).is_some());
-        assert!(policy_for(Some(&p), &Method::PUT).is_some());
-        assert!(policy_for(Some(&p), &Method::POST).is_none());
-        assert!(policy_for(Some(&p), &Method::PATCH).is_none());
+        assert!(policy_for(Some(&p), &Method::GET, false).is_some());
+        assert!(policy_for(Some(&p), &Method::PUT, false).is_some());
+        assert!(policy_for(Some(&p), &Method::POST, false).is_none());
+        assert!(policy_for(Some(&p), &Method::PATCH, false).is_none());
         let any = policy("retry_non_idempotent: true\n");
-        assert!(policy_for(Some(&any), &Method::POST).is_some());
+        assert!(policy_for(Some(&any), &Method::POST, false).is_some());
         let none = policy("num_retries: 0\n");
-        assert!(policy_for(Some(&none), &Method::GET).is_none());
-        assert!(policy_for(None, &Method::GET).is_none());
+        assert!(policy_for(Some(&none), &Method::GET, false).is_none());
+        assert!(policy_for(None, &Method::GET, false).is_none());
+        // A gRPC call (a POST) is retried by a policy with gRPC conditions, not by others.
+        let grpc = policy("retry_on: unavailable\n");
+        assert!(policy_for(Some(&grpc), &Method::POST, true).is_some());
+        assert!(policy_for(Some(&grpc), &Method::POST, false).is_none());
+        assert!(policy_for(Some(&p), &Method::POST, true).is_none());
     }
 
     #[test]

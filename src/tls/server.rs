@@ -70,6 +70,9 @@ pub struct DownstreamTls {
     pub asks_client_cert: bool,
     /// The certificates, for the expiration gauge.
     pub certs: Vec<CertInfo>,
+    /// What a client had to prove (the CA's bytes, whether a certificate was required): a
+    /// resumed session skips that proof, so tickets outlive a reload only when it is unchanged.
+    client_auth: (Option<Vec<u8>>, bool),
 }
 
 #[derive(Debug)]
@@ -169,8 +172,15 @@ impl DownstreamTls {
                 .collect(),
             None => Vec::new(),
         };
+        let client_auth = (
+            t.client_ca.as_ref().map(|ca| ca.bytes().to_vec()),
+            t.require_client_certificate,
+        );
         if t.session_resumption.unwrap_or(true) {
-            match prev.filter(|p| p.config.ticketer.enabled()) {
+            // Envoy likewise puts the validation context in the session id context.
+            let carried =
+                prev.filter(|p| p.config.ticketer.enabled() && p.client_auth == client_auth);
+            match carried {
                 Some(p) => {
                     config.ticketer = p.config.ticketer.clone();
                     config.session_storage = p.config.session_storage.clone();
@@ -190,6 +200,7 @@ impl DownstreamTls {
             resolver,
             asks_client_cert: t.client_ca.is_some(),
             certs,
+            client_auth,
         })
     }
 
@@ -212,7 +223,7 @@ impl DownstreamTls {
             version: super::version_name(conn.protocol_version()),
             cipher: conn
                 .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str()),
+                .map(|s| openssl_name(s.suite())),
             local_uri: self.resolver.certs[self.resolver.pick(conn.server_name())]
                 .uri
                 .clone(),
@@ -222,12 +233,30 @@ impl DownstreamTls {
     }
 }
 
+/// A cipher suite by the name Envoy logs (BoringSSL's: `TLS_AES_128_GCM_SHA256`,
+/// `ECDHE-ECDSA-AES128-GCM-SHA256`), so log parsers written for Envoy keep working.
+fn openssl_name(s: rustls::CipherSuite) -> &'static str {
+    use rustls::CipherSuite as C;
+    match s {
+        C::TLS13_AES_128_GCM_SHA256 => "TLS_AES_128_GCM_SHA256",
+        C::TLS13_AES_256_GCM_SHA384 => "TLS_AES_256_GCM_SHA384",
+        C::TLS13_CHACHA20_POLY1305_SHA256 => "TLS_CHACHA20_POLY1305_SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => other.as_str().unwrap_or("unknown"),
+    }
+}
+
 /// What a downstream TLS handshake established (per connection; read by the access log and XFCC).
 #[derive(Debug, Default)]
 pub struct TlsInfo {
     /// `TLSv1.2` or `TLSv1.3`.
     pub version: Option<&'static str>,
-    /// The cipher suite's IANA name.
+    /// The cipher suite, by Envoy's (BoringSSL's) name.
     pub cipher: Option<&'static str>,
     /// The SNI the client sent (`%REQUESTED_SERVER_NAME%`).
     pub sni: Option<Arc<str>>,

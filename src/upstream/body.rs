@@ -5,7 +5,9 @@
 //! idle timeout and `request_timeout`, armed only while it waits for the client. Its failures are
 //! the client's ([`BodyFault`]): a try that fails because of them is not the upstream's failure.
 //! The request path follows the body to its end to start the route timeout there, and the pool
-//! reuses a connection only when the body went up whole.
+//! reuses a connection only when the body went up whole. A gRPC call's body, of unknown length,
+//! streams up at once and is copied as it goes (up to the route's buffer limit), so that a retry
+//! can send it again once it went up whole.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -86,6 +88,17 @@ pub struct Exchange {
     progress: AtomicU64,
     /// The request path, waiting for the body's end.
     waker: AtomicWaker,
+    /// A copy of the body for a retry, when one is kept.
+    copy: Option<std::sync::Mutex<BodyCopy>>,
+}
+
+/// The copy of a streamed body kept for a retry: dropped once it would pass its limit (or the
+/// body has trailers, which a replay would not carry).
+#[derive(Debug)]
+struct BodyCopy {
+    limit: usize,
+    buf: bytes::BytesMut,
+    over: bool,
 }
 
 /// The body's last byte went to the upstream connection.
@@ -97,6 +110,45 @@ const RESPONDED: u8 = 4;
 const FAULT_SHIFT: u8 = 4;
 
 impl Exchange {
+    /// An exchange that keeps a copy of the body, up to `limit` bytes, for a retry.
+    pub fn with_copy(limit: u64) -> Exchange {
+        Exchange {
+            copy: Some(std::sync::Mutex::new(BodyCopy {
+                limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                buf: bytes::BytesMut::new(),
+                over: false,
+            })),
+            ..Exchange::default()
+        }
+    }
+
+    /// The whole body again, for a retry: only when it went up whole, without a fault, and
+    /// fit the copy's limit.
+    pub fn replay(&self) -> Option<Bytes> {
+        let copy = self.copy.as_ref()?;
+        if !self.done() || self.fault().is_some() {
+            return None;
+        }
+        let c = copy.lock().unwrap_or_else(|e| e.into_inner());
+        (!c.over).then(|| Bytes::copy_from_slice(&c.buf))
+    }
+
+    /// Adds a piece of the body to the copy, if one is kept.
+    fn keep(&self, data: Option<&Bytes>) {
+        let Some(copy) = &self.copy else {
+            return;
+        };
+        let mut c = copy.lock().unwrap_or_else(|e| e.into_inner());
+        match data {
+            Some(d) if !c.over && c.buf.len() + d.len() <= c.limit => c.buf.extend_from_slice(d),
+            // Over the limit, or trailers: no replay.
+            _ => {
+                c.over = true;
+                c.buf = bytes::BytesMut::new();
+            }
+        }
+    }
+
     /// Whether the whole body went upstream.
     pub fn done(&self) -> bool {
         self.state.load(Acquire) & DONE != 0
@@ -226,7 +278,10 @@ impl Body for ClientBody {
                     if let Some(ex) = ex {
                         ex.progress.fetch_add(n, Relaxed);
                         ex.state.fetch_and(!WAITING, Relaxed);
+                        ex.keep(Some(d));
                     }
+                } else if let Some(ex) = ex {
+                    ex.keep(None);
                 }
                 *this.fresh = true;
                 if let Some(ex) = ex.filter(|_| this.inner.is_end_stream()) {
@@ -325,5 +380,32 @@ mod tests {
             assert_eq!(BodyFault::from_bits(f as u8), Some(f));
         }
         assert_eq!(BodyFault::from_bits(0), None);
+    }
+
+    #[test]
+    fn a_copy_replays_only_a_whole_body_within_its_limit() {
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        let ex = Exchange::with_copy(8);
+        ex.keep(Some(&b("abc")));
+        assert_eq!(ex.replay(), None, "not whole yet");
+        ex.keep(Some(&b("de")));
+        ex.set(DONE);
+        assert_eq!(ex.replay(), Some(b("abcde")));
+        let over = Exchange::with_copy(4);
+        over.keep(Some(&b("abc")));
+        over.keep(Some(&b("de")));
+        over.set(DONE);
+        assert_eq!(over.replay(), None, "over the limit");
+        let trailers = Exchange::with_copy(100);
+        trailers.keep(Some(&b("abc")));
+        trailers.keep(None);
+        trailers.set(DONE);
+        assert_eq!(trailers.replay(), None, "trailers are not replayed");
+        let faulted = Exchange::with_copy(100);
+        faulted.keep(Some(&b("abc")));
+        faulted.set((BodyFault::Aborted as u8) << FAULT_SHIFT);
+        faulted.set(DONE);
+        assert_eq!(faulted.replay(), None);
+        assert_eq!(Exchange::default().replay(), None, "no copy kept");
     }
 }

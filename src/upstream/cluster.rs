@@ -383,7 +383,9 @@ impl Cluster {
             checkers: Mutex::new(HashMap::new()),
         });
         // The first host set: the configured addresses, or what earlier answers resolved to.
-        let carried = prev.map(|p| p.hosts());
+        // Endpoint state (pools among it) carries over only while the TLS settings stay: a
+        // pooled connection was verified under the old ones (Envoy rebuilds such a cluster).
+        let carried = prev.filter(|p| p.spec.tls == spec.tls).map(|p| p.hosts());
         let endpoints = match &cluster.discovery {
             None => spec
                 .endpoints

@@ -65,11 +65,15 @@ impl<'a> Connector<'a> {
         self.open(ep, true).await
     }
 
+    /// TCP and the TLS handshake together within the connect timeout.
     async fn open(&self, ep: &Endpoint, http: bool) -> Result<UpStream, ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = || format!("timed out after {:?}", self.timeout);
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(ep.addr)).await {
+            Ok(r) => r.map_err(|e| ConnectError::Tcp(e.to_string()))?,
+            Err(_) => return Err(ConnectError::Tcp(timed_out())),
+        };
         let work = async {
-            let tcp = TcpStream::connect(ep.addr)
-                .await
-                .map_err(|e| ConnectError::Tcp(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             self.options.apply(&tcp);
             let Some(tls) = self.tls else {
@@ -92,12 +96,13 @@ impl<'a> Connector<'a> {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Ok(r) => r,
-            Err(_) => Err(ConnectError::Tcp(format!(
-                "timed out after {:?}",
-                self.timeout
-            ))),
+            // A peer that accepts but never finishes the handshake is a TLS failure.
+            Err(_) => {
+                self.stats.ssl_connection_error.inc();
+                Err(ConnectError::Tls(format!("handshake {}", timed_out())))
+            }
         }
     }
 }

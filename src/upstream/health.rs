@@ -6,10 +6,14 @@
 //!
 //! - HTTP: a GET of `path` on a new connection with `Host: host` (default the cluster name),
 //!   healthy when the status is in `expected_statuses` (default `[200]`) within `timeout`;
-//! - TCP: healthy when a connection opens within `timeout`.
+//! - TCP: healthy when a connection opens within `timeout`;
+//! - gRPC (`grpc_health_check`): `grpc.health.v1.Health/Check` for `service_name` over HTTP/2 on a
+//!   new connection (prior knowledge on plain TCP; on the cluster's TLS otherwise), `:authority`
+//!   the configured one (default the cluster name), healthy when the answer is `SERVING`.
 //!
 //! As in Envoy: `unhealthy_threshold` network failures (connect error, timeout, broken
-//! connection) in a row mark an endpoint unhealthy, an unexpected HTTP status marks it unhealthy
+//! connection) in a row mark an endpoint unhealthy, an unexpected HTTP status (or a gRPC answer
+//! other than `SERVING`: a non-OK `grpc-status`, `NOT_SERVING`, `UNKNOWN`) marks it unhealthy
 //! at once, and `healthy_threshold` passes in a row mark it healthy again. A new endpoint starts
 //! unhealthy (`pending_active_hc`) and its first pass alone makes it healthy, so it takes no
 //! traffic before it was seen to work (when every endpoint is unhealthy the balancer fails open).
@@ -51,6 +55,13 @@ pub enum Kind {
     },
     /// TCP connect.
     Tcp,
+    /// `grpc.health.v1.Health/Check`.
+    Grpc {
+        /// `HealthCheckRequest.service`.
+        service: String,
+        /// `:authority`.
+        authority: http::uri::Authority,
+    },
 }
 
 /// A cluster's health check, compiled once when the cluster is built.
@@ -74,6 +85,16 @@ impl Settings {
     /// Applies the defaults to a checked configuration of cluster `cluster`.
     pub fn from_config(cluster: &str, hc: &config::HealthCheck) -> Settings {
         let kind = match &hc.http {
+            None if hc.grpc_health_check.is_some() => {
+                let g = hc.grpc_health_check.as_ref().expect("checked just now");
+                Kind::Grpc {
+                    service: g.service_name.clone().unwrap_or_default(),
+                    authority: http::uri::Authority::try_from(
+                        g.authority.as_deref().unwrap_or(cluster),
+                    )
+                    .unwrap_or_else(|_| http::uri::Authority::from_static("localhost")),
+                }
+            }
             Some(h) => Kind::Http {
                 path: h.path.value.clone(),
                 host: HeaderValue::from_str(h.host.as_deref().unwrap_or(cluster))
@@ -130,6 +151,9 @@ pub enum Check {
     Pass,
     /// The endpoint answered with an unexpected status (unhealthy at once).
     BadStatus(u16),
+    /// A gRPC endpoint answered, but not `SERVING`: its `grpc-status` if not OK, else its
+    /// serving status (unhealthy at once).
+    NotServing(i32),
     /// Connect error, timeout or broken connection (counts toward `unhealthy_threshold`).
     NetworkFailure,
 }
@@ -154,13 +178,14 @@ pub fn apply(state: &EndpointState, s: &Settings, r: Check) -> Option<bool> {
             }
             None
         }
-        Check::BadStatus(_) | Check::NetworkFailure => {
+        Check::BadStatus(_) | Check::NotServing(_) | Check::NetworkFailure => {
             h.consecutive_ok.store(0, Relaxed);
             if failed {
                 return None;
             }
             let n = h.consecutive_fail.fetch_add(1, Relaxed) + 1;
-            if matches!(r, Check::BadStatus(_)) || n >= s.unhealthy_threshold {
+            if matches!(r, Check::BadStatus(_) | Check::NotServing(_)) || n >= s.unhealthy_threshold
+            {
                 h.consecutive_fail.store(0, Relaxed);
                 state.hc_failed.store(true, Relaxed);
                 return Some(false);
@@ -178,13 +203,14 @@ async fn check_once(
     let Some(stream) = connect.await else {
         return Check::NetworkFailure;
     };
-    let Kind::Http {
-        path,
-        host,
-        expected,
-    } = kind
-    else {
-        return Check::Pass;
+    let (path, host, expected) = match kind {
+        Kind::Tcp => return Check::Pass,
+        Kind::Grpc { service, authority } => return grpc_check(stream, service, authority).await,
+        Kind::Http {
+            path,
+            host,
+            expected,
+        } => (path, host, expected),
     };
     let Ok((mut tx, conn)) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream)).await
@@ -211,6 +237,110 @@ async fn check_once(
         Ok(r) if expected.contains(&r.status().as_u16()) => Check::Pass,
         Ok(r) => Check::BadStatus(r.status().as_u16()),
         Err(_) => Check::NetworkFailure,
+    }
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (its `ServingStatus` enum read as its number).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// `HealthCheckResponse.ServingStatus.SERVING`.
+const SERVING: i32 = 1;
+/// The largest health answer read (a real one is a few bytes).
+const MAX_GRPC_ANSWER: usize = 16 * 1024;
+
+/// One `grpc.health.v1.Health/Check` call on a new HTTP/2 connection.
+async fn grpc_check(stream: UpStream, service: &str, authority: &http::uri::Authority) -> Check {
+    use http_body_util::{BodyExt, Full, Limited};
+    use prost::Message;
+    let scheme = match stream {
+        UpStream::Plain(_) => "http",
+        UpStream::Tls(_) => "https",
+    };
+    let Ok((mut tx, conn)) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    else {
+        return Check::NetworkFailure;
+    };
+    // A gRPC message: a compressed flag (0), its length (4 bytes, big-endian), the protobuf.
+    let msg = HealthCheckRequest {
+        service: service.to_string(),
+    }
+    .encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + msg.len());
+    framed.push(0);
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let Ok(req) = Request::post(format!(
+        "{scheme}://{authority}/grpc.health.v1.Health/Check"
+    ))
+    .header(http::header::CONTENT_TYPE, "application/grpc")
+    .header(http::header::TE, "trailers")
+    .header(USER_AGENT, "tern-health-check")
+    .body(Full::new(Bytes::from(framed))) else {
+        return Check::NetworkFailure;
+    };
+    let call = async {
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|_| Check::NetworkFailure)?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(Check::BadStatus(resp.status().as_u16()));
+        }
+        let (parts, body) = resp.into_parts();
+        // Trailers-only: the status is in the headers and there is no message.
+        if let Some(code) = crate::grpc::status_of(&parts.headers) {
+            return Err(match code {
+                crate::grpc::OK => Check::NetworkFailure,
+                c => Check::NotServing(-i32::from(c)),
+            });
+        }
+        let all = Limited::new(body, MAX_GRPC_ANSWER)
+            .collect()
+            .await
+            .map_err(|_| Check::NetworkFailure)?;
+        let code = all.trailers().and_then(crate::grpc::status_of);
+        match code {
+            Some(crate::grpc::OK) => {}
+            Some(c) => return Err(Check::NotServing(-i32::from(c))),
+            None => return Err(Check::NetworkFailure),
+        }
+        let bytes = all.to_bytes();
+        let answer = match bytes.get(..5) {
+            Some(&[0, a, b, c, d])
+                if bytes.len() == 5 + u32::from_be_bytes([a, b, c, d]) as usize =>
+            {
+                HealthCheckResponse::decode(&bytes[5..]).map_err(|_| Check::NetworkFailure)?
+            }
+            _ => return Err(Check::NetworkFailure),
+        };
+        Ok(answer.status)
+    };
+    tokio::pin!(call, conn);
+    let r = tokio::select! {
+        biased;
+        r = &mut call => r,
+        // The connection ended first: whatever the call got is all it gets.
+        _ = &mut conn => call.await,
+    };
+    match r {
+        Ok(SERVING) => Check::Pass,
+        Ok(status) => Check::NotServing(status),
+        Err(c) => c,
     }
 }
 
@@ -427,6 +557,7 @@ mod tests {
                 expected_statuses: vec![],
             }),
             tcp: None,
+            grpc_health_check: None,
         };
         let s = Settings::from_config("api", &hc);
         assert_eq!(

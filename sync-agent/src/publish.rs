@@ -51,7 +51,7 @@ async fn publish(
     no_validate: bool,
 ) -> Result<Option<String>, String> {
     if !no_validate {
-        let report = tern_config::load(src);
+        let report = tern_config::load_with(src, crate::snapshot::offline());
         for d in &report.diagnostics {
             eprintln!("{d}");
         }

@@ -297,10 +297,20 @@ impl Drop for Builder {
     }
 }
 
+/// How the agent checks a configuration: as `tern-validate` does, away from the proxy. Keys from
+/// `{ env: ... }` are injected into the proxy's container, not this one, so an unset variable
+/// is "not checked" (W015) rather than an error that would refuse every such snapshot.
+pub fn offline() -> tern_config::Limits {
+    tern_config::Limits {
+        offline: true,
+        ..Default::default()
+    }
+}
+
 /// Validates a snapshot directory with the proxy's loader; on errors returns the diagnostics
 /// (paths shown relative to the snapshot).
 pub fn validate(dir: &Path) -> Result<Vec<String>, Vec<String>> {
-    let report = tern_config::load(dir);
+    let report = tern_config::load_with(dir, offline());
     let lines = report
         .diagnostics
         .iter()
@@ -322,6 +332,23 @@ pub fn validate(dir: &Path) -> Result<Vec<String>, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key from `{ env: ... }` is injected into the proxy's container, not the agent's: the
+    /// snapshot is published (the variable "not checked"), while a broken one is still refused.
+    #[test]
+    fn keys_from_environment_variables_do_not_block_a_snapshot() {
+        let d = tempfile::tempdir().unwrap();
+        let chain =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/testdata/tls/ec-chain.pem");
+        fs::copy(chain, d.path().join("chain.pem")).unwrap();
+        let yaml = "listeners:\n  - name: https\n    address: 127.0.0.1:8443\n    route_config: main\n    tls:\n      certificates:\n        - certificate_chain: { file: chain.pem }\n          private_key: { env: TERN_SYNC_TEST_UNSET_KEY }\nroute_configs:\n  - name: main\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - match: { prefix: / }\n            direct_response: { status: 200 }\n";
+        fs::write(d.path().join("tern.yaml"), yaml).unwrap();
+        let warnings = validate(d.path()).expect("published");
+        assert!(warnings.iter().any(|w| w.contains("W015")), "{warnings:?}");
+        fs::write(d.path().join("chain.pem"), "not a certificate").unwrap();
+        let errors = validate(d.path()).expect_err("a broken chain is refused");
+        assert!(errors.iter().any(|e| e.contains("E011")), "{errors:?}");
+    }
 
     #[test]
     fn write_activate_prune_and_abandon() {

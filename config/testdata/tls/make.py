@@ -73,3 +73,11 @@ write("expired.pem", pem(cert(name("old.example.com"), old_key, ca.subject, ca_k
                               not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
                               not_after=datetime.datetime(2021, 1, 1, tzinfo=datetime.timezone.utc))))
 write("expired.key", key_pem(old_key))
+
+# Keys ring cannot sign with (the proxy could not serve them): a P-521 and a 1024-bit RSA key.
+p521_key = ec.generate_private_key(ec.SECP521R1())
+write("p521.pem", pem(cert(name("p521.example.com"), p521_key, name("p521.example.com"), p521_key)))
+write("p521.key", key_pem(p521_key))
+rsa1024_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+write("rsa1024.pem", pem(cert(name("rsa1024.example.com"), rsa1024_key, name("rsa1024.example.com"), rsa1024_key)))
+write("rsa1024.key", key_pem(rsa1024_key))
