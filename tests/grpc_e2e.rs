@@ -4,7 +4,8 @@
 //! client. Streams pass through without buffering, trailers arrive unchanged, UNAVAILABLE is
 //! retried, `grpc-timeout` reaches the server reduced, concurrent calls share one upstream
 //! connection, the gRPC status from real HTTP/2 trailers reaches the access log and the counter,
-//! and gRPC health checks take an endpoint out and back.
+//! gRPC health checks take an endpoint out and back, and an upstream reset or closed connection
+//! (an `h2` crate peer) is UNAVAILABLE to the client.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -331,7 +332,8 @@ fn feed() -> (
     (tx, s)
 }
 
-/// One Tern with an access log (`%REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS% %UPSTREAM_HOST%`),
+/// One Tern with an access log (`%REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS% %UPSTREAM_HOST%
+/// %RESPONSE_FLAGS%`),
 /// every request to cluster `be` with `route` extra fields, and `cluster` as the cluster's
 /// extra fields.
 async fn tern(route: &str, cluster: &str, files: &[(&str, &str)]) -> (Tern, u16, ConfigDir) {
@@ -350,7 +352,7 @@ async fn tern(route: &str, cluster: &str, files: &[(&str, &str)]) -> (Tern, u16,
     address: 127.0.0.1:{port}
     route_config: main
     access_log:
-      - {{ path: {log}, format: "%REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS% %UPSTREAM_HOST%" }}
+      - {{ path: {log}, format: "%REQ(:PATH)% %RESPONSE_CODE% %GRPC_STATUS% %UPSTREAM_HOST% %RESPONSE_FLAGS%" }}
 route_configs:
   - name: main
     virtual_hosts:
@@ -471,15 +473,15 @@ async fn every_kind_of_call_passes_through_an_h2c_cluster() {
     let (t, port, cfg) = tern("", &cluster, &[]).await;
     every_kind_of_call(port, &be).await;
     let host = be.addr;
-    logged(&cfg, &format!("/e2e.Echo/Unary 200 OK {host}"), 1).await;
+    logged(&cfg, &format!("/e2e.Echo/Unary 200 OK {host} -"), 1).await;
     logged(
         &cfg,
-        &format!("/e2e.Echo/Watch 200 FailedPrecondition {host}"),
+        &format!("/e2e.Echo/Watch 200 FailedPrecondition {host} -"),
         1,
     )
     .await;
-    logged(&cfg, &format!("/e2e.Echo/Collect 200 OK {host}"), 1).await;
-    logged(&cfg, &format!("/e2e.Echo/Chat 200 OK {host}"), 1).await;
+    logged(&cfg, &format!("/e2e.Echo/Collect 200 OK {host} -"), 1).await;
+    logged(&cfg, &format!("/e2e.Echo/Chat 200 OK {host} -"), 1).await;
     assert_eq!(t.stat("cluster.be.upstream_rq_grpc_status.0").await, 3);
     assert_eq!(t.stat("cluster.be.upstream_rq_grpc_status.9").await, 1);
     let prom = get(&t.admin_url("/stats/prometheus"), &[]).await.body;
@@ -505,7 +507,7 @@ async fn every_kind_of_call_passes_through_tls_with_auto() {
     every_kind_of_call(port, &be).await;
     logged(
         &cfg,
-        &format!("/e2e.Echo/Watch 200 FailedPrecondition {}", be.addr),
+        &format!("/e2e.Echo/Watch 200 FailedPrecondition {} -", be.addr),
         1,
     )
     .await;
@@ -567,7 +569,7 @@ async fn unavailable_from_one_endpoint_is_retried_with_no_failure() {
         t.stat("cluster.be.upstream_rq_retry").await,
         tried_bad as i64
     );
-    logged(&cfg, &format!("/e2e.Echo/Unary 200 OK {}", good.addr), 10).await;
+    logged(&cfg, &format!("/e2e.Echo/Unary 200 OK {} -", good.addr), 10).await;
 }
 
 /// `max_stream_duration`: the client's 10 s `grpc-timeout` reaches the server capped at 2 s less
@@ -605,7 +607,7 @@ async fn grpc_timeout_reaches_the_server_reduced_and_slow_calls_exceed_it() {
     assert!(took >= Duration::from_millis(350), "{took:?}");
     logged(
         &cfg,
-        &format!("/e2e.Echo/Unary 504 DeadlineExceeded {}", be.addr),
+        &format!("/e2e.Echo/Unary 504 DeadlineExceeded {} UT", be.addr),
         1,
     )
     .await;
@@ -666,4 +668,64 @@ async fn grpc_health_checks_take_an_h2_endpoint_out_and_back() {
     .await;
     // The checks and the calls share the endpoint's HTTP/2 server; nothing failed.
     assert!(t.stat("cluster.be.health_check_failure").await >= 1);
+}
+
+/// What [`h2_peer`] does with each stream it receives.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// RST_STREAM(INTERNAL_ERROR) before any response headers.
+    Reset,
+    /// Closes the connection under the request.
+    Close,
+}
+
+/// An HTTP/2 server (the `h2` crate) that never answers a stream: it resets it or closes the
+/// connection, as `act` says.
+async fn h2_peer(act: Peer) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = conn.accept().await {
+                    match act {
+                        Peer::Reset => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+                        // Dropping the connection closes the socket, no GOAWAY sent.
+                        Peer::Close => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Part A's new local replies reach a gRPC client as trailers-only UNAVAILABLE (Envoy's
+/// `httpToGrpcStatus` of their 503), with the flag in the access log: an upstream reset (`UR`)
+/// and a closed upstream connection (`UC`).
+#[tokio::test]
+async fn upstream_resets_and_closed_connections_are_unavailable_to_grpc_clients() {
+    for (act, flag, message) in [
+        (Peer::Reset, "UR", "upstream reset before response"),
+        (
+            Peer::Close,
+            "UC",
+            "upstream connection closed before response",
+        ),
+    ] {
+        let be = h2_peer(act).await;
+        let cluster = format!("    protocol: http2\n    endpoints: [{{ address: \"{be}\" }}]\n");
+        let (_t, port, cfg) = tern("", &cluster, &[]).await;
+        let err = unary(&mut client(port).await, "hi").await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::Unavailable, message));
+        logged(
+            &cfg,
+            &format!("/e2e.Echo/Unary 503 Unavailable {be} {flag}"),
+            1,
+        )
+        .await;
+    }
 }
