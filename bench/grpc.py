@@ -2,12 +2,12 @@
 """HTTP/2 benchmarks of Tern against Envoy (and nginx, HAProxy), with h2load.
 
 Two modes:
-  grpc   (default) gRPC unary calls (`/bench.Echo/Unary`, a 12-byte length-prefixed protobuf
-         frame) through Tern (`protocol: http2` cluster) and Envoy (explicit http2_protocol_options)
+  grpc   (default) gRPC unary calls (`/bench.Echo/Unary`, a 19-byte frame: 5-byte prefix and a
+         14-byte protobuf message) through Tern (`protocol: http2` cluster) and Envoy (explicit http2_protocol_options)
          to the same tonic backend (`bench/grpc_backend.rs`), h2c on both sides; the backend
          alone as the baseline.
   h2-h1  HTTP/2 (h2c, prior knowledge) from the client, HTTP/1.1 keep-alive to an nginx backend
-         (100-byte body): Tern, Envoy, nginx (`http2 on`) and HAProxy (`proto h2`).
+         (100-byte body): Tern, Envoy, nginx (`listen ... http2`, h2c: nginx 1.22 has no `http2 on`) and HAProxy (`proto h2`).
 
 One core each as ../shared/bench/proxy-bench.sh does it: h2load on CPU 0, the backend and the
 proxy on CPU 1 (one worker each: Envoy --concurrency 1, nginx one worker, HAProxy nbthread 1,
@@ -178,7 +178,7 @@ http {{ access_log off; keepalive_requests 1000000; http2_max_concurrent_streams
   client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
   uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
   upstream be {{ server 127.0.0.1:{backend}; keepalive 1024; }}
-  server {{ listen 127.0.0.1:{port}; http2 on;
+  server {{ listen 127.0.0.1:{port} http2;
     location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
 """
 
@@ -279,6 +279,16 @@ def main():
         payload = b"\x0a\x0c" + b"hello world!"
         open(body, "wb").write(b"\x00" + len(payload).to_bytes(4, "big") + payload)
         path = "/bench.Echo/Unary" if grpc else "/"
+        if grpc and shutil.which("curl"):
+            # Every target ends the call with grpc-status 0 in trailers (h2load does not read them).
+            for t, port in targets.items():
+                head = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-D", "-", "-o",
+                                       os.devnull, "--data-binary", "@" + body, "-H",
+                                       "content-type: application/grpc", "-H", "te: trailers",
+                                       f"http://127.0.0.1:{port}{path}"],
+                                      capture_output=True, text=True).stdout
+                if "grpc-status: 0" not in head:
+                    sys.exit(f"{t} did not answer grpc-status 0:\n{head}")
         results = {t: [] for t in targets}
         names = list(targets)
         for r in range(args.rounds):
