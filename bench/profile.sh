@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 requests=20000
 keep=
 bin=
-envs=()
+# tern re-executes itself once to set this (one malloc arena) unless it is set: under valgrind
+# the re-executed process would run unmeasured, so set it here, as the proxy would.
+envs=(GLIBC_TUNABLES=glibc.malloc.arena_max=1)
 while (($#)); do
   case $1 in
     --requests) requests=$2; shift 2 ;;
