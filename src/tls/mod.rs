@@ -15,6 +15,7 @@ use tern_config::{DataSource, TlsVersion};
 
 pub mod client;
 pub mod server;
+pub mod stream;
 pub mod xfcc;
 
 /// The one crypto provider: ring (aws-lc raised the idle RSS past its target). Named explicitly,

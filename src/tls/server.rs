@@ -8,14 +8,11 @@
 //! configuration, so a reload, a certificate rotation included, does not end resumption.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tern_config::tls::{name_matches, CertFacts};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::provider;
@@ -298,13 +295,7 @@ impl Failure {
 }
 
 /// A downstream connection: plain TCP, or TLS over it.
-#[derive(Debug)]
-pub enum DownStream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS (boxed: the session state is large).
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
+pub type DownStream = super::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
 impl DownStream {
     /// Writes what fits of `buf` without waiting, on a plain connection only (a TLS one would
@@ -312,64 +303,6 @@ impl DownStream {
     pub fn try_write_plain(&self, buf: &[u8]) {
         if let DownStream::Plain(s) = self {
             let _ = s.try_write(buf);
-        }
-    }
-}
-
-impl AsyncRead for DownStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DownStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            DownStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for DownStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            DownStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            DownStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            DownStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            DownStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            DownStream::Plain(s) => s.is_write_vectored(),
-            DownStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DownStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            DownStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            DownStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            DownStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
