@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         limits: Limits {
             max_file_bytes: 1 << 20,
             max_yaml_nodes: 50_000,
+            ..Limits::default()
         },
         ..Default::default()
     };

@@ -322,26 +322,31 @@ impl H2Pool {
     ) -> Result<Sent, SendError> {
         let tls = t.connector.tls.is_some();
         for _ in 0..MAX_HANDOVERS {
-            let conn = match adopt.take() {
-                Some(stream) => {
+            // The stream slot a pick counts is released by `Stream`'s drop: it exists before any
+            // await, so a request cancelled during the handshake gives its slot back.
+            let (conn, stream) = match adopt.take() {
+                Some(io) => {
                     let conn = self.pick_new(t, closed);
+                    let stream = Stream { conn: conn.clone() };
                     let list = Arc::downgrade(&self.conns);
                     let state = conn.state.clone();
                     let _ = conn
                         .ready
-                        .get_or_init(|| handshake(stream, t, state, list))
+                        .get_or_init(|| handshake(io, t, state, list))
                         .await;
-                    conn
+                    (conn, stream)
                 }
                 None => match self.pick(t, closed) {
-                    Picked::Conn(c) => c,
+                    Picked::Conn(c) => {
+                        let stream = Stream { conn: c.clone() };
+                        (c, stream)
+                    }
                     Picked::Overflow => {
                         t.stats.upstream_cx_overflow.inc();
                         return Err(SendError::ConnectionOverflow);
                     }
                 },
             };
-            let stream = Stream { conn: conn.clone() };
             let live = match conn.ready.get() {
                 Some(r) => r,
                 None => {
