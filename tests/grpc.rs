@@ -616,19 +616,11 @@ fn tokio_stream_of(l: TcpListener) -> impl futures_util::Stream<Item = std::io::
 /// certificates made here) is checked, goes out when NOT_SERVING and comes back.
 #[tokio::test]
 async fn grpc_health_checks_speak_the_clusters_tls() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     // Both providers are linked into the tests; tonic's server takes the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "gRPC CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["cart.internal".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let identity = tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem());
+    let ca = tern_testkit::Ca::new("gRPC CA");
+    let leaf = ca.leaf("cart", &["cart.internal"]);
+    let identity = tonic::transport::Identity::from_pem(&leaf.cert, &leaf.key);
 
     let (reporter, service) = tonic_health::server::health_reporter();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -264,22 +264,14 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
     // Both providers are linked into the tests; tonic's server takes the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "e2e CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["grpc.internal".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
+    let ca = tern_testkit::Ca::new("e2e CA");
+    let leaf = ca.leaf("grpc", &["grpc.internal"]);
     Pki {
         ca: ca.pem(),
-        cert: cert.pem(),
-        key: key.serialize_pem(),
+        cert: leaf.cert,
+        key: leaf.key,
     }
 }
 

@@ -11,57 +11,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tern_testkit::{admin_yaml, free_port, get, wait_for, ConfigDir, Tern};
-
-/// A private CA that issues certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, in PEM.
-#[derive(Clone)]
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A certificate for `sans` (DNS names, IPs, or `spiffe://` URIs), with CN `cn`.
-    fn leaf(&self, cn: &str, sans: &[&str]) -> Leaf {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        for s in sans {
-            p.subject_alt_names.push(if let Ok(ip) = s.parse() {
-                SanType::IpAddress(ip)
-            } else if s.contains("://") {
-                SanType::URI(s.to_string().try_into().unwrap())
-            } else {
-                SanType::DnsName(s.to_string().try_into().unwrap())
-            });
-        }
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
+use tern_testkit::{admin_yaml, free_port, get, wait_for, Ca, ConfigDir, Leaf, Tern};
 
 fn ring() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -13,6 +13,7 @@ pub mod check;
 pub mod client;
 pub mod config_dir;
 pub mod dns;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod s3;
@@ -29,6 +30,7 @@ pub use config_dir::{
     admin_yaml, config_files, direct_yaml, forward_config, listener_yaml, write_files, ConfigDir,
 };
 pub use dns::DnsServer;
+pub use pki::{Ca, Leaf};
 pub use ports::free_port;
 pub use process::Proc;
 pub use tern::Tern;
