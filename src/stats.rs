@@ -441,7 +441,7 @@ stats_table! {
         health_check_attempt: Counter, "Active health checks made.";
         health_check_success: Counter, "Active health checks that passed.";
         health_check_failure: Counter, "Active health checks that failed.";
-        upstream_cx_active: Gauge, "Upstream connections open.";
+        upstream_cx_active: Gauge, "Upstream connections open or being opened.";
         upstream_rq_pending_active: Gauge, "Requests waiting for a new upstream connection.";
         upstream_rq_retry_active: Gauge, "Retries in flight.";
         update_attempt: Counter, "DNS resolutions of the cluster's host names started.";

@@ -351,6 +351,10 @@ impl Pool {
         Box::pin(async move {
             t.stats.upstream_rq_pending_active.inc();
             let pending = GaugeGuard(&t.stats.upstream_rq_pending_active);
+            // A connection counts toward `max_connections` from the moment its connect begins
+            // (Envoy's), else requests arriving while it connects each open another.
+            t.stats.upstream_cx_active.inc();
+            let connecting = GaugeGuard(&t.stats.upstream_cx_active);
             let stream = t
                 .connector
                 .connect_http(t.endpoint)
@@ -363,11 +367,14 @@ impl Pool {
                 let h2 = stream.alpn() == Some(b"h2");
                 self.learn(if h2 { Protocol::Http2 } else { Protocol::Http1 });
                 if h2 {
-                    drop(pending);
+                    // The HTTP/2 pool counts the connection it adopts.
+                    drop((pending, connecting));
                     return self.send_h2(t, req, Some(stream)).await;
                 }
             }
             let (tx, task, tls) = self.handshake(t, stream).await?;
+            // Counted since the connect began; the connection's task uncounts it when it ends.
+            std::mem::forget(connecting);
             let mut lease = self.lease(tx, task, 1, t.options, tls);
             drop(pending);
             match lease.tx.send_request(req).await {
@@ -427,7 +434,6 @@ impl Pool {
             .await
             .map_err(|e| SendError::Connect(e.to_string()))?;
         let stats = t.stats.clone();
-        stats.upstream_cx_active.inc();
         stats.upstream_cx_http1_total.inc();
         let task = tokio::spawn(async move {
             // Counted down however the task ends, aborted included.
