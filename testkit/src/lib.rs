@@ -34,6 +34,6 @@ pub use dns::DnsServer;
 pub use pki::{Ca, Leaf};
 pub use ports::free_port;
 pub use process::Proc;
-pub use raw::{RawBackend, RawConn, RawRequest, Reply};
+pub use raw::{parse_responses, RawBackend, RawConn, RawRequest, RawResponse, Reply};
 pub use tern::Tern;
 pub use wait::{wait_for, wait_until, wait_until_within, DEADLINE};

@@ -366,6 +366,100 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, script: Ar
     }
 }
 
+/// One response as a client read it off a connection.
+#[derive(Clone, Debug)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The header lines in order: name in lower case, value as sent.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body, decoded (chunked framing removed).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Every value of header `name` (lower case), in order, as text (lossy).
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    }
+}
+
+/// Splits what a client read off a connection into responses, strictly: `1xx`, `204` and `304`
+/// have no body, nor do the first `heads` final responses (answers to `HEAD`); otherwise
+/// chunked, Content-Length, or everything to the end (the connection closed). Returns the
+/// responses and the bytes left over that are not a whole response (a response cut short, or
+/// garbage).
+pub fn parse_responses(mut bytes: &[u8], mut heads: usize) -> (Vec<RawResponse>, Vec<u8>) {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let mut hs = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut hs);
+        let Ok(httparse::Status::Complete(head_len)) = resp.parse(bytes) else {
+            break;
+        };
+        let status = resp.code.unwrap_or_default();
+        let headers = owned_headers(resp.headers);
+        let mut r = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let interim = (100..200).contains(&status);
+        let no_body = interim || status == 204 || status == 304 || heads > 0;
+        if !interim && heads > 0 {
+            heads -= 1;
+        }
+        let te = r.header("transfer-encoding");
+        let cl = r.header("content-length");
+        let end = if no_body {
+            head_len
+        } else if te.iter().any(|v| v.trim().eq_ignore_ascii_case("chunked")) {
+            let mut at = head_len;
+            let done = loop {
+                let Ok(httparse::Status::Complete((skip, size))) =
+                    httparse::parse_chunk_size(&bytes[at..])
+                else {
+                    break None;
+                };
+                at += skip;
+                if size == 0 {
+                    let mut ts = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(&bytes[at..], &mut ts) {
+                        Ok(httparse::Status::Complete((n, _))) => break Some(at + n),
+                        _ => break None,
+                    }
+                }
+                let size = size as usize;
+                if bytes.len() < at + size + 2 || &bytes[at + size..at + size + 2] != b"\r\n" {
+                    break None;
+                }
+                r.body.extend_from_slice(&bytes[at..at + size]);
+                at += size + 2;
+            };
+            match done {
+                Some(end) => end,
+                None => break,
+            }
+        } else if let Some(n) = cl.first().and_then(|v| v.trim().parse::<usize>().ok()) {
+            if bytes.len() < head_len + n {
+                break;
+            }
+            r.body = bytes[head_len..head_len + n].to_vec();
+            head_len + n
+        } else {
+            r.body = bytes[head_len..].to_vec();
+            bytes.len()
+        };
+        out.push(r);
+        bytes = &bytes[end..];
+    }
+    (out, bytes.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +507,17 @@ mod tests {
         ] {
             assert!(matches!(parse(bad, 0), Parsed::Bad(_)), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn responses_are_split_by_their_framing() {
+        let (rs, rest) = parse_responses(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncut",
+            1,
+        );
+        let got: Vec<(u16, &[u8])> = rs.iter().map(|r| (r.status, r.body.as_slice())).collect();
+        assert_eq!(got, [(100, &b""[..]), (200, b""), (200, b"hi")]);
+        assert!(rest.starts_with(b"HTTP/1.1 200 OK") && rest.ends_with(b"cut"));
     }
 
     #[tokio::test]
