@@ -17,7 +17,7 @@
 mod corpus;
 
 use corpus::{exchange, request_cases, start, Case, Setup, Up};
-use tern_testkit::{parse_responses, RawBackend, RawRequest, Reply};
+use tern_testkit::{parse_responses, wait_for, RawBackend, RawRequest, Reply};
 
 /// Runs one row; the failure, if any, as text.
 async fn run(t: &Setup, be: &RawBackend, c: &Case) -> Result<(), String> {
@@ -121,6 +121,9 @@ struct RespCase {
     client: Option<(u16, &'static [u8])>,
     /// The upstream connection may be used again (the response was well framed).
     reusable: bool,
+    /// The access log's `%RESPONSE_FLAGS%` (Envoy's: `UPE` a response that broke the protocol,
+    /// `UC` an upstream connection that ended before its response did, `-` none).
+    flag: &'static str,
 }
 
 fn resp(
@@ -128,6 +131,7 @@ fn resp(
     reply: Reply,
     client: Option<(u16, &'static [u8])>,
     reusable: bool,
+    flag: &'static str,
 ) -> RespCase {
     RespCase {
         name,
@@ -135,6 +139,7 @@ fn resp(
         method: "GET",
         client,
         reusable,
+        flag,
     }
 }
 
@@ -149,30 +154,35 @@ fn response_cases() -> Vec<RespCase> {
             raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"),
             Some((200, b"hi")),
             true,
+            "-",
         ),
         resp(
             "cl_and_te",
             raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"),
             Some((502, b"upstream protocol error\n")),
             false,
+            "UPE",
         ),
         resp(
             "cl_differing",
             raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nhi!"),
             Some((502, b"upstream protocol error\n")),
             false,
+            "UPE",
         ),
         resp(
             "te_not_chunked",
             raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nhi"),
             Some((502, b"upstream protocol error\n")),
             false,
+            "UPE",
         ),
         resp(
             "bad_status_line",
             raw(b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\nhi"),
             Some((502, b"upstream protocol error\n")),
             false,
+            "UPE",
         ),
         // Bytes after a complete body: the response is delivered, the connection never reused.
         resp(
@@ -180,24 +190,58 @@ fn response_cases() -> Vec<RespCase> {
             raw(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"),
             Some((200, b"hi")),
             false,
+            "-",
         ),
         resp(
             "short_body_then_close",
             Reply::Close(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhi".to_vec()),
             None,
             false,
+            "UC",
         ),
         resp(
-            "bad_chunk_size",
-            raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n"),
-            None,
+            "cl_negative",
+            raw(b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nhi"),
+            Some((502, b"upstream protocol error\n")),
             false,
+            "UPE",
+        ),
+        resp(
+            "obs_fold_header",
+            raw(b"HTTP/1.1 200 OK\r\nx-a: a\r\n b\r\ncontent-length: 2\r\n\r\nhi"),
+            Some((502, b"upstream protocol error\n")),
+            false,
+            "UPE",
+        ),
+        resp(
+            "nul_in_header",
+            raw(b"HTTP/1.1 200 OK\r\nx-a: a\0b\r\ncontent-length: 2\r\n\r\nhi"),
+            Some((502, b"upstream protocol error\n")),
+            false,
+            "UPE",
+        ),
+        // A 101 to a request that asked for no upgrade.
+        resp(
+            "unasked_switching_protocols",
+            raw(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"),
+            Some((502, b"upstream protocol error\n")),
+            false,
+            "UPE",
+        ),
+        // An interim 1xx is followed by the final answer on the same connection.
+        resp(
+            "interim_then_final",
+            raw(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"),
+            Some((200, b"hi")),
+            true,
+            "-",
         ),
         resp(
             "close_delimited_body",
             Reply::Close(b"HTTP/1.1 200 OK\r\n\r\nuntil the end".to_vec()),
             Some((200, b"until the end")),
             false,
+            "-",
         ),
         // A 204 or 304 has no body, whatever its headers say; a 1xx is followed by the answer.
         resp(
@@ -205,12 +249,14 @@ fn response_cases() -> Vec<RespCase> {
             raw(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
             Some((204, b"")),
             true,
+            "-",
         ),
         resp(
             "not_modified_with_length",
             raw(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
             Some((304, b"")),
             true,
+            "-",
         ),
         RespCase {
             method: "HEAD",
@@ -219,6 +265,7 @@ fn response_cases() -> Vec<RespCase> {
                 raw(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
                 Some((200, b"")),
                 true,
+                "-",
             )
         },
     ]
@@ -286,6 +333,19 @@ async fn run_response(t: &Setup, be: &RawBackend, c: &RespCase) -> Result<(), St
     };
     if lines != want_lines {
         return Err(format!("the upstream got {lines:?}"));
+    }
+    let path = format!("/r/{}", c.name);
+    let line = wait_for(&format!("the access log line of {path}"), || {
+        let text = std::fs::read_to_string(&t.log).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.split(' ').next() == Some(path.as_str()))
+            .map(str::to_string);
+        async move { line }
+    })
+    .await;
+    if line.split(' ').nth(2) != Some(c.flag) {
+        return Err(format!("access log {line:?}, want flag {}", c.flag));
     }
     if !c.reusable {
         // Never reused: the probe came on another connection, and this one was closed.

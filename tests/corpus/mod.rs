@@ -499,6 +499,8 @@ pub fn request_cases() -> Vec<Case> {
 pub struct Setup {
     pub tern: Tern,
     pub port: u16,
+    /// The access log: `PATH STATUS FLAGS` per request.
+    pub log: std::path::PathBuf,
     _cfg: ConfigDir,
 }
 
@@ -513,6 +515,8 @@ pub async fn start(backend: &RawBackend) -> Setup {
     address: 127.0.0.1:{port}
     route_config: main
     upgrade_configs: []
+    access_log:
+      - {{ path: "{log}", format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%" }}
 route_configs:
   - name: main
     virtual_hosts:
@@ -526,12 +530,14 @@ clusters:
     endpoints: [{{ address: "{up}" }}]
 "#,
             admin = admin_yaml(admin),
-            up = backend.addr
+            up = backend.addr,
+            log = cfg.path().join("access.log").display()
         ),
     );
     let tern = Tern::start(cfg.path(), admin, &[]).await;
     Setup {
         tern,
+        log: cfg.path().join("access.log"),
         port,
         _cfg: cfg,
     }
