@@ -273,7 +273,12 @@ fn response_cases() -> Vec<RespCase> {
 
 #[tokio::test]
 async fn upstream_response_framing_corpus() {
-    let cases = response_cases();
+    run_responses(response_cases()).await;
+}
+
+/// Runs upstream response rows one after the other on one tern and fails with every failing row
+/// listed.
+async fn run_responses(cases: Vec<RespCase>) {
     let replies: Vec<(String, Reply)> = cases
         .iter()
         .map(|c| (format!("/r/{}", c.name), c.reply.clone()))
