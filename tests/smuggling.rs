@@ -22,6 +22,7 @@ use tern_testkit::{parse_responses, wait_for, RawBackend, RawRequest, Reply};
 /// Runs one row; the failure, if any, as text.
 async fn run(t: &Setup, be: &RawBackend, c: &Case) -> Result<(), String> {
     let before = be.requests().len();
+    let bytes_before = received(be);
     let got = exchange(t.port, &c.send).await?;
     let (resps, rest) = parse_responses(&got, usize::from(c.head));
     let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
@@ -64,6 +65,15 @@ async fn run(t: &Setup, be: &RawBackend, c: &Case) -> Result<(), String> {
             }
         }
     }
+    // Byte for byte: the upstream received exactly the requests listed (no byte of a refused
+    // one), or for a cut row at most the start of one more.
+    let extra = received(be) - bytes_before - reqs.iter().map(|r| r.wire.len()).sum::<usize>();
+    if extra > 0 && !matches!(c.up, Up::Cut) {
+        return Err(format!(
+            "{extra} more bytes reached the upstream: {:?}",
+            be.conns()
+        ));
+    }
     // A request started upstream and not finished must be cut: its connection closed.
     for (i, conn) in be.conns().iter().enumerate() {
         if let Some(m) = &conn.malformed {
@@ -79,6 +89,11 @@ async fn run(t: &Setup, be: &RawBackend, c: &Case) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Bytes the backend received so far, on all connections.
+fn received(be: &RawBackend) -> usize {
+    be.conns().iter().map(|c| c.bytes.len()).sum()
 }
 
 /// Runs rows one after the other on one tern and fails with every failing row listed.
