@@ -124,6 +124,62 @@ async fn request_framing_corpus() {
     run_all(request_cases()).await;
 }
 
+// ---- Upgrades the upstream refuses ----
+
+/// WebSocket smuggling: a client asks for an upgrade the route allows and sends a request
+/// behind it at once; the upstream refuses the upgrade (no `101`). A proxy that took the
+/// connection for a tunnel would pass the next bytes upstream unread, past its own rules (here:
+/// `/denied`, which the proxy answers 403 itself). The refused upgrade is an ordinary exchange:
+/// what follows is read as requests, or the connection is closed.
+#[tokio::test]
+async fn a_refused_upgrade_never_opens_a_tunnel() {
+    refused_upgrade(
+        b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n",
+        426,
+    )
+    .await;
+    refused_upgrade(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno", 200).await;
+}
+
+/// The upstream answers the upgrade request to `/ws` with `refusal`; the client must get
+/// `status` for it, and the request behind it must not reach the upstream.
+async fn refused_upgrade(refusal: &'static [u8], status: u16) {
+    let be = RawBackend::start(move |r| {
+        if r.target == "/ws" {
+            Reply::Raw(refusal.to_vec())
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let t = start(&be).await;
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let denied = b"GET /denied HTTP/1.1\r\nhost: x\r\n\r\n";
+    let got = exchange(t.port, &[&upgrade[..], denied].concat())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    let (resps, _) = parse_responses(&got, 0);
+    let statuses: Vec<u16> = resps.iter().map(|r| r.status).collect();
+    // The answer to the upgrade, then `/denied` is the proxy's own 403 and the probe goes up;
+    // or the connection ends after the answer.
+    assert!(
+        statuses == [status, 403, 200] || statuses == [status],
+        "{statuses:?}: {text:?}"
+    );
+    let lines: Vec<String> = be.requests().iter().map(RawRequest::line).collect();
+    assert!(
+        lines.iter().all(|l| l != "GET /denied"),
+        "a request behind a refused upgrade reached the upstream: {lines:?}"
+    );
+    assert_eq!(lines[0], "GET /ws");
+    // Byte for byte: whole requests only, nothing passed through as a tunnel would.
+    for c in be.conns() {
+        assert!(c.malformed.is_none() && c.unparsed == 0, "{c:?}");
+    }
+}
+
 // ---- Upstream responses with broken framing ----
 
 /// One upstream response row: the backend answers `GET /r` with `reply`.

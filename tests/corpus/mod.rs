@@ -495,7 +495,8 @@ pub fn request_cases() -> Vec<Case> {
     ]
 }
 
-/// A running tern (no upgrade enabled) in front of a recording backend.
+/// A running tern in front of a recording backend: WebSocket enabled on `/ws` only, `/denied`
+/// answered 403 by the proxy itself, everything else forwarded.
 pub struct Setup {
     pub tern: Tern,
     pub port: u16,
@@ -523,6 +524,10 @@ route_configs:
       - name: all
         domains: ["*"]
         routes:
+          - match: {{ prefix: /denied }}
+            direct_response: {{ status: 403, body: "denied" }}
+          - match: {{ prefix: /ws }}
+            route: {{ cluster: c, upgrade_configs: [{{ upgrade_type: websocket, enabled: true }}] }}
           - match: {{ prefix: / }}
             route: {{ cluster: c }}
 clusters:
