@@ -1,7 +1,8 @@
 //! The integration-test harness shared by the workspace's crates (`tern`, `tern-validate`,
 //! `tern-sync`): real binaries built with the tests' own cargo and profile, race-free ports,
-//! polling waits, config directories, real backends, a DNS server, a `tern` process harness, HTTP
-//! clients, a raw-socket recording backend and a moto S3 harness. It is a dev-dependency only and is never published.
+//! polling waits, config directories, real backends (and a raw-socket one that records the exact
+//! bytes it receives), a DNS server, a `tern` process harness, HTTP clients and a moto S3 harness.
+//! It is a dev-dependency only and is never published.
 //!
 //! Each module holds one concern; the items most tests need are re-exported here, the S3 harness
 //! stays under [`s3`].

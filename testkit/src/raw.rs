@@ -8,7 +8,8 @@
 //! that is complete on the wire is recorded with its exact bytes; bytes that do not parse as
 //! requests mark the connection `malformed`; bytes of a request still incomplete are counted as
 //! `unparsed`, so a test can tell "nothing reached the upstream" from "a request was started and
-//! cut" (its connection then closed by the proxy: `eof`).
+//! cut" (its connection then closed by the proxy: `eof`). [`parse_responses`] is the client side:
+//! it splits what a client read off a connection into responses as strictly.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
