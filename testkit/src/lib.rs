@@ -1,7 +1,8 @@
 //! The integration-test harness shared by the workspace's crates (`tern`, `tern-validate`,
 //! `tern-sync`): real binaries built with the tests' own cargo and profile, race-free ports,
-//! polling waits, config directories, real backends, a DNS server, a `tern` process harness, HTTP
-//! clients and a moto S3 harness. It is a dev-dependency only and is never published.
+//! polling waits, config directories, real backends (and a raw-socket one that records the exact
+//! bytes it receives), a DNS server, a `tern` process harness, HTTP clients and a moto S3 harness.
+//! It is a dev-dependency only and is never published.
 //!
 //! Each module holds one concern; the items most tests need are re-exported here, the S3 harness
 //! stays under [`s3`].
@@ -16,6 +17,7 @@ pub mod dns;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod raw;
 pub mod s3;
 pub mod tern;
 pub mod wait;
@@ -33,5 +35,6 @@ pub use dns::DnsServer;
 pub use pki::{Ca, Leaf};
 pub use ports::free_port;
 pub use process::Proc;
+pub use raw::{parse_responses, RawBackend, RawConn, RawRequest, RawResponse, Reply};
 pub use tern::Tern;
 pub use wait::{wait_for, wait_until, wait_until_within, DEADLINE};
