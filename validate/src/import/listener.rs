@@ -12,7 +12,7 @@ use tern_config::{
 use super::cluster::{common_tls, http2_options};
 use super::ctx::{host_port, Ctx};
 use super::route::{self, ListenerFilters};
-use super::tree::{Node, Obj};
+use super::tree::{self, Node, Obj};
 
 fn sp<T>(v: T) -> Spanned<T> {
     Spanned::unplaced(v)
@@ -86,7 +86,8 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
     };
     let chains = o.take("filter_chains").map(Node::items).unwrap_or_default();
     let mut sni_routes = Vec::new();
-    for (i, chain) in chains.iter().enumerate() {
+    let mut first_hcm: Option<&Node> = None;
+    for chain in chains {
         let Some(mut c) = cx.obj(f, chain, "filter chain") else {
             continue;
         };
@@ -114,29 +115,67 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
             }
             cx.rest(f, &fcm, "filter_chain_match");
         }
-        if let Some(ts) = c.take("transport_socket") {
-            if i == 0 {
-                l.tls = downstream_tls(cx, f, ts).map(sp);
-            } else {
-                cx.value(f, ts.pos, "Tern has one TLS context per listener; this chain's is dropped (put every certificate on the first chain)");
-            }
-        }
+        let chain_tls = c
+            .take("transport_socket")
+            .and_then(|ts| downstream_tls(cx, f, ts).map(|t| (t, ts.pos)));
         let filters = c.take("filters").map(Node::items).unwrap_or_default();
         let mut tcp_cluster: Option<Spanned<String>> = None;
+        let mut http = false;
         for filter in filters {
             let Some((ty, cfg, pos)) = cx.typed(f, filter, "network filter") else {
                 continue;
             };
             match ty.as_str() {
-                HCM if i == 0 && l.tcp_proxy.is_none() => {
-                    hcm(cx, f, cfg, &mut l, &mut m, clusters);
+                HCM => {
+                    http = true;
+                    let tc = filter.get("typed_config").expect("typed() read it");
+                    match first_hcm {
+                        None => {
+                            first_hcm = Some(tc);
+                            hcm(cx, f, cfg, &mut l, &mut m, clusters);
+                        }
+                        // Chains that differ only in their match and certificate (one per
+                        // SNI name) repeat the same manager: it is mapped once.
+                        Some(first) if tree::same(first, tc) => {}
+                        Some(_) => cx.value(f, pos, "a different HTTP connection manager per filter chain is not supported (Tern has one per listener); only the first is mapped"),
+                    }
                 }
                 TCP_PROXY => {
                     tcp_cluster = tcp_proxy(cx, f, cfg);
                 }
-                HCM => cx.value(f, pos, "Tern has one HTTP connection manager per listener; only the first filter chain's is mapped"),
                 _ => cx.type_url(f, pos, "network filter", &ty, None),
             }
+        }
+        if let Some((mut t, pos)) = chain_tls {
+            // A chain's server names pick its certificate, as Tern's `server_names` do.
+            for cert in &mut t.certificates {
+                cert.value.server_names = server_names.clone();
+            }
+            match &mut l.tls {
+                None => l.tls = Some(sp(t)),
+                Some(have) => {
+                    let certs = std::mem::take(&mut t.certificates);
+                    let mut others = have.value.clone();
+                    others.certificates = Vec::new();
+                    if others != t {
+                        cx.value(f, pos, "this chain's TLS settings (client CA, versions, ALPN) differ from the first chain's; Tern has one set per listener, so only its certificates are kept");
+                    }
+                    // Envoy's chain without server names takes any other name: Tern's first
+                    // certificate does.
+                    if server_names.is_empty() {
+                        let tail = std::mem::replace(&mut have.value.certificates, certs);
+                        have.value.certificates.extend(tail);
+                    } else {
+                        have.value.certificates.extend(certs);
+                    }
+                }
+            }
+        } else if http && !server_names.is_empty() {
+            cx.value(
+                f,
+                chain.pos,
+                "server_names on an HTTP filter chain without TLS is not supported",
+            );
         }
         if let Some(cl) = tcp_cluster {
             if server_names.is_empty() {
@@ -151,10 +190,13 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
                     cluster: cl,
                 }));
             }
-        } else if !server_names.is_empty() {
-            cx.value(f, chain.pos, "filter_chain_match.server_names maps only for TCP proxy chains (Tern's SNI routes); dropped");
         }
         cx.rest(f, &c, "filter chain");
+    }
+    if l.route_config.is_some() && (l.tcp_proxy.is_some() || !sni_routes.is_empty()) {
+        cx.value(f, n.pos, "a listener with both HTTP and TCP proxy filter chains is not supported; its TCP proxy chains are dropped");
+        l.tcp_proxy = None;
+        sni_routes.clear();
     }
     if !sni_routes.is_empty() {
         let tp = l.tcp_proxy.get_or_insert(TcpProxy {

@@ -488,3 +488,57 @@ fn access_log_formats_keep_envoy_meaning() {
     );
     assert_eq!(codes_at(&cx), ["a.yaml:0:0 I003"]);
 }
+
+#[test]
+fn an_http_listener_with_a_chain_per_server_name_gets_one_certificate_per_name() {
+    let chain = |names: &str, cert: &str| {
+        format!(
+            r#"    - {names}
+      transport_socket:
+        name: tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            tls_certificates: [{{ certificate_chain: {{ filename: /c/{cert}.pem }}, private_key: {{ filename: /c/{cert}.key }} }}]
+      filters:
+      - name: hcm
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          rds: {{ route_config_name: main }}
+          http_filters: [{{ name: r, typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }} }}]
+"#
+        )
+    };
+    let lds = format!(
+        "static_resources:\n  listeners:\n  - name: web\n    address: {{ socket_address: {{ address: 0.0.0.0, port_value: 443 }} }}\n    filter_chains:\n{}{}{}",
+        chain("filter_chain_match: { server_names: [a.example.com] }", "a"),
+        chain("filter_chain_match: { server_names: [\"*.b.example.com\"] }", "b"),
+        chain("filter_chain_match: {}", "default"),
+    );
+    let rds = "resources:\n- { \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration, name: main }\n";
+    let (out, cx) = import(&[("l.yaml", &lds), ("r.yaml", rds)]);
+    assert_eq!(cx.dropped, 0, "{:?}", codes_at(&cx));
+    let certs: Vec<(String, Vec<String>)> = out.listeners[0]
+        .value
+        .tls
+        .as_ref()
+        .unwrap()
+        .certificates
+        .iter()
+        .map(|c| {
+            (
+                c.certificate_chain.file.as_ref().unwrap().value.clone(),
+                c.server_names.iter().map(|s| s.value.clone()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        certs,
+        [
+            ("/c/default.pem".to_string(), vec![]),
+            ("/c/a.pem".to_string(), vec!["a.example.com".to_string()]),
+            ("/c/b.pem".to_string(), vec!["*.b.example.com".to_string()]),
+        ]
+    );
+}

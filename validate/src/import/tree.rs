@@ -231,6 +231,22 @@ impl Node {
     }
 }
 
+/// True when `a` and `b` hold the same values, wherever they were written.
+pub fn same(a: &Node, b: &Node) -> bool {
+    match (&a.kind, &b.kind) {
+        (Kind::Seq(x), Kind::Seq(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Kind::Map(x), Kind::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k, v), (l, w))| k.name == l.name && same(v, w))
+        }
+        (x, y) => x == y,
+    }
+}
+
 /// Where a diagnostic points: the file and a position in it.
 #[derive(Debug, Clone, Copy)]
 pub struct At<'a> {
