@@ -128,7 +128,9 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
             match ty.as_str() {
                 HCM => {
                     http = true;
-                    let tc = filter.get("typed_config").expect("typed() read it");
+                    let Some(tc) = filter.get("typed_config") else {
+                        continue;
+                    };
                     match first_hcm {
                         None => {
                             first_hcm = Some(tc);
