@@ -311,9 +311,14 @@ impl Ctx {
         what: &str,
     ) -> Option<(String, Obj<'a>, Pos)> {
         let mut o = self.obj(file, n, what)?;
-        o.take("name");
+        let name = o.take("name").and_then(Node::as_str);
         let Some(tc) = o.take("typed_config") else {
-            self.value(file, n.pos, format!("{what} without `typed_config` (a bare `name` is not read); add its typed_config"));
+            // Extensions without settings may be named without a typed_config.
+            if let Some(ty) = name.and_then(bare_extension) {
+                self.rest(file, &o, what);
+                return Obj::new(&NULL).map(|c| (ty.to_string(), c, n.pos));
+            }
+            self.value(file, n.pos, format!("{what} without `typed_config` (a bare `name` is read only for extensions without settings, such as the router); add its typed_config"));
             self.rest(file, &o, what);
             return None;
         };
@@ -323,6 +328,26 @@ impl Ctx {
         let name = url.rsplit('/').next().unwrap_or_default().to_string();
         Some((name, c, tc.pos))
     }
+}
+
+/// An empty mapping: the settings of an extension named without a `typed_config`.
+static NULL: Node = Node {
+    pos: Pos { line: 0, column: 0 },
+    kind: Kind::Null,
+};
+
+/// The type of an extension that may be named without a `typed_config` (it has no settings).
+fn bare_extension(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "envoy.filters.http.router" => "envoy.extensions.filters.http.router.v3.Router",
+        "envoy.filters.listener.tls_inspector" => {
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        }
+        "envoy.filters.listener.proxy_protocol" => {
+            "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"
+        }
+        _ => return None,
+    })
 }
 
 /// `"1.5s"`, `"0.250s"`, `"5s"` or `{seconds, nanos}`.

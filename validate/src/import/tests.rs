@@ -56,6 +56,15 @@ const ROUTER: &str = r#"          http_filters:
             typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }"#;
 
 #[test]
+fn extensions_without_settings_may_be_named_alone() {
+    let routes = "              - match: { prefix: / }\n                route: { cluster: app }";
+    let filters = "          http_filters:\n          - name: envoy.filters.http.router\n          - name: envoy.filters.http.cors";
+    let (out, cx) = import(&[("e.yaml", &hcm(filters, routes))]);
+    assert_eq!(codes_at(&cx), ["e.yaml:13:13 I003"]);
+    assert_eq!(out.listeners.len(), 1);
+}
+
+#[test]
 fn a_simple_listener_route_and_cluster_map_whole() {
     let routes = "              - match: { prefix: / }\n                route: { cluster: app, timeout: 2s }";
     let (out, cx) = import(&[("envoy.yaml", &hcm(ROUTER, routes))]);
@@ -541,4 +550,42 @@ fn an_http_listener_with_a_chain_per_server_name_gets_one_certificate_per_name()
             ("/c/b.pem".to_string(), vec!["*.b.example.com".to_string()]),
         ]
     );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Damaged Envoy files (lines dropped, repeated or cut) are reported, never a panic.
+    #[test]
+    fn damaged_input_never_panics(cuts in proptest::collection::vec((0usize..200, 0u8..3, 0usize..40), 1..6)) {
+        let setups = [
+            include_str!("../../tests/envoy/bootstrap/envoy.yaml"),
+            include_str!("../../tests/envoy/appmesh/lds.yaml"),
+            include_str!("../../tests/envoy/appmesh/cds.yaml"),
+            include_str!("../../tests/envoy/unsupported/envoy.yaml"),
+        ];
+        for text in setups {
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            for &(at, op, len) in &cuts {
+                let i = at % lines.len().max(1);
+                match op {
+                    0 if !lines.is_empty() => { lines.remove(i); }
+                    1 if !lines.is_empty() => { let l = lines[i].clone(); lines.insert(i, l); }
+                    _ if !lines.is_empty() => {
+                        let l = &mut lines[i];
+                        let mut cut = len.min(l.len());
+                        while !l.is_char_boundary(cut) { cut -= 1; }
+                        l.truncate(cut);
+                    }
+                    _ => {}
+                }
+            }
+            let damaged = lines.join("\n");
+            if let Ok(n) = tree::parse(&damaged, &Limits::default()) {
+                let mut cx = Ctx::default();
+                let out = map(&mut cx, &[(Path::new("x.yaml"), &n)]);
+                let _ = render(&out);
+            }
+        }
+    }
 }
