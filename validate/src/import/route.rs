@@ -373,6 +373,19 @@ fn route(cx: &mut Ctx, f: &Path, n: &Node) -> Option<Route> {
         cx.rest(f, &o, "route");
         return None;
     }
+    if let Some(v) = o.take("per_request_buffer_limit_bytes") {
+        let limit = cx
+            .u32(f, v, "per_request_buffer_limit_bytes")
+            .map(u64::from);
+        match &mut r.route {
+            Some(a) => a.value.per_request_buffer_limit_bytes = limit,
+            None => cx.value(
+                f,
+                v.pos,
+                "per_request_buffer_limit_bytes only applies to a route that forwards",
+            ),
+        }
+    }
     let h = header_rules(cx, f, &mut o);
     r.request_headers_to_add = h.req_add;
     r.request_headers_to_remove = h.req_remove;
@@ -434,9 +447,13 @@ fn route_match(cx: &mut Ctx, f: &Path, n: &Node) -> Option<RouteMatch> {
             cx.value(f, cs.pos, "case-insensitive path matching is not supported; the route matches case-sensitively");
         }
     }
+    // A condition that cannot be expressed must not be left out: the route would match more
+    // than it does in Envoy. The whole route goes instead.
+    let mut whole = m.prefix.is_some() || m.path.is_some() || m.regex.is_some();
     for h in o.take("headers").map(Node::items).unwrap_or_default() {
-        if let Some(v) = value_matcher(cx, f, h, true) {
-            m.headers.push(sp(v));
+        match value_matcher(cx, f, h, true) {
+            Some(v) => m.headers.push(sp(v)),
+            None => whole = false,
         }
     }
     for q in o
@@ -444,8 +461,9 @@ fn route_match(cx: &mut Ctx, f: &Path, n: &Node) -> Option<RouteMatch> {
         .map(Node::items)
         .unwrap_or_default()
     {
-        if let Some(v) = value_matcher(cx, f, q, false) {
-            m.query_parameters.push(sp(v));
+        match value_matcher(cx, f, q, false) {
+            Some(v) => m.query_parameters.push(sp(v)),
+            None => whole = false,
         }
     }
     if let Some(g) = o.take("grpc") {
@@ -461,9 +479,17 @@ fn route_match(cx: &mut Ctx, f: &Path, n: &Node) -> Option<RouteMatch> {
             }));
         } else {
             cx.value(f, g.pos, "grpc route match options are not supported");
+            whole = false;
         }
     }
+    if o.rest().next().is_some() {
+        whole = false;
+    }
     cx.rest(f, &o, "route match");
+    if !whole {
+        cx.value(f, n.pos, "route dropped: part of its match cannot be expressed in Tern, and without it the route would take requests Envoy does not give it");
+        return None;
+    }
     Some(m)
 }
 
@@ -513,8 +539,11 @@ fn value_matcher(cx: &mut Ctx, f: &Path, n: &Node, header: bool) -> Option<Value
     if let Some((k, _)) = o.take_kv("treat_missing_header_as_empty") {
         cx.field(f, k, what, None);
     }
+    let unknown = o.rest().next().is_some();
     cx.rest(f, &o, what);
-    Some(v)
+    let condition =
+        v.exact.is_some() || v.prefix.is_some() || v.regex.is_some() || v.present.is_some();
+    (condition && !unknown).then_some(v)
 }
 
 /// A `StringMatcher` into the matcher `v`; suffix, contains and `ignore_case` become regexes.

@@ -589,3 +589,38 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_route_whose_match_cannot_be_expressed_is_dropped_not_widened() {
+    let routes = r#"              - match: { prefix: /a, headers: [{ name: x-n, range_match: { start: 1, end: 9 } }] }
+                route: { cluster: narrow }
+              - match: { prefix: /b, runtime_fraction: { default_value: { numerator: 5 } } }
+                route: { cluster: narrow }
+              - match: { prefix: /, headers: [{ name: x-v, exact_match: "1" }] }
+                per_request_buffer_limit_bytes: 1024
+                route: { cluster: wide }"#;
+    let (out, cx) = import(&[("e.yaml", &hcm(ROUTER, routes))]);
+    let got = codes_at(&cx);
+    // The unknown parts, and each route they were in.
+    assert_eq!(
+        got.iter().filter(|g| g.ends_with("I001")).count(),
+        2,
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|g| g.ends_with("I003")).count(),
+        2,
+        "{got:?}"
+    );
+    let routes = &out.route_configs[0].value.virtual_hosts[0].routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].matcher.headers[0].exact.as_deref(), Some("1"));
+    assert_eq!(
+        routes[0]
+            .route
+            .as_ref()
+            .unwrap()
+            .per_request_buffer_limit_bytes,
+        Some(1024)
+    );
+}
