@@ -284,10 +284,21 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
         if let Some(v) = cx.item(c.file, c.node.pos, "cluster", |cx| {
             cluster::cluster(cx, c.file, &stripped, &eds)
         }) {
-            out.clusters.push(Item {
-                from: origin(c.file, c.node.pos),
-                value: v,
-            });
+            // An EDS cluster's endpoints come from another file: both places are named.
+            let mut from = origin(c.file, c.node.pos);
+            if c.node.get("type").and_then(Node::as_enum).as_deref() == Some("EDS") {
+                let service = c
+                    .node
+                    .get("eds_cluster_config")
+                    .and_then(|e| e.get("service_name"))
+                    .or_else(|| c.node.get("name"))
+                    .and_then(Node::as_str)
+                    .unwrap_or_default();
+                if let Some(a) = eds.get(service) {
+                    from = format!("{from} (endpoints: {})", origin(a.file, a.node.pos));
+                }
+            }
+            out.clusters.push(Item { from, value: v });
         }
     }
     let mut rds: HashMap<String, usize> = HashMap::new();
