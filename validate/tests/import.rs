@@ -279,7 +279,7 @@ fn unsupported_filters_and_fields_are_reported_in_every_format_and_fail_unless_p
     let text = stdout(&o);
     assert!(
         text.contains(&format!(
-            "::error file={},line=30,col=15,title=tern-validate I002::",
+            "::error file={},line=30,col=15,title=tern-import I002::",
             file.display()
         )),
         "{text}"
