@@ -1,4 +1,5 @@
-//! The three output formats: human (rustc style), JSON and GitHub Actions annotations.
+//! The output formats: human (rustc style), JSON, GitHub Actions annotations and GitLab Code
+//! Quality; `tern-validate` and `tern-import` share them.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -274,7 +275,9 @@ pub fn json(
             .iter()
             .map(|o| JsonPath {
                 path: &o.path,
-                valid: o.report.config.is_some() && (!strict || o.report.diagnostics.is_empty()),
+                // No errors: the loader's report then has a config; tern-import's report on Envoy
+                // input has none to give.
+                valid: o.report.error_count() == 0 && (!strict || o.report.diagnostics.is_empty()),
                 version: o.report.version.as_deref(),
                 files: o
                     .report
@@ -305,8 +308,14 @@ fn gh_prop(s: &str) -> String {
     gh_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
-/// Writes GitHub Actions workflow commands; with `--strict` warnings become `::error`.
-pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Result<()> {
+/// Writes GitHub Actions workflow commands; with `--strict` warnings become `::error`. `tool`
+/// (`tern-validate`, `tern-import`) titles the annotations.
+pub fn github(
+    out: &mut dyn Write,
+    outcomes: &[Outcome],
+    strict: bool,
+    tool: &str,
+) -> io::Result<()> {
     for d in outcomes.iter().flat_map(|o| &o.report.diagnostics) {
         let cmd = match d.severity {
             Severity::Error => "error",
@@ -322,7 +331,7 @@ pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Re
         }
         props.push_str(&format!(
             ",title={}",
-            gh_prop(&format!("tern-validate {}", d.code))
+            gh_prop(&format!("{tool} {}", d.code))
         ));
         let mut msg = d.message.clone();
         for r in &d.related {
@@ -340,7 +349,7 @@ pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Re
         writeln!(out, "::{cmd} {props}::{}", gh_data(&msg))?;
     }
     let (errors, warnings) = counts(outcomes);
-    writeln!(out, "tern-validate: {errors} errors, {warnings} warnings")
+    writeln!(out, "{tool}: {errors} errors, {warnings} warnings")
 }
 
 /// One issue of a GitLab Code Quality report.
