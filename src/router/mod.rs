@@ -424,7 +424,9 @@ impl ValueMatch {
     fn matches(&self, value: Option<&str>) -> bool {
         let r = match (&self.kind, value) {
             (ValueKind::Present(want), v) => v.is_some() == *want,
-            (_, None) => false,
+            // As in Envoy: a missing header or parameter fails a value matcher, inverted or not
+            // (`invert_match` on `exact: "yes"` means "there and not yes", not "not yes").
+            (_, None) => return false,
             (ValueKind::Exact(e), Some(v)) => v == e,
             (ValueKind::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
             (ValueKind::Regex(re), Some(v)) => re.is_match(v),
@@ -863,5 +865,39 @@ virtual_hosts:
         assert_eq!(status(&r, h, "/v2/items/3", &[]), Some(200));
         assert_eq!(status(&r, "b.example.com", "/x", &[]), Some(204));
         assert_eq!(status(&r, "b.example.com", "/y", &[]), None);
+    }
+
+    #[test]
+    fn a_missing_header_fails_every_value_matcher_even_inverted() {
+        // Envoy's HeaderMatcher: a header that is not there fails an exact, prefix or regex
+        // matcher whether inverted or not; only `present` sees the absence (and inverts).
+        // tests/envoy_differential.rs shows both against a real Envoy.
+        let r = router(
+            r#"
+name: main
+virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - match: { prefix: /, headers: [{ name: x-internal, exact: "yes", invert_match: true }] }
+        direct_response: { status: 201 }
+      - match: { prefix: /, headers: [{ name: x-tag, prefix: "a", invert_match: true }] }
+        direct_response: { status: 202 }
+      - match: { prefix: /, headers: [{ name: x-brew, present: true, invert_match: true }] }
+        direct_response: { status: 203 }
+      - match: { prefix: / }
+        direct_response: { status: 200 }
+"#,
+        );
+        let yes = ("x-internal", "yes");
+        assert_eq!(status(&r, "h", "/", &[("x-internal", "no")]), Some(201));
+        assert_eq!(status(&r, "h", "/", &[yes, ("x-tag", "b")]), Some(202));
+        assert_eq!(
+            status(&r, "h", "/", &[yes, ("x-tag", "a"), ("x-brew", "")]),
+            Some(200)
+        );
+        assert_eq!(status(&r, "h", "/", &[yes, ("x-tag", "a")]), Some(203));
+        assert_eq!(status(&r, "h", "/", &[("x-brew", "1")]), Some(200));
+        assert_eq!(status(&r, "h", "/", &[]), Some(203));
     }
 }

@@ -1,0 +1,627 @@
+//! Differential tests against a real Envoy (issue 18): for each setup in `tests/envoy/`, Envoy runs
+//! on the Envoy configuration and Tern on the Tern configuration made from it, in front of the
+//! same recording backends; every probe of the setup's corpus goes to both, and what matters is
+//! compared: the status, which backend got the request and the method, target, host and headers
+//! it saw, the redirect `Location`, the body of the proxy's own answers, the response headers.
+//!
+//! A difference that is known and explained is listed in [`KNOWN`] (and in
+//! docs/migrate-from-envoy-differences.md); any other fails the test, and so does a listed one
+//! that no longer shows, so the list stays true. One Envoy and one Tern start per setup.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tern_testkit::{free_port, request, Backend, ConfigDir, Envoy, Seen, Tern};
+
+/// Request headers the proxies add of their own that are not compared: random ids, trace
+/// context (Tern propagates W3C by default, Envoy only with tracing configured) and Envoy's
+/// `x-envoy-*` headers.
+const OWN_REQUEST_HEADERS: &[&str] = &["x-request-id", "traceparent", "tracestate"];
+/// Response headers not compared: framing, dates, the proxy's name and timings, ids.
+const OWN_RESPONSE_HEADERS: &[&str] = &[
+    "date",
+    "server",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-request-id",
+];
+
+/// A setup: a directory of `tests/envoy/` and the test backends its configuration names.
+struct Setup {
+    dir: &'static str,
+    /// The file Envoy starts on (`-c`), relative to the setup's directory.
+    bootstrap: &'static str,
+    backends: &'static [&'static str],
+}
+
+/// What a backend does for the requests of one probe.
+#[derive(Clone, Copy)]
+enum Act {
+    /// The backend answers its next N requests with this status.
+    Fail(&'static str, usize, u16),
+    /// The backend answers its next N requests after this many milliseconds.
+    Delay(&'static str, usize, u64),
+}
+
+/// One request (or `repeat` of them) of a corpus.
+struct Probe {
+    name: &'static str,
+    method: &'static str,
+    path: &'static str,
+    host: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    before: &'static [Act],
+    /// Sent this many times in a row; > 1 compares counts (per backend, per status), not order,
+    /// since the first endpoint round robin picks is random in Envoy.
+    repeat: usize,
+}
+
+const fn get(name: &'static str, path: &'static str) -> Probe {
+    Probe {
+        name,
+        method: "GET",
+        path,
+        host: "example.com",
+        headers: &[],
+        before: &[],
+        repeat: 1,
+    }
+}
+
+impl Probe {
+    const fn host(mut self, host: &'static str) -> Probe {
+        self.host = host;
+        self
+    }
+    const fn method(mut self, method: &'static str) -> Probe {
+        self.method = method;
+        self
+    }
+    const fn headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Probe {
+        self.headers = headers;
+        self
+    }
+    const fn before(mut self, before: &'static [Act]) -> Probe {
+        self.before = before;
+        self
+    }
+    const fn repeat(mut self, n: usize) -> Probe {
+        self.repeat = n;
+        self
+    }
+}
+
+/// A difference between Envoy and Tern that is known, with its reason.
+struct Known {
+    /// A setup, or `*` for all.
+    setup: &'static str,
+    /// A probe of the setup, or `*` for all.
+    probe: &'static str,
+    field: &'static str,
+    why: &'static str,
+}
+
+const NO_ROUTE_BODY: &str = "Envoy's 404 for no route has no body; Tern's says `no route`";
+const NO_ROUTE_HEADERS: &str = "Tern adds the route config's and virtual host's response headers \
+to its 404 no route (and other local replies); Envoy adds none without a route";
+const HOST_PORT: &str = "Envoy matches domains against Host with its port (unless \
+strip_any_host_port); Tern always removes the port first";
+
+/// The known differences (docs/migrate-from-envoy-differences.md explains each). `field: "*"`
+/// stands for every field of that probe.
+const KNOWN: &[Known] = &[
+    Known {
+        setup: "*",
+        probe: "*",
+        field: "content-type",
+        why: "Tern's own replies say `text/plain; charset=utf-8`, Envoy's `text/plain` \
+              (and Envoy's no-route 404 has none)",
+    },
+    Known {
+        setup: "quickstart",
+        probe: "exact path only",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "quickstart",
+        probe: "api no slash",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "quickstart",
+        probe: "no route",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "quickstart",
+        probe: "api post",
+        field: "upstream",
+        why: "Envoy adds `content-length: 0` to a POST without a body; Tern forwards the \
+              request as it came",
+    },
+    Known {
+        setup: "mesh",
+        probe: "ping with a port",
+        field: "*",
+        why: HOST_PORT,
+    },
+    Known {
+        setup: "mesh",
+        probe: "legacy with port",
+        field: "*",
+        why: HOST_PORT,
+    },
+    Known {
+        setup: "mesh",
+        probe: "post retried",
+        field: "upstream",
+        why: "Envoy adds `content-length: 0` to a POST without a body; Tern forwards the \
+              request as it came",
+    },
+    Known {
+        setup: "mesh",
+        probe: "route timeout",
+        field: "body",
+        why: "local reply text: Envoy `upstream request timeout`, Tern `upstream timeout`",
+    },
+    Known {
+        setup: "mesh",
+        probe: "connect failure",
+        field: "body",
+        why: "local reply text: Envoy `upstream connect error or disconnect/reset before \
+              headers. reset reason: remote connection failure`, Tern `upstream connect error`",
+    },
+    Known {
+        setup: "mesh",
+        probe: "teapot without header",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "teapot without header",
+        field: "response headers",
+        why: NO_ROUTE_HEADERS,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted present with header",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted present with header",
+        field: "response headers",
+        why: NO_ROUTE_HEADERS,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted match without header",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted match without header",
+        field: "response headers",
+        why: NO_ROUTE_HEADERS,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted match with header",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "inverted match with header",
+        field: "response headers",
+        why: NO_ROUTE_HEADERS,
+    },
+    Known {
+        setup: "mesh",
+        probe: "items regex is whole path",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "items regex is whole path",
+        field: "response headers",
+        why: NO_ROUTE_HEADERS,
+    },
+];
+
+/// What one proxy did with one probe.
+#[derive(Debug, Default)]
+struct Observed {
+    fields: BTreeMap<&'static str, String>,
+}
+
+fn setup_dir(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/envoy")
+        .join(dir)
+}
+
+/// Copies the templates below `from` (except the `tern/` folder of hand-written Tern configs)
+/// into `to`, replacing the placeholders.
+fn render(from: &Path, to: &Path, vars: &BTreeMap<String, String>, skip_tern: bool) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let src = entry.path();
+        let dst = to.join(&name);
+        if src.is_dir() {
+            if skip_tern && name == "tern" {
+                continue;
+            }
+            std::fs::create_dir_all(&dst).unwrap();
+            render(&src, &dst, vars, false);
+            continue;
+        }
+        let mut text = std::fs::read_to_string(&src).unwrap();
+        for (k, v) in vars {
+            text = text.replace(&format!("{{{{{k}}}}}"), v);
+        }
+        assert!(
+            !text.contains("{{"),
+            "{}: a placeholder was left: {}",
+            src.display(),
+            text.lines().find(|l| l.contains("{{")).unwrap()
+        );
+        std::fs::write(dst, text).unwrap();
+    }
+}
+
+/// The Tern configuration of a setup: the hand-written `tern/` folder until `tern-import` exists.
+fn tern_config(setup: &Setup, vars: &BTreeMap<String, String>) -> ConfigDir {
+    let out = ConfigDir::new();
+    render(&setup_dir(setup.dir).join("tern"), out.path(), vars, false);
+    out
+}
+
+/// Sends one probe to `port` and records what the client got and the backends saw.
+async fn observe(port: u16, probe: &Probe, backends: &BTreeMap<&str, Backend>) -> Observed {
+    for b in backends.values() {
+        b.ctl.reset_script();
+        b.ctl.take_seen();
+    }
+    for act in probe.before {
+        match *act {
+            Act::Fail(b, n, status) => backends[b].ctl.fail_next(n, status),
+            Act::Delay(b, n, ms) => backends[b].ctl.delay_next(n, Duration::from_millis(ms)),
+        }
+    }
+    let url = format!("http://127.0.0.1:{port}{}", probe.path);
+    let mut headers = vec![("host", probe.host)];
+    headers.extend_from_slice(probe.headers);
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..probe.repeat {
+        let r = request(probe.method, &url, &headers, "")
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", probe.name));
+        statuses.push(r.status);
+        last = Some(r);
+    }
+    let r = last.expect("repeat is at least 1");
+    let mut seen: Vec<(String, Seen)> = Vec::new();
+    for (name, b) in backends {
+        seen.extend(b.ctl.take_seen().into_iter().map(|s| (name.to_string(), s)));
+    }
+    let mut o = Observed::default();
+    if probe.repeat > 1 {
+        let mut by_status = BTreeMap::new();
+        for s in &statuses {
+            *by_status.entry(*s).or_insert(0) += 1;
+        }
+        o.fields.insert("statuses", format!("{by_status:?}"));
+        let mut by_backend = BTreeMap::new();
+        for (b, _) in &seen {
+            *by_backend.entry(b.clone()).or_insert(0) += 1;
+        }
+        o.fields.insert("backends", format!("{by_backend:?}"));
+        return o;
+    }
+    o.fields.insert("status", r.status.to_string());
+    // Tries in the order they came (one backend at a time in a probe, or retries in order).
+    let client_xff: Vec<&str> = probe
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .collect();
+    let tries: Vec<String> = seen
+        .iter()
+        .map(|(b, s)| {
+            let mut h: Vec<String> = s
+                .headers
+                .iter()
+                .filter(|(k, _)| {
+                    let k = k.as_str();
+                    k != "host"
+                        && k != "x-forwarded-for"
+                        && !k.starts_with("x-envoy-")
+                        && !OWN_REQUEST_HEADERS.contains(&k)
+                })
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            h.sort();
+            format!(
+                "{b} {} {} host={} [{}]",
+                s.method,
+                s.uri,
+                s.host,
+                h.join("; ")
+            )
+        })
+        .collect();
+    o.fields.insert("upstream", tries.join("\n  then "));
+    // x-forwarded-for as a list, the entries a proxy appended (not the client's) as `<appended>`:
+    // for a loopback peer Envoy appends its host's own address, Tern the peer's, and Envoy joins
+    // with `,` where Tern writes `, ` (both mean the same list).
+    let xff: Vec<String> = seen
+        .iter()
+        .map(|(_, s)| {
+            s.headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+                .map(str::trim)
+                .map(|e| {
+                    if client_xff.contains(&e) {
+                        e.to_string()
+                    } else {
+                        "<appended>".to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    o.fields.insert("x-forwarded-for", xff.join(" | "));
+    let mut rh: Vec<String> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            k != "content-type" && !k.starts_with("x-envoy-") && !OWN_RESPONSE_HEADERS.contains(&k)
+        })
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    rh.sort();
+    o.fields.insert("response headers", rh.join("; "));
+    let ct = r
+        .headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("?"));
+    o.fields
+        .insert("content-type", ct.unwrap_or("").to_string());
+    // The proxy's own answers: their body matters (a backend's is its echo of what it saw, or
+    // `NAME STATUS` when it was told to fail).
+    let from_backend = r.headers.contains_key("x-backend") || r.body.starts_with("{\"backend\":");
+    if !from_backend {
+        o.fields.insert("body", r.body.clone());
+    }
+    o
+}
+
+/// Runs a setup's corpus against Envoy and Tern and checks the differences against [`KNOWN`].
+async fn differential(setup: &Setup, corpus: &[Probe]) {
+    let mut backends = BTreeMap::new();
+    for name in setup.backends {
+        backends.insert(*name, Backend::start(name).await);
+    }
+    let mut vars: BTreeMap<String, String> = backends
+        .iter()
+        .map(|(n, b)| (format!("PORT:{n}"), b.addr.port().to_string()))
+        .collect();
+    // A port where nothing listens, for connect failures.
+    vars.insert("PORT:closed".into(), free_port().to_string());
+
+    let envoy_dir = tempfile::tempdir().unwrap();
+    let (envoy_admin, envoy_port) = (free_port(), free_port());
+    let mut ev = vars.clone();
+    ev.insert("ADMIN".into(), envoy_admin.to_string());
+    ev.insert("LISTEN".into(), envoy_port.to_string());
+    ev.insert("DIR".into(), envoy_dir.path().display().to_string());
+    render(&setup_dir(setup.dir), envoy_dir.path(), &ev, true);
+    let envoy = Envoy::start(
+        &envoy_dir.path().join(setup.bootstrap),
+        envoy_admin,
+        &[envoy_port],
+    )
+    .await;
+
+    let (tern_admin, tern_port) = (free_port(), free_port());
+    let mut tv = vars.clone();
+    tv.insert("ADMIN".into(), tern_admin.to_string());
+    tv.insert("LISTEN".into(), tern_port.to_string());
+    let tern_cfg = tern_config(setup, &tv);
+    let tern = Tern::start(tern_cfg.path(), tern_admin, &[]).await;
+
+    let mut found = Vec::new();
+    for probe in corpus {
+        let e = observe(envoy_port, probe, &backends).await;
+        let t = observe(tern_port, probe, &backends).await;
+        for (field, ev) in &e.fields {
+            let tv = t.fields.get(field).cloned().unwrap_or_default();
+            if *ev != tv {
+                found.push((probe.name, *field, ev.clone(), tv));
+            }
+        }
+        for field in t.fields.keys().filter(|f| !e.fields.contains_key(*f)) {
+            found.push((probe.name, *field, String::new(), t.fields[field].clone()));
+        }
+    }
+    let known = |p: &str, f: &str| {
+        KNOWN.iter().find(|k| {
+            (k.setup == setup.dir || k.setup == "*")
+                && (k.probe == p || k.probe == "*")
+                && (k.field == f || k.field == "*")
+        })
+    };
+    let unexplained: Vec<String> = found
+        .iter()
+        .filter(|(p, f, _, _)| known(p, f).is_none())
+        .map(|(p, f, e, t)| format!("{p}: {f}\n  envoy: {e}\n  tern:  {t}"))
+        .collect();
+    for (p, f, e, t) in &found {
+        if let Some(k) = known(p, f) {
+            eprintln!(
+                "known difference {p}: {f} ({})\n  envoy: {e}\n  tern:  {t}",
+                k.why
+            );
+        }
+    }
+    let stale: Vec<String> = KNOWN
+        .iter()
+        .filter(|k| k.setup == setup.dir || k.setup == "*")
+        .filter(|k| {
+            !found.iter().any(|(p, f, _, _)| {
+                (*p == k.probe || k.probe == "*") && (*f == k.field || k.field == "*")
+            })
+        })
+        .map(|k| format!("{}: {}", k.probe, k.field))
+        .collect();
+    assert!(
+        unexplained.is_empty() && stale.is_empty(),
+        "{}: {} unexplained differences between Envoy and Tern:\n{}\n\nknown differences that no longer show: {stale:?}\n\nenvoy log:\n{}\ntern log:\n{}",
+        setup.dir,
+        unexplained.len(),
+        unexplained.join("\n"),
+        envoy.logs(),
+        tern.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_behaves_like_envoy() {
+    let setup = Setup {
+        dir: "quickstart",
+        bootstrap: "envoy.yaml",
+        backends: &["api"],
+    };
+    let corpus = [
+        get("root", "/"),
+        get("healthz", "/healthz"),
+        get("healthz with query", "/healthz?verbose=1"),
+        get("exact path only", "/healthz/"),
+        get("redirect", "/old/page?x=1"),
+        get("redirect keeps the host", "/old/a/b").host("shop.example.com:8080"),
+        get("api rewritten", "/api/hello?x=1"),
+        get("api client headers", "/api/h").headers(&[
+            ("x-custom", "1"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("cookie", "a=b"),
+        ]),
+        get("api post", "/api/orders").method("POST"),
+        get("api no slash", "/api"),
+        get("no route", "/nothing"),
+        get("api 503 from upstream", "/api/x").before(&[Act::Fail("api", 1, 503)]),
+    ];
+    differential(&setup, &corpus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_sidecar_behaves_like_envoy() {
+    let setup = Setup {
+        dir: "mesh",
+        bootstrap: "bootstrap.yaml",
+        backends: &["v1", "v2", "web", "flaky", "slow", "pa", "pb"],
+    };
+    const O: &str = "orders.mesh.local";
+    let corpus = [
+        // Virtual hosts by Host.
+        get("ping", "/ping").host(O),
+        get("ping by the short name", "/ping").host("orders"),
+        get("ping with a port", "/ping").host("orders.mesh.local:8080"),
+        get("ping upper case host", "/ping").host("ORDERS.mesh.local"),
+        get("unknown host", "/ping").host("elsewhere.example"),
+        get("web exact", "/index.html").host("web.mesh.local"),
+        get("web suffix", "/index.html").host("eu.web.mesh.local"),
+        get("web suffix needs a label", "/").host("web.mesh.local.evil"),
+        // Header matches.
+        get("teapot without header", "/teapot").host(O),
+        get("teapot with header", "/teapot")
+            .host(O)
+            .headers(&[("x-brew", "")]),
+        get("inverted present without header", "/brew").host(O),
+        get("inverted present with header", "/brew")
+            .host(O)
+            .headers(&[("x-brew", "1")]),
+        get("canary header", "/v2/orders/7")
+            .host(O)
+            .headers(&[("x-canary", "1")]),
+        get("canary header other value", "/v2/orders/7")
+            .host(O)
+            .headers(&[("x-canary", "2")]),
+        get("stable", "/v2/orders/7?q=1").host(O),
+        get("inverted match without header", "/admin/x").host(O),
+        get("inverted match with header", "/admin/x")
+            .host(O)
+            .headers(&[("x-internal", "yes")]),
+        // Regex, query, rewrites.
+        get("items regex", "/items/42").host(O),
+        get("items regex is whole path", "/items/42/x").host(O),
+        get("search debug", "/search?debug").host(O),
+        get("search debug with value", "/search?debug=1&x=2").host(O),
+        get("search", "/search?nodebug=1").host(O),
+        // Redirects.
+        get("moved", "/old-api/v1/x?y=1").host(O),
+        get("moved post", "/old-api/v1/x").host(O).method("POST"),
+        get("legacy", "/legacy?a=b").host(O),
+        get("legacy with port", "/legacy").host("orders.mesh.local:8080"),
+        // Header rules at every level; the client's own headers.
+        get("api headers", "/api/list?page=2").host(O).headers(&[
+            ("x-debug", "1"),
+            ("x-remove-me", "1"),
+            ("x-mesh", "from-client"),
+            ("x-chain", "client"),
+            ("x-user", "alice"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]),
+        get("api without x-user", "/api/list").host(O),
+        get("api delete", "/api/list/1").host(O).method("DELETE"),
+        // Retries, timeouts, connect failures, outlier detection.
+        get("retry then success", "/flaky/a")
+            .host(O)
+            .before(&[Act::Fail("flaky", 2, 503)]),
+        get("retries exhausted", "/flaky/a")
+            .host(O)
+            .before(&[Act::Fail("flaky", 5, 500)]),
+        get("4xx not retried", "/flaky/a")
+            .host(O)
+            .before(&[Act::Fail("flaky", 1, 404)]),
+        get("gateway error retried", "/gw/a")
+            .host(O)
+            .before(&[Act::Fail("flaky", 1, 502)]),
+        get("500 is not a gateway error", "/gw/a")
+            .host(O)
+            .before(&[Act::Fail("flaky", 1, 500)]),
+        get("post retried", "/flaky/a")
+            .host(O)
+            .method("POST")
+            .before(&[Act::Fail("flaky", 1, 503)]),
+        get("route timeout", "/slow/a")
+            .host(O)
+            .before(&[Act::Delay("slow", 1, 1500)]),
+        get("per-try timeout retried", "/per-try/a")
+            .host(O)
+            .before(&[Act::Delay("slow", 1, 1500)]),
+        get("connect failure", "/down/a").host(O),
+        get("outlier ejection", "/eject/a")
+            .host(O)
+            .before(&[Act::Fail("pb", usize::MAX, 500)])
+            .repeat(12),
+    ];
+    differential(&setup, &corpus).await;
+}
