@@ -34,6 +34,25 @@ struct Setup {
     /// The file Envoy starts on (`-c`), relative to the setup's directory.
     bootstrap: &'static str,
     backends: &'static [&'static str],
+    /// Listeners (`{{LISTEN}}`, then `{{LISTEN2}}`).
+    listeners: usize,
+}
+
+/// How the tries of a probe are compared when which endpoint of a cluster gets a request is the
+/// load balancer's choice (Envoy's round robin starts at a random endpoint, least request and
+/// hashing pick differently): never by order.
+#[derive(Clone, Copy, PartialEq)]
+enum Spread {
+    /// Each try as it came (the default for a single request): backend, method, target, headers.
+    Exact,
+    /// How many requests each backend got.
+    Named,
+    /// How many requests the busiest, second, ... backend got, whichever they were.
+    Shape,
+    /// How many requests this backend got.
+    Count(&'static str),
+    /// How many requests the backends got in all (least request with no load picks at random).
+    Total,
 }
 
 /// What a backend does for the requests of one probe.
@@ -53,9 +72,11 @@ struct Probe {
     host: &'static str,
     headers: &'static [(&'static str, &'static str)],
     before: &'static [Act],
-    /// Sent this many times in a row; > 1 compares counts (per backend, per status), not order,
-    /// since the first endpoint round robin picks is random in Envoy.
+    /// Sent this many times in a row.
     repeat: usize,
+    spread: Spread,
+    /// Index of the listener it goes to.
+    listener: usize,
 }
 
 const fn get(name: &'static str, path: &'static str) -> Probe {
@@ -67,6 +88,8 @@ const fn get(name: &'static str, path: &'static str) -> Probe {
         headers: &[],
         before: &[],
         repeat: 1,
+        spread: Spread::Exact,
+        listener: 0,
     }
 }
 
@@ -87,8 +110,14 @@ impl Probe {
         self.before = before;
         self
     }
-    const fn repeat(mut self, n: usize) -> Probe {
+    /// Sent `n` times; the tries are compared as `spread` says.
+    const fn repeat(mut self, n: usize, spread: Spread) -> Probe {
         self.repeat = n;
+        self.spread = spread;
+        self
+    }
+    const fn on(mut self, listener: usize) -> Probe {
+        self.listener = listener;
         self
     }
 }
@@ -236,6 +265,14 @@ const KNOWN: &[Known] = &[
         field: "response headers",
         why: NO_ROUTE_HEADERS,
     },
+    Known {
+        setup: "resilience",
+        probe: "cart retry",
+        field: "*",
+        why: "a retry: Envoy hashes again and lands on the same replica (unless the policy has \
+              retry_host_predicate previous_hosts); Tern always moves to another endpoint when \
+              there is one",
+    },
 ];
 
 /// What one proxy did with one probe.
@@ -288,7 +325,8 @@ fn tern_config(setup: &Setup, vars: &BTreeMap<String, String>) -> ConfigDir {
 }
 
 /// Sends one probe to `port` and records what the client got and the backends saw.
-async fn observe(port: u16, probe: &Probe, backends: &BTreeMap<&str, Backend>) -> Observed {
+async fn observe(ports: &[u16], probe: &Probe, backends: &BTreeMap<&str, Backend>) -> Observed {
+    let port = ports[probe.listener];
     for b in backends.values() {
         b.ctl.reset_script();
         b.ctl.take_seen();
@@ -317,7 +355,7 @@ async fn observe(port: u16, probe: &Probe, backends: &BTreeMap<&str, Backend>) -
         seen.extend(b.ctl.take_seen().into_iter().map(|s| (name.to_string(), s)));
     }
     let mut o = Observed::default();
-    if probe.repeat > 1 {
+    if probe.spread != Spread::Exact {
         let mut by_status = BTreeMap::new();
         for s in &statuses {
             *by_status.entry(*s).or_insert(0) += 1;
@@ -325,9 +363,19 @@ async fn observe(port: u16, probe: &Probe, backends: &BTreeMap<&str, Backend>) -
         o.fields.insert("statuses", format!("{by_status:?}"));
         let mut by_backend = BTreeMap::new();
         for (b, _) in &seen {
-            *by_backend.entry(b.clone()).or_insert(0) += 1;
+            *by_backend.entry(b.as_str()).or_insert(0) += 1;
         }
-        o.fields.insert("backends", format!("{by_backend:?}"));
+        let backends = match probe.spread {
+            Spread::Named | Spread::Exact => format!("{by_backend:?}"),
+            Spread::Shape => {
+                let mut shape: Vec<usize> = by_backend.values().copied().collect();
+                shape.sort_unstable_by(|a, b| b.cmp(a));
+                format!("{shape:?}")
+            }
+            Spread::Count(name) => format!("{name}: {}", by_backend.get(name).unwrap_or(&0)),
+            Spread::Total => format!("{} in all", seen.len()),
+        };
+        o.fields.insert("backends", backends);
         return o;
     }
     o.fields.insert("status", r.status.to_string());
@@ -427,31 +475,42 @@ async fn differential(setup: &Setup, corpus: &[Probe]) {
     // A port where nothing listens, for connect failures.
     vars.insert("PORT:closed".into(), free_port().to_string());
 
+    // Each proxy's own admin and listener ports.
+    let proxy_vars = |dir: &Path| {
+        let mut v = vars.clone();
+        let admin = free_port();
+        v.insert("ADMIN".into(), admin.to_string());
+        v.insert("DIR".into(), dir.display().to_string());
+        let ports: Vec<u16> = (0..setup.listeners).map(|_| free_port()).collect();
+        for (i, p) in ports.iter().enumerate() {
+            let key = if i == 0 {
+                "LISTEN".to_string()
+            } else {
+                format!("LISTEN{}", i + 1)
+            };
+            v.insert(key, p.to_string());
+        }
+        (v, admin, ports)
+    };
     let envoy_dir = tempfile::tempdir().unwrap();
-    let (envoy_admin, envoy_port) = (free_port(), free_port());
-    let mut ev = vars.clone();
-    ev.insert("ADMIN".into(), envoy_admin.to_string());
-    ev.insert("LISTEN".into(), envoy_port.to_string());
-    ev.insert("DIR".into(), envoy_dir.path().display().to_string());
+    let (ev, envoy_admin, envoy_ports) = proxy_vars(envoy_dir.path());
     render(&setup_dir(setup.dir), envoy_dir.path(), &ev, true);
     let envoy = Envoy::start(
         &envoy_dir.path().join(setup.bootstrap),
         envoy_admin,
-        &[envoy_port],
+        &envoy_ports,
     )
     .await;
 
-    let (tern_admin, tern_port) = (free_port(), free_port());
-    let mut tv = vars.clone();
-    tv.insert("ADMIN".into(), tern_admin.to_string());
-    tv.insert("LISTEN".into(), tern_port.to_string());
+    let tern_src = tempfile::tempdir().unwrap();
+    let (tv, tern_admin, tern_ports) = proxy_vars(tern_src.path());
     let tern_cfg = tern_config(setup, &tv);
     let tern = Tern::start(tern_cfg.path(), tern_admin, &[]).await;
 
     let mut found = Vec::new();
     for probe in corpus {
-        let e = observe(envoy_port, probe, &backends).await;
-        let t = observe(tern_port, probe, &backends).await;
+        let e = observe(&envoy_ports, probe, &backends).await;
+        let t = observe(&tern_ports, probe, &backends).await;
         for (field, ev) in &e.fields {
             let tv = t.fields.get(field).cloned().unwrap_or_default();
             if *ev != tv {
@@ -509,6 +568,7 @@ async fn quickstart_behaves_like_envoy() {
         dir: "quickstart",
         bootstrap: "envoy.yaml",
         backends: &["api"],
+        listeners: 1,
     };
     let corpus = [
         get("root", "/"),
@@ -537,6 +597,7 @@ async fn mesh_sidecar_behaves_like_envoy() {
         dir: "mesh",
         bootstrap: "bootstrap.yaml",
         backends: &["v1", "v2", "web", "flaky", "slow", "pa", "pb"],
+        listeners: 1,
     };
     const O: &str = "orders.mesh.local";
     let corpus = [
@@ -621,7 +682,74 @@ async fn mesh_sidecar_behaves_like_envoy() {
         get("outlier ejection", "/eject/a")
             .host(O)
             .before(&[Act::Fail("pb", usize::MAX, 500)])
-            .repeat(12),
+            .repeat(12, Spread::Named),
+    ];
+    differential(&setup, &corpus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resilience_example_behaves_like_envoy() {
+    let setup = Setup {
+        dir: "resilience",
+        bootstrap: "envoy.yaml",
+        backends: &[
+            "o1", "o2", "cat1", "cat2", "canary", "c1", "c2", "c3", "inv1", "inv2", "inv3",
+        ],
+        listeners: 2,
+    };
+    let corpus = [
+        get("healthz", "/healthz"),
+        get("orders", "/orders/1").repeat(4, Spread::Total),
+        // Route policy (5xx, 2 retries) replaces the virtual host's: a 500 is retried.
+        get("orders retried on 500", "/orders/1")
+            .before(&[Act::Fail("o1", 9, 500), Act::Fail("o2", 9, 500)])
+            .repeat(1, Spread::Total),
+        get("orders 404 not retried", "/orders/1")
+            .before(&[Act::Fail("o1", 1, 404), Act::Fail("o2", 1, 404)])
+            .repeat(1, Spread::Total),
+        // The virtual host's policy (gateway-error, 1 retry): a 500 is not retried, a 503 is.
+        // (Every endpoint fails: which one a weighted split and round robin pick is random.)
+        get("catalogue 500 not retried", "/catalogue/x")
+            .before(&[
+                Act::Fail("cat1", 9, 500),
+                Act::Fail("cat2", 9, 500),
+                Act::Fail("canary", 9, 500),
+            ])
+            .repeat(1, Spread::Total),
+        get("catalogue 503 retried", "/catalogue/x")
+            .before(&[
+                Act::Fail("cat1", 9, 503),
+                Act::Fail("cat2", 9, 503),
+                Act::Fail("canary", 9, 503),
+            ])
+            .repeat(1, Spread::Total),
+        // Consistent hashing: one session, one replica.
+        get("cart session sticks", "/cart/items")
+            .headers(&[("cookie", "session=abc")])
+            .repeat(6, Spread::Shape),
+        get("cart by source address", "/cart/items").repeat(6, Spread::Shape),
+        get("cart retry", "/cart/items")
+            .headers(&[("cookie", "session=abc")])
+            .before(&[
+                Act::Fail("c1", 1, 503),
+                Act::Fail("c2", 1, 503),
+                Act::Fail("c3", 1, 503),
+            ])
+            .repeat(1, Spread::Shape),
+        // Inventory: retries go to other endpoints; outlier detection takes the bad one out.
+        get("inventory", "/stock/1").on(1).repeat(1, Spread::Shape),
+        get("inventory retries", "/stock/1")
+            .on(1)
+            .before(&[
+                Act::Fail("inv1", 1, 500),
+                Act::Fail("inv2", 1, 500),
+                Act::Fail("inv3", 1, 500),
+            ])
+            .repeat(1, Spread::Shape),
+        get("inventory ejects a failing endpoint", "/stock/1")
+            .on(1)
+            .before(&[Act::Fail("inv3", usize::MAX, 502)])
+            .repeat(15, Spread::Count("inv3")),
     ];
     differential(&setup, &corpus).await;
 }
