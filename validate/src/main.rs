@@ -1,14 +1,13 @@
 //! `tern-validate`: checks split Tern configurations with the proxy's own loader
 //! (`tern_config::load`) and reports every problem at `file:line:column`.
 
-mod render;
-
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use tern_config::{self as config, diag::codes, Diagnostic, Pos, Report, Severity};
+use tern_config::{self as config, diag::codes, Diagnostic, Pos, Report};
+use tern_validate::{render, Outcome};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -83,16 +82,6 @@ enum Color {
     Always,
     /// Never.
     Never,
-}
-
-/// What happened to one PATH argument.
-pub struct Outcome {
-    /// The PATH as given.
-    pub path: PathBuf,
-    /// The loader's report.
-    pub report: Report,
-    /// True when PATH itself could not be read (exit status 2).
-    pub io_failure: bool,
 }
 
 fn main() -> ExitCode {
@@ -224,19 +213,4 @@ fn validate(path: &Path, limits: config::Limits) -> Outcome {
         report,
         io_failure: false,
     }
-}
-
-/// Counts errors and warnings over all outcomes.
-fn counts(outcomes: &[Outcome]) -> (usize, usize) {
-    let mut e = 0;
-    let mut w = 0;
-    for o in outcomes {
-        for d in &o.report.diagnostics {
-            match d.severity {
-                Severity::Error => e += 1,
-                Severity::Warning => w += 1,
-            }
-        }
-    }
-    (e, w)
 }

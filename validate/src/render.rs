@@ -1,4 +1,5 @@
-//! The three output formats: human (rustc style), JSON and GitHub Actions annotations.
+//! The output formats: human (rustc style), JSON, GitHub Actions annotations and GitLab Code
+//! Quality; `tern-validate` and `tern-import` share them.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -274,7 +275,9 @@ pub fn json(
             .iter()
             .map(|o| JsonPath {
                 path: &o.path,
-                valid: o.report.config.is_some() && (!strict || o.report.diagnostics.is_empty()),
+                // No errors: the loader's report then has a config; tern-import's report on Envoy
+                // input has none to give.
+                valid: o.report.error_count() == 0 && (!strict || o.report.diagnostics.is_empty()),
                 version: o.report.version.as_deref(),
                 files: o
                     .report
