@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tern_testkit::{free_port, request, Backend, ConfigDir, Envoy, Seen, Tern};
+use tern_testkit::{free_port, request, Backend, ConfigDir, Envoy, Resp, Seen, Tern};
 
 /// Request headers the proxies add of their own that are not compared: random ids, trace
 /// context (Tern propagates W3C by default, Envoy only with tracing configured) and Envoy's
@@ -37,7 +37,13 @@ struct Setup {
     backends: &'static [&'static str],
     /// Listeners (`{{LISTEN}}`, then `{{LISTEN2}}`).
     listeners: usize,
+    /// Whether the setup terminates TLS: a certificate for `api.example.test` from a test CA is
+    /// written as `certs/api.pem` and `certs/api.key` next to the configuration.
+    certs: bool,
 }
+
+/// The SNI name the TLS setups' certificate is for.
+const TLS_NAME: &str = "api.example.test";
 
 /// How the tries of a probe are compared when which endpoint of a cluster gets a request is the
 /// load balancer's choice (Envoy's round robin starts at a random endpoint, least request and
@@ -78,6 +84,8 @@ struct Probe {
     spread: Spread,
     /// Index of the listener it goes to.
     listener: usize,
+    /// Sent over TLS with this SNI name (and `Host`), by curl.
+    tls: Option<&'static str>,
 }
 
 const fn get(name: &'static str, path: &'static str) -> Probe {
@@ -91,6 +99,7 @@ const fn get(name: &'static str, path: &'static str) -> Probe {
         repeat: 1,
         spread: Spread::Exact,
         listener: 0,
+        tls: None,
     }
 }
 
@@ -115,6 +124,10 @@ impl Probe {
     const fn repeat(mut self, n: usize, spread: Spread) -> Probe {
         self.repeat = n;
         self.spread = spread;
+        self
+    }
+    const fn tls(mut self, sni: &'static str) -> Probe {
+        self.tls = Some(sni);
         self
     }
     const fn on(mut self, listener: usize) -> Probe {
@@ -273,6 +286,14 @@ const KNOWN: &[Known] = &[
               least specific level first",
     },
     Known {
+        setup: "tls",
+        probe: "unknown server name",
+        field: "status",
+        why: "Envoy closes a handshake whose SNI no filter chain matches (curl 35) when there is \
+              no default chain; Tern answers it with its first certificate, which the client \
+              then rejects for the name (curl 60)",
+    },
+    Known {
         setup: "resilience",
         probe: "cart retry",
         field: "*",
@@ -429,7 +450,64 @@ fn tern_config(setup: &Setup, src: &Path) -> ConfigDir {
 }
 
 /// Sends one probe to `port` and records what the client got and the backends saw.
-async fn observe(ports: &[u16], probe: &Probe, backends: &BTreeMap<&str, Backend>) -> Observed {
+/// Sends `probe` over TLS with curl (a real client), trusting `ca`; a failed connection or
+/// handshake is an `Err` naming curl's exit status.
+async fn curl_tls(ca: &Path, port: u16, probe: &Probe, sni: &str) -> Result<Resp, String> {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-i",
+        "--http1.1",
+        "--max-time",
+        "10",
+        "-X",
+        probe.method,
+    ])
+    .arg("--cacert")
+    .arg(ca)
+    .arg("--resolve")
+    .arg(format!("{sni}:{port}:127.0.0.1"));
+    for (k, v) in probe.headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = cmd
+        .arg(format!("https://{sni}:{port}{}", probe.path))
+        .output()
+        .await
+        .expect("run curl");
+    if !out.status.success() {
+        return Err(format!("curl {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("curl printed no status line: {text}"));
+    let mut headers = http::HeaderMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            headers.append(
+                http::HeaderName::from_bytes(k.trim().as_bytes()).unwrap(),
+                v.trim().parse().unwrap(),
+            );
+        }
+    }
+    Ok(Resp {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+async fn observe(
+    ports: &[u16],
+    ca: &Path,
+    probe: &Probe,
+    backends: &BTreeMap<&str, Backend>,
+) -> Observed {
     let port = ports[probe.listener];
     for b in backends.values() {
         b.ctl.reset_script();
@@ -447,9 +525,20 @@ async fn observe(ports: &[u16], probe: &Probe, backends: &BTreeMap<&str, Backend
     let mut statuses = Vec::new();
     let mut last = None;
     for _ in 0..probe.repeat {
-        let r = request(probe.method, &url, &headers, "")
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", probe.name));
+        let r = match probe.tls {
+            Some(sni) => curl_tls(ca, port, probe, sni).await,
+            None => request(probe.method, &url, &headers, "").await,
+        };
+        let r = match r {
+            Ok(r) => r,
+            // Only a TLS probe may fail to get an answer (a handshake refused).
+            Err(e) if probe.tls.is_some() => {
+                let mut o = Observed::default();
+                o.fields.insert("status", format!("no answer ({e})"));
+                return o;
+            }
+            Err(e) => panic!("{}: {e}", probe.name),
+        };
         statuses.push(r.status);
         last = Some(r);
     }
@@ -600,9 +689,23 @@ async fn differential(setup: &Setup, corpus: &[Probe]) {
         }
         (v, admin, ports)
     };
+    // The TLS setups' certificate, written next to both configurations; curl trusts the CA.
+    let ca = tern_testkit::Ca::new("differential test CA");
+    let leaf = ca.leaf(TLS_NAME, &[TLS_NAME]);
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), ca.pem()).unwrap();
+    let certs = |dir: &Path| {
+        if setup.certs {
+            tern_testkit::write_files(
+                dir,
+                &[("certs/api.pem", &leaf.cert), ("certs/api.key", &leaf.key)],
+            );
+        }
+    };
     let envoy_dir = tempfile::tempdir().unwrap();
     let (ev, envoy_admin, envoy_ports) = proxy_vars(envoy_dir.path());
     render(&setup_dir(setup.dir), envoy_dir.path(), &ev);
+    certs(envoy_dir.path());
     let envoy = Envoy::start(
         &envoy_dir.path().join(setup.bootstrap),
         envoy_admin,
@@ -613,13 +716,14 @@ async fn differential(setup: &Setup, corpus: &[Probe]) {
     let tern_src = tempfile::tempdir().unwrap();
     let (tv, tern_admin, tern_ports) = proxy_vars(tern_src.path());
     render(&setup_dir(setup.dir), tern_src.path(), &tv);
+    certs(tern_src.path());
     let tern_cfg = tern_config(setup, tern_src.path());
     let tern = Tern::start(tern_cfg.path(), tern_admin, &[]).await;
 
     let mut found = Vec::new();
     for probe in corpus {
-        let e = observe(&envoy_ports, probe, &backends).await;
-        let t = observe(&tern_ports, probe, &backends).await;
+        let e = observe(&envoy_ports, ca_file.path(), probe, &backends).await;
+        let t = observe(&tern_ports, ca_file.path(), probe, &backends).await;
         for (field, ev) in &e.fields {
             let tv = t.fields.get(field).cloned().unwrap_or_default();
             if *ev != tv {
@@ -678,6 +782,7 @@ async fn quickstart_behaves_like_envoy() {
         bootstrap: "envoy.yaml",
         backends: &["api"],
         listeners: 1,
+        certs: false,
     };
     let corpus = [
         get("root", "/"),
@@ -707,6 +812,7 @@ async fn mesh_sidecar_behaves_like_envoy() {
         bootstrap: "bootstrap.yaml",
         backends: &["v1", "v2", "web", "flaky", "slow", "pa", "pb"],
         listeners: 1,
+        certs: false,
     };
     const O: &str = "orders.mesh.local";
     let corpus = [
@@ -805,6 +911,7 @@ async fn resilience_example_behaves_like_envoy() {
             "o1", "o2", "cat1", "cat2", "canary", "c1", "c2", "c3", "inv1", "inv2", "inv3",
         ],
         listeners: 2,
+        certs: false,
     };
     let corpus = [
         get("healthz", "/healthz"),
@@ -870,6 +977,7 @@ async fn edge_gateway_behaves_like_envoy() {
         bootstrap: "bootstrap.json",
         backends: &["reads", "writes", "u1", "u2", "u3"],
         listeners: 1,
+        certs: false,
     };
     const A: &str = "api.example.com";
     let corpus = [
@@ -904,6 +1012,29 @@ async fn edge_gateway_behaves_like_envoy() {
             .headers(&[("x-env", "client"), ("x-forwarded-for", "203.0.113.1")]),
         get("www rewrite", "/app.js?v=1").host("www.example.com"),
         get("no virtual host", "/").host("other.example.com"),
+    ];
+    differential(&setup, &corpus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_example_behaves_like_envoy() {
+    let setup = Setup {
+        dir: "tls",
+        bootstrap: "envoy.yaml",
+        backends: &[],
+        listeners: 2,
+        certs: true,
+    };
+    let corpus = [
+        get("over TLS", "/orders?x=1").tls(TLS_NAME),
+        get("over TLS post", "/orders").tls(TLS_NAME).method("POST"),
+        get("unknown server name", "/").tls("other.example.test"),
+        get("plaintext redirected", "/orders?x=1")
+            .host(TLS_NAME)
+            .on(1),
+        get("plaintext redirected keeps no port", "/a")
+            .host("api.example.test:8080")
+            .on(1),
     ];
     differential(&setup, &corpus).await;
 }
