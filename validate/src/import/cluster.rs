@@ -54,7 +54,7 @@ pub fn cluster(
     }
     let mut is_eds = false;
     if let Some(t) = o.take("type") {
-        c.discovery = match t.as_str() {
+        c.discovery = match t.as_enum().as_deref() {
             Some("STATIC") => Some(DiscoveryType::Static),
             Some("STRICT_DNS") => Some(DiscoveryType::StrictDns),
             Some("LOGICAL_DNS") => Some(DiscoveryType::LogicalDns),
@@ -70,7 +70,7 @@ pub fn cluster(
         .map(sp);
     }
     if let Some(v) = o.take("lb_policy") {
-        c.lb_policy = match v.as_str() {
+        c.lb_policy = match v.as_enum().as_deref() {
             Some("ROUND_ROBIN") => LbPolicy::RoundRobin,
             Some("LEAST_REQUEST") => LbPolicy::LeastRequest,
             Some("RANDOM") => LbPolicy::Random,
@@ -138,7 +138,7 @@ pub fn cluster(
         });
     }
     if let Some(v) = o.take("dns_lookup_family") {
-        c.dns_lookup_family = match v.as_str() {
+        c.dns_lookup_family = match v.as_enum().as_deref() {
             Some("AUTO") => Some(DnsLookupFamily::Auto),
             Some("V4_ONLY") => Some(DnsLookupFamily::V4Only),
             Some("V6_ONLY") => Some(DnsLookupFamily::V6Only),
@@ -165,7 +165,7 @@ pub fn cluster(
             );
             continue;
         }
-        if let Some(h) = health_check(cx, f, hc) {
+        if let Some(h) = cx.item(f, hc.pos, "health check", |cx| health_check(cx, f, hc)) {
             c.health_checks.push(sp(h));
         }
     }
@@ -228,7 +228,7 @@ pub fn load_assignment(cx: &mut Ctx, f: &Path, n: &Node) -> Vec<Spanned<Endpoint
             );
         }
         for lb in lo.take("lb_endpoints").map(Node::items).unwrap_or_default() {
-            if let Some(e) = lb_endpoint(cx, f, lb) {
+            if let Some(e) = cx.item(f, lb.pos, "endpoint", |cx| lb_endpoint(cx, f, lb)) {
                 out.push(sp(e));
             }
         }
@@ -256,7 +256,7 @@ fn lb_endpoint(cx: &mut Ctx, f: &Path, n: &Node) -> Option<Endpoint> {
         None => 1,
     };
     if let Some(h) = o.take("health_status") {
-        if !matches!(h.as_str(), Some("HEALTHY" | "UNKNOWN")) {
+        if !matches!(h.as_enum().as_deref(), Some("HEALTHY" | "UNKNOWN")) {
             cx.value(f, h.pos, "a health_status other than HEALTHY or UNKNOWN is not carried over; the endpoint is used");
         }
     }
@@ -278,7 +278,7 @@ fn circuit_breakers(cx: &mut Ctx, f: &Path, n: &Node) -> Option<CircuitBreakers>
             continue;
         };
         if let Some(p) = to.take("priority") {
-            if p.as_str() != Some("DEFAULT") {
+            if p.as_enum().as_deref() != Some("DEFAULT") {
                 cx.value(
                     f,
                     p.pos,
@@ -443,7 +443,7 @@ fn health_check(cx: &mut Ctx, f: &Path, n: &Node) -> Option<HealthCheck> {
             expected.extend((s..e).map(|c| sp(c as u16)));
         }
         if let Some(c) = v.take("codec_client_type") {
-            if c.as_str() != Some("HTTP1") {
+            if c.as_enum().as_deref() != Some("HTTP1") {
                 cx.value(
                     f,
                     c.pos,
@@ -684,7 +684,7 @@ fn upstream_tls(cx: &mut Ctx, f: &Path, n: &Node) -> Option<ClusterTls> {
                 }
             }
             if let Some(tv) = v.take("trust_chain_verification") {
-                if tv.as_str() == Some("ACCEPT_UNTRUSTED") {
+                if tv.as_enum().as_deref() == Some("ACCEPT_UNTRUSTED") {
                     t.insecure_skip_verify = Some(sp(true));
                 }
             }

@@ -107,6 +107,27 @@ impl Ctx {
         self.drop_diag(codes::BAD_INPUT, file, pos, msg.into());
     }
 
+    /// Runs the mapper of one item; an item dropped without saying why (a field it needs is
+    /// missing) is reported here, so that no item disappears silently.
+    pub fn item<T>(
+        &mut self,
+        file: &Path,
+        pos: Pos,
+        what: &str,
+        map: impl FnOnce(&mut Ctx) -> Option<T>,
+    ) -> Option<T> {
+        let before = self.dropped;
+        let r = map(self);
+        if r.is_none() && self.dropped == before {
+            self.value(
+                file,
+                pos,
+                format!("{what} dropped: a field it needs is missing or not understood"),
+            );
+        }
+        r
+    }
+
     /// `I005`: accepted, no effect in Tern (a warning; the import is not partial for it).
     pub fn no_effect(&mut self, file: &Path, key: &Key, why: &str) {
         self.diags.push(
@@ -217,10 +238,11 @@ impl Ctx {
             Some(n) => self.u32(file, n, "numerator")?,
             None => 0,
         };
-        let den = match o.take("denominator").map(|d| (d, d.as_str())) {
-            None | Some((_, Some("HUNDRED"))) => 100.0,
-            Some((_, Some("TEN_THOUSAND"))) => 10_000.0,
-            Some((_, Some("MILLION"))) => 1_000_000.0,
+        let den = match o.take("denominator").map(|d| (d, d.as_enum())) {
+            None => 100.0,
+            Some((_, Some(d))) if d == "HUNDRED" => 100.0,
+            Some((_, Some(d))) if d == "TEN_THOUSAND" => 10_000.0,
+            Some((_, Some(d))) if d == "MILLION" => 1_000_000.0,
             Some((d, _)) => {
                 self.value(
                     file,
@@ -267,7 +289,7 @@ impl Ctx {
             }
         };
         if let Some(p) = s.take("protocol") {
-            if p.as_str() != Some("TCP") {
+            if p.as_enum().as_deref() != Some("TCP") {
                 self.value(file, p.pos, "only TCP socket addresses are supported");
             }
         }
@@ -325,8 +347,21 @@ impl Ctx {
         self.rest(file, &o, what);
         let mut c = self.obj(file, tc, "typed_config")?;
         let url = c.take("@type").and_then(|u| u.as_str()).unwrap_or_default();
-        let name = url.rsplit('/').next().unwrap_or_default().to_string();
-        Some((name, c, tc.pos))
+        let ty = url.rsplit('/').next().unwrap_or_default();
+        if ty.is_empty() {
+            // `typed_config: {}` on an extension without settings names it by `name`.
+            let empty = c.rest().next().is_none();
+            if let (Some(t), true) = (name.and_then(bare_extension), empty) {
+                return Some((t.to_string(), c, tc.pos));
+            }
+            self.value(
+                file,
+                tc.pos,
+                format!("{what}'s typed_config has no `@type`"),
+            );
+            return None;
+        }
+        Some((ty.to_string(), c, tc.pos))
     }
 }
 

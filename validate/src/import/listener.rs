@@ -39,10 +39,12 @@ const DOWNSTREAM_TLS: &str = "envoy.extensions.transport_sockets.tls.v3.Downstre
 /// Maps one Envoy listener; `clusters` (already mapped) give a tracer's collector address.
 pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Option<Mapped> {
     let mut o = cx.obj(f, n, "listener")?;
-    let name = o.take("name").and_then(|v| cx.str(f, v, "name"))?;
+    let name = o.take("name").and_then(|v| cx.str(f, v, "name"));
     let (host, port) = o
         .take("address")
         .and_then(|a| cx.address(f, a, "listener address"))?;
+    // Envoy names a listener without a name itself; Tern needs one, made from the port.
+    let name = name.unwrap_or_else(|| sp(format!("listener_{port}")));
     let Ok(address) = host_port(&host, port).parse() else {
         cx.value(
             f,
@@ -281,7 +283,7 @@ fn hcm(
         }
     }
     if let Some(c) = h.take("codec_type") {
-        if !matches!(c.as_str(), Some("AUTO")) {
+        if !matches!(c.as_enum().as_deref(), Some("AUTO")) {
             cx.value(
                 f,
                 c.pos,
@@ -291,7 +293,9 @@ fn hcm(
     }
     if let Some(rc) = h.take("route_config") {
         let name = l.name.value.clone();
-        if let Some(rc) = route::route_config(cx, f, rc, Some(name)) {
+        if let Some(rc) = cx.item(f, rc.pos, "route configuration", |cx| {
+            route::route_config(cx, f, rc, Some(name))
+        }) {
             l.route_config = Some(rc.name.clone());
             m.inline_routes = Some(rc);
         }
@@ -369,12 +373,14 @@ fn hcm(
         .map(Node::items)
         .unwrap_or_default()
     {
-        if let Some(u) = route::upgrade_config(cx, f, u) {
+        if let Some(u) = cx.item(f, u.pos, "upgrade config", |cx| {
+            route::upgrade_config(cx, f, u)
+        }) {
             l.upgrade_configs.get_or_insert_with(Vec::new).push(sp(u));
         }
     }
     if let Some(v) = h.take("forward_client_cert_details") {
-        l.forward_client_cert_details = match v.as_str() {
+        l.forward_client_cert_details = match v.as_enum().as_deref() {
             Some("SANITIZE") => Some(ForwardClientCertDetails::Sanitize),
             Some("FORWARD_ONLY") => Some(ForwardClientCertDetails::ForwardOnly),
             Some("APPEND_FORWARD") => Some(ForwardClientCertDetails::AppendForward),
@@ -407,7 +413,7 @@ fn hcm(
         l.set_current_client_cert_details = Some(sp(d));
     }
     for a in h.take("access_log").map(Node::items).unwrap_or_default() {
-        if let Some(a) = access_log(cx, f, a) {
+        if let Some(a) = cx.item(f, a.pos, "access logger", |cx| access_log(cx, f, a)) {
             l.access_log.push(sp(a));
         }
     }

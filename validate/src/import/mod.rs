@@ -215,7 +215,19 @@ fn admin(cx: &mut Ctx, f: &Path, n: &Node) -> Option<Admin> {
     let (host, port) = o
         .take("address")
         .and_then(|a| cx.address(f, a, "admin address"))?;
-    for key in ["access_log_path", "access_log", "profile_path"] {
+    if let Some((k, v)) = o.take_kv("access_log_path") {
+        if v.as_str() == Some("/dev/null") {
+            cx.no_effect(f, k, "an admin access log to /dev/null is none, as in Tern");
+        } else {
+            cx.field(
+                f,
+                k,
+                "admin",
+                Some("Tern's admin endpoint keeps no access log"),
+            );
+        }
+    }
+    for key in ["access_log", "profile_path"] {
         if let Some((k, _)) = o.take_kv(key) {
             cx.field(
                 f,
@@ -264,7 +276,9 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
     }
     for c in &r.clusters {
         let stripped = without_type(c.node);
-        if let Some(v) = cluster::cluster(cx, c.file, &stripped, &eds) {
+        if let Some(v) = cx.item(c.file, c.node.pos, "cluster", |cx| {
+            cluster::cluster(cx, c.file, &stripped, &eds)
+        }) {
             out.clusters.push(Item {
                 from: origin(c.file, c.node.pos),
                 value: v,
@@ -274,7 +288,9 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
     let mut rds: HashMap<String, usize> = HashMap::new();
     for rc in &r.route_configs {
         let stripped = without_type(rc.node);
-        if let Some(v) = route::route_config(cx, rc.file, &stripped, None) {
+        if let Some(v) = cx.item(rc.file, rc.node.pos, "route configuration", |cx| {
+            route::route_config(cx, rc.file, &stripped, None)
+        }) {
             rds.insert(v.name.value.clone(), out.route_configs.len());
             out.route_configs.push(Item {
                 from: origin(rc.file, rc.node.pos),
@@ -286,7 +302,9 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
     let mut filters_of: HashMap<String, (route::ListenerFilters, String)> = HashMap::new();
     for l in &r.listeners {
         let stripped = without_type(l.node);
-        let Some(m) = listener::listener(cx, l.file, &stripped, &clusters) else {
+        let Some(m) = cx.item(l.file, l.node.pos, "listener", |cx| {
+            listener::listener(cx, l.file, &stripped, &clusters)
+        }) else {
             continue;
         };
         let mut listener = m.listener;
@@ -343,7 +361,7 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
         }
     }
     if let Some(a) = r.admin {
-        if let Some(v) = admin(cx, a.file, a.node) {
+        if let Some(v) = cx.item(a.file, a.node.pos, "admin", |cx| admin(cx, a.file, a.node)) {
             out.admin = Some(Item {
                 from: origin(a.file, a.node.pos),
                 value: v,

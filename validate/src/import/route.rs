@@ -36,7 +36,9 @@ fn header_rules(cx: &mut Ctx, f: &Path, o: &mut Obj<'_>) -> HeaderRules {
         ("response_headers_to_add", false),
     ] {
         for n in o.take(key).map(Node::items).unwrap_or_default() {
-            if let Some(h) = header_value_option(cx, f, n) {
+            if let Some(h) = cx.item(f, n.pos, "header option", |cx| {
+                header_value_option(cx, f, n)
+            }) {
                 if add {
                     r.req_add.push(sp(h));
                 } else {
@@ -87,7 +89,7 @@ fn header_value_option(cx: &mut Ctx, f: &Path, n: &Node) -> Option<HeaderValueOp
     }
     let mut append_action = None;
     if let Some(a) = o.take("append_action") {
-        append_action = match a.as_str() {
+        append_action = match a.as_enum().as_deref() {
             Some("APPEND_IF_EXISTS_OR_ADD") => Some(AppendAction::AppendIfExistsOrAdd),
             Some("ADD_IF_ABSENT") => Some(AppendAction::AddIfAbsent),
             Some("OVERWRITE_IF_EXISTS_OR_ADD") => Some(AppendAction::OverwriteIfExistsOrAdd),
@@ -134,7 +136,7 @@ pub fn route_config(cx: &mut Ctx, f: &Path, n: &Node, name: Option<String>) -> O
     };
     let mut virtual_hosts = Vec::new();
     for vh in o.take("virtual_hosts").map(Node::items).unwrap_or_default() {
-        if let Some(v) = virtual_host(cx, f, vh) {
+        if let Some(v) = cx.item(f, vh.pos, "virtual host", |cx| virtual_host(cx, f, vh)) {
             virtual_hosts.push(sp(v));
         }
     }
@@ -171,7 +173,7 @@ fn virtual_host(cx: &mut Ctx, f: &Path, n: &Node) -> Option<VirtualHost> {
         .collect();
     let mut routes = Vec::new();
     for r in o.take("routes").map(Node::items).unwrap_or_default() {
-        if let Some(r) = route(cx, f, r) {
+        if let Some(r) = cx.item(f, r.pos, "route", |cx| route(cx, f, r)) {
             routes.push(sp(r));
         }
     }
@@ -637,7 +639,7 @@ fn route_action(cx: &mut Ctx, f: &Path, n: &Node, regex_match: bool) -> Option<R
         a.retry_policy = retry_policy(cx, f, r).map(sp);
     }
     for h in o.take("hash_policy").map(Node::items).unwrap_or_default() {
-        if let Some(h) = hash_policy(cx, f, h) {
+        if let Some(h) = cx.item(f, h.pos, "hash policy", |cx| hash_policy(cx, f, h)) {
             a.hash_policy.push(sp(h));
         }
     }
@@ -646,7 +648,7 @@ fn route_action(cx: &mut Ctx, f: &Path, n: &Node, regex_match: bool) -> Option<R
         .map(Node::items)
         .unwrap_or_default()
     {
-        if let Some(u) = upgrade_config(cx, f, u) {
+        if let Some(u) = cx.item(f, u.pos, "upgrade config", |cx| upgrade_config(cx, f, u)) {
             a.upgrade_configs.push(sp(u));
         }
     }
@@ -872,7 +874,7 @@ fn redirect(cx: &mut Ctx, f: &Path, n: &Node) -> Option<Redirect> {
         r.strip_query = cx.bool(f, v, "strip_query").unwrap_or(false);
     }
     if let Some(v) = o.take("response_code") {
-        let code = match v.as_str() {
+        let code = match v.as_enum().as_deref() {
             Some("MOVED_PERMANENTLY") => Some(301),
             Some("FOUND") => Some(302),
             Some("SEE_OTHER") => Some(303),

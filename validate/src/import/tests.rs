@@ -624,3 +624,77 @@ fn a_route_whose_match_cannot_be_expressed_is_dropped_not_widened() {
         Some(1024)
     );
 }
+
+#[test]
+fn envoy_loader_leniencies_are_followed() {
+    // No listener name, lower-case enums, a single object where a list belongs, a router named
+    // with an empty typed_config, an admin log to /dev/null.
+    let doc = r#"static_resources:
+  listeners:
+  - address: { socket_address: { address: 0.0.0.0, port_value: 8080 } }
+    filter_chains:
+    - filters:
+        name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          codec_type: auto
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: { prefix: / }
+                redirect: { response_code: temporary_redirect, https_redirect: true }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {}
+  clusters:
+  - name: s
+    type: strict_dns
+    lb_policy: round_robin
+    load_assignment:
+      cluster_name: s
+      endpoints:
+      - lb_endpoints:
+          endpoint: { address: { socket_address: { address: service1, port_value: 8000 } } }
+admin:
+  access_log_path: /dev/null
+  address: { socket_address: { address: 127.0.0.1, port_value: 8001 } }
+"#;
+    let (out, cx) = import(&[("e.yaml", doc)]);
+    assert_eq!(cx.dropped, 0, "{:?}", codes_at(&cx));
+    let l = &out.listeners[0].value;
+    assert_eq!(l.name.value, "listener_8080");
+    assert_eq!(l.route_config.as_ref().unwrap().value, "listener_8080");
+    let r = &out.route_configs[0].value.virtual_hosts[0].routes[0];
+    assert_eq!(
+        r.redirect
+            .as_ref()
+            .unwrap()
+            .response_code
+            .as_ref()
+            .unwrap()
+            .value,
+        307
+    );
+    let c = &out.clusters[0].value;
+    assert_eq!(
+        c.discovery.as_ref().unwrap().value,
+        tern_config::DiscoveryType::StrictDns
+    );
+    assert_eq!(c.endpoints[0].address.value, "service1:8000");
+}
+
+#[test]
+fn an_item_missing_what_it_needs_is_reported_not_lost() {
+    let routes = "              - match: { prefix: / }\n                route: { cluster: app }\n              - route: { cluster: app }";
+    let (out, cx) = import(&[("e.yaml", &hcm(ROUTER, routes))]);
+    assert_eq!(codes_at(&cx), ["e.yaml:22:17 I003"]);
+    assert!(
+        cx.diags[0].message.contains("route dropped"),
+        "{}",
+        cx.diags[0].message
+    );
+    assert_eq!(out.route_configs[0].value.virtual_hosts[0].routes.len(), 1);
+}

@@ -174,6 +174,11 @@ impl Node {
         }
     }
 
+    /// An enum value, upper-cased: Envoy's loader takes `strict_dns` for `STRICT_DNS`.
+    pub fn as_enum(&self) -> Option<String> {
+        self.as_str().map(str::to_ascii_uppercase)
+    }
+
     /// A whole number; proto3 JSON writes 64-bit numbers as strings, so `"8080"` counts.
     pub fn as_int(&self) -> Option<i128> {
         match &self.kind {
@@ -204,11 +209,13 @@ impl Node {
         }
     }
 
-    /// The items, if this is a list (an absent list is empty).
+    /// The items of a list; a single value where a list belongs is a list of one (Envoy's
+    /// loader takes that too), null is empty.
     pub fn items(&self) -> &[Node] {
         match &self.kind {
             Kind::Seq(v) => v,
-            _ => &[],
+            Kind::Null => &[],
+            _ => std::slice::from_ref(self),
         }
     }
 
