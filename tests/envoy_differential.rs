@@ -40,6 +40,9 @@ struct Setup {
     /// Whether the setup terminates TLS: a certificate for `api.example.test` from a test CA is
     /// written as `certs/api.pem` and `certs/api.key` next to the configuration.
     certs: bool,
+    /// Whether the setup writes an access log to `{{DIR}}/access.log`: each probe's lines are
+    /// compared too.
+    logs: bool,
 }
 
 /// The SNI name the TLS setups' certificate is for.
@@ -149,6 +152,11 @@ struct Known {
 const NO_ROUTE_BODY: &str = "Envoy's 404 for no route has no body; Tern's says `no route`";
 const NO_ROUTE_HEADERS: &str = "Tern adds the route config's and virtual host's response headers \
 to its 404 no route (and other local replies); Envoy adds none without a route";
+const ROUTE_NAME: &str = "%ROUTE_NAME% of a route without a name: Envoy logs `-`, Tern the name \
+it gives it in stats, `<virtual host>/<index>`";
+const REQ_PATH: &str = "%REQ(:PATH)% and %REQ(:AUTHORITY)%: Envoy logs them as rewritten \
+(prefix_rewrite, host_rewrite_literal), Tern as received (Envoy's original path is \
+%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%, which Tern logs the same)";
 const HOST_PORT: &str = "Envoy matches domains against Host with its port (unless \
 strip_any_host_port); Tern always removes the port first";
 
@@ -284,6 +292,42 @@ const KNOWN: &[Known] = &[
         why: "without most_specific_header_mutations_wins Envoy applies the route's rules \
               first and the route config's last (its overwrite wins); Tern always applies the \
               least specific level first",
+    },
+    Known {
+        setup: "mesh",
+        probe: "unknown host",
+        field: "access log",
+        why: ROUTE_NAME,
+    },
+    Known {
+        setup: "mesh",
+        probe: "web exact",
+        field: "access log",
+        why: ROUTE_NAME,
+    },
+    Known {
+        setup: "mesh",
+        probe: "web suffix",
+        field: "access log",
+        why: ROUTE_NAME,
+    },
+    Known {
+        setup: "mesh",
+        probe: "web suffix needs a label",
+        field: "access log",
+        why: ROUTE_NAME,
+    },
+    Known {
+        setup: "mesh",
+        probe: "items regex",
+        field: "access log",
+        why: REQ_PATH,
+    },
+    Known {
+        setup: "gateway",
+        probe: "www rewrite",
+        field: "access log",
+        why: REQ_PATH,
     },
     Known {
         setup: "tls",
@@ -502,13 +546,30 @@ async fn curl_tls(ca: &Path, port: u16, probe: &Probe, sni: &str) -> Result<Resp
     })
 }
 
+/// One proxy under test: its listener ports and, when the setup has one, its access log.
+struct Proxy {
+    ports: Vec<u16>,
+    access_log: PathBuf,
+}
+
+impl Proxy {
+    /// The access log's lines so far (none when the setup has no access log).
+    fn log_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+}
+
 async fn observe(
-    ports: &[u16],
+    proxy: &Proxy,
     ca: &Path,
     probe: &Probe,
     backends: &BTreeMap<&str, Backend>,
+    logs: bool,
 ) -> Observed {
-    let port = ports[probe.listener];
+    let port = proxy.ports[probe.listener];
+    let logged = proxy.log_lines().len();
     for b in backends.values() {
         b.ctl.reset_script();
         b.ctl.take_seen();
@@ -543,6 +604,17 @@ async fn observe(
         last = Some(r);
     }
     let r = last.expect("repeat is at least 1");
+    // Every request gets its access log line once its response is done: wait for all of them.
+    let lines = if logs {
+        tern_testkit::wait_for("the probe's access log lines", || {
+            let lines = proxy.log_lines();
+            let n = lines.len();
+            async move { (n >= logged + probe.repeat).then(|| lines[logged..].to_vec()) }
+        })
+        .await
+    } else {
+        Vec::new()
+    };
     let mut seen: Vec<(String, Seen)> = Vec::new();
     for (name, b) in backends {
         seen.extend(b.ctl.take_seen().into_iter().map(|s| (name.to_string(), s)));
@@ -572,6 +644,9 @@ async fn observe(
         return o;
     }
     o.fields.insert("status", r.status.to_string());
+    if logs {
+        o.fields.insert("access log", lines.join("\n"));
+    }
     // Tries in the order they came (one backend at a time in a probe, or retries in order).
     let client_xff: Vec<&str> = probe
         .headers
@@ -663,7 +738,9 @@ async fn observe(
 async fn differential(setup: &Setup, corpus: &[Probe]) {
     let mut backends = BTreeMap::new();
     for name in setup.backends {
-        backends.insert(*name, Backend::start(name).await);
+        let b = Backend::start(name).await;
+        b.ctl.record(true);
+        backends.insert(*name, b);
     }
     let mut vars: BTreeMap<String, String> = backends
         .iter()
@@ -706,6 +783,10 @@ async fn differential(setup: &Setup, corpus: &[Probe]) {
     let (ev, envoy_admin, envoy_ports) = proxy_vars(envoy_dir.path());
     render(&setup_dir(setup.dir), envoy_dir.path(), &ev);
     certs(envoy_dir.path());
+    let envoy_proxy = Proxy {
+        ports: envoy_ports.clone(),
+        access_log: envoy_dir.path().join("access.log"),
+    };
     let envoy = Envoy::start(
         &envoy_dir.path().join(setup.bootstrap),
         envoy_admin,
@@ -717,13 +798,17 @@ async fn differential(setup: &Setup, corpus: &[Probe]) {
     let (tv, tern_admin, tern_ports) = proxy_vars(tern_src.path());
     render(&setup_dir(setup.dir), tern_src.path(), &tv);
     certs(tern_src.path());
+    let tern_proxy = Proxy {
+        ports: tern_ports.clone(),
+        access_log: tern_src.path().join("access.log"),
+    };
     let tern_cfg = tern_config(setup, tern_src.path());
     let tern = Tern::start(tern_cfg.path(), tern_admin, &[]).await;
 
     let mut found = Vec::new();
     for probe in corpus {
-        let e = observe(&envoy_ports, ca_file.path(), probe, &backends).await;
-        let t = observe(&tern_ports, ca_file.path(), probe, &backends).await;
+        let e = observe(&envoy_proxy, ca_file.path(), probe, &backends, setup.logs).await;
+        let t = observe(&tern_proxy, ca_file.path(), probe, &backends, setup.logs).await;
         for (field, ev) in &e.fields {
             let tv = t.fields.get(field).cloned().unwrap_or_default();
             if *ev != tv {
@@ -783,6 +868,7 @@ async fn quickstart_behaves_like_envoy() {
         backends: &["api"],
         listeners: 1,
         certs: false,
+        logs: false,
     };
     let corpus = [
         get("root", "/"),
@@ -813,6 +899,7 @@ async fn mesh_sidecar_behaves_like_envoy() {
         backends: &["v1", "v2", "web", "flaky", "slow", "pa", "pb"],
         listeners: 1,
         certs: false,
+        logs: true,
     };
     const O: &str = "orders.mesh.local";
     let corpus = [
@@ -912,6 +999,7 @@ async fn resilience_example_behaves_like_envoy() {
         ],
         listeners: 2,
         certs: false,
+        logs: false,
     };
     let corpus = [
         get("healthz", "/healthz"),
@@ -978,6 +1066,7 @@ async fn edge_gateway_behaves_like_envoy() {
         backends: &["reads", "writes", "u1", "u2", "u3"],
         listeners: 1,
         certs: false,
+        logs: true,
     };
     const A: &str = "api.example.com";
     let corpus = [
@@ -1024,6 +1113,7 @@ async fn tls_example_behaves_like_envoy() {
         backends: &[],
         listeners: 2,
         certs: true,
+        logs: false,
     };
     let corpus = [
         get("over TLS", "/orders?x=1").tls(TLS_NAME),

@@ -34,8 +34,8 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// times as its values joined by `, `).
 /// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
 /// response other than `/_hc` that status (0, the default: normal behaviour); `ctl.fail_next`
-/// and `ctl.delay_next` script the next requests (answer a status, answer late). Every request
-/// other than `/_hc` is recorded in `ctl.seen()`.
+/// and `ctl.delay_next` script the next requests (answer a status, answer late). After
+/// `ctl.record(true)` every request other than `/_hc` is recorded in `ctl.seen()`.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -63,6 +63,8 @@ pub struct BackendCtl {
     pub held: std::sync::atomic::AtomicUsize,
     release: tokio::sync::watch::Sender<bool>,
     script: std::sync::Mutex<Script>,
+    /// Off by default: a load test's requests would pile up.
+    recording: std::sync::atomic::AtomicBool,
     seen: std::sync::Mutex<Vec<Seen>>,
 }
 
@@ -100,6 +102,7 @@ impl Default for BackendCtl {
             held: 0.into(),
             release: tokio::sync::watch::Sender::new(false),
             script: Default::default(),
+            recording: false.into(),
             seen: Default::default(),
         }
     }
@@ -149,7 +152,12 @@ impl BackendCtl {
         *self.script.lock().unwrap() = Script::default();
         self.set_status(0);
     }
-    /// The requests received so far (other than `/_hc`), oldest first.
+    /// Starts (or stops) recording the requests received in [`BackendCtl::seen`].
+    pub fn record(&self, on: bool) {
+        self.recording
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// The requests recorded so far (other than `/_hc`), oldest first.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -229,17 +237,19 @@ async fn handle_backend(
         Some(ctl.hc_status.load(SeqCst))
     } else {
         ctl.requests.fetch_add(1, SeqCst);
-        ctl.seen.lock().unwrap().push(Seen {
-            method: req.method().to_string(),
-            uri: req.uri().to_string(),
-            host: req
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_string(),
-            headers: req.headers().clone(),
-        });
+        if ctl.recording.load(SeqCst) {
+            ctl.seen.lock().unwrap().push(Seen {
+                method: req.method().to_string(),
+                uri: req.uri().to_string(),
+                host: req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                headers: req.headers().clone(),
+            });
+        }
         let (failed, delay) = {
             let mut s = ctl.script.lock().unwrap();
             let failed = (s.fail > 0).then(|| {
