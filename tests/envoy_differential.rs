@@ -324,6 +324,24 @@ const KNOWN: &[Known] = &[
         why: REQ_PATH,
     },
     Known {
+        setup: "quickstart",
+        probe: "encoded slash",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "quickstart",
+        probe: "case of the path",
+        field: "body",
+        why: NO_ROUTE_BODY,
+    },
+    Known {
+        setup: "mesh",
+        probe: "host with a trailing dot",
+        field: "access log",
+        why: ROUTE_NAME,
+    },
+    Known {
         setup: "gateway",
         probe: "www rewrite",
         field: "access log",
@@ -887,6 +905,15 @@ async fn quickstart_behaves_like_envoy() {
         get("api no slash", "/api"),
         get("no route", "/nothing"),
         get("api 503 from upstream", "/api/x").before(&[Act::Fail("api", 1, 503)]),
+        // Paths as they come: no normalisation in either (Envoy's defaults).
+        get("dot segments", "/api/../healthz"),
+        get("double slash", "/api//x"),
+        get("encoded slash", "/api%2Fx"),
+        get("case of the path", "/API/x"),
+        get("encoded in the rest", "/api/a%20b?q=%41"),
+        get("head of a direct response", "/healthz").method("HEAD"),
+        get("options", "/api/x").method("OPTIONS"),
+        get("host with a trailing dot", "/api/x").host("example.com."),
     ];
     differential(&setup, &corpus).await;
 }
@@ -909,6 +936,7 @@ async fn mesh_sidecar_behaves_like_envoy() {
         get("ping with a port", "/ping").host("orders.mesh.local:8080"),
         get("ping upper case host", "/ping").host("ORDERS.mesh.local"),
         get("unknown host", "/ping").host("elsewhere.example"),
+        get("host with a trailing dot", "/ping").host("orders.mesh.local."),
         get("web exact", "/index.html").host("web.mesh.local"),
         get("web suffix", "/index.html").host("eu.web.mesh.local"),
         get("web suffix needs a label", "/").host("web.mesh.local.evil"),
