@@ -3,7 +3,8 @@
 //! same files, with Tern's own ports), in front of the same recording backends; every probe of
 //! the setup's corpus goes to both, and what matters is compared: the status, which backend got
 //! the request and the method, target, host and headers it saw, the redirect `Location`, the body
-//! of the proxy's own answers, the response headers.
+//! of the proxy's own answers, the response headers and, where the setup has one, the access log
+//! line. Envoy is `envoy` on `PATH` (`scripts/install-test-deps`).
 //!
 //! A difference that is known and explained is listed in [`KNOWN`] (and in
 //! docs/migrate-from-envoy-differences.md); any other fails the test, and so does a listed one

@@ -39,6 +39,13 @@ impl Envoy {
     pub async fn start(config: &Path, admin: u16, listeners: &[u16]) -> Envoy {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("envoy.log");
+        if let Err(e) = Command::new(envoy_bin()).arg("--version").output() {
+            panic!(
+                "cannot run {}: {e}; scripts/install-test-deps installs Envoy 1.40 \
+                 (or set TERN_TEST_ENVOY to an envoy binary)",
+                envoy_bin().display()
+            );
+        }
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(config)
