@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# One image, three binaries: `tern` (the proxy), `tern-sync` (S3 -> shared volume) and
-# `tern-validate` (CI). They share one configuration model, so they are built from one commit
-# and shipped together; see docs/ecs.md ("The image").
+# One image, four binaries: `tern` (the proxy), `tern-sync` (S3 -> shared volume),
+# `tern-validate` (CI) and `tern-import` (Envoy configuration -> Tern). They share one
+# configuration model, so they are built from one commit and shipped together; see docs/ecs.md
+# ("The image").
 #
 #   docker build -t tern .
 #   docker run --rm -p 10000:10000 -v "$PWD/config-examples/compose:/config/current:ro" tern
@@ -25,10 +26,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p tern --bins \
  && cargo build --release --locked -p tern-sync -p tern-validate --bins \
  && mkdir -p /out/bin /out/root/config \
- && cp target/release/tern target/release/tern-sync target/release/tern-validate /out/bin/ \
+ && cp target/release/tern target/release/tern-sync target/release/tern-validate target/release/tern-import /out/bin/ \
  && objcopy --strip-debug /out/bin/tern \
  && objcopy --strip-debug /out/bin/tern-sync \
- && objcopy --strip-debug /out/bin/tern-validate
+ && objcopy --strip-debug /out/bin/tern-validate \
+ && objcopy --strip-debug /out/bin/tern-import
 
 # distroless/cc: glibc, libgcc, CA certificates (tern-sync talks TLS to S3, tern to an https OTLP collector), no shell, no package
 # manager; the :nonroot tag runs as uid/gid 65532.

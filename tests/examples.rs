@@ -622,7 +622,7 @@ fn dockerfile_builds_every_binary_and_needs_no_shell() {
     let bins = workspace_binaries();
     assert_eq!(
         bins,
-        ["tern", "tern-sync", "tern-validate"]
+        ["tern", "tern-import", "tern-sync", "tern-validate"]
             .map(String::from)
             .into(),
         "workspace binaries changed: update the Dockerfile and this test"

@@ -89,6 +89,7 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
     let chains = o.take("filter_chains").map(Node::items).unwrap_or_default();
     let mut sni_routes = Vec::new();
     let mut first_hcm: Option<&Node> = None;
+    let mut tcp_terminated = Vec::new();
     for chain in chains {
         let Some(mut c) = cx.obj(f, chain, "filter chain") else {
             continue;
@@ -150,6 +151,7 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
                 _ => cx.type_url(f, pos, "network filter", &ty, None),
             }
         }
+        let terminated = chain_tls.is_some();
         if let Some((mut t, pos)) = chain_tls {
             // A chain's server names pick its certificate, as Tern's `server_names` do.
             for cert in &mut t.certificates {
@@ -182,6 +184,7 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
             );
         }
         if let Some(cl) = tcp_cluster {
+            tcp_terminated.push((terminated, chain.pos));
             if server_names.is_empty() {
                 let tp = l.tcp_proxy.get_or_insert(TcpProxy {
                     cluster: None,
@@ -196,6 +199,10 @@ pub fn listener(cx: &mut Ctx, f: &Path, n: &Node, clusters: &[Cluster]) -> Optio
             }
         }
         cx.rest(f, &c, "filter chain");
+    }
+    // Tern terminates TLS on all of a TCP listener's connections or on none.
+    if let Some(&(_, at)) = tcp_terminated.iter().find(|(t, _)| *t != l.tls.is_some()) {
+        cx.value(f, at, "TCP proxy chains that terminate TLS and chains that pass it through on one listener are not supported: Tern does the same for every connection of a listener (as the chains with a transport_socket do)");
     }
     if l.route_config.is_some() && (l.tcp_proxy.is_some() || !sni_routes.is_empty()) {
         cx.value(f, n.pos, "a listener with both HTTP and TCP proxy filter chains is not supported; its TCP proxy chains are dropped");

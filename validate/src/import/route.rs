@@ -240,9 +240,11 @@ pub fn fault_filter(cx: &mut Ctx, f: &Path, mut c: Obj<'_>) -> Option<Fault> {
         if let Some(v) = d.take("fixed_delay") {
             fd.fixed_delay = cx.dur(f, v, "fixed_delay");
         }
-        if let Some(p) = d.take("percentage") {
-            fd.percentage = cx.fraction(f, p, "percentage").map(sp);
-        }
+        // Envoy reads an unset percentage as 0% (Tern's default is 100%).
+        fd.percentage = match d.take("percentage") {
+            Some(p) => cx.fraction(f, p, "percentage").map(sp),
+            None => Some(sp(0.0)),
+        };
         cx.rest(f, &d, "fault delay");
         fault.delay = Some(sp(fd));
     }
@@ -258,9 +260,10 @@ pub fn fault_filter(cx: &mut Ctx, f: &Path, mut c: Obj<'_>) -> Option<Fault> {
         if let Some(v) = a.take("grpc_status") {
             fa.grpc_status = cx.u32(f, v, "grpc_status").map(sp);
         }
-        if let Some(p) = a.take("percentage") {
-            fa.percentage = cx.fraction(f, p, "percentage").map(sp);
-        }
+        fa.percentage = match a.take("percentage") {
+            Some(p) => cx.fraction(f, p, "percentage").map(sp),
+            None => Some(sp(0.0)),
+        };
         cx.rest(f, &a, "fault abort");
         fault.abort = Some(sp(fa));
     }
@@ -730,7 +733,35 @@ pub fn retry_policy(cx: &mut Ctx, f: &Path, n: &Node) -> Option<RetryPolicy> {
         ..Default::default()
     };
     if let Some(v) = o.take("retry_on") {
-        r.retry_on = cx.str(f, v, "retry_on");
+        let on = cx.str(f, v, "retry_on")?;
+        let (known, unknown): (Vec<&str>, Vec<&str>) = on
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .partition(|c| tern_config::check_resilience::RETRY_ON.contains(c));
+        if !unknown.is_empty() {
+            cx.value(
+                f,
+                v.pos,
+                format!(
+                    "retry conditions Tern does not have are dropped: {}",
+                    unknown.join(", ")
+                ),
+            );
+        }
+        if known.is_empty() {
+            // Tern's default condition (5xx) would retry what Envoy does not.
+            cx.value(
+                f,
+                n.pos,
+                "retry policy dropped: none of its conditions exists in Tern",
+            );
+            return None;
+        }
+        r.retry_on = Some(sp(known.join(",")));
+    } else {
+        cx.value(f, n.pos, "retry policy without retry_on never retries in Envoy; Tern's would retry on 5xx, so it is dropped");
+        return None;
     }
     if let Some(v) = o.take("num_retries") {
         r.num_retries = cx.u32(f, v, "num_retries").map(sp);

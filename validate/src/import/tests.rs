@@ -448,7 +448,16 @@ fn listener_tls_sni_tcp_routes_and_proxy_protocol_map() {
       filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: a }
-    - filters:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_params: { tls_minimum_protocol_version: TLSv1_3 }
+            tls_certificates: [{ certificate_chain: { filename: /etc/tls/any.pem }, private_key: { filename: /etc/tls/any.key } }]
+            validation_context: { trusted_ca: { filename: /etc/tls/ca.pem } }
+      filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: rest, cluster: rest }
 "#;
@@ -463,10 +472,18 @@ fn listener_tls_sni_tcp_routes_and_proxy_protocol_map() {
         tls.client_ca.as_ref().unwrap().file.as_ref().unwrap().value,
         "/etc/tls/ca.pem"
     );
-    assert_eq!(
-        tls.certificates[0].private_key.file.as_ref().unwrap().value,
-        "/etc/tls/a.key"
-    );
+    // The chain without server names is Envoy's fallback: Tern's is the first certificate.
+    let keys: Vec<(&str, usize)> = tls
+        .certificates
+        .iter()
+        .map(|c| {
+            (
+                c.private_key.file.as_ref().unwrap().value.as_str(),
+                c.server_names.len(),
+            )
+        })
+        .collect();
+    assert_eq!(keys, [("/etc/tls/any.key", 0), ("/etc/tls/a.key", 1)]);
     assert_eq!(
         tls.min_version.as_ref().unwrap().value,
         tern_config::TlsVersion::TlsV1_3
@@ -697,4 +714,48 @@ fn an_item_missing_what_it_needs_is_reported_not_lost() {
         cx.diags[0].message
     );
     assert_eq!(out.route_configs[0].value.virtual_hosts[0].routes.len(), 1);
+}
+
+#[test]
+fn tcp_chains_that_terminate_and_pass_through_tls_on_one_listener_are_reported() {
+    let lds = r#"static_resources:
+  listeners:
+  - name: mixed
+    address: { socket_address: { address: 0.0.0.0, port_value: 443 } }
+    filter_chains:
+    - filter_chain_match: { server_names: [a.example.com] }
+      transport_socket:
+        name: tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context: { tls_certificates: [{ certificate_chain: { filename: /a.pem }, private_key: { filename: /a.key } }] }
+      filters: [{ name: t, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: a, cluster: a } }]
+    - filter_chain_match: { server_names: [b.example.com] }
+      filters: [{ name: t, typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: b, cluster: b } }]
+"#;
+    let (_, cx) = import(&[("l.yaml", lds)]);
+    assert_eq!(codes_at(&cx), ["l.yaml:13:7 I003"]);
+}
+
+#[test]
+fn retry_conditions_tern_lacks_are_dropped_and_a_policy_left_with_none_goes() {
+    let routes = r#"              - match: { prefix: /a }
+                route: { cluster: app, retry_policy: { retry_on: "5xx,retriable-headers", num_retries: 2 } }
+              - match: { prefix: /b }
+                route: { cluster: app, retry_policy: { retry_on: "reset-before-request" } }
+              - match: { prefix: /c }
+                route: { cluster: app, retry_policy: { num_retries: 2 } }"#;
+    let (out, cx) = import(&[("e.yaml", &hcm(ROUTER, routes))]);
+    assert_eq!(codes_at(&cx).len(), 4, "{:?}", codes_at(&cx));
+    let routes = &out.route_configs[0].value.virtual_hosts[0].routes;
+    let a = routes[0]
+        .route
+        .as_ref()
+        .unwrap()
+        .retry_policy
+        .as_ref()
+        .unwrap();
+    assert_eq!(a.retry_on.as_ref().unwrap().value, "5xx");
+    assert!(routes[1].route.as_ref().unwrap().retry_policy.is_none());
+    assert!(routes[2].route.as_ref().unwrap().retry_policy.is_none());
 }
