@@ -344,6 +344,20 @@ const KNOWN: &[Known] = &[
     },
     Known {
         setup: "gateway",
+        probe: "fault abort",
+        field: "body",
+        why: "Tern's local replies end with a newline: `fault filter abort\\n`",
+    },
+    Known {
+        setup: "gateway",
+        probe: "fault abort",
+        field: "access log",
+        why: "%UPSTREAM_CLUSTER% of a request the fault filter aborted: Envoy logs the route's \
+              cluster (known once the route is), Tern `-` (it records the cluster when it \
+              forwards)",
+    },
+    Known {
+        setup: "gateway",
         probe: "www rewrite",
         field: "access log",
         why: REQ_PATH,
@@ -1129,6 +1143,12 @@ async fn edge_gateway_behaves_like_envoy() {
             .host(A)
             .headers(&[("x-env", "client"), ("x-forwarded-for", "203.0.113.1")]),
         get("www rewrite", "/app.js?v=1").host("www.example.com"),
+        // Faults and local rate limits configured per route.
+        get("fault abort", "/fault/abort/x").host(A),
+        get("fault delay", "/fault/delay/x").host(A),
+        get("rate limited", "/limited")
+            .host(A)
+            .repeat(3, Spread::Total),
         get("no virtual host", "/").host("other.example.com"),
     ];
     differential(&setup, &corpus).await;
