@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     let written = match cli.format {
         Format::Human => render::human(&mut out, &outcomes, color, valid),
         Format::Json => render::json(&mut out, &outcomes, cli.strict, valid),
-        Format::Github => render::github(&mut out, &outcomes, cli.strict),
+        Format::Github => render::github(&mut out, &outcomes, cli.strict, "tern-validate"),
         Format::Gitlab => render::gitlab(&mut out, &outcomes, cli.strict),
     };
     if let Err(e) = written.and_then(|_| out.flush()) {

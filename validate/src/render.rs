@@ -308,8 +308,14 @@ fn gh_prop(s: &str) -> String {
     gh_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
-/// Writes GitHub Actions workflow commands; with `--strict` warnings become `::error`.
-pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Result<()> {
+/// Writes GitHub Actions workflow commands; with `--strict` warnings become `::error`. `tool`
+/// (`tern-validate`, `tern-import`) titles the annotations.
+pub fn github(
+    out: &mut dyn Write,
+    outcomes: &[Outcome],
+    strict: bool,
+    tool: &str,
+) -> io::Result<()> {
     for d in outcomes.iter().flat_map(|o| &o.report.diagnostics) {
         let cmd = match d.severity {
             Severity::Error => "error",
@@ -325,7 +331,7 @@ pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Re
         }
         props.push_str(&format!(
             ",title={}",
-            gh_prop(&format!("tern-validate {}", d.code))
+            gh_prop(&format!("{tool} {}", d.code))
         ));
         let mut msg = d.message.clone();
         for r in &d.related {
@@ -343,7 +349,7 @@ pub fn github(out: &mut dyn Write, outcomes: &[Outcome], strict: bool) -> io::Re
         writeln!(out, "::{cmd} {props}::{}", gh_data(&msg))?;
     }
     let (errors, warnings) = counts(outcomes);
-    writeln!(out, "tern-validate: {errors} errors, {warnings} warnings")
+    writeln!(out, "{tool}: {errors} errors, {warnings} warnings")
 }
 
 /// One issue of a GitLab Code Quality report.

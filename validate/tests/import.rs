@@ -183,6 +183,14 @@ fn a_split_lds_rds_cds_eds_set_imports_across_files() {
         "http://127.0.0.1:4317"
     );
     assert_eq!(tracing.sampling.as_ref().unwrap().value, 0.1);
+    // An EDS cluster names both its CDS and its EDS source.
+    let clusters = std::fs::read_to_string(out.path().join("clusters.yaml")).unwrap();
+    let from = format!(
+        "# from envoy: {}:12:3 (endpoints: {}:4:5)\n  - name: cds_egress_colorteller-blue\n",
+        dir.join("cds.yaml").display(),
+        dir.join("eds.json").display()
+    );
+    assert!(clusters.contains(&from), "{clusters}");
     let routes =
         std::fs::read_to_string(out.path().join("routes/rds_egress_http_15001.yaml")).unwrap();
     assert!(
@@ -271,7 +279,7 @@ fn unsupported_filters_and_fields_are_reported_in_every_format_and_fail_unless_p
     let text = stdout(&o);
     assert!(
         text.contains(&format!(
-            "::error file={},line=30,col=15,title=tern-validate I002::",
+            "::error file={},line=30,col=15,title=tern-import I002::",
             file.display()
         )),
         "{text}"

@@ -178,7 +178,7 @@ fn run(paths: &[PathBuf], out: &Path, allow_partial: bool, format: Format) -> Ex
     let written = match format {
         Format::Human => render::human(&mut stdout, &outcomes, color, ok),
         Format::Json => render::json(&mut stdout, &outcomes, false, ok),
-        Format::Github => render::github(&mut stdout, &outcomes, false),
+        Format::Github => render::github(&mut stdout, &outcomes, false, "tern-import"),
     };
     if let Err(e) = written.and_then(|_| stdout.flush()) {
         eprintln!("tern-import: cannot write the report: {e}");

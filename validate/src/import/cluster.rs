@@ -137,6 +137,11 @@ pub fn cluster(
             })
         });
     }
+    for key in ["dns_resolvers", "typed_dns_resolver_config"] {
+        if let Some((k, v)) = o.take_kv(key) {
+            super::ctx::dns_resolvers(cx, f, k, v);
+        }
+    }
     if let Some(v) = o.take("dns_lookup_family") {
         c.dns_lookup_family = match v.as_enum().as_deref() {
             Some("AUTO") => Some(DnsLookupFamily::Auto),

@@ -34,6 +34,9 @@ pub struct Ctx {
     pub dropped: usize,
     /// `--allow-partial`: drops are warnings, not errors.
     pub allow_partial: bool,
+    /// DNS resolvers named by clusters or the bootstrap, with where: Tern has one resolver
+    /// for all DNS clusters (`dns.resolvers`).
+    pub dns_resolvers: Vec<(Vec<String>, std::path::PathBuf, Pos)>,
 }
 
 impl Ctx {
@@ -362,6 +365,37 @@ impl Ctx {
             return None;
         }
         Some((ty.to_string(), c, tc.pos))
+    }
+}
+
+/// DNS resolvers: the deprecated `dns_resolvers` address list, or a `typed_dns_resolver_config`
+/// (c-ares) with `resolvers`; noted in [`Ctx::dns_resolvers`].
+pub fn dns_resolvers(cx: &mut Ctx, file: &Path, key: &Key, n: &Node) {
+    let list = if key.name == "dns_resolvers" {
+        n
+    } else {
+        let Some((ty, mut c, pos)) = cx.typed(file, n, "DNS resolver") else {
+            return;
+        };
+        if ty != "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig" {
+            cx.type_url(file, pos, "DNS resolver", &ty, None);
+            return;
+        }
+        let Some(r) = c.take("resolvers") else {
+            cx.rest(file, &c, "DNS resolver");
+            return;
+        };
+        cx.rest(file, &c, "DNS resolver");
+        r
+    };
+    let mut out = Vec::new();
+    for a in list.items() {
+        if let Some((h, p)) = cx.address(file, a, "DNS resolver address") {
+            out.push(host_port(&h, p));
+        }
+    }
+    if !out.is_empty() {
+        cx.dns_resolvers.push((out, file.to_path_buf(), key.pos));
     }
 }
 

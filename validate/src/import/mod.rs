@@ -118,6 +118,8 @@ pub struct Imported {
     pub route_configs: Vec<Item<RouteConfig>>,
     /// Clusters.
     pub clusters: Vec<Item<Cluster>>,
+    /// The DNS resolver of DNS clusters.
+    pub dns: Option<Item<tern_config::Dns>>,
 }
 
 fn origin(file: &Path, pos: Pos) -> String {
@@ -199,6 +201,9 @@ fn classify<'a>(cx: &mut Ctx, f: &'a Path, n: &'a Node, r: &mut Resources<'a>) {
             "the node identity is for a control plane; Tern has none",
         );
     }
+    if let Some((k, v)) = o.take_kv("typed_dns_resolver_config") {
+        ctx::dns_resolvers(cx, f, k, v);
+    }
     if let Some((k, _)) = o.take_kv("dynamic_resources") {
         cx.field(
             f,
@@ -279,10 +284,21 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
         if let Some(v) = cx.item(c.file, c.node.pos, "cluster", |cx| {
             cluster::cluster(cx, c.file, &stripped, &eds)
         }) {
-            out.clusters.push(Item {
-                from: origin(c.file, c.node.pos),
-                value: v,
-            });
+            // An EDS cluster's endpoints come from another file: both places are named.
+            let mut from = origin(c.file, c.node.pos);
+            if c.node.get("type").and_then(Node::as_enum).as_deref() == Some("EDS") {
+                let service = c
+                    .node
+                    .get("eds_cluster_config")
+                    .and_then(|e| e.get("service_name"))
+                    .or_else(|| c.node.get("name"))
+                    .and_then(Node::as_str)
+                    .unwrap_or_default();
+                if let Some(a) = eds.get(service) {
+                    from = format!("{from} (endpoints: {})", origin(a.file, a.node.pos));
+                }
+            }
+            out.clusters.push(Item { from, value: v });
         }
     }
     let mut rds: HashMap<String, usize> = HashMap::new();
@@ -359,6 +375,23 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
         if let Some(&i) = rds.get(name) {
             route::apply_filters(&mut out.route_configs[i].value, filters);
         }
+    }
+    // Envoy names resolvers per cluster; Tern has one for all: the first, if all agree.
+    let resolvers = std::mem::take(&mut cx.dns_resolvers);
+    if let Some((first, file, pos)) = resolvers.first() {
+        for (other, f, p) in &resolvers[1..] {
+            if other != first {
+                cx.value(f, *p, format!("DNS resolvers differ from the ones at {}:{}:{}; Tern has one resolver for all DNS clusters, those are used", file.display(), pos.line, pos.column));
+            }
+        }
+        out.dns = Some(Item {
+            from: origin(file, *pos),
+            value: tern_config::Dns {
+                resolvers: first.iter().cloned().map(Spanned::unplaced).collect(),
+                timeout: None,
+                attempts: None,
+            },
+        });
     }
     if let Some(a) = r.admin {
         if let Some(v) = cx.item(a.file, a.node.pos, "admin", |cx| admin(cx, a.file, a.node)) {
@@ -445,6 +478,14 @@ pub fn render(out: &Imported) -> Result<Vec<(PathBuf, String)>, String> {
             let _ = writeln!(t, "  {line}");
         }
         files.push((PathBuf::from("admin.yaml"), t));
+    }
+    if let Some(d) = &out.dns {
+        let yaml = serde_saphyr::to_string(&d.value).map_err(|e| e.to_string())?;
+        let mut t = format!("{head}# from envoy: {}\ndns:\n", d.from);
+        for line in yaml.lines() {
+            let _ = writeln!(t, "  {line}");
+        }
+        files.push((PathBuf::from("dns.yaml"), t));
     }
     if !out.listeners.is_empty() {
         let mut t = format!("{head}listeners:\n");

@@ -759,3 +759,34 @@ fn retry_conditions_tern_lacks_are_dropped_and_a_policy_left_with_none_goes() {
     assert!(routes[1].route.as_ref().unwrap().retry_policy.is_none());
     assert!(routes[2].route.as_ref().unwrap().retry_policy.is_none());
 }
+
+#[test]
+fn cluster_dns_resolvers_become_the_one_dns_resolver() {
+    let cds = r#"static_resources:
+  clusters:
+  - name: a
+    type: STRICT_DNS
+    dns_resolvers: [{ socket_address: { address: 10.0.0.2, port_value: 53 } }]
+    load_assignment: { cluster_name: a, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: a.internal, port_value: 80 } } } }] }] }
+  - name: b
+    type: STRICT_DNS
+    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+        resolvers: [{ socket_address: { address: 10.0.0.3, port_value: 53 } }]
+    load_assignment: { cluster_name: b, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: b.internal, port_value: 80 } } } }] }] }
+"#;
+    let (out, cx) = import(&[("c.yaml", cds)]);
+    assert_eq!(codes_at(&cx), ["c.yaml:9:5 I003"]);
+    let dns = out.dns.as_ref().unwrap();
+    assert_eq!(dns.from, "c.yaml:5:5");
+    assert_eq!(dns.value.resolvers[0].value, "10.0.0.2:53");
+    let files = render(&out).unwrap();
+    assert!(
+        files
+            .iter()
+            .any(|(p, t)| p == Path::new("dns.yaml") && t.contains("- 10.0.0.2:53")),
+        "{files:?}"
+    );
+}
