@@ -46,7 +46,7 @@ pub fn route(
         }
         let route = router
             .virtual_host(r.host)
-            .and_then(|vh| vh.route(&uri, &headers, false));
+            .and_then(|vh| vh.route(&http::Method::GET, &uri, &headers, false));
         if let Some(route) = route {
             // Rewrites and redirects are computed on the matched route, as the request path does.
             let _ = route.rewrite_path(&uri, "/rewritten/");

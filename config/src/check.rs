@@ -1047,7 +1047,21 @@ impl Checker<'_> {
             }
         }
         for h in &m.headers {
-            if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() && !h.name.is_empty() {
+            // `:method` is the one pseudo-header a route can match (Envoy's method routing).
+            if h.name.eq_ignore_ascii_case(":method") {
+                continue;
+            }
+            if h.name.starts_with(':') {
+                self.bad(
+                    f,
+                    h.name.pos,
+                    format!(
+                        "{:?} cannot be matched: of the pseudo-headers only `:method` can (use `path`, `prefix` or `regex` for the path, `domains` for the authority)",
+                        h.name.value
+                    ),
+                );
+            } else if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() && !h.name.is_empty()
+            {
                 self.bad(
                     f,
                     h.name.pos,
@@ -1560,6 +1574,35 @@ mod tests {
         assert_eq!(diags.len(), 1);
         assert_eq!((diags[0].code, diags[0].line), ("E004", 183));
         assert!(diags[0].file.ends_with("f40.yaml"));
+    }
+
+    #[test]
+    fn a_route_may_match_the_method_and_no_other_pseudo_header() {
+        let errors = |name: &str| -> Vec<String> {
+            let text = format!(
+                "route_configs:\n  - name: m\n    virtual_hosts:\n      - name: v\n        domains: [\"*\"]\n        routes:\n          - match: {{ prefix: /, headers: [{{ name: \"{name}\", exact: POST }}] }}\n            direct_response: {{ status: 200 }}\n"
+            );
+            let report = crate::check_sources(Sources {
+                files: vec![crate::SourceFile {
+                    path: "m.yaml".into(),
+                    text,
+                }],
+                ..Default::default()
+            });
+            report
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.is_error())
+                .map(|d| d.message)
+                .collect()
+        };
+        assert_eq!(errors(":method"), Vec::<String>::new());
+        assert_eq!(errors(":Method"), Vec::<String>::new());
+        let path = errors(":path");
+        assert!(
+            path.len() == 1 && path[0].contains("only `:method`"),
+            "{path:?}"
+        );
     }
 
     /// Found by the `config_load` fuzz target: YAML breaks lines at a lone CR too, so the

@@ -187,7 +187,8 @@ pub async fn handle(
     let vhost = (!bad_host && !overloaded)
         .then(|| router.virtual_host(&cx.host))
         .flatten();
-    let route = vhost.and_then(|vh| vh.route(req.uri(), req.headers(), conn.tls.is_some()));
+    let route =
+        vhost.and_then(|vh| vh.route(req.method(), req.uri(), req.headers(), conn.tls.is_some()));
     let rules = match route {
         Some(r) => r.header_rules.as_deref(),
         None => vhost.map_or(router.header_rules.as_deref(), |v| {

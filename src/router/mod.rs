@@ -354,14 +354,20 @@ impl Router {
 
 impl VirtualHost {
     /// The first route matching the request.
-    pub fn route(&self, uri: &Uri, headers: &HeaderMap, tls: bool) -> Option<&Route> {
+    pub fn route(
+        &self,
+        method: &http::Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        tls: bool,
+    ) -> Option<&Route> {
         let path = uri.path();
         let query = uri.query();
         // A redirect to https is for plaintext requests: on a TLS connection the route is
         // passed over (a route config shared by the :80 and :443 listeners does not loop).
         self.routes
             .iter()
-            .find(|r| !(tls && r.to_https()) && r.matches(path, query, headers))
+            .find(|r| !(tls && r.to_https()) && r.matches(method, path, query, headers))
     }
 }
 
@@ -371,7 +377,13 @@ impl Route {
         matches!(&self.action, Action::Redirect(r) if r.scheme.as_deref() == Some("https"))
     }
 
-    fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+    fn matches(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
             PathMatch::Exact(p) => path == p,
@@ -379,6 +391,11 @@ impl Route {
         };
         path_ok
             && self.headers.iter().all(|m| {
+                // `:method` is the one pseudo-header a matcher may name (Envoy's way to route by
+                // method, which App Mesh's `method` match generates).
+                if m.name == ":method" {
+                    return m.matches(Some(method.as_str()));
+                }
                 // Several values of one header are matched as one comma-joined value, as Envoy does.
                 let mut it = headers.get_all(m.name.as_str()).iter();
                 let value = match (it.next(), it.next()) {
@@ -424,7 +441,9 @@ impl ValueMatch {
     fn matches(&self, value: Option<&str>) -> bool {
         let r = match (&self.kind, value) {
             (ValueKind::Present(want), v) => v.is_some() == *want,
-            (_, None) => false,
+            // As in Envoy: a missing header or parameter fails a value matcher, inverted or not
+            // (`invert_match` on `exact: "yes"` means "there and not yes", not "not yes").
+            (_, None) => return false,
             (ValueKind::Exact(e), Some(v)) => v == e,
             (ValueKind::Prefix(p), Some(v)) => v.starts_with(p.as_str()),
             (ValueKind::Regex(re), Some(v)) => re.is_match(v),
@@ -824,7 +843,14 @@ virtual_hosts:
                 v.parse().unwrap(),
             );
         }
-        match &r.virtual_host(host)?.route(&uri, &h, false)?.action {
+        let method = h
+            .get("x-test-method")
+            .map_or(http::Method::GET, |m| m.to_str().unwrap().parse().unwrap());
+        match &r
+            .virtual_host(host)?
+            .route(&method, &uri, &h, false)?
+            .action
+        {
             Action::Direct { status, .. } => Some(status.as_u16()),
             _ => None,
         }
@@ -863,5 +889,64 @@ virtual_hosts:
         assert_eq!(status(&r, h, "/v2/items/3", &[]), Some(200));
         assert_eq!(status(&r, "b.example.com", "/x", &[]), Some(204));
         assert_eq!(status(&r, "b.example.com", "/y", &[]), None);
+    }
+
+    #[test]
+    fn a_method_matcher_routes_by_method() {
+        let r = router(
+            r#"
+name: main
+virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - match: { prefix: /, headers: [{ name: ":method", exact: POST }] }
+        direct_response: { status: 201 }
+      - match: { prefix: /, headers: [{ name: ":METHOD", regex: "PUT|PATCH", invert_match: true }] }
+        direct_response: { status: 202 }
+      - match: { prefix: / }
+        direct_response: { status: 200 }
+"#,
+        );
+        let m = |method: &str| status(&r, "h", "/", &[("x-test-method", method)]);
+        assert_eq!(m("POST"), Some(201));
+        assert_eq!(m("GET"), Some(202));
+        assert_eq!(m("PUT"), Some(200));
+        // A header named like it is not the method.
+        assert_eq!(status(&r, "h", "/", &[("method", "POST")]), Some(202));
+    }
+
+    #[test]
+    fn a_missing_header_fails_every_value_matcher_even_inverted() {
+        // Envoy's HeaderMatcher: a header that is not there fails an exact, prefix or regex
+        // matcher whether inverted or not; only `present` sees the absence (and inverts).
+        // tests/envoy_differential.rs shows both against a real Envoy.
+        let r = router(
+            r#"
+name: main
+virtual_hosts:
+  - name: all
+    domains: ["*"]
+    routes:
+      - match: { prefix: /, headers: [{ name: x-internal, exact: "yes", invert_match: true }] }
+        direct_response: { status: 201 }
+      - match: { prefix: /, headers: [{ name: x-tag, prefix: "a", invert_match: true }] }
+        direct_response: { status: 202 }
+      - match: { prefix: /, headers: [{ name: x-brew, present: true, invert_match: true }] }
+        direct_response: { status: 203 }
+      - match: { prefix: / }
+        direct_response: { status: 200 }
+"#,
+        );
+        let yes = ("x-internal", "yes");
+        assert_eq!(status(&r, "h", "/", &[("x-internal", "no")]), Some(201));
+        assert_eq!(status(&r, "h", "/", &[yes, ("x-tag", "b")]), Some(202));
+        assert_eq!(
+            status(&r, "h", "/", &[yes, ("x-tag", "a"), ("x-brew", "")]),
+            Some(200)
+        );
+        assert_eq!(status(&r, "h", "/", &[yes, ("x-tag", "a")]), Some(203));
+        assert_eq!(status(&r, "h", "/", &[("x-brew", "1")]), Some(200));
+        assert_eq!(status(&r, "h", "/", &[]), Some(203));
     }
 }

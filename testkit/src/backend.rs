@@ -1,4 +1,6 @@
-//! Real HTTP/1.1 backends for the proxy to forward to, with runtime behaviour switches.
+//! Real HTTP/1.1 backends for the proxy to forward to, with runtime behaviour switches and a
+//! record of the requests they received (what a proxy under test forwarded: method, target, host,
+//! headers).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +33,9 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// (default 200); anything else echoes method, path and headers as JSON (a header sent several
 /// times as its values joined by `, `).
 /// Every response carries `x-backend: <name>`. Setting `ctl.status` to a status makes every
-/// response other than `/_hc` that status (0, the default: normal behaviour).
+/// response other than `/_hc` that status (0, the default: normal behaviour); `ctl.fail_next`
+/// and `ctl.delay_next` script the next requests (answer a status, answer late). After
+/// `ctl.record(true)` every request other than `/_hc` is recorded in `ctl.seen()`.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -58,6 +62,34 @@ pub struct BackendCtl {
     /// `/hold` requests waiting now.
     pub held: std::sync::atomic::AtomicUsize,
     release: tokio::sync::watch::Sender<bool>,
+    script: std::sync::Mutex<Script>,
+    /// Off by default: a load test's requests would pile up.
+    recording: std::sync::atomic::AtomicBool,
+    seen: std::sync::Mutex<Vec<Seen>>,
+}
+
+/// One request a [`Backend`] received, as it arrived.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Request target (path and query).
+    pub uri: String,
+    /// The `Host` header (empty when absent).
+    pub host: String,
+    /// Every header.
+    pub headers: http::HeaderMap,
+}
+
+/// What the next requests do instead of answering normally.
+#[derive(Debug, Default)]
+struct Script {
+    /// This many next requests are answered with `fail_status`.
+    fail: usize,
+    fail_status: u16,
+    /// This many next requests wait `delay` before answering.
+    slow: usize,
+    delay: Duration,
 }
 
 impl Default for BackendCtl {
@@ -69,6 +101,9 @@ impl Default for BackendCtl {
             requests: 0.into(),
             held: 0.into(),
             release: tokio::sync::watch::Sender::new(false),
+            script: Default::default(),
+            recording: false.into(),
+            seen: Default::default(),
         }
     }
 }
@@ -99,6 +134,36 @@ impl BackendCtl {
     /// `/_hc` requests received so far.
     pub fn hc_requests(&self) -> usize {
         self.hc_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// The next `n` requests (other than `/_hc`) are answered `status` (`usize::MAX`: all).
+    pub fn fail_next(&self, n: usize, status: u16) {
+        let mut s = self.script.lock().unwrap();
+        s.fail = n;
+        s.fail_status = status;
+    }
+    /// The next `n` requests (other than `/_hc`) wait `delay` before answering.
+    pub fn delay_next(&self, n: usize, delay: Duration) {
+        let mut s = self.script.lock().unwrap();
+        s.slow = n;
+        s.delay = delay;
+    }
+    /// Forgets the scripted failures and delays, and the forced status.
+    pub fn reset_script(&self) {
+        *self.script.lock().unwrap() = Script::default();
+        self.set_status(0);
+    }
+    /// Starts (or stops) recording the requests received in [`BackendCtl::seen`].
+    pub fn record(&self, on: bool) {
+        self.recording
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// The requests recorded so far (other than `/_hc`), oldest first.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    /// The requests received so far, which are forgotten.
+    pub fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
     }
 }
 
@@ -172,7 +237,35 @@ async fn handle_backend(
         Some(ctl.hc_status.load(SeqCst))
     } else {
         ctl.requests.fetch_add(1, SeqCst);
-        Some(ctl.status.load(SeqCst)).filter(|&s| s != 0)
+        if ctl.recording.load(SeqCst) {
+            ctl.seen.lock().unwrap().push(Seen {
+                method: req.method().to_string(),
+                uri: req.uri().to_string(),
+                host: req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string(),
+                headers: req.headers().clone(),
+            });
+        }
+        let (failed, delay) = {
+            let mut s = ctl.script.lock().unwrap();
+            let failed = (s.fail > 0).then(|| {
+                s.fail -= 1;
+                s.fail_status
+            });
+            let delay = (s.slow > 0).then(|| {
+                s.slow -= 1;
+                s.delay
+            });
+            (failed, delay)
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        failed.or(Some(ctl.status.load(SeqCst)).filter(|&s| s != 0))
     };
     if let Some(status) = forced {
         let mut r = Response::new(full(format!("{name} {status}\n")));
