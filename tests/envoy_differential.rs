@@ -7,7 +7,7 @@
 //! line. Envoy is `envoy` on `PATH` (`scripts/install-test-deps`).
 //!
 //! A difference that is known and explained is listed in [`KNOWN`] (and in
-//! docs/migrate-from-envoy-differences.md); any other fails the test, and so does a listed one
+//! docs/migrate-from-envoy.md, "Differences a real Envoy shows"); any other fails the test, and so does a listed one
 //! that no longer shows, so the list stays true. One Envoy and one Tern start per setup.
 
 use std::collections::BTreeMap;
@@ -161,7 +161,7 @@ const REQ_PATH: &str = "%REQ(:PATH)% and %REQ(:AUTHORITY)%: Envoy logs them as r
 const HOST_PORT: &str = "Envoy matches domains against Host with its port (unless \
 strip_any_host_port); Tern always removes the port first";
 
-/// The known differences (docs/migrate-from-envoy-differences.md explains each). `field: "*"`
+/// The known differences (docs/migrate-from-envoy.md, "Differences a real Envoy shows", explains each). `field: "*"`
 /// stands for every field of that probe.
 const KNOWN: &[Known] = &[
     Known {
