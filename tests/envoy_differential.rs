@@ -432,26 +432,9 @@ struct ImportGap {
     why: &'static str,
 }
 
-const IMPORT_GAPS: &[ImportGap] = &[
-    ImportGap {
-        setup: "mesh",
-        code: "I001",
-        message: "`dynamic_resources`",
-        why: "the bootstrap's file-based LDS/CDS point at the files passed to the import with it",
-    },
-    ImportGap {
-        setup: "gateway",
-        code: "I001",
-        message: "`dynamic_resources`",
-        why: "the bootstrap's file-based LDS/CDS point at the files passed to the import with it",
-    },
-    ImportGap {
-        setup: "mesh",
-        code: "I001",
-        message: "`most_specific_header_mutations_wins`",
-        why: "`true` is Tern's order of header rules: nothing is lost",
-    },
-];
+// Empty: the importer maps every setup here whole. (`dynamic_resources` naming the files passed
+// with the bootstrap and `most_specific_header_mutations_wins: true` were gaps once.)
+const IMPORT_GAPS: &[ImportGap] = &[];
 
 /// The Tern configuration of a setup: what `tern-import envoy` makes of the Envoy files rendered
 /// with Tern's ports in `src`. What the import drops must be an explained [`IMPORT_GAPS`] entry.

@@ -23,6 +23,9 @@ pub mod codes {
     pub const NO_EFFECT: &str = "I005";
     /// An Envoy file that cannot be parsed or is not a bootstrap or xDS resource file.
     pub const BAD_INPUT: &str = "I006";
+    /// Mapped, but it works differently in Tern in a way to act on (a header name, an order): a
+    /// warning, not a drop.
+    pub const DIFFERS: &str = "I007";
 }
 
 /// What the import found, as it goes.
@@ -37,6 +40,9 @@ pub struct Ctx {
     /// DNS resolvers named by clusters or the bootstrap, with where: Tern has one resolver
     /// for all DNS clusters (`dns.resolvers`).
     pub dns_resolvers: Vec<(Vec<String>, std::path::PathBuf, Pos)>,
+    /// Files a bootstrap's `dynamic_resources` reads (`path_config_source`), with where: each
+    /// must be among the inputs.
+    pub xds_paths: Vec<(String, std::path::PathBuf, Pos)>,
 }
 
 impl Ctx {
@@ -142,6 +148,12 @@ impl Ctx {
             )
             .with_help(why),
         );
+    }
+
+    /// `I007`: mapped, with a difference to act on (a warning; the import is not partial for it).
+    pub fn differs(&mut self, file: &Path, key: &Key, msg: impl Into<String>, help: &str) {
+        self.diags
+            .push(Diagnostic::warning(codes::DIFFERS, file, key.pos, msg.into()).with_help(help));
     }
 
     /// A field that must be a mapping: its reader, or `I003` and `None`.

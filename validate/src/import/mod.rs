@@ -173,7 +173,10 @@ fn classify<'a>(cx: &mut Ctx, f: &'a Path, n: &'a Node, r: &mut Resources<'a>) {
         cx.rest(f, &o, "xDS resource file");
         return;
     }
-    if o.peek("static_resources").is_none() && o.peek("admin").is_none() {
+    if ["static_resources", "dynamic_resources", "admin"]
+        .iter()
+        .all(|k| o.peek(k).is_none())
+    {
         cx.bad_input(f, n.pos, "not an Envoy bootstrap (no static_resources or admin) or xDS resource file (no resources)");
         return;
     }
@@ -204,15 +207,67 @@ fn classify<'a>(cx: &mut Ctx, f: &'a Path, n: &'a Node, r: &mut Resources<'a>) {
     if let Some((k, v)) = o.take_kv("typed_dns_resolver_config") {
         ctx::dns_resolvers(cx, f, k, v);
     }
-    if let Some((k, _)) = o.take_kv("dynamic_resources") {
-        cx.field(
-            f,
-            k,
-            "bootstrap",
-            Some("pass the LDS, CDS, RDS and EDS files themselves to tern-import"),
-        );
+    if let Some(d) = o.take("dynamic_resources") {
+        dynamic_resources(cx, f, d);
     }
     cx.rest(f, &o, "bootstrap");
+}
+
+/// A bootstrap's `dynamic_resources`: file-based LDS and CDS (`path_config_source`, or the older
+/// `path`) are read from the files given on the command line ([`check_xds_paths`]); xDS from a
+/// control plane has no Tern equivalent.
+fn dynamic_resources(cx: &mut Ctx, f: &Path, n: &Node) {
+    let Some(mut o) = cx.obj(f, n, "dynamic_resources") else {
+        return;
+    };
+    for key in ["lds_config", "cds_config"] {
+        let Some(src) = o.take(key) else {
+            continue;
+        };
+        let Some(mut s) = cx.obj(f, src, key) else {
+            continue;
+        };
+        let path = match (s.take("path_config_source"), s.take("path")) {
+            (Some(p), _) => cx.obj(f, p, "path_config_source").and_then(|mut p| {
+                let path = p.take("path").and_then(|x| cx.str(f, x, "path"));
+                p.take("watched_directory");
+                cx.rest(f, &p, "path_config_source");
+                path
+            }),
+            (None, Some(p)) => cx.str(f, p, "path"),
+            (None, None) => None,
+        };
+        s.take("resource_api_version");
+        match path {
+            Some(p) => {
+                cx.xds_paths.push((p.value, f.to_path_buf(), src.pos));
+                cx.rest(f, &s, key);
+            }
+            // One report for the whole source, not one per field of it.
+            None => cx.value(
+                f,
+                src.pos,
+                format!("{key} without a file path (ADS, gRPC or REST xDS) is not supported: Tern reads files"),
+            ),
+        }
+    }
+    cx.rest(f, &o, "dynamic_resources");
+}
+
+/// Each file `dynamic_resources` reads must be among the inputs, matched by file name: Envoy's
+/// path is where the file lives beside Envoy, the input where it lives now.
+fn check_xds_paths(cx: &mut Ctx, trees: &[(&Path, &Node)]) {
+    for (path, file, pos) in std::mem::take(&mut cx.xds_paths) {
+        let name = Path::new(&path).file_name();
+        if !trees.iter().any(|(f, _)| f.file_name() == name) {
+            cx.unresolved(
+                &file,
+                pos,
+                format!("dynamic_resources reads `{path}`, which is not among the inputs"),
+                "pass that file to tern-import too",
+            );
+        }
+    }
 }
 
 fn admin(cx: &mut Ctx, f: &Path, n: &Node) -> Option<Admin> {
@@ -265,6 +320,7 @@ pub fn map(cx: &mut Ctx, trees: &[(&Path, &Node)]) -> Imported {
     for (f, n) in trees {
         classify(cx, f, n, &mut r);
     }
+    check_xds_paths(cx, trees);
     let mut out = Imported::default();
     let mut eds: HashMap<String, Res<'_>> = HashMap::new();
     for a in &r.assignments {

@@ -13,7 +13,7 @@ use tern_config::{
 };
 
 use super::ctx::Ctx;
-use super::tree::{Node, Obj};
+use super::tree::{Key, Node, Obj};
 
 fn sp<T>(v: T) -> Spanned<T> {
     Spanned::unplaced(v)
@@ -141,6 +141,17 @@ pub fn route_config(cx: &mut Ctx, f: &Path, n: &Node, name: Option<String>) -> O
         }
     }
     let h = header_rules(cx, f, &mut o);
+    if let Some((k, v)) = o.take_kv("most_specific_header_mutations_wins") {
+        // `true` is what Tern always does.
+        if v.as_bool() != Some(true) {
+            cx.differs(
+                f,
+                k,
+                "Tern applies header rules least specific first, as `most_specific_header_mutations_wins: true`",
+                "a header set at several levels takes the more specific level's value in Tern",
+            );
+        }
+    }
     if let Some((k, v)) = o.take_kv("validate_clusters") {
         if v.as_bool() == Some(false) {
             cx.no_effect(
@@ -240,6 +251,9 @@ pub fn fault_filter(cx: &mut Ctx, f: &Path, mut c: Obj<'_>) -> Option<Fault> {
         if let Some(v) = d.take("fixed_delay") {
             fd.fixed_delay = cx.dur(f, v, "fixed_delay");
         }
+        if let Some((k, _)) = d.take_kv("header_delay") {
+            header_controlled(cx, f, k, &mut fault, "delay");
+        }
         // Envoy reads an unset percentage as 0% (Tern's default is 100%).
         fd.percentage = match d.take("percentage") {
             Some(p) => cx.fraction(f, p, "percentage").map(sp),
@@ -260,6 +274,9 @@ pub fn fault_filter(cx: &mut Ctx, f: &Path, mut c: Obj<'_>) -> Option<Fault> {
         if let Some(v) = a.take("grpc_status") {
             fa.grpc_status = cx.u32(f, v, "grpc_status").map(sp);
         }
+        if let Some((k, _)) = a.take_kv("header_abort") {
+            header_controlled(cx, f, k, &mut fault, "abort");
+        }
         fa.percentage = match a.take("percentage") {
             Some(p) => cx.fraction(f, p, "percentage").map(sp),
             None => Some(sp(0.0)),
@@ -272,6 +289,18 @@ pub fn fault_filter(cx: &mut Ctx, f: &Path, mut c: Obj<'_>) -> Option<Fault> {
     }
     cx.rest(f, &c, "fault filter");
     Some(fault)
+}
+
+/// Envoy's `header_delay` / `header_abort`: Tern's `header_controlled` (one switch for both, read
+/// from `x-tern-fault-*` headers, capped by the configured percentages as in Envoy).
+fn header_controlled(cx: &mut Ctx, f: &Path, k: &Key, fault: &mut Fault, what: &str) {
+    fault.header_controlled = true;
+    cx.differs(
+        f,
+        k,
+        format!("header-controlled {what}: Tern reads `x-tern-fault-{what}-request` (Envoy: `x-envoy-fault-{what}-request`)"),
+        "rename the header in the clients and tools that send it; Tern's `header_controlled` lets headers ask for both delays and aborts",
+    );
 }
 
 /// Envoy's `LocalRateLimit` (filter or per-route config): a token bucket that refills

@@ -790,3 +790,66 @@ fn cluster_dns_resolvers_become_the_one_dns_resolver() {
         "{files:?}"
     );
 }
+
+#[test]
+fn header_controlled_faults_map_with_the_header_names_pointed_out() {
+    let extra = r#"          http_filters:
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: { header_abort: {}, percentage: { numerator: 100 } }
+              delay: { header_delay: {}, percentage: { numerator: 50 } }
+          - name: envoy.filters.http.router
+            typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }"#;
+    let routes = "              - { match: { prefix: / }, route: { cluster: app } }";
+    let (out, cx) = import(&[("e.yaml", &hcm(extra, routes))]);
+    assert_eq!(cx.dropped, 0, "{:?}", codes_at(&cx));
+    let fault = out.route_configs[0].value.virtual_hosts[0]
+        .fault
+        .as_ref()
+        .unwrap();
+    assert!(fault.header_controlled);
+    let notes: Vec<&str> = cx
+        .diags
+        .iter()
+        .filter(|d| d.code == "I007")
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes
+        .iter()
+        .any(|m| m.contains("x-tern-fault-abort-request")));
+    assert!(notes
+        .iter()
+        .any(|m| m.contains("x-tern-fault-delay-request")));
+}
+
+#[test]
+fn header_rule_order_is_pointed_out_only_where_it_differs() {
+    let rc = |wins: &str| {
+        format!(
+            "resources:\n- \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n  name: rc\n  most_specific_header_mutations_wins: {wins}\n  virtual_hosts: []\n"
+        )
+    };
+    let (_, same) = import(&[("rds.yaml", &rc("true"))]);
+    assert!(same.diags.is_empty(), "{:?}", codes_at(&same));
+    let (_, differs) = import(&[("rds.yaml", &rc("false"))]);
+    assert_eq!(codes_at(&differs), ["rds.yaml:4:3 I007"]);
+    assert_eq!(differs.dropped, 0);
+}
+
+#[test]
+fn dynamic_resources_read_the_files_given_with_the_bootstrap() {
+    let boot = r#"dynamic_resources:
+  lds_config: { path_config_source: { path: /etc/envoy/lds.yaml }, resource_api_version: V3 }
+  cds_config: { path: /etc/envoy/cds.yaml }
+"#;
+    let lds = "resources: []\n";
+    let (_, given) = import(&[("b.yaml", boot), ("lds.yaml", lds), ("cds.yaml", lds)]);
+    assert!(given.diags.is_empty(), "{:?}", codes_at(&given));
+    let (_, missing) = import(&[("b.yaml", boot), ("lds.yaml", lds)]);
+    assert_eq!(codes_at(&missing), ["b.yaml:3:15 I004"]);
+    let ads = "dynamic_resources:\n  cds_config: { ads: {} }\n";
+    let (_, control_plane) = import(&[("b.yaml", ads)]);
+    assert_eq!(codes_at(&control_plane), ["b.yaml:2:15 I003"]);
+}
