@@ -6,8 +6,10 @@
 // The codec lands before the drivers that use it (issue 17's plan): no dead-code noise meanwhile.
 #![allow(dead_code)]
 
+pub(crate) mod client;
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod response;
 
 use std::fmt;
 
