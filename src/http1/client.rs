@@ -548,3 +548,178 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair on 127.0.0.1: the client side as a [`Conn`], the server side raw.
+    async fn pair() -> (Box<Conn<TcpStream, ()>>, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (Box::new(Conn::new(c, ())), s)
+    }
+
+    /// Reads from `s` until `buf` ends with `end`.
+    async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        while !buf.ends_with(end) {
+            let mut tmp = [0u8; 4096];
+            let n = s.read(&mut tmp).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        buf
+    }
+
+    fn post(body: &'static str) -> Request<Full<Bytes>> {
+        Request::post("/p")
+            .header("host", "x")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_exchange_skips_100_continue_and_the_connection_serves_again() {
+        let (conn, mut s) = pair().await;
+        let server = tokio::spawn(async move {
+            let got = read_until(&mut s, b"hello").await;
+            assert_eq!(
+                got,
+                b"POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello"
+            );
+            s.write_all(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+            let got = read_until(&mut s, b"\r\n\r\n").await;
+            assert!(got.starts_with(b"GET /p HTTP/1.1\r\n"));
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            s
+        });
+        let resp = send(conn, post("hello")).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let Some(Ok(f)) = body.frame().await else {
+            panic!("a data frame")
+        };
+        assert_eq!(f.into_data().unwrap(), "ok");
+        assert!(body.is_end_stream());
+        let mut conn = body.take_reusable().expect("a clean connection");
+        assert!(conn.is_idle_ok());
+        let get = Request::get("/p").body(Full::new(Bytes::new())).unwrap();
+        let resp = send(conn, get).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp.body().is_end_stream());
+        let _s = server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_body_or_a_close_make_the_connection_unusable() {
+        let (conn, mut s) = pair().await;
+        tokio::spawn(async move {
+            read_until(&mut s, b"\r\n\r\n").await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
+                .await
+                .unwrap();
+            let _ = s.read(&mut [0u8; 16]).await;
+        });
+        let get = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+        let mut body = send(conn, get).await.unwrap().into_body();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ok"
+        );
+        assert!(body.take_reusable().is_none());
+
+        let (conn, mut s) = pair().await;
+        let server = tokio::spawn(async move {
+            read_until(&mut s, b"\r\n\r\n").await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // Closes once the answer is out.
+        });
+        let get = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+        let mut body = send(conn, get).await.unwrap().into_body();
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "ok"
+        );
+        let mut conn = body.take_reusable().expect("clean when read");
+        server.await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while conn.is_idle_ok() {
+            assert!(std::time::Instant::now() < deadline, "the close is seen");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A request body fed by a channel: data as it is sent, the end when the sender drops.
+    #[derive(Debug)]
+    struct Fed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.0.poll_recv(cx).map(|d| d.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_returns_while_the_body_goes_up_and_the_rest_can_follow() {
+        let (conn, mut s) = pair().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        let server = tokio::spawn(async move {
+            read_until(&mut s, b"5\r\nfirst\r\n").await;
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            read_until(&mut s, b"4\r\nlast\r\n0\r\n\r\n").await;
+        });
+        let req = Request::post("/up").body(Fed(rx)).unwrap();
+        let resp = send(conn, req).await.unwrap();
+        assert_eq!(resp.status(), 413);
+        let mut body = resp.into_body();
+        assert!(body.is_end_stream());
+        assert!(body.take_reusable().is_none(), "the body is still going up");
+        let (mut conn, upload) = body.take_upload().expect("the rest of the upload");
+        tx.send(Bytes::from_static(b"last")).await.unwrap();
+        drop(tx);
+        assert!(upload.finish(&mut conn).await);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_request_hands_it_back_unsent() {
+        let (conn, s) = pair().await;
+        // A reset (not a FIN): the first write fails.
+        // Zero linger: the close is a reset and does not block.
+        #[allow(deprecated)]
+        s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        drop(s);
+        let mut conn = conn;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while conn.is_idle_ok() {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::task::yield_now().await;
+        }
+        // Forced onto the reset connection anyway: nothing was written, the request is not lost.
+        match send(conn, post("hello")).await {
+            Err(SendError::Unsent(r)) => assert_eq!(r.uri(), "/p"),
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+    }
+}

@@ -1,16 +1,20 @@
-//! Per-endpoint pools of upstream connections: keep-alive HTTP/1.1 here, multiplexed HTTP/2 in
-//! [`super::h2`]; [`Pool::send`] takes the cluster's protocol (for `auto`, what ALPN chose last
-//! for the endpoint).
+//! Per-endpoint pools of upstream connections: keep-alive HTTP/1.1 here (Tern's own client,
+//! [`crate::http1::client`]), multiplexed HTTP/2 in [`super::h2`]; [`Pool::send`] takes the
+//! cluster's protocol (for `auto`, what ALPN chose last for the endpoint).
 //!
 //! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
-//! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
-//! back to the pool only once both directions are complete: its response body read to the end
-//! and the request's body sent whole ([`Exchange`]), so a stalled upload never delays the next
-//! request on that connection. A request body that outlasts its response finishes on a
-//! connection that then closes ([`Lease::finish_upload`]); anything else closes it at once (its
-//! task is aborted). The pool of an endpoint that left its cluster (DNS stopped returning it) is
-//! closed: its idle connections close at once and the ones still in use close when their request
-//! ends.
+//! idle connections behind an uncontended mutex: no hashing or lookup per request. An HTTP/1.1
+//! connection has no task of its own: the request's task writes the request and reads the
+//! response, and the connection travels in the response body ([`UpResp::H1`]). It goes back to
+//! the pool only once both directions are complete: its response body read to the end with
+//! nothing after it, and the request's body sent whole ([`Exchange`]), so a stalled upload never
+//! delays the next request on that connection. A request body that outlasts its response
+//! finishes in a task of its own on a connection that then closes ([`Lease::finish_upload`]);
+//! anything else closes it at once (its response body is dropped). An idle connection is checked
+//! before reuse: one the upstream closed, or that has bytes nobody asked for, is closed instead
+//! (a connection closed while idle stays counted until the pool next looks at it). The pool of
+//! an endpoint that left its cluster (DNS stopped returning it) is closed: its idle connections
+//! close at once and the ones still in use close when their request ends.
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 //! The cluster's [`ConnOptions`] bound reuse: a connection idle longer than `idle_timeout` is
