@@ -99,25 +99,36 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Hea
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(HeadError::Malformed("status code"))?;
+    // Where each name and value sits in the head, so that both can be read from it once it is
+    // split off the buffer (the values share its bytes: no copy).
     let base = buf.as_ptr() as usize;
-    // Offsets into the head, so the values can share its bytes once it is split off.
-    let mut spans = [(0usize, 0usize); MAX_HEADERS];
-    let mut names: [Option<HeaderName>; MAX_HEADERS] = [const { None }; MAX_HEADERS];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = r.headers.len();
-    for (i, f) in r.headers.iter().enumerate() {
-        names[i] = Some(
-            HeaderName::from_bytes(f.name.as_bytes())
-                .map_err(|_| HeadError::Malformed("header name"))?,
+    for (span, f) in spans.iter_mut().zip(r.headers.iter()) {
+        let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base) as u32;
+        *span = (
+            at(f.name.as_bytes()),
+            f.name.len() as u32,
+            at(f.value),
+            f.value.len() as u32,
         );
-        spans[i] = (f.value.as_ptr() as usize - base, f.value.len());
     }
     let head: Bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     let mut framing = Framing::default();
-    for (name, &(at, n)) in names.iter_mut().zip(&spans).take(count) {
-        let name = name.take().ok_or(HeadError::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-            .map_err(|_| HeadError::Malformed("header value"))?;
+    for &(n, nl, v, vl) in &spans[..count] {
+        let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
+        let name = head
+            .get(n..n + nl)
+            .and_then(|b| HeaderName::from_bytes(b).ok())
+            .ok_or(HeadError::Malformed("header name"))?;
+        // An empty value's slice need not point into the head.
+        let value = match vl {
+            0 => HeaderValue::from_static(""),
+            _ if v + vl <= head.len() => HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| HeadError::Malformed("header value"))?,
+            _ => return Err(HeadError::Malformed("header value")),
+        };
         framing.see(&name, &value)?;
         headers.append(name, value);
     }
@@ -255,6 +266,9 @@ mod tests {
             ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n").body,
             Decoder::chunked()
         );
+        let h = ok("HTTP/1.1 200 OK\r\nx-empty:\r\nx-b:  v  \r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(h.parts.headers["x-empty"], "");
+        assert_eq!(h.parts.headers["x-b"], "v");
         let h = ok("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((h.body, h.reusable), (Decoder::eof(), false));
         assert!(
