@@ -135,7 +135,7 @@ fn decode_chunked(
         match *state {
             ChunkState::Size => {
                 let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
-                let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+                let Some(lf) = memchr::memchr(b'\n', window) else {
                     if buf.len() >= MAX_CHUNK_LINE {
                         return Err(FramingError::TooLarge);
                     }
@@ -306,11 +306,7 @@ fn parse_trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, FramingError>
     }
     // httparse accepts a bare LF as a line end; RFC 9112 framing does not.
     let section = &buf[..len];
-    if section
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || section[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', section).any(|i| i == 0 || section[i - 1] != b'\r') {
         return Err(FramingError::MissingCrlf);
     }
     let mut map = HeaderMap::with_capacity(fields.len());

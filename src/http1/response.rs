@@ -67,7 +67,27 @@ pub(crate) struct Head {
 /// Parses the response head at the front of `buf`, consuming it when complete; `Ok(None)`
 /// while more bytes are needed. `head_request`: the request was HEAD (no body follows).
 pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    // Most heads have a few fields: a small array first (no cost for the 100 slots), the full
+    // bound only for a head that needs it.
+    match parse_with::<FEW_HEADERS>(buf, head_request) {
+        Err(HeadError::TooLarge) => parse_many(buf, head_request),
+        r => r,
+    }
+}
+
+/// Fields parsed at first: a larger head is parsed again with room for [`MAX_HEADERS`].
+const FEW_HEADERS: usize = 24;
+
+#[inline(never)]
+fn parse_many(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, HeadError> {
+    parse_with::<MAX_HEADERS>(buf, head_request)
+}
+
+fn parse_with<const N: usize>(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<Head>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; N];
     let mut r = httparse::Response::new(&mut fields);
     let len = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -102,7 +122,7 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Hea
     // Where each name and value sits in the head, so that both can be read from it once it is
     // split off the buffer (the values share its bytes: no copy).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); N];
     let count = r.headers.len();
     for (span, f) in spans.iter_mut().zip(r.headers.iter()) {
         let at = |s: &[u8]| (s.as_ptr() as usize).wrapping_sub(base) as u32;
@@ -155,9 +175,7 @@ pub(crate) fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<Hea
 
 /// Whether a line of `head` ends in a LF without its CR.
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// What the framing headers of a head said.
@@ -383,6 +401,13 @@ mod tests {
         }
         s.extend_from_slice(b"\r\n");
         assert_eq!(head(&s).unwrap_err(), HeadError::TooLarge);
+        // Past the first parse's small array, within the bound: parsed again, whole.
+        let mut s = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            s.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        s.extend_from_slice(b"\r\n");
+        assert_eq!(head(&s).unwrap().unwrap().parts.headers.len(), MAX_HEADERS);
         let mut s = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         s.resize(MAX_HEAD, b'v');
         assert_eq!(head(&s).unwrap_err(), HeadError::TooLarge);
