@@ -10,7 +10,7 @@
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
 
 use super::decode::Decoder;
@@ -195,31 +195,37 @@ struct Framing {
 
 impl Framing {
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
-        if name == CONTENT_LENGTH {
-            for v in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(v.trim_ascii()).ok_or(HeadError::BadContentLength)?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(HeadError::BadContentLength);
+        // A string match (length first) is cheaper than comparing `HeaderName`s one by one.
+        match name.as_str() {
+            "content-length" => {
+                for v in value.as_bytes().split(|&b| b == b',') {
+                    let n = parse_length(v.trim_ascii()).ok_or(HeadError::BadContentLength)?;
+                    if self.length.is_some_and(|l| l != n) {
+                        return Err(HeadError::BadContentLength);
+                    }
+                    self.length = Some(n);
+                    self.lengths += 1;
                 }
-                self.length = Some(n);
-                self.lengths += 1;
             }
-        } else if name == TRANSFER_ENCODING {
-            self.codings += 1;
-            if self.codings > 1
-                || !value
-                    .as_bytes()
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(b"chunked")
-            {
-                return Err(HeadError::BadTransferEncoding);
+            "transfer-encoding" => {
+                self.codings += 1;
+                if self.codings > 1
+                    || !value
+                        .as_bytes()
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"chunked")
+                {
+                    return Err(HeadError::BadTransferEncoding);
+                }
             }
-        } else if name == CONNECTION {
-            for t in value.as_bytes().split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            "connection" => {
+                for t in value.as_bytes().split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    self.close |= t.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
+            _ => {}
         }
         Ok(())
     }
@@ -249,10 +255,13 @@ impl Framing {
 
 /// `1*DIGIT` that fits a u64.
 fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // 19 digits fit a u64.
+    v.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 #[cfg(test)]
