@@ -71,6 +71,117 @@ pub fn grpc_timeout(value: &[u8]) -> Option<std::time::Duration> {
     Some(d)
 }
 
+/// What the HTTP/1 body decoder made of an input: the data, the trailers, and whether the body
+/// ended (`Ok(true)`), needs more (`Ok(false)`), or was refused.
+#[derive(Debug, PartialEq)]
+pub struct Decoded {
+    /// The body's data, concatenated.
+    pub data: Vec<u8>,
+    /// The trailer fields, in order.
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// Done, not done, or the framing error's text.
+    pub end: Result<bool, String>,
+}
+
+fn decode_pieces(mut d: crate::http1::decode::Decoder, pieces: &[&[u8]]) -> Decoded {
+    let mut buf = bytes::BytesMut::new();
+    let mut out = Decoded {
+        data: Vec::new(),
+        trailers: Vec::new(),
+        end: Ok(false),
+    };
+    for p in pieces {
+        buf.extend_from_slice(p);
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(f)) => match f.into_data() {
+                    Ok(b) => {
+                        assert!(!b.is_empty(), "an empty data frame");
+                        out.data.extend_from_slice(&b);
+                    }
+                    Err(f) => {
+                        assert!(out.trailers.is_empty(), "two trailer frames");
+                        let t = f.into_trailers().expect("data or trailers");
+                        out.trailers = t
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                            .collect();
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    out.end = Err(e.to_string());
+                    return out;
+                }
+            }
+        }
+    }
+    out.end = Ok(d.is_done());
+    out
+}
+
+/// A chunked body through the HTTP/1 decoder, whole and split where the first two bytes (little
+/// endian) say: the outcome is the same (the split points are where a connection's reads end).
+/// A body that decodes whole is encoded again by the encoder and decodes to the same data and
+/// trailers.
+pub fn http1_chunked(input: &[u8]) -> Decoded {
+    use crate::http1::decode::Decoder;
+    let (split, data) = match input {
+        [a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])), rest),
+        _ => (0, input),
+    };
+    let whole = decode_pieces(Decoder::chunked(), &[data]);
+    let at = split % (data.len() + 1);
+    let parts = decode_pieces(Decoder::chunked(), &[&data[..at], &data[at..]]);
+    assert_eq!(parts, whole, "split at {at}");
+    if whole.end == Ok(true) {
+        let mut e = crate::http1::encode::Encoder::chunked();
+        let mut wire = bytes::BytesMut::new();
+        e.data(whole.data.len(), &mut wire)
+            .expect("chunked takes any data");
+        wire.extend_from_slice(&whole.data);
+        wire.extend_from_slice(e.tail());
+        let mut t = http::HeaderMap::new();
+        for (k, v) in &whole.trailers {
+            t.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("decoded name"),
+                http::HeaderValue::from_bytes(v).expect("decoded value"),
+            );
+        }
+        e.end(Some(&t), &mut wire).expect("chunked ends");
+        let again = decode_pieces(Decoder::chunked(), &[&wire]);
+        assert_eq!(again.data, whole.data);
+        assert_eq!(again.trailers, whole.trailers);
+        assert_eq!(again.end, Ok(true));
+    }
+    whole
+}
+
+/// An upstream's response (head and body bytes) through the HTTP/1 client's head parser and
+/// body decoder, as the proxy reads it: the head is refused or parsed with a framing, and the
+/// body decodes the same whatever the split. The first byte: bit 0, the request was HEAD; the
+/// rest, where the body's bytes split. Returns the status and the body's outcome.
+pub fn http1_response(input: &[u8]) -> Option<(u16, Decoded)> {
+    let (&first, data) = input.split_first()?;
+    let (head_request, split) = (first & 1 == 1, usize::from(first >> 1));
+    let mut buf = bytes::BytesMut::from(data);
+    let head = crate::http1::response::parse(&mut buf, head_request).ok()??;
+    assert!(buf.len() < data.len(), "a head consumes bytes");
+    let rest = buf.to_vec();
+    let at = split % (rest.len() + 1);
+    let whole = decode_pieces(head.body.clone(), &[&rest]);
+    let parts = decode_pieces(head.body.clone(), &[&rest[..at], &rest[at..]]);
+    assert_eq!(parts, whole, "split at {at}");
+    assert!(whole.data.len() <= rest.len());
+    if head.body.is_eof() {
+        assert!(
+            !head.reusable,
+            "a body read to the close ends its connection"
+        );
+    }
+    Some((head.parts.status.as_u16(), whole))
+}
+
 #[cfg(test)]
 mod tests {
     /// The seed corpus goes through the fuzz target's checks in every test run.
@@ -83,5 +194,36 @@ mod tests {
             accepted += usize::from(super::grpc_timeout(&bytes).is_some());
         }
         assert!(accepted >= 4, "the corpus has valid values too");
+    }
+
+    fn corpus(target: &str) -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn http1_corpora_hold_the_invariants() {
+        let mut done = 0;
+        for mut bytes in corpus("http1_chunked") {
+            // Every split point of each seed, not only the one its first bytes choose.
+            for split in 0..=bytes.len() as u16 {
+                bytes[..2].copy_from_slice(&split.to_le_bytes());
+                done += usize::from(super::http1_chunked(&bytes).end == Ok(true));
+            }
+        }
+        assert!(done >= 3, "the chunked corpus has valid bodies too");
+        let mut parsed = 0;
+        for mut bytes in corpus("http1_response") {
+            for first in 0..=255u8 {
+                bytes[0] = first;
+                parsed += usize::from(super::http1_response(&bytes).is_some());
+            }
+        }
+        assert!(parsed >= 8 * 256, "the response corpus has valid heads too");
     }
 }

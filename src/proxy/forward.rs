@@ -38,7 +38,7 @@ use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::connect::Connector;
 use crate::upstream::h2::{Failure, Protocol};
 use crate::upstream::outlier::{self, Outcome};
-use crate::upstream::pool::{Lease, SendError, Target, UpBody};
+use crate::upstream::pool::{Lease, SendError, Target, UpBody, UpResp};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
 pub(super) async fn forward(
@@ -454,7 +454,7 @@ impl Drop for RetryGauge<'_> {
 #[allow(clippy::large_enum_variant)]
 enum Try {
     /// The response, and its connection's lease unless the connection must not be reused.
-    Response(Response<Incoming>, Option<Lease>, ActiveRequest),
+    Response(Response<UpResp>, Option<Lease>, ActiveRequest),
     Failed(LocalReply),
     /// The upstream refused the stream (`REFUSED_STREAM`): 503 `UR`, retried by `refused-stream`.
     RefusedStream,
@@ -667,8 +667,11 @@ async fn try_once(
     match result {
         Ok((mut resp, lease)) => {
             // No upgrade was asked for, so a 101 would hand the client's connection over.
+            // HTTP/1.1 framing was checked by its parser (refused, or normalised and the
+            // connection not reused); an HTTP/2 head is checked here.
             let framing = match resp.status() {
                 StatusCode::SWITCHING_PROTOCOLS => Framing::Broken,
+                _ if matches!(resp.body(), UpResp::H1(_)) => Framing::Clean,
                 _ => check_framing(resp.headers_mut()),
             };
             if framing == Framing::Broken {
@@ -686,6 +689,16 @@ async fn try_once(
                 _ => lease.no_reuse(),
             };
             Try::Response(resp, Some(lease), active)
+        }
+        Err(SendError::Protocol(e)) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");
+            protocol_error(cluster, ep, "response head")
+        }
+        Err(SendError::Closed(e)) => {
+            cs.upstream_rq_reset.inc();
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream connection ended");
+            outlier::report(cluster, ep, Outcome::Reset);
+            Try::Failed(LocalReply::UpstreamConnectionTermination)
         }
         Err(SendError::Reset(e)) if e.is_parse() => {
             tracing::debug!(cluster = %cluster.name, endpoint = %ep.address, error = %e, "upstream protocol error");

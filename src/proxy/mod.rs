@@ -43,7 +43,7 @@ pub use local_reply::LocalReply;
 pub use response::Upstream;
 
 /// Response body: a streamed upstream body, or a small local one.
-pub type RespBody = Either<Upstream<Incoming>, Full<Bytes>>;
+pub type RespBody = Either<Upstream, Full<Bytes>>;
 
 /// Per-connection context, built once at accept.
 #[derive(Debug)]

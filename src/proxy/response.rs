@@ -17,7 +17,7 @@ use crate::stream_info::{Flags, Recorder};
 use crate::upstream::body::{BodyFault, Exchange};
 use crate::upstream::cluster::ActiveRequest;
 use crate::upstream::h2::Failure;
-use crate::upstream::pool::Lease;
+use crate::upstream::pool::{Lease, UpResp, UpRespError};
 
 /// A lazily armed body idle timer: no timer exists while data keeps arriving.
 pub struct IdleTimer {
@@ -92,7 +92,7 @@ impl Finish {
 
 /// The flag of a response body the upstream cut: `UR` for a reset stream (HTTP/2
 /// `RST_STREAM`), `UC` for a connection that ended.
-fn upstream_cut(e: &(dyn std::error::Error + 'static)) -> Flags {
+fn upstream_cut(e: &UpRespError) -> Flags {
     match Failure::of(e) {
         Failure::RemoteReset | Failure::RefusedStream => Flags::UR,
         Failure::GoAway | Failure::ConnectionTermination => Flags::UC,
@@ -155,9 +155,9 @@ pin_project_lite::pin_project! {
     /// An upstream response body that keeps its endpoint counted as busy until it ends, returns
     /// its connection to the pool if it was read to the end, and ends with an error when no data
     /// arrives for the stream idle timeout.
-    pub struct Upstream<B: Body> {
+    pub struct Upstream {
         #[pin]
-        pub(super) inner: B,
+        pub(super) inner: UpResp,
         pub(super) lease: Option<Lease>,
         // A streamed request body: the connection is reused only once it went up whole too.
         pub(super) exchange: Option<Arc<Exchange>>,
@@ -169,7 +169,7 @@ pin_project_lite::pin_project! {
         pub(super) cap: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 
-    impl<B: Body> PinnedDrop for Upstream<B> {
+    impl PinnedDrop for Upstream {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // Trailers end a message: a body whose trailers passed was read to its end, though
@@ -179,21 +179,18 @@ pin_project_lite::pin_project! {
             // Read to the end: the connection is reused if the request went up whole too, else
             // it finishes the upload and closes. Not read to the end: the lease closes it.
             if let (true, Some(lease)) = (at_end, this.lease.take()) {
+                let inner = this.inner.get_mut();
                 match this.exchange.as_ref().filter(|e| !e.done()) {
-                    None => lease.release(now),
-                    Some(ex) => lease.finish_upload(ex.clone(), this.idle.as_ref().map(|t| t.timeout)),
+                    None => lease.release(inner, now),
+                    Some(ex) => lease.finish_upload(inner, ex.clone(), this.idle.as_ref().map(|t| t.timeout)),
                 }
             }
         }
     }
 }
 
-impl<B> Body for Upstream<B>
-where
-    B: Body,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::error::Error + 'static,
-{
-    type Data = B::Data;
+impl Body for Upstream {
+    type Data = bytes::Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     #[inline]
@@ -230,16 +227,21 @@ where
                             }
                         }
                     }
-                    // Cut because the client's upload failed: the client's fault's flag.
+                    // Cut because the client's upload failed: the client's fault's flag. A
+                    // body whose framing the upstream broke (a bad chunk) is its protocol error
+                    // (Envoy: `UPE`); one cut short, a connection that ended (`UC`).
                     Some(Err(e)) => {
-                        this.fin
-                            .outcome
-                            .set(match this.exchange.as_ref().and_then(|e| e.fault()) {
-                                Some(BodyFault::Idle) => Flags::SI,
-                                Some(BodyFault::Malformed) => Flags::DPE,
-                                Some(BodyFault::Aborted | BodyFault::Timeout) => Flags::DC,
-                                None => upstream_cut(e),
-                            })
+                        let flag = match this.exchange.as_ref().and_then(|e| e.fault()) {
+                            Some(BodyFault::Idle) => Flags::SI,
+                            Some(BodyFault::Malformed) => Flags::DPE,
+                            Some(BodyFault::Aborted | BodyFault::Timeout) => Flags::DC,
+                            None if e.is_framing() => {
+                                this.fin.cluster.upstream_cx_protocol_error.inc();
+                                Flags::UPE
+                            }
+                            None => upstream_cut(e),
+                        };
+                        this.fin.outcome.set(flag);
                     }
                     None => this.fin.ended = true,
                 }

@@ -12,25 +12,29 @@ use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::local_reply::LocalReply;
 use super::{Ctx, RespBody};
 use crate::headers;
+use crate::http1::client::{self, Conn, ResponseBody};
 use crate::state::Tunnels;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
+use crate::tls::client::UpStream;
 use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::connect::{ConnectError, Connector};
 use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::UpBody;
+
+/// The body of an upstream's answer to an upgrade handshake that did not switch.
+pub type Refusal = ResponseBody<UpStream, (), UpBody>;
 
 const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
@@ -109,7 +113,7 @@ pub(super) async fn forward(
             return Err(LocalReply::UpstreamTimeout);
         }
     };
-    let (mut head, body) = resp.into_parts();
+    let (mut head, body) = resp;
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
     let keep = switching.then(|| {
         (
@@ -135,15 +139,19 @@ pub(super) async fn forward(
         ));
     }
     // A refused handshake has a small body (an error page): read it, bounded in size and time.
-    let collect = Limited::new(body, 64 * 1024).collect();
-    let body = match limits.idle {
-        Some(t) => tokio::time::timeout(t, collect).await.ok(),
-        None => Some(collect.await),
+    let body = match body {
+        Some(body) => {
+            let collect = Limited::new(body, 64 * 1024).collect();
+            let body = match limits.idle {
+                Some(t) => tokio::time::timeout(t, collect).await.ok(),
+                None => Some(collect.await),
+            };
+            body.and_then(Result::ok)
+                .map(|c| c.to_bytes())
+                .unwrap_or_default()
+        }
+        None => Bytes::new(),
     };
-    let body = body
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
     Ok(Response::from_parts(head, Either::Right(Full::new(body))))
 }
 
@@ -173,7 +181,9 @@ pub enum UpgradeError {
 }
 
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
-/// removed) to endpoint `ep`, and when it answers 101 splices the two upgraded connections.
+/// removed) to endpoint `ep` on a connection of its own (Tern's HTTP/1 client), and when it
+/// answers 101 splices the two upgraded connections; the answer's head, and the body of one that
+/// did not switch.
 ///
 /// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); the
 /// tunnel's record and limits are in `tunnel`.
@@ -184,7 +194,7 @@ pub async fn proxy(
     upgrade: HeaderValue,
     downstream: hyper::upgrade::OnUpgrade,
     tunnel: Tunnel<'_>,
-) -> Result<Response<Incoming>, UpgradeError> {
+) -> Result<(http::response::Parts, Option<Refusal>), UpgradeError> {
     let cs = &cluster.stats;
     let stream = match Connector::of(cluster).connect(&ep).await {
         Ok(s) => s,
@@ -197,29 +207,31 @@ pub async fn proxy(
             });
         }
     };
-    let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, UpBody>(TokioIo::new(stream))
-        .await
-        .map_err(|_| UpgradeError::Connect)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
     parts
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(UPGRADE, upgrade);
     let active = ActiveRequest::start(cluster, ep.clone());
     let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
-    let mut resp = tx.send_request(req).await.map_err(|_| {
+    let conn = Box::new(Conn::new(stream, ()));
+    let resp = client::send(conn, req).await.map_err(|e| {
         cs.upstream_rq_reset.inc();
+        tracing::debug!(cluster = %cluster.name, error = %e, "upgrade handshake failed");
         outlier::report(cluster, &ep, Outcome::Reset);
         UpgradeError::Reset
     })?;
-    let status = resp.status();
+    let (head, body) = resp.into_parts();
+    let status = head.status;
     cs.upstream_rq_xx.record(status.as_u16());
     outlier::report(cluster, &ep, Outcome::Status(status.as_u16()));
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream = hyper::upgrade::on(&mut resp);
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((head, Some(body)));
+    }
+    {
+        // The upstream's stream, and what it sent after the 101 (the tunnel's first bytes).
+        let Some((upstream, early, ())) = body.into_upgraded().map(Conn::into_parts) else {
+            return Err(UpgradeError::Reset);
+        };
         let name = cluster.name.clone();
         let stop = tunnel.tunnels.stop_token();
         let Tunnel {
@@ -234,13 +246,23 @@ pub async fn proxy(
             let _active = active;
             let mut counts = (0, 0);
             let mut flags = Flags::default();
-            match tokio::try_join!(downstream, upstream) {
-                Ok((down, up)) => {
+            match downstream.await {
+                Ok(down) => {
                     // The HTTP connection ended with the upgrade; the tunnel is the connection now.
                     let _open = OpenTunnel::new(&stats, &shared);
                     let last = Arc::new(AtomicU64::new(crate::timer::now_ms()));
                     let mut down = ReadCount::new(TokioIo::new(down), last.clone());
-                    let mut up = ReadCount::new(TokioIo::new(up), last.clone());
+                    let mut up = ReadCount::new(upstream, last.clone());
+                    up.read = early.len() as u64;
+                    let sent_early = async {
+                        match early.is_empty() {
+                            true => Ok(()),
+                            false => down.write_all(&early).await,
+                        }
+                    };
+                    if let Err(e) = sent_early.await {
+                        tracing::debug!(cluster = %name, error = %e, "upgraded connection ended");
+                    }
                     tokio::select! {
                         r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
                             if let Err(e) = r {
@@ -265,7 +287,7 @@ pub async fn proxy(
             }
         });
     }
-    Ok(resp)
+    Ok((head, None))
 }
 
 /// Resolves once no byte has moved (`last`, in [`crate::timer::now_ms`]) for `idle`; never

@@ -1,16 +1,20 @@
-//! Per-endpoint pools of upstream connections: keep-alive HTTP/1.1 here, multiplexed HTTP/2 in
-//! [`super::h2`]; [`Pool::send`] takes the cluster's protocol (for `auto`, what ALPN chose last
-//! for the endpoint).
+//! Per-endpoint pools of upstream connections: keep-alive HTTP/1.1 here (Tern's own client,
+//! [`crate::http1::client`]), multiplexed HTTP/2 in [`super::h2`]; [`Pool::send`] takes the
+//! cluster's protocol (for `auto`, what ALPN chose last for the endpoint).
 //!
 //! One pool per endpoint (carried across reloads with the endpoint's state), a plain vector of
-//! idle senders behind an uncontended mutex: no hashing or lookup per request. A connection goes
-//! back to the pool only once both directions are complete: its response body read to the end
-//! and the request's body sent whole ([`Exchange`]), so a stalled upload never delays the next
-//! request on that connection. A request body that outlasts its response finishes on a
-//! connection that then closes ([`Lease::finish_upload`]); anything else closes it at once (its
-//! task is aborted). The pool of an endpoint that left its cluster (DNS stopped returning it) is
-//! closed: its idle connections close at once and the ones still in use close when their request
-//! ends.
+//! idle connections behind an uncontended mutex: no hashing or lookup per request. An HTTP/1.1
+//! connection has no task of its own: the request's task writes the request and reads the
+//! response, and the connection travels in the response body ([`UpResp::H1`]). It goes back to
+//! the pool only once both directions are complete: its response body read to the end with
+//! nothing after it, and the request's body sent whole ([`Exchange`]), so a stalled upload never
+//! delays the next request on that connection. A request body that outlasts its response
+//! finishes in a task of its own on a connection that then closes ([`Lease::finish_upload`]);
+//! anything else closes it at once (its response body is dropped). An idle connection is checked
+//! before reuse: one the upstream closed, or that has bytes nobody asked for, is closed instead
+//! (a connection closed while idle stays counted until the pool next looks at it). The pool of
+//! an endpoint that left its cluster (DNS stopped returning it) is closed: its idle connections
+//! close at once and the ones still in use close when their request ends.
 //! New connections are where the circuit breakers bite: `max_connections` and
 //! `max_pending_requests` are checked before connecting, and refuse at once rather than queue.
 //! The cluster's [`ConnOptions`] bound reuse: a connection idle longer than `idle_timeout` is
@@ -19,34 +23,120 @@
 //! response ends.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::task::AbortHandle;
 
 use super::body::{ClientBody, Exchange};
 use super::connect::{ConnectError, Connector};
 use super::h2::{H2Pool, Protocol, Sent, Stream};
+use crate::http1::client::{self, BodyError, Conn, ResponseBody};
 use crate::stats::ClusterStats;
 use crate::tls::client::UpStream;
 use crate::upstream::cluster::{ConnOptions, Endpoint, Limits};
 
-/// Read and write buffer limit of an upstream HTTP/1 connection: what one response may hold in
-/// the proxy while its client reads slowly.
-const UPSTREAM_BUF_SIZE: usize = 64 * 1024;
 /// At most this many idle connections are kept per endpoint.
 const MAX_IDLE: usize = 1024;
 
 /// A request body sent upstream: streamed from the client, or in memory (none, or buffered so it
 /// can be retried).
 pub type UpBody = Either<ClientBody, Full<Bytes>>;
+
+/// Counts an upstream HTTP/1.1 connection in `upstream_cx_active` for as long as it lives.
+#[derive(Debug)]
+pub struct Open(Arc<ClusterStats>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.upstream_cx_active.dec();
+    }
+}
+
+/// An upstream HTTP/1.1 connection (Tern's own client, driven by the request's task).
+pub type H1Conn = Conn<UpStream, Open>;
+
+/// An HTTP/1.1 response body, read from its connection.
+pub type H1Body = ResponseBody<UpStream, Open, UpBody>;
+
+/// An upstream response body: HTTP/1.1 (Tern's engine) or HTTP/2 (hyper).
+pub enum UpResp {
+    /// Read from an HTTP/1.1 connection.
+    H1(H1Body),
+    /// An HTTP/2 stream.
+    H2(Incoming),
+}
+
+/// Why an upstream response body ended early.
+#[derive(Debug)]
+pub enum UpRespError {
+    /// HTTP/1.1: the connection, the framing, or the request body still going up.
+    H1(BodyError),
+    /// HTTP/2: hyper's error (a reset stream, a GOAWAY).
+    H2(hyper::Error),
+}
+
+impl std::fmt::Display for UpRespError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpRespError::H1(e) => e.fmt(f),
+            UpRespError::H2(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for UpRespError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpRespError::H1(e) => Some(e),
+            UpRespError::H2(e) => Some(e),
+        }
+    }
+}
+
+impl UpRespError {
+    /// Whether the upstream broke the body's framing (a bad chunk): a protocol error, not a
+    /// connection that ended.
+    pub fn is_framing(&self) -> bool {
+        matches!(self, UpRespError::H1(BodyError::Framing(e)) if *e != crate::http1::FramingError::Incomplete)
+    }
+}
+
+impl Body for UpResp {
+    type Data = Bytes;
+    type Error = UpRespError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpRespError>>> {
+        match self.get_mut() {
+            UpResp::H1(b) => Pin::new(b).poll_frame(cx).map_err(UpRespError::H1),
+            UpResp::H2(b) => Pin::new(b).poll_frame(cx).map_err(UpRespError::H2),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpResp::H1(b) => b.is_end_stream(),
+            UpResp::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpResp::H1(b) => b.size_hint(),
+            UpResp::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Why an upstream exchange failed.
 #[derive(Debug)]
@@ -55,12 +145,26 @@ pub enum SendError {
     Connect(String),
     /// The TLS handshake failed (verification, or the protocol).
     Tls(String),
-    /// The connection failed after it was established, before response headers.
+    /// The connection failed after it was established, before response headers (HTTP/2).
     Reset(hyper::Error),
+    /// The HTTP/1.1 connection failed or closed before response headers (a request body that
+    /// failed is told by its exchange).
+    Closed(String),
+    /// The HTTP/1.1 response head was refused: malformed, or framing that cannot be trusted.
+    Protocol(String),
     /// `max_connections` reached.
     ConnectionOverflow,
     /// `max_pending_requests` reached.
     PendingOverflow,
+}
+
+impl From<client::SendError<UpBody>> for SendError {
+    fn from(e: client::SendError<UpBody>) -> SendError {
+        match e {
+            client::SendError::Head(h) => SendError::Protocol(h.to_string()),
+            e => SendError::Closed(e.to_string()),
+        }
+    }
 }
 
 /// Where and how to connect, and what to count.
@@ -77,18 +181,11 @@ pub struct Target<'a> {
     pub options: &'a ConnOptions,
 }
 
-/// One idle connection: its sender, its task, when it went idle, requests it has served, its
-/// TLS version.
-type Idle = (
-    SendRequest<UpBody>,
-    AbortHandle,
-    Instant,
-    u32,
-    Option<&'static str>,
-);
+/// One idle connection: when it went idle, requests it has served, its TLS version.
+type Idle = (Box<H1Conn>, Instant, u32, Option<&'static str>);
 
-/// Idle HTTP/1.1 connections to one endpoint, each with its task, and its HTTP/2 connections.
-#[derive(Debug, Default)]
+/// Idle HTTP/1.1 connections to one endpoint, and its HTTP/2 connections.
+#[derive(Default)]
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Set when the endpoint left its cluster: nothing is pooled any more.
@@ -100,31 +197,27 @@ pub struct Pool {
     learned: AtomicU8,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("idle", &self.idle_count())
+            .field("closed", &self.closed.load(Relaxed))
+            .field("h2", &self.h2)
+            .finish()
+    }
+}
+
 /// What [`Pool::send`] returns, as a boxed future (HTTP/2 and HTTP/1.1 call each other).
-type Boxed<'a> = std::pin::Pin<
-    Box<dyn Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a>,
->;
+type Boxed<'a> =
+    Pin<Box<dyn Future<Output = Result<(Response<UpResp>, Lease), SendError>> + Send + 'a>>;
 
 const LEARNED_H1: u8 = 1;
 const LEARNED_H2: u8 = 2;
 
-/// Aborts a connection's task when dropped, unless defused: the connection closes at once.
-#[derive(Debug)]
-struct CloseOnDrop(Option<AbortHandle>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
-}
-
-/// A connection in use, or an HTTP/2 stream; an HTTP/1.1 connection returns itself to its pool
-/// via [`Lease::release`]. Dropped otherwise, it closes its connection at once, even
-/// mid-exchange: hyper alone would keep a connection that still writes a request body to an
-/// upstream that stopped reading, and with it the client's body and connection. An HTTP/2 stream
-/// dropped early is reset by hyper (`CANCEL`); its connection carries on.
+/// A connection in use, or an HTTP/2 stream. An HTTP/1.1 connection itself travels in its
+/// response body ([`UpResp::H1`]); [`Lease::release`] takes it from there back to its pool.
+/// Dropped otherwise, the body closes its connection at once, even mid-exchange. An HTTP/2
+/// stream dropped early is reset by hyper (`CANCEL`); its connection carries on.
 #[derive(Debug)]
 pub struct Lease(Kind);
 
@@ -134,12 +227,10 @@ enum Kind {
     H2(Stream),
 }
 
-/// An HTTP/1.1 connection in use.
+/// What the pool knows of an HTTP/1.1 connection in use.
 #[derive(Debug)]
 struct H1Lease {
     pool: Arc<Pool>,
-    tx: SendRequest<UpBody>,
-    task: CloseOnDrop,
     /// Requests sent on the connection, this one included.
     uses: u32,
     /// Whether it may serve another request (`max_requests_per_connection`).
@@ -149,12 +240,14 @@ struct H1Lease {
 }
 
 impl Lease {
-    /// Puts the connection back for reuse (call only when the response was fully read and the
-    /// request fully sent); an HTTP/2 stream frees its slot.
-    pub fn release(self, now: Instant) {
-        match self.0 {
-            Kind::H1(l) => l.release(now),
-            Kind::H2(_) => {}
+    /// Puts the connection of `body` back for reuse (call only when the response was fully
+    /// read and the request fully sent; the body tells whether its connection is clean); an
+    /// HTTP/2 stream frees its slot.
+    pub fn release(self, body: &mut UpResp, now: Instant) {
+        if let (Kind::H1(l), UpResp::H1(b)) = (self.0, body) {
+            if let Some(conn) = b.take_reusable() {
+                l.release(conn, now);
+            }
         }
     }
 
@@ -183,69 +276,63 @@ impl Lease {
     /// for `idle` while the client is not the one holding it up gets its connection closed then;
     /// a client that stalls is cut by its body's own timers. Without `idle`, nothing bounds it.
     /// On HTTP/2 the body goes on on its own stream (hyper's task) and the slot is freed.
-    pub fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
-        match self.0 {
-            Kind::H1(l) => l.finish_upload(ex, idle),
-            Kind::H2(_) => {}
-        }
+    pub fn finish_upload(self, body: &mut UpResp, ex: Arc<Exchange>, idle: Option<Duration>) {
+        let (Kind::H1(_), UpResp::H1(b)) = (self.0, body) else {
+            return;
+        };
+        let Some((mut conn, upload)) = b.take_upload() else {
+            return;
+        };
+        // The rest of the body goes up in a task of its own (the request's is done); the
+        // connection closes when it ends, or when the upstream stops taking the body.
+        tokio::spawn(async move {
+            let finish = upload.finish(&mut conn);
+            let Some(idle) = idle else {
+                finish.await;
+                return;
+            };
+            let stalled = async {
+                let mut seen = ex.progress();
+                loop {
+                    tokio::time::sleep(idle).await;
+                    if ex.done() || ex.fault().is_some() {
+                        // The body's end (or fault) is in; the write finishes or fails.
+                        return std::future::pending::<()>().await;
+                    }
+                    let now = ex.progress();
+                    if now == seen && !ex.waiting_on_client() {
+                        return;
+                    }
+                    seen = now;
+                }
+            };
+            tokio::select! {
+                _ = finish => {}
+                () = stalled => {}
+            }
+        });
     }
 }
 
 impl H1Lease {
-    fn release(self, now: Instant) {
+    fn release(self, conn: Box<H1Conn>, now: Instant) {
         let H1Lease {
             pool,
-            tx,
-            mut task,
             uses,
             reusable,
             tls_version,
+            ..
         } = self;
-        if tx.is_closed() {
-            return;
-        }
         if !reusable {
-            // Its last request is done: dropping the sender lets hyper close it.
-            task.0.take();
+            // Its last request is done (`max_requests_per_connection`): it closes.
             return;
         }
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Under the lock: a close racing with this release cannot leave a connection behind.
-        if pool.closed.load(Relaxed) {
+        if pool.closed.load(Relaxed) || idle.len() >= MAX_IDLE {
             return;
         }
-        if idle.len() >= MAX_IDLE {
-            idle.retain(|(tx, ..)| !tx.is_closed());
-        }
-        if let (true, Some(handle)) = (idle.len() < MAX_IDLE, task.0.take()) {
-            idle.push((tx, handle, now, uses, tls_version));
-        }
-    }
-}
-
-impl H1Lease {
-    fn finish_upload(self, ex: Arc<Exchange>, idle: Option<Duration>) {
-        let H1Lease { tx, mut task, .. } = self;
-        // No more requests on it: hyper closes the connection once the body is sent.
-        drop(tx);
-        let (Some(idle), Some(handle)) = (idle, task.0.take()) else {
-            return;
-        };
-        tokio::spawn(async move {
-            let mut seen = ex.progress();
-            loop {
-                tokio::time::sleep(idle).await;
-                if ex.done() || ex.fault().is_some() || handle.is_finished() {
-                    return;
-                }
-                let now = ex.progress();
-                if now == seen && !ex.waiting_on_client() {
-                    handle.abort();
-                    return;
-                }
-                seen = now;
-            }
-        });
+        idle.push((conn, now, uses, tls_version));
     }
 }
 
@@ -259,20 +346,23 @@ impl Drop for GaugeGuard<'_> {
 }
 
 impl Pool {
-    fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<H1Lease> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // Most recently used first: it is the least likely to have been closed by the upstream.
-        while let Some((tx, task, since, uses, tls)) = idle.pop() {
-            // Dropped unless reused: a stale connection closes with its lease.
-            let lease = self.lease(tx, task, uses + 1, o, tls);
+    /// An idle connection that can carry a request: not idle longer than `idle_timeout`, not
+    /// closed by the upstream, nothing unasked to read. The others close.
+    fn take(self: &Arc<Self>, now: Instant, o: &ConnOptions) -> Option<(Box<H1Conn>, H1Lease)> {
+        loop {
+            // Most recently used first: it is the least likely to have been closed by the
+            // upstream. Checked outside the lock.
+            let (mut conn, since, uses, tls) = {
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.pop()?
+            };
             let fresh = o
                 .idle_timeout
                 .is_none_or(|t| now.saturating_duration_since(since) < t);
-            if !lease.tx.is_closed() && fresh {
-                return Some(lease);
+            if fresh && conn.is_idle_ok() {
+                return Some((conn, self.lease(uses + 1, o, tls)));
             }
         }
-        None
     }
 
     /// Closes the idle connections and keeps no more (the endpoint left its cluster).
@@ -313,7 +403,7 @@ impl Pool {
         t: &Target<'_>,
         mut req: Request<UpBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<UpResp>, Lease), SendError> {
         // HTTP/2 is boxed and HTTP/1.1 inline: an HTTP/1.1 request's future stays as it was.
         match t.options.protocol {
             Protocol::Http1 => {}
@@ -322,16 +412,11 @@ impl Pool {
         }
         // Reused connections may have been closed by the upstream while idle; a request that was
         // not written yet is moved to the next connection instead of failing.
-        while let Some(mut lease) = self.take(now, t.options) {
-            if lease.tx.ready().await.is_err() {
-                continue;
-            }
-            match lease.tx.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Lease(Kind::H1(lease)))),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(SendError::Reset(e.into_error())),
-                },
+        while let Some((conn, lease)) = self.take(now, t.options) {
+            match client::send(conn, req).await {
+                Ok(resp) => return Ok((resp.map(UpResp::H1), Lease(Kind::H1(lease)))),
+                Err(client::SendError::Unsent(r)) => req = r,
+                Err(e) => return Err(e.into()),
             }
         }
         if t.stats.upstream_cx_active.get() >= t.limits.max_connections {
@@ -372,14 +457,16 @@ impl Pool {
                     return self.send_h2(t, req, Some(stream)).await;
                 }
             }
-            let (tx, task, tls) = self.handshake(t, stream).await?;
-            // Counted since the connect began; the connection's task uncounts it when it ends.
+            let tls = stream.tls_version();
+            t.stats.upstream_cx_http1_total.inc();
+            // Counted since the connect began; the connection uncounts itself when it closes.
             std::mem::forget(connecting);
-            let mut lease = self.lease(tx, task, 1, t.options, tls);
+            let conn = Box::new(Conn::new(stream, Open(t.stats.clone())));
+            let lease = self.lease(1, t.options, tls);
             drop(pending);
-            match lease.tx.send_request(req).await {
-                Ok(resp) => Ok((resp, Lease(Kind::H1(lease)))),
-                Err(e) => Err(SendError::Reset(e)),
+            match client::send(conn, req).await {
+                Ok(resp) => Ok((resp.map(UpResp::H1), Lease(Kind::H1(lease)))),
+                Err(e) => Err(e.into()),
             }
         })
     }
@@ -394,7 +481,7 @@ impl Pool {
         Box::pin(async move {
             let closed = self.closed.load(Relaxed);
             match self.h2.send(t, req, adopt, closed).await? {
-                Sent::Response(resp, stream) => Ok((resp, Lease(Kind::H2(stream)))),
+                Sent::Response(resp, stream) => Ok((resp.map(UpResp::H2), Lease(Kind::H2(stream)))),
                 // ALPN chose HTTP/1.1 (`auto`), and the endpoint is known as HTTP/1.1 now.
                 Sent::Http1(req) => self.send(t, req, Instant::now()).await,
             }
@@ -403,45 +490,15 @@ impl Pool {
 
     fn lease(
         self: &Arc<Self>,
-        tx: SendRequest<UpBody>,
-        task: AbortHandle,
         uses: u32,
         o: &ConnOptions,
         tls_version: Option<&'static str>,
     ) -> H1Lease {
         H1Lease {
             pool: self.clone(),
-            tx,
-            task: CloseOnDrop(Some(task)),
             uses,
             reusable: o.max_requests_per_connection.is_none_or(|m| uses < m),
             tls_version,
         }
-    }
-
-    /// Sets up HTTP/1.1 on a connected stream and starts the connection's task.
-    async fn handshake(
-        &self,
-        t: &Target<'_>,
-        stream: UpStream,
-    ) -> Result<(SendRequest<UpBody>, AbortHandle, Option<&'static str>), SendError> {
-        let tls = stream.tls_version();
-        // hyper's default buffer limit (~400 KB) let a stalled download pin two read buffers of
-        // that size; 64 KiB also bounds a response head like Envoy's `max_response_headers_kb`.
-        let (tx, conn) = http1::Builder::new()
-            .max_buf_size(UPSTREAM_BUF_SIZE)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        let stats = t.stats.clone();
-        stats.upstream_cx_http1_total.inc();
-        let task = tokio::spawn(async move {
-            // Counted down however the task ends, aborted included.
-            let _open = GaugeGuard(&stats.upstream_cx_active);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok((tx, task.abort_handle(), tls))
     }
 }
