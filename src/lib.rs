@@ -12,6 +12,7 @@ pub(crate) mod admin;
 pub mod fuzzing;
 pub(crate) mod grpc;
 pub(crate) mod headers;
+pub(crate) mod http1;
 pub(crate) mod listener;
 pub mod logging;
 pub(crate) mod otlp;
