@@ -30,7 +30,9 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use super::decode::Decoder;
 use super::request::{self, BodyLength, Limits, Reject};
+use super::FramingError;
 use crate::timer::{Deadline, LazyTimer};
 
 /// How a connection is served.
@@ -52,7 +54,8 @@ pub(crate) struct Config {
 /// Why a connection ended.
 #[derive(Debug)]
 pub(crate) enum End {
-    /// The client closed between requests, or a response ended the connection.
+    /// The client closed (between requests, or while its request was served: then it was
+    /// dropped), or a response ended the connection.
     Closed,
     /// A head was refused and answered.
     Rejected(Reject),
@@ -194,33 +197,6 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
-/// How the body being read is framed (until the shared decoder lands: lengths only).
-#[derive(Debug)]
-enum Decoder {
-    Length(u64),
-}
-
-impl Decoder {
-    fn is_done(&self) -> bool {
-        match self {
-            Decoder::Length(n) => *n == 0,
-        }
-    }
-
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame<Bytes>>, BodyError> {
-        match self {
-            Decoder::Length(n) => {
-                if *n == 0 || buf.is_empty() {
-                    return Ok(None);
-                }
-                let take = (*n).min(buf.len() as u64) as usize;
-                *n -= take as u64;
-                Ok(Some(Frame::data(buf.split_to(take).freeze())))
-            }
-        }
-    }
-}
-
 /// The state the connection and its current request body share.
 struct Shared<S> {
     /// `None` once handed to an upgrade.
@@ -236,6 +212,8 @@ struct Shared<S> {
     eof: bool,
     /// The body broke its framing: the connection must close.
     broken: bool,
+    /// The connection's task, waiting for the body to end or be dropped after the response.
+    waiting: Option<std::task::Waker>,
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -259,6 +237,20 @@ impl<S: Io> Shared<S> {
     }
 
     fn poll_frame(
+        &mut self,
+        id: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let r = self.poll_frame_inner(id, cx);
+        if self.decoder.is_none() {
+            if let Some(w) = self.waiting.take() {
+                w.wake();
+            }
+        }
+        r
+    }
+
+    fn poll_frame_inner(
         &mut self,
         id: u64,
         cx: &mut Context<'_>,
@@ -298,9 +290,13 @@ impl<S: Io> Shared<S> {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    tracing::debug!(error = %e, "request body framing");
                     self.broken = true;
                     self.decoder = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(match e {
+                        FramingError::Incomplete => BodyError::Aborted,
+                        _ => BodyError::Malformed,
+                    })));
                 }
             }
             if self.eof {
@@ -326,6 +322,9 @@ trait Source: Send + Sync {
         id: u64,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>>;
+
+    /// The body is dropped: the connection's task, if it waits for that.
+    fn release(&self) -> Option<std::task::Waker>;
 }
 
 impl<S: Io> Source for Mutex<Shared<S>> {
@@ -335,6 +334,10 @@ impl<S: Io> Source for Mutex<Shared<S>> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         lock(self).poll_frame(id, cx)
+    }
+
+    fn release(&self) -> Option<std::task::Waker> {
+        lock(self).waiting.take()
     }
 }
 
@@ -357,6 +360,19 @@ impl std::fmt::Debug for RequestBody {
             .field("id", &self.id)
             .field("remaining", &self.remaining)
             .finish()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let Some(src) = self.source.take() {
+            let waiting = src.release();
+            // The reference goes first: the woken connection counts what is left.
+            drop(src);
+            if let Some(w) = waiting {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -437,6 +453,7 @@ where
         continue_owed: None,
         eof: false,
         broken: false,
+        waiting: None,
     }));
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut first = true;
@@ -479,15 +496,8 @@ where
         // 2. The request, its body reading from the shared state.
         let decoder = match head.body {
             BodyLength::Length(0) => None,
-            BodyLength::Length(n) => Some(Decoder::Length(n)),
-            // Chunked bodies wait for the shared decoder: refused as not implemented.
-            BodyLength::Chunked => {
-                wbuf.clear();
-                write_error(StatusCode::NOT_IMPLEMENTED, &mut wbuf);
-                let _ = write_all(&shared, &mut wbuf).await;
-                shutdown(&shared).await;
-                return End::Rejected(Reject::NotImplemented);
-            }
+            BodyLength::Length(n) => Some(Decoder::length(n)),
+            BodyLength::Chunked => Some(Decoder::chunked()),
         };
         let id = {
             let mut s = lock(&shared);
@@ -519,7 +529,32 @@ where
         });
 
         // 3. The response.
-        let resp = service(req).await;
+        let resp = {
+            let mut fut = std::pin::pin!(service(req));
+            let cap = config.limits.max_head;
+            let answered = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                // With the body read (or none), the socket is watched for the client leaving, as
+                // hyper does: then the request is dropped (cancelled upstream too). Pipelined
+                // bytes are kept, up to a head's size.
+                let mut s = lock(&shared);
+                while s.decoder.is_none() && !s.eof && s.rbuf.len() < cap {
+                    match s.poll_fill(cx) {
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => break,
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match answered {
+                Some(r) => r,
+                None => return End::Closed,
+            }
+        };
         let (mut parts, body) = resp.into_parts();
         {
             // Too late for `100 Continue`: the answer is final.
@@ -635,10 +670,22 @@ where
             Err(e) => return End::Io(e),
         }
 
-        // 4. The request body's rest: a small buffered rest is skipped, anything else closes.
+        // 4. The request body's rest. While someone still holds the body (an upload streaming
+        // up after an early answer), the connection waits for it to end or be dropped, as
+        // hyper did; then a rest already buffered is skipped, anything else closes.
+        std::future::poll_fn(|cx| {
+            let mut s = lock(&shared);
+            if s.decoder.is_none() || Arc::strong_count(&shared) == 1 {
+                return Poll::Ready(());
+            }
+            s.waiting = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
         let reusable = {
             let mut s = lock(&shared);
             s.body_id += 1;
+            s.waiting = None;
             let s = &mut *s;
             let done = loop {
                 let Some(dec) = s.decoder.as_mut() else {
@@ -1073,6 +1120,9 @@ mod tests {
                 .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
                 .unwrap();
         }
+        if path == "/hang" {
+            std::future::pending::<()>().await;
+        }
         if path == "/ignore" {
             return Response::new(
                 Full::new(Bytes::from("ignored"))
@@ -1179,6 +1229,23 @@ mod tests {
         let out = read_all(&mut c).await;
         assert!(out.ends_with("POST /b 0123456789"), "{out}");
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn chunked_request_bodies_are_decoded_and_bad_chunks_close() {
+        let (mut c, _task) = connect(config(), CancellationToken::new());
+        c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nx-t: 1\r\n\r\nGET /next HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
+        let out = read_all(&mut c).await;
+        assert!(out.contains("POST /b hello!"), "{out}");
+        assert!(out.contains("GET /next"), "{out}");
+        // A bad chunk size: the service sees a malformed body; nothing after it is a request.
+        let (mut c, task) = connect(config(), CancellationToken::new());
+        c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n").await.unwrap();
+        let out = read_all(&mut c).await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert!(out.ends_with("malformed request body"), "{out}");
+        assert!(!out.contains("smuggled"), "{out}");
+        assert!(matches!(task.await.unwrap(), End::Closed));
     }
 
     #[tokio::test]
@@ -1345,6 +1412,15 @@ mod tests {
         c.write_all(b"lo").await.unwrap();
         let out = read_until(&mut c, "hello!").await;
         assert_eq!(out, "hello!");
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_mid_request_drops_it() {
+        let (mut c, task) = connect(config(), CancellationToken::new());
+        c.write_all(b"GET /hang HTTP/1.1\r\n\r\n").await.unwrap();
+        c.shutdown().await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(matches!(end.expect("ends").unwrap(), End::Closed));
     }
 
     #[tokio::test]

@@ -75,7 +75,7 @@ pub(super) async fn forward(
     hash: Option<u64>,
     parts: http::request::Parts,
     proto: HeaderValue,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: crate::http1::server::OnUpgrade,
     limits: Limits,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
@@ -175,14 +175,14 @@ pub enum UpgradeError {
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
 /// removed) to endpoint `ep`, and when it answers 101 splices the two upgraded connections.
 ///
-/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); the
+/// `downstream` is the client's pending upgrade (from Tern's HTTP/1 engine); the
 /// tunnel's record and limits are in `tunnel`.
 pub async fn proxy(
     cluster: &Arc<Cluster>,
     ep: Arc<Endpoint>,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
-    downstream: hyper::upgrade::OnUpgrade,
+    downstream: crate::http1::server::OnUpgrade,
     tunnel: Tunnel<'_>,
 ) -> Result<Response<Incoming>, UpgradeError> {
     let cs = &cluster.stats;
@@ -234,12 +234,14 @@ pub async fn proxy(
             let _active = active;
             let mut counts = (0, 0);
             let mut flags = Flags::default();
+            let downstream = async { downstream.await.map_err(|e| e.to_string()) };
+            let upstream = async { upstream.await.map_err(|e| e.to_string()) };
             match tokio::try_join!(downstream, upstream) {
                 Ok((down, up)) => {
                     // The HTTP connection ended with the upgrade; the tunnel is the connection now.
                     let _open = OpenTunnel::new(&stats, &shared);
                     let last = Arc::new(AtomicU64::new(crate::timer::now_ms()));
-                    let mut down = ReadCount::new(TokioIo::new(down), last.clone());
+                    let mut down = ReadCount::new(down, last.clone());
                     let mut up = ReadCount::new(TokioIo::new(up), last.clone());
                     tokio::select! {
                         r = tokio::io::copy_bidirectional(&mut down, &mut up) => {
