@@ -8,11 +8,12 @@
 //! | --- | --- |
 //! | both `Content-Length` and `Transfer-Encoding` | 400 (Envoy's default) |
 //! | `Content-Length` not `1*DIGIT`, a comma list, overflowing, or two different values | 400 |
-//! | `Transfer-Encoding` with a coding other than one final `chunked` | 501 (400 if not a token list, or `chunked` not last) |
+//! | `Transfer-Encoding` not ending in `chunked`, `chunked` twice, not a token list | 400 |
+//! | `Transfer-Encoding` with other codings before a final `chunked` | 501 (Envoy's) |
 //! | `Transfer-Encoding` on an HTTP/1.0 request | 400 |
 //! | obs-fold, whitespace before the colon, bare CR, NUL, DEL or other control bytes | 400 |
-//! | a request line that is not `method SP target SP HTTP/1.x` | 400 |
-//! | a target longer than [`Limits::max_uri`] (the `http` crate's limit) | 414 |
+//! | a request line that is not `method SP target SP HTTP/1.x`, a target with a fragment | 400 |
+//! | a target longer than [`Limits::max_uri`] (the `http` crate's limit), a request line longer than the head limit | 414 |
 //! | a head larger than `max_request_headers_kb`, more than `max_headers_count` fields | 431 |
 //!
 //! Keep-alive: HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 closes unless
@@ -122,18 +123,13 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head {
-                // Still in the request line: it is the target that is too long.
-                return Err(if memchr_lf(buf) {
-                    Reject::HeadersTooLarge
-                } else if buf.len() > limits.max_uri {
-                    Reject::UriTooLong
-                } else {
-                    Reject::HeadersTooLarge
-                });
-            }
-            if !memchr_lf(buf) && buf.len() > limits.max_uri + 32 {
+            let line_done = memchr_lf(buf);
+            // Still in the request line and already over a limit: it is the target's fault.
+            if !line_done && buf.len() > limits.max_head.min(limits.max_uri + 32) {
                 return Err(Reject::UriTooLong);
+            }
+            if buf.len() > limits.max_head {
+                return Err(Reject::HeadersTooLarge);
             }
             return Ok(None);
         }
@@ -141,7 +137,13 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         Err(e) => return Err(Reject::BadRequest(error_reason(e))),
     };
     if len > limits.max_head {
-        return Err(Reject::HeadersTooLarge);
+        // A request line alone over the limit is answered as a long target (RFC 9112 §3).
+        let line = buf.iter().position(|b| *b == b'\n').unwrap_or(len);
+        return Err(if line > limits.max_head {
+            Reject::UriTooLong
+        } else {
+            Reject::HeadersTooLarge
+        });
     }
     let base = buf.as_ptr() as usize;
     let method = req.method.unwrap_or_default();
@@ -153,6 +155,10 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     };
     if path.len() > limits.max_uri {
         return Err(Reject::UriTooLong);
+    }
+    // A fragment is never sent (RFC 9112 §3.2): a target with one is malformed.
+    if path.as_bytes().contains(&b'#') {
+        return Err(Reject::BadRequest("target"));
     }
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| Reject::BadRequest("method"))?;
     let path_at = path.as_ptr() as usize - base;
@@ -180,7 +186,7 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         .map_err(|_| Reject::BadRequest("target"))?;
     let mut headers = HeaderMap::with_capacity(n);
     let mut length: Option<u64> = None;
-    let mut te: Option<Result<bool, Reject>> = None;
+    let mut te: Option<Codings> = None;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
@@ -200,10 +206,7 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
                 None => length = Some(n),
             }
         } else if name == TRANSFER_ENCODING {
-            te = Some(match te {
-                None | Some(Ok(_)) => transfer_codings(raw, te.and_then(Result::ok)),
-                Some(Err(e)) => Err(e),
-            });
+            te.get_or_insert_default().read(raw)?;
         } else if name == CONNECTION {
             for t in raw.split(|b| *b == b',') {
                 let t = t.trim_ascii();
@@ -227,10 +230,10 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         (Some(_), None) if version == Version::HTTP_10 => {
             return Err(Reject::BadRequest("transfer-encoding on HTTP/1.0"))
         }
-        (Some(Err(e)), None) => return Err(e),
-        // A list whose last coding is chunked but has others: not implemented.
-        (Some(Ok(false)), None) => return Err(Reject::NotImplemented),
-        (Some(Ok(true)), None) => BodyLength::Chunked,
+        (Some(codings), None) => {
+            codings.decide()?;
+            BodyLength::Chunked
+        }
         (None, l) => BodyLength::Length(l.unwrap_or(0)),
     };
     let keep_alive = match version {
@@ -270,38 +273,51 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// Reads one `Transfer-Encoding` field after `before` (the fields seen so far: `Some(true)` when
-/// they were exactly `chunked`, `Some(false)` when they named other codings). `Ok(true)`: the
-/// whole list is exactly one `chunked`; `Ok(false)`: well-formed codings Tern does not implement;
-/// `Err`: malformed, or `chunked` applied before another coding (or twice).
-fn transfer_codings(v: &[u8], before: Option<bool>) -> Result<bool, Reject> {
-    let mut count = usize::from(before.is_some());
-    let mut chunked_seen = before == Some(true);
-    let mut last_chunked = before == Some(true);
-    for item in v.split(|b| *b == b',') {
-        let item = item.trim_ascii();
-        // A coding with parameters (`gzip;q=1`) is still a coding: `token=token` each.
-        let mut pieces = item.split(|b| *b == b';');
-        let name = pieces.next().unwrap_or_default().trim_ascii();
-        if !is_token(name) {
-            return Err(Reject::BadRequest("transfer-encoding"));
-        }
-        for param in pieces {
-            let mut kv = param.trim_ascii().splitn(2, |b| *b == b'=');
-            let (k, v) = (kv.next().unwrap_or_default(), kv.next().unwrap_or_default());
-            if !is_token(k.trim_ascii()) || !is_token(v.trim_ascii()) {
+/// The `Transfer-Encoding` fields read so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Codings {
+    count: usize,
+    /// The last coding is exactly `chunked`.
+    last_chunked: bool,
+}
+
+impl Codings {
+    /// Reads one field's list. `Err`: malformed, or a coding after `chunked` (400).
+    fn read(&mut self, v: &[u8]) -> Result<(), Reject> {
+        for item in v.split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            // A coding with parameters (`gzip;q=1`) is still a coding: `token=token` each.
+            let mut pieces = item.split(|b| *b == b';');
+            let name = pieces.next().unwrap_or_default().trim_ascii();
+            if !is_token(name) {
                 return Err(Reject::BadRequest("transfer-encoding"));
             }
+            for param in pieces {
+                let mut kv = param.trim_ascii().splitn(2, |b| *b == b'=');
+                let (k, v) = (kv.next().unwrap_or_default(), kv.next().unwrap_or_default());
+                if !is_token(k.trim_ascii()) || !is_token(v.trim_ascii()) {
+                    return Err(Reject::BadRequest("transfer-encoding"));
+                }
+            }
+            if self.last_chunked {
+                // chunked must be the last coding, applied once.
+                return Err(Reject::BadRequest("transfer-encoding"));
+            }
+            self.count += 1;
+            self.last_chunked = name.eq_ignore_ascii_case(b"chunked") && name.len() == item.len();
         }
-        if chunked_seen {
-            // chunked must be the last coding, applied once.
-            return Err(Reject::BadRequest("transfer-encoding"));
-        }
-        count += 1;
-        last_chunked = name.eq_ignore_ascii_case(b"chunked") && name.len() == item.len();
-        chunked_seen = name.eq_ignore_ascii_case(b"chunked");
+        Ok(())
     }
-    Ok(count == 1 && last_chunked)
+
+    /// The whole list: `Ok(())` when it is exactly `chunked`; 400 when `chunked` is not last
+    /// (the body's end is unknown, RFC 9112 §6.3 (4)); 501 for other codings before it.
+    fn decide(self) -> Result<(), Reject> {
+        match (self.last_chunked, self.count) {
+            (false, _) => Err(Reject::BadRequest("transfer-encoding")),
+            (true, 1) => Ok(()),
+            (true, _) => Err(Reject::NotImplemented),
+        }
+    }
 }
 
 /// A non-empty token (RFC 9110 §5.6.2).
@@ -414,8 +430,8 @@ mod tests {
             ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: ChUnKeD\r\n\r\n").body,
             BodyLength::Chunked
         );
-        // Codings Tern does not implement: 501, as Envoy.
-        for v in ["gzip", "gzip, chunked", "identity", "deflate"] {
+        // Codings Tern does not implement before a final chunked: 501, as Envoy.
+        for v in ["gzip, chunked", "identity, chunked", "gzip;q=1, chunked"] {
             let req = format!("POST / HTTP/1.1\r\ntransfer-encoding: {v}\r\n\r\n");
             assert_eq!(status(req.as_bytes()), 501, "{v:?}");
         }
@@ -425,8 +441,12 @@ mod tests {
             ),
             501
         );
-        // Malformed, or chunked not last or twice: 400.
+        // Malformed, or chunked not last (the body's end is unknown) or twice: 400.
         for v in [
+            "gzip",
+            "identity",
+            "xchunked",
+            "chunked, identity",
             "chunked, gzip",
             "chunked, chunked",
             "",
@@ -440,10 +460,11 @@ mod tests {
             assert_eq!(status(req.as_bytes()), 400, "{v:?}");
         }
         assert_eq!(status(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(status(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: identity\r\n\r\n"), 400);
         // A parameter on chunked is not chunked.
         assert_eq!(
             status(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked;x=1\r\n\r\n"),
-            501
+            400
         );
         // HTTP/1.0 has no transfer codings.
         assert_eq!(
@@ -487,6 +508,7 @@ mod tests {
             b"GET / x HTTP/1.1\r\n\r\n",
             b"GET /\x00 HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\rHost: x\r\n\r\n",
+            b"GET /a#frag HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(status(req), 400, "{:?}", String::from_utf8_lossy(req));
         }
@@ -517,6 +539,12 @@ mod tests {
         // Still arriving, and already over the limit.
         let r = parse(&mut BytesMut::from(&big.as_bytes()[..1060]), &small);
         assert_eq!(r.unwrap_err(), Reject::HeadersTooLarge);
+        // A request line over the head limit: 414, whole or still arriving.
+        let line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(1100));
+        let r = parse(&mut BytesMut::from(line.as_bytes()), &small);
+        assert_eq!(r.unwrap_err(), Reject::UriTooLong);
+        let r = parse(&mut BytesMut::from(&line.as_bytes()[..1060]), &small);
+        assert_eq!(r.unwrap_err(), Reject::UriTooLong);
         let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 1\r\nc: 1\r\nd: 1\r\ne: 1\r\n\r\n";
         let r = parse(&mut BytesMut::from(&many[..]), &small);
         assert_eq!(r.unwrap_err(), Reject::HeadersTooLarge);

@@ -490,7 +490,13 @@ where
             .get_all(TE)
             .iter()
             .any(|v| has_token(v.as_bytes(), b"trailers"));
-        let wants_upgrade = head.parts.headers.contains_key(http::header::UPGRADE) || connect;
+        let upgrade = head.parts.headers.get(http::header::UPGRADE);
+        let wants_upgrade = upgrade.is_some() || connect;
+        // A refused switch closes: a client may send the new protocol's bytes without waiting
+        // for the 101, and they must not be read as requests. h2c is served as a plain request
+        // (its client waits for the 101).
+        let switch_asked =
+            upgrade.is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"));
         let mut keep_alive = head.keep_alive;
 
         // 2. The request, its body reading from the shared state.
@@ -594,6 +600,9 @@ where
             keep_alive = false;
         }
         drop(upgrade_tx);
+        if switch_asked {
+            keep_alive = false;
+        }
         let has_body = !(method_head
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED
@@ -962,12 +971,23 @@ async fn shutdown<S: Io>(shared: &Arc<Mutex<Shared<S>>>) {
     .await;
 }
 
-/// A reply to a refused head (or a late one): no body, and the connection closes.
+/// A reply to a refused head (no body, as hyper's) or a late one (the text the listener
+/// always sent), then the connection closes.
 fn write_error(status: StatusCode, wbuf: &mut BytesMut) {
     encode_status(status, wbuf);
-    wbuf.extend_from_slice(b"content-length: 0\r\nconnection: close\r\ndate: ");
+    let body: &[u8] = match status {
+        StatusCode::REQUEST_TIMEOUT => b"request headers timeout\n",
+        _ => b"",
+    };
+    if !body.is_empty() {
+        wbuf.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
+    }
+    wbuf.extend_from_slice(b"content-length: ");
+    wbuf.extend_from_slice(body.len().to_string().as_bytes());
+    wbuf.extend_from_slice(b"\r\nconnection: close\r\ndate: ");
     date::append(wbuf);
     wbuf.extend_from_slice(b"\r\n\r\n");
+    wbuf.extend_from_slice(body);
 }
 
 fn encode_status(status: StatusCode, wbuf: &mut BytesMut) {
@@ -1272,7 +1292,10 @@ mod tests {
                 b"POST / HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
                 "400",
             ),
-            (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n", "501"),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                "501",
+            ),
         ] {
             let (mut c, task) = connect(config(), CancellationToken::new());
             c.write_all(req).await.unwrap();
@@ -1424,6 +1447,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refused_upgrade_closes_but_h2c_is_served_plain() {
+        let (mut c, _task) = connect(config(), CancellationToken::new());
+        c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nGET /optimistic HTTP/1.1\r\n\r\n").await.unwrap();
+        let out = read_all(&mut c).await;
+        assert!(
+            out.contains("connection: close\r\n") && out.ends_with("GET /a "),
+            "{out}"
+        );
+        let (mut c, _task) = connect(config(), CancellationToken::new());
+        c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\nGET /b HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
+        let out = read_all(&mut c).await;
+        assert!(out.contains("GET /a ") && out.ends_with("GET /b "), "{out}");
+    }
+
+    #[tokio::test]
     async fn drain_closes_between_requests() {
         let drain = CancellationToken::new();
         let (mut c, task) = connect(config(), drain.clone());
@@ -1443,6 +1481,7 @@ mod tests {
         c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+        assert!(out.ends_with("\r\n\r\nrequest headers timeout\n"), "{out}");
         assert!(matches!(task.await.unwrap(), End::FirstHeaderTimeout));
         // A later request: closed without an answer.
         cfg.start = Instant::now();
