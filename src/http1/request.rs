@@ -20,6 +20,8 @@
 //! `Connection: keep-alive`. Absolute-form, authority-form and `*` targets are parsed as
 //! `http::Uri` does (as hyper did); which authority routes is `proxy`'s rule, not this one's.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
@@ -111,16 +113,18 @@ impl std::fmt::Display for Reject {
 /// the body or the next request follows.
 pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Reject> {
     // Leading empty lines before a request line are allowed (RFC 9112 §2.2); httparse skips them.
-    let mut storage = [httparse::EMPTY_HEADER; 128];
+    // Uninitialised: nothing is written per request but the fields found.
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut heap;
-    let fields: &mut [httparse::Header<'_>] = if limits.max_headers <= storage.len() {
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= storage.len() {
         &mut storage[..limits.max_headers]
     } else {
-        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        heap = Vec::new();
+        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
         &mut heap
     };
-    let mut req = httparse::Request::new(fields);
-    let len = match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             let line_done = memchr_lf(buf);
@@ -164,21 +168,22 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
     // Offsets of every field, so the head can be frozen and the values share its memory.
-    let mut at: [(usize, usize, usize, usize); 128] = [(0, 0, 0, 0); 128];
+    let mut at = [(0u32, 0u32, 0u32, 0u32); 128];
     let mut at_heap;
     let n = req.headers.len();
-    let offs: &mut [(usize, usize, usize, usize)] = if n <= at.len() {
+    let offs: &mut [(u32, u32, u32, u32)] = if n <= at.len() {
         &mut at[..n]
     } else {
         at_heap = vec![(0, 0, 0, 0); n];
         &mut at_heap
     };
     for (o, h) in offs.iter_mut().zip(req.headers.iter()) {
+        // The head is at most `max_head` (a u32 of kilobytes) long: offsets fit a u32.
         *o = (
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
+            (h.name.as_ptr() as usize - base) as u32,
+            h.name.len() as u32,
+            (h.value.as_ptr() as usize - base) as u32,
+            h.value.len() as u32,
         );
     }
     let head: Bytes = buf.split_to(len).freeze();
@@ -191,6 +196,7 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     for &(na, nl, va, vl) in offs.iter() {
+        let (na, nl, va, vl) = (na as usize, nl as usize, va as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[na..na + nl])
             .map_err(|_| Reject::BadRequest("field name"))?;
         let raw = &head[va..va + vl];
