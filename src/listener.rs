@@ -523,11 +523,16 @@ async fn serve_http(
 ) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let far = h1.start + Duration::from_secs(365 * 24 * 3600);
-    let deadline = timeouts.headers.map_or(far, |t| h1.start + t);
+    let header = timeouts.headers.map_or(far, |t| h1.start + t);
+    let idle = timeouts.idle.map_or(far, |t| h1.start + t);
     let sniffed = tokio::select! {
         r = sniff(&mut stream, &mut buf) => r,
-        _ = tokio::time::sleep_until(deadline.into()) => {
-            stats.downstream_rq_header_timeout.inc();
+        _ = tokio::time::sleep_until(header.min(idle).into()) => {
+            if header <= idle {
+                stats.downstream_rq_header_timeout.inc();
+            } else {
+                stats.downstream_cx_idle_timeout.inc();
+            }
             return;
         }
         _ = drain.cancelled() => return,

@@ -738,10 +738,8 @@ async fn read_head<S: Io>(
     waiting_since: Instant,
 ) -> Result<request::Head, End> {
     let header_deadline = config.header_timeout.map(|t| waiting_since + t);
-    let idle_deadline = config
-        .idle_timeout
-        .filter(|_| !first)
-        .map(|t| last_start + t);
+    // From the start for the first request (a silent connection), then from the last request's.
+    let idle_deadline = config.idle_timeout.map(|t| last_start + t);
     let mut header =
         header_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
     let mut idle = idle_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
@@ -800,7 +798,26 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    if framing == Framing::None || body.is_end_stream() {
+    if framing == Framing::None {
+        // No body goes out; one the service made anyway is read to its end if it is there
+        // already (an upstream's empty body, which then counts as read whole), else dropped.
+        {
+            let mut body = std::pin::pin!(body);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            for _ in 0..4 {
+                if body.is_end_stream() {
+                    break;
+                }
+                match body.as_mut().poll_frame(&mut cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+        }
+        write_all(shared, wbuf).await?;
+        return Ok(true);
+    }
+    if body.is_end_stream() {
         let ok = match framing {
             Framing::Length(n) => n == 0,
             Framing::Chunked => {
