@@ -563,17 +563,10 @@ async fn serve_h1(
     stats: &Arc<ListenerStats>,
 ) {
     let c = conn.clone();
-    let svc = move |req: Request<RequestBody>| {
-        let handled = proxy::handle(req.map(ReqBody::H1), c.clone());
-        // Boxed: the request's future is about 10 KB, and the connection's future would hold
-        // that much for its whole life, idle or not (one allocation per request).
-        Box::pin(async move {
-            match handled.await {
-                Ok(r) => r,
-                Err(e) => match e {},
-            }
-        })
-    };
+    // Boxed: the request's future is about 10 KB, and the connection's future would hold that
+    // much for its whole life, idle or not (one allocation per request). Made inside the box:
+    // a future built first and then boxed is copied whole (10 KB of memcpy per request).
+    let svc = move |req: Request<RequestBody>| Box::pin(respond(req, c.clone()));
     let fut = server::serve(stream, buf, config, drain, svc);
     tokio::pin!(fut);
     let killed = kill.cancelled();
@@ -600,6 +593,14 @@ async fn serve_h1(
         Some(End::Idle) => stats.downstream_cx_idle_timeout.inc(),
         Some(End::Io(e)) => tracing::debug!(error = %e, "connection error"),
         _ => {}
+    }
+}
+
+/// One HTTP/1 request through the proxy (its future starts small: the arguments only).
+async fn respond(req: Request<RequestBody>, conn: Arc<Conn>) -> http::Response<proxy::RespBody> {
+    match proxy::handle(req.map(ReqBody::H1), conn).await {
+        Ok(r) => r,
+        Err(e) => match e {},
     }
 }
 

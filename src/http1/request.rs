@@ -23,7 +23,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
 /// The limits a request head is parsed with.
@@ -70,6 +70,10 @@ pub(crate) struct Head {
     pub keep_alive: bool,
     /// `Expect: 100-continue` on HTTP/1.1.
     pub expect_continue: bool,
+    /// `TE: trailers`: the client takes trailers in a chunked response.
+    pub te_trailers: bool,
+    /// `Upgrade` asked: `Some(true)` for `h2c` (served as a plain request), else `Some(false)`.
+    pub upgrade: Option<bool>,
 }
 
 /// Why a request head was refused: the connection answers with the status and closes.
@@ -195,6 +199,8 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut te_trailers = false;
+    let mut upgrade = None;
     for &(na, nl, va, vl) in offs.iter() {
         let (na, nl, va, vl) = (na as usize, nl as usize, va as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[na..na + nl])
@@ -224,6 +230,12 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
             }
         } else if name == EXPECT {
             expect_continue = raw.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name == TE {
+            te_trailers |= raw
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        } else if name == UPGRADE {
+            upgrade = Some(raw.trim_ascii().eq_ignore_ascii_case(b"h2c"));
         }
         headers.append(name, value);
     }
@@ -256,6 +268,8 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         body,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
+        te_trailers,
+        upgrade,
     }))
 }
 

@@ -24,8 +24,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TE, TRAILER, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -484,19 +484,12 @@ where
         let method_head = head.parts.method == Method::HEAD;
         let connect = head.parts.method == Method::CONNECT;
         let version = head.parts.version;
-        let trailers_ok = head
-            .parts
-            .headers
-            .get_all(TE)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"trailers"));
-        let upgrade = head.parts.headers.get(http::header::UPGRADE);
-        let wants_upgrade = upgrade.is_some() || connect;
+        let trailers_ok = head.te_trailers;
+        let wants_upgrade = head.upgrade.is_some() || connect;
         // A refused switch closes: a client may send the new protocol's bytes without waiting
         // for the 101, and they must not be read as requests. h2c is served as a plain request
         // (its client waits for the 101).
-        let switch_asked =
-            upgrade.is_some_and(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c"));
+        let switch_asked = head.upgrade == Some(false);
         let mut keep_alive = head.keep_alive;
 
         // 2. The request, its body reading from the shared state.
@@ -608,60 +601,64 @@ where
             || parts.status == StatusCode::NOT_MODIFIED
             || parts.status.is_informational()
             || (connect && parts.status.is_success()));
-        if parts
-            .headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"close"))
-        {
-            keep_alive = false;
-        }
-        // The body's framing.
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        parts.headers.remove(TRANSFER_ENCODING);
-        let framing = if !has_body {
-            if parts.status == StatusCode::NO_CONTENT {
-                parts.headers.remove(CONTENT_LENGTH);
+        // One pass over the fields: the framing ones are Tern's to write (a length only when
+        // valid, never a transfer coding or connection options of the service's).
+        wbuf.clear();
+        encode_status(parts.status, &mut wbuf);
+        let mut declared = None;
+        let mut has_date = false;
+        let no_length = parts.status == StatusCode::NO_CONTENT || parts.status.is_informational();
+        for (name, value) in &parts.headers {
+            if *name == TRANSFER_ENCODING {
+                continue;
+            } else if *name == CONNECTION {
+                if has_token(value.as_bytes(), b"close") {
+                    keep_alive = false;
+                }
+                continue;
+            } else if *name == CONTENT_LENGTH {
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if no_length || declared.is_some() || n.is_none() {
+                    continue;
+                }
+                declared = n;
+            } else if *name == DATE {
+                has_date = true;
             }
+            put_field(&mut wbuf, name.as_str().as_bytes(), value.as_bytes());
+        }
+        let framing = if !has_body {
             Framing::None
         } else if let Some(n) = declared {
             Framing::Length(n)
         } else if let Some(n) = body.size_hint().exact() {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+            wbuf.extend_from_slice(b"content-length: ");
+            wbuf.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
+            wbuf.extend_from_slice(b"\r\n");
             Framing::Length(n)
         } else if version == Version::HTTP_11 {
-            parts
-                .headers
-                .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Framing::Chunked
         } else {
             keep_alive = false;
             Framing::Eof
         };
         if !keep_alive {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("close"));
+            wbuf.extend_from_slice(b"connection: close\r\n");
         } else if version == Version::HTTP_10 {
-            parts
-                .headers
-                .insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+            wbuf.extend_from_slice(b"connection: keep-alive\r\n");
         }
-        let declared_trailers = (framing == Framing::Chunked && trailers_ok)
-            .then(|| trailer_names(&parts.headers))
-            .flatten();
-        wbuf.clear();
-        encode_status(parts.status, &mut wbuf);
-        encode_headers(&parts.headers, &mut wbuf);
-        if !parts.headers.contains_key(DATE) {
+        if !has_date {
             wbuf.extend_from_slice(b"date: ");
             date::append(&mut wbuf);
             wbuf.extend_from_slice(b"\r\n");
         }
         wbuf.extend_from_slice(b"\r\n");
+        let declared_trailers = (framing == Framing::Chunked && trailers_ok)
+            .then(|| trailer_names(&parts.headers))
+            .flatten();
         let written = write_body(
             &shared,
             &mut wbuf,
@@ -845,7 +842,12 @@ where
             match now {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
-                    write_all(shared, wbuf).await?;
+                    // A body whose last byte is here waits for its end before the client sees
+                    // the response: its upstream connection goes back to the pool first, so the
+                    // client's next request finds it there.
+                    if !(matches!(framing, Framing::Length(_)) && left == 0) {
+                        write_all(shared, wbuf).await?;
+                    }
                     std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
             }
@@ -1022,10 +1024,29 @@ fn encode_status(status: StatusCode, wbuf: &mut BytesMut) {
 
 fn encode_headers(headers: &HeaderMap, wbuf: &mut BytesMut) {
     for (name, value) in headers {
-        wbuf.extend_from_slice(name.as_str().as_bytes());
-        wbuf.extend_from_slice(b": ");
-        wbuf.extend_from_slice(value.as_bytes());
-        wbuf.extend_from_slice(b"\r\n");
+        put_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// One field line.
+fn put_field(wbuf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    wbuf.reserve(name.len() + value.len() + 4);
+    wbuf.extend_from_slice(name);
+    wbuf.extend_from_slice(b": ");
+    wbuf.extend_from_slice(value);
+    wbuf.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, in `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -1183,8 +1204,8 @@ mod tests {
         };
         if path == "/stream" {
             let mut t = HeaderMap::new();
-            t.insert("x-sum", HeaderValue::from_static("7"));
-            t.insert("x-undeclared", HeaderValue::from_static("1"));
+            t.insert("x-sum", http::HeaderValue::from_static("7"));
+            t.insert("x-undeclared", http::HeaderValue::from_static("1"));
             let frames = vec![
                 Ok(Frame::data(Bytes::from_static(b"hello "))),
                 Ok(Frame::data(body)),
