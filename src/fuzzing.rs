@@ -227,3 +227,45 @@ mod tests {
         assert!(parsed >= 8 * 256, "the response corpus has valid heads too");
     }
 }
+
+/// A request head as Tern's HTTP/1 engine reads it, and the framing it decides.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Http1Head {
+    /// Bytes the head took from the front of the input.
+    pub consumed: usize,
+    /// The body's declared length; `None` when it is chunked.
+    pub content_length: Option<u64>,
+    /// The connection may serve another request after this one.
+    pub keep_alive: bool,
+    /// Header fields kept.
+    pub fields: usize,
+    /// Whether `content-length` and `transfer-encoding` fields are present.
+    pub has_length_field: bool,
+    /// Whether a `transfer-encoding` field is present.
+    pub has_te_field: bool,
+}
+
+/// Parses the front of `data` as a request head with the default limits (60 KiB, 100 fields):
+/// `Ok(None)` when more bytes are needed, `Err(status)` when refused.
+pub fn http1_request(data: &[u8]) -> Result<Option<Http1Head>, u16> {
+    use crate::http1::request::{parse, BodyLength, Limits};
+    let mut buf = bytes::BytesMut::from(data);
+    match parse(&mut buf, &Limits::default()) {
+        Ok(None) => Ok(None),
+        Err(r) => Err(r.status().as_u16()),
+        Ok(Some(h)) => Ok(Some(Http1Head {
+            consumed: data.len() - buf.len(),
+            content_length: match h.body {
+                BodyLength::Length(n) => Some(n),
+                BodyLength::Chunked => None,
+            },
+            keep_alive: h.keep_alive,
+            fields: h.parts.headers.len(),
+            has_length_field: h.parts.headers.contains_key(http::header::CONTENT_LENGTH),
+            has_te_field: h
+                .parts
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING),
+        })),
+    }
+}

@@ -1,5 +1,6 @@
-//! Accept loops: one per bound address, serving HTTP/1.1 + HTTP/2 (prior knowledge, or ALPN
-//! over TLS) or TCP, after the PROXY protocol header and the TLS handshake when configured.
+//! Accept loops: one per bound address, serving HTTP/1.1 (Tern's engine, [`crate::http1`]) +
+//! HTTP/2 (hyper's server; told apart by the connection preface, prior knowledge or ALPN over
+//! TLS) or TCP, after the PROXY protocol header and the TLS handshake when configured.
 //!
 //! A listener keeps its socket across reloads while its address stays configured; what it does
 //! with each connection is read from the current snapshot at accept time. At accept, a connection
@@ -17,19 +18,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{self, Conn};
+use crate::http1::request::{self, Reject};
+use crate::http1::server::{self, End, RequestBody};
+use crate::proxy::{self, Conn, ReqBody};
 use crate::snapshot::{ConnLimits, ListenerKind};
 use crate::state::Shared;
 use crate::stats::ListenerStats;
@@ -118,6 +122,7 @@ async fn accept_loop(
             _ = stop.cancelled() => break,
         };
         backoff.succeeded("listener", local);
+        let accepted = std::time::Instant::now();
         let snap = shared.snapshot.load();
         let Some(lr) = snap.listeners.get(&local) else {
             continue;
@@ -162,29 +167,27 @@ async fn accept_loop(
                     tls: None,
                 });
                 let limits = lr.limits;
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                // hyper has one buffer limit for an HTTP/1 connection: the request head must fit
-                // in it (431 beyond), and it also bounds what is queued for a slow reader.
-                builder
-                    .http1()
-                    .timer(conn.timer.clone())
-                    .header_read_timeout(lr.request_headers_timeout)
-                    .max_headers(limits.max_headers_count as usize)
-                    .max_buf_size((limits.max_request_headers_bytes as usize).max(MIN_H1_BUF));
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
+                let mut h2 = http2::Builder::new(TokioExecutor::new());
+                h2.timer(TokioTimer::new())
                     .max_concurrent_streams(limits.h2_max_concurrent_streams)
                     .initial_stream_window_size(limits.h2_initial_stream_window_size)
                     .initial_connection_window_size(limits.h2_initial_connection_window_size)
                     .max_header_list_size(limits.max_request_headers_bytes)
                     .max_send_buf_size(limits.buffer_limit_bytes as usize);
                 if let Some((interval, timeout)) = limits.h2_keepalive {
-                    builder
-                        .http2()
-                        .keep_alive_interval(interval)
-                        .keep_alive_timeout(timeout);
+                    h2.keep_alive_interval(interval).keep_alive_timeout(timeout);
                 }
+                let h1 = server::Config {
+                    limits: request::Limits {
+                        max_head: limits.max_request_headers_bytes as usize,
+                        max_headers: limits.max_headers_count as usize,
+                        max_uri: request::MAX_URI,
+                    },
+                    header_timeout: lr.request_headers_timeout,
+                    idle_timeout: lr.idle_timeout,
+                    start: accepted,
+                    timer: Some(conn.timer.clone()),
+                };
                 let timeouts = Timeouts {
                     idle: lr.idle_timeout,
                     headers: lr.request_headers_timeout,
@@ -210,7 +213,7 @@ async fn accept_loop(
                             None => return,
                         },
                     };
-                    serve_http(stream, conn, builder, timeouts, limits, drain, kill, &stats).await;
+                    serve_http(stream, conn, h2, h1, timeouts, limits, drain, kill, &stats).await;
                     drop(open);
                 });
             }
@@ -291,9 +294,6 @@ async fn accept_loop(
     }
     tracing::info!(%local, "listener stopped");
 }
-
-/// hyper's smallest HTTP/1 buffer limit.
-const MIN_H1_BUF: usize = 8192;
 
 /// A TLS stream accepted by a listener.
 type TlsStream = Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
@@ -421,67 +421,57 @@ impl AcceptBackoff {
 struct Timeouts {
     /// No request started for this long: closed gracefully.
     idle: Option<Duration>,
-    /// No request within this time from accept: closed (hyper times the later HTTP/1 requests).
+    /// No request within this time from accept: closed (HTTP/1 answers 408; later HTTP/1
+    /// requests have it from the end of the previous response).
     headers: Option<Duration>,
 }
-
-/// What a client gets when its request headers do not arrive within `request_headers_timeout`.
-const REQUEST_TIMEOUT_REPLY: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 24\r\nconnection: close\r\n\r\nrequest headers timeout\n";
 
 /// The HTTP/2 connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-pin_project_lite::pin_project! {
-    /// A client connection as hyper reads and writes it. It notes whether the first bytes were
-    /// an HTTP/1 request (rather than nothing, or the HTTP/2 preface), so that when the first
-    /// request's headers time out it can answer 408 as it is dropped: the socket's one
-    /// descriptor does it, no second handle is needed.
-    struct Io {
-        #[pin]
-        stream: DownStream,
-        // Bytes of the HTTP/2 preface seen, up to its length; `u8::MAX` once a byte differed.
-        preface: u8,
-        signal: Arc<Signal>,
-    }
-
-    impl PinnedDrop for Io {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            let http1 = *this.preface == u8::MAX;
-            if http1 && this.signal.reply_408.load(Relaxed) {
-                // Nothing was sent on this connection yet: the reply fits the empty send buffer.
-                this.stream.try_write_plain(REQUEST_TIMEOUT_REPLY);
-            }
+/// Reads until the first bytes show the HTTP/2 preface (`Ok(true)`) or an HTTP/1 request
+/// (`Ok(false)`: as soon as a byte differs). `Err` when the client closed first.
+async fn sniff(stream: &mut DownStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        if tokio::io::AsyncReadExt::read_buf(stream, buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
 }
 
-impl tokio::io::AsyncRead for Io {
+pin_project_lite::pin_project! {
+    /// A stream with bytes already read from it put back in front (the sniffed preface).
+    struct Rewind {
+        pre: bytes::Bytes,
+        #[pin]
+        stream: DownStream,
+    }
+}
+
+impl tokio::io::AsyncRead for Rewind {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        let before = buf.filled().len();
-        let r = this.stream.poll_read(cx, buf);
-        if usize::from(*this.preface) < H2_PREFACE.len() {
-            for &b in &buf.filled()[before..] {
-                match H2_PREFACE.get(usize::from(*this.preface)) {
-                    Some(&p) if p == b => *this.preface += 1,
-                    Some(_) => {
-                        *this.preface = u8::MAX;
-                        break;
-                    }
-                    None => break,
-                }
-            }
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre.split_to(n));
+            return Poll::Ready(Ok(()));
         }
-        r
+        this.stream.poll_read(cx, buf)
     }
 }
 
-impl tokio::io::AsyncWrite for Io {
+impl tokio::io::AsyncWrite for Rewind {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -516,16 +506,112 @@ fn instant_at(ms: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms()))
 }
 
-/// Serves one HTTP connection until it ends, closing it gracefully on drain or when no request
-/// has started for `idle_timeout` (in-flight requests and streams always finish first), and at
-/// once when no request arrived within `request_headers_timeout` of accept (HTTP/1 or HTTP/2,
-/// whatever the client sent: nothing, part of a request line, part of the HTTP/2 preface, or an
-/// HTTP/2 connection without a HEADERS frame).
+/// Serves one HTTP connection: HTTP/2 when it starts with the preface (hyper's server), else
+/// HTTP/1 (Tern's engine). Until the first bytes tell which, the header timeout from accept
+/// applies (a silent connection or a partial preface is closed and counted).
 #[allow(clippy::too_many_arguments)]
 async fn serve_http(
-    stream: DownStream,
+    mut stream: DownStream,
     conn: Arc<Conn>,
-    builder: auto::Builder<TokioExecutor>,
+    h2: http2::Builder<TokioExecutor>,
+    h1: server::Config,
+    timeouts: Timeouts,
+    limits: ConnLimits,
+    drain: CancellationToken,
+    kill: CancellationToken,
+    stats: &Arc<ListenerStats>,
+) {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let far = h1.start + Duration::from_secs(365 * 24 * 3600);
+    let header = timeouts.headers.map_or(far, |t| h1.start + t);
+    let idle = timeouts.idle.map_or(far, |t| h1.start + t);
+    let sniffed = tokio::select! {
+        r = sniff(&mut stream, &mut buf) => r,
+        _ = tokio::time::sleep_until(header.min(idle).into()) => {
+            if header <= idle {
+                stats.downstream_rq_header_timeout.inc();
+            } else {
+                stats.downstream_cx_idle_timeout.inc();
+            }
+            return;
+        }
+        _ = drain.cancelled() => return,
+        _ = kill.cancelled() => return,
+    };
+    match sniffed {
+        Ok(true) => {
+            let io = Rewind {
+                pre: buf.freeze(),
+                stream,
+            };
+            serve_h2(io, conn, h2, timeouts, limits, drain, kill, stats).await
+        }
+        Ok(false) => serve_h1(stream, buf, conn, h1, drain, kill, stats).await,
+        Err(_) => {}
+    }
+}
+
+/// Serves an HTTP/1 connection with Tern's engine, running its lazy deadlines' alarm (the
+/// header and idle timeouts, and the route timeouts of the requests it polls).
+async fn serve_h1(
+    stream: DownStream,
+    buf: BytesMut,
+    conn: Arc<Conn>,
+    config: server::Config,
+    drain: CancellationToken,
+    kill: CancellationToken,
+    stats: &Arc<ListenerStats>,
+) {
+    let c = conn.clone();
+    // Boxed: the request's future is about 10 KB, and the connection's future would hold that
+    // much for its whole life, idle or not (one allocation per request). Made inside the box:
+    // a future built first and then boxed is copied whole (10 KB of memcpy per request).
+    let svc = move |req: Request<RequestBody>| Box::pin(respond(req, c.clone()));
+    let fut = server::serve(stream, buf, config, drain, svc);
+    tokio::pin!(fut);
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
+    let mut alarm = Alarm::default();
+    let end = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(end) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(end));
+        }
+        if killed.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        alarm.update(&conn.timer, cx);
+        if !alarm.fired(&conn.timer, cx) {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    match end {
+        Some(End::FirstHeaderTimeout | End::HeaderTimeout) => {
+            stats.downstream_rq_header_timeout.inc()
+        }
+        Some(End::Rejected(Reject::HeadersTooLarge)) => stats.downstream_rq_header_overflow.inc(),
+        Some(End::Idle) => stats.downstream_cx_idle_timeout.inc(),
+        Some(End::Io(e)) => tracing::debug!(error = %e, "connection error"),
+        _ => {}
+    }
+}
+
+/// One HTTP/1 request through the proxy (its future starts small: the arguments only).
+async fn respond(req: Request<RequestBody>, conn: Arc<Conn>) -> http::Response<proxy::RespBody> {
+    match proxy::handle(req.map(ReqBody::H1), conn).await {
+        Ok(r) => r,
+        Err(e) => match e {},
+    }
+}
+
+/// Serves one HTTP/2 connection until it ends, closing it gracefully on drain or when no request
+/// has started for `idle_timeout` (in-flight streams always finish first), and at once when no
+/// request arrived within `request_headers_timeout` of accept.
+#[allow(clippy::too_many_arguments)]
+async fn serve_h2(
+    io: Rewind,
+    conn: Arc<Conn>,
+    builder: http2::Builder<TokioExecutor>,
     timeouts: Timeouts,
     limits: ConnLimits,
     drain: CancellationToken,
@@ -536,25 +622,16 @@ async fn serve_http(
     let max_headers = limits.max_headers_count as usize;
     let st = stats.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        // hyper enforces the header count on HTTP/1 only.
-        if req.version() == http::Version::HTTP_2 && req.headers().len() > max_headers {
+        if req.headers().len() > max_headers {
             st.downstream_rq_header_overflow.inc();
             return Either::Left(std::future::ready(Ok::<_, std::convert::Infallible>(
                 proxy::LocalReply::TooManyHeaders.response(),
             )));
         }
-        // Boxed: hyper keeps the slot of an HTTP/1 connection's request future allocated for the
-        // connection's life, and that future is about 10 KB; boxed, an idle keep-alive connection
-        // holds a pointer instead (one allocation per request).
-        Either::Right(Box::pin(proxy::handle(req, c.clone())))
+        Either::Right(proxy::handle(req.map(ReqBody::H2), c.clone()))
     });
     let signal = Arc::new(Signal::default());
-    let io = Io {
-        stream,
-        preface: 0,
-        signal: signal.clone(),
-    };
-    let fut = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let fut = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(fut);
     let mut closing = false;
     let far = Duration::from_secs(365 * 24 * 3600);
@@ -581,23 +658,19 @@ async fn serve_http(
     tokio::pin!(drained);
     let killed = kill.cancelled();
     tokio::pin!(killed);
-    // The drain, kill, timer and alarm futures are polled with their own waker, and only after it
-    // fired: the socket wakes this task several times per request, and polling four more futures
-    // on each of those wake-ups is a measurable part of a request's cost.
+    // The drain, kill and timer futures are polled with their own waker, and only after it
+    // fired: the socket wakes this task several times per request.
     let signal_waker = Waker::from(signal.clone());
-    let mut alarm = Alarm::default();
     let r = std::future::poll_fn(|cx| loop {
         signal.task.register(cx.waker());
         if let Poll::Ready(r) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        let mut scx = Context::from_waker(&signal_waker);
-        alarm.update(&conn.timer, &mut scx);
         if !signal.fired.swap(false, Acquire) {
             return Poll::Pending;
         }
-        // After the alarm, the connection is polled again: that checks the HTTP/1 deadlines.
-        let mut again = alarm.fired(&conn.timer, &mut scx);
+        let mut scx = Context::from_waker(&signal_waker);
+        let mut again = false;
         if killed.as_mut().poll(&mut scx).is_ready() {
             return Poll::Ready(None);
         }
@@ -611,7 +684,6 @@ async fn serve_http(
             let first = conn.requests.load(Relaxed) == 0;
             if first && header_deadline.is_some_and(|d| now >= d) {
                 stats.downstream_rq_header_timeout.inc();
-                signal.reply_408.store(true, Relaxed);
                 return Poll::Ready(None);
             }
             if let Some(timeout) = timeouts.idle {
@@ -632,23 +704,9 @@ async fn serve_http(
         }
     })
     .await;
-    let Some(Err(e)) = r else {
-        return;
-    };
-    if let Some(h) = e.downcast_ref::<hyper::Error>() {
-        if h.is_timeout() {
-            stats.downstream_rq_header_timeout.inc();
-            // Only when no request was served yet: an idle keep-alive connection that times out is
-            // closed silently (a 408 there could be mistaken for the answer to the client's next
-            // request). The reply goes out when `fut` drops the connection.
-            if conn.requests.load(Relaxed) == 0 {
-                signal.reply_408.store(true, Relaxed);
-            }
-        } else if h.is_parse_too_large() {
-            stats.downstream_rq_header_overflow.inc();
-        }
+    if let Some(Err(e)) = r {
+        tracing::debug!(error = %e, "connection error");
     }
-    tracing::debug!(error = %e, "connection error");
 }
 
 /// Wakes a connection's task for its drain, kill and idle futures, and records that one of them
@@ -657,8 +715,6 @@ async fn serve_http(
 struct Signal {
     fired: AtomicBool,
     task: AtomicWaker,
-    /// Answer 408 when the connection is dropped (its first request's headers timed out).
-    reply_408: AtomicBool,
 }
 
 impl Default for Signal {
@@ -667,7 +723,6 @@ impl Default for Signal {
         Signal {
             fired: AtomicBool::new(true),
             task: AtomicWaker::new(),
-            reply_408: AtomicBool::new(false),
         }
     }
 }

@@ -10,9 +10,9 @@
 //! [`Alarm`]) armed no later than the earliest deadline recorded. When the alarm fires the task
 //! polls the connection, so every deadline still waiting is checked and records itself again.
 //!
-//! This only works for futures polled by the connection's own task: the HTTP/1 dispatcher polls
-//! its request's service future and body there; HTTP/2 streams run as tasks of their own and use
-//! tokio's timers. A future using a connection's [`LazyTimer`] must never be spawned: its deadline
+//! This only works for futures polled by the connection's own task: the HTTP/1 engine
+//! ([`crate::http1::server`]) polls its request's service future there; HTTP/2 streams run as
+//! tasks of their own and use tokio's timers. A future using a connection's [`LazyTimer`] must never be spawned: its deadline
 //! would be recorded, but nothing would poll it when the alarm goes off.
 //!
 //! Deadlines are checked against the real clock (`std::time::Instant`), so they do not follow

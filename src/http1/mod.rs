@@ -9,7 +9,9 @@
 pub(crate) mod client;
 pub(crate) mod decode;
 pub(crate) mod encode;
+pub(crate) mod request;
 pub(crate) mod response;
+pub(crate) mod server;
 
 use std::fmt;
 

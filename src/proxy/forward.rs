@@ -23,17 +23,18 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use super::local_reply::LocalReply;
 use super::response::{check_framing, Finish, Framing, IdleTimer, Upstream};
 use super::{header_rules, upgrade, Ctx, RespBody};
 use crate::headers;
+use crate::http1::server::OnUpgrade;
 use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{upgrade_allowed, Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
 use crate::timer::{Deadline, Elapsed, LazyTimer, Timed};
-use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange};
+use crate::upstream::body::{BodyFault, BodyLimits, ClientBody, Exchange, ReqBody};
 use crate::upstream::cluster::{ActiveRequest, Cluster, Endpoint};
 use crate::upstream::connect::Connector;
 use crate::upstream::h2::{Failure, Protocol};
@@ -42,7 +43,7 @@ use crate::upstream::pool::{Lease, SendError, Target, UpBody, UpResp};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
 pub(super) async fn forward(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     fwd: &Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
@@ -71,7 +72,12 @@ pub(super) async fn forward(
                 return Err(LocalReply::UpgradeWithBody);
             }
             let proto = proto.clone();
-            Some((proto, hyper::upgrade::on(&mut req)))
+            // Only Tern's HTTP/1 engine hands over a connection (HTTP/1.1 requests come from it).
+            let Some(on) = OnUpgrade::on(&mut req) else {
+                cx.listener.stats.downstream_rq_ws_on_non_ws_route.inc();
+                return Err(LocalReply::UpgradeRejected);
+            };
+            Some((proto, on))
         }
     };
     let (cluster, cluster_rules) = fwd.pick();

@@ -23,7 +23,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 
 use crate::headers;
 use crate::snapshot::{ListenerKind, ListenerRt};
@@ -31,6 +31,7 @@ use crate::state::Shared;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder, StreamInfo};
 use crate::timer::LazyTimer;
+pub use crate::upstream::body::ReqBody;
 
 mod forward;
 mod header_rules;
@@ -134,7 +135,7 @@ impl Ctx<'_> {
 
 /// Serves one request on an HTTP listener.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     conn: Arc<Conn>,
 ) -> Result<Response<RespBody>, Infallible> {
     // One snapshot per request: a reload mid-request does not change what this request sees.

@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 
 use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
@@ -16,10 +15,11 @@ use crate::router::fault::Abort;
 use crate::router::{Action, Route};
 use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
+use crate::upstream::body::ReqBody;
 
 /// Serves `req` on `route`: the route's filters, then its action.
 pub(super) async fn serve(
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper_util::rt::TokioIo;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -79,7 +78,7 @@ pub(super) async fn forward(
     hash: Option<u64>,
     parts: http::request::Parts,
     proto: HeaderValue,
-    on_upgrade: hyper::upgrade::OnUpgrade,
+    on_upgrade: crate::http1::server::OnUpgrade,
     limits: Limits,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
@@ -185,14 +184,14 @@ pub enum UpgradeError {
 /// answers 101 splices the two upgraded connections; the answer's head, and the body of one that
 /// did not switch.
 ///
-/// `downstream` is the client's pending upgrade (`hyper::upgrade::on` of its request); the
+/// `downstream` is the client's pending upgrade (from Tern's HTTP/1 engine); the
 /// tunnel's record and limits are in `tunnel`.
 pub async fn proxy(
     cluster: &Arc<Cluster>,
     ep: Arc<Endpoint>,
     mut parts: http::request::Parts,
     upgrade: HeaderValue,
-    downstream: hyper::upgrade::OnUpgrade,
+    downstream: crate::http1::server::OnUpgrade,
     tunnel: Tunnel<'_>,
 ) -> Result<(http::response::Parts, Option<Refusal>), UpgradeError> {
     let cs = &cluster.stats;
@@ -246,12 +245,12 @@ pub async fn proxy(
             let _active = active;
             let mut counts = (0, 0);
             let mut flags = Flags::default();
-            match downstream.await {
+            match downstream.await.map_err(|e| e.to_string()) {
                 Ok(down) => {
                     // The HTTP connection ended with the upgrade; the tunnel is the connection now.
                     let _open = OpenTunnel::new(&stats, &shared);
                     let last = Arc::new(AtomicU64::new(crate::timer::now_ms()));
-                    let mut down = ReadCount::new(TokioIo::new(down), last.clone());
+                    let mut down = ReadCount::new(down, last.clone());
                     let mut up = ReadCount::new(upstream, last.clone());
                     up.read = early.len() as u64;
                     let sent_early = async {

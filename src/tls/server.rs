@@ -297,16 +297,6 @@ impl Failure {
 /// A downstream connection: plain TCP, or TLS over it.
 pub type DownStream = super::stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
-impl DownStream {
-    /// Writes what fits of `buf` without waiting, on a plain connection only (a TLS one would
-    /// need a record; it is closed without the reply).
-    pub fn try_write_plain(&self, buf: &[u8]) {
-        if let DownStream::Plain(s) = self {
-            let _ = s.try_write(buf);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::http1::server::{BodyError, RequestBody};
 use crate::stats::ListenerStats;
 use crate::stream_info::Recorder;
 
@@ -75,6 +76,52 @@ impl std::fmt::Display for BodyFault {
 }
 
 impl std::error::Error for BodyFault {}
+
+/// A client's request body as its connection delivers it: Tern's HTTP/1 engine, or hyper's
+/// HTTP/2 server. Its errors are already [`BodyFault`]s.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// From an HTTP/1 connection.
+    H1(RequestBody),
+    /// From an HTTP/2 stream.
+    H2(Incoming),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyFault;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        match self.get_mut() {
+            ReqBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {
+                BodyError::Malformed => BodyFault::Malformed,
+                BodyError::Aborted => BodyFault::Aborted,
+            }),
+            ReqBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(|e| {
+                tracing::debug!(error = %e, "request body");
+                BodyFault::of(&e)
+            }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::H1(b) => b.is_end_stream(),
+            ReqBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::H1(b) => b.size_hint(),
+            ReqBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// How a streamed request body stands, shared by the body (polled by the upstream connection's
 /// task), the request path (which starts the route timeout when it ends, and tells a client's
@@ -201,7 +248,7 @@ pin_project_lite::pin_project! {
     /// progress and end to its [`Exchange`].
     pub struct ClientBody {
         #[pin]
-        inner: Incoming,
+        inner: ReqBody,
         rec: Option<Recorder>,
         exchange: Option<Arc<Exchange>>,
         limits: BodyLimits,
@@ -217,7 +264,7 @@ impl ClientBody {
     /// Wraps `inner`. With `rec`, its data counts as the request's received bytes; with
     /// `exchange`, its progress, end and faults are reported there.
     pub fn new(
-        inner: Incoming,
+        inner: ReqBody,
         rec: Option<Recorder>,
         exchange: Option<Arc<Exchange>>,
         limits: BodyLimits,
@@ -295,9 +342,8 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => {
-                let fault = BodyFault::of(&e);
-                tracing::debug!(error = %e, %fault, "request body");
+            Poll::Ready(Some(Err(fault))) => {
+                tracing::debug!(%fault, "request body");
                 Poll::Ready(Some(Err(fail(this.stats, ex, fault))))
             }
             Poll::Pending => {
