@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use corpus::{exchange, request_cases, start, ANSWER, PROBE};
+use corpus::{exchange, request_cases, start, strict_cases, ANSWER, PROBE};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -214,6 +214,46 @@ const KNOWN: &[(&str, &str)] = &[
         "connect_not_routed",
         "Tern routes CONNECT only to a route made for it (Envoy's `connect_matcher`): 404",
     ),
+    // The strict rows (`strict_cases`), which Tern's own engine refuses and hyper takes.
+    (
+        "cl_te_both",
+        "Tern refuses a request with both Content-Length and Transfer-Encoding (Envoy's 400); \
+         hyper reads it as chunked",
+    ),
+    ("te_cl_both", "the same (the TE.CL shape)"),
+    (
+        "te_gzip_then_chunked",
+        "Tern answers 501 to a coding it does not implement (RFC 9112 §6.1, Envoy); hyper \
+         de-chunks and hands on a body still gzip-coded",
+    ),
+    (
+        "te_identity_then_chunked",
+        "the same for `identity`, which is no longer a transfer coding",
+    ),
+    (
+        "te_chunked_twice",
+        "chunked applied twice is invalid (RFC 9112 §6.1); hyper reads it once",
+    ),
+    (
+        "chunk_size_trailing_space",
+        "a chunk size is 1*HEXDIG, BWS only before `;` (RFC 9112 §7.1); hyper skips spaces",
+    ),
+    (
+        "chunk_extension_ctl",
+        "chunk extensions are token / quoted-string (RFC 9112 §7.1.1); hyper skips their bytes",
+    ),
+    (
+        "fragment_in_target",
+        "an origin-form target has no fragment (RFC 9112 §3.2): 400; hyper drops the fragment",
+    ),
+    (
+        "header_over_60_kib",
+        "max_request_headers_kb is a limit on the head, whole or not: 431; hyper's buffer takes it",
+    ),
+    (
+        "uri_over_60_kib",
+        "a request line over max_request_headers_kb: 414 (RFC 9112 §3); hyper's limit is 64 KiB",
+    ),
     (
         "header_far_over_limit",
         "Tern's max_request_headers_kb is 60 (Envoy's default): 431; hyper's default buffer \
@@ -371,7 +411,7 @@ async fn tern_and_hyper_agree_on_the_corpus_or_the_difference_is_listed() {
     let t = start(&be).await;
     let oracle = Oracle::start().await;
     let mut differ = Vec::new();
-    for c in request_cases() {
+    for c in request_cases().into_iter().chain(strict_cases()) {
         let tern = tern_exchange(t.port, &be, &c.send).await;
         let hyper = oracle_exchange(&oracle, &c.send).await;
         if tern != hyper {

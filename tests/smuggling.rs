@@ -124,6 +124,13 @@ async fn request_framing_corpus() {
     run_all(request_cases()).await;
 }
 
+/// The rows today's hyper-based engine does not meet (docs/http1.md, "What today's engine does
+/// differently"): they land with Tern's own HTTP/1 engine (issue 17).
+#[tokio::test]
+async fn strict_framing_the_new_engine_brings() {
+    run_all(corpus::strict_cases()).await;
+}
+
 // ---- Upgrades the upstream refuses ----
 
 /// WebSocket smuggling: a client asks for an upgrade the route allows and sends a request
@@ -139,6 +146,18 @@ async fn a_refused_upgrade_never_opens_a_tunnel() {
     )
     .await;
     refused_upgrade(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno", 200).await;
+}
+
+/// A `101` naming another protocol than the one asked for is the upstream's protocol error
+/// (RFC 9110 §7.8: a server switches only to a protocol the client listed): 502, and no tunnel.
+/// Today's engine opens the tunnel, so the request behind it reaches the upstream unread.
+#[tokio::test]
+async fn strict_a_101_for_another_protocol_opens_no_tunnel() {
+    refused_upgrade(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n",
+        502,
+    )
+    .await;
 }
 
 /// The upstream answers the upgrade request to `/ws` with `refusal`; the client must get
@@ -342,9 +361,26 @@ fn response_cases() -> Vec<RespCase> {
     ]
 }
 
+/// The upstream rows today's engine does not meet: a broken chunk in a response body is flagged
+/// `UC` (the connection ended) instead of `UPE` (a protocol error, Envoy's).
+fn strict_response_cases() -> Vec<RespCase> {
+    vec![resp(
+        "bad_chunk_size",
+        raw(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n"),
+        None,
+        false,
+        "UPE",
+    )]
+}
+
 #[tokio::test]
 async fn upstream_response_framing_corpus() {
     run_responses(response_cases()).await;
+}
+
+#[tokio::test]
+async fn strict_upstream_framing_the_new_engine_brings() {
+    run_responses(strict_response_cases()).await;
 }
 
 /// Runs upstream response rows one after the other on one tern and fails with every failing row
