@@ -410,7 +410,10 @@ impl H2Pool {
                 }
             }
         }
-        Err(SendError::Connect(
+        // Each connection was up and then went away (a GOAWAY, a peer that closed or spoke
+        // something else) before taking the request: Envoy's upstream connection termination
+        // (`UC`), not a connect failure. Which of the two a broken peer caused was a race.
+        Err(SendError::Closed(
             "every connection went away before taking the request".into(),
         ))
     }

@@ -147,8 +147,9 @@ pub enum SendError {
     Tls(String),
     /// The connection failed after it was established, before response headers (HTTP/2).
     Reset(hyper::Error),
-    /// The HTTP/1.1 connection failed or closed before response headers (a request body that
-    /// failed is told by its exchange).
+    /// The connection failed or closed before response headers: HTTP/1.1, or every HTTP/2
+    /// connection tried went away before taking the request (a request body that failed is told
+    /// by its exchange).
     Closed(String),
     /// The HTTP/1.1 response head was refused: malformed, or framing that cannot be trusted.
     Protocol(String),
