@@ -193,7 +193,9 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let head: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| Reject::BadRequest("target"))?;
-    let mut headers = HeaderMap::with_capacity(n);
+    // Room for the fields the proxy adds (request id, forwarding headers): a map grown on the
+    // request path is a rehash and a reallocation (about 900 instructions).
+    let mut headers = HeaderMap::with_capacity(n + 8);
     let mut length: Option<u64> = None;
     let mut te: Option<Codings> = None;
     let mut close = false;

@@ -823,74 +823,81 @@ where
             }
             _ => true,
         };
+        // Dropped before the client sees the end: an upstream body gives its connection back
+        // to the pool when dropped, before the client's next request can ask for one.
+        drop(body);
         write_all(shared, wbuf).await?;
         return Ok(ok);
     }
-    let mut body = std::pin::pin!(body);
     let mut left = match framing {
         Framing::Length(n) => n,
         _ => u64::MAX,
     };
     let mut trailers: Option<HeaderMap> = None;
-    loop {
-        // What the body has at once goes out with what is buffered; the buffer is written
-        // only when the body must be waited for (one write for a small response).
-        let now = body
-            .as_mut()
-            .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
-        let frame = {
-            match now {
-                Poll::Ready(f) => f,
-                Poll::Pending => {
-                    // A body whose last byte is here waits for its end before the client sees
-                    // the response: its upstream connection goes back to the pool first, so the
-                    // client's next request finds it there.
-                    if !(matches!(framing, Framing::Length(_)) && left == 0) {
-                        write_all(shared, wbuf).await?;
+    // The body lives in this block only: dropped (its upstream connection pooled) before the
+    // last bytes go out.
+    {
+        let mut body = std::pin::pin!(body);
+        loop {
+            // What the body has at once goes out with what is buffered; the buffer is written
+            // only when the body must be waited for (one write for a small response).
+            let now = body
+                .as_mut()
+                .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
+            let frame = {
+                match now {
+                    Poll::Ready(f) => f,
+                    Poll::Pending => {
+                        // A body whose last byte is here waits for its end before the client sees
+                        // the response: its upstream connection goes back to the pool first, so the
+                        // client's next request finds it there.
+                        if !(matches!(framing, Framing::Length(_)) && left == 0) {
+                            write_all(shared, wbuf).await?;
+                        }
+                        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                     }
-                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
                 }
-            }
-        };
-        match frame {
-            None => break,
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "response body failed");
-                write_all(shared, wbuf).await?;
-                return Ok(false);
-            }
-            Some(Ok(f)) => match f.into_data() {
-                Ok(data) => {
-                    if data.is_empty() {
-                        continue;
-                    }
-                    match framing {
-                        Framing::Length(_) => {
-                            if data.len() as u64 > left {
-                                write_all(shared, wbuf).await?;
-                                return Ok(false);
+            };
+            match frame {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body failed");
+                    write_all(shared, wbuf).await?;
+                    return Ok(false);
+                }
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(data) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        match framing {
+                            Framing::Length(_) => {
+                                if data.len() as u64 > left {
+                                    write_all(shared, wbuf).await?;
+                                    return Ok(false);
+                                }
+                                left -= data.len() as u64;
+                                put_data(shared, wbuf, data).await?;
                             }
-                            left -= data.len() as u64;
-                            put_data(shared, wbuf, data).await?;
+                            Framing::Chunked => {
+                                use std::fmt::Write as _;
+                                let _ = write!(Hex(wbuf), "{:x}\r\n", data.len());
+                                put_data(shared, wbuf, data).await?;
+                                wbuf.extend_from_slice(b"\r\n");
+                            }
+                            _ => put_data(shared, wbuf, data).await?,
                         }
-                        Framing::Chunked => {
-                            use std::fmt::Write as _;
-                            let _ = write!(Hex(wbuf), "{:x}\r\n", data.len());
-                            put_data(shared, wbuf, data).await?;
-                            wbuf.extend_from_slice(b"\r\n");
+                    }
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            trailers = Some(t);
                         }
-                        _ => put_data(shared, wbuf, data).await?,
                     }
-                }
-                Err(f) => {
-                    if let Ok(t) = f.into_trailers() {
-                        trailers = Some(t);
-                    }
-                }
-            },
-        }
-        if wbuf.len() >= 64 * 1024 {
-            write_all(shared, wbuf).await?;
+                },
+            }
+            if wbuf.len() >= 64 * 1024 {
+                write_all(shared, wbuf).await?;
+            }
         }
     }
     let ok = match framing {
