@@ -58,11 +58,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin, G> Conn<S, G> {
         }
     }
 
-    /// The stream.
-    pub(crate) fn io(&self) -> &S {
-        &self.io
-    }
-
     /// Whether an idle connection can carry a request: the peer has not closed it and sent
     /// nothing unasked (a stray byte would be read as the next response's start).
     pub(crate) fn is_idle_ok(&mut self) -> bool {

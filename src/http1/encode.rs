@@ -44,9 +44,9 @@ impl Encoder {
         Encoder::Empty
     }
 
-    /// Whether the connection must close after this body (its end is the close).
-    pub(crate) fn is_eof(&self) -> bool {
-        matches!(self, Encoder::Eof)
+    /// Whether the body is chunked (only then can trailers go out).
+    pub(crate) fn is_chunked(&self) -> bool {
+        matches!(self, Encoder::Chunked(_))
     }
 
     /// Frames `data` for the wire: writes any prefix (chunk-size line) into `head`; the caller

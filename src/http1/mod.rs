@@ -3,9 +3,6 @@
 //! I/O on any `AsyncRead + AsyncWrite`, no proxy policy; strict as RFC 9112 and Envoy's defaults
 //! (docs/architecture.md). hyper keeps HTTP/2, admin, OTLP and health checks.
 
-// The codec lands before the drivers that use it (issue 17's plan): no dead-code noise meanwhile.
-#![allow(dead_code)]
-
 pub(crate) mod client;
 pub(crate) mod decode;
 pub(crate) mod encode;

@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::Decoder;
+use super::encode::Encoder;
 use super::request::{self, BodyLength, Limits, Reject};
 use super::FramingError;
 use crate::timer::{Deadline, LazyTimer};
@@ -630,20 +631,20 @@ where
             put_field(&mut wbuf, name.as_str().as_bytes(), value.as_bytes());
         }
         let framing = if !has_body {
-            Framing::None
+            Encoder::empty()
         } else if let Some(n) = declared {
-            Framing::Length(n)
+            Encoder::length(n)
         } else if let Some(n) = body.size_hint().exact() {
             wbuf.extend_from_slice(b"content-length: ");
             wbuf.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
             wbuf.extend_from_slice(b"\r\n");
-            Framing::Length(n)
+            Encoder::length(n)
         } else if version == Version::HTTP_11 {
             wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            Framing::Chunked
+            Encoder::chunked()
         } else {
             keep_alive = false;
-            Framing::Eof
+            Encoder::eof()
         };
         if !keep_alive {
             wbuf.extend_from_slice(b"connection: close\r\n");
@@ -656,7 +657,7 @@ where
             wbuf.extend_from_slice(b"\r\n");
         }
         wbuf.extend_from_slice(b"\r\n");
-        let declared_trailers = (framing == Framing::Chunked && trailers_ok)
+        let declared_trailers = (framing.is_chunked() && trailers_ok)
             .then(|| trailer_names(&parts.headers))
             .flatten();
         let written = write_body(
@@ -714,15 +715,6 @@ where
         }
         waiting_since = Instant::now();
     }
-}
-
-/// How a response body goes on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    Eof,
 }
 
 /// Waits for and parses the next head.
@@ -788,14 +780,14 @@ async fn write_body<S: Io, B>(
     shared: &Arc<Mutex<Shared<S>>>,
     wbuf: &mut BytesMut,
     body: B,
-    framing: Framing,
+    mut framing: Encoder,
     trailer_names: Option<&[http::HeaderName]>,
 ) -> std::io::Result<bool>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    if framing == Framing::None {
+    if framing == Encoder::empty() {
         // No body goes out; one the service made anyway is read to its end if it is there
         // already (an upstream's empty body, which then counts as read whole), else dropped.
         {
@@ -815,24 +807,13 @@ where
         return Ok(true);
     }
     if body.is_end_stream() {
-        let ok = match framing {
-            Framing::Length(n) => n == 0,
-            Framing::Chunked => {
-                wbuf.extend_from_slice(b"0\r\n\r\n");
-                true
-            }
-            _ => true,
-        };
+        let ok = framing.end(None, wbuf).is_ok();
         // Dropped before the client sees the end: an upstream body gives its connection back
         // to the pool when dropped, before the client's next request can ask for one.
         drop(body);
         write_all(shared, wbuf).await?;
         return Ok(ok);
     }
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
     let mut trailers: Option<HeaderMap> = None;
     // The body lives in this block only: dropped (its upstream connection pooled) before the
     // last bytes go out.
@@ -851,7 +832,7 @@ where
                         // A body whose last byte is here waits for its end before the client sees
                         // the response: its upstream connection goes back to the pool first, so the
                         // client's next request finds it there.
-                        if !(matches!(framing, Framing::Length(_)) && left == 0) {
+                        if framing != Encoder::length(0) {
                             write_all(shared, wbuf).await?;
                         }
                         std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
@@ -870,23 +851,13 @@ where
                         if data.is_empty() {
                             continue;
                         }
-                        match framing {
-                            Framing::Length(_) => {
-                                if data.len() as u64 > left {
-                                    write_all(shared, wbuf).await?;
-                                    return Ok(false);
-                                }
-                                left -= data.len() as u64;
-                                put_data(shared, wbuf, data).await?;
-                            }
-                            Framing::Chunked => {
-                                use std::fmt::Write as _;
-                                let _ = write!(Hex(wbuf), "{:x}\r\n", data.len());
-                                put_data(shared, wbuf, data).await?;
-                                wbuf.extend_from_slice(b"\r\n");
-                            }
-                            _ => put_data(shared, wbuf, data).await?,
+                        if framing.data(data.len(), wbuf).is_err() {
+                            // More than the declared length: cut.
+                            write_all(shared, wbuf).await?;
+                            return Ok(false);
                         }
+                        put_data(shared, wbuf, data).await?;
+                        wbuf.extend_from_slice(framing.tail());
                     }
                     Err(f) => {
                         if let Ok(t) = f.into_trailers() {
@@ -900,25 +871,17 @@ where
             }
         }
     }
-    let ok = match framing {
-        Framing::Length(_) => left == 0,
-        Framing::Chunked => {
-            wbuf.extend_from_slice(b"0\r\n");
-            if let (Some(t), Some(names)) = (&trailers, trailer_names) {
-                for (name, value) in t {
-                    if names.contains(name) && allowed_trailer(name) {
-                        wbuf.extend_from_slice(name.as_str().as_bytes());
-                        wbuf.extend_from_slice(b": ");
-                        wbuf.extend_from_slice(value.as_bytes());
-                        wbuf.extend_from_slice(b"\r\n");
-                    }
-                }
+    // Only the trailers the response declared (and may send) go out.
+    let trailers = trailers.zip(trailer_names).map(|(t, names)| {
+        let mut out = HeaderMap::new();
+        for (n, v) in &t {
+            if names.contains(n) && allowed_trailer(n) {
+                out.append(n.clone(), v.clone());
             }
-            wbuf.extend_from_slice(b"\r\n");
-            true
         }
-        _ => true,
-    };
+        out
+    });
+    let ok = framing.end(trailers.as_ref(), wbuf).is_ok();
     write_all(shared, wbuf).await?;
     Ok(ok)
 }
@@ -1092,16 +1055,6 @@ fn allowed_trailer(name: &http::HeaderName) -> bool {
 fn has_token(v: &[u8], token: &[u8]) -> bool {
     v.split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// `fmt::Write` into a `BytesMut`.
-struct Hex<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for Hex<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 /// The `date` header's value, formatted once per second per thread (as hyper does).
