@@ -190,7 +190,12 @@ async fn serve(mut s: TcpStream, mode: Mode, log: Arc<Mutex<Vec<Seen>>>) {
             });
             l.len() - 1
         };
-        let upgrade = head.lines().any(|l| l.starts_with("upgrade:"));
+        // The protocol asked for, which a 101 names back (RFC 9110 §7.8).
+        let asked = head
+            .lines()
+            .find_map(|l| l.strip_prefix("upgrade:"))
+            .map(|v| v.trim().to_string());
+        let upgrade = asked.is_some();
         match mode {
             Mode::Deaf => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -208,9 +213,11 @@ async fn serve(mut s: TcpStream, mode: Mode, log: Arc<Mutex<Vec<Seen>>>) {
                 return;
             }
             Mode::Upgrades if upgrade => {
-                let _ = s
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
-                    .await;
+                let switch = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: {}\r\nconnection: upgrade\r\n\r\n",
+                    asked.as_deref().unwrap_or_default()
+                );
+                let _ = s.write_all(switch.as_bytes()).await;
                 let _ = s.write_all(&buf).await;
                 let mut tmp = [0u8; 4096];
                 while let Ok(n @ 1..) = s.read(&mut tmp).await {

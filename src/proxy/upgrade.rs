@@ -104,6 +104,7 @@ pub(super) async fn forward(
             UpgradeError::Connect => LocalReply::ConnectFailure,
             UpgradeError::Tls => LocalReply::UpstreamTlsError,
             UpgradeError::Reset => LocalReply::UpstreamConnectionTermination,
+            UpgradeError::Protocol => LocalReply::UpstreamProtocolError,
         })?,
         Err(_) => {
             // A handshake left unanswered must not hold its `max_requests` slot for ever.
@@ -177,6 +178,8 @@ pub enum UpgradeError {
     Tls,
     /// The upstream failed before answering.
     Reset,
+    /// The upstream switched to a protocol the client did not ask for.
+    Protocol,
 }
 
 /// Sends the upgrade handshake `parts` (already rewritten for the upstream, hop-by-hop headers
@@ -209,7 +212,7 @@ pub async fn proxy(
     parts
         .headers
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(UPGRADE, upgrade);
+    parts.headers.insert(UPGRADE, upgrade.clone());
     let active = ActiveRequest::start(cluster, ep.clone());
     let req = Request::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     let conn = Box::new(Conn::new(stream, ()));
@@ -225,6 +228,22 @@ pub async fn proxy(
     outlier::report(cluster, &ep, Outcome::Status(status.as_u16()));
     if status != StatusCode::SWITCHING_PROTOCOLS {
         return Ok((head, Some(body)));
+    }
+    // A server switches only to a protocol the client listed (RFC 9110 §7.8): a 101 to anything
+    // else would splice the client's next bytes to a peer that reads them as something else.
+    let asked = |v: &HeaderValue| {
+        v.as_bytes().split(|b| *b == b',').any(|p| {
+            upgrade
+                .as_bytes()
+                .split(|b| *b == b',')
+                .any(|q| p.trim_ascii().eq_ignore_ascii_case(q.trim_ascii()))
+        })
+    };
+    if !head.headers.get(UPGRADE).is_some_and(asked) {
+        cs.upstream_cx_protocol_error.inc();
+        tracing::debug!(cluster = %cluster.name, "upgrade answered with a 101 to another protocol");
+        outlier::report(cluster, &ep, Outcome::Reset);
+        return Err(UpgradeError::Protocol);
     }
     {
         // The upstream's stream, and what it sent after the 101 (the tunnel's first bytes).

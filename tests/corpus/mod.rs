@@ -24,8 +24,8 @@ pub const PROBE: &[u8] = b"GET /last HTTP/1.1\r\nhost: x\r\nconnection: close\r\
 pub enum Up {
     /// Exactly these requests (`METHOD target`, body), whole, in order, and nothing else.
     Got(&'static [(&'static str, &'static [u8])]),
-    /// No complete request: at most the start of the rejected one (a streamed head and part of
-    /// its body), on an upstream connection the proxy then closed.
+    /// No complete request: the start of the rejected one (its streamed head, perhaps part of its
+    /// body), on an upstream connection the proxy then closed.
     Cut,
 }
 
