@@ -20,8 +20,13 @@ fuzz_target!(|data: &[u8]| {
                 Some(_) => assert!(!h.has_te_field),
             }
             assert_eq!(http1_request(&data[..h.consumed]), Ok(Some(h)));
-            let after = http1_request(&more).expect("still complete").expect("still a head");
-            assert_eq!(after.consumed, http1_request(data).unwrap().unwrap().consumed);
+            let after = http1_request(&more)
+                .expect("still complete")
+                .expect("still a head");
+            assert_eq!(
+                after.consumed,
+                http1_request(data).unwrap().unwrap().consumed
+            );
         }
         Ok(None) => {}
         Err(status) => {
