@@ -220,49 +220,13 @@ struct Shared<S> {
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Bytes read at once, and the most read ahead while a request is served.
 const READ_CHUNK: usize = 8 * 1024;
-/// The first read of an idle connection, onto the stack: most request heads fit.
-const IDLE_READ: usize = 2 * 1024;
-/// A connection's buffers as a request starts: one head, within glibc's per-thread cache
-/// (`tcache`, up to 1,032 bytes), so taking them per request is cheap. They grow when a body or a
-/// large head needs it.
-const IDLE_BUF: usize = 1024;
 
 impl<S: Io> Shared<S> {
-    /// Lets the read buffer go if nothing is in it (a pipelined request keeps it).
-    fn idle(&mut self) {
-        if self.rbuf.is_empty() {
-            self.rbuf = BytesMut::new();
-        }
-    }
-
     /// Reads more bytes into the buffer: Ready(Ok(0)) at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        if self.rbuf.capacity() == 0 {
-            // Between requests the connection holds no read buffer (`idle`): an idle keep-alive
-            // connection costs its task, not 8 KiB. The next bytes are read onto the stack, and a
-            // buffer is taken once some arrived.
-            // Uninitialised: zeroing 2 KiB per request showed in the profile.
-            let mut first = [std::mem::MaybeUninit::<u8>::uninit(); IDLE_READ];
-            let mut rb = ReadBuf::uninit(&mut first);
-            return match Pin::new(io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        self.eof = true;
-                    } else {
-                        // Small enough for the allocator's per-thread cache when the head is.
-                        self.rbuf.reserve(n.max(IDLE_BUF));
-                        self.rbuf.extend_from_slice(rb.filled());
-                    }
-                    Poll::Ready(Ok(n))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            };
-        }
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
             self.rbuf.reserve(READ_CHUNK);
         }
@@ -492,7 +456,7 @@ where
         broken: false,
         waiting: None,
     }));
-    let mut wbuf = BytesMut::new();
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut first = true;
     let mut last_start = config.start;
     let mut waiting_since = config.start;
@@ -641,7 +605,6 @@ where
         // One pass over the fields: the framing ones are Tern's to write (a length only when
         // valid, never a transfer coding or connection options of the service's).
         wbuf.clear();
-        wbuf.reserve(IDLE_BUF);
         encode_status(parts.status, &mut wbuf);
         let mut declared = None;
         let mut has_date = false;
@@ -751,10 +714,6 @@ where
             return End::Closed;
         }
         waiting_since = Instant::now();
-        // Idle until the next request: the buffers go (their memory is the bulk of what an
-        // idle keep-alive connection holds) and are taken again when it comes.
-        wbuf = BytesMut::new();
-        lock(&shared).idle();
     }
 }
 
