@@ -8,6 +8,16 @@ use std::path::PathBuf;
 
 use tern_config::{Report, Severity};
 
+/// Parses a binary's command line; on `--help`, `--version` or a usage error, prints what clap
+/// says and gives the exit status both tools document (0 for help, 2 for usage errors).
+pub fn parse_cli<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
+    T::try_parse().map_err(|e| {
+        let code = if e.use_stderr() { 2 } else { 0 };
+        let _ = e.print();
+        std::process::ExitCode::from(code)
+    })
+}
+
 /// What happened to one PATH argument.
 pub struct Outcome {
     /// The PATH as given.

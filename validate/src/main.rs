@@ -85,13 +85,9 @@ enum Color {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match tern_validate::parse_cli() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     if cli.schema {
         let schema = schemars::schema_for!(tern_config::Fragment);
