@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from benchlib import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = "svc.bench"
@@ -102,23 +103,6 @@ def backend(ip, port, name):
     s = S((ip, port), H)
     threading.Thread(target=s.serve_forever, daemon=True).start()
     return s
-
-
-def free_port(ips=("127.0.0.1",)):
-    while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        p = s.getsockname()[1]
-        s.close()
-        try:
-            for ip in ips:
-                t = socket.socket()
-                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                t.bind((ip, p))
-                t.close()
-            return p
-        except OSError:
-            continue
 
 
 def who(port):

@@ -9,37 +9,13 @@ reports non-2xx responses.
 Usage: bench/failover.py [--tern target/release/tern] [--seconds 15] [--mode 503|refused]
 """
 import argparse
-import http.client
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_ready(admin, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
-            c.request("GET", "/ready")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    sys.exit("tern did not become ready")
+from benchlib import free_port, wait_ready
 
 
 def start(tern, yaml_text, base, name):

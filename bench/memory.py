@@ -17,7 +17,6 @@ Debian (installed when missing). Every process started is stopped at the end.
 import argparse
 import json
 import os
-import random
 import resource
 import shutil
 import signal
@@ -26,32 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from benchlib import free_fixed_port, rss_kib
 
 BODY = b"x" * 99 + b"\n"
-
-
-def free_port(taken):
-    while True:
-        p = random.randint(20000, 32000)
-        if p in taken:
-            continue
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        taken.add(p)
-        return p
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def children(pid):
@@ -233,7 +209,7 @@ def main():
     TMP = tempfile.mkdtemp(prefix="tern-memory.")
     os.chmod(TMP, 0o755)
     taken = set()
-    be_port = free_port(taken)
+    be_port = free_fixed_port(taken)
     www = os.path.join(TMP, "www")
     os.makedirs(www)
     with open(os.path.join(www, "big"), "wb") as f:
@@ -256,9 +232,9 @@ error_log {TMP}/%s.err warn; pid {TMP}/%s.pid; events {{ worker_connections 1000
         be = Proxy("backend", [nginx, "-p", TMP + "/", "-c", os.path.join(TMP, "backend.conf")], be_port)
         started.append(be)
         for name in args.only.split(","):
-            port = free_port(taken)
+            port = free_fixed_port(taken)
             if name == "tern":
-                admin = free_port(taken)
+                admin = free_fixed_port(taken)
                 d = os.path.join(TMP, "tern")
                 os.makedirs(d)
                 with open(os.path.join(d, "all.yaml"), "w") as f:

@@ -14,21 +14,11 @@ import http.client
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import free_port, wait_ready
 
 
 def config(admin, port, body, cluster_addr=None, variant=0):
@@ -57,20 +47,6 @@ route_configs:
     endpoints: [{{ address: "{cluster_addr}", weight: {1 + variant % 3} }}]
 """
     return text
-
-
-def wait_ready(admin, deadline=20):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", admin, timeout=1)
-            c.request("GET", "/ready")
-            if c.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    sys.exit("tern did not become ready")
 
 
 def start(tern, path, extra=()):

