@@ -4,13 +4,17 @@
 #     with none, so start-up and shutdown cancel out),
 #   - system calls per request (strace -c over a wrk run).
 # Usage: bench/profile.sh [--requests N] [--bin PATH] [--keep DIR] [--env VAR=VALUE]...
+#                         [--floor [--headermap]]
 # Same one-route config and nginx backend as bench/proxy.sh. With --keep, the callgrind output
-# stays in DIR for callgrind_annotate.
+# stays in DIR for callgrind_annotate. --floor measures bench/h1_floor.rs instead of tern (the
+# least a tokio + httparse proxy does per request; --headermap adds the http crate's types).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=20000
 keep=
 bin=
+floor=
+floor_args=()
 # tern re-executes itself once to set this (one malloc arena) unless it is set: under valgrind
 # the re-executed process would run unmeasured, so set it here, as the proxy would.
 envs=(GLIBC_TUNABLES=glibc.malloc.arena_max=1)
@@ -20,16 +24,31 @@ while (($#)); do
     --keep) keep=$2; shift 2 ;;
     --bin) bin=$(realpath "$2"); shift 2 ;;
     --env) envs+=("$2"); shift 2 ;;
+    --floor) floor=1; shift ;;
+    --headermap) floor_args+=(--headermap); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 for c in valgrind strace nginx curl python3; do
   command -v $c >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind strace nginx curl >/dev/null; break; }
 done
-if [[ -z $bin ]]; then
+if [[ -n $floor ]]; then
+  cargo build --release --example h1-floor >&2
+  bin=$PWD/target/release/examples/h1-floor
+elif [[ -z $bin ]]; then
   cargo build --release --bin tern >&2
   bin=$PWD/target/release/tern
 fi
+# Starts the proxy under test (tern on its config DIR, or the floor on its arguments). Call it
+# only in the background: it execs, so `$!` is the proxy's (or its wrapper's) own pid.
+launch() { # $1 = listen port, $2 = admin port, $3 = config dir; the rest = wrapper command
+  local lp=$1 ap=$2 dir=$3; shift 3
+  if [[ -n $floor ]]; then
+    exec env "${envs[@]}" "$@" "$bin" "127.0.0.1:$lp" "127.0.0.1:$ap" "127.0.0.1:$bport" "${floor_args[@]}"
+  else
+    exec env "${envs[@]}" "$@" "$bin" --config "$dir" --log-level warn --worker-threads 1
+  fi
+}
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n $keep ]] || rm -rf "$tmp"; }
@@ -70,8 +89,8 @@ run_tern() { # $1 = requests, $2 = tag; prints total instructions
   lport=$(port); aport=$(port)
   mkdir -p "$tmp/$tag"
   bench/tern-config.sh "$lport" "$aport" "127.0.0.1:$bport" > "$tmp/$tag/tern.yaml"
-  env "${envs[@]}" taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$tmp/$tag/callgrind.out" \
-    "$bin" --config "$tmp/$tag" --log-level warn --worker-threads 1 2>"$tmp/$tag/valgrind.log" &
+  launch "$lport" "$aport" "$tmp/$tag" taskset -c 0 valgrind --tool=callgrind \
+    --callgrind-out-file="$tmp/$tag/callgrind.out" 2>"$tmp/$tag/valgrind.log" &
   local vp=$!
   wait_http "http://127.0.0.1:$aport/ready"
   ((n == 0)) || client "$n" "$lport"
@@ -86,7 +105,7 @@ echo "callgrind: $(( (full - base) / requests )) user-space instructions per req
 lport=$(port); aport=$(port)
 mkdir -p "$tmp/strace"
 bench/tern-config.sh "$lport" "$aport" "127.0.0.1:$bport" > "$tmp/strace/tern.yaml"
-env "${envs[@]}" "$bin" --config "$tmp/strace" --log-level warn --worker-threads 1 & tp=$!
+launch "$lport" "$aport" "$tmp/strace" & tp=$!
 pids+=($tp)
 wait_http "http://127.0.0.1:$aport/ready"
 strace -c -f -p $tp -o "$tmp/strace/summary" & sp=$!
