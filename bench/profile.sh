@@ -4,10 +4,11 @@
 #     with none, so start-up and shutdown cancel out),
 #   - system calls per request (strace -c over a wrk run).
 # Usage: bench/profile.sh [--requests N] [--bin PATH] [--keep DIR] [--env VAR=VALUE]...
-#                         [--floor [--headermap]]
+#                         [--floor [--headermap | --block]]
 # Same one-route config and nginx backend as bench/proxy.sh. With --keep, the callgrind output
 # stays in DIR for callgrind_annotate. --floor measures bench/h1_floor.rs instead of tern (the
-# least a tokio + httparse proxy does per request; --headermap adds the http crate's types).
+# least a tokio + httparse proxy does per request; --headermap adds the http crate's types,
+# --block forwards header blocks with a proxy's usual edits instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=20000
@@ -25,7 +26,7 @@ while (($#)); do
     --bin) bin=$(realpath "$2"); shift 2 ;;
     --env) envs+=("$2"); shift 2 ;;
     --floor) floor=1; shift ;;
-    --headermap) floor_args+=(--headermap); shift ;;
+    --headermap | --block) floor_args+=("$1"); shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
