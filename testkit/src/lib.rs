@@ -39,4 +39,4 @@ pub use ports::free_port;
 pub use process::Proc;
 pub use raw::{parse_responses, RawBackend, RawConn, RawRequest, RawResponse, Reply};
 pub use tern::Tern;
-pub use wait::{wait_for, wait_until, wait_until_within, DEADLINE};
+pub use wait::{wait_for, wait_for_within, wait_until, wait_until_within, DEADLINE};

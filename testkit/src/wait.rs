@@ -10,7 +10,17 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub const POLL: Duration = Duration::from_millis(20);
 
 /// Polls `f` every [`POLL`] until it returns `Some`, or panics after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_for_within(DEADLINE, what, f).await
+}
+
+/// [`wait_for`] with another deadline: for work that is heavy by design (a 100,000-route load in
+/// a debug build on a shared machine), where [`DEADLINE`] could be missed under load.
+pub async fn wait_for_within<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -20,7 +30,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(POLL).await;
     }
 }
