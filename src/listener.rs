@@ -563,10 +563,11 @@ async fn serve_h1(
     stats: &Arc<ListenerStats>,
 ) {
     let c = conn.clone();
-    // Boxed: the request's future is about 10 KB, and the connection's future would hold that
-    // much for its whole life, idle or not (one allocation per request). Made inside the box:
-    // a future built first and then boxed is copied whole (10 KB of memcpy per request).
-    let svc = move |req: Request<RequestBody>| Box::pin(respond(req, c.clone()));
+    // Boxed: the connection's future would otherwise hold the request's for its whole life,
+    // idle or not (one allocation per request). A future is built, then moved into its box
+    // whole: keeping it small keeps that copy (and the allocation) cheap.
+    let svc =
+        move |req: Request<RequestBody>| Box::pin(proxy::handle(req.map(ReqBody::H1), c.clone()));
     let fut = server::serve(stream, buf, config, drain, svc);
     tokio::pin!(fut);
     let killed = kill.cancelled();
@@ -596,14 +597,6 @@ async fn serve_h1(
     }
 }
 
-/// One HTTP/1 request through the proxy (its future starts small: the arguments only).
-async fn respond(req: Request<RequestBody>, conn: Arc<Conn>) -> http::Response<proxy::RespBody> {
-    match proxy::handle(req.map(ReqBody::H1), conn).await {
-        Ok(r) => r,
-        Err(e) => match e {},
-    }
-}
-
 /// Serves one HTTP/2 connection until it ends, closing it gracefully on drain or when no request
 /// has started for `idle_timeout` (in-flight streams always finish first), and at once when no
 /// request arrived within `request_headers_timeout` of accept.
@@ -628,7 +621,10 @@ async fn serve_h2(
                 proxy::LocalReply::TooManyHeaders.response(),
             )));
         }
-        Either::Right(proxy::handle(req.map(ReqBody::H2), c.clone()))
+        Either::Right(futures_util::FutureExt::map(
+            proxy::handle(req.map(ReqBody::H2), c.clone()),
+            Ok,
+        ))
     });
     let signal = Arc::new(Signal::default());
     let fut = builder.serve_connection(TokioIo::new(io), svc);
