@@ -563,25 +563,45 @@ async fn serve_h1(
     stats: &Arc<ListenerStats>,
 ) {
     let c = conn.clone();
-    // Boxed: the connection's future would otherwise hold the request's for its whole life,
-    // idle or not (one allocation per request). A future is built, then moved into its box
-    // whole: keeping it small keeps that copy (and the allocation) cheap.
-    let svc =
-        move |req: Request<RequestBody>| Box::pin(proxy::handle(req.map(ReqBody::H1), c.clone()));
-    let fut = server::serve(stream, buf, config, drain, svc);
+    // Not boxed: the request's future (about 3 KB) lives in the connection's, which holds that
+    // much for its whole life, idle or not, as it holds its buffers; a box per request cost an
+    // allocation too large for malloc's thread cache, and a copy of the whole future into it.
+    let svc = move |req: Request<RequestBody>, start| {
+        proxy::handle(req.map(ReqBody::H1), c.clone(), start)
+    };
+    // The token is watched here, with the kill and the alarm; the engine sees an atomic flag.
+    let draining = server::Drain::default();
+    let fut = server::serve(stream, buf, config, draining.clone(), svc);
     tokio::pin!(fut);
     let killed = kill.cancelled();
     tokio::pin!(killed);
+    let drained = drain.cancelled();
+    tokio::pin!(drained);
+    let mut drain_seen = false;
     let mut alarm = Alarm::default();
+    // The kill and the alarm are polled with their own waker, and only after it fired: the
+    // sockets wake this task several times per request.
+    let signal = Arc::new(Signal::default());
+    let signal_waker = Waker::from(signal.clone());
     let end = std::future::poll_fn(|cx| loop {
+        signal.task.register(cx.waker());
         if let Poll::Ready(end) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(end));
         }
-        if killed.as_mut().poll(cx).is_ready() {
+        let mut scx = Context::from_waker(&signal_waker);
+        alarm.update(&conn.timer, &mut scx);
+        if !signal.fired.swap(false, Acquire) {
+            return Poll::Pending;
+        }
+        if killed.as_mut().poll(&mut scx).is_ready() {
             return Poll::Ready(None);
         }
-        alarm.update(&conn.timer, cx);
-        if !alarm.fired(&conn.timer, cx) {
+        if !drain_seen && drained.as_mut().poll(&mut scx).is_ready() {
+            drain_seen = true;
+            draining.start();
+            continue;
+        }
+        if !alarm.fired(&conn.timer, &mut scx) {
             return Poll::Pending;
         }
     })
@@ -622,7 +642,7 @@ async fn serve_h2(
             )));
         }
         Either::Right(futures_util::FutureExt::map(
-            proxy::handle(req.map(ReqBody::H2), c.clone()),
+            proxy::handle(req.map(ReqBody::H2), c.clone(), std::time::Instant::now()),
             Ok,
         ))
     });

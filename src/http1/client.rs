@@ -408,7 +408,9 @@ where
         let body = ResponseBody {
             conn: Some(conn),
             decoder: head.body,
-            upload: uploading.then_some(upload),
+            // Boxed when still going up (an early answer, a large body): rare, and the
+            // response, moved through every phase, stays small.
+            upload: uploading.then(|| Box::new(upload)),
             reusable: head.reusable && write_error.is_none(),
             failed: false,
         };
@@ -423,7 +425,7 @@ pub(crate) type Unfinished<S, G, B> = (Box<Conn<S, G>>, Upload<B>);
 pub(crate) struct ResponseBody<S, G, B> {
     conn: Option<Box<Conn<S, G>>>,
     decoder: Decoder,
-    upload: Option<Upload<B>>,
+    upload: Option<Box<Upload<B>>>,
     reusable: bool,
     failed: bool,
 }
@@ -453,7 +455,7 @@ where
     /// before the body went up (it can be finished, then the connection closed).
     pub(crate) fn take_upload(&mut self) -> Option<Unfinished<S, G, B>> {
         let up = self.upload.take()?;
-        Some((self.conn.take()?, up))
+        Some((self.conn.take()?, *up))
     }
 
     /// The connection, after a `101 Switching Protocols`: the stream and what was read past the

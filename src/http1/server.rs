@@ -19,16 +19,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use super::decode::Decoder;
 use super::encode::Encoder;
@@ -50,6 +51,57 @@ pub(crate) struct Config {
     pub start: Instant,
     /// The connection's lazy timer (its task runs the alarm), else tokio's timers.
     pub timer: Option<LazyTimer>,
+}
+
+/// A connection's drain: once started, the connection closes between requests. Checked with an
+/// atomic load (a `CancellationToken` takes a lock for that, and a waiter list entry to wait).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drain(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    started: std::sync::atomic::AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Drain {
+    /// Starts the drain, waking the connection if it waits for its next request.
+    pub(crate) fn start(&self) {
+        self.0.started.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    fn started(&self) -> bool {
+        self.0.started.load(Ordering::Acquire)
+    }
+
+    /// Whether it started, else `cx` is woken when it does.
+    fn poll_started(&self, cx: &mut Context<'_>) -> bool {
+        if self.started() {
+            return true;
+        }
+        self.0.waker.register(cx.waker());
+        self.started()
+    }
+}
+
+/// Wakes the connection's task for its socket while a request is served, and records that the
+/// socket may have something.
+#[derive(Debug, Default)]
+struct Watch {
+    fired: std::sync::atomic::AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// Why a connection ended.
@@ -436,12 +488,12 @@ pub(crate) async fn serve<S, F, Fut, B>(
     io: S,
     rbuf: BytesMut,
     config: Config,
-    drain: CancellationToken,
+    drain: Drain,
     mut service: F,
 ) -> End
 where
     S: Io,
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>, Instant) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -457,6 +509,8 @@ where
         waiting: None,
     }));
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let watch = Arc::new(Watch::default());
+    let watch_waker = std::task::Waker::from(watch.clone());
     let mut first = true;
     let mut last_start = config.start;
     let mut waiting_since = config.start;
@@ -530,21 +584,33 @@ where
 
         // 3. The response.
         let resp = {
-            let mut fut = std::pin::pin!(service(req));
+            // The service gets the clock reading of its request's start (no second one).
+            let mut fut = std::pin::pin!(service(req, last_start));
             let cap = config.limits.max_head;
+            // The socket waits with the watch's waker: it is read again only when it woke that
+            // one, not on every wake of the task (the upstream's socket wakes it too).
+            let mut watching = false;
             let answered = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
+                }
+                watch.task.register(cx.waker());
+                if watching && !watch.fired.swap(false, Ordering::Acquire) {
+                    return Poll::Pending;
                 }
                 // With the body read (or none), the socket is watched for the client leaving, as
                 // hyper does: then the request is dropped (cancelled upstream too). Pipelined
                 // bytes are kept, up to a head's size.
                 let mut s = lock(&shared);
+                let mut wcx = Context::from_waker(&watch_waker);
                 while s.decoder.is_none() && !s.eof && s.rbuf.len() < cap {
-                    match s.poll_fill(cx) {
+                    match s.poll_fill(&mut wcx) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                         Poll::Ready(Ok(_)) => {}
-                        Poll::Pending => break,
+                        Poll::Pending => {
+                            watching = true;
+                            break;
+                        }
                     }
                 }
                 Poll::Pending
@@ -561,7 +627,7 @@ where
             let mut s = lock(&shared);
             s.continue_owed = None;
         }
-        if drain.is_cancelled() {
+        if drain.started() {
             keep_alive = false;
         }
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -721,7 +787,7 @@ where
 async fn read_head<S: Io>(
     shared: &Arc<Mutex<Shared<S>>>,
     config: &Config,
-    drain: &CancellationToken,
+    drain: &Drain,
     first: bool,
     last_start: Instant,
     waiting_since: Instant,
@@ -729,11 +795,14 @@ async fn read_head<S: Io>(
     let header_deadline = config.header_timeout.map(|t| waiting_since + t);
     // From the start for the first request (a silent connection), then from the last request's.
     let idle_deadline = config.idle_timeout.map(|t| last_start + t);
-    let mut header =
-        header_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
-    let mut idle = idle_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
-    let drained = drain.cancelled();
-    tokio::pin!(drained);
+    // Both count from clock readings taken before this wait began, the latest `waiting_since`.
+    let lazy = config.timer.as_ref();
+    let mut header = header_deadline.map_or(Deadline::None, |d| {
+        Deadline::at_from(d, waiting_since, lazy)
+    });
+    let mut idle = idle_deadline.map_or(Deadline::None, |d| {
+        Deadline::at_from(d, waiting_since, lazy)
+    });
     std::future::poll_fn(|cx| {
         let mut s = lock(shared);
         loop {
@@ -756,7 +825,7 @@ async fn read_head<S: Io>(
         }
         let nothing_yet = s.rbuf.is_empty();
         drop(s);
-        if nothing_yet && drained.as_mut().poll(cx).is_ready() {
+        if nothing_yet && drain.poll_started(cx) {
             return Poll::Ready(Err(End::Drained));
         }
         if idle.poll_passed(cx) && nothing_yet {
@@ -1181,12 +1250,11 @@ mod tests {
     }
 
     /// A connection served in the background, and the client's end.
-    fn connect(
-        config: Config,
-        drain: CancellationToken,
-    ) -> (DuplexStream, tokio::task::JoinHandle<End>) {
+    fn connect(config: Config, drain: Drain) -> (DuplexStream, tokio::task::JoinHandle<End>) {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(serve(server, BytesMut::new(), config, drain, echo));
+        let task = tokio::spawn(serve(server, BytesMut::new(), config, drain, |r, _| {
+            echo(r)
+        }));
         (client, task)
     }
 
@@ -1220,7 +1288,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         let a = out.find("GET /a ").expect(&out);
@@ -1236,7 +1304,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_split_across_reads_arrives_whole() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(
             b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n0123",
         )
@@ -1251,13 +1319,13 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_request_bodies_are_decoded_and_bad_chunks_close() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nx-t: 1\r\n\r\nGET /next HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("POST /b hello!"), "{out}");
         assert!(out.contains("GET /next"), "{out}");
         // A bad chunk size: the service sees a malformed body; nothing after it is a request.
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
@@ -1268,7 +1336,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_for_the_service() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123")
             .await
             .unwrap();
@@ -1295,7 +1363,7 @@ mod tests {
                 "501",
             ),
         ] {
-            let (mut c, task) = connect(config(), CancellationToken::new());
+            let (mut c, task) = connect(config(), Drain::default());
             c.write_all(req).await.unwrap();
             let out = read_all(&mut c).await;
             assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
@@ -1305,7 +1373,7 @@ mod tests {
         }
         let mut cfg = config();
         cfg.limits.max_head = 1024;
-        let (mut c, task) = connect(cfg, CancellationToken::new());
+        let (mut c, task) = connect(cfg, Drain::default());
         c.write_all(format!("GET / HTTP/1.1\r\nx-a: {}\r\n\r\n", "b".repeat(2000)).as_bytes())
             .await
             .unwrap();
@@ -1319,11 +1387,11 @@ mod tests {
 
     #[tokio::test]
     async fn http10_closes_unless_keep_alive() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.0\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("connection: close\r\n"), "{out}");
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
             .await
             .unwrap();
@@ -1331,7 +1399,7 @@ mod tests {
         assert!(out.contains("connection: keep-alive\r\n"), "{out}");
         assert!(out.contains("GET /a") && out.contains("GET /b"), "{out}");
         // A body of unknown length to an HTTP/1.0 client ends with the connection.
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
             .await
             .unwrap();
@@ -1343,7 +1411,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_responses_carry_declared_trailers_when_asked() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /stream HTTP/1.1\r\ncontent-length: 2\r\nte: trailers\r\n\r\nyo")
             .await
             .unwrap();
@@ -1364,7 +1432,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_and_204_have_no_body() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"HEAD /a HTTP/1.1\r\n\r\nGET /nobody HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -1377,7 +1445,7 @@ mod tests {
 
     #[tokio::test]
     async fn expect_continue_is_answered_when_the_body_is_read() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
             .await
             .unwrap();
@@ -1401,11 +1469,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unread_body_is_skipped_when_buffered_else_the_connection_closes() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET /after HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("GET /after"), "{out}");
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 300\r\n\r\nabc")
             .await
             .unwrap();
@@ -1416,7 +1484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_101_hands_over_the_stream_and_the_bytes_read_past_the_head() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /upgrade HTTP/1.1\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhel")
             .await
             .unwrap();
@@ -1437,7 +1505,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_leaving_mid_request_drops_it() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /hang HTTP/1.1\r\n\r\n").await.unwrap();
         c.shutdown().await.unwrap();
         let end = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -1446,14 +1514,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_upgrade_closes_but_h2c_is_served_plain() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nGET /optimistic HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(
             out.contains("connection: close\r\n") && out.ends_with("GET /a "),
             "{out}"
         );
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\nGET /b HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("GET /a ") && out.ends_with("GET /b "), "{out}");
@@ -1461,12 +1529,12 @@ mod tests {
 
     #[tokio::test]
     async fn drain_closes_between_requests() {
-        let drain = CancellationToken::new();
+        let drain = Drain::default();
         let (mut c, task) = connect(config(), drain.clone());
         c.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_until(&mut c, "GET /a").await;
         assert!(!out.contains("connection: close"), "{out}");
-        drain.cancel();
+        drain.start();
         assert!(matches!(task.await.unwrap(), End::Drained));
         assert_eq!(read_all(&mut c).await, "");
     }
@@ -1475,7 +1543,7 @@ mod tests {
     async fn header_timeouts() {
         let mut cfg = config();
         cfg.header_timeout = Some(Duration::from_millis(50));
-        let (mut c, task) = connect(cfg.clone(), CancellationToken::new());
+        let (mut c, task) = connect(cfg.clone(), Drain::default());
         c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
@@ -1483,7 +1551,7 @@ mod tests {
         assert!(matches!(task.await.unwrap(), End::FirstHeaderTimeout));
         // A later request: closed without an answer.
         cfg.start = Instant::now();
-        let (mut c, task) = connect(cfg, CancellationToken::new());
+        let (mut c, task) = connect(cfg, Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.ends_with("GET /a "), "{out}");

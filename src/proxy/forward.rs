@@ -562,9 +562,7 @@ fn upstream_head(
         None if set_host => {
             // An HTTP/1.1 upstream needs the authority as Host (RFC 9112 §3.2.2: the target's
             // replaces the client's Host).
-            if let Ok(v) = HeaderValue::from_str(&cx.host) {
-                parts.headers.insert(HOST, v);
-            }
+            parts.headers.insert(HOST, cx.host.clone());
         }
         None => {}
     }
@@ -809,7 +807,7 @@ where
             (_, r) => (r, false),
         };
         let deadline = match limit {
-            Some(t) => Deadline::at(now + t, lazy),
+            Some(t) => Deadline::at_from(now + t, now, lazy),
             None => Deadline::None,
         };
         match Timed::new(send, deadline).await {
@@ -922,7 +920,7 @@ mod tests {
         let sizes = [
             (
                 "proxy::handle",
-                returns!(super::super::handle; Request<ReqBody>, Arc<super::super::Conn>),
+                returns!(super::super::handle; Request<ReqBody>, Arc<super::super::Conn>, Instant),
             ),
             (
                 "route::serve",

@@ -95,8 +95,8 @@ pub(crate) struct Ctx<'a> {
     conn: &'a Conn,
     /// The listener, from the request's snapshot.
     listener: &'a ListenerRt,
-    /// The request's authority, as routed.
-    host: String,
+    /// The request's authority, as routed (a valid `host[:port]`, or empty).
+    host: HeaderValue,
     /// The trusted client address (`x-forwarded-for` with trusted hops, else the remote address).
     client: SocketAddr,
     /// What response header rules show of the request, when they show any of it.
@@ -117,6 +117,11 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The request's authority, as routed.
+    fn host(&self) -> &str {
+        self.host.to_str().unwrap_or_default()
+    }
+
     /// Changes the record, if there is one (the closure runs only then).
     #[inline]
     fn record(&self, f: impl FnOnce(&mut StreamInfo)) {
@@ -132,7 +137,7 @@ impl Ctx<'_> {
     }
 }
 
-/// Serves one request on an HTTP listener.
+/// Serves one request on an HTTP listener; `start` is when it started (its head was read).
 ///
 /// The connection boxes this future per request, so it is kept small: `req` and `conn` are
 /// the async block's own (an `async fn` would hold its arguments twice), and the phases below
@@ -142,6 +147,7 @@ impl Ctx<'_> {
 pub fn handle(
     mut req: Request<ReqBody>,
     conn: Arc<Conn>,
+    start: Instant,
 ) -> impl std::future::Future<Output = Response<RespBody>> + Send {
     async move {
         // One snapshot per request: a reload mid-request does not change what this request sees.
@@ -153,7 +159,6 @@ pub fn handle(
             return LocalReply::ListenerGone.reply(crate::grpc::is_grpc(req.headers()));
         };
         let stats = &listener.stats;
-        let start = Instant::now();
         conn.last_request_ms
             .store(crate::timer::ms_at(start), Relaxed);
         conn.requests.fetch_add(1, Relaxed);
@@ -163,12 +168,12 @@ pub fn handle(
 
         let request_id =
             headers::ensure_request_id(req.headers_mut(), listener.preserve_request_id);
-        let host = headers::authority(&req).map(str::to_string);
+        let host = headers::authority(&req);
         let client =
             headers::trusted_client(req.headers(), listener.forwarding.trusted_hops, conn.peer);
         // Without observers this stays `None`: no record, no header copies.
         let rec = listener.observers.as_ref().map(|obs| {
-            let shown = host.as_deref().unwrap_or_default();
+            let shown = host.unwrap_or_default();
             let mut info = StreamInfo::begin(obs, &req, shown, (client, conn.direct), start);
             info.downstream_tls = conn.tls.clone();
             Recorder::new(obs.clone(), info)
@@ -177,7 +182,7 @@ pub fn handle(
         let mut cx = Ctx {
             conn: &conn,
             listener,
-            host: host.unwrap_or_default(),
+            host: host.map_or(HeaderValue::from_static(""), |a| authority_value(&req, a)),
             client,
             captured: None,
             cluster_rules: None,
@@ -192,7 +197,7 @@ pub fn handle(
         // A request without one valid authority is refused before routing: routed by one Host and
         // forwarded with another, it would reach a virtual host it was not routed to.
         let vhost = (!bad_host && !overloaded)
-            .then(|| router.virtual_host(&cx.host))
+            .then(|| router.virtual_host(host.unwrap_or_default()))
             .flatten();
         let route = vhost
             .and_then(|vh| vh.route(req.method(), req.uri(), req.headers(), conn.tls.is_some()));
@@ -271,6 +276,17 @@ pub fn handle(
         }
         resp
     }
+}
+
+/// The authority `a` of `req` as a header value: the Host field itself when it came from there
+/// (its bytes are shared, not copied), else a copy.
+fn authority_value<B>(req: &Request<B>, a: &str) -> HeaderValue {
+    if req.uri().authority().is_none() {
+        if let Some(h) = req.headers().get(http::header::HOST) {
+            return h.clone();
+        }
+    }
+    HeaderValue::from_str(a).unwrap_or(HeaderValue::from_static(""))
 }
 
 struct ActiveGauge<'a>(&'a ListenerStats);

@@ -127,7 +127,7 @@ fn act<'r>(req: Request<ReqBody>, route: &'r Route, cx: &mut Ctx<'_>) -> Next<'r
             } else {
                 "http"
             };
-            let loc = rd.location(route, scheme, &cx.host, req.uri());
+            let loc = rd.location(route, scheme, cx.host(), req.uri());
             let mut r = if cx.grpc {
                 cx.local_status = Some(rd.code().as_u16());
                 trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
