@@ -85,25 +85,6 @@ impl Drain {
     }
 }
 
-/// Wakes the connection's task for its socket while a request is served, and records that the
-/// socket may have something.
-#[derive(Debug, Default)]
-struct Watch {
-    fired: std::sync::atomic::AtomicBool,
-    task: AtomicWaker,
-}
-
-impl std::task::Wake for Watch {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
 /// Why a connection ended.
 #[derive(Debug)]
 pub(crate) enum End {
@@ -509,8 +490,6 @@ where
         waiting: None,
     }));
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let watch = Arc::new(Watch::default());
-    let watch_waker = std::task::Waker::from(watch.clone());
     let mut first = true;
     let mut last_start = config.start;
     let mut waiting_since = config.start;
@@ -587,30 +566,19 @@ where
             // The service gets the clock reading of its request's start (no second one).
             let mut fut = std::pin::pin!(service(req, last_start));
             let cap = config.limits.max_head;
-            // The socket waits with the watch's waker: it is read again only when it woke that
-            // one, not on every wake of the task (the upstream's socket wakes it too).
-            let mut watching = false;
             let answered = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
-                }
-                watch.task.register(cx.waker());
-                if watching && !watch.fired.swap(false, Ordering::Acquire) {
-                    return Poll::Pending;
                 }
                 // With the body read (or none), the socket is watched for the client leaving, as
                 // hyper does: then the request is dropped (cancelled upstream too). Pipelined
                 // bytes are kept, up to a head's size.
                 let mut s = lock(&shared);
-                let mut wcx = Context::from_waker(&watch_waker);
                 while s.decoder.is_none() && !s.eof && s.rbuf.len() < cap {
-                    match s.poll_fill(&mut wcx) {
+                    match s.poll_fill(cx) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                         Poll::Ready(Ok(_)) => {}
-                        Poll::Pending => {
-                            watching = true;
-                            break;
-                        }
+                        Poll::Pending => break,
                     }
                 }
                 Poll::Pending
@@ -726,6 +694,8 @@ where
         let declared_trailers = (framing.is_chunked() && trailers_ok)
             .then(|| trailer_names(&parts.headers))
             .flatten();
+        // Pinned here, once: moved into `write_body`'s future, the body would be held twice.
+        let body = std::pin::pin!(Some(body));
         let written = write_body(
             &shared,
             &mut wbuf,
@@ -844,11 +814,12 @@ async fn read_head<S: Io>(
 }
 
 /// Writes the head in `wbuf` and the body after it; `Ok(false)` when the body failed or broke
-/// its declared length (the response is cut: the connection must close).
+/// its declared length (the response is cut: the connection must close). The body (`Some`) is
+/// dropped in place as soon as it is done with, before the last bytes go out.
 async fn write_body<S: Io, B>(
     shared: &Arc<Mutex<Shared<S>>>,
     wbuf: &mut BytesMut,
-    body: B,
+    mut body: Pin<&mut Option<B>>,
     mut framing: Encoder,
     trailer_names: Option<&[http::HeaderName]>,
 ) -> std::io::Result<bool>
@@ -859,85 +830,88 @@ where
     if framing == Encoder::empty() {
         // No body goes out; one the service made anyway is read to its end if it is there
         // already (an upstream's empty body, which then counts as read whole), else dropped.
-        {
-            let mut body = std::pin::pin!(body);
+        if let Some(mut b) = body.as_mut().as_pin_mut() {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             for _ in 0..4 {
-                if body.is_end_stream() {
+                if b.is_end_stream() {
                     break;
                 }
-                match body.as_mut().poll_frame(&mut cx) {
+                match b.as_mut().poll_frame(&mut cx) {
                     Poll::Ready(Some(Ok(_))) => {}
                     _ => break,
                 }
             }
         }
+        body.set(None);
         write_all(shared, wbuf).await?;
         return Ok(true);
     }
-    if body.is_end_stream() {
+    if body
+        .as_ref()
+        .get_ref()
+        .as_ref()
+        .is_none_or(|b| b.is_end_stream())
+    {
         let ok = framing.end(None, wbuf).is_ok();
         // Dropped before the client sees the end: an upstream body gives its connection back
         // to the pool when dropped, before the client's next request can ask for one.
-        drop(body);
+        body.set(None);
         write_all(shared, wbuf).await?;
         return Ok(ok);
     }
     let mut trailers: Option<HeaderMap> = None;
-    // The body lives in this block only: dropped (its upstream connection pooled) before the
-    // last bytes go out.
-    {
-        let mut body = std::pin::pin!(body);
-        loop {
-            // What the body has at once goes out with what is buffered; the buffer is written
-            // only when the body must be waited for (one write for a small response).
-            let now = body
-                .as_mut()
-                .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
-            let frame = {
-                match now {
-                    Poll::Ready(f) => f,
-                    Poll::Pending => {
-                        // A body whose last byte is here waits for its end before the client sees
-                        // the response: its upstream connection goes back to the pool first, so the
-                        // client's next request finds it there.
-                        if framing != Encoder::length(0) {
-                            write_all(shared, wbuf).await?;
-                        }
-                        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+    // The body is dropped (its upstream connection pooled) before the last bytes go out.
+    while let Some(mut b) = body.as_mut().as_pin_mut() {
+        // What the body has at once goes out with what is buffered; the buffer is written
+        // only when the body must be waited for (one write for a small response).
+        let now = b
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
+        let frame = {
+            match now {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    // A body whose last byte is here waits for its end before the client sees
+                    // the response: its upstream connection goes back to the pool first, so the
+                    // client's next request finds it there.
+                    if framing != Encoder::length(0) {
+                        write_all(shared, wbuf).await?;
                     }
+                    std::future::poll_fn(|cx| b.as_mut().poll_frame(cx)).await
                 }
-            };
-            match frame {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed");
-                    write_all(shared, wbuf).await?;
-                    return Ok(false);
-                }
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if framing.data(data.len(), wbuf).is_err() {
-                            // More than the declared length: cut.
-                            write_all(shared, wbuf).await?;
-                            return Ok(false);
-                        }
-                        put_data(shared, wbuf, data).await?;
-                        wbuf.extend_from_slice(framing.tail());
-                    }
-                    Err(f) => {
-                        if let Ok(t) = f.into_trailers() {
-                            trailers = Some(t);
-                        }
-                    }
-                },
             }
-            if wbuf.len() >= 64 * 1024 {
+        };
+        match frame {
+            None => body.set(None),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
                 write_all(shared, wbuf).await?;
+                body.set(None);
+                return Ok(false);
             }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if framing.data(data.len(), wbuf).is_err() {
+                        // More than the declared length: cut.
+                        write_all(shared, wbuf).await?;
+                        body.set(None);
+                        return Ok(false);
+                    }
+                    put_data(shared, wbuf, data).await?;
+                    wbuf.extend_from_slice(framing.tail());
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            },
+        }
+        if wbuf.len() >= 64 * 1024 {
+            write_all(shared, wbuf).await?;
         }
     }
     // Only the trailers the response declared (and may send) go out.

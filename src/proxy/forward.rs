@@ -55,7 +55,7 @@ pub(super) async fn forward(
     let Go {
         cluster,
         hash,
-        head,
+        mut head,
         h1,
         policy,
         cap,
@@ -108,7 +108,6 @@ pub(super) async fn forward(
     // One clock read per try: it is the try's start, and the route deadline counts from the first.
     let mut now = Instant::now();
     let deadline = earliest(fwd.timeout.map(|t| now + t), cap);
-    let mut head = Some(head);
     let mut prev: Option<Arc<Endpoint>> = None;
     let mut retries = 0u32;
     loop {
@@ -249,8 +248,8 @@ enum Prepared<'r> {
 struct Go<'r> {
     cluster: &'r Arc<Cluster>,
     hash: Option<u64>,
-    /// The upstream head.
-    head: http::request::Parts,
+    /// The upstream head (taken by the last possible try).
+    head: Option<http::request::Parts>,
     /// The client's request came on HTTP/1 (its connection's task polls the lazy deadlines).
     h1: bool,
     policy: Option<&'r retry::RetryPolicy>,
@@ -280,12 +279,11 @@ struct Upgrade<'r> {
 /// Everything of [`forward`] before the first try that does not wait: upgrades sorted out,
 /// cluster admission, the upstream head, the retry policy, the body's plan.
 fn prepare<'r>(
-    req: Request<ReqBody>,
+    mut req: Request<ReqBody>,
     fwd: &'r Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Prepared<'r>, LocalReply> {
-    let mut req = req;
     // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
     let asked = (req.version() == Version::HTTP_11)
         .then(|| upgrade::requested(req.headers()))
@@ -436,7 +434,7 @@ fn prepare<'r>(
     Ok(Prepared::Go(Go {
         cluster,
         hash,
-        head: parts,
+        head: Some(parts),
         h1,
         policy,
         cap,

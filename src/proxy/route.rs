@@ -11,12 +11,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
 use crate::router::fault::{Abort, Decision, Fault};
-use crate::router::{Action, Forward, Route};
+use crate::router::{Action, Redirect, Route};
 use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
 use crate::upstream::body::ReqBody;
@@ -39,11 +39,21 @@ pub(super) fn serve<'a, 'c>(
             };
         }
     }
-    match act(req, route, cx) {
-        Next::Forward(fwd, req) => Served::Forward {
+    if let Some(limited) = rate_limited(&req, route, cx) {
+        return Served::Done {
+            r: Some(Err(limited)),
+        };
+    }
+    match &route.action {
+        Action::Forward(fwd) => Served::Forward {
             fut: forward::forward(req, fwd, route, cx),
         },
-        Next::Done(r) => Served::Done { r: Some(r) },
+        Action::Direct { status, body } => Served::Done {
+            r: Some(Ok(direct(*status, body, cx))),
+        },
+        Action::Redirect(rd) => Served::Done {
+            r: Some(Ok(redirect(rd, &req, route, cx))),
+        },
     }
 }
 
@@ -77,71 +87,65 @@ async fn faulted(
             _fault_slot = Some(slot);
         }
     }
-    match act(req, route, cx) {
-        Next::Forward(fwd, req) => forward::forward(req, fwd, route, cx).await,
-        Next::Done(r) => r,
+    if let Some(limited) = rate_limited(&req, route, cx) {
+        return Err(limited);
+    }
+    match &route.action {
+        Action::Forward(fwd) => forward::forward(req, fwd, route, cx).await,
+        Action::Direct { status, body } => Ok(direct(*status, body, cx)),
+        Action::Redirect(rd) => Ok(redirect(rd, &req, route, cx)),
     }
 }
 
-/// What follows the fault phase.
-// Returned once and taken apart at once: boxing would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Next<'r> {
-    /// Forward upstream.
-    Forward(&'r Forward, Request<ReqBody>),
-    /// Answered here.
-    Done(Result<Response<RespBody>, LocalReply>),
+/// The local rate limit: the reply when the request is over it.
+fn rate_limited(req: &Request<ReqBody>, route: &Route, cx: &Ctx<'_>) -> Option<LocalReply> {
+    let rl = route.rate_limit.as_ref()?;
+    let wait = rl.check(req.headers(), cx.client.ip()).err()?;
+    cx.listener.stats.rate_limited.inc();
+    Some(LocalReply::RateLimited(
+        wait.as_secs_f64().ceil().max(1.0) as u64
+    ))
 }
 
-/// The local rate limit, then the route's action.
-fn act<'r>(req: Request<ReqBody>, route: &'r Route, cx: &mut Ctx<'_>) -> Next<'r> {
-    let stats = &*cx.listener.stats;
-    if let Some(rl) = &route.rate_limit {
-        if let Err(wait) = rl.check(req.headers(), cx.client.ip()) {
-            stats.rate_limited.inc();
-            return Next::Done(Err(LocalReply::RateLimited(
-                wait.as_secs_f64().ceil().max(1.0) as u64,
-            )));
-        }
+/// The reply of a route whose action is a direct response.
+fn direct(status: StatusCode, body: &Bytes, cx: &mut Ctx<'_>) -> Response<RespBody> {
+    if cx.grpc {
+        cx.local_status = Some(status.as_u16());
+        let message = String::from_utf8_lossy(body);
+        return trailers_only(crate::grpc::from_http(status.as_u16()), &message);
     }
-    Next::Done(match &route.action {
-        Action::Forward(fwd) => return Next::Forward(fwd, req),
-        Action::Direct { status, body } if cx.grpc => {
-            cx.local_status = Some(status.as_u16());
-            let message = String::from_utf8_lossy(body);
-            Ok(trailers_only(
-                crate::grpc::from_http(status.as_u16()),
-                &message,
-            ))
-        }
-        Action::Direct { status, body } => {
-            let mut r = text(*status, body.clone());
-            if body.is_empty() {
-                r.headers_mut().remove(CONTENT_TYPE);
-            }
-            Ok(r)
-        }
-        Action::Redirect(rd) => {
-            let scheme = if cx.conn.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let loc = rd.location(route, scheme, cx.host(), req.uri());
-            let mut r = if cx.grpc {
-                cx.local_status = Some(rd.code().as_u16());
-                trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
-            } else {
-                let mut r = text(rd.code(), Bytes::new());
-                r.headers_mut().remove(CONTENT_TYPE);
-                r
-            };
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                r.headers_mut().insert(LOCATION, v);
-            }
-            Ok(r)
-        }
-    })
+    let mut r = text(status, body.clone());
+    if body.is_empty() {
+        r.headers_mut().remove(CONTENT_TYPE);
+    }
+    r
+}
+
+/// The reply of a route whose action is a redirect.
+fn redirect(
+    rd: &Redirect,
+    req: &Request<ReqBody>,
+    route: &Route,
+    cx: &mut Ctx<'_>,
+) -> Response<RespBody> {
+    let scheme = if cx.conn.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let loc = rd.location(route, scheme, cx.host(), req.uri());
+    let mut r = if cx.grpc {
+        cx.local_status = Some(rd.code().as_u16());
+        trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
+    } else {
+        let mut r = text(rd.code(), Bytes::new());
+        r.headers_mut().remove(CONTENT_TYPE);
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
 }
 
 type BoxedServe<'a> =
