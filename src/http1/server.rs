@@ -532,11 +532,12 @@ where
             BodyLength::Length(n) => Some(Decoder::length(n)),
             BodyLength::Chunked => Some(Decoder::chunked()),
         };
+        let continue_asked = head.expect_continue && decoder.is_some();
         let id = {
             let mut s = lock(&shared);
             s.body_id += 1;
             s.broken = false;
-            s.continue_owed = (head.expect_continue && decoder.is_some()).then_some(0);
+            s.continue_owed = continue_asked.then_some(0);
             s.decoder = decoder;
             s.body_id
         };
@@ -590,7 +591,7 @@ where
             }
         };
         let (mut parts, body) = resp.into_parts();
-        {
+        if continue_asked {
             // Too late for `100 Continue`: the answer is final.
             let mut s = lock(&shared);
             s.continue_owed = None;
@@ -716,17 +717,12 @@ where
         // 4. The request body's rest. While someone still holds the body (an upload streaming
         // up after an early answer), the connection waits for it to end or be dropped, as
         // hyper did; then a rest already buffered is skipped, anything else closes.
-        std::future::poll_fn(|cx| {
+        let reusable = std::future::poll_fn(|cx| {
             let mut s = lock(&shared);
-            if s.decoder.is_none() || Arc::strong_count(&shared) == 1 {
-                return Poll::Ready(());
+            if s.decoder.is_some() && Arc::strong_count(&shared) > 1 {
+                s.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
             }
-            s.waiting = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        let reusable = {
-            let mut s = lock(&shared);
             s.body_id += 1;
             s.waiting = None;
             let s = &mut *s;
@@ -743,8 +739,9 @@ where
                 }
             };
             s.decoder = None;
-            done && !s.broken && !s.eof
-        };
+            Poll::Ready(done && !s.broken && !s.eof)
+        })
+        .await;
         if !keep_alive || !reusable {
             shutdown(&shared).await;
             return End::Closed;

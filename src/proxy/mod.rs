@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
 
@@ -59,9 +59,10 @@ pub struct Conn {
     pub peer_ip: HeaderValue,
     /// The connection's peer, whatever a PROXY header said (`%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%`).
     pub direct: SocketAddr,
-    /// When the last request started ([`crate::timer::now_ms`]), for the idle timeout.
+    /// When the last request started ([`crate::timer::now_ms`]), for the idle timeout
+    /// (HTTP/2: the HTTP/1 engine keeps its own).
     pub last_request_ms: AtomicU64,
-    /// Requests started on this connection.
+    /// Requests started on this connection (HTTP/2, for the header timeout).
     pub requests: AtomicU32,
     /// Deadlines of HTTP/1 requests, checked when the connection's task polls them.
     pub timer: LazyTimer,
@@ -159,9 +160,12 @@ pub fn handle(
             return LocalReply::ListenerGone.reply(crate::grpc::is_grpc(req.headers()));
         };
         let stats = &listener.stats;
-        conn.last_request_ms
-            .store(crate::timer::ms_at(start), Relaxed);
-        conn.requests.fetch_add(1, Relaxed);
+        // HTTP/2's idle and header timeouts read these; Tern's HTTP/1 engine keeps its own.
+        if req.version() == Version::HTTP_2 {
+            conn.last_request_ms
+                .store(crate::timer::ms_at(start), Relaxed);
+            conn.requests.fetch_add(1, Relaxed);
+        }
         stats.downstream_rq_total.inc();
         stats.downstream_rq_active.inc();
         let _active = ActiveGauge(stats);

@@ -407,9 +407,10 @@ impl Pool {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.pop()?
             };
+            // `now - since < t`, without the subtraction's cost.
             let fresh = o
                 .idle_timeout
-                .is_none_or(|t| now.saturating_duration_since(since) < t);
+                .is_none_or(|t| since.checked_add(t).is_none_or(|due| now < due));
             if fresh && conn.is_idle_ok() {
                 return Some((conn, self.lease(uses + 1, o, tls)));
             }
