@@ -78,6 +78,18 @@ impl LazyTimer {
             ms: ceil_ms(deadline),
             timer: self.clone(),
             recorded: false,
+            ahead: false,
+        }
+    }
+
+    /// [`Self::sleep_until`] for a deadline counted from `now`, a clock reading just taken: if
+    /// `deadline` is after it, the first poll records the deadline without reading the clock
+    /// again. (Should that poll come late, past the deadline, the alarm, armed for a time
+    /// already gone, wakes the task at once, and the next poll sees it.)
+    pub fn sleep_until_from(&self, deadline: Instant, now: Instant) -> LazySleep {
+        LazySleep {
+            ahead: deadline > now,
+            ..self.sleep_until(deadline)
         }
     }
 }
@@ -89,6 +101,8 @@ pub struct LazySleep {
     ms: u64,
     timer: LazyTimer,
     recorded: bool,
+    /// Known not to have passed when made: the first poll need not read the clock.
+    ahead: bool,
 }
 
 impl Future for LazySleep {
@@ -100,7 +114,7 @@ impl Future for LazySleep {
         if self.recorded && self.timer.0.load(Relaxed) <= self.ms {
             return Poll::Pending;
         }
-        if Instant::now() >= self.deadline {
+        if !std::mem::take(&mut self.ahead) && Instant::now() >= self.deadline {
             return Poll::Ready(());
         }
         // No waker: the connection's alarm wakes the task by this time.
@@ -146,6 +160,15 @@ impl Deadline {
     pub fn at(at: Instant, lazy: Option<&LazyTimer>) -> Deadline {
         match lazy {
             Some(l) => Deadline::Lazy(l.sleep_until(at)),
+            None => Deadline::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
+        }
+    }
+
+    /// [`Self::at`] for a deadline counted from `now`, a clock reading just taken (a lazy one's
+    /// first poll then reads no clock: [`LazyTimer::sleep_until_from`]).
+    pub fn at_from(at: Instant, now: Instant, lazy: Option<&LazyTimer>) -> Deadline {
+        match lazy {
+            Some(l) => Deadline::Lazy(l.sleep_until_from(at, now)),
             None => Deadline::Tokio(Box::pin(tokio::time::sleep_until(at.into()))),
         }
     }
@@ -265,6 +288,33 @@ mod tests {
         assert_eq!(timer.0.load(Relaxed), ceil_ms(early));
         let mut past = timer.sleep_until(Instant::now() - Duration::from_millis(1));
         assert!(Pin::new(&mut past).poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_sleep_made_ahead_of_its_deadline_records_it_without_the_clock() {
+        let timer = LazyTimer::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let now = Instant::now();
+        let mut ahead = timer.sleep_until_from(now + Duration::from_secs(30), now);
+        assert!(Pin::new(&mut ahead).poll(&mut cx).is_pending());
+        assert_eq!(
+            timer.0.load(Relaxed),
+            ceil_ms(now + Duration::from_secs(30))
+        );
+        // Made after its deadline: the first poll sees it has passed.
+        let past = now - Duration::from_millis(1);
+        let mut due = timer.sleep_until_from(past, now);
+        assert!(Pin::new(&mut due).poll(&mut cx).is_ready());
+        // Polled late (the deadline passed since): recorded first, then seen once the alarm
+        // has cleared the record.
+        let soon = Instant::now() + Duration::from_millis(2);
+        let mut late = timer.sleep_until_from(soon, Instant::now());
+        while Instant::now() < soon + Duration::from_millis(1) {
+            std::hint::spin_loop();
+        }
+        assert!(Pin::new(&mut late).poll(&mut cx).is_pending());
+        timer.0.store(NONE, Relaxed);
+        assert!(Pin::new(&mut late).poll(&mut cx).is_ready());
     }
 
     #[tokio::test]

@@ -309,10 +309,15 @@ fn write_head(
 
 /// Sends `req` on `conn` and reads the response head (skipping interim 1xx answers other than
 /// 101). The connection is the future's until it returns: dropped before, it closes.
-pub(crate) async fn send<S, G, B>(
+///
+/// The head is serialized before the future is made, and the future holds only what the
+/// exchange needs (the connection, the body going up, the head for a retry elsewhere): an
+/// `async fn` would hold its request twice (argument and local), and this future is part of
+/// every proxied request's.
+pub(crate) fn send<S, G, B>(
     mut conn: Box<Conn<S, G>>,
     req: Request<B>,
-) -> Result<Response<ResponseBody<S, G, B>>, SendError<B>>
+) -> impl std::future::Future<Output = Result<Response<ResponseBody<S, G, B>>, SendError<B>>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     B: Body<Data = Bytes> + Unpin,
@@ -335,74 +340,82 @@ where
         data: Bytes::new(),
         ended: false,
     };
+    // Kept until a byte went out: the request can then go on another connection as it is.
     let mut parts = Some(parts);
-    // `Some` while the body still goes up.
-    let mut uploading = true;
-    // Set when writing failed: the upstream may still have answered (an early response).
-    let mut write_error: Option<io::Error> = None;
-    let head = std::future::poll_fn(|cx| loop {
-        if uploading {
-            match upload.poll(cx, &mut conn) {
-                Poll::Ready(Ok(())) => uploading = false,
-                Poll::Ready(Err(UploadError::Io(e))) => {
-                    uploading = false;
-                    if conn.written == 0 {
-                        return Poll::Ready(Err(Err(e)));
+    // Captured variables are used in place (a rebinding would copy them into the future).
+    async move {
+        // Set while the body still goes up.
+        let mut uploading = true;
+        // Set when writing failed: the upstream may still have answered (an early response).
+        let mut write_error: Option<io::Error> = None;
+        let head = std::future::poll_fn(|cx| loop {
+            if uploading {
+                match upload.poll(cx, &mut conn) {
+                    Poll::Ready(Ok(())) => uploading = false,
+                    Poll::Ready(Err(UploadError::Io(e))) => {
+                        uploading = false;
+                        if conn.written == 0 {
+                            return Poll::Ready(Err(Err(e)));
+                        }
+                        write_error = Some(e);
                     }
-                    write_error = Some(e);
+                    Poll::Ready(Err(UploadError::Body(e))) => {
+                        return Poll::Ready(Err(Ok(SendError::Body(e))))
+                    }
+                    Poll::Ready(Err(UploadError::Framing(e))) => {
+                        return Poll::Ready(Err(Ok(SendError::Framing(e))))
+                    }
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Err(UploadError::Body(e))) => {
-                    return Poll::Ready(Err(Ok(SendError::Body(e))))
+                if conn.written > 0 {
+                    parts = None;
                 }
-                Poll::Ready(Err(UploadError::Framing(e))) => {
-                    return Poll::Ready(Err(Ok(SendError::Framing(e))))
-                }
-                Poll::Pending => {}
             }
-            if conn.written > 0 {
-                parts = None;
-            }
-        }
-        match response::parse(&mut conn.rbuf, head_request) {
-            Ok(Some(h)) if h.parts.status.is_informational() && h.parts.status != 101 => continue,
-            Ok(Some(h)) => return Poll::Ready(Ok(h)),
-            Ok(None) => {}
-            Err(e) => return Poll::Ready(Err(Ok(SendError::Head(e)))),
-        }
-        match conn.poll_read_more(cx) {
-            Poll::Ready(Ok(0)) => {
-                return Poll::Ready(Err(Ok(match write_error.take() {
-                    Some(e) => SendError::Io(e),
-                    None => SendError::Closed,
-                })))
-            }
-            Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(Ok(SendError::Io(e)))),
-            Poll::Pending => return Poll::Pending,
-        }
-    })
-    .await;
-    let head = match head {
-        Ok(h) => h,
-        Err(Ok(e)) => return Err(e),
-        // The first write failed: nothing went out, the request can go elsewhere.
-        Err(Err(e)) => {
-            return Err(match parts {
-                Some(p) if upload.data.is_empty() => {
-                    SendError::Unsent(Request::from_parts(p, upload.body))
+            match response::parse(&mut conn.rbuf, head_request) {
+                Ok(Some(h)) if h.parts.status.is_informational() && h.parts.status != 101 => {
+                    continue
                 }
-                _ => SendError::Io(e),
-            })
-        }
-    };
-    let body = ResponseBody {
-        conn: Some(conn),
-        decoder: head.body,
-        upload: uploading.then_some(upload),
-        reusable: head.reusable && write_error.is_none(),
-        failed: false,
-    };
-    Ok(Response::from_parts(head.parts, body))
+                Ok(Some(h)) => return Poll::Ready(Ok(h)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Ok(SendError::Head(e)))),
+            }
+            match conn.poll_read_more(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(Ok(match write_error.take() {
+                        Some(e) => SendError::Io(e),
+                        None => SendError::Closed,
+                    })))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Ok(SendError::Io(e)))),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(Ok(e)) => return Err(e),
+            // The first write failed: nothing went out, the request can go elsewhere.
+            Err(Err(e)) => {
+                return Err(match parts.take() {
+                    Some(p) if upload.data.is_empty() => {
+                        SendError::Unsent(Request::from_parts(p, upload.body))
+                    }
+                    _ => SendError::Io(e),
+                })
+            }
+        };
+        let body = ResponseBody {
+            conn: Some(conn),
+            decoder: head.body,
+            // Boxed when still going up (an early answer, a large body): rare, and the
+            // response, moved through every phase, stays small.
+            upload: uploading.then(|| Box::new(upload)),
+            reusable: head.reusable && write_error.is_none(),
+            failed: false,
+        };
+        Ok(Response::from_parts(head.parts, body))
+    }
 }
 
 /// A connection whose response was read whole, and the request body still to send on it.
@@ -412,7 +425,7 @@ pub(crate) type Unfinished<S, G, B> = (Box<Conn<S, G>>, Upload<B>);
 pub(crate) struct ResponseBody<S, G, B> {
     conn: Option<Box<Conn<S, G>>>,
     decoder: Decoder,
-    upload: Option<Upload<B>>,
+    upload: Option<Box<Upload<B>>>,
     reusable: bool,
     failed: bool,
 }
@@ -442,7 +455,7 @@ where
     /// before the body went up (it can be finished, then the connection closed).
     pub(crate) fn take_upload(&mut self) -> Option<Unfinished<S, G, B>> {
         let up = self.upload.take()?;
-        Some((self.conn.take()?, up))
+        Some((self.conn.take()?, *up))
     }
 
     /// The connection, after a `101 Switching Protocols`: the stream and what was read past the

@@ -19,16 +19,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::sync::CancellationToken;
 
 use super::decode::Decoder;
 use super::encode::Encoder;
@@ -50,6 +51,38 @@ pub(crate) struct Config {
     pub start: Instant,
     /// The connection's lazy timer (its task runs the alarm), else tokio's timers.
     pub timer: Option<LazyTimer>,
+}
+
+/// A connection's drain: once started, the connection closes between requests. Checked with an
+/// atomic load (a `CancellationToken` takes a lock for that, and a waiter list entry to wait).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Drain(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    started: std::sync::atomic::AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Drain {
+    /// Starts the drain, waking the connection if it waits for its next request.
+    pub(crate) fn start(&self) {
+        self.0.started.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
+
+    fn started(&self) -> bool {
+        self.0.started.load(Ordering::Acquire)
+    }
+
+    /// Whether it started, else `cx` is woken when it does.
+    fn poll_started(&self, cx: &mut Context<'_>) -> bool {
+        if self.started() {
+            return true;
+        }
+        self.0.waker.register(cx.waker());
+        self.started()
+    }
 }
 
 /// Why a connection ended.
@@ -436,12 +469,12 @@ pub(crate) async fn serve<S, F, Fut, B>(
     io: S,
     rbuf: BytesMut,
     config: Config,
-    drain: CancellationToken,
+    drain: Drain,
     mut service: F,
 ) -> End
 where
     S: Io,
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>, Instant) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -499,11 +532,12 @@ where
             BodyLength::Length(n) => Some(Decoder::length(n)),
             BodyLength::Chunked => Some(Decoder::chunked()),
         };
+        let continue_asked = head.expect_continue && decoder.is_some();
         let id = {
             let mut s = lock(&shared);
             s.body_id += 1;
             s.broken = false;
-            s.continue_owed = (head.expect_continue && decoder.is_some()).then_some(0);
+            s.continue_owed = continue_asked.then_some(0);
             s.decoder = decoder;
             s.body_id
         };
@@ -530,7 +564,8 @@ where
 
         // 3. The response.
         let resp = {
-            let mut fut = std::pin::pin!(service(req));
+            // The service gets the clock reading of its request's start (no second one).
+            let mut fut = std::pin::pin!(service(req, last_start));
             let cap = config.limits.max_head;
             let answered = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = fut.as_mut().poll(cx) {
@@ -556,12 +591,12 @@ where
             }
         };
         let (mut parts, body) = resp.into_parts();
-        {
+        if continue_asked {
             // Too late for `100 Continue`: the answer is final.
             let mut s = lock(&shared);
             s.continue_owed = None;
         }
-        if drain.is_cancelled() {
+        if drain.started() {
             keep_alive = false;
         }
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -660,6 +695,8 @@ where
         let declared_trailers = (framing.is_chunked() && trailers_ok)
             .then(|| trailer_names(&parts.headers))
             .flatten();
+        // Pinned here, once: moved into `write_body`'s future, the body would be held twice.
+        let body = std::pin::pin!(Some(body));
         let written = write_body(
             &shared,
             &mut wbuf,
@@ -680,17 +717,12 @@ where
         // 4. The request body's rest. While someone still holds the body (an upload streaming
         // up after an early answer), the connection waits for it to end or be dropped, as
         // hyper did; then a rest already buffered is skipped, anything else closes.
-        std::future::poll_fn(|cx| {
+        let reusable = std::future::poll_fn(|cx| {
             let mut s = lock(&shared);
-            if s.decoder.is_none() || Arc::strong_count(&shared) == 1 {
-                return Poll::Ready(());
+            if s.decoder.is_some() && Arc::strong_count(&shared) > 1 {
+                s.waiting = Some(cx.waker().clone());
+                return Poll::Pending;
             }
-            s.waiting = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        let reusable = {
-            let mut s = lock(&shared);
             s.body_id += 1;
             s.waiting = None;
             let s = &mut *s;
@@ -707,8 +739,9 @@ where
                 }
             };
             s.decoder = None;
-            done && !s.broken && !s.eof
-        };
+            Poll::Ready(done && !s.broken && !s.eof)
+        })
+        .await;
         if !keep_alive || !reusable {
             shutdown(&shared).await;
             return End::Closed;
@@ -721,7 +754,7 @@ where
 async fn read_head<S: Io>(
     shared: &Arc<Mutex<Shared<S>>>,
     config: &Config,
-    drain: &CancellationToken,
+    drain: &Drain,
     first: bool,
     last_start: Instant,
     waiting_since: Instant,
@@ -729,11 +762,14 @@ async fn read_head<S: Io>(
     let header_deadline = config.header_timeout.map(|t| waiting_since + t);
     // From the start for the first request (a silent connection), then from the last request's.
     let idle_deadline = config.idle_timeout.map(|t| last_start + t);
-    let mut header =
-        header_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
-    let mut idle = idle_deadline.map_or(Deadline::None, |d| Deadline::at(d, config.timer.as_ref()));
-    let drained = drain.cancelled();
-    tokio::pin!(drained);
+    // Both count from clock readings taken before this wait began, the latest `waiting_since`.
+    let lazy = config.timer.as_ref();
+    let mut header = header_deadline.map_or(Deadline::None, |d| {
+        Deadline::at_from(d, waiting_since, lazy)
+    });
+    let mut idle = idle_deadline.map_or(Deadline::None, |d| {
+        Deadline::at_from(d, waiting_since, lazy)
+    });
     std::future::poll_fn(|cx| {
         let mut s = lock(shared);
         loop {
@@ -756,7 +792,7 @@ async fn read_head<S: Io>(
         }
         let nothing_yet = s.rbuf.is_empty();
         drop(s);
-        if nothing_yet && drained.as_mut().poll(cx).is_ready() {
+        if nothing_yet && drain.poll_started(cx) {
             return Poll::Ready(Err(End::Drained));
         }
         if idle.poll_passed(cx) && nothing_yet {
@@ -775,11 +811,12 @@ async fn read_head<S: Io>(
 }
 
 /// Writes the head in `wbuf` and the body after it; `Ok(false)` when the body failed or broke
-/// its declared length (the response is cut: the connection must close).
+/// its declared length (the response is cut: the connection must close). The body (`Some`) is
+/// dropped in place as soon as it is done with, before the last bytes go out.
 async fn write_body<S: Io, B>(
     shared: &Arc<Mutex<Shared<S>>>,
     wbuf: &mut BytesMut,
-    body: B,
+    mut body: Pin<&mut Option<B>>,
     mut framing: Encoder,
     trailer_names: Option<&[http::HeaderName]>,
 ) -> std::io::Result<bool>
@@ -790,85 +827,88 @@ where
     if framing == Encoder::empty() {
         // No body goes out; one the service made anyway is read to its end if it is there
         // already (an upstream's empty body, which then counts as read whole), else dropped.
-        {
-            let mut body = std::pin::pin!(body);
+        if let Some(mut b) = body.as_mut().as_pin_mut() {
             let mut cx = Context::from_waker(std::task::Waker::noop());
             for _ in 0..4 {
-                if body.is_end_stream() {
+                if b.is_end_stream() {
                     break;
                 }
-                match body.as_mut().poll_frame(&mut cx) {
+                match b.as_mut().poll_frame(&mut cx) {
                     Poll::Ready(Some(Ok(_))) => {}
                     _ => break,
                 }
             }
         }
+        body.set(None);
         write_all(shared, wbuf).await?;
         return Ok(true);
     }
-    if body.is_end_stream() {
+    if body
+        .as_ref()
+        .get_ref()
+        .as_ref()
+        .is_none_or(|b| b.is_end_stream())
+    {
         let ok = framing.end(None, wbuf).is_ok();
         // Dropped before the client sees the end: an upstream body gives its connection back
         // to the pool when dropped, before the client's next request can ask for one.
-        drop(body);
+        body.set(None);
         write_all(shared, wbuf).await?;
         return Ok(ok);
     }
     let mut trailers: Option<HeaderMap> = None;
-    // The body lives in this block only: dropped (its upstream connection pooled) before the
-    // last bytes go out.
-    {
-        let mut body = std::pin::pin!(body);
-        loop {
-            // What the body has at once goes out with what is buffered; the buffer is written
-            // only when the body must be waited for (one write for a small response).
-            let now = body
-                .as_mut()
-                .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
-            let frame = {
-                match now {
-                    Poll::Ready(f) => f,
-                    Poll::Pending => {
-                        // A body whose last byte is here waits for its end before the client sees
-                        // the response: its upstream connection goes back to the pool first, so the
-                        // client's next request finds it there.
-                        if framing != Encoder::length(0) {
-                            write_all(shared, wbuf).await?;
-                        }
-                        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+    // The body is dropped (its upstream connection pooled) before the last bytes go out.
+    while let Some(mut b) = body.as_mut().as_pin_mut() {
+        // What the body has at once goes out with what is buffered; the buffer is written
+        // only when the body must be waited for (one write for a small response).
+        let now = b
+            .as_mut()
+            .poll_frame(&mut Context::from_waker(std::task::Waker::noop()));
+        let frame = {
+            match now {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    // A body whose last byte is here waits for its end before the client sees
+                    // the response: its upstream connection goes back to the pool first, so the
+                    // client's next request finds it there.
+                    if framing != Encoder::length(0) {
+                        write_all(shared, wbuf).await?;
                     }
+                    std::future::poll_fn(|cx| b.as_mut().poll_frame(cx)).await
                 }
-            };
-            match frame {
-                None => break,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed");
-                    write_all(shared, wbuf).await?;
-                    return Ok(false);
-                }
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if framing.data(data.len(), wbuf).is_err() {
-                            // More than the declared length: cut.
-                            write_all(shared, wbuf).await?;
-                            return Ok(false);
-                        }
-                        put_data(shared, wbuf, data).await?;
-                        wbuf.extend_from_slice(framing.tail());
-                    }
-                    Err(f) => {
-                        if let Ok(t) = f.into_trailers() {
-                            trailers = Some(t);
-                        }
-                    }
-                },
             }
-            if wbuf.len() >= 64 * 1024 {
+        };
+        match frame {
+            None => body.set(None),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
                 write_all(shared, wbuf).await?;
+                body.set(None);
+                return Ok(false);
             }
+            Some(Ok(f)) => match f.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if framing.data(data.len(), wbuf).is_err() {
+                        // More than the declared length: cut.
+                        write_all(shared, wbuf).await?;
+                        body.set(None);
+                        return Ok(false);
+                    }
+                    put_data(shared, wbuf, data).await?;
+                    wbuf.extend_from_slice(framing.tail());
+                }
+                Err(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers = Some(t);
+                    }
+                }
+            },
+        }
+        if wbuf.len() >= 64 * 1024 {
+            write_all(shared, wbuf).await?;
         }
     }
     // Only the trailers the response declared (and may send) go out.
@@ -1181,12 +1221,11 @@ mod tests {
     }
 
     /// A connection served in the background, and the client's end.
-    fn connect(
-        config: Config,
-        drain: CancellationToken,
-    ) -> (DuplexStream, tokio::task::JoinHandle<End>) {
+    fn connect(config: Config, drain: Drain) -> (DuplexStream, tokio::task::JoinHandle<End>) {
         let (client, server) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(serve(server, BytesMut::new(), config, drain, echo));
+        let task = tokio::spawn(serve(server, BytesMut::new(), config, drain, |r, _| {
+            echo(r)
+        }));
         (client, task)
     }
 
@@ -1220,7 +1259,7 @@ mod tests {
 
     #[tokio::test]
     async fn pipelined_requests_are_answered_in_order() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nPOST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabcGET /c HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         let a = out.find("GET /a ").expect(&out);
@@ -1236,7 +1275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_split_across_reads_arrives_whole() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(
             b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n0123",
         )
@@ -1251,13 +1290,13 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_request_bodies_are_decoded_and_bad_chunks_close() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nx-t: 1\r\n\r\nGET /next HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("POST /b hello!"), "{out}");
         assert!(out.contains("GET /next"), "{out}");
         // A bad chunk size: the service sees a malformed body; nothing after it is a request.
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
@@ -1268,7 +1307,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_for_the_service() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123")
             .await
             .unwrap();
@@ -1295,7 +1334,7 @@ mod tests {
                 "501",
             ),
         ] {
-            let (mut c, task) = connect(config(), CancellationToken::new());
+            let (mut c, task) = connect(config(), Drain::default());
             c.write_all(req).await.unwrap();
             let out = read_all(&mut c).await;
             assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
@@ -1305,7 +1344,7 @@ mod tests {
         }
         let mut cfg = config();
         cfg.limits.max_head = 1024;
-        let (mut c, task) = connect(cfg, CancellationToken::new());
+        let (mut c, task) = connect(cfg, Drain::default());
         c.write_all(format!("GET / HTTP/1.1\r\nx-a: {}\r\n\r\n", "b".repeat(2000)).as_bytes())
             .await
             .unwrap();
@@ -1319,11 +1358,11 @@ mod tests {
 
     #[tokio::test]
     async fn http10_closes_unless_keep_alive() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.0\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("connection: close\r\n"), "{out}");
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
             .await
             .unwrap();
@@ -1331,7 +1370,7 @@ mod tests {
         assert!(out.contains("connection: keep-alive\r\n"), "{out}");
         assert!(out.contains("GET /a") && out.contains("GET /b"), "{out}");
         // A body of unknown length to an HTTP/1.0 client ends with the connection.
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
             .await
             .unwrap();
@@ -1343,7 +1382,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_responses_carry_declared_trailers_when_asked() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /stream HTTP/1.1\r\ncontent-length: 2\r\nte: trailers\r\n\r\nyo")
             .await
             .unwrap();
@@ -1364,7 +1403,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_and_204_have_no_body() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"HEAD /a HTTP/1.1\r\n\r\nGET /nobody HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -1377,7 +1416,7 @@ mod tests {
 
     #[tokio::test]
     async fn expect_continue_is_answered_when_the_body_is_read() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /b HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
             .await
             .unwrap();
@@ -1401,11 +1440,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_unread_body_is_skipped_when_buffered_else_the_connection_closes() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 3\r\n\r\nabcGET /after HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("GET /after"), "{out}");
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"POST /ignore HTTP/1.1\r\ncontent-length: 300\r\n\r\nabc")
             .await
             .unwrap();
@@ -1416,7 +1455,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_101_hands_over_the_stream_and_the_bytes_read_past_the_head() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /upgrade HTTP/1.1\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\nhel")
             .await
             .unwrap();
@@ -1437,7 +1476,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_leaving_mid_request_drops_it() {
-        let (mut c, task) = connect(config(), CancellationToken::new());
+        let (mut c, task) = connect(config(), Drain::default());
         c.write_all(b"GET /hang HTTP/1.1\r\n\r\n").await.unwrap();
         c.shutdown().await.unwrap();
         let end = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -1446,14 +1485,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_upgrade_closes_but_h2c_is_served_plain() {
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nGET /optimistic HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(
             out.contains("connection: close\r\n") && out.ends_with("GET /a "),
             "{out}"
         );
-        let (mut c, _task) = connect(config(), CancellationToken::new());
+        let (mut c, _task) = connect(config(), Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\nGET /b HTTP/1.1\r\nconnection: close\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.contains("GET /a ") && out.ends_with("GET /b "), "{out}");
@@ -1461,12 +1500,12 @@ mod tests {
 
     #[tokio::test]
     async fn drain_closes_between_requests() {
-        let drain = CancellationToken::new();
+        let drain = Drain::default();
         let (mut c, task) = connect(config(), drain.clone());
         c.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_until(&mut c, "GET /a").await;
         assert!(!out.contains("connection: close"), "{out}");
-        drain.cancel();
+        drain.start();
         assert!(matches!(task.await.unwrap(), End::Drained));
         assert_eq!(read_all(&mut c).await, "");
     }
@@ -1475,7 +1514,7 @@ mod tests {
     async fn header_timeouts() {
         let mut cfg = config();
         cfg.header_timeout = Some(Duration::from_millis(50));
-        let (mut c, task) = connect(cfg.clone(), CancellationToken::new());
+        let (mut c, task) = connect(cfg.clone(), Drain::default());
         c.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
@@ -1483,7 +1522,7 @@ mod tests {
         assert!(matches!(task.await.unwrap(), End::FirstHeaderTimeout));
         // A later request: closed without an answer.
         cfg.start = Instant::now();
-        let (mut c, task) = connect(cfg, CancellationToken::new());
+        let (mut c, task) = connect(cfg, Drain::default());
         c.write_all(b"GET /a HTTP/1.1\r\n\r\n").await.unwrap();
         let out = read_all(&mut c).await;
         assert!(out.ends_with("GET /a "), "{out}");

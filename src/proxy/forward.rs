@@ -42,13 +42,248 @@ use crate::upstream::outlier::{self, Outcome};
 use crate::upstream::pool::{Lease, SendError, Target, UpBody, UpResp};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
+///
+/// This future is part of every proxied request's (the connection boxes it per request): what
+/// is only needed before the first try is worked out by [`prepare`], so it is not kept across
+/// the tries, and the rare branches (an upgrade, a body buffered for retries) are boxed.
 pub(super) async fn forward(
     req: Request<ReqBody>,
     fwd: &Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
-    let mut req = req;
+    let Go {
+        cluster,
+        hash,
+        mut head,
+        h1,
+        policy,
+        cap,
+        idle,
+        mut stream_body,
+        mut exchange,
+        mut replay,
+        buffer,
+    } = match prepare(req, fwd, route, cx)? {
+        Prepared::Go(go) => go,
+        Prepared::Upgrade(u) => {
+            // Boxed: rare, and its future would otherwise enlarge every request's.
+            let Upgrade {
+                cluster,
+                hash,
+                parts,
+                proto,
+                on,
+                limits,
+            } = u;
+            return Box::pin(upgrade::forward(
+                cluster, hash, parts, proto, on, limits, cx,
+            ))
+            .await;
+        }
+    };
+    if let Some(body) = buffer {
+        // Boxed for the same reason as the upgrade path: only retried requests with a body.
+        let collected = Box::pin(Limited::new(body, fwd.buffer_limit as usize).collect())
+            .await
+            .map_err(|e| match e.downcast_ref::<BodyFault>() {
+                Some(f) => fault_reply(*f),
+                None => LocalReply::BadRequestBody,
+            })?;
+        replay = Some(collected.to_bytes());
+    }
+    // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
+    let lazy = h1.then_some(&cx.conn.timer);
+    if let Some(b) = &replay {
+        cx.record(|i| i.bytes_received = b.len() as u64);
+    }
+    let copied = exchange.is_some() && policy.is_some() && cx.grpc;
+    let max_retries = match (policy, &replay) {
+        (Some(p), Some(_)) => p.num_retries,
+        (Some(p), None) if copied => p.num_retries,
+        _ => 0,
+    };
+    let cs = &cluster.stats;
+
+    // One clock read per try: it is the try's start, and the route deadline counts from the first.
+    let mut now = Instant::now();
+    let deadline = earliest(fwd.timeout.map(|t| now + t), cap);
+    let mut prev: Option<Arc<Endpoint>> = None;
+    let mut retries = 0u32;
+    loop {
+        // No time left of the stream's limit (the client's deadline passed): no try.
+        if cap.is_some_and(|c| now >= c) {
+            cs.upstream_rq_timeout.inc();
+            return Err(LocalReply::UpstreamTimeout);
+        }
+        let Some(ep) = cluster.pick(hash, prev.as_deref()) else {
+            cs.upstream_rq_no_healthy.inc();
+            return Err(LocalReply::NoHealthyUpstream);
+        };
+        cx.record(|i| i.upstream_host = Some(ep.address.clone()));
+        let _retry_gauge = (retries > 0).then(|| {
+            cs.upstream_rq_retry_active.inc();
+            RetryGauge(cluster)
+        });
+        let sent = now;
+        // The try and what it returned live in this block only: not kept across the back-off.
+        let backoff = {
+            let body: UpBody = match &replay {
+                Some(b) => Either::Right(Full::new(b.clone())),
+                None => Either::Left(stream_body.take().expect("single try streams the body")),
+            };
+            let last = retries >= max_retries;
+            let grpc_cap = cap.filter(|_| cx.grpc);
+            let upstream_req = upstream_request(&mut head, last, body, grpc_cap, now);
+            let limits = TryLimits {
+                per_try: policy.and_then(|p| p.per_try_timeout),
+                deadline,
+                timeout: fwd.timeout,
+                cap,
+                idle,
+            };
+            let active = ActiveRequest::start(cluster, ep.clone());
+            let target = Target {
+                endpoint: &ep,
+                connector: Connector::of(cluster),
+                limits: &cluster.limits,
+                stats: &cluster.stats,
+                options: &cluster.conn,
+            };
+            // Pinned here rather than inside `try_once`, whose argument it would otherwise be
+            // (an argument is held twice in an `async fn`'s future).
+            let send = std::pin::pin!(ep.state.pool.send(&target, upstream_req, sent));
+            let result = try_once(
+                cluster,
+                &ep,
+                send,
+                active,
+                sent,
+                &limits,
+                exchange.as_ref(),
+                lazy,
+            )
+            .await;
+            if let Try::Response(resp, _, active) = &result {
+                if cx.grpc {
+                    if let Some(code) = crate::grpc::status_of(resp.headers()) {
+                        cs.upstream_rq_grpc_status.record(code);
+                    }
+                }
+                cx.record(|i| {
+                    i.upstream_service_time = Some(sent.elapsed());
+                    i.upstream_tls_version = active.tls_version;
+                });
+                if let Some(ex) = &exchange {
+                    ex.responded();
+                }
+            }
+
+            let retryable = policy.is_some_and(|p| {
+                let outcome = result.outcome(cx.grpc);
+                // The clock is read only for the one outcome whose retry depends on it.
+                let passed =
+                    outcome == TryOutcome::Timeout && deadline.is_some_and(|d| Instant::now() >= d);
+                p.retries(outcome, passed)
+            });
+            let mut give_up = !retryable || retries >= max_retries;
+            // A streamed body goes again only from its copy: whole, and within the buffer limit.
+            let mut refill = None;
+            let mut unreplayable = false;
+            if !give_up && replay.is_none() {
+                refill = exchange.as_ref().and_then(|e| e.replay());
+                unreplayable = refill.is_none();
+                give_up = unreplayable;
+            }
+            if !give_up && !cluster.retry_allowed() {
+                cs.upstream_rq_retry_overflow.inc();
+                give_up = true;
+            }
+            if give_up {
+                if retryable && !unreplayable {
+                    cs.upstream_rq_retry_limit_exceeded.inc();
+                    cx.flag(Flags::URX);
+                }
+                let exchange = exchange.take();
+                return answer(
+                    result, cluster, retries, retryable, exchange, idle, cap, sent, route, cx,
+                );
+            }
+            let backoff = policy.map_or(Duration::ZERO, |p| p.backoff(retries + 1));
+            // The clock is read only when there is a deadline to cut the back-off at.
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let backoff = retry::backoff_within(backoff, remaining);
+            drop(result);
+            if let Some(b) = refill {
+                cx.record(|i| i.bytes_received = b.len() as u64);
+                replay = Some(b);
+                exchange = None;
+            }
+            backoff
+        };
+        tokio::time::sleep(backoff).await;
+        now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            cs.upstream_rq_timeout.inc();
+            return Err(LocalReply::UpstreamTimeout);
+        }
+        retries += 1;
+        cs.upstream_rq_retry.inc();
+        prev = Some(ep);
+    }
+}
+
+/// What [`prepare`] decided for a request.
+// Returned once and taken apart at once: boxing would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Prepared<'r> {
+    /// Forward it with tries.
+    Go(Go<'r>),
+    /// Forward it as an upgrade (boxed: rare).
+    Upgrade(Upgrade<'r>),
+}
+
+/// A request ready for its tries: the upstream head, its body, and the clocks and retry policy
+/// that bound them.
+struct Go<'r> {
+    cluster: &'r Arc<Cluster>,
+    hash: Option<u64>,
+    /// The upstream head (taken by the last possible try).
+    head: Option<http::request::Parts>,
+    /// The client's request came on HTTP/1 (its connection's task polls the lazy deadlines).
+    h1: bool,
+    policy: Option<&'r retry::RetryPolicy>,
+    /// The stream's limit (`max_stream_duration`, the client's `grpc-timeout`).
+    cap: Option<Instant>,
+    /// The stream idle timeout.
+    idle: Option<Duration>,
+    /// A body streamed up (the first try takes it).
+    stream_body: Option<ClientBody>,
+    exchange: Option<Arc<Exchange>>,
+    /// A body in memory (none, or buffered), sent by every try.
+    replay: Option<Bytes>,
+    /// A body to buffer before the first try (a retry may need to send it again).
+    buffer: Option<ClientBody>,
+}
+
+/// An upgrade to forward.
+struct Upgrade<'r> {
+    cluster: &'r Arc<Cluster>,
+    hash: Option<u64>,
+    parts: http::request::Parts,
+    proto: HeaderValue,
+    on: OnUpgrade,
+    limits: upgrade::Limits,
+}
+
+/// Everything of [`forward`] before the first try that does not wait: upgrades sorted out,
+/// cluster admission, the upstream head, the retry policy, the body's plan.
+fn prepare<'r>(
+    mut req: Request<ReqBody>,
+    fwd: &'r Forward,
+    route: &Route,
+    cx: &mut Ctx<'_>,
+) -> Result<Prepared<'r>, LocalReply> {
     // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
     let asked = (req.version() == Version::HTTP_11)
         .then(|| upgrade::requested(req.headers()))
@@ -99,8 +334,7 @@ pub(super) async fn forward(
     };
 
     let (mut parts, body) = req.into_parts();
-    // HTTP/1: this future is polled by the connection's task, which runs the lazy deadlines.
-    let lazy = (parts.version <= Version::HTTP_11).then_some(&cx.conn.timer);
+    let h1 = parts.version <= Version::HTTP_11;
     let original = header_rules::original(&parts, route, cluster_rules);
     upstream_head(&mut parts, fwd, route, cx)?;
     header_rules::request(
@@ -111,16 +345,19 @@ pub(super) async fn forward(
         cluster_rules,
         cx,
     );
-    if let Some((proto, on_upgrade)) = upgrade {
+    if let Some((proto, on)) = upgrade {
         let limits = upgrade::Limits {
             timeout: fwd.timeout,
             idle: fwd.idle_timeout.unwrap_or(cx.listener.stream_idle_timeout),
         };
-        // Boxed: rare, and its future would otherwise enlarge every request's.
-        return Box::pin(upgrade::forward(
-            cluster, hash, parts, proto, on_upgrade, limits, cx,
-        ))
-        .await;
+        return Ok(Prepared::Upgrade(Upgrade {
+            cluster,
+            hash,
+            parts,
+            proto,
+            on,
+            limits,
+        }));
     }
 
     let policy = retry::policy_for(fwd.retry.as_deref(), &parts.method, cx.grpc);
@@ -155,18 +392,18 @@ pub(super) async fn forward(
     };
     let mut stream_body = None;
     let mut exchange = None;
-    let mut replay: Option<Bytes> = match plan {
+    let mut buffer = None;
+    let replay: Option<Bytes> = match plan {
         BodyPlan::Empty => Some(Bytes::new()),
         BodyPlan::Buffer => {
-            let body = ClientBody::new(body, None, None, limits, cx.listener.stats.clone());
-            // Boxed for the same reason as the upgrade path: only retried requests with a body.
-            let collected = Box::pin(Limited::new(body, fwd.buffer_limit as usize).collect())
-                .await
-                .map_err(|e| match e.downcast_ref::<BodyFault>() {
-                    Some(f) => fault_reply(*f),
-                    None => LocalReply::BadRequestBody,
-                })?;
-            Some(collected.to_bytes())
+            buffer = Some(ClientBody::new(
+                body,
+                None,
+                None,
+                limits,
+                cx.listener.stats.clone(),
+            ));
+            None
         }
         BodyPlan::Stream => {
             // hyper sends no body of unknown length on GET, HEAD and CONNECT unless told to:
@@ -194,170 +431,75 @@ pub(super) async fn forward(
             None
         }
     };
-    if let Some(b) = &replay {
-        cx.record(|i| i.bytes_received = b.len() as u64);
-    }
-    let copied = exchange.is_some() && policy.is_some() && cx.grpc;
-    let max_retries = match (policy, &replay) {
-        (Some(p), Some(_)) => p.num_retries,
-        (Some(p), None) if copied => p.num_retries,
-        _ => 0,
-    };
+    Ok(Prepared::Go(Go {
+        cluster,
+        hash,
+        head: Some(parts),
+        h1,
+        policy,
+        cap,
+        idle,
+        stream_body,
+        exchange,
+        replay,
+        buffer,
+    }))
+}
 
-    // One clock read per try: it is the try's start, and the route deadline counts from the first.
-    let mut now = Instant::now();
-    let deadline = earliest(fwd.timeout.map(|t| now + t), cap);
-    let mut head = Some(parts);
-    let mut prev: Option<Arc<Endpoint>> = None;
-    let mut retries = 0u32;
-    loop {
-        // No time left of the stream's limit (the client's deadline passed): no try.
-        if cap.is_some_and(|c| now >= c) {
-            cs.upstream_rq_timeout.inc();
-            return Err(LocalReply::UpstreamTimeout);
-        }
-        let Some(ep) = cluster.pick(hash, prev.as_deref()) else {
-            cs.upstream_rq_no_healthy.inc();
-            return Err(LocalReply::NoHealthyUpstream);
-        };
-        cx.record(|i| i.upstream_host = Some(ep.address.clone()));
-        let body: UpBody = match &replay {
-            Some(b) => Either::Right(Full::new(b.clone())),
-            None => Either::Left(stream_body.take().expect("single try streams the body")),
-        };
-        let mut upstream_req = if retries < max_retries {
-            head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
-        } else {
-            // The last possible try takes the head itself: no copy on the common path.
-            Request::from_parts(head.take().expect("head used once"), body)
-        };
-        if let Some(c) = cap.filter(|_| cx.grpc) {
-            upstream_req.headers_mut().insert(
-                crate::grpc::GRPC_TIMEOUT,
-                crate::grpc::format_timeout(c.saturating_duration_since(now)),
-            );
-        }
-        let _retry_gauge = (retries > 0).then(|| {
-            cs.upstream_rq_retry_active.inc();
-            RetryGauge(cluster)
-        });
-        let limits = TryLimits {
-            per_try: policy.and_then(|p| p.per_try_timeout),
-            deadline,
-            timeout: fwd.timeout,
-            cap,
-            idle,
-        };
-        let sent = now;
-        let result = try_once(
-            cluster,
-            &ep,
-            upstream_req,
-            sent,
-            &limits,
-            exchange.as_ref(),
-            lazy,
-        )
-        .await;
-        if let Try::Response(resp, _, active) = &result {
-            if cx.grpc {
-                if let Some(code) = crate::grpc::status_of(resp.headers()) {
-                    cs.upstream_rq_grpc_status.record(code);
-                }
+/// The response of the try that is the request's answer (or its failure), its body bounded by
+/// the stream idle timeout and the stream's limit, the request's end recorded when it ends.
+#[allow(clippy::too_many_arguments)]
+fn answer(
+    result: Try,
+    cluster: &Arc<Cluster>,
+    retries: u32,
+    retryable: bool,
+    exchange: Option<Arc<Exchange>>,
+    idle: Option<Duration>,
+    cap: Option<Instant>,
+    sent: Instant,
+    route: &Route,
+    cx: &Ctx<'_>,
+) -> Result<Response<RespBody>, LocalReply> {
+    match result {
+        Try::Response(resp, lease, active) => {
+            if retries > 0 && !retryable {
+                cluster.stats.upstream_rq_retry_success.inc();
             }
-            cx.record(|i| {
-                i.upstream_service_time = Some(sent.elapsed());
-                i.upstream_tls_version = active.tls_version;
-            });
-            if let Some(ex) = &exchange {
-                ex.responded();
-            }
-        }
-
-        let retryable = policy.is_some_and(|p| {
-            let outcome = result.outcome(cx.grpc);
-            // The clock is read only for the one outcome whose retry depends on it.
-            let passed =
-                outcome == TryOutcome::Timeout && deadline.is_some_and(|d| Instant::now() >= d);
-            p.retries(outcome, passed)
-        });
-        let mut give_up = !retryable || retries >= max_retries;
-        // A streamed body goes again only from its copy: whole, and within the buffer limit.
-        let mut refill = None;
-        let mut unreplayable = false;
-        if !give_up && replay.is_none() {
-            refill = exchange.as_ref().and_then(|e| e.replay());
-            unreplayable = refill.is_none();
-            give_up = unreplayable;
-        }
-        if !give_up && !cluster.retry_allowed() {
-            cs.upstream_rq_retry_overflow.inc();
-        } else if !give_up {
-            let backoff = policy.map_or(Duration::ZERO, |p| p.backoff(retries + 1));
-            // The clock is read only when there is a deadline to cut the back-off at.
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let backoff = retry::backoff_within(backoff, remaining);
-            drop(result);
-            if let Some(b) = refill {
-                cx.record(|i| i.bytes_received = b.len() as u64);
-                replay = Some(b);
-                exchange = None;
-            }
-            tokio::time::sleep(backoff).await;
-            now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                cs.upstream_rq_timeout.inc();
-                return Err(LocalReply::UpstreamTimeout);
-            }
-            retries += 1;
-            cs.upstream_rq_retry.inc();
-            prev = Some(ep);
-            continue;
-        }
-        if retryable && !unreplayable {
-            cs.upstream_rq_retry_limit_exceeded.inc();
-            cx.flag(Flags::URX);
-        }
-        return match result {
-            Try::Response(resp, lease, active) => {
-                if retries > 0 && !retryable {
-                    cs.upstream_rq_retry_success.inc();
-                }
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                let listener = cx.listener;
-                Ok(Response::from_parts(
-                    parts,
-                    Either::Left(Upstream {
-                        inner: body,
-                        lease,
-                        exchange,
-                        _active: active,
-                        idle: idle.map(|d| IdleTimer {
-                            timeout: d,
-                            sleep: None,
-                            stats: listener.stats.clone(),
-                        }),
-                        fin: Finish {
-                            start: cx.start,
-                            sent,
-                            listener: listener.stats.clone(),
-                            cluster: cluster.stats.clone(),
-                            route: route.stats.clone(),
-                            rec: None,
-                            bytes: 0,
-                            ended: false,
-                            outcome: Flags::default(),
-                            grpc: cx.grpc,
-                        },
-                        cap: cap.map(|c| Box::pin(tokio::time::sleep_until(c.into()))),
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            let listener = cx.listener;
+            Ok(Response::from_parts(
+                parts,
+                Either::Left(Upstream {
+                    inner: body,
+                    lease,
+                    exchange,
+                    _active: active,
+                    idle: idle.map(|d| IdleTimer {
+                        timeout: d,
+                        sleep: None,
+                        stats: listener.stats.clone(),
                     }),
-                ))
-            }
-            Try::Failed(local) => Err(local),
-            Try::RefusedStream => Err(LocalReply::UpstreamReset),
-            Try::ClientFault(f) => Err(fault_reply(f)),
-        };
+                    fin: Finish {
+                        start: cx.start,
+                        sent,
+                        listener: listener.stats.clone(),
+                        cluster: cluster.stats.clone(),
+                        route: route.stats.clone(),
+                        rec: None,
+                        bytes: 0,
+                        ended: false,
+                        outcome: Flags::default(),
+                        grpc: cx.grpc,
+                    },
+                    cap: cap.map(|c| Box::pin(tokio::time::sleep_until(c.into()))),
+                }),
+            ))
+        }
+        Try::Failed(local) => Err(local),
+        Try::RefusedStream => Err(LocalReply::UpstreamReset),
+        Try::ClientFault(f) => Err(fault_reply(f)),
     }
 }
 
@@ -418,9 +560,7 @@ fn upstream_head(
         None if set_host => {
             // An HTTP/1.1 upstream needs the authority as Host (RFC 9112 §3.2.2: the target's
             // replaces the client's Host).
-            if let Ok(v) = HeaderValue::from_str(&cx.host) {
-                parts.headers.insert(HOST, v);
-            }
+            parts.headers.insert(HOST, cx.host.clone());
         }
         None => {}
     }
@@ -511,6 +651,29 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// The request of one try: the head itself for the last possible try (no copy on the common
+/// path), else a copy; a gRPC call's head tells the time left of the stream's limit `cap`.
+fn upstream_request(
+    head: &mut Option<http::request::Parts>,
+    last: bool,
+    body: UpBody,
+    cap: Option<Instant>,
+    now: Instant,
+) -> Request<UpBody> {
+    let mut req = if last {
+        Request::from_parts(head.take().expect("head used once"), body)
+    } else {
+        head_copy(head.as_ref().expect("head kept for retries")).map(|()| body)
+    };
+    if let Some(c) = cap {
+        req.headers_mut().insert(
+            crate::grpc::GRPC_TIMEOUT,
+            crate::grpc::format_timeout(c.saturating_duration_since(now)),
+        );
+    }
+    req
+}
+
 /// A copy of the request head for another try.
 fn head_copy(p: &http::request::Parts) -> Request<()> {
     let mut r = Request::new(());
@@ -596,73 +759,65 @@ async fn while_streaming<F: Future>(
     .await
 }
 
-/// One upstream try to endpoint `ep`, bounded by the per-try timeout and the route deadline,
-/// which start when the request is complete (a streamed body: when it has gone up whole).
-async fn try_once(
+/// One upstream try to endpoint `ep` (`send`, made by the caller), bounded by the per-try
+/// timeout and the route deadline, which start when the request is complete (a streamed body:
+/// when it has gone up whole). `active` counts the request on the endpoint.
+#[allow(clippy::too_many_arguments)]
+async fn try_once<F>(
     cluster: &Arc<Cluster>,
     ep: &Arc<Endpoint>,
-    req: Request<UpBody>,
+    mut send: std::pin::Pin<&mut F>,
+    active: ActiveRequest,
     now: Instant,
     limits: &TryLimits,
     exchange: Option<&Arc<Exchange>>,
     lazy: Option<&LazyTimer>,
-) -> Try {
+) -> Try
+where
+    F: Future<Output = Result<(Response<UpResp>, Lease), SendError>>,
+{
     let cs = &cluster.stats;
-    let active = ActiveRequest::start(cluster, ep.clone());
-    let target = Target {
-        endpoint: ep,
-        connector: Connector::of(cluster),
-        limits: &cluster.limits,
-        stats: &cluster.stats,
-        options: &cluster.conn,
-    };
-    let send = ep.state.pool.send(&target, req, now);
-    let mut send = std::pin::pin!(send);
     let (mut now, mut deadline) = (now, limits.deadline);
-    let mut early = None;
-    if let Some(ex) = exchange.filter(|e| !e.done()) {
-        match while_streaming(send.as_mut(), ex, limits.idle, limits.cap, lazy).await {
-            Streaming::Sent(r) => early = Some(r),
-            Streaming::Fault(f) => return Try::ClientFault(f),
-            Streaming::Stalled => {
-                cs.upstream_rq_timeout.inc();
-                outlier::report(cluster, ep, Outcome::Timeout);
-                return Try::Failed(LocalReply::UpstreamTimeout);
-            }
-            Streaming::Expired => {
-                cs.upstream_rq_timeout.inc();
-                return Try::Failed(LocalReply::UpstreamTimeout);
-            }
-            Streaming::Done => {
-                now = Instant::now();
-                deadline = earliest(limits.timeout.map(|t| now + t), limits.cap);
-            }
-        }
-    }
-    let result = match early {
-        Some(r) => r,
-        None => {
-            let remaining = deadline.map(|d| d.saturating_duration_since(now));
-            let (limit, is_per_try) = match (limits.per_try, remaining) {
-                (Some(p), Some(r)) if p < r => (Some(p), true),
-                (Some(p), None) => (Some(p), true),
-                (_, r) => (r, false),
-            };
-            let deadline = match limit {
-                Some(t) => Deadline::at(now + t, lazy),
-                None => Deadline::None,
-            };
-            match Timed::new(send, deadline).await {
-                Ok(r) => r,
-                Err(Elapsed) => {
-                    if is_per_try {
-                        cs.upstream_rq_per_try_timeout.inc();
-                    } else {
-                        cs.upstream_rq_timeout.inc();
-                    }
+    let result = 'wait: {
+        if let Some(ex) = exchange.filter(|e| !e.done()) {
+            match while_streaming(send.as_mut(), ex, limits.idle, limits.cap, lazy).await {
+                Streaming::Sent(r) => break 'wait r,
+                Streaming::Fault(f) => return Try::ClientFault(f),
+                Streaming::Stalled => {
+                    cs.upstream_rq_timeout.inc();
                     outlier::report(cluster, ep, Outcome::Timeout);
                     return Try::Failed(LocalReply::UpstreamTimeout);
                 }
+                Streaming::Expired => {
+                    cs.upstream_rq_timeout.inc();
+                    return Try::Failed(LocalReply::UpstreamTimeout);
+                }
+                Streaming::Done => {
+                    now = Instant::now();
+                    deadline = earliest(limits.timeout.map(|t| now + t), limits.cap);
+                }
+            }
+        }
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let (limit, is_per_try) = match (limits.per_try, remaining) {
+            (Some(p), Some(r)) if p < r => (Some(p), true),
+            (Some(p), None) => (Some(p), true),
+            (_, r) => (r, false),
+        };
+        let deadline = match limit {
+            Some(t) => Deadline::at_from(now + t, now, lazy),
+            None => Deadline::None,
+        };
+        match Timed::new(send, deadline).await {
+            Ok(r) => r,
+            Err(Elapsed) => {
+                if is_per_try {
+                    cs.upstream_rq_per_try_timeout.inc();
+                } else {
+                    cs.upstream_rq_timeout.inc();
+                }
+                outlier::report(cluster, ep, Outcome::Timeout);
+                return Try::Failed(LocalReply::UpstreamTimeout);
             }
         }
     };
@@ -737,5 +892,62 @@ async fn try_once(
         Err(SendError::ConnectionOverflow | SendError::PendingOverflow) => {
             Try::Failed(LocalReply::Overflow)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::pool::Pool;
+
+    /// The size of what `f` returns (a future), without calling it.
+    macro_rules! returns {
+        ($f:expr; $($t:ty),*) => {{
+            #[allow(clippy::extra_unused_lifetimes)]
+            fn size<'a, R>(_: impl FnOnce($($t),*) -> R) -> usize {
+                std::mem::size_of::<R>()
+            }
+            size($f)
+        }};
+    }
+
+    /// The request path's futures, outermost first (each holds the next): what the connection
+    /// holds per request is the sum of what each phase keeps across its waits.
+    #[test]
+    fn request_path_futures_stay_small() {
+        let sizes = [
+            (
+                "proxy::handle",
+                returns!(super::super::handle; Request<ReqBody>, Arc<super::super::Conn>, Instant),
+            ),
+            (
+                "route::serve",
+                returns!(super::super::route::serve; Request<ReqBody>, &'a Route, &'a mut Ctx<'a>),
+            ),
+            (
+                "forward::forward",
+                returns!(forward; Request<ReqBody>, &'a Forward, &'a Route, &'a mut Ctx<'a>),
+            ),
+            (
+                "forward::try_once",
+                returns!(try_once::<std::future::Pending<Result<(Response<UpResp>, Lease), SendError>>>; &'a Arc<Cluster>, &'a Arc<Endpoint>, std::pin::Pin<&'a mut std::future::Pending<Result<(Response<UpResp>, Lease), SendError>>>, ActiveRequest, Instant, &'a TryLimits, Option<&'a Arc<Exchange>>, Option<&'a LazyTimer>),
+            ),
+            (
+                "Pool::send",
+                returns!(Pool::send; &'a Arc<Pool>, &'a Target<'a>, Request<UpBody>, Instant),
+            ),
+            (
+                "client::send",
+                returns!(crate::http1::client::send::<crate::tls::client::UpStream, crate::upstream::pool::Open, UpBody>; Box<crate::upstream::pool::H1Conn>, Request<UpBody>),
+            ),
+        ];
+        for (name, size) in sizes {
+            eprintln!("{name}: {size} bytes");
+        }
+        // The connection's future holds the request's for its life (HTTP/1: no box per
+        // request). It was 7 KB (debug build) when each phase was an `async fn` holding its
+        // arguments twice and its locals across every wait.
+        let handle = sizes[0].1;
+        assert!(handle <= 4096, "proxy::handle's future is {handle} bytes");
     }
 }

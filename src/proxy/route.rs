@@ -5,96 +5,174 @@
 //! A fault delay happens here, before the route timeout starts: that timeout starts when the
 //! request is complete and goes upstream, as with Envoy's fault filter placed before the router.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Request, Response, StatusCode};
 
 use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
-use crate::router::fault::Abort;
-use crate::router::{Action, Route};
+use crate::router::fault::{Abort, Decision, Fault};
+use crate::router::{Action, Redirect, Route};
 use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
 use crate::upstream::body::ReqBody;
 
 /// Serves `req` on `route`: the route's filters, then its action.
-pub(super) async fn serve(
+///
+/// Nothing here waits but a fault's delay: without one, the future is the forward phase's
+/// itself (or the reply, ready), so this phase adds nothing to every request's future; a
+/// request a fault applies to goes the boxed way.
+pub(super) fn serve<'a, 'c>(
     req: Request<ReqBody>,
-    route: &Route,
-    cx: &mut Ctx<'_>,
-) -> Result<Response<RespBody>, LocalReply> {
-    let stats = &*cx.listener.stats;
-    let mut _fault_slot = None;
+    route: &'a Route,
+    cx: &'a mut Ctx<'c>,
+) -> impl Future<Output = Result<Response<RespBody>, LocalReply>> + use<'a, 'c> {
     if let Some(fault) = &route.fault {
         let d = fault.decide(req.headers());
         if d.delay.is_some() || d.abort.is_some() {
-            match fault.enter() {
-                None => stats.fault_overflow.inc(),
-                Some(slot) => {
-                    stats.fault_active.inc();
-                    let _g = ActiveFaultGauge(stats);
-                    if let Some(delay) = d.delay {
-                        stats.fault_delays_injected.inc();
-                        cx.flag(Flags::DI);
-                        tokio::time::sleep(delay).await;
-                    }
-                    if let Some(abort) = d.abort {
-                        stats.fault_aborts_injected.inc();
-                        return Err(match abort {
-                            Abort::Http(status) => LocalReply::FaultAbort(status),
-                            Abort::Grpc(code) => LocalReply::FaultAbortGrpc(code),
-                        });
-                    }
-                    _fault_slot = Some(slot);
-                }
-            }
+            return Served::Boxed {
+                fut: Box::pin(faulted(req, route, cx, fault, d)),
+            };
         }
     }
-    if let Some(rl) = &route.rate_limit {
-        if let Err(wait) = rl.check(req.headers(), cx.client.ip()) {
-            stats.rate_limited.inc();
-            return Err(LocalReply::RateLimited(
-                wait.as_secs_f64().ceil().max(1.0) as u64
-            ));
-        }
+    if let Some(limited) = rate_limited(&req, route, cx) {
+        return Served::Done {
+            r: Some(Err(limited)),
+        };
     }
     match &route.action {
-        Action::Direct { status, body } if cx.grpc => {
-            cx.local_status = Some(status.as_u16());
-            let message = String::from_utf8_lossy(body);
-            Ok(trailers_only(
-                crate::grpc::from_http(status.as_u16()),
-                &message,
-            ))
-        }
-        Action::Direct { status, body } => {
-            let mut r = text(*status, body.clone());
-            if body.is_empty() {
-                r.headers_mut().remove(CONTENT_TYPE);
+        Action::Forward(fwd) => Served::Forward {
+            fut: forward::forward(req, fwd, route, cx),
+        },
+        Action::Direct { status, body } => Served::Done {
+            r: Some(Ok(direct(*status, body, cx))),
+        },
+        Action::Redirect(rd) => Served::Done {
+            r: Some(Ok(redirect(rd, &req, route, cx))),
+        },
+    }
+}
+
+/// [`serve`] for a request a fault applies to: its delay, its abort, then the rest.
+async fn faulted(
+    req: Request<ReqBody>,
+    route: &Route,
+    cx: &mut Ctx<'_>,
+    fault: &Fault,
+    d: Decision,
+) -> Result<Response<RespBody>, LocalReply> {
+    let stats = &*cx.listener.stats;
+    let mut _fault_slot = None;
+    match fault.enter() {
+        None => stats.fault_overflow.inc(),
+        Some(slot) => {
+            stats.fault_active.inc();
+            let _g = ActiveFaultGauge(stats);
+            if let Some(delay) = d.delay {
+                stats.fault_delays_injected.inc();
+                cx.flag(Flags::DI);
+                tokio::time::sleep(delay).await;
             }
-            Ok(r)
-        }
-        Action::Redirect(rd) => {
-            let scheme = if cx.conn.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let loc = rd.location(route, scheme, &cx.host, req.uri());
-            let mut r = if cx.grpc {
-                cx.local_status = Some(rd.code().as_u16());
-                trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
-            } else {
-                let mut r = text(rd.code(), Bytes::new());
-                r.headers_mut().remove(CONTENT_TYPE);
-                r
-            };
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                r.headers_mut().insert(LOCATION, v);
+            if let Some(abort) = d.abort {
+                stats.fault_aborts_injected.inc();
+                return Err(match abort {
+                    Abort::Http(status) => LocalReply::FaultAbort(status),
+                    Abort::Grpc(code) => LocalReply::FaultAbortGrpc(code),
+                });
             }
-            Ok(r)
+            _fault_slot = Some(slot);
         }
+    }
+    if let Some(limited) = rate_limited(&req, route, cx) {
+        return Err(limited);
+    }
+    match &route.action {
         Action::Forward(fwd) => forward::forward(req, fwd, route, cx).await,
+        Action::Direct { status, body } => Ok(direct(*status, body, cx)),
+        Action::Redirect(rd) => Ok(redirect(rd, &req, route, cx)),
+    }
+}
+
+/// The local rate limit: the reply when the request is over it.
+fn rate_limited(req: &Request<ReqBody>, route: &Route, cx: &Ctx<'_>) -> Option<LocalReply> {
+    let rl = route.rate_limit.as_ref()?;
+    let wait = rl.check(req.headers(), cx.client.ip()).err()?;
+    cx.listener.stats.rate_limited.inc();
+    Some(LocalReply::RateLimited(
+        wait.as_secs_f64().ceil().max(1.0) as u64
+    ))
+}
+
+/// The reply of a route whose action is a direct response.
+fn direct(status: StatusCode, body: &Bytes, cx: &mut Ctx<'_>) -> Response<RespBody> {
+    if cx.grpc {
+        cx.local_status = Some(status.as_u16());
+        let message = String::from_utf8_lossy(body);
+        return trailers_only(crate::grpc::from_http(status.as_u16()), &message);
+    }
+    let mut r = text(status, body.clone());
+    if body.is_empty() {
+        r.headers_mut().remove(CONTENT_TYPE);
+    }
+    r
+}
+
+/// The reply of a route whose action is a redirect.
+fn redirect(
+    rd: &Redirect,
+    req: &Request<ReqBody>,
+    route: &Route,
+    cx: &mut Ctx<'_>,
+) -> Response<RespBody> {
+    let scheme = if cx.conn.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let loc = rd.location(route, scheme, cx.host(), req.uri());
+    let mut r = if cx.grpc {
+        cx.local_status = Some(rd.code().as_u16());
+        trailers_only(crate::grpc::from_http(rd.code().as_u16()), "")
+    } else {
+        let mut r = text(rd.code(), Bytes::new());
+        r.headers_mut().remove(CONTENT_TYPE);
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+type BoxedServe<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<RespBody>, LocalReply>> + Send + 'a>>;
+
+pin_project_lite::pin_project! {
+    /// The future of [`serve`]: the forward phase's, a fault's (boxed), or a reply made here.
+    #[project = ServedProj]
+    enum Served<'a, F> {
+        Forward { #[pin] fut: F },
+        Boxed { fut: BoxedServe<'a> },
+        Done { r: Option<Result<Response<RespBody>, LocalReply>> },
+    }
+}
+
+impl<F> Future for Served<'_, F>
+where
+    F: Future<Output = Result<Response<RespBody>, LocalReply>>,
+{
+    type Output = Result<Response<RespBody>, LocalReply>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ServedProj::Forward { fut } => fut.poll(cx),
+            ServedProj::Boxed { fut } => fut.as_mut().poll(cx),
+            ServedProj::Done { r } => Poll::Ready(r.take().expect("polled after it completed")),
+        }
     }
 }
 

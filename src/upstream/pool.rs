@@ -337,6 +337,56 @@ impl H1Lease {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// What [`Pool::send`] returns: an exchange on an idle HTTP/1.1 connection (moved to the
+    /// next connections, boxed, if that one turns out closed before a byte went out), or a boxed
+    /// one (HTTP/2, a new connection).
+    #[project = SendingProj]
+    enum Sending<'a, F> {
+        Reused {
+            #[pin]
+            fut: F,
+            lease: Option<H1Lease>,
+            pool: &'a Arc<Pool>,
+            t: &'a Target<'a>,
+            now: Instant,
+        },
+        Other {
+            fut: Boxed<'a>,
+        },
+    }
+}
+
+impl<'a, F> Future for Sending<'a, F>
+where
+    F: Future<Output = Result<Response<H1Body>, client::SendError<UpBody>>>,
+{
+    type Output = Result<(Response<UpResp>, Lease), SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (pool, t, now, req) = match self.as_mut().project() {
+            SendingProj::Other { fut } => return fut.as_mut().poll(cx),
+            SendingProj::Reused {
+                fut,
+                lease,
+                pool,
+                t,
+                now,
+            } => match std::task::ready!(fut.poll(cx)) {
+                Ok(resp) => {
+                    let lease = lease.take().expect("polled after it completed");
+                    return Poll::Ready(Ok((resp.map(UpResp::H1), Lease(Kind::H1(lease)))));
+                }
+                Err(client::SendError::Unsent(req)) => (*pool, *t, *now, req),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            },
+        };
+        let fut = pool.send_fresh(t, req, now);
+        self.set(Sending::Other { fut });
+        self.poll(cx)
+    }
+}
+
 /// Decrements a gauge when dropped.
 struct GaugeGuard<'a>(&'a crate::stats::Gauge);
 
@@ -357,9 +407,10 @@ impl Pool {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.pop()?
             };
+            // `now - since < t`, without the subtraction's cost.
             let fresh = o
                 .idle_timeout
-                .is_none_or(|t| now.saturating_duration_since(since) < t);
+                .is_none_or(|t| since.checked_add(t).is_none_or(|due| now < due));
             if fresh && conn.is_idle_ok() {
                 return Some((conn, self.lease(uses + 1, o, tls)));
             }
@@ -399,37 +450,67 @@ impl Pool {
     /// Sends `req` on a pooled connection, or a new one to the target, in the cluster's
     /// protocol. The connection (HTTP/2: the stream) is the future's until it returns: dropped
     /// before (a timeout), it is closed (reset).
-    pub async fn send(
-        self: &Arc<Self>,
-        t: &Target<'_>,
-        mut req: Request<UpBody>,
+    ///
+    /// The common case (HTTP/1.1 on an idle connection) is [`client::send`]'s future with the
+    /// lease beside it, nothing more; HTTP/2, new connections and a retry on the next idle
+    /// connection are boxed, so they do not enlarge every request's future.
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        t: &'a Target<'a>,
+        req: Request<UpBody>,
         now: Instant,
-    ) -> Result<(Response<UpResp>, Lease), SendError> {
-        // HTTP/2 is boxed and HTTP/1.1 inline: an HTTP/1.1 request's future stays as it was.
+    ) -> impl Future<Output = Result<(Response<UpResp>, Lease), SendError>> + Send + 'a {
         match t.options.protocol {
             Protocol::Http1 => {}
             Protocol::Auto if self.learned.load(Relaxed) != LEARNED_H2 => {}
-            Protocol::Http2 | Protocol::Auto => return self.send_h2(t, req, None).await,
-        }
-        // Reused connections may have been closed by the upstream while idle; a request that was
-        // not written yet is moved to the next connection instead of failing.
-        while let Some((conn, lease)) = self.take(now, t.options) {
-            match client::send(conn, req).await {
-                Ok(resp) => return Ok((resp.map(UpResp::H1), Lease(Kind::H1(lease)))),
-                Err(client::SendError::Unsent(r)) => req = r,
-                Err(e) => return Err(e.into()),
+            Protocol::Http2 | Protocol::Auto => {
+                return Sending::Other {
+                    fut: self.send_h2(t, req, None),
+                }
             }
         }
-        if t.stats.upstream_cx_active.get() >= t.limits.max_connections {
-            t.stats.upstream_cx_overflow.inc();
-            return Err(SendError::ConnectionOverflow);
+        match self.take(now, t.options) {
+            Some((conn, lease)) => Sending::Reused {
+                fut: client::send(conn, req),
+                lease: Some(lease),
+                pool: self,
+                t,
+                now,
+            },
+            None => Sending::Other {
+                fut: self.send_fresh(t, req, now),
+            },
         }
-        if t.stats.upstream_rq_pending_active.get() >= t.limits.max_pending_requests {
-            t.stats.upstream_rq_pending_overflow.inc();
-            return Err(SendError::PendingOverflow);
-        }
-        // Boxed: the cold connect path would otherwise enlarge every request's future.
-        self.send_new(t, req).await
+    }
+
+    /// [`Self::send`] once the first idle connection turned out closed (or there was none):
+    /// the next idle ones, then a new connection.
+    fn send_fresh<'a>(
+        self: &'a Arc<Self>,
+        t: &'a Target<'a>,
+        mut req: Request<UpBody>,
+        now: Instant,
+    ) -> Boxed<'a> {
+        Box::pin(async move {
+            // Reused connections may have been closed by the upstream while idle; a request
+            // that was not written yet is moved to the next connection instead of failing.
+            while let Some((conn, lease)) = self.take(now, t.options) {
+                match client::send(conn, req).await {
+                    Ok(resp) => return Ok((resp.map(UpResp::H1), Lease(Kind::H1(lease)))),
+                    Err(client::SendError::Unsent(r)) => req = r,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if t.stats.upstream_cx_active.get() >= t.limits.max_connections {
+                t.stats.upstream_cx_overflow.inc();
+                return Err(SendError::ConnectionOverflow);
+            }
+            if t.stats.upstream_rq_pending_active.get() >= t.limits.max_pending_requests {
+                t.stats.upstream_rq_pending_overflow.inc();
+                return Err(SendError::PendingOverflow);
+            }
+            self.send_new(t, req).await
+        })
     }
 
     /// [`Self::send`] on a new connection (HTTP/1.1, or what ALPN chose for `auto`).
