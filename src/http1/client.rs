@@ -291,15 +291,18 @@ fn write_head(
     }
     out.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        out.put_slice(name.as_str().as_bytes());
+        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
+        // One capacity check for the line (the copies below then never grow the buffer).
+        out.reserve(name.len() + value.len() + 4);
+        out.put_slice(name);
         out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
+        out.put_slice(value);
         out.put_slice(b"\r\n");
     }
     if let Some(n) = length {
-        use std::fmt::Write;
-        // BytesMut's `fmt::Write` cannot fail.
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.put_slice(b"content-length: ");
+        out.put_slice(super::server::itoa_u64(n, &mut [0u8; 20]));
+        out.put_slice(b"\r\n");
     }
     if chunked {
         out.put_slice(b"transfer-encoding: chunked\r\n");

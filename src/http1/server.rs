@@ -1008,7 +1008,7 @@ fn put_field(wbuf: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// `n` in decimal, in `buf`.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
