@@ -6,6 +6,9 @@
 //! refused — its body cannot be delimited the one way both ends agree on. Repeated equal values
 //! (`2, 2`) are accepted (RFC 9110 §8.6), forwarded as one, and the connection is not reused.
 //! Bare LF line ends, obs-fold, whitespace before the colon and control bytes are refused too.
+//! A `Connection` field that lists only `keep-alive` / `close` is this hop's alone: read here for
+//! the connection's reuse and not kept in the map (the proxy removes hop-by-hop fields anyway),
+//! except on a 101, whose client switches with it.
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -56,7 +59,7 @@ impl std::error::Error for HeadError {}
 #[derive(Debug)]
 pub(crate) struct Head {
     /// Status, version and headers (the framing headers as the upstream sent them, `2, 2`
-    /// normalised to `2`).
+    /// normalised to `2`; a `Connection` of only `keep-alive` / `close` left out but on a 101).
     pub(crate) parts: http::response::Parts,
     /// How the body is delimited.
     pub(crate) body: Decoder,
@@ -120,9 +123,6 @@ fn parse_with<const N: usize>(
     if len > MAX_HEAD {
         return Err(HeadError::TooLarge);
     }
-    if has_bare_lf(&buf[..len]) {
-        return Err(HeadError::Malformed("bare LF"));
-    }
     let version = match r.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
@@ -145,6 +145,9 @@ fn parse_with<const N: usize>(
             f.value.len() as u32,
         );
     }
+    if has_bare_lf(&buf[..len], spans[..count].iter().map(|s| s.0 as usize)) {
+        return Err(HeadError::Malformed("bare LF"));
+    }
     let head: Bytes = buf.split_to(len).freeze();
     // Room for the one field the proxy adds (`x-request-id`) without growing the map.
     let mut headers = HeaderMap::with_capacity(count + 1);
@@ -164,6 +167,15 @@ fn parse_with<const N: usize>(
         };
         if known != Known::Other {
             framing.see(known, &value)?;
+            // This hop's options alone: read above, not kept (the proxy would strip the field,
+            // RFC 9110 §7.6.1, for a rehash and a removal). A 101 keeps it: the client switches
+            // with it.
+            if known == Known::Connection
+                && status != StatusCode::SWITCHING_PROTOCOLS
+                && only_hop_options(value.as_bytes())
+            {
+                continue;
+            }
         }
         headers.append(name, value);
     }
@@ -190,11 +202,37 @@ fn parse_with<const N: usize>(
     }))
 }
 
-/// Whether a line of `head` ends in a LF without its CR. `head` is what httparse accepted, where
-/// a CR is always followed by a LF (a bare CR is refused): a bare LF is one LF more than CRs.
-/// Two vector counts cost a fraction of a search stopping at every line end.
-fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).count() != memchr::memchr_iter(b'\r', head).count()
+/// Whether a `Connection` value lists nothing but `keep-alive` and `close` (no field that the
+/// proxy's hop-by-hop removal would take with it).
+fn only_hop_options(v: &[u8]) -> bool {
+    v.split(|b| *b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
+    })
+}
+
+/// Whether a line of `head` ends in a LF without its CR. `head` is what httparse accepted,
+/// `names` where its field names start. Each field line starts right after the LF that ends the
+/// line before it (obs-fold and empty lines inside are refused), and the head ends with the empty
+/// line: the byte before each of those LFs tells, with no search through the head. A head with
+/// empty lines before its status line is searched whole.
+fn has_bare_lf(head: &[u8], names: impl Iterator<Item = usize>) -> bool {
+    // Whether the LF at `lf` lacks its CR.
+    let bare = |lf: usize| lf == 0 || head.get(lf - 1) != Some(&b'\r');
+    if head.first() != Some(&b'H') {
+        return memchr::memchr_iter(b'\n', head).any(bare);
+    }
+    let len = head.len();
+    // The empty line's LF; with its CR, the line before it ends at `len - 3`.
+    if len < 4 || bare(len - 1) || bare(len - 3) {
+        return true;
+    }
+    for at in names {
+        if at == 0 || bare(at - 1) {
+            return true;
+        }
+    }
+    false
 }
 
 /// What the framing headers of a head said.
@@ -326,6 +364,49 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_field_of_this_hops_options_alone_is_read_and_not_kept() {
+        let h = ok("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.reusable);
+        assert!(!h.parts.headers.contains_key("connection"));
+        let h = ok("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.reusable);
+        assert!(!h.parts.headers.contains_key("connection"));
+        // Naming another field: kept, for the proxy to remove that one too.
+        let h =
+            ok("HTTP/1.1 200 OK\r\nconnection: close, x-a\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.reusable);
+        assert_eq!(h.parts.headers["connection"], "close, x-a");
+        let h = ok("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nconnection: x-a\r\ncontent-length: 0\r\n\r\n");
+        let v: Vec<_> = h.parts.headers.get_all("connection").iter().collect();
+        assert_eq!(v, ["x-a"]);
+        // A switch keeps it.
+        let h = ok(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(h.parts.headers["connection"], "upgrade");
+        let h = ok("HTTP/1.1 101 Switching Protocols\r\nconnection: keep-alive\r\n\r\n");
+        assert_eq!(h.parts.headers["connection"], "keep-alive");
+        // What the proxy forwards is the same either way.
+        for s in [
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, , CLOSE\r\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-b\r\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let mut kept = ok(s).parts.headers;
+            crate::headers::strip_hop_by_hop(&mut kept);
+            let mut all = HeaderMap::new();
+            for line in s.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+                let (n, v) = line.split_once(": ").unwrap();
+                all.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            crate::headers::strip_hop_by_hop(&mut all);
+            assert_eq!(kept, all, "{s}");
+        }
+    }
+
+    #[test]
     fn no_body_for_head_1xx_204_304() {
         for s in [
             "HTTP/1.1 204 No Content\r\n\r\n",
@@ -421,6 +502,38 @@ mod tests {
                 String::from_utf8_lossy(s),
                 head(s)
             );
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_is_found_on_any_line() {
+        // Against a search of every LF, on every way to drop one CR from a head, and on heads
+        // with empty lines before the status line.
+        let base = b"HTTP/1.1 200 OK\r\nx-a: 1\r\nx-b:  2  \r\nx-c:\r\ncontent-length: 0\r\n\r\n";
+        let mut heads = vec![base.to_vec(), b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()];
+        for i in memchr::memchr_iter(b'\r', base) {
+            let mut h = base.to_vec();
+            h.remove(i);
+            heads.push(h);
+        }
+        for lead in [&b"\r\n"[..], b"\n", b"\r\n\n", b"\n\r\n"] {
+            heads.push([lead, &base[..]].concat());
+        }
+        heads.push(b"HTTP/1.1 200\r\n\r\n".to_vec());
+        heads.push(b"HTTP/1.1 200\n\r\n".to_vec());
+        heads.push(b"HTTP/1.1 200 OK\r\nx:\n\r\n".to_vec());
+        for h in heads {
+            let reference = memchr::memchr_iter(b'\n', &h).any(|i| i == 0 || h[i - 1] != b'\r');
+            let parsed = head(&h);
+            let shown = String::from_utf8_lossy(&h);
+            if reference {
+                assert!(
+                    matches!(parsed, Err(HeadError::Malformed(_))),
+                    "{shown:?}: {parsed:?}"
+                );
+            } else {
+                assert!(parsed.unwrap().is_some(), "{shown:?}");
+            }
         }
     }
 
