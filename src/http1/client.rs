@@ -291,12 +291,9 @@ fn write_head(
     }
     out.put_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        let (name, value) = (name.as_str().as_bytes(), value.as_bytes());
-        // One capacity check for the line (the copies below then never grow the buffer).
-        out.reserve(name.len() + value.len() + 4);
-        out.put_slice(name);
+        out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
-        out.put_slice(value);
+        out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
     if let Some(n) = length {

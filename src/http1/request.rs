@@ -227,9 +227,9 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
             Known::Connection => {
                 for t in raw.split(|b| *b == b',') {
                     let t = t.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
+                    if is(t, b"close") {
                         close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    } else if is(t, b"keep-alive") {
                         keep_alive_token = true;
                     }
                 }
@@ -359,11 +359,12 @@ pub(super) fn field_name(b: &[u8]) -> Result<(HeaderName, Known), http::header::
     HeaderName::from_bytes(b).map(|n| (n, Known::Other))
 }
 
-/// Whether the token `b` is `name` (lowercase letters and `-`, as long as `b`) in any case. A
-/// letter's cases differ in the 0x20 bit alone, which `-` has set; the one other byte that ORs
-/// to `-` is CR, never in a token. Compared a word at a time (the last word may overlap).
+/// Whether `b` (a token, or a field value: httparse lets neither hold a CR) is `name`
+/// (lowercase letters and `-`, at most 24 bytes) in any case. A letter's cases differ in the 0x20
+/// bit alone, which `-` has set; the one other byte that ORs to `-` is CR. Compared a word at a
+/// time (the last word may overlap).
 #[inline(always)]
-fn is(b: &[u8], name: &[u8]) -> bool {
+pub(super) fn is(b: &[u8], name: &[u8]) -> bool {
     fn w8(s: &[u8], at: usize) -> u64 {
         u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or_default())
     }

@@ -18,7 +18,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 use super::decode::Decoder;
-use super::request::{field_name, Known};
+use super::request::{field_name, is, Known};
 
 /// The largest response head accepted (the upstream buffer limit, like Envoy's
 /// `max_response_headers_kb`).
@@ -165,17 +165,14 @@ fn parse_with<const N: usize>(
                 .map_err(|_| HeadError::Malformed("header value"))?,
             _ => return Err(HeadError::Malformed("header value")),
         };
-        if known != Known::Other {
-            framing.see(known, &value)?;
-            // This hop's options alone: read above, not kept (the proxy would strip the field,
-            // RFC 9110 §7.6.1, for a rehash and a removal). A 101 keeps it: the client switches
-            // with it.
-            if known == Known::Connection
-                && status != StatusCode::SWITCHING_PROTOCOLS
-                && only_hop_options(value.as_bytes())
-            {
-                continue;
-            }
+        // This hop's options alone are read, not kept (the proxy would strip the field, RFC
+        // 9110 §7.6.1, for a rehash and a removal). A 101 keeps them: the client switches
+        // with them.
+        if known != Known::Other
+            && !framing.see(known, &value)?
+            && status != StatusCode::SWITCHING_PROTOCOLS
+        {
+            continue;
         }
         headers.append(name, value);
     }
@@ -200,15 +197,6 @@ fn parse_with<const N: usize>(
         body,
         reusable,
     }))
-}
-
-/// Whether a `Connection` value lists nothing but `keep-alive` and `close` (no field that the
-/// proxy's hop-by-hop removal would take with it).
-fn only_hop_options(v: &[u8]) -> bool {
-    v.split(|b| *b == b',').all(|t| {
-        let t = t.trim_ascii();
-        t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")
-    })
 }
 
 /// Whether a line of `head` ends in a LF without its CR. `head` is what httparse accepted,
@@ -251,7 +239,10 @@ struct Framing {
 }
 
 impl Framing {
-    fn see(&mut self, name: Known, value: &HeaderValue) -> Result<(), HeadError> {
+    /// Reads one framing field. `Ok(false)`: the field is this hop's alone and need not be kept
+    /// (a `Connection` listing only `keep-alive` / `close`: nothing else for the proxy's
+    /// hop-by-hop removal to take with it).
+    fn see(&mut self, name: Known, value: &HeaderValue) -> Result<bool, HeadError> {
         match name {
             Known::ContentLength => {
                 for v in value.as_bytes().split(|&b| b == b',') {
@@ -275,15 +266,23 @@ impl Framing {
                 }
             }
             Known::Connection => {
+                let mut options_only = true;
                 for t in value.as_bytes().split(|&b| b == b',') {
                     let t = t.trim_ascii();
-                    self.close |= t.eq_ignore_ascii_case(b"close");
-                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    // A value has no CR (httparse): the word compare is exact.
+                    if is(t, b"close") {
+                        self.close = true;
+                    } else if is(t, b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !t.is_empty() {
+                        options_only = false;
+                    }
                 }
+                return Ok(!options_only);
             }
             _ => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The body's framing (RFC 9112 §6.3), and whether a repeated length was normalised.

@@ -998,7 +998,8 @@ fn encode_headers(headers: &HeaderMap, wbuf: &mut BytesMut) {
     }
 }
 
-/// One field line.
+/// One field line. Inlined: the call's own cost was a fifth of a line's.
+#[inline(always)]
 fn put_field(wbuf: &mut BytesMut, name: &[u8], value: &[u8]) {
     wbuf.reserve(name.len() + value.len() + 4);
     wbuf.extend_from_slice(name);
