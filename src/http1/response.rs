@@ -245,8 +245,21 @@ impl Framing {
     fn see(&mut self, name: Known, value: &HeaderValue) -> Result<bool, HeadError> {
         match name {
             Known::ContentLength => {
-                for v in value.as_bytes().split(|&b| b == b',') {
+                // Digits alone (nearly every length): one value, no list to split.
+                let one = parse_length(value.as_bytes());
+                let values = match one {
+                    Some(_) => None,
+                    None => Some(value.as_bytes().split(|&b| b == b',')),
+                };
+                for v in values.into_iter().flatten() {
                     let n = parse_length(v.trim_ascii()).ok_or(HeadError::BadContentLength)?;
+                    if self.length.is_some_and(|l| l != n) {
+                        return Err(HeadError::BadContentLength);
+                    }
+                    self.length = Some(n);
+                    self.lengths += 1;
+                }
+                if let Some(n) = one {
                     if self.length.is_some_and(|l| l != n) {
                         return Err(HeadError::BadContentLength);
                     }
@@ -266,6 +279,15 @@ impl Framing {
                 }
             }
             Known::Connection => {
+                // The usual one-token values first.
+                if is(value.as_bytes(), b"keep-alive") {
+                    self.keep_alive = true;
+                    return Ok(false);
+                }
+                if is(value.as_bytes(), b"close") {
+                    self.close = true;
+                    return Ok(false);
+                }
                 let mut options_only = true;
                 for t in value.as_bytes().split(|&b| b == b',') {
                     let t = t.trim_ascii();
@@ -309,7 +331,7 @@ impl Framing {
 }
 
 /// `1*DIGIT` that fits a u64.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }

@@ -618,9 +618,12 @@ where
                 }
                 continue;
             } else if *name == CONTENT_LENGTH {
-                let n = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                // Digits alone (nearly every length) read without the `str` parse.
+                let n = super::response::parse_length(value.as_bytes()).or_else(|| {
+                    std::str::from_utf8(value.as_bytes())
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
                 if no_length || declared.is_some() || n.is_none() {
                     continue;
                 }
