@@ -44,16 +44,27 @@ fn hop_bit(name: &str) -> u8 {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `te: trailers` is kept: gRPC needs it end to end.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the headers (no hashing) finds which are present, so only those are
-    // removed: most responses carry just `connection: keep-alive`, most requests nothing. The
-    // same pass reads the `Connection` lines for the names they list: every line counts; names
-    // other than the usual `keep-alive` / `close` are rare, so the list allocates only for one.
-    // `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only the trailers it declares.
+    // One pass over the names (no hashing, and not `iter`, which walks every value too) finds
+    // which are present, so only those are removed: most responses carry just
+    // `connection: keep-alive`, most requests nothing. Every `Connection` line counts, for the
+    // names it lists; names other than the usual `keep-alive` / `close` are rare, so the list
+    // allocates only for one. `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only
+    // the trailers it declares.
     let mut present = 0u8;
-    let mut named: Vec<HeaderName> = Vec::new();
-    for (k, v) in h.iter() {
-        let bit = hop_bit(k.as_str());
-        if bit == 1 {
+    for k in h.keys() {
+        present |= hop_bit(k.as_str());
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        // Removed and read in one lookup.
+        let lines = match h.entry(CONNECTION) {
+            Entry::Occupied(e) => Some(e.remove_entry_mult().1),
+            Entry::Vacant(_) => None,
+        };
+        for v in lines.into_iter().flatten() {
             // Bytes, not `to_str`: one odd byte must not make every token be skipped.
             for name in v.as_bytes().split(|b| *b == b',') {
                 let name = name.trim_ascii();
@@ -67,13 +78,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                 }
             }
         }
-        present |= bit;
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        h.remove(CONNECTION);
         for n in named {
             h.remove(n);
         }
@@ -379,6 +383,18 @@ mod tests {
         assert_eq!(at(&h, 3), "[2001:db8::1]:0");
         h.remove(X_FORWARDED_FOR);
         assert_eq!(at(&h, 1), "192.0.2.5:4000", "no header: the peer");
+    }
+
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = new_request_id();
+            let parsed = uuid::Uuid::parse_str(id.to_str().unwrap()).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(id.as_bytes(), parsed.hyphenated().to_string().as_bytes());
+            assert!(seen.insert(id), "unique");
+        }
     }
 
     #[test]

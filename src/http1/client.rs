@@ -297,9 +297,9 @@ fn write_head(
         out.put_slice(b"\r\n");
     }
     if let Some(n) = length {
-        use std::fmt::Write;
-        // BytesMut's `fmt::Write` cannot fail.
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.put_slice(b"content-length: ");
+        out.put_slice(super::server::itoa_u64(n, &mut [0u8; 20]));
+        out.put_slice(b"\r\n");
     }
     if chunked {
         out.put_slice(b"transfer-encoding: chunked\r\n");

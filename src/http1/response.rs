@@ -6,14 +6,19 @@
 //! refused — its body cannot be delimited the one way both ends agree on. Repeated equal values
 //! (`2, 2`) are accepted (RFC 9110 §8.6), forwarded as one, and the connection is not reused.
 //! Bare LF line ends, obs-fold, whitespace before the colon and control bytes are refused too.
+//! A `Connection` field that lists only `keep-alive` / `close` is this hop's alone: read here for
+//! the connection's reuse and not kept in the map (the proxy removes hop-by-hop fields anyway),
+//! except on a 101, whose client switches with it.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 use super::decode::Decoder;
+use super::request::{field_name, is, Known};
 
 /// The largest response head accepted (the upstream buffer limit, like Envoy's
 /// `max_response_headers_kb`).
@@ -54,7 +59,7 @@ impl std::error::Error for HeadError {}
 #[derive(Debug)]
 pub(crate) struct Head {
     /// Status, version and headers (the framing headers as the upstream sent them, `2, 2`
-    /// normalised to `2`).
+    /// normalised to `2`; a `Connection` of only `keep-alive` / `close` left out but on a 101).
     pub(crate) parts: http::response::Parts,
     /// How the body is delimited.
     pub(crate) body: Decoder,
@@ -87,9 +92,19 @@ fn parse_with<const N: usize>(
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Option<Head>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; N];
-    let mut r = httparse::Response::new(&mut fields);
-    let len = match r.parse(buf) {
+    // The exchange asks before the first read too: nothing to parse yet.
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Uninitialised: nothing is written per call but the fields found.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
+    let mut r = httparse::Response::new(&mut []);
+    // The default config, as `Response::parse` uses.
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut r,
+        buf,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -107,9 +122,6 @@ fn parse_with<const N: usize>(
     };
     if len > MAX_HEAD {
         return Err(HeadError::TooLarge);
-    }
-    if has_bare_lf(&buf[..len]) {
-        return Err(HeadError::Malformed("bare LF"));
     }
     let version = match r.version {
         Some(0) => Version::HTTP_10,
@@ -133,14 +145,18 @@ fn parse_with<const N: usize>(
             f.value.len() as u32,
         );
     }
+    if has_bare_lf(&buf[..len], spans[..count].iter().map(|s| s.0 as usize)) {
+        return Err(HeadError::Malformed("bare LF"));
+    }
     let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the one field the proxy adds (`x-request-id`) without growing the map.
+    let mut headers = HeaderMap::with_capacity(count + 1);
     let mut framing = Framing::default();
     for &(n, nl, v, vl) in &spans[..count] {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-        let name = head
+        let (name, known) = head
             .get(n..n + nl)
-            .and_then(|b| HeaderName::from_bytes(b).ok())
+            .and_then(|b| field_name(b).ok())
             .ok_or(HeadError::Malformed("header name"))?;
         // An empty value's slice need not point into the head.
         let value = match vl {
@@ -149,7 +165,15 @@ fn parse_with<const N: usize>(
                 .map_err(|_| HeadError::Malformed("header value"))?,
             _ => return Err(HeadError::Malformed("header value")),
         };
-        framing.see(&name, &value)?;
+        // This hop's options alone are read, not kept (the proxy would strip the field, RFC
+        // 9110 §7.6.1, for a rehash and a removal). A 101 keeps them: the client switches
+        // with them.
+        if known != Known::Other
+            && !framing.see(known, &value)?
+            && status != StatusCode::SWITCHING_PROTOCOLS
+        {
+            continue;
+        }
         headers.append(name, value);
     }
     let (body, normalised) = framing.body(status, head_request)?;
@@ -165,7 +189,9 @@ fn parse_with<const N: usize>(
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = status;
     parts.version = version;
-    parts.headers = headers;
+    // The map in place is `HeaderMap::new()`'s, which holds no memory ("will not allocate"):
+    // forgetting it skips its drop glue (about 60 instructions).
+    std::mem::forget(std::mem::replace(&mut parts.headers, headers));
     Ok(Some(Head {
         parts,
         body,
@@ -173,9 +199,28 @@ fn parse_with<const N: usize>(
     }))
 }
 
-/// Whether a line of `head` ends in a LF without its CR.
-fn has_bare_lf(head: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
+/// Whether a line of `head` ends in a LF without its CR. `head` is what httparse accepted,
+/// `names` where its field names start. Each field line starts right after the LF that ends the
+/// line before it (obs-fold and empty lines inside are refused), and the head ends with the empty
+/// line: the byte before each of those LFs tells, with no search through the head. A head with
+/// empty lines before its status line is searched whole.
+fn has_bare_lf(head: &[u8], names: impl Iterator<Item = usize>) -> bool {
+    // Whether the LF at `lf` lacks its CR.
+    let bare = |lf: usize| lf == 0 || head.get(lf - 1) != Some(&b'\r');
+    if head.first() != Some(&b'H') {
+        return memchr::memchr_iter(b'\n', head).any(bare);
+    }
+    let len = head.len();
+    // The empty line's LF; with its CR, the line before it ends at `len - 3`.
+    if len < 4 || bare(len - 1) || bare(len - 3) {
+        return true;
+    }
+    for at in names {
+        if at == 0 || bare(at - 1) {
+            return true;
+        }
+    }
+    false
 }
 
 /// What the framing headers of a head said.
@@ -194,11 +239,19 @@ struct Framing {
 }
 
 impl Framing {
-    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), HeadError> {
-        // A string match (length first) is cheaper than comparing `HeaderName`s one by one.
-        match name.as_str() {
-            "content-length" => {
-                for v in value.as_bytes().split(|&b| b == b',') {
+    /// Reads one framing field. `Ok(false)`: the field is this hop's alone and need not be kept
+    /// (a `Connection` listing only `keep-alive` / `close`: nothing else for the proxy's
+    /// hop-by-hop removal to take with it).
+    fn see(&mut self, name: Known, value: &HeaderValue) -> Result<bool, HeadError> {
+        match name {
+            Known::ContentLength => {
+                // Digits alone (nearly every length): one value, no list to split.
+                let one = parse_length(value.as_bytes());
+                let values = match one {
+                    Some(_) => None,
+                    None => Some(value.as_bytes().split(|&b| b == b',')),
+                };
+                for v in values.into_iter().flatten() {
                     let n = parse_length(v.trim_ascii()).ok_or(HeadError::BadContentLength)?;
                     if self.length.is_some_and(|l| l != n) {
                         return Err(HeadError::BadContentLength);
@@ -206,8 +259,15 @@ impl Framing {
                     self.length = Some(n);
                     self.lengths += 1;
                 }
+                if let Some(n) = one {
+                    if self.length.is_some_and(|l| l != n) {
+                        return Err(HeadError::BadContentLength);
+                    }
+                    self.length = Some(n);
+                    self.lengths += 1;
+                }
             }
-            "transfer-encoding" => {
+            Known::TransferEncoding => {
                 self.codings += 1;
                 if self.codings > 1
                     || !value
@@ -218,16 +278,33 @@ impl Framing {
                     return Err(HeadError::BadTransferEncoding);
                 }
             }
-            "connection" => {
+            Known::Connection => {
+                // The usual one-token values first.
+                if is(value.as_bytes(), b"keep-alive") {
+                    self.keep_alive = true;
+                    return Ok(false);
+                }
+                if is(value.as_bytes(), b"close") {
+                    self.close = true;
+                    return Ok(false);
+                }
+                let mut options_only = true;
                 for t in value.as_bytes().split(|&b| b == b',') {
                     let t = t.trim_ascii();
-                    self.close |= t.eq_ignore_ascii_case(b"close");
-                    self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                    // A value has no CR (httparse): the word compare is exact.
+                    if is(t, b"close") {
+                        self.close = true;
+                    } else if is(t, b"keep-alive") {
+                        self.keep_alive = true;
+                    } else if !t.is_empty() {
+                        options_only = false;
+                    }
                 }
+                return Ok(!options_only);
             }
             _ => {}
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The body's framing (RFC 9112 §6.3), and whether a repeated length was normalised.
@@ -254,7 +331,7 @@ impl Framing {
 }
 
 /// `1*DIGIT` that fits a u64.
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }
@@ -305,6 +382,49 @@ mod tests {
         assert!(
             ok("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n").reusable
         );
+    }
+
+    #[test]
+    fn a_connection_field_of_this_hops_options_alone_is_read_and_not_kept() {
+        let h = ok("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n");
+        assert!(h.reusable);
+        assert!(!h.parts.headers.contains_key("connection"));
+        let h = ok("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.reusable);
+        assert!(!h.parts.headers.contains_key("connection"));
+        // Naming another field: kept, for the proxy to remove that one too.
+        let h =
+            ok("HTTP/1.1 200 OK\r\nconnection: close, x-a\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n");
+        assert!(!h.reusable);
+        assert_eq!(h.parts.headers["connection"], "close, x-a");
+        let h = ok("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nconnection: x-a\r\ncontent-length: 0\r\n\r\n");
+        let v: Vec<_> = h.parts.headers.get_all("connection").iter().collect();
+        assert_eq!(v, ["x-a"]);
+        // A switch keeps it.
+        let h = ok(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(h.parts.headers["connection"], "upgrade");
+        let h = ok("HTTP/1.1 101 Switching Protocols\r\nconnection: keep-alive\r\n\r\n");
+        assert_eq!(h.parts.headers["connection"], "keep-alive");
+        // What the proxy forwards is the same either way.
+        for s in [
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, , CLOSE\r\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-b\r\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let mut kept = ok(s).parts.headers;
+            crate::headers::strip_hop_by_hop(&mut kept);
+            let mut all = HeaderMap::new();
+            for line in s.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+                let (n, v) = line.split_once(": ").unwrap();
+                all.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            crate::headers::strip_hop_by_hop(&mut all);
+            assert_eq!(kept, all, "{s}");
+        }
     }
 
     #[test]
@@ -385,6 +505,10 @@ mod tests {
             b"HTTP/1.1 200 OK\nx: a\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nx: a\n\r\n",
             b"HTTP/1.1 200 OK\r\nx: a\r\n\n",
+            b"\nHTTP/1.1 200 OK\r\n\r\n",
+            b"\r\n\nHTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx: a\r\ny: b\n\r\n",
+            b"HTTP/1.1 200 O\rK\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"HTTP/1.1 000 OK\r\n\r\n",
             b"HTTP/2.0 200 OK\r\n\r\n",
@@ -399,6 +523,38 @@ mod tests {
                 String::from_utf8_lossy(s),
                 head(s)
             );
+        }
+    }
+
+    #[test]
+    fn a_bare_lf_is_found_on_any_line() {
+        // Against a search of every LF, on every way to drop one CR from a head, and on heads
+        // with empty lines before the status line.
+        let base = b"HTTP/1.1 200 OK\r\nx-a: 1\r\nx-b:  2  \r\nx-c:\r\ncontent-length: 0\r\n\r\n";
+        let mut heads = vec![base.to_vec(), b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()];
+        for i in memchr::memchr_iter(b'\r', base) {
+            let mut h = base.to_vec();
+            h.remove(i);
+            heads.push(h);
+        }
+        for lead in [&b"\r\n"[..], b"\n", b"\r\n\n", b"\n\r\n"] {
+            heads.push([lead, &base[..]].concat());
+        }
+        heads.push(b"HTTP/1.1 200\r\n\r\n".to_vec());
+        heads.push(b"HTTP/1.1 200\n\r\n".to_vec());
+        heads.push(b"HTTP/1.1 200 OK\r\nx:\n\r\n".to_vec());
+        for h in heads {
+            let reference = memchr::memchr_iter(b'\n', &h).any(|i| i == 0 || h[i - 1] != b'\r');
+            let parsed = head(&h);
+            let shown = String::from_utf8_lossy(&h);
+            if reference {
+                assert!(
+                    matches!(parsed, Err(HeadError::Malformed(_))),
+                    "{shown:?}: {parsed:?}"
+                );
+            } else {
+                assert!(parsed.unwrap().is_some(), "{shown:?}");
+            }
         }
     }
 
@@ -424,5 +580,14 @@ mod tests {
             head(b"HTTP/1.1 200 OK\r\nx: v").unwrap().is_none(),
             "partial"
         );
+        assert!(head(b"").unwrap().is_none(), "nothing read yet");
+        // Past the first parse's array, a head stays whole in the buffer until it is complete.
+        let mut s = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..30 {
+            s.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        let mut buf = BytesMut::from(&s[..]);
+        assert!(parse(&mut buf, false).unwrap().is_none());
+        assert_eq!(buf.len(), s.len());
     }
 }

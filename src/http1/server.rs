@@ -653,9 +653,12 @@ where
                 }
                 continue;
             } else if *name == CONTENT_LENGTH {
-                let n = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                // Digits alone (nearly every length) read without the `str` parse.
+                let n = super::response::parse_length(value.as_bytes()).or_else(|| {
+                    std::str::from_utf8(value.as_bytes())
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                });
                 if no_length || declared.is_some() || n.is_none() {
                     continue;
                 }
@@ -1038,7 +1041,8 @@ fn encode_headers(headers: &HeaderMap, wbuf: &mut BytesMut) {
     }
 }
 
-/// One field line.
+/// One field line. Inlined: the call's own cost was a fifth of a line's.
+#[inline(always)]
 fn put_field(wbuf: &mut BytesMut, name: &[u8], value: &[u8]) {
     wbuf.reserve(name.len() + value.len() + 4);
     wbuf.extend_from_slice(name);
@@ -1048,7 +1052,7 @@ fn put_field(wbuf: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// `n` in decimal, in `buf`.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
