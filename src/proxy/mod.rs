@@ -140,9 +140,9 @@ impl Ctx<'_> {
 
 /// Serves one request on an HTTP listener; `start` is when it started (its head was read).
 ///
-/// The connection boxes this future per request, so it is kept small: `req` and `conn` are
-/// the async block's own (an `async fn` would hold its arguments twice), and the phases below
-/// add little of their own.
+/// An HTTP/1 connection's future holds this one (no box per request), so it is kept small:
+/// `req` and `conn` are the async block's own (an `async fn` would hold its arguments twice),
+/// and the phases below add little of their own.
 // Not an `async fn`: that would hold `req` twice.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(
@@ -233,7 +233,14 @@ pub fn handle(
             }
             Some(route) => {
                 cx.record(|i| i.route_name = Some(route.name.clone()));
-                route::serve(req, route, &mut cx).await
+                match route::serve(&req, route, &mut cx) {
+                    route::Step::Forward(fwd) => forward::forward(req, fwd, route, &mut cx).await,
+                    // Boxed: rare, and its future would otherwise enlarge every request's.
+                    route::Step::Faulted(fault, d) => {
+                        Box::pin(route::faulted(req, route, &mut cx, fault, d)).await
+                    }
+                    route::Step::Done(r) => r,
+                }
             }
         };
         let mut resp = match served {
