@@ -472,7 +472,7 @@ fn answer(
             let listener = cx.listener;
             Ok(Response::from_parts(
                 parts,
-                Either::Left(Upstream {
+                Either::Left(Box::pin(Upstream {
                     inner: body,
                     lease,
                     exchange,
@@ -495,7 +495,7 @@ fn answer(
                         grpc: cx.grpc,
                     },
                     cap: cap.map(|c| Box::pin(tokio::time::sleep_until(c.into()))),
-                }),
+                })),
             ))
         }
         Try::Failed(local) => Err(local),
@@ -799,14 +799,15 @@ where
                 }
             }
         }
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
-        let (limit, is_per_try) = match (limits.per_try, remaining) {
-            (Some(p), Some(r)) if p < r => (Some(p), true),
+        // The per-try timeout's end when it comes before the route deadline (compared as
+        // instants: no time-left subtraction, which the deadline would add back).
+        let (at, is_per_try) = match (limits.per_try.map(|p| now + p), deadline) {
+            (Some(p), Some(d)) if p < d => (Some(p), true),
             (Some(p), None) => (Some(p), true),
-            (_, r) => (r, false),
+            (_, d) => (d, false),
         };
-        let deadline = match limit {
-            Some(t) => Deadline::at_from(now + t, now, lazy),
+        let deadline = match at {
+            Some(at) => Deadline::at_from(at, now, lazy),
             None => Deadline::None,
         };
         match Timed::new(send, deadline).await {
@@ -941,6 +942,14 @@ mod tests {
         for (name, size) in sizes {
             eprintln!("{name}: {size} bytes");
         }
+        // Moved by value from the pool up to the connection (each move a copy).
+        eprintln!(
+            "Response<RespBody>: {} bytes (Upstream {}, UpResp {}, Parts {})",
+            std::mem::size_of::<Response<RespBody>>(),
+            std::mem::size_of::<Upstream>(),
+            std::mem::size_of::<UpResp>(),
+            std::mem::size_of::<http::response::Parts>()
+        );
         // The connection's future holds the request's for its life (HTTP/1: no box per
         // request). It was 7 KB (debug build) when each phase was an `async fn` holding its
         // arguments twice and its locals across every wait.
