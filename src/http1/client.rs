@@ -405,12 +405,19 @@ where
                 })
             }
         };
+        // Boxed when still going up (an early answer, a large body): rare, and the response,
+        // moved through every phase, stays small. (Not `then(|| ..)`: the closure would take a
+        // copy of the upload on every request.)
+        let upload = if uploading {
+            Some(Box::new(upload))
+        } else {
+            drop(upload);
+            None
+        };
         let body = ResponseBody {
             conn: Some(conn),
             decoder: head.body,
-            // Boxed when still going up (an early answer, a large body): rare, and the
-            // response, moved through every phase, stays small.
-            upload: uploading.then(|| Box::new(upload)),
+            upload,
             reusable: head.reusable && write_error.is_none(),
             failed: false,
         };

@@ -43,46 +43,50 @@ use crate::upstream::pool::{Lease, SendError, Target, UpBody, UpResp};
 
 /// Forwards `req` to the route's cluster and returns the response to stream back.
 ///
-/// This future is part of every proxied request's (the connection boxes it per request): what
-/// is only needed before the first try is worked out by [`prepare`], so it is not kept across
-/// the tries, and the rare branches (an upgrade, a body buffered for retries) are boxed.
+/// This future is part of every proxied request's (an HTTP/1 connection's future holds it):
+/// what is only needed before the first try is worked out by [`prepare`], so it is not kept
+/// across the tries, and the rare branches (an upgrade, a body buffered for retries) are boxed.
+/// [`super::handle`] awaits it directly (not through the route phase's future), so it is made
+/// once where it is polled.
 pub(super) async fn forward(
     req: Request<ReqBody>,
     fwd: &Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<RespBody>, LocalReply> {
+    // Filled in place by `prepare` (not returned by value and moved again into this future).
+    let mut head = None;
+    let mut stream_body = None;
     let Go {
         cluster,
         hash,
-        mut head,
         h1,
         policy,
         cap,
         idle,
-        mut stream_body,
         mut exchange,
         mut replay,
-        buffer,
-    } = match prepare(req, fwd, route, cx)? {
+        buffered,
+    } = match prepare(req, fwd, route, cx, &mut head, &mut stream_body)? {
         Prepared::Go(go) => go,
         Prepared::Upgrade(u) => {
             // Boxed: rare, and its future would otherwise enlarge every request's.
             let Upgrade {
                 cluster,
                 hash,
-                parts,
                 proto,
                 on,
                 limits,
             } = u;
+            let parts = head.take().expect("prepare made the head");
             return Box::pin(upgrade::forward(
                 cluster, hash, parts, proto, on, limits, cx,
             ))
             .await;
         }
     };
-    if let Some(body) = buffer {
+    if buffered {
+        let body = stream_body.take().expect("prepare made the body to buffer");
         // Boxed for the same reason as the upgrade path: only retried requests with a body.
         let collected = Box::pin(Limited::new(body, fwd.buffer_limit as usize).collect())
             .await
@@ -233,9 +237,7 @@ pub(super) async fn forward(
     }
 }
 
-/// What [`prepare`] decided for a request.
-// Returned once and taken apart at once: boxing would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
+/// What [`prepare`] decided for a request (the head and the body are in the caller's slots).
 enum Prepared<'r> {
     /// Forward it with tries.
     Go(Go<'r>),
@@ -243,13 +245,11 @@ enum Prepared<'r> {
     Upgrade(Upgrade<'r>),
 }
 
-/// A request ready for its tries: the upstream head, its body, and the clocks and retry policy
-/// that bound them.
+/// A request ready for its tries: the clocks and retry policy that bound them, and its body's
+/// plan (the upstream head and the client's body are in the caller's slots).
 struct Go<'r> {
     cluster: &'r Arc<Cluster>,
     hash: Option<u64>,
-    /// The upstream head (taken by the last possible try).
-    head: Option<http::request::Parts>,
     /// The client's request came on HTTP/1 (its connection's task polls the lazy deadlines).
     h1: bool,
     policy: Option<&'r retry::RetryPolicy>,
@@ -257,32 +257,34 @@ struct Go<'r> {
     cap: Option<Instant>,
     /// The stream idle timeout.
     idle: Option<Duration>,
-    /// A body streamed up (the first try takes it).
-    stream_body: Option<ClientBody>,
     exchange: Option<Arc<Exchange>>,
     /// A body in memory (none, or buffered), sent by every try.
     replay: Option<Bytes>,
-    /// A body to buffer before the first try (a retry may need to send it again).
-    buffer: Option<ClientBody>,
+    /// The client body `prepare` made is to be buffered before the first try (a retry may need
+    /// to send it again), not streamed up by the first try.
+    buffered: bool,
 }
 
 /// An upgrade to forward.
 struct Upgrade<'r> {
     cluster: &'r Arc<Cluster>,
     hash: Option<u64>,
-    parts: http::request::Parts,
     proto: HeaderValue,
     on: OnUpgrade,
     limits: upgrade::Limits,
 }
 
 /// Everything of [`forward`] before the first try that does not wait: upgrades sorted out,
-/// cluster admission, the upstream head, the retry policy, the body's plan.
+/// cluster admission, the upstream head (into `head`), the retry policy, the body's plan (a
+/// body to stream or buffer into `client_body`). The slots are the caller's future's own: the
+/// head and the body are written once where the tries use them, not moved there.
 fn prepare<'r>(
     mut req: Request<ReqBody>,
     fwd: &'r Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
+    head: &mut Option<http::request::Parts>,
+    client_body: &mut Option<ClientBody>,
 ) -> Result<Prepared<'r>, LocalReply> {
     // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
     let asked = (req.version() == Version::HTTP_11)
@@ -350,10 +352,10 @@ fn prepare<'r>(
             timeout: fwd.timeout,
             idle: fwd.idle_timeout.unwrap_or(cx.listener.stream_idle_timeout),
         };
+        *head = Some(parts);
         return Ok(Prepared::Upgrade(Upgrade {
             cluster,
             hash,
-            parts,
             proto,
             on,
             limits,
@@ -390,13 +392,13 @@ fn prepare<'r>(
             fwd.buffer_limit,
         ),
     };
-    let mut stream_body = None;
     let mut exchange = None;
-    let mut buffer = None;
+    let mut buffered = false;
     let replay: Option<Bytes> = match plan {
         BodyPlan::Empty => Some(Bytes::new()),
         BodyPlan::Buffer => {
-            buffer = Some(ClientBody::new(
+            buffered = true;
+            *client_body = Some(ClientBody::new(
                 body,
                 None,
                 None,
@@ -420,7 +422,7 @@ fn prepare<'r>(
                 false => Exchange::default(),
             });
             let stats = cx.listener.stats.clone();
-            stream_body = Some(ClientBody::new(
+            *client_body = Some(ClientBody::new(
                 body,
                 cx.rec.clone(),
                 Some(ex.clone()),
@@ -431,18 +433,17 @@ fn prepare<'r>(
             None
         }
     };
+    *head = Some(parts);
     Ok(Prepared::Go(Go {
         cluster,
         hash,
-        head: Some(parts),
         h1,
         policy,
         cap,
         idle,
-        stream_body,
         exchange,
         replay,
-        buffer,
+        buffered,
     }))
 }
 
@@ -471,7 +472,7 @@ fn answer(
             let listener = cx.listener;
             Ok(Response::from_parts(
                 parts,
-                Either::Left(Upstream {
+                Either::Left(Box::pin(Upstream {
                     inner: body,
                     lease,
                     exchange,
@@ -494,7 +495,7 @@ fn answer(
                         grpc: cx.grpc,
                     },
                     cap: cap.map(|c| Box::pin(tokio::time::sleep_until(c.into()))),
-                }),
+                })),
             ))
         }
         Try::Failed(local) => Err(local),
@@ -798,14 +799,15 @@ where
                 }
             }
         }
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
-        let (limit, is_per_try) = match (limits.per_try, remaining) {
-            (Some(p), Some(r)) if p < r => (Some(p), true),
+        // The per-try timeout's end when it comes before the route deadline (compared as
+        // instants: no time-left subtraction, which the deadline would add back).
+        let (at, is_per_try) = match (limits.per_try.map(|p| now + p), deadline) {
+            (Some(p), Some(d)) if p < d => (Some(p), true),
             (Some(p), None) => (Some(p), true),
-            (_, r) => (r, false),
+            (_, d) => (d, false),
         };
-        let deadline = match limit {
-            Some(t) => Deadline::at_from(now + t, now, lazy),
+        let deadline = match at {
+            Some(at) => Deadline::at_from(at, now, lazy),
             None => Deadline::None,
         };
         match Timed::new(send, deadline).await {
@@ -921,10 +923,6 @@ mod tests {
                 returns!(super::super::handle; Request<ReqBody>, Arc<super::super::Conn>, Instant),
             ),
             (
-                "route::serve",
-                returns!(super::super::route::serve; Request<ReqBody>, &'a Route, &'a mut Ctx<'a>),
-            ),
-            (
                 "forward::forward",
                 returns!(forward; Request<ReqBody>, &'a Forward, &'a Route, &'a mut Ctx<'a>),
             ),
@@ -944,10 +942,20 @@ mod tests {
         for (name, size) in sizes {
             eprintln!("{name}: {size} bytes");
         }
+        // Moved by value from the pool up to the connection (each move a copy).
+        let response = std::mem::size_of::<Response<RespBody>>();
+        eprintln!(
+            "Response<RespBody>: {response} bytes (Upstream {}, UpResp {}, Parts {})",
+            std::mem::size_of::<Upstream>(),
+            std::mem::size_of::<UpResp>(),
+            std::mem::size_of::<http::response::Parts>()
+        );
         // The connection's future holds the request's for its life (HTTP/1: no box per
         // request). It was 7 KB (debug build) when each phase was an `async fn` holding its
         // arguments twice and its locals across every wait.
         let handle = sizes[0].1;
-        assert!(handle <= 4096, "proxy::handle's future is {handle} bytes");
+        assert!(handle <= 3072, "proxy::handle's future is {handle} bytes");
+        // 352 bytes when the upstream body was not boxed.
+        assert!(response <= 192, "Response<RespBody> is {response} bytes");
     }
 }

@@ -15,6 +15,7 @@
 //! phases share instead of long argument lists.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,7 +44,11 @@ pub use local_reply::LocalReply;
 pub use response::Upstream;
 
 /// Response body: a streamed upstream body, or a small local one.
-pub type RespBody = Either<Upstream, Full<Bytes>>;
+///
+/// The upstream body is boxed once when made: the response is moved by value through every
+/// phase up to the connection, and each move copied its 240 bytes (an allocation within
+/// malloc's thread cache costs less than the copies).
+pub type RespBody = Either<Pin<Box<Upstream>>, Full<Bytes>>;
 
 /// Per-connection context, built once at accept.
 #[derive(Debug)]
@@ -140,9 +145,9 @@ impl Ctx<'_> {
 
 /// Serves one request on an HTTP listener; `start` is when it started (its head was read).
 ///
-/// The connection boxes this future per request, so it is kept small: `req` and `conn` are
-/// the async block's own (an `async fn` would hold its arguments twice), and the phases below
-/// add little of their own.
+/// An HTTP/1 connection's future holds this one (no box per request), so it is kept small:
+/// `req` and `conn` are the async block's own (an `async fn` would hold its arguments twice),
+/// and the phases below add little of their own.
 // Not an `async fn`: that would hold `req` twice.
 #[allow(clippy::manual_async_fn)]
 pub fn handle(
@@ -233,7 +238,14 @@ pub fn handle(
             }
             Some(route) => {
                 cx.record(|i| i.route_name = Some(route.name.clone()));
-                route::serve(req, route, &mut cx).await
+                match route::serve(&req, route, &mut cx) {
+                    route::Step::Forward(fwd) => forward::forward(req, fwd, route, &mut cx).await,
+                    // Boxed: rare, and its future would otherwise enlarge every request's.
+                    route::Step::Faulted(fault, d) => {
+                        Box::pin(route::faulted(req, route, &mut cx, fault, d)).await
+                    }
+                    route::Step::Done(r) => r,
+                }
             }
         };
         let mut resp = match served {
@@ -261,7 +273,7 @@ pub fn handle(
         }
         match resp.body_mut() {
             // The upstream body records the time and ends the response in the record.
-            Either::Left(up) => up.fin.rec = cx.rec.take(),
+            Either::Left(up) => up.as_mut().project().fin.rec = cx.rec.take(),
             Either::Right(local) => {
                 let took = start.elapsed();
                 stats.downstream_rq_time.record(took);

@@ -5,10 +5,6 @@
 //! A fault delay happens here, before the route timeout starts: that timeout starts when the
 //! request is complete and goes upstream, as with Envoy's fault filter placed before the router.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -21,44 +17,44 @@ use crate::stats::ListenerStats;
 use crate::stream_info::Flags;
 use crate::upstream::body::ReqBody;
 
-/// Serves `req` on `route`: the route's filters, then its action.
+/// What [`serve`] decided for a request.
+// Returned and matched at once, never held across a wait: boxing the reply would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Step<'a> {
+    /// Forward it: the caller awaits [`forward::forward`] itself, so the forward phase's future
+    /// is made once where it is polled (not moved through this phase's future).
+    Forward(&'a crate::router::Forward),
+    /// A fault applies: [`faulted`], boxed (rare).
+    Faulted(&'a Fault, Decision),
+    /// A reply made here (rate limit, direct response, redirect).
+    Done(Result<Response<RespBody>, LocalReply>),
+}
+
+/// The route's filters and its action for `req` on `route`.
 ///
-/// Nothing here waits but a fault's delay: without one, the future is the forward phase's
-/// itself (or the reply, ready), so this phase adds nothing to every request's future; a
-/// request a fault applies to goes the boxed way.
-pub(super) fn serve<'a, 'c>(
-    req: Request<ReqBody>,
-    route: &'a Route,
-    cx: &'a mut Ctx<'c>,
-) -> impl Future<Output = Result<Response<RespBody>, LocalReply>> + use<'a, 'c> {
+/// Nothing here waits but a fault's delay: without one, the request goes to the forward phase
+/// or gets its reply at once, so this phase adds nothing to every request's future; a request
+/// a fault applies to goes the boxed way ([`faulted`]).
+pub(super) fn serve<'a>(req: &Request<ReqBody>, route: &'a Route, cx: &mut Ctx<'_>) -> Step<'a> {
     if let Some(fault) = &route.fault {
         let d = fault.decide(req.headers());
         if d.delay.is_some() || d.abort.is_some() {
-            return Served::Boxed {
-                fut: Box::pin(faulted(req, route, cx, fault, d)),
-            };
+            return Step::Faulted(fault, d);
         }
     }
-    if let Some(limited) = rate_limited(&req, route, cx) {
-        return Served::Done {
-            r: Some(Err(limited)),
-        };
+    if let Some(limited) = rate_limited(req, route, cx) {
+        return Step::Done(Err(limited));
     }
     match &route.action {
-        Action::Forward(fwd) => Served::Forward {
-            fut: forward::forward(req, fwd, route, cx),
-        },
-        Action::Direct { status, body } => Served::Done {
-            r: Some(Ok(direct(*status, body, cx))),
-        },
-        Action::Redirect(rd) => Served::Done {
-            r: Some(Ok(redirect(rd, &req, route, cx))),
-        },
+        Action::Forward(fwd) => Step::Forward(fwd),
+        Action::Direct { status, body } => Step::Done(Ok(direct(*status, body, cx))),
+        Action::Redirect(rd) => Step::Done(Ok(redirect(rd, req, route, cx))),
     }
 }
 
 /// [`serve`] for a request a fault applies to: its delay, its abort, then the rest.
-async fn faulted(
+pub(super) async fn faulted(
     req: Request<ReqBody>,
     route: &Route,
     cx: &mut Ctx<'_>,
@@ -146,34 +142,6 @@ fn redirect(
         r.headers_mut().insert(LOCATION, v);
     }
     r
-}
-
-type BoxedServe<'a> =
-    Pin<Box<dyn Future<Output = Result<Response<RespBody>, LocalReply>> + Send + 'a>>;
-
-pin_project_lite::pin_project! {
-    /// The future of [`serve`]: the forward phase's, a fault's (boxed), or a reply made here.
-    #[project = ServedProj]
-    enum Served<'a, F> {
-        Forward { #[pin] fut: F },
-        Boxed { fut: BoxedServe<'a> },
-        Done { r: Option<Result<Response<RespBody>, LocalReply>> },
-    }
-}
-
-impl<F> Future for Served<'_, F>
-where
-    F: Future<Output = Result<Response<RespBody>, LocalReply>>,
-{
-    type Output = Result<Response<RespBody>, LocalReply>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ServedProj::Forward { fut } => fut.poll(cx),
-            ServedProj::Boxed { fut } => fut.as_mut().poll(cx),
-            ServedProj::Done { r } => Poll::Ready(r.take().expect("polled after it completed")),
-        }
-    }
 }
 
 struct ActiveFaultGauge<'a>(&'a ListenerStats);
