@@ -217,12 +217,7 @@ fn response_head(buf: &[u8], mode: Mode, out: &mut BytesMut) -> Option<(usize, u
     };
     let body = content_length(resp.headers);
     if mode == Mode::Block {
-        let status = http::StatusCode::from_u16(resp.code?).ok()?;
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
+        put_status_line(out, resp.code?)?;
         for h in resp.headers.iter() {
             if known(h.name) != Known::HopByHop {
                 put_field(out, h.name.as_bytes(), h.value);
@@ -232,12 +227,7 @@ fn response_head(buf: &[u8], mode: Mode, out: &mut BytesMut) -> Option<(usize, u
     } else if mode == Mode::HeaderMap {
         let mut map = HeaderMap::with_capacity(resp.headers.len());
         fill(&mut map, resp.headers);
-        let status = http::StatusCode::from_u16(resp.code?).ok()?;
-        out.put_slice(b"HTTP/1.1 ");
-        out.put_slice(status.as_str().as_bytes());
-        out.put_u8(b' ');
-        out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.put_slice(b"\r\n");
+        put_status_line(out, resp.code?)?;
         put_fields(out, &map);
     }
     Some((n, body))
@@ -262,6 +252,16 @@ fn known(name: &str) -> Known {
         17 if is("transfer-encoding") => Known::HopByHop,
         _ => Known::Other,
     }
+}
+
+fn put_status_line(out: &mut BytesMut, code: u16) -> Option<()> {
+    let status = http::StatusCode::from_u16(code).ok()?;
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    Some(())
 }
 
 fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
