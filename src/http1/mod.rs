@@ -47,3 +47,17 @@ impl fmt::Display for FramingError {
 }
 
 impl std::error::Error for FramingError {}
+
+/// A `Content-Length` value, on either side: `1*DIGIT` that fits a u64 (no sign, no list, no
+/// spaces inside; a longer or larger number is refused, not wrapped).
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}

@@ -25,6 +25,8 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
+use super::parse_length;
+
 /// The limits a request head is parsed with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -387,21 +389,6 @@ pub(super) fn is(b: &[u8], name: &[u8]) -> bool {
                 && w8(b, n - 8) | C8 == w8(name, n - 8)
         }
     }
-}
-
-/// A `Content-Length` value: 1*DIGIT that fits a u64 (no sign, no list, no spaces inside).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in v {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(n)
 }
 
 /// The `Transfer-Encoding` fields read so far.

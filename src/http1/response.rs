@@ -18,6 +18,7 @@ use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, StatusCode, Version};
 
 use super::decode::Decoder;
+use super::parse_length;
 use super::request::{field_name, is, Known};
 
 /// The largest response head accepted (the upstream buffer limit, like Envoy's
@@ -330,17 +331,6 @@ impl Framing {
     }
 }
 
-/// `1*DIGIT` that fits a u64.
-pub(super) fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 {
-        return None;
-    }
-    // 19 digits fit a u64.
-    v.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +435,18 @@ mod tests {
         assert_eq!(
             h.parts.headers["content-length"], "9",
             "a HEAD answer keeps its length"
+        );
+    }
+
+    #[test]
+    fn the_largest_length_is_read_as_the_request_parser_reads_it() {
+        // One `Content-Length` rule for both sides: up to u64::MAX, one more is refused.
+        let h = ok("HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n");
+        assert_eq!(h.body, Decoder::length(u64::MAX));
+        let over = "HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n";
+        assert_eq!(
+            head(over.as_bytes()).unwrap_err(),
+            HeadError::BadContentLength
         );
     }
 

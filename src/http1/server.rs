@@ -654,7 +654,7 @@ where
                 continue;
             } else if *name == CONTENT_LENGTH {
                 // Digits alone (nearly every length) read without the `str` parse.
-                let n = super::response::parse_length(value.as_bytes()).or_else(|| {
+                let n = super::parse_length(value.as_bytes()).or_else(|| {
                     std::str::from_utf8(value.as_bytes())
                         .ok()
                         .and_then(|v| v.trim().parse::<u64>().ok())
