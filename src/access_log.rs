@@ -393,8 +393,8 @@ impl Observer for AccessLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{Fields, Request};
     use crate::stream_info::{Flags, Observers};
-    use http::HeaderMap;
     use std::time::Instant;
 
     /// A record captured for `fmt`, with the format compiled against the same header lists.
@@ -410,6 +410,7 @@ mod tests {
             .header("content-length", "12")
             .body(())
             .unwrap();
+        let req = Request::from(req);
         let obs = Observers {
             list: Vec::new(),
             req_headers: rq,
@@ -420,8 +421,11 @@ mod tests {
             "10.0.0.9:5555".parse().unwrap(),
         );
         let mut i = StreamInfo::begin(&obs, &req, "example.com", peers, Instant::now());
-        let mut rh = HeaderMap::new();
-        rh.insert("x-backend", "b1".parse().unwrap());
+        let mut rh = Fields::new();
+        rh.insert(
+            http::HeaderName::from_static("x-backend"),
+            "b1".parse().unwrap(),
+        );
         i.response(&obs, 503, &rh);
         i.flags.set(Flags::UF);
         i.flags.set(Flags::URX);

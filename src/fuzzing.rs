@@ -4,11 +4,16 @@
 
 use std::collections::HashMap;
 
-pub use crate::trace::{parse_b3_multi, parse_b3_single, parse_traceparent, parse_xray};
+pub use crate::trace::{parse_b3_single, parse_traceparent, parse_xray};
+
+/// B3 multi-header context from `headers` (the fuzz target builds an `http` map).
+pub fn parse_b3_multi(headers: &http::HeaderMap) -> Option<crate::trace::SpanContext> {
+    crate::trace::parse_b3_multi(&crate::message::Fields::from(headers))
+}
 
 /// Every trace format read from `headers` at once (what a request's arrival does).
 pub fn extract_trace(headers: &http::HeaderMap) {
-    let _ = crate::trace::extract(headers);
+    let _ = crate::trace::extract(&crate::message::Fields::from(headers));
 }
 
 /// One request to route: host, path with query, headers.
@@ -35,7 +40,7 @@ pub fn route(
             chosen.push(None);
             continue;
         };
-        let mut headers = http::HeaderMap::new();
+        let mut headers = crate::message::Fields::new();
         for (n, v) in &r.headers {
             if let (Ok(n), Ok(v)) = (
                 http::HeaderName::from_bytes(n),

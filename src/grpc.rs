@@ -9,8 +9,11 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
+
 use percent_encoding::{AsciiSet, CONTROLS};
+
+use crate::message::Lookup;
 
 /// `grpc-status`.
 pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
@@ -73,8 +76,8 @@ const SNAKE: [&str; 17] = [
 /// Whether a request (or response) with these headers is gRPC: `content-type` is
 /// `application/grpc`, or starts with it followed by `+` (`application/grpc+proto`) or `;`
 /// (Envoy's `Grpc::Common::hasGrpcContentType`; gRPC-Web's `application/grpc-web` is not).
-pub fn is_grpc(h: &HeaderMap) -> bool {
-    let Some(ct) = h.get(http::header::CONTENT_TYPE) else {
+pub fn is_grpc<H: Lookup + ?Sized>(h: &H) -> bool {
+    let Some(ct) = h.first(&http::header::CONTENT_TYPE) else {
         return false;
     };
     let ct = ct.as_bytes();
@@ -97,8 +100,8 @@ pub fn parse_status(v: &[u8]) -> Option<u8> {
 }
 
 /// The `grpc-status` of a header (or trailer) block, if it has a valid one.
-pub fn status_of(h: &HeaderMap) -> Option<u8> {
-    parse_status(h.get(GRPC_STATUS)?.as_bytes())
+pub fn status_of<H: Lookup + ?Sized>(h: &H) -> Option<u8> {
+    parse_status(h.first(&GRPC_STATUS)?.as_bytes())
 }
 
 /// The gRPC status a proxy's own HTTP reply stands for: Envoy's `Grpc::Utility::httpToGrpcStatus`
@@ -160,8 +163,8 @@ pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
 }
 
 /// The `grpc-timeout` of a request, if it has a valid one.
-pub fn timeout_of(h: &HeaderMap) -> Option<Duration> {
-    parse_timeout(h.get(GRPC_TIMEOUT)?.as_bytes())
+pub fn timeout_of<H: Lookup + ?Sized>(h: &H) -> Option<Duration> {
+    parse_timeout(h.first(&GRPC_TIMEOUT)?.as_bytes())
 }
 
 /// Writes `d` as a `grpc-timeout` value: whole milliseconds, rounded up so that time left is
@@ -206,6 +209,7 @@ pub fn method(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn headers(ct: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

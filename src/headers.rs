@@ -3,8 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{Entry, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderName, HeaderValue};
+
+use crate::message::{Fields, Request};
 
 /// `x-request-id`.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,15 +45,14 @@ fn hop_bit(name: &str) -> u8 {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// `te: trailers` is kept: gRPC needs it end to end.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names (no hashing, and not `iter`, which walks every value too) finds
-    // which are present, so only those are removed: most responses carry just
-    // `connection: keep-alive`, most requests nothing. Every `Connection` line counts, for the
+pub fn strip_hop_by_hop(h: &mut Fields) {
+    // One pass over the names finds which are present, so only those are removed: most
+    // responses carry just `connection: keep-alive`, most requests nothing. Every `Connection` line counts, for the
     // names it lists; names other than the usual `keep-alive` / `close` are rare, so the list
     // allocates only for one. `Trailer` is end to end (RFC 9110 §6.6.2), and hyper sends only
     // the trailers it declares.
     let mut present = 0u8;
-    for k in h.keys() {
+    for k in h.names() {
         present |= hop_bit(k.as_str());
     }
     if present == 0 {
@@ -59,12 +60,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
     if present & 1 != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
-        // Removed and read in one lookup.
-        let lines = match h.entry(CONNECTION) {
-            Entry::Occupied(e) => Some(e.remove_entry_mult().1),
-            Entry::Vacant(_) => None,
-        };
-        for v in lines.into_iter().flatten() {
+        for v in h.take_all(CONNECTION) {
             // Bytes, not `to_str`: one odd byte must not make every token be skipped.
             for name in v.as_bytes().split(|b| *b == b',') {
                 let name = name.trim_ascii();
@@ -118,30 +114,27 @@ pub struct Forwarding {
 /// a value sent by a trusted proxy (`trusted_hops > 0`) is kept, as in Envoy, where only such a
 /// hop could know the client's scheme; otherwise it is the scheme the peer used (`https` on a
 /// TLS listener).
-pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue, f: Forwarding) {
+pub fn append_forwarded(h: &mut Fields, peer_ip: &HeaderValue, f: Forwarding) {
     if !f.skip_append {
-        // The entry API hashes the (custom, so byte by byte) name once for the lookup and the insert.
-        match h.entry(X_FORWARDED_FOR) {
-            Entry::Occupied(mut e) => {
-                // Several lines are one list (RFC 9110 §5.3): joined, then the client appended.
-                let mut v = Vec::with_capacity(e.get().len() + 2 + peer_ip.len());
-                for prev in e.iter() {
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                }
-                v.extend_from_slice(peer_ip.as_bytes());
-                e.insert(HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone()));
+        if h.contains_key(X_FORWARDED_FOR) {
+            // Several lines are one list (RFC 9110 §5.3): joined, then the client appended.
+            let mut v = Vec::new();
+            for prev in h.get_all(X_FORWARDED_FOR).iter() {
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
             }
-            Entry::Vacant(e) => {
-                e.insert(peer_ip.clone());
-            }
+            v.extend_from_slice(peer_ip.as_bytes());
+            let joined = HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer_ip.clone());
+            h.insert(X_FORWARDED_FOR, joined);
+        } else {
+            h.push(X_FORWARDED_FOR, peer_ip.clone());
         }
     }
     let http = HeaderValue::from_static(if f.https { "https" } else { "http" });
     if f.trusted_hops == 0 {
         h.insert(X_FORWARDED_PROTO, http);
-    } else if let Entry::Vacant(e) = h.entry(X_FORWARDED_PROTO) {
-        e.insert(http);
+    } else if !h.contains_key(X_FORWARDED_PROTO) {
+        h.push(X_FORWARDED_PROTO, http);
     }
 }
 
@@ -149,7 +142,7 @@ pub fn append_forwarded(h: &mut HeaderMap, peer_ip: &HeaderValue, f: Forwarding)
 /// N > 0, the Nth address from the right of `x-forwarded-for` as received (all lines, in order,
 /// are one list); the peer when N is 0, when the list is shorter, or when that entry is not an
 /// IP address. An address from the header has port 0, as in Envoy.
-pub fn trusted_client(h: &HeaderMap, trusted_hops: u32, peer: SocketAddr) -> SocketAddr {
+pub fn trusted_client(h: &Fields, trusted_hops: u32, peer: SocketAddr) -> SocketAddr {
     if trusted_hops == 0 {
         return peer;
     }
@@ -170,16 +163,15 @@ pub fn trusted_client(h: &HeaderMap, trusted_hops: u32, peer: SocketAddr) -> Soc
 
 /// Keeps a client's non-empty `x-request-id` when `preserve` is set, else puts a new UUID v4 in
 /// its place; returns the value in use.
-pub fn ensure_request_id(h: &mut HeaderMap, preserve: bool) -> HeaderValue {
-    match h.entry(X_REQUEST_ID) {
-        Entry::Occupied(e) if preserve && !e.get().is_empty() => e.get().clone(),
-        Entry::Occupied(mut e) => {
-            let v = new_request_id();
-            e.insert(v.clone());
-            v
+pub fn ensure_request_id(h: &mut Fields, preserve: bool) -> HeaderValue {
+    if preserve {
+        if let Some(v) = h.get(X_REQUEST_ID).filter(|v| !v.is_empty()) {
+            return v.clone();
         }
-        Entry::Vacant(e) => e.insert(new_request_id()).clone(),
     }
+    let v = new_request_id();
+    h.insert(X_REQUEST_ID, v.clone());
+    v
 }
 
 fn new_request_id() -> HeaderValue {
@@ -253,28 +245,28 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_go_including_connection_named_ones() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(CONNECTION, "keep-alive, x-secret".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         h.insert(TE, "trailers".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<_> = h.names().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["te", "x-keep"]);
     }
 
     #[test]
     fn connection_tokens_any_case_and_non_trailers_te_go() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(CONNECTION, "Close , X-Secret,,bad name".parse().unwrap());
         h.insert("x-secret", "1".parse().unwrap());
         h.insert(TE, "gzip".parse().unwrap());
         h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let names: Vec<_> = h.names().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-keep"]);
     }
 
@@ -288,7 +280,7 @@ mod tests {
 
     #[test]
     fn every_connection_line_and_te_line_counts() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.append(CONNECTION, "keep-alive".parse().unwrap());
         h.append(CONNECTION, "x-a".parse().unwrap());
         h.insert("x-a", "1".parse().unwrap());
@@ -296,7 +288,7 @@ mod tests {
         h.append(TE, "Trailers, deflate".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<_> = h.names().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, vec!["te", "x-keep"]);
         let te: Vec<_> = h.get_all(TE).iter().collect();
@@ -305,17 +297,17 @@ mod tests {
 
     #[test]
     fn trailer_declaration_is_end_to_end() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(http::header::TRAILER, "grpc-status".parse().unwrap());
         h.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
         strip_hop_by_hop(&mut h);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        let names: Vec<_> = h.names().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["trailer"]);
     }
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         let ip = HeaderValue::from_static("10.0.0.1");
         let f = Forwarding::default();
         append_forwarded(&mut h, &ip, f);
@@ -331,7 +323,7 @@ mod tests {
     #[test]
     fn forwarded_proto_is_kept_only_from_a_trusted_hop_and_append_can_be_skipped() {
         let ip = HeaderValue::from_static("10.0.0.1");
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         append_forwarded(&mut h, &ip, Forwarding::default());
@@ -360,13 +352,13 @@ mod tests {
     #[test]
     fn the_client_is_the_nth_address_from_the_right() {
         let peer: SocketAddr = "192.0.2.5:4000".parse().unwrap();
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.append(
             X_FORWARDED_FOR,
             "203.0.113.128, 203.0.113.10".parse().unwrap(),
         );
         h.append(X_FORWARDED_FOR, " 203.0.113.1 ".parse().unwrap());
-        let at = |h: &HeaderMap, n| trusted_client(h, n, peer).to_string();
+        let at = |h: &Fields, n| trusted_client(h, n, peer).to_string();
         assert_eq!(at(&h, 0), "192.0.2.5:4000");
         assert_eq!(at(&h, 1), "203.0.113.1:0");
         // Envoy's example 3: two trusted hops.
@@ -399,7 +391,7 @@ mod tests {
 
     #[test]
     fn request_id_kept_or_generated() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         let id = ensure_request_id(&mut h, true);
         assert_eq!(id.len(), 36);
         assert_eq!(h[X_REQUEST_ID], id);
@@ -419,11 +411,11 @@ mod tests {
     #[test]
     fn the_authority_is_the_targets_or_the_one_valid_host() {
         let req = |target: &str, version: http::Version, hosts: &[&str]| {
-            let mut b = Request::builder().uri(target).version(version);
+            let mut b = http::Request::builder().uri(target).version(version);
             for h in hosts {
                 b = b.header(HOST, *h);
             }
-            b.body(()).unwrap()
+            Request::from(b.body(()).unwrap())
         };
         use http::Version as V;
         let ok = |r: Request<()>| authority(&r).map(str::to_string);

@@ -15,6 +15,7 @@ pub(crate) mod headers;
 pub(crate) mod http1;
 pub(crate) mod listener;
 pub mod logging;
+pub(crate) mod message;
 pub(crate) mod otlp;
 pub(crate) mod overload;
 pub(crate) mod proxy;

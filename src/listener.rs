@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
-use http::{HeaderValue, Request};
+use http::HeaderValue;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -566,7 +566,7 @@ async fn serve_h1(
     // Not boxed: the request's future (about 3 KB) lives in the connection's, which holds that
     // much for its whole life, idle or not, as it holds its buffers; a box per request cost an
     // allocation too large for malloc's thread cache, and a copy of the whole future into it.
-    let svc = move |req: Request<RequestBody>, start| {
+    let svc = move |req: crate::message::Request<RequestBody>, start| {
         proxy::handle(req.map(ReqBody::H1), c.clone(), start)
     };
     // The token is watched here, with the kill and the alarm; the engine sees an atomic flag.
@@ -634,16 +634,18 @@ async fn serve_h2(
     let c = conn.clone();
     let max_headers = limits.max_headers_count as usize;
     let st = stats.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
+    // hyper's `http` types are converted at this edge, both ways.
+    let svc = service_fn(move |req: http::Request<Incoming>| {
         if req.headers().len() > max_headers {
             st.downstream_rq_header_overflow.inc();
             return Either::Left(std::future::ready(Ok::<_, std::convert::Infallible>(
-                proxy::LocalReply::TooManyHeaders.response(),
+                http::Response::from(proxy::LocalReply::TooManyHeaders.response()),
             )));
         }
+        let req = crate::message::Request::from(req).map(ReqBody::H2);
         Either::Right(futures_util::FutureExt::map(
-            proxy::handle(req.map(ReqBody::H2), c.clone(), std::time::Instant::now()),
-            Ok,
+            proxy::handle(req, c.clone(), std::time::Instant::now()),
+            |r| Ok(http::Response::from(r)),
         ))
     });
     let signal = Arc::new(Signal::default());

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
+use http::{HeaderName, HeaderValue, Method, Version};
+
+use crate::message::{Fields, Request};
 
 /// Response flags (Envoy's short codes), collected while a request is served.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -226,7 +228,7 @@ impl StreamInfo {
     }
 
     /// Records the response head.
-    pub fn response(&mut self, obs: &Observers, status: u16, h: &HeaderMap) {
+    pub fn response(&mut self, obs: &Observers, status: u16, h: &Fields) {
         self.status = status;
         self.resp_headers = obs.resp_headers.iter().map(|n| h.get(n).cloned()).collect();
         if self.grpc {
@@ -376,14 +378,14 @@ mod tests {
             req_headers: vec![HeaderName::from_static("x-a")],
             resp_headers: Vec::new(),
         });
-        let mut b = Request::builder()
+        let mut b = http::Request::builder()
             .method("POST")
             .uri("/p?q=1")
             .header("x-a", "1");
         if let Some(n) = content_length {
             b = b.header("content-length", n);
         }
-        let req = b.body(()).unwrap();
+        let req = Request::from(b.body(()).unwrap());
         let info = StreamInfo::begin(
             &observers,
             &req,

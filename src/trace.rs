@@ -5,7 +5,9 @@
 //! the upstream request carries that span in every configured format plus the format it came in
 //! (so a request with `X-Amzn-Trace-Id` reaches a W3C-only service with the same trace, and back).
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
+
+use crate::message::Fields;
 
 /// `traceparent`.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -162,7 +164,7 @@ fn b3_sampled(s: &str) -> Option<Option<bool>> {
 }
 
 /// Parses B3 multi-header context (`x-b3-traceid` and `x-b3-spanid` required).
-pub fn parse_b3_multi(h: &HeaderMap) -> Option<SpanContext> {
+pub(crate) fn parse_b3_multi(h: &Fields) -> Option<SpanContext> {
     let trace = h.get(B3_TRACEID)?.to_str().ok()?.trim();
     let span = h.get(B3_SPANID)?.to_str().ok()?.trim();
     if trace.len() != 16 && trace.len() != 32 {
@@ -287,7 +289,7 @@ pub fn format_xray(c: &SpanContext) -> String {
 
 /// Finds the incoming context (W3C first, then B3 multi, B3 single, X-Ray) and every format the
 /// request carried a valid context in.
-pub fn extract(h: &HeaderMap) -> (Option<SpanContext>, Formats) {
+pub fn extract(h: &Fields) -> (Option<SpanContext>, Formats) {
     let mut found = None;
     let mut present = Formats::NONE;
     let mut take = |c: Option<SpanContext>, f: Formats| {
@@ -336,7 +338,7 @@ fn hv(s: String) -> Option<HeaderValue> {
 /// Makes the upstream request a child span of the incoming one (or the root of a new trace) and
 /// writes it in the configured formats plus those it arrived in. Returns the new span and the
 /// incoming span id (the new span's parent; `None` for a new trace), which span export needs.
-pub fn propagate(h: &mut HeaderMap, policy: &Policy) -> (SpanContext, Option<u64>) {
+pub fn propagate(h: &mut Fields, policy: &Policy) -> (SpanContext, Option<u64>) {
     let (incoming, present) = extract(h);
     let span = match incoming {
         Some(c) => SpanContext {
@@ -442,7 +444,7 @@ mod tests {
 
     #[test]
     fn b3_multi_parsing() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(B3_TRACEID, "463ac35c9f6413ad".parse().unwrap());
         h.insert(B3_SPANID, "a2fb4a1d1a96d312".parse().unwrap());
         h.insert(B3_SAMPLED, "1".parse().unwrap());
@@ -540,7 +542,7 @@ mod tests {
 
     #[test]
     fn extract_prefers_w3c_and_reports_every_format() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(
             XRAY,
             "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
@@ -560,7 +562,7 @@ mod tests {
 
     #[test]
     fn propagate_translates_xray_to_all_formats_as_a_child_span() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(
             XRAY,
             "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
@@ -588,7 +590,7 @@ mod tests {
 
     #[test]
     fn propagate_starts_a_trace_with_an_xray_compatible_id() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         let p = Policy {
             formats: Formats::W3C | Formats::XRAY,
             sampling: 0.0,
@@ -604,7 +606,7 @@ mod tests {
         assert_eq!(parse_xray(h[XRAY].to_str().unwrap()).unwrap(), s);
         assert!(!h.contains_key(B3));
         // A tracestate without a valid traceparent is dropped; with one it passes through.
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(TRACEPARENT, "garbage".parse().unwrap());
         h.insert(TRACESTATE, "a=1".parse().unwrap());
         propagate(&mut h, &Policy::default());
@@ -613,7 +615,7 @@ mod tests {
         propagate(&mut h, &Policy::default());
         assert_eq!(h[TRACESTATE], "a=1");
         // A 64-bit B3 trace id stays 64-bit in B3 and is zero-extended in W3C.
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(B3, "463ac35c9f6413ad-a2fb4a1d1a96d312-1".parse().unwrap());
         let s = propagate(&mut h, &Policy::default()).0;
         assert!(h[B3].to_str().unwrap().starts_with("463ac35c9f6413ad-"));

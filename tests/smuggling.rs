@@ -151,6 +151,45 @@ async fn strict_framing_the_new_engine_brings() {
     run_all(corpus::strict_cases()).await;
 }
 
+/// Fields go on in the order they came, both ways: a repeated name is not regrouped with its
+/// first line (a hash map would move `x-a: 3` up beside `x-a: 1`), so readers for whom the
+/// order of lines matters (`set-cookie`, a list split over lines) see what the peer sent.
+#[tokio::test]
+async fn fields_keep_their_order_both_ways() {
+    let be = RawBackend::start(|r| {
+        if r.target != "/order" {
+            return Reply::Ok;
+        }
+        Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nx-r: 1\r\nSet-Cookie: b=2\r\n\
+              content-length: 2\r\n\r\nok"
+                .to_vec(),
+        )
+    })
+    .await;
+    let t = start(&be).await;
+    let got = exchange(
+        t.port,
+        b"GET /order HTTP/1.1\r\nhost: x\r\nX-A: 1\r\nx-b: 2\r\nx-a: 3\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (resps, _) = parse_responses(&got, 0);
+    let names = |h: &[(String, Vec<u8>)]| -> Vec<String> {
+        h.iter()
+            .filter(|(n, _)| ["x-a", "x-b", "set-cookie", "x-r"].contains(&n.as_str()))
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v)))
+            .collect()
+    };
+    assert_eq!(
+        names(&resps[0].headers),
+        ["set-cookie: a=1", "x-r: 1", "set-cookie: b=2"]
+    );
+    let up = be.requests();
+    let order = up.iter().find(|r| r.target == "/order").expect("forwarded");
+    assert_eq!(names(&order.headers), ["x-a: 1", "x-b: 2", "x-a: 3"]);
+}
+
 // ---- Upgrades the upstream refuses ----
 
 /// WebSocket smuggling: a client asks for an upgrade the route allows and sends a request

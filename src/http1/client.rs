@@ -17,7 +17,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Method, Request, Response};
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -25,6 +25,7 @@ use super::decode::Decoder;
 use super::encode::Encoder;
 use super::response::{self, HeadError};
 use super::FramingError;
+use crate::message::{Fields, Request, RequestParts, Response};
 
 /// How much room a read asks for: one read takes what a typical response sends at once.
 const READ_SIZE: usize = 16 * 1024;
@@ -249,7 +250,7 @@ where
 /// How the request body is framed, as hyper's client decides: the framing headers the request
 /// has, else none for a body that is empty, else its exact length, else chunked. The second
 /// value is a `content-length` to add to the head.
-fn request_framing<B: Body>(h: &http::HeaderMap, body: &B) -> (Encoder, Option<u64>) {
+fn request_framing<B: Body>(h: &Fields, body: &B) -> (Encoder, Option<u64>) {
     if h.contains_key(TRANSFER_ENCODING) {
         return (Encoder::chunked(), None);
     }
@@ -271,12 +272,7 @@ fn request_framing<B: Body>(h: &http::HeaderMap, body: &B) -> (Encoder, Option<u
 
 /// Serializes the request head into `out`: request line (origin-form, or the authority of a
 /// CONNECT), the fields as they are, and the `content-length` framing adds.
-fn write_head(
-    parts: &http::request::Parts,
-    length: Option<u64>,
-    chunked: bool,
-    out: &mut BytesMut,
-) {
+fn write_head(parts: &RequestParts, length: Option<u64>, chunked: bool, out: &mut BytesMut) {
     out.put_slice(parts.method.as_str().as_bytes());
     out.put_u8(b' ');
     if parts.method == Method::CONNECT {
@@ -592,10 +588,11 @@ mod tests {
     }
 
     fn post(body: &'static str) -> Request<Full<Bytes>> {
-        Request::post("/p")
+        http::Request::post("/p")
             .header("host", "x")
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap()
+            .into()
     }
 
     #[tokio::test]
@@ -629,8 +626,10 @@ mod tests {
         assert!(body.is_end_stream());
         let mut conn = body.take_reusable().expect("a clean connection");
         assert!(conn.is_idle_ok());
-        let get = Request::get("/p").body(Full::new(Bytes::new())).unwrap();
-        let resp = send(conn, get).await.unwrap();
+        let get = http::Request::get("/p")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send(conn, get.into()).await.unwrap();
         assert_eq!(resp.status(), 204);
         assert!(resp.body().is_end_stream());
         let _s = server.await.unwrap();
@@ -646,8 +645,10 @@ mod tests {
                 .unwrap();
             let _ = s.read(&mut [0u8; 16]).await;
         });
-        let get = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-        let mut body = send(conn, get).await.unwrap().into_body();
+        let get = http::Request::get("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = send(conn, get.into()).await.unwrap().into_body();
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "ok"
@@ -662,8 +663,10 @@ mod tests {
                 .unwrap();
             // Closes once the answer is out.
         });
-        let get = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-        let mut body = send(conn, get).await.unwrap().into_body();
+        let get = http::Request::get("/")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let mut body = send(conn, get.into()).await.unwrap().into_body();
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
             "ok"
@@ -704,7 +707,7 @@ mod tests {
                 .unwrap();
             read_until(&mut s, b"4\r\nlast\r\n0\r\n\r\n").await;
         });
-        let req = Request::post("/up").body(Fed(rx)).unwrap();
+        let req = http::Request::post("/up").body(Fed(rx)).unwrap().into();
         let resp = send(conn, req).await.unwrap();
         assert_eq!(resp.status(), 413);
         let mut body = resp.into_body();

@@ -23,7 +23,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+
+use crate::message::{Fields, RequestParts};
 
 use super::parse_length;
 
@@ -64,7 +66,7 @@ pub(crate) enum BodyLength {
 #[derive(Debug)]
 pub(crate) struct Head {
     /// Method, target, version and fields (extensions empty).
-    pub parts: http::request::Parts,
+    pub parts: RequestParts,
     /// The body's framing.
     pub body: BodyLength,
     /// The connection may serve another request after this one.
@@ -194,11 +196,9 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
     let head: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| Reject::BadRequest("target"))?;
-    // Room for the fields the proxy adds (request id, forwarding headers): a map grown on the
-    // request path is a rehash and a reallocation (about 900 instructions). A small head gets a
-    // map of 6 (8 slots): its buckets (624 bytes) come from glibc's per-thread cache, while the
-    // next size up (12 buckets, 1.2 KB) goes through the main allocator (about 500 more).
-    let mut headers = HeaderMap::with_capacity(if n + 3 <= 6 { 6 } else { n + 8 });
+    // Room for the fields the proxy adds (request id, forwarding headers, a trace context): a
+    // list grown on the request path is a reallocation and a copy.
+    let mut headers = Fields::with_capacity(n + 4);
     let mut length: Option<u64> = None;
     let mut te: Option<Codings> = None;
     let mut close = false;
@@ -246,7 +246,7 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
             }
             Known::Upgrade => upgrade = Some(raw.trim_ascii().eq_ignore_ascii_case(b"h2c")),
         }
-        headers.append(name, value);
+        headers.push(name, value);
     }
     let body = match (te, length) {
         (Some(_), Some(_)) => {
@@ -267,15 +267,14 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         Version::HTTP_10 => keep_alive_token && !close,
         _ => !close,
     };
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    // The map in place is `HeaderMap::new()`'s, which holds no memory ("will not allocate"):
-    // forgetting it skips its drop glue (about 60 instructions).
-    std::mem::forget(std::mem::replace(&mut parts.headers, headers));
     Ok(Some(Head {
-        parts,
+        parts: RequestParts {
+            method,
+            uri,
+            version,
+            headers,
+            extensions: http::Extensions::new(),
+        },
         body,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,
@@ -819,7 +818,7 @@ mod tests {
                 _ => Known::Other,
             };
             assert_eq!(known, expected, "{want}");
-            let mut map = HeaderMap::new();
+            let mut map = http::HeaderMap::new();
             map.insert(want.clone(), HeaderValue::from_static("1"));
             assert!(map.contains_key(&name), "{want} hashes alike");
         }

@@ -1,4 +1,4 @@
-//! An upstream's HTTP/1.x response head, parsed with `httparse` straight into a `HeaderMap`
+//! An upstream's HTTP/1.x response head, parsed with `httparse` straight into [`Fields`]
 //! (values share the connection's read buffer), and the response framing rules of RFC 9112 §6.3
 //! with Envoy's strictness: a HEAD request's answer and 1xx, 204 and 304 have no body; a
 //! `Transfer-Encoding` must be exactly `chunked` (Envoy: anything else is refused); with a
@@ -15,7 +15,9 @@ use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderValue, StatusCode, Version};
+use http::{HeaderValue, StatusCode, Version};
+
+use crate::message::{Fields, ResponseParts};
 
 use super::decode::Decoder;
 use super::parse_length;
@@ -61,7 +63,7 @@ impl std::error::Error for HeadError {}
 pub(crate) struct Head {
     /// Status, version and headers (the framing headers as the upstream sent them, `2, 2`
     /// normalised to `2`; a `Connection` of only `keep-alive` / `close` left out but on a 101).
-    pub(crate) parts: http::response::Parts,
+    pub(crate) parts: ResponseParts,
     /// How the body is delimited.
     pub(crate) body: Decoder,
     /// Whether the connection may carry another request after this response (HTTP/1.1 without
@@ -150,8 +152,8 @@ fn parse_with<const N: usize>(
         return Err(HeadError::Malformed("bare LF"));
     }
     let head: Bytes = buf.split_to(len).freeze();
-    // Room for the one field the proxy adds (`x-request-id`) without growing the map.
-    let mut headers = HeaderMap::with_capacity(count + 1);
+    // Room for the one field the proxy adds (`x-request-id`) without growing the list.
+    let mut headers = Fields::with_capacity(count + 1);
     let mut framing = Framing::default();
     for &(n, nl, v, vl) in &spans[..count] {
         let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
@@ -175,7 +177,7 @@ fn parse_with<const N: usize>(
         {
             continue;
         }
-        headers.append(name, value);
+        headers.push(name, value);
     }
     let (body, normalised) = framing.body(status, head_request)?;
     if let (true, Some(n)) = (normalised, framing.length) {
@@ -187,14 +189,13 @@ fn parse_with<const N: usize>(
             Version::HTTP_10 => framing.keep_alive,
             _ => !framing.close,
         };
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = status;
-    parts.version = version;
-    // The map in place is `HeaderMap::new()`'s, which holds no memory ("will not allocate"):
-    // forgetting it skips its drop glue (about 60 instructions).
-    std::mem::forget(std::mem::replace(&mut parts.headers, headers));
     Ok(Some(Head {
-        parts,
+        parts: ResponseParts {
+            status,
+            version,
+            headers,
+            extensions: http::Extensions::new(),
+        },
         body,
         reusable,
     }))
@@ -404,7 +405,7 @@ mod tests {
         ] {
             let mut kept = ok(s).parts.headers;
             crate::headers::strip_hop_by_hop(&mut kept);
-            let mut all = HeaderMap::new();
+            let mut all = Fields::new();
             for line in s.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
                 let (n, v) = line.split_once(": ").unwrap();
                 all.append(

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRAILER, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -35,6 +35,7 @@ use super::decode::Decoder;
 use super::encode::Encoder;
 use super::request::{self, BodyLength, Limits, Reject};
 use super::FramingError;
+use crate::message::{Fields, Request, Response};
 use crate::timer::{Deadline, LazyTimer};
 
 /// How a connection is served.
@@ -1035,7 +1036,7 @@ fn encode_status(status: StatusCode, wbuf: &mut BytesMut) {
     wbuf.extend_from_slice(b"\r\n");
 }
 
-fn encode_headers(headers: &HeaderMap, wbuf: &mut BytesMut) {
+fn encode_headers(headers: &Fields, wbuf: &mut BytesMut) {
     for (name, value) in headers {
         put_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -1065,7 +1066,7 @@ pub(super) fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// The trailer fields the response declares (`Trailer`), if any.
-fn trailer_names(headers: &HeaderMap) -> Option<Vec<http::HeaderName>> {
+fn trailer_names(headers: &Fields) -> Option<Vec<http::HeaderName>> {
     let names: Vec<http::HeaderName> = headers
         .get_all(TRAILER)
         .iter()
@@ -1160,10 +1161,11 @@ mod tests {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         if path == "/nobody" {
-            return Response::builder()
+            return http::Response::builder()
                 .status(204)
                 .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-                .unwrap();
+                .unwrap()
+                .into();
         }
         if path == "/upgrade" {
             let mut req = req;
@@ -1175,12 +1177,13 @@ mod tests {
                 up.write_all(&b).await.unwrap();
                 up.write_all(b"!").await.unwrap();
             });
-            return Response::builder()
+            return http::Response::builder()
                 .status(101)
                 .header("connection", "upgrade")
                 .header("upgrade", "echo")
                 .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-                .unwrap();
+                .unwrap()
+                .into();
         }
         if path == "/hang" {
             std::future::pending::<()>().await;
@@ -1196,7 +1199,7 @@ mod tests {
         let body = match body {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                return Response::builder()
+                return http::Response::builder()
                     .status(400)
                     .body(
                         Full::new(Bytes::from(e.to_string()))
@@ -1204,6 +1207,7 @@ mod tests {
                             .boxed(),
                     )
                     .unwrap()
+                    .into()
             }
         };
         if path == "/stream" {
@@ -1215,10 +1219,11 @@ mod tests {
                 Ok(Frame::data(body)),
                 Ok(Frame::trailers(t)),
             ];
-            return Response::builder()
+            return http::Response::builder()
                 .header("trailer", "x-sum")
                 .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
-                .unwrap();
+                .unwrap()
+                .into();
         }
         let text = format!("{method} {path} {}", String::from_utf8_lossy(&body));
         Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed())

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body;
 
@@ -30,6 +30,7 @@ use super::response::{check_framing, Finish, Framing, IdleTimer, Upstream};
 use super::{header_rules, upgrade, Ctx, RespBody};
 use crate::headers;
 use crate::http1::server::OnUpgrade;
+use crate::message::{Request, RequestParts, Response};
 use crate::router::retry::{self, BodyPlan, TryOutcome};
 use crate::router::{upgrade_allowed, Forward, Route};
 use crate::stream_info::{Flags, SpanIds};
@@ -283,7 +284,7 @@ fn prepare<'r>(
     fwd: &'r Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
-    head: &mut Option<http::request::Parts>,
+    head: &mut Option<RequestParts>,
     client_body: &mut Option<ClientBody>,
 ) -> Result<Prepared<'r>, LocalReply> {
     // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
@@ -531,7 +532,7 @@ fn admit(cluster: &Cluster) -> Result<(), LocalReply> {
 /// Turns the client's request head into the upstream's: origin-form target (rewritten),
 /// hop-by-hop headers gone, Host, `x-forwarded-*`, trace context; HTTP/1.1 upstream.
 fn upstream_head(
-    parts: &mut http::request::Parts,
+    parts: &mut RequestParts,
     fwd: &Forward,
     route: &Route,
     cx: &Ctx<'_>,
@@ -539,20 +540,24 @@ fn upstream_head(
     // The routed authority came from the request target (absolute-form, `:authority`), or the
     // request had no Host (HTTP/1.0): Host is set to it. Otherwise the one valid Host is it.
     let set_host = parts.uri.authority().is_some() || !parts.headers.contains_key(HOST);
-    let pq = match fwd
+    let rewritten = fwd
         .prefix_rewrite
         .as_deref()
-        .and_then(|rw| route.rewrite_path(&parts.uri, rw))
-    {
-        Some(p) => PathAndQuery::try_from(p).map_err(|_| LocalReply::NoRoute)?,
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    };
-    // Origin-form request target: the upstream gets `GET /path?q HTTP/1.1` plus Host.
-    parts.uri = Uri::from(pq);
+        .and_then(|rw| route.rewrite_path(&parts.uri, rw));
+    // Origin-form request target: the upstream gets `GET /path?q HTTP/1.1` plus Host. A target
+    // that is origin-form already and not rewritten (nearly all) is kept as it is.
+    let origin_form = parts.uri.scheme().is_none() && parts.uri.authority().is_none();
+    if rewritten.is_some() || !origin_form {
+        let pq = match rewritten {
+            Some(p) => PathAndQuery::try_from(p).map_err(|_| LocalReply::NoRoute)?,
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        };
+        parts.uri = Uri::from(pq);
+    }
     headers::strip_hop_by_hop(&mut parts.headers);
     match &fwd.host_rewrite {
         Some(h) => {
@@ -655,7 +660,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// The request of one try: the head itself for the last possible try (no copy on the common
 /// path), else a copy; a gRPC call's head tells the time left of the stream's limit `cap`.
 fn upstream_request(
-    head: &mut Option<http::request::Parts>,
+    head: &mut Option<RequestParts>,
     last: bool,
     body: UpBody,
     cap: Option<Instant>,
@@ -676,7 +681,7 @@ fn upstream_request(
 }
 
 /// A copy of the request head for another try.
-fn head_copy(p: &http::request::Parts) -> Request<()> {
+fn head_copy(p: &RequestParts) -> Request<()> {
     let mut r = Request::new(());
     *r.method_mut() = p.method.clone();
     *r.uri_mut() = p.uri.clone();
@@ -948,7 +953,7 @@ mod tests {
             "Response<RespBody>: {response} bytes (Upstream {}, UpResp {}, Parts {})",
             std::mem::size_of::<Upstream>(),
             std::mem::size_of::<UpResp>(),
-            std::mem::size_of::<http::response::Parts>()
+            std::mem::size_of::<crate::message::ResponseParts>()
         );
         // The connection's future holds the request's for its life (HTTP/1: no box per
         // request). It was 7 KB (debug build) when each phase was an `async fn` holding its

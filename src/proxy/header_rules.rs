@@ -6,16 +6,17 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, Response, Uri, Version};
+use http::{Method, Uri, Version};
 
 use super::{Ctx, RespBody};
+use crate::message::{Fields, RequestParts, Response};
 use crate::router::header_rules::{Facts, HeaderRules};
 use crate::router::{ClusterRules, Route};
 
 /// The request's target and version as received, kept while the head is rewritten when request
 /// rules will show them; `None` when there is no request rule.
 pub(super) fn original(
-    parts: &http::request::Parts,
+    parts: &RequestParts,
     route: &Route,
     cluster: Option<&Arc<ClusterRules>>,
 ) -> Option<(Uri, Version)> {
@@ -30,7 +31,7 @@ pub(super) fn original(
 /// Applies the request rules of the route's levels, then the weighted cluster's, to the head
 /// going upstream (after the forwarding and trace headers, so rules can change those too).
 pub(super) fn request(
-    parts: &mut http::request::Parts,
+    parts: &mut RequestParts,
     original: Option<(Uri, Version)>,
     route: &Route,
     cluster_name: &str,
@@ -75,7 +76,7 @@ pub(super) fn response(
     cx: &Ctx<'_>,
 ) {
     let get = Method::GET;
-    let empty = HeaderMap::new();
+    let empty = Fields::new();
     let c = cx.captured.as_deref();
     let facts = Facts {
         start: cx.start,

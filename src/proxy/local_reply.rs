@@ -7,10 +7,11 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderValue, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::RespBody;
+use crate::message::Response;
 use crate::stream_info::Flags;
 
 /// `x-tern-overloaded`, set on replies refused by a circuit breaker.

@@ -21,11 +21,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
 
 use crate::headers;
+use crate::message::{Request, Response};
 use crate::snapshot::{ListenerKind, ListenerRt};
 use crate::state::Shared;
 use crate::stats::ListenerStats;

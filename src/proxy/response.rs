@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::message::Fields;
 use crate::stats::{ClusterStats, ListenerStats, RouteStats};
 use crate::stream_info::{Flags, Recorder};
 use crate::upstream::body::{BodyFault, Exchange};
@@ -116,7 +117,7 @@ pub(super) enum Framing {
 /// hyper reads a CL + TE body as chunked and keeps the upstream's `Content-Length`, and reads a
 /// non-chunked coding to the connection's end; both would be forwarded with a head that does not
 /// match the body. Repeated equal lengths are accepted by hyper (different ones it refuses).
-pub(super) fn check_framing(h: &mut HeaderMap) -> Framing {
+pub(super) fn check_framing(h: &mut Fields) -> Framing {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     let te = h.get_all(TRANSFER_ENCODING).iter().next_back().map(|v| {
         v.as_bytes()
@@ -277,8 +278,8 @@ impl Body for Upstream {
 mod tests {
     use super::*;
 
-    fn head(lines: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn head(lines: &[(&str, &str)]) -> Fields {
+        let mut h = Fields::new();
         for (k, v) in lines {
             h.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),

@@ -7,10 +7,11 @@
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, LOCATION};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, StatusCode};
 
 use super::local_reply::{text, trailers_only, LocalReply};
 use super::{forward, Ctx, RespBody};
+use crate::message::{Request, Response};
 use crate::router::fault::{Abort, Decision, Fault};
 use crate::router::{Action, Redirect, Route};
 use crate::stats::ListenerStats;

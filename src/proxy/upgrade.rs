@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use http::header::{CONNECTION, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -23,6 +23,7 @@ use super::local_reply::LocalReply;
 use super::{Ctx, RespBody};
 use crate::headers;
 use crate::http1::client::{self, Conn, ResponseBody};
+use crate::message::{Fields, Request, RequestParts, Response, ResponseParts};
 use crate::state::Tunnels;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
@@ -39,7 +40,7 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The `Upgrade` value of an HTTP/1.1 request asking to switch protocols (`Connection: upgrade`
 /// and `Upgrade`), if it is one.
-pub fn requested(h: &HeaderMap) -> Option<&HeaderValue> {
+pub fn requested(h: &Fields) -> Option<&HeaderValue> {
     let proto = h.get(UPGRADE)?;
     h.get_all(CONNECTION)
         .iter()
@@ -58,7 +59,7 @@ pub fn is_h2c(proto: &HeaderValue) -> bool {
 
 /// Removes an h2c upgrade's own header; `Connection` and `Upgrade` go with the other hop-by-hop
 /// headers, so the request goes up as a plain one.
-pub fn strip_h2c(h: &mut HeaderMap) {
+pub fn strip_h2c(h: &mut Fields) {
     h.remove(HTTP2_SETTINGS);
     h.remove(UPGRADE);
 }
@@ -76,7 +77,7 @@ pub(super) struct Limits {
 pub(super) async fn forward(
     cluster: &Arc<Cluster>,
     hash: Option<u64>,
-    parts: http::request::Parts,
+    parts: RequestParts,
     proto: HeaderValue,
     on_upgrade: crate::http1::server::OnUpgrade,
     limits: Limits,
@@ -192,11 +193,11 @@ pub enum UpgradeError {
 pub async fn proxy(
     cluster: &Arc<Cluster>,
     ep: Arc<Endpoint>,
-    mut parts: http::request::Parts,
+    mut parts: RequestParts,
     upgrade: HeaderValue,
     downstream: crate::http1::server::OnUpgrade,
     tunnel: Tunnel<'_>,
-) -> Result<(http::response::Parts, Option<Refusal>), UpgradeError> {
+) -> Result<(ResponseParts, Option<Refusal>), UpgradeError> {
     let cs = &cluster.stats;
     let stream = match Connector::of(cluster).connect(&ep).await {
         Ok(s) => s,
@@ -409,7 +410,7 @@ mod tests {
 
     #[test]
     fn detects_upgrade_requests() {
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(UPGRADE, "websocket".parse().unwrap());
         assert!(requested(&h).is_none());
         h.insert(CONNECTION, "keep-alive, Upgrade".parse().unwrap());
@@ -422,7 +423,7 @@ mod tests {
     fn h2c_is_recognised_and_stripped() {
         assert!(is_h2c(&HeaderValue::from_static("H2C")));
         assert!(!is_h2c(&HeaderValue::from_static("h2c, websocket")));
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(UPGRADE, "h2c".parse().unwrap());
         h.insert(HTTP2_SETTINGS, "AAMAAABkAAQAAP__".parse().unwrap());
         h.insert(CONNECTION, "Upgrade, HTTP2-Settings".parse().unwrap());

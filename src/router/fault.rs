@@ -3,10 +3,12 @@
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use rand::Rng;
 
 use tern_config as config;
+
+use crate::message::Fields;
 
 /// Header: delay this request by N milliseconds.
 pub const DELAY_HEADER: &str = "x-tern-fault-delay-request";
@@ -57,7 +59,7 @@ impl Drop for ActiveFault<'_> {
     }
 }
 
-fn header<T: std::str::FromStr>(h: &HeaderMap, name: &str) -> Option<T> {
+fn header<T: std::str::FromStr>(h: &Fields, name: &str) -> Option<T> {
     h.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
@@ -95,7 +97,7 @@ impl Fault {
 
     /// Decides for one request. Header values apply only with `header_controlled`, and a header
     /// percentage never exceeds the configured one.
-    pub fn decide(&self, h: &HeaderMap) -> Decision {
+    pub fn decide(&self, h: &Fields) -> Decision {
         let mut d = Decision::default();
         if let Some((fixed, pct)) = self.delay {
             let (delay, p) = match (self.header_controlled, header::<u64>(h, DELAY_HEADER)) {
@@ -162,18 +164,18 @@ mod tests {
     fn configured_and_header_faults() {
         let f = fault("abort: { http_status: 503, percentage: 100 }\n");
         assert_eq!(
-            f.decide(&HeaderMap::new()).abort,
+            f.decide(&Fields::new()).abort,
             Some(Abort::Http(StatusCode::SERVICE_UNAVAILABLE))
         );
         let f = fault("abort: { grpc_status: 14 }\n");
-        assert_eq!(f.decide(&HeaderMap::new()).abort, Some(Abort::Grpc(14)));
+        assert_eq!(f.decide(&Fields::new()).abort, Some(Abort::Grpc(14)));
         let f = fault("abort: { http_status: 503, percentage: 0 }\ndelay: { fixed_delay: 1s, percentage: 0 }\n");
-        assert_eq!(f.decide(&HeaderMap::new()), Decision::default());
+        assert_eq!(f.decide(&Fields::new()), Decision::default());
 
         let f = fault(
             "header_controlled: true\nabort: { percentage: 100 }\ndelay: { percentage: 100 }\n",
         );
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         assert_eq!(f.decide(&h), Decision::default());
         h.insert(ABORT_HEADER, "418".parse().unwrap());
         h.insert(DELAY_HEADER, "20".parse().unwrap());
@@ -198,7 +200,7 @@ mod tests {
     #[test]
     fn header_percentage_is_capped_by_config() {
         let f = fault("header_controlled: true\nabort: { percentage: 0 }\n");
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert(ABORT_HEADER, "500".parse().unwrap());
         h.insert(ABORT_PCT_HEADER, "100".parse().unwrap());
         assert_eq!(f.decide(&h).abort, None);

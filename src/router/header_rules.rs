@@ -17,10 +17,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
+use http::{HeaderName, HeaderValue, Method, Version};
+
 use tern_config::check_edge::{compile_value, Direction};
 use tern_config::log_format::{Field, Part};
 use tern_config::{self as config, AppendAction, Spanned};
+
+use crate::message::{Fields, Request};
 
 /// One level's rules for one direction.
 #[derive(Debug, Default)]
@@ -113,7 +116,7 @@ impl Rules {
 
     /// Applies the rules to `map` (the request's headers for request rules, the response's for
     /// response rules).
-    pub fn apply(&self, map: &mut HeaderMap, facts: &Facts<'_>) {
+    pub fn apply(&self, map: &mut Fields, facts: &Facts<'_>) {
         for n in &self.remove {
             map.remove(n);
         }
@@ -136,13 +139,13 @@ impl Rules {
                         map.append(&a.name, v);
                     }
                     AppendAction::AddIfAbsent => {
-                        if let http::header::Entry::Vacant(e) = map.entry(&a.name) {
-                            e.insert(v);
+                        if !map.contains_key(&a.name) {
+                            map.push(a.name.clone(), v);
                         }
                     }
                     AppendAction::OverwriteIfExists => {
-                        if let http::header::Entry::Occupied(mut e) = map.entry(&a.name) {
-                            e.insert(v);
+                        if map.contains_key(&a.name) {
+                            map.insert(&a.name, v);
                         }
                     }
                     AppendAction::OverwriteIfExistsOrAdd => {
@@ -266,7 +269,7 @@ impl HeaderRules {
             return None;
         }
         let h = req.headers();
-        let mut headers = HeaderMap::new();
+        let mut headers = Fields::new();
         for n in &self.response_reads {
             for v in h.get_all(n) {
                 headers.append(n.clone(), v.clone());
@@ -299,7 +302,7 @@ pub struct Captured {
     /// Protocol version as received.
     pub version: Version,
     /// The request headers response rules read.
-    pub headers: HeaderMap,
+    pub headers: Fields,
     /// Trace id of the request, when a response rule shows it.
     pub trace_id: Option<u128>,
 }
@@ -332,7 +335,7 @@ pub struct Facts<'a> {
     pub status: u16,
     /// For response rules: the request headers they read; `None` for request rules, which read
     /// the headers they change.
-    pub request: Option<&'a HeaderMap>,
+    pub request: Option<&'a Fields>,
     /// For response rules: the request's trace id.
     pub trace_id: Option<u128>,
 }
@@ -345,7 +348,7 @@ impl Facts<'_> {
         parts: &[Part],
         req: &[HeaderName],
         resp: &[HeaderName],
-        map: &HeaderMap,
+        map: &Fields,
     ) -> Option<HeaderValue> {
         // One header copied as it is, or the client's address the connection already has as a
         // header value: no rendering.
@@ -383,7 +386,7 @@ impl Facts<'_> {
         parts: &[Part],
         req: &[HeaderName],
         resp: &[HeaderName],
-        map: &HeaderMap,
+        map: &Fields,
         out: &mut impl std::io::Write,
     ) -> std::io::Result<()> {
         for p in parts {
@@ -466,7 +469,7 @@ mod tests {
         Rules::compile(&add, &[], dir).unwrap().unwrap()
     }
 
-    fn facts<'a>(m: &'a Method, request: Option<&'a HeaderMap>) -> Facts<'a> {
+    fn facts<'a>(m: &'a Method, request: Option<&'a Fields>) -> Facts<'a> {
         Facts {
             start: Instant::now(),
             method: m,
@@ -484,7 +487,7 @@ mod tests {
         }
     }
 
-    fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+    fn values(h: &Fields, name: &str) -> Vec<String> {
         h.get_all(name)
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
@@ -509,7 +512,7 @@ mod tests {
 "#,
             Direction::Request,
         );
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         for n in ["x-append", "x-absent", "x-over", "x-if"] {
             h.append(HeaderName::from_static(n), HeaderValue::from_static("a1"));
             h.append(HeaderName::from_static(n), HeaderValue::from_static("a2"));
@@ -553,7 +556,7 @@ mod tests {
         let mut out = Vec::new();
         for (r, client_ip) in [(&direct, None), (&collected, None), (&direct, Some(&ip))] {
             f.client_ip = client_ip;
-            let mut h = HeaderMap::new();
+            let mut h = Fields::new();
             for n in ["x-append", "x-absent", "x-over", "x-if"] {
                 h.append(HeaderName::from_static(n), HeaderValue::from_static("a1"));
                 h.append(HeaderName::from_static(n), HeaderValue::from_static("a2"));
@@ -597,7 +600,7 @@ mod tests {
             &format!(r#"[{{ header: {{ key: x-long, value: "{long}%ROUTE_NAME%" }} }}]"#),
             Direction::Request,
         );
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         r.apply(&mut h, &facts(&m, None));
         assert_eq!(h["x-long"].len(), 301);
     }
@@ -618,7 +621,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert("x-a", HeaderValue::from_static("old"));
         h.insert("x-gone", HeaderValue::from_static("g"));
         let m = Method::GET;
@@ -638,9 +641,9 @@ mod tests {
 "#,
             Direction::Response,
         );
-        let mut request = HeaderMap::new();
+        let mut request = Fields::new();
         request.insert("x-in", HeaderValue::from_static("in"));
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert("x-up", HeaderValue::from_static("up"));
         let m = Method::POST;
         r.apply(&mut h, &facts(&m, Some(&request)));
@@ -659,7 +662,7 @@ mod tests {
             r#"[{ header: { key: x-copy, value: "a%REQ(x-bin)%" } }]"#,
             Direction::Request,
         );
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         h.insert("x-bin", HeaderValue::from_bytes(b"\xff ok").unwrap());
         let m = Method::GET;
         r.apply(&mut h, &facts(&m, None));
@@ -684,11 +687,13 @@ mod tests {
         );
         let h = HeaderRules::chain(Some(&top), None, Some(route)).unwrap();
         assert_eq!(h.response.len(), 2);
-        let req = Request::builder()
-            .header("x-want", "w")
-            .header("x-other", "o")
-            .body(())
-            .unwrap();
+        let req = Request::from(
+            http::Request::builder()
+                .header("x-want", "w")
+                .header("x-other", "o")
+                .body(())
+                .unwrap(),
+        );
         let c = h.capture(&req).unwrap();
         assert_eq!(c.headers.len(), 1);
         assert_eq!(c.headers["x-want"], "w");

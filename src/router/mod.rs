@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::{HeaderValue, StatusCode, Uri};
 
+use crate::message::Fields;
 use crate::router::fault::Fault;
 use crate::router::header_rules::{HeaderRules, Rules};
 use crate::router::rate_limit::RateLimiter;
@@ -358,7 +359,7 @@ impl VirtualHost {
         &self,
         method: &http::Method,
         uri: &Uri,
-        headers: &HeaderMap,
+        headers: &Fields,
         tls: bool,
     ) -> Option<&Route> {
         let path = uri.path();
@@ -382,7 +383,7 @@ impl Route {
         method: &http::Method,
         path: &str,
         query: Option<&str>,
-        headers: &HeaderMap,
+        headers: &Fields,
     ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path.starts_with(p.as_str()),
@@ -551,7 +552,7 @@ impl Forward {
 
     /// The request's hash for consistent hashing, from the first policy that yields a value
     /// (all that yield one are combined unless one is `terminal`).
-    pub fn hash(&self, headers: &HeaderMap, peer: std::net::IpAddr) -> Option<u64> {
+    pub fn hash(&self, headers: &Fields, peer: std::net::IpAddr) -> Option<u64> {
         let mut acc: Option<u64> = None;
         for (on, terminal) in &self.hash_policy {
             let v = match on {
@@ -579,7 +580,7 @@ impl Forward {
     }
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn cookie<'a>(headers: &'a Fields, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -836,7 +837,7 @@ virtual_hosts:
 
     fn status(r: &Router, host: &str, uri: &str, headers: &[(&str, &str)]) -> Option<u16> {
         let uri: Uri = uri.parse().unwrap();
-        let mut h = HeaderMap::new();
+        let mut h = Fields::new();
         for (k, v) in headers {
             h.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),

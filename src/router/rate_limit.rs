@@ -8,9 +8,11 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 
 use tern_config as config;
+
+use crate::message::Fields;
 
 const MAX_KEYS: usize = 100_000;
 
@@ -64,7 +66,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for this request, or returns how long until one is available.
-    pub fn check(&self, headers: &HeaderMap, peer: IpAddr) -> Result<(), Duration> {
+    pub fn check(&self, headers: &Fields, peer: IpAddr) -> Result<(), Duration> {
         let key: Vec<u8> = match &self.key {
             Key::Route => Vec::new(),
             Key::Header(h) => headers
@@ -107,9 +109,9 @@ mod tests {
         let l = RateLimiter::compile(&r);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            assert!(l.check(&HeaderMap::new(), ip).is_ok());
+            assert!(l.check(&Fields::new(), ip).is_ok());
         }
-        let wait = l.check(&HeaderMap::new(), ip).unwrap_err();
+        let wait = l.check(&Fields::new(), ip).unwrap_err();
         assert!(
             wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
             "{wait:?}"
@@ -124,9 +126,9 @@ mod tests {
         .unwrap();
         let l = RateLimiter::compile(&r);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        let mut a = HeaderMap::new();
+        let mut a = Fields::new();
         a.insert("x-api-key", "a".parse().unwrap());
-        let mut b = HeaderMap::new();
+        let mut b = Fields::new();
         b.insert("x-api-key", "b".parse().unwrap());
         assert!(l.check(&a, ip).is_ok());
         assert!(l.check(&a, ip).is_err());

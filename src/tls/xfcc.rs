@@ -7,11 +7,13 @@
 //! name). Elements of successive proxies are separated by `,`. A client's own XFCC is removed
 //! unless the mode forwards it: anyone could send one.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
+
 use sha2::{Digest, Sha256};
 use tern_config::{ForwardClientCertDetails as Mode, SetCurrentClientCertDetails};
 
 use super::server::TlsInfo;
+use crate::message::Fields;
 
 /// `x-forwarded-client-cert`.
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -40,7 +42,7 @@ impl Xfcc {
     }
 
     /// Sets the request's XFCC for a connection whose TLS is `tls`.
-    pub fn apply(&self, h: &mut HeaderMap, tls: Option<&TlsInfo>) {
+    pub fn apply(&self, h: &mut Fields, tls: Option<&TlsInfo>) {
         // Mutual TLS: the client sent a certificate, which was verified.
         let mtls = tls.filter(|t| t.peer.is_some());
         match (self.mode, mtls) {
@@ -58,11 +60,7 @@ impl Xfcc {
                 set(h, mine);
             }
             _ => {
-                // Most requests have none: a walk over the names (no hashing of this long one)
-                // is a fraction of a removal's lookup.
-                if h.keys().any(|k| *k == XFCC) {
-                    h.remove(&XFCC);
-                }
+                h.remove(&XFCC);
             }
         }
     }
@@ -111,7 +109,7 @@ impl Xfcc {
     }
 }
 
-fn set(h: &mut HeaderMap, v: String) {
+fn set(h: &mut Fields, v: String) {
     match HeaderValue::try_from(v) {
         Ok(v) => {
             h.insert(XFCC, v);

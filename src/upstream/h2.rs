@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
@@ -34,6 +34,7 @@ use tokio::sync::{Notify, OnceCell};
 
 use super::connect::ConnectError;
 use super::pool::{SendError, Target, UpBody};
+use crate::message::{Request, Response};
 use crate::stats::{ClusterStats, Gauge};
 use crate::tls::client::UpStream;
 use tern_config::defaults;
@@ -382,8 +383,12 @@ impl H2Pool {
                 Either::Left(_) => None,
             };
             let mut tx = live.tx.clone();
-            match tx.try_send_request(req.map(H2Body)).await {
-                Ok(mut resp) => {
+            match tx
+                .try_send_request(http::Request::from(req.map(H2Body)))
+                .await
+            {
+                Ok(resp) => {
+                    let mut resp = Response::from(resp);
                     let s = &conn.state;
                     if !s.settled.load(Relaxed) {
                         // The peer's SETTINGS came before its response: its limit is known now.
@@ -396,7 +401,7 @@ impl H2Pool {
                     if let Some(r) = e.take_message() {
                         // Not sent: the connection is going away; another one takes it.
                         conn.state.drain();
-                        req = r.map(|b| b.0);
+                        req = Request::from(r).map(|b| b.0);
                         continue;
                     }
                     let e = e.into_error();
@@ -761,13 +766,14 @@ mod tests {
 
     #[test]
     fn an_h2_request_has_scheme_and_authority_from_host() {
-        let mut req: Request<UpBody> = Request::builder()
+        let mut req: Request<UpBody> = http::Request::builder()
             .uri("/a?b=1")
             .header(HOST, "api.example:8080")
             .body(Either::Right(
                 http_body_util::Full::new(bytes::Bytes::new()),
             ))
-            .unwrap();
+            .unwrap()
+            .into();
         to_h2(&mut req, true);
         assert_eq!(req.uri().to_string(), "https://api.example:8080/a?b=1");
         assert!(req.headers().get(HOST).is_none());

@@ -32,12 +32,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::{Request, Response};
 
 use super::body::{ClientBody, Exchange};
 use super::connect::{ConnectError, Connector};
 use super::h2::{H2Pool, Protocol, Sent, Stream};
 use crate::http1::client::{self, BodyError, Conn, ResponseBody};
+use crate::message::{Request, Response};
 use crate::stats::ClusterStats;
 use crate::tls::client::UpStream;
 use crate::upstream::cluster::{ConnOptions, Endpoint, Limits};
