@@ -80,7 +80,6 @@ pub fn is_grpc<H: Lookup + ?Sized>(h: &H) -> bool {
     let Some(ct) = h.first(&http::header::CONTENT_TYPE) else {
         return false;
     };
-    let ct = ct.as_bytes();
     const GRPC: &[u8] = b"application/grpc";
     ct.starts_with(GRPC) && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
 }
@@ -101,7 +100,7 @@ pub fn parse_status(v: &[u8]) -> Option<u8> {
 
 /// The `grpc-status` of a header (or trailer) block, if it has a valid one.
 pub fn status_of<H: Lookup + ?Sized>(h: &H) -> Option<u8> {
-    parse_status(h.first(&GRPC_STATUS)?.as_bytes())
+    parse_status(h.first(&GRPC_STATUS)?)
 }
 
 /// The gRPC status a proxy's own HTTP reply stands for: Envoy's `Grpc::Utility::httpToGrpcStatus`
@@ -164,7 +163,7 @@ pub fn parse_timeout(v: &[u8]) -> Option<Duration> {
 
 /// The `grpc-timeout` of a request, if it has a valid one.
 pub fn timeout_of<H: Lookup + ?Sized>(h: &H) -> Option<Duration> {
-    parse_timeout(h.first(&GRPC_TIMEOUT)?.as_bytes())
+    parse_timeout(h.first(&GRPC_TIMEOUT)?)
 }
 
 /// Writes `d` as a `grpc-timeout` value: whole milliseconds, rounded up so that time left is

@@ -16,6 +16,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use http::header::HeaderMap;
 use http::{Extensions, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 
@@ -82,37 +83,177 @@ impl IntoName for &'static str {
 /// Reads the first value of a name from a head's [`Fields`] or a trailers' `HeaderMap`, for the
 /// few readers (gRPC status) that look at both.
 pub(crate) trait Lookup {
-    fn first(&self, name: &HeaderName) -> Option<&HeaderValue>;
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
 }
 
 impl Lookup for HeaderMap {
     #[inline]
-    fn first(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.get(name)
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(HeaderValue::as_bytes)
     }
 }
 
 impl Lookup for Fields {
     #[inline]
-    fn first(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.get(name)
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(Value::as_bytes)
     }
 }
 
+/// Where a field's value is.
+#[derive(Clone, Debug)]
+enum Val {
+    /// `block[at..at + len]` of the head it was parsed from: no copy, no reference count of its
+    /// own, no second validation (the parser accepted only field-value bytes).
+    Raw { at: u32, len: u32 },
+    /// A value the request path set.
+    Owned(HeaderValue),
+}
+
 /// A message head's fields, in order. See the module documentation.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub(crate) struct Fields {
-    list: Vec<(HeaderName, HeaderValue)>,
+    /// The parsed head the raw values are in (empty when none is).
+    block: Bytes,
+    list: Vec<(HeaderName, Val)>,
+}
+
+/// A field's value as [`Fields`] lends it: its bytes, and a `HeaderValue` when one is needed.
+#[derive(Clone, Copy)]
+pub(crate) struct Value<'a> {
+    block: &'a Bytes,
+    val: &'a Val,
+}
+
+/// A value that is not visible ASCII ([`Value::to_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotText;
+
+impl<'a> Value<'a> {
+    #[inline]
+    pub(crate) fn as_bytes(self) -> &'a [u8] {
+        match self.val {
+            Val::Raw { at, len } => &self.block[*at as usize..(*at + *len) as usize],
+            Val::Owned(v) => v.as_bytes(),
+        }
+    }
+
+    /// The value as text when it is visible ASCII (and tabs), as `HeaderValue::to_str`.
+    pub(crate) fn to_str(self) -> Result<&'a str, NotText> {
+        let b = match self.val {
+            Val::Owned(v) => return v.to_str().map_err(|_| NotText),
+            Val::Raw { .. } => self.as_bytes(),
+        };
+        if b.iter().all(|&c| c == b'\t' || (b' '..=b'~').contains(&c)) {
+            std::str::from_utf8(b).map_err(|_| NotText)
+        } else {
+            Err(NotText)
+        }
+    }
+
+    #[inline]
+    pub(crate) fn len(self) -> usize {
+        self.as_bytes().len()
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+
+    /// An owned `HeaderValue` of it (a raw one shares the head's bytes).
+    pub(crate) fn to_owned(self) -> HeaderValue {
+        match self.val {
+            Val::Owned(v) => v.clone(),
+            Val::Raw { at, len } => {
+                let bytes = self.block.slice(*at as usize..(*at + *len) as usize);
+                // The parser accepted only field-value bytes, which `HeaderValue` accepts too:
+                // the fallback is never taken.
+                HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl PartialEq for Value<'_> {
+    fn eq(&self, other: &Value<'_>) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<str> for Value<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Value<'_> {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<HeaderValue> for Value<'_> {
+    fn eq(&self, other: &HeaderValue) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
 }
 
 impl Fields {
     pub(crate) fn new() -> Fields {
-        Fields { list: Vec::new() }
+        Fields::default()
     }
 
     pub(crate) fn with_capacity(n: usize) -> Fields {
         Fields {
+            block: Bytes::new(),
             list: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds a line whose value is `[at..at + len]` of `block` (the head given to
+    /// [`Self::set_block`]) as an owned `HeaderValue` sharing its bytes: for a value the request
+    /// path reads as text or keeps (Host), which a raw value would validate each time.
+    pub(crate) fn push_shared(
+        &mut self,
+        name: HeaderName,
+        block: &Bytes,
+        at: usize,
+        len: usize,
+    ) -> Result<(), http::header::InvalidHeaderValue> {
+        let v = HeaderValue::from_maybe_shared(block.slice(at..at + len))?;
+        self.list.push((name, Val::Owned(v)));
+        Ok(())
+    }
+
+    /// Adds a line whose value is `[at..at + len]` of the head given to [`Self::set_block`]
+    /// (a parser's: it accepts only field-value bytes).
+    #[inline]
+    pub(crate) fn push_raw(&mut self, name: HeaderName, at: usize, len: usize) {
+        let (at, len) = (at as u32, len as u32);
+        self.list.push((name, Val::Raw { at, len }));
+    }
+
+    /// The parsed head the values of [`Self::push_raw`] are in; every one of them lies in it.
+    pub(crate) fn set_block(&mut self, block: Bytes) {
+        debug_assert!(self.list.iter().all(|(_, v)| match v {
+            Val::Raw { at, len } => (*at + *len) as usize <= block.len(),
+            Val::Owned(_) => true,
+        }));
+        self.block = block;
+    }
+
+    #[inline]
+    fn value<'a>(&'a self, v: &'a Val) -> Value<'a> {
+        Value {
+            block: &self.block,
+            val: v,
         }
     }
 
@@ -129,17 +270,18 @@ impl Fields {
 
     /// The first value of `key`.
     #[inline]
-    pub(crate) fn get<K: Key>(&self, key: K) -> Option<&HeaderValue> {
+    pub(crate) fn get<K: Key>(&self, key: K) -> Option<Value<'_>> {
         self.list
             .iter()
             .find(|(n, _)| key.matches(n))
-            .map(|(_, v)| v)
+            .map(|(_, v)| self.value(v))
     }
 
     /// Every value of `key`, in order.
     #[inline]
     pub(crate) fn get_all<K: Key>(&self, key: K) -> GetAll<'_, K> {
         GetAll {
+            block: &self.block,
             lines: self.list.iter(),
             key,
         }
@@ -151,18 +293,14 @@ impl Fields {
     }
 
     /// Sets `name` to `value` alone: the first line of that name takes the value where it stands,
-    /// the others go; a new name goes at the end. Returns the first old value.
-    pub(crate) fn insert(
-        &mut self,
-        name: impl IntoName,
-        value: HeaderValue,
-    ) -> Option<HeaderValue> {
+    /// the others go; a new name goes at the end. Returns whether the name was there.
+    pub(crate) fn insert(&mut self, name: impl IntoName, value: HeaderValue) -> bool {
         let name = name.into_name();
         let Some(i) = self.list.iter().position(|(n, _)| *n == name) else {
-            self.list.push((name, value));
-            return None;
+            self.list.push((name, Val::Owned(value)));
+            return false;
         };
-        let old = std::mem::replace(&mut self.list[i].1, value);
+        self.list[i].1 = Val::Owned(value);
         if self.list[i + 1..].iter().any(|(n, _)| *n == name) {
             let mut j = 0;
             self.list.retain(|(n, _)| {
@@ -170,51 +308,42 @@ impl Fields {
                 j <= i + 1 || *n != name
             });
         }
-        Some(old)
+        true
     }
 
     /// Adds a line at the end. Returns whether the name was there before, as `HeaderMap::append`.
     pub(crate) fn append(&mut self, name: impl IntoName, value: HeaderValue) -> bool {
         let name = name.into_name();
         let had = self.contains_key(&name);
-        self.list.push((name, value));
+        self.list.push((name, Val::Owned(value)));
         had
     }
 
     /// Adds a line at the end without looking for the name first.
     #[inline]
     pub(crate) fn push(&mut self, name: HeaderName, value: HeaderValue) {
-        self.list.push((name, value));
+        self.list.push((name, Val::Owned(value)));
     }
 
-    /// Removes every line of `key`; returns the first value.
-    pub(crate) fn remove<K: Key>(&mut self, key: K) -> Option<HeaderValue> {
-        let i = self.list.iter().position(|(n, _)| key.matches(n))?;
-        let (_, first) = self.list.remove(i);
+    /// Removes every line of `key`; returns whether there was one.
+    pub(crate) fn remove<K: Key>(&mut self, key: K) -> bool {
+        let Some(i) = self.list.iter().position(|(n, _)| key.matches(n)) else {
+            return false;
+        };
+        self.list.remove(i);
         if self.list[i..].iter().any(|(n, _)| key.matches(n)) {
             self.list.retain(|(n, _)| !key.matches(n));
         }
-        Some(first)
-    }
-
-    /// Removes every line of `key` and returns their values, in order.
-    pub(crate) fn take_all<K: Key>(&mut self, key: K) -> Vec<HeaderValue> {
-        let mut taken = Vec::new();
-        self.list.retain(|(n, v)| {
-            if key.matches(n) {
-                taken.push(v.clone());
-                false
-            } else {
-                true
-            }
-        });
-        taken
+        true
     }
 
     /// Every line, in order.
     #[inline]
-    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&HeaderName, &HeaderValue)> {
-        self.list.iter().map(|(n, v)| (n, v))
+    pub(crate) fn iter(&self) -> Iter<'_> {
+        Iter {
+            block: &self.block,
+            lines: self.list.iter(),
+        }
     }
 
     /// Every line's name, in order (a repeated name once per line, unlike `HeaderMap::keys`).
@@ -227,15 +356,24 @@ impl Fields {
         self.list.clear();
     }
 
-    /// The same, consuming these fields.
+    /// A `HeaderMap` of the same lines, for the `http` crate's users at the edges (hyper).
     pub(crate) fn into_header_map(self) -> HeaderMap {
         let mut m = HeaderMap::with_capacity(self.list.len());
-        for (n, v) in self.list {
-            m.append(n, v);
+        for (n, v) in &self.list {
+            m.append(n.clone(), self.value(v).to_owned());
         }
         m
     }
 }
+
+impl PartialEq for Fields {
+    /// The same lines in the same order, values compared as bytes.
+    fn eq(&self, other: &Fields) -> bool {
+        self.len() == other.len() && self.iter().zip(other.iter()).all(|(a, b)| a == b)
+    }
+}
+
+impl Eq for Fields {}
 
 impl From<HeaderMap> for Fields {
     fn from(m: HeaderMap) -> Fields {
@@ -247,7 +385,7 @@ impl From<HeaderMap> for Fields {
                 last = Some(n);
             }
             if let Some(n) = &last {
-                f.list.push((n.clone(), v));
+                f.push(n.clone(), v);
             }
         }
         f
@@ -258,7 +396,7 @@ impl From<&HeaderMap> for Fields {
     fn from(m: &HeaderMap) -> Fields {
         let mut f = Fields::with_capacity(m.len());
         for (n, v) in m {
-            f.list.push((n.clone(), v.clone()));
+            f.push(n.clone(), v.clone());
         }
         f
     }
@@ -266,36 +404,25 @@ impl From<&HeaderMap> for Fields {
 
 impl FromIterator<(HeaderName, HeaderValue)> for Fields {
     fn from_iter<I: IntoIterator<Item = (HeaderName, HeaderValue)>>(it: I) -> Fields {
-        Fields {
-            list: it.into_iter().collect(),
-        }
+        let mut f = Fields::new();
+        f.extend(it);
+        f
     }
 }
 
 impl Extend<(HeaderName, HeaderValue)> for Fields {
     fn extend<I: IntoIterator<Item = (HeaderName, HeaderValue)>>(&mut self, it: I) {
-        self.list.extend(it);
+        self.list
+            .extend(it.into_iter().map(|(n, v)| (n, Val::Owned(v))));
     }
 }
 
 impl<'a> IntoIterator for &'a Fields {
-    type Item = (&'a HeaderName, &'a HeaderValue);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (HeaderName, HeaderValue)>,
-        fn(&'a (HeaderName, HeaderValue)) -> (&'a HeaderName, &'a HeaderValue),
-    >;
+    type Item = (&'a HeaderName, Value<'a>);
+    type IntoIter = Iter<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.list.iter().map(|(n, v)| (n, v))
-    }
-}
-
-impl<K: Key> std::ops::Index<K> for Fields {
-    type Output = HeaderValue;
-
-    /// The first value of `key`; panics when there is none, as `HeaderMap`'s index does.
-    fn index(&self, key: K) -> &HeaderValue {
-        self.get(key).expect("no field of that name")
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
     }
 }
 
@@ -305,13 +432,40 @@ impl fmt::Debug for Fields {
     }
 }
 
+/// The lines of [`Fields`], in order.
+pub(crate) struct Iter<'a> {
+    block: &'a Bytes,
+    lines: std::slice::Iter<'a, (HeaderName, Val)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a HeaderName, Value<'a>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let block = self.block;
+        self.lines.next().map(|(n, v)| (n, Value { block, val: v }))
+    }
+}
+
+impl DoubleEndedIterator for Iter<'_> {
+    #[inline]
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let block = self.block;
+        self.lines
+            .next_back()
+            .map(|(n, v)| (n, Value { block, val: v }))
+    }
+}
+
 /// The values of one name, in order ([`Fields::get_all`]); an iterator itself.
 pub(crate) struct GetAll<'a, K> {
-    lines: std::slice::Iter<'a, (HeaderName, HeaderValue)>,
+    block: &'a Bytes,
+    lines: std::slice::Iter<'a, (HeaderName, Val)>,
     key: K,
 }
 
-impl<'a, K: Key> GetAll<'a, K> {
+impl<K: Key> GetAll<'_, K> {
     /// These values (as `HeaderMap`'s `GetAll::iter`).
     #[inline]
     pub(crate) fn iter(self) -> Self {
@@ -320,20 +474,24 @@ impl<'a, K: Key> GetAll<'a, K> {
 }
 
 impl<'a, K: Key> Iterator for GetAll<'a, K> {
-    type Item = &'a HeaderValue;
+    type Item = Value<'a>;
 
     #[inline]
-    fn next(&mut self) -> Option<&'a HeaderValue> {
-        let key = &self.key;
-        self.lines.find(|(n, _)| key.matches(n)).map(|(_, v)| v)
+    fn next(&mut self) -> Option<Value<'a>> {
+        let (key, block) = (&self.key, self.block);
+        self.lines
+            .find(|(n, _)| key.matches(n))
+            .map(|(_, v)| Value { block, val: v })
     }
 }
 
 impl<K: Key> DoubleEndedIterator for GetAll<'_, K> {
     #[inline]
     fn next_back(&mut self) -> Option<Self::Item> {
-        let key = &self.key;
-        self.lines.rfind(|(n, _)| key.matches(n)).map(|(_, v)| v)
+        let (key, block) = (&self.key, self.block);
+        self.lines
+            .rfind(|(n, _)| key.matches(n))
+            .map(|(_, v)| Value { block, val: v })
     }
 }
 
@@ -582,28 +740,53 @@ mod tests {
             .collect()
     }
 
+    /// `host: a`, `set-cookie: 1`, `x-custom: x`, `set-cookie: 2`, the values raw in a block as
+    /// a parser leaves them.
+    fn parsed() -> Fields {
+        let block = Bytes::from_static(b"a1x2");
+        let mut f = Fields::with_capacity(4);
+        f.push_raw(HOST, 0, 1);
+        f.push_raw(SET_COOKIE, 1, 1);
+        f.push_raw(HeaderName::from_static("x-custom"), 2, 1);
+        f.push_raw(SET_COOKIE, 3, 1);
+        f.set_block(block);
+        f
+    }
+
     #[test]
     fn lookups_are_case_blind_and_see_every_line_in_order() {
-        let mut f = Fields::new();
-        f.push(HOST, v("a"));
-        f.push(SET_COOKIE, v("1"));
-        f.push(HeaderName::from_static("x-custom"), v("x"));
-        f.push(SET_COOKIE, v("2"));
-        assert_eq!(f.get(HOST), Some(&v("a")));
-        assert_eq!(f.get("Host"), Some(&v("a")));
-        assert_eq!(f.get("X-CUSTOM"), Some(&v("x")));
+        let f = parsed();
+        assert_eq!(f.get(HOST).unwrap(), "a");
+        assert_eq!(f.get("Host").unwrap(), "a");
+        assert_eq!(f.get("X-CUSTOM").unwrap(), v("x"));
         assert!(f.get("absent").is_none());
-        let cookies: Vec<_> = f.get_all(SET_COOKIE).iter().collect();
-        assert_eq!(cookies, [&v("1"), &v("2")]);
-        let last: Vec<_> = f.get_all("set-cookie").rev().collect();
-        assert_eq!(last, [&v("2"), &v("1")]);
+        let cookies: Vec<_> = f.get_all(SET_COOKIE).iter().map(Value::as_bytes).collect();
+        assert_eq!(cookies, [b"1", b"2"]);
+        let last: Vec<_> = f.get_all("set-cookie").rev().map(Value::as_bytes).collect();
+        assert_eq!(last, [b"2", b"1"]);
         assert_eq!(f.len(), 4);
-        assert_eq!(f["x-custom"], v("x"));
         // Arrival order, not regrouped.
         assert_eq!(
             lines(&f),
             ["host: a", "set-cookie: 1", "x-custom: x", "set-cookie: 2"]
         );
+    }
+
+    #[test]
+    fn raw_and_owned_values_read_alike() {
+        let f = parsed();
+        let raw = f.get(HOST).unwrap();
+        assert_eq!(raw.to_owned(), v("a"));
+        assert_eq!(raw.len(), 1);
+        let mut g = Fields::new();
+        g.push(HOST, v("a"));
+        assert_eq!(g.get(HOST).unwrap(), raw);
+        // `to_str` takes what `HeaderValue::to_str` takes: visible ASCII and tabs.
+        let mut h = Fields::new();
+        h.push(HOST, HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        h.push(SET_COOKIE, v("a\tb ~"));
+        assert_eq!(h.get(HOST).unwrap().to_str(), Err(NotText));
+        assert_eq!(h.get(SET_COOKIE).unwrap().to_str(), Ok("a\tb ~"));
     }
 
     #[test]
@@ -616,41 +799,47 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(f.insert(SET_COOKIE, v("new")), Some(v("1")));
+        assert!(f.insert(SET_COOKIE, v("new")));
         assert_eq!(
             lines(&f),
             ["set-cookie: new", "host: h", "content-length: 3"]
         );
-        assert_eq!(f.insert(HeaderName::from_static("x-new"), v("n")), None);
+        assert!(!f.insert(HeaderName::from_static("x-new"), v("n")));
         assert_eq!(lines(&f).last().unwrap(), "x-new: n");
+        // A raw line is replaced the same way.
+        let mut p = parsed();
+        assert!(p.insert(SET_COOKIE, v("3")));
+        assert_eq!(lines(&p), ["host: a", "set-cookie: 3", "x-custom: x"]);
     }
 
     #[test]
-    fn remove_and_take_all_drop_every_line_of_the_name() {
-        let mut f: Fields = [(SET_COOKIE, v("1")), (HOST, v("h")), (SET_COOKIE, v("2"))]
-            .into_iter()
-            .collect();
-        let mut g = f.clone();
-        assert_eq!(f.remove("Set-Cookie"), Some(v("1")));
-        assert_eq!(lines(&f), ["host: h"]);
-        assert_eq!(f.remove(SET_COOKIE), None);
-        assert_eq!(g.take_all(SET_COOKIE), [v("1"), v("2")]);
-        assert_eq!(lines(&g), ["host: h"]);
-        assert!(!g.append(SET_COOKIE, v("3")));
-        assert!(g.append(SET_COOKIE, v("4")));
-        assert_eq!(lines(&g), ["host: h", "set-cookie: 3", "set-cookie: 4"]);
+    fn remove_drops_every_line_of_the_name() {
+        let mut f = parsed();
+        assert!(f.remove("Set-Cookie"));
+        assert_eq!(lines(&f), ["host: a", "x-custom: x"]);
+        assert!(!f.remove(SET_COOKIE));
+        assert!(!f.append(SET_COOKIE, v("3")));
+        assert!(f.append(SET_COOKIE, v("4")));
+        assert_eq!(
+            lines(&f),
+            ["host: a", "x-custom: x", "set-cookie: 3", "set-cookie: 4"]
+        );
     }
 
     #[test]
     fn header_maps_convert_both_ways_with_every_value() {
         let mut m = HeaderMap::new();
         m.append(SET_COOKIE, v("1"));
-        m.append(HOST, v("h"));
+        m.append(HOST, v("a"));
         m.append(SET_COOKIE, v("2"));
         let f = Fields::from(m.clone());
         assert_eq!(f.len(), 3);
         assert_eq!(Fields::from(&m), f);
         assert_eq!(f.into_header_map(), m);
+        // Raw values too.
+        let back = parsed().into_header_map();
+        assert_eq!(back.get_all(SET_COOKIE).iter().count(), 2);
+        assert_eq!(back["x-custom"], "x");
 
         let req: Request<()> = http::Request::builder()
             .method("POST")

@@ -203,11 +203,15 @@ impl StreamInfo {
             version: req.version(),
             peer: peers.0,
             direct_peer: peers.1,
-            req_headers: obs.req_headers.iter().map(|n| h.get(n).cloned()).collect(),
+            req_headers: obs
+                .req_headers
+                .iter()
+                .map(|n| h.get(n).map(|v| v.to_owned()))
+                .collect(),
             resp_headers: Vec::new(),
-            request_id: h.get(crate::headers::X_REQUEST_ID).cloned(),
-            forwarded_for: h.get(crate::headers::X_FORWARDED_FOR).cloned(),
-            user_agent: h.get(http::header::USER_AGENT).cloned(),
+            request_id: h.get(crate::headers::X_REQUEST_ID).map(|v| v.to_owned()),
+            forwarded_for: h.get(crate::headers::X_FORWARDED_FOR).map(|v| v.to_owned()),
+            user_agent: h.get(http::header::USER_AGENT).map(|v| v.to_owned()),
             status: 0,
             flags: Flags::default(),
             bytes_received: declared,
@@ -230,7 +234,11 @@ impl StreamInfo {
     /// Records the response head.
     pub fn response(&mut self, obs: &Observers, status: u16, h: &Fields) {
         self.status = status;
-        self.resp_headers = obs.resp_headers.iter().map(|n| h.get(n).cloned()).collect();
+        self.resp_headers = obs
+            .resp_headers
+            .iter()
+            .map(|n| h.get(n).map(|v| v.to_owned()))
+            .collect();
         if self.grpc {
             self.grpc_status = crate::grpc::status_of(h);
         }

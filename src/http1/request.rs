@@ -23,7 +23,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use http::{HeaderName, Method, StatusCode, Uri, Version};
 
 use crate::message::{Fields, RequestParts};
 
@@ -211,9 +211,6 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         let (name, known) =
             field_name(&head[na..na + nl]).map_err(|_| Reject::BadRequest("field name"))?;
         let raw = &head[va..va + vl];
-        // httparse allowed only HTAB, SP..~ and obs-text (no CR, NUL, DEL): this check passes.
-        let value = HeaderValue::from_maybe_shared(head.slice(va..va + vl))
-            .map_err(|_| Reject::BadRequest("field value"))?;
         match known {
             Known::Other => {}
             Known::ContentLength => {
@@ -246,8 +243,18 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
             }
             Known::Upgrade => upgrade = Some(raw.trim_ascii().eq_ignore_ascii_case(b"h2c")),
         }
-        headers.push(name, value);
+        // The value stays in the head: httparse allowed only HTAB, SP..~ and obs-text (no CR,
+        // NUL, DEL), exactly the bytes `HeaderValue` takes, so it need not be checked again.
+        // Host is read as text and kept on every request: made a `HeaderValue` once.
+        if name == http::header::HOST {
+            headers
+                .push_shared(name, &head, va, vl)
+                .map_err(|_| Reject::BadRequest("field value"))?;
+        } else {
+            headers.push_raw(name, va, vl);
+        }
     }
+    headers.set_block(head);
     let body = match (te, length) {
         (Some(_), Some(_)) => {
             return Err(Reject::BadRequest(
@@ -484,7 +491,7 @@ mod tests {
         assert_eq!(h.parts.method, Method::GET);
         assert_eq!(h.parts.uri, "/a?b=1");
         assert_eq!(h.parts.version, Version::HTTP_11);
-        assert_eq!(h.parts.headers["host"], "x");
+        assert_eq!(h.parts.headers.get("host").unwrap(), "x");
         let xa: Vec<_> = h.parts.headers.get_all("x-a").iter().collect();
         assert_eq!(xa, ["1", "2"]);
         assert_eq!(h.body, BodyLength::Length(0));
@@ -612,7 +619,10 @@ mod tests {
         }
         // obs-text is allowed in values (RFC 9110 §5.5), as hyper did.
         let h = ok(b"GET / HTTP/1.1\r\nx-a: caf\xc3\xa9\r\n\r\n");
-        assert_eq!(h.parts.headers["x-a"].as_bytes(), b"caf\xc3\xa9");
+        assert_eq!(
+            h.parts.headers.get("x-a").unwrap().as_bytes(),
+            b"caf\xc3\xa9"
+        );
     }
 
     #[test]
@@ -684,7 +694,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.parts.headers.len(), 250);
-        assert_eq!(h.parts.headers["x-249"], "249");
+        assert_eq!(h.parts.headers.get("x-249").unwrap(), "249");
     }
 
     #[test]
@@ -819,7 +829,7 @@ mod tests {
             };
             assert_eq!(known, expected, "{want}");
             let mut map = http::HeaderMap::new();
-            map.insert(want.clone(), HeaderValue::from_static("1"));
+            map.insert(want.clone(), http::HeaderValue::from_static("1"));
             assert!(map.contains_key(&name), "{want} hashes alike");
         }
         assert!(field_name(b"a b").is_err());

@@ -162,23 +162,23 @@ fn parse_with<const N: usize>(
             .and_then(|b| field_name(b).ok())
             .ok_or(HeadError::Malformed("header name"))?;
         // An empty value's slice need not point into the head.
-        let value = match vl {
-            0 => HeaderValue::from_static(""),
-            _ if v + vl <= head.len() => HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                .map_err(|_| HeadError::Malformed("header value"))?,
+        let v = match vl {
+            0 => 0,
+            _ if v + vl <= head.len() => v,
             _ => return Err(HeadError::Malformed("header value")),
         };
         // This hop's options alone are read, not kept (the proxy would strip the field, RFC
-        // 9110 §7.6.1, for a rehash and a removal). A 101 keeps them: the client switches
-        // with them.
+        // 9110 §7.6.1, for a removal). A 101 keeps them: the client switches with them.
         if known != Known::Other
-            && !framing.see(known, &value)?
+            && !framing.see(known, &head[v..v + vl])?
             && status != StatusCode::SWITCHING_PROTOCOLS
         {
             continue;
         }
-        headers.push(name, value);
+        // The value stays in the head: httparse allowed only the bytes `HeaderValue` takes.
+        headers.push_raw(name, v, vl);
     }
+    headers.set_block(head);
     let (body, normalised) = framing.body(status, head_request)?;
     if let (true, Some(n)) = (normalised, framing.length) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
@@ -244,14 +244,14 @@ impl Framing {
     /// Reads one framing field. `Ok(false)`: the field is this hop's alone and need not be kept
     /// (a `Connection` listing only `keep-alive` / `close`: nothing else for the proxy's
     /// hop-by-hop removal to take with it).
-    fn see(&mut self, name: Known, value: &HeaderValue) -> Result<bool, HeadError> {
+    fn see(&mut self, name: Known, value: &[u8]) -> Result<bool, HeadError> {
         match name {
             Known::ContentLength => {
                 // Digits alone (nearly every length): one value, no list to split.
-                let one = parse_length(value.as_bytes());
+                let one = parse_length(value);
                 let values = match one {
                     Some(_) => None,
-                    None => Some(value.as_bytes().split(|&b| b == b',')),
+                    None => Some(value.split(|&b| b == b',')),
                 };
                 for v in values.into_iter().flatten() {
                     let n = parse_length(v.trim_ascii()).ok_or(HeadError::BadContentLength)?;
@@ -271,27 +271,22 @@ impl Framing {
             }
             Known::TransferEncoding => {
                 self.codings += 1;
-                if self.codings > 1
-                    || !value
-                        .as_bytes()
-                        .trim_ascii()
-                        .eq_ignore_ascii_case(b"chunked")
-                {
+                if self.codings > 1 || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                     return Err(HeadError::BadTransferEncoding);
                 }
             }
             Known::Connection => {
                 // The usual one-token values first.
-                if is(value.as_bytes(), b"keep-alive") {
+                if is(value, b"keep-alive") {
                     self.keep_alive = true;
                     return Ok(false);
                 }
-                if is(value.as_bytes(), b"close") {
+                if is(value, b"close") {
                     self.close = true;
                     return Ok(false);
                 }
                 let mut options_only = true;
-                for t in value.as_bytes().split(|&b| b == b',') {
+                for t in value.split(|&b| b == b',') {
                     let t = t.trim_ascii();
                     // A value has no CR (httparse): the word compare is exact.
                     if is(t, b"close") {
@@ -362,8 +357,8 @@ mod tests {
             Decoder::chunked()
         );
         let h = ok("HTTP/1.1 200 OK\r\nx-empty:\r\nx-b:  v  \r\ncontent-length: 0\r\n\r\n");
-        assert_eq!(h.parts.headers["x-empty"], "");
-        assert_eq!(h.parts.headers["x-b"], "v");
+        assert_eq!(h.parts.headers.get("x-empty").unwrap(), "");
+        assert_eq!(h.parts.headers.get("x-b").unwrap(), "v");
         let h = ok("HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!((h.body, h.reusable), (Decoder::eof(), false));
         assert!(
@@ -387,7 +382,7 @@ mod tests {
         let h =
             ok("HTTP/1.1 200 OK\r\nconnection: close, x-a\r\nx-a: 1\r\ncontent-length: 0\r\n\r\n");
         assert!(!h.reusable);
-        assert_eq!(h.parts.headers["connection"], "close, x-a");
+        assert_eq!(h.parts.headers.get("connection").unwrap(), "close, x-a");
         let h = ok("HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nconnection: x-a\r\ncontent-length: 0\r\n\r\n");
         let v: Vec<_> = h.parts.headers.get_all("connection").iter().collect();
         assert_eq!(v, ["x-a"]);
@@ -395,9 +390,9 @@ mod tests {
         let h = ok(
             "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
         );
-        assert_eq!(h.parts.headers["connection"], "upgrade");
+        assert_eq!(h.parts.headers.get("connection").unwrap(), "upgrade");
         let h = ok("HTTP/1.1 101 Switching Protocols\r\nconnection: keep-alive\r\n\r\n");
-        assert_eq!(h.parts.headers["connection"], "keep-alive");
+        assert_eq!(h.parts.headers.get("connection").unwrap(), "keep-alive");
         // What the proxy forwards is the same either way.
         for s in [
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, , CLOSE\r\nx-b: 2\r\ncontent-length: 0\r\n\r\n",
@@ -434,7 +429,8 @@ mod tests {
         let h = parse(&mut buf, true).unwrap().unwrap();
         assert_eq!(h.body, Decoder::length(0));
         assert_eq!(
-            h.parts.headers["content-length"], "9",
+            h.parts.headers.get("content-length").unwrap(),
+            "9",
             "a HEAD answer keeps its length"
         );
     }

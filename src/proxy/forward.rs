@@ -294,7 +294,7 @@ fn prepare<'r>(
     let upgrade = match asked {
         None => None,
         // Never tunnelled: served as the plain request it also is (Envoy's codec does the same).
-        Some(proto) if upgrade::is_h2c(proto) => {
+        Some(proto) if upgrade::is_h2c(proto.as_bytes()) => {
             upgrade::strip_h2c(req.headers_mut());
             None
         }
@@ -309,7 +309,7 @@ fn prepare<'r>(
                 cx.listener.stats.downstream_cx_protocol_error.inc();
                 return Err(LocalReply::UpgradeWithBody);
             }
-            let proto = proto.clone();
+            let proto = proto.to_owned();
             // Only Tern's HTTP/1 engine hands over a connection (HTTP/1.1 requests come from it).
             let Some(on) = OnUpgrade::on(&mut req) else {
                 cx.listener.stats.downstream_rq_ws_on_non_ws_route.inc();

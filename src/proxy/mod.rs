@@ -300,7 +300,7 @@ pub fn handle(
 fn authority_value<B>(req: &Request<B>, a: &str) -> HeaderValue {
     if req.uri().authority().is_none() {
         if let Some(h) = req.headers().get(http::header::HOST) {
-            return h.clone();
+            return h.to_owned();
         }
     }
     HeaderValue::from_str(a).unwrap_or(HeaderValue::from_static(""))

@@ -23,7 +23,7 @@ use super::local_reply::LocalReply;
 use super::{Ctx, RespBody};
 use crate::headers;
 use crate::http1::client::{self, Conn, ResponseBody};
-use crate::message::{Fields, Request, RequestParts, Response, ResponseParts};
+use crate::message::{Fields, Request, RequestParts, Response, ResponseParts, Value};
 use crate::state::Tunnels;
 use crate::stats::ListenerStats;
 use crate::stream_info::{Flags, Recorder};
@@ -40,7 +40,7 @@ const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The `Upgrade` value of an HTTP/1.1 request asking to switch protocols (`Connection: upgrade`
 /// and `Upgrade`), if it is one.
-pub fn requested(h: &Fields) -> Option<&HeaderValue> {
+pub fn requested(h: &Fields) -> Option<Value<'_>> {
     let proto = h.get(UPGRADE)?;
     h.get_all(CONNECTION)
         .iter()
@@ -53,8 +53,8 @@ pub fn requested(h: &Fields) -> Option<&HeaderValue> {
 }
 
 /// Whether `proto` is `h2c` (the cleartext HTTP/2 upgrade, RFC 7540 §3.2).
-pub fn is_h2c(proto: &HeaderValue) -> bool {
-    proto.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")
+pub fn is_h2c(proto: &[u8]) -> bool {
+    proto.trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
 /// Removes an h2c upgrade's own header; `Connection` and `Upgrade` go with the other hop-by-hop
@@ -118,8 +118,8 @@ pub(super) async fn forward(
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
     let keep = switching.then(|| {
         (
-            head.headers.get(UPGRADE).cloned(),
-            head.headers.get(CONNECTION).cloned(),
+            head.headers.get(UPGRADE).map(Value::to_owned),
+            head.headers.get(CONNECTION).map(Value::to_owned),
         )
     });
     headers::strip_hop_by_hop(&mut head.headers);
@@ -232,7 +232,7 @@ pub async fn proxy(
     }
     // A server switches only to a protocol the client listed (RFC 9110 §7.8): a 101 to anything
     // else would splice the client's next bytes to a peer that reads them as something else.
-    let asked = |v: &HeaderValue| {
+    let asked = |v: Value<'_>| {
         v.as_bytes().split(|b| *b == b',').any(|p| {
             upgrade
                 .as_bytes()
@@ -421,8 +421,8 @@ mod tests {
 
     #[test]
     fn h2c_is_recognised_and_stripped() {
-        assert!(is_h2c(&HeaderValue::from_static("H2C")));
-        assert!(!is_h2c(&HeaderValue::from_static("h2c, websocket")));
+        assert!(is_h2c(b"H2C"));
+        assert!(!is_h2c(b"h2c, websocket"));
         let mut h = Fields::new();
         h.insert(UPGRADE, "h2c".parse().unwrap());
         h.insert(HTTP2_SETTINGS, "AAMAAABkAAQAAP__".parse().unwrap());

@@ -783,7 +783,7 @@ mod tests {
         assert_eq!(req.uri().to_string(), "https://api.example:8080/a?b=1");
         from_h2(&mut req);
         assert_eq!(req.uri().to_string(), "/a?b=1");
-        assert_eq!(req.headers()[HOST], "api.example:8080");
+        assert_eq!(req.headers().get(HOST).unwrap(), "api.example:8080");
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(
             Protocol::of(tern_config::ClusterProtocol::Auto, false),
