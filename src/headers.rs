@@ -175,10 +175,30 @@ pub fn ensure_request_id(h: &mut Fields, preserve: bool) -> HeaderValue {
     v
 }
 
+/// Request ids written one after another into a block of this many bytes: each id shares the
+/// block (a reference count), where an id of its own cost two allocations (its bytes, then a
+/// shared header when the request and the response both took it) and their frees.
+const ID_BLOCK: usize = 36 * 112;
+
+thread_local! {
+    static IDS: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 fn new_request_id() -> HeaderValue {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+    let mut buf = [0u8; LEN];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).expect("a UUID is a valid header value")
+    let id = IDS.with(|ids| {
+        let mut ids = ids.borrow_mut();
+        if ids.capacity() < LEN {
+            // The used block stays alive only while ids cut from it do.
+            *ids = bytes::BytesMut::with_capacity(ID_BLOCK);
+        }
+        ids.extend_from_slice(s.as_bytes());
+        ids.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).expect("a UUID is a valid header value")
 }
 
 /// The authority a request is routed by and forwarded with: the request target's (HTTP/2

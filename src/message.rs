@@ -3,16 +3,20 @@
 //!
 //! Why not `http::HeaderMap` (issue 17): a proxy reads a few fields of each head and forwards the
 //! rest. A hash map hashes every name on the way in, allocates an index table beside its entries
-//! and regroups repeated names, all work that a forwarded head never uses; it cost about a fifth of
-//! a proxied request's instructions. `Fields` is a list: a parsed head's fields are pushed as they
-//! come (their values still share the read buffer), a lookup is a short scan comparing names (a
-//! known name is one byte), and a head goes out in the order it came in, with Tern's edits made in
-//! place. hyper's HTTP/2 and the `http` crate's types stay at the edges: [`Fields`] converts from
-//! and into a `HeaderMap` there. Trailers stay `HeaderMap`s: rare, and `http_body` frames carry them.
+//! and regroups repeated names, and each of its values is a `HeaderValue` (a reference count on
+//! the read buffer, and a second check of bytes the parser already accepted): work that a
+//! forwarded head never uses, about a fifth of a proxied request's instructions. `Fields` keeps a
+//! parsed head's bytes once and its fields as a list in arrival order, each value an offset into
+//! those bytes; a lookup is a short scan comparing names (a known name is one byte), Tern's edits
+//! change the list in place, and the head goes out in the order it came in. Values set on the
+//! request path are `HeaderValue`s. hyper's HTTP/2 and the `http` crate's types stay at the
+//! edges: [`Fields`] converts from and into a `HeaderMap` there. Trailers stay `HeaderMap`s:
+//! rare, and `http_body` frames carry them.
 //!
 //! The methods mirror `HeaderMap`'s (`get`, `get_all`, `insert`, `append`, `remove`, ...), with
-//! the same meanings, so the request path reads as it did; two differ on purpose: [`Fields::iter`]
-//! yields fields in arrival order (repeated names are not regrouped), and so does the wire.
+//! the same meanings, so the request path reads as it did; values are lent as [`Value`]s (bytes,
+//! text, or an owned `HeaderValue` on demand), and [`Fields::iter`] yields fields in arrival
+//! order (repeated names are not regrouped), as the wire does.
 
 use std::fmt;
 
