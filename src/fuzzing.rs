@@ -172,6 +172,7 @@ pub fn http1_response(input: &[u8]) -> Option<(u16, Decoded)> {
     let mut buf = bytes::BytesMut::from(data);
     let head = crate::http1::response::parse(&mut buf, head_request).ok()??;
     assert!(buf.len() < data.len(), "a head consumes bytes");
+    values_are_header_values(&head.parts.headers);
     let rest = buf.to_vec();
     let at = split % (rest.len() + 1);
     let whole = decode_pieces(head.body.clone(), &[&rest]);
@@ -233,6 +234,19 @@ mod tests {
     }
 }
 
+/// The parsers keep values as offsets into the head, unchecked, because httparse accepts exactly
+/// the bytes a `HeaderValue` does: every value of an accepted head must be one. Returns the count.
+fn values_are_header_values(fields: &crate::message::Fields) -> usize {
+    for (name, v) in fields {
+        assert!(
+            http::HeaderValue::from_bytes(v.as_bytes()).is_ok(),
+            "{name}: {:?} was accepted but is no header value",
+            v.as_bytes()
+        );
+    }
+    fields.len()
+}
+
 /// A request head as Tern's HTTP/1 engine reads it, and the framing it decides.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Http1Head {
@@ -259,13 +273,13 @@ pub fn http1_request(data: &[u8]) -> Result<Option<Http1Head>, u16> {
         Ok(None) => Ok(None),
         Err(r) => Err(r.status().as_u16()),
         Ok(Some(h)) => Ok(Some(Http1Head {
+            fields: values_are_header_values(&h.parts.headers),
             consumed: data.len() - buf.len(),
             content_length: match h.body {
                 BodyLength::Length(n) => Some(n),
                 BodyLength::Chunked => None,
             },
             keep_alive: h.keep_alive,
-            fields: h.parts.headers.len(),
             has_length_field: h.parts.headers.contains_key(http::header::CONTENT_LENGTH),
             has_te_field: h
                 .parts
