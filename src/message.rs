@@ -532,24 +532,65 @@ pub(crate) struct Response<B> {
     body: B,
 }
 
-impl<B> Request<B> {
-    pub(crate) fn new(body: B) -> Request<B> {
-        Request {
-            head: RequestParts::default(),
-            body,
+/// What [`Request`] and [`Response`] share, as `http`'s types have it.
+macro_rules! message {
+    ($message:ident, $parts:ident) => {
+        impl<B> $message<B> {
+            pub(crate) fn new(body: B) -> $message<B> {
+                $message {
+                    head: $parts::default(),
+                    body,
+                }
+            }
+
+            #[inline]
+            pub(crate) fn from_parts(head: $parts, body: B) -> $message<B> {
+                $message { head, body }
+            }
+
+            #[inline]
+            pub(crate) fn into_parts(self) -> ($parts, B) {
+                (self.head, self.body)
+            }
+
+            pub(crate) fn version_mut(&mut self) -> &mut Version {
+                &mut self.head.version
+            }
+
+            #[inline]
+            pub(crate) fn headers(&self) -> &Fields {
+                &self.head.headers
+            }
+
+            #[inline]
+            pub(crate) fn headers_mut(&mut self) -> &mut Fields {
+                &mut self.head.headers
+            }
+
+            #[inline]
+            pub(crate) fn body(&self) -> &B {
+                &self.body
+            }
+
+            #[cfg(test)]
+            pub(crate) fn into_body(self) -> B {
+                self.body
+            }
+
+            pub(crate) fn map<C>(self, f: impl FnOnce(B) -> C) -> $message<C> {
+                $message {
+                    head: self.head,
+                    body: f(self.body),
+                }
+            }
         }
-    }
+    };
+}
 
-    #[inline]
-    pub(crate) fn from_parts(head: RequestParts, body: B) -> Request<B> {
-        Request { head, body }
-    }
+message!(Request, RequestParts);
+message!(Response, ResponseParts);
 
-    #[inline]
-    pub(crate) fn into_parts(self) -> (RequestParts, B) {
-        (self.head, self.body)
-    }
-
+impl<B> Request<B> {
     #[inline]
     pub(crate) fn method(&self) -> &Method {
         &self.head.method
@@ -573,60 +614,12 @@ impl<B> Request<B> {
         self.head.version
     }
 
-    pub(crate) fn version_mut(&mut self) -> &mut Version {
-        &mut self.head.version
-    }
-
-    #[inline]
-    pub(crate) fn headers(&self) -> &Fields {
-        &self.head.headers
-    }
-
-    #[inline]
-    pub(crate) fn headers_mut(&mut self) -> &mut Fields {
-        &mut self.head.headers
-    }
-
     pub(crate) fn extensions_mut(&mut self) -> &mut Extensions {
         &mut self.head.extensions
-    }
-
-    #[inline]
-    pub(crate) fn body(&self) -> &B {
-        &self.body
-    }
-
-    #[cfg(test)]
-    pub(crate) fn into_body(self) -> B {
-        self.body
-    }
-
-    pub(crate) fn map<C>(self, f: impl FnOnce(B) -> C) -> Request<C> {
-        Request {
-            head: self.head,
-            body: f(self.body),
-        }
     }
 }
 
 impl<B> Response<B> {
-    pub(crate) fn new(body: B) -> Response<B> {
-        Response {
-            head: ResponseParts::default(),
-            body,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn from_parts(head: ResponseParts, body: B) -> Response<B> {
-        Response { head, body }
-    }
-
-    #[inline]
-    pub(crate) fn into_parts(self) -> (ResponseParts, B) {
-        (self.head, self.body)
-    }
-
     #[inline]
     pub(crate) fn status(&self) -> StatusCode {
         self.head.status
@@ -636,40 +629,9 @@ impl<B> Response<B> {
         &mut self.head.status
     }
 
-    pub(crate) fn version_mut(&mut self) -> &mut Version {
-        &mut self.head.version
-    }
-
-    #[inline]
-    pub(crate) fn headers(&self) -> &Fields {
-        &self.head.headers
-    }
-
-    #[inline]
-    pub(crate) fn headers_mut(&mut self) -> &mut Fields {
-        &mut self.head.headers
-    }
-
-    #[inline]
-    pub(crate) fn body(&self) -> &B {
-        &self.body
-    }
-
     #[inline]
     pub(crate) fn body_mut(&mut self) -> &mut B {
         &mut self.body
-    }
-
-    #[cfg(test)]
-    pub(crate) fn into_body(self) -> B {
-        self.body
-    }
-
-    pub(crate) fn map<C>(self, f: impl FnOnce(B) -> C) -> Response<C> {
-        Response {
-            head: self.head,
-            body: f(self.body),
-        }
     }
 }
 
