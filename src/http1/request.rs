@@ -318,6 +318,10 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+// With the trace and gRPC names below: what an ALB, a tracer and gRPC put on nearly every
+// request and response of an ECS service. Outside the `http` crate's table, each would be a
+// lowercase copy on the heap.
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
 /// A field name `httparse` found (a token, RFC 9110 §5.1) as a `HeaderName`, and which of the
 /// [`Known`] fields it is. The common names are recognised by their length and a case-blind
@@ -347,8 +351,13 @@ pub(super) fn field_name(b: &[u8]) -> Result<(HeaderName, Known), http::header::
         10 if is(b, b"user-agent") => return known(USER_AGENT),
         10 if is(b, b"set-cookie") => return known(SET_COOKIE),
         10 if is(b, b"keep-alive") => return known(KEEP_ALIVE),
+        10 if is(b, b"tracestate") => return known(crate::trace::TRACESTATE),
+        11 if is(b, b"traceparent") => return known(crate::trace::TRACEPARENT),
+        11 if is(b, b"grpc-status") => return known(crate::grpc::GRPC_STATUS),
         12 if is(b, b"content-type") => return known(CONTENT_TYPE),
         12 if is(b, b"x-request-id") => return known(X_REQUEST_ID),
+        12 if is(b, b"grpc-message") => return known(crate::grpc::GRPC_MESSAGE),
+        12 if is(b, b"grpc-timeout") => return known(crate::grpc::GRPC_TIMEOUT),
         13 if is(b, b"cache-control") => return known(CACHE_CONTROL),
         13 if is(b, b"authorization") => return known(AUTHORIZATION),
         13 if is(b, b"last-modified") => return known(LAST_MODIFIED),
@@ -357,7 +366,9 @@ pub(super) fn field_name(b: &[u8]) -> Result<(HeaderName, Known), http::header::
         15 if is(b, b"accept-encoding") => return known(ACCEPT_ENCODING),
         15 if is(b, b"accept-language") => return known(ACCEPT_LANGUAGE),
         15 if is(b, b"x-forwarded-for") => return known(X_FORWARDED_FOR),
+        15 if is(b, b"x-amzn-trace-id") => return known(crate::trace::XRAY),
         16 if is(b, b"content-encoding") => return known(CONTENT_ENCODING),
+        16 if is(b, b"x-forwarded-port") => return known(X_FORWARDED_PORT),
         17 if is(b, b"transfer-encoding") => {
             return Ok((TRANSFER_ENCODING, Known::TransferEncoding))
         }
@@ -772,6 +783,13 @@ mod tests {
             "content-encoding",
             "transfer-encoding",
             "x-forwarded-proto",
+            "x-forwarded-port",
+            "x-amzn-trace-id",
+            "traceparent",
+            "tracestate",
+            "grpc-status",
+            "grpc-message",
+            "grpc-timeout",
         ];
         // Each name of the table in three cases, and near misses of each (one byte changed at
         // either end or in the middle, one byte more or less), and other names: the same
@@ -803,14 +821,7 @@ mod tests {
             names.push(format!("{n}s").into());
             names.push(n[1..].into());
         }
-        for n in [
-            "x",
-            "a-b",
-            "traceparent",
-            "x-forwarded-client-cert",
-            "content-md5",
-            "ab",
-        ] {
+        for n in ["x", "a-b", "x-forwarded-client-cert", "content-md5", "ab"] {
             names.push(n.into());
         }
         for n in names {
