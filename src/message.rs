@@ -51,13 +51,6 @@ impl Key for &str {
     }
 }
 
-impl Key for &String {
-    #[inline]
-    fn matches(&self, name: &HeaderName) -> bool {
-        name.as_str().eq_ignore_ascii_case(self)
-    }
-}
-
 /// A field name to add: a `HeaderName`, or a `&'static str` (lowercase; as `HeaderMap` takes).
 pub(crate) trait IntoName {
     fn into_name(self) -> HeaderName;
@@ -363,8 +356,17 @@ impl Fields {
     /// A `HeaderMap` of the same lines, for the `http` crate's users at the edges (hyper).
     pub(crate) fn into_header_map(self) -> HeaderMap {
         let mut m = HeaderMap::with_capacity(self.list.len());
-        for (n, v) in &self.list {
-            m.append(n.clone(), self.value(v).to_owned());
+        for (n, v) in self.list {
+            // Owned values move; raw ones become `HeaderValue`s sharing the head.
+            let v = match v {
+                Val::Owned(v) => v,
+                raw => Value {
+                    block: &self.block,
+                    val: &raw,
+                }
+                .to_owned(),
+            };
+            m.append(n, v);
         }
         m
     }
@@ -406,6 +408,7 @@ impl From<&HeaderMap> for Fields {
     }
 }
 
+#[cfg(test)]
 impl FromIterator<(HeaderName, HeaderValue)> for Fields {
     fn from_iter<I: IntoIterator<Item = (HeaderName, HeaderValue)>>(it: I) -> Fields {
         let mut f = Fields::new();
@@ -414,6 +417,7 @@ impl FromIterator<(HeaderName, HeaderValue)> for Fields {
     }
 }
 
+#[cfg(test)]
 impl Extend<(HeaderName, HeaderValue)> for Fields {
     fn extend<I: IntoIterator<Item = (HeaderName, HeaderValue)>>(&mut self, it: I) {
         self.list
