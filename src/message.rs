@@ -522,38 +522,43 @@ pub(crate) struct ResponseParts {
     pub(crate) extensions: Extensions,
 }
 
-/// A request on the request path: `http::Request` with [`Fields`].
+/// A request on the request path: `http::Request` with [`Fields`]. The head is boxed: the
+/// request is moved through every phase (server, route, forward, pool, client), and a box moves
+/// as one word, taken from and given back to malloc's per-thread cache, hot in the CPU's. (Each
+/// move of a 184-byte head wrote it to another part of the connection's future, cold at a few
+/// hundred connections.)
 #[derive(Debug, Default)]
 pub(crate) struct Request<B> {
-    head: RequestParts,
+    head: Box<RequestParts>,
     body: B,
 }
 
-/// A response on the request path: `http::Response` with [`Fields`].
+/// A response on the request path: `http::Response` with [`Fields`]; the head boxed, as the
+/// request's.
 #[derive(Debug, Default)]
 pub(crate) struct Response<B> {
-    head: ResponseParts,
+    head: Box<ResponseParts>,
     body: B,
 }
 
 /// What [`Request`] and [`Response`] share, as `http`'s types have it.
 macro_rules! message {
-    ($message:ident, $parts:ident) => {
+    ($message:ident, $parts:ident, $head:ty) => {
         impl<B> $message<B> {
             pub(crate) fn new(body: B) -> $message<B> {
                 $message {
-                    head: $parts::default(),
+                    head: Default::default(),
                     body,
                 }
             }
 
             #[inline]
-            pub(crate) fn from_parts(head: $parts, body: B) -> $message<B> {
+            pub(crate) fn from_parts(head: $head, body: B) -> $message<B> {
                 $message { head, body }
             }
 
             #[inline]
-            pub(crate) fn into_parts(self) -> ($parts, B) {
+            pub(crate) fn into_parts(self) -> ($head, B) {
                 (self.head, self.body)
             }
 
@@ -591,8 +596,8 @@ macro_rules! message {
     };
 }
 
-message!(Request, RequestParts);
-message!(Response, ResponseParts);
+message!(Request, RequestParts, Box<RequestParts>);
+message!(Response, ResponseParts, Box<ResponseParts>);
 
 impl<B> Request<B> {
     #[inline]
@@ -643,13 +648,13 @@ impl<B> From<http::Request<B>> for Request<B> {
     fn from(r: http::Request<B>) -> Request<B> {
         let (p, body) = r.into_parts();
         Request {
-            head: RequestParts {
+            head: Box::new(RequestParts {
                 method: p.method,
                 uri: p.uri,
                 version: p.version,
                 headers: Fields::from(p.headers),
                 extensions: p.extensions,
-            },
+            }),
             body,
         }
     }
@@ -658,7 +663,7 @@ impl<B> From<http::Request<B>> for Request<B> {
 impl<B> From<Request<B>> for http::Request<B> {
     fn from(r: Request<B>) -> http::Request<B> {
         let mut out = http::Request::new(r.body);
-        let h = r.head;
+        let h = *r.head;
         *out.method_mut() = h.method;
         *out.uri_mut() = h.uri;
         *out.version_mut() = h.version;
@@ -672,12 +677,12 @@ impl<B> From<http::Response<B>> for Response<B> {
     fn from(r: http::Response<B>) -> Response<B> {
         let (p, body) = r.into_parts();
         Response {
-            head: ResponseParts {
+            head: Box::new(ResponseParts {
                 status: p.status,
                 version: p.version,
                 headers: Fields::from(p.headers),
                 extensions: p.extensions,
-            },
+            }),
             body,
         }
     }
@@ -686,7 +691,7 @@ impl<B> From<http::Response<B>> for Response<B> {
 impl<B> From<Response<B>> for http::Response<B> {
     fn from(r: Response<B>) -> http::Response<B> {
         let mut out = http::Response::new(r.body);
-        let h = r.head;
+        let h = *r.head;
         *out.status_mut() = h.status;
         *out.version_mut() = h.version;
         *out.headers_mut() = h.headers.into_header_map();

@@ -66,7 +66,7 @@ pub(crate) enum BodyLength {
 #[derive(Debug)]
 pub(crate) struct Head {
     /// Method, target, version and fields (extensions empty).
-    pub parts: RequestParts,
+    pub parts: Box<RequestParts>,
     /// The body's framing.
     pub body: BodyLength,
     /// The connection may serve another request after this one.
@@ -275,13 +275,13 @@ pub(crate) fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>,
         _ => !close,
     };
     Ok(Some(Head {
-        parts: RequestParts {
+        parts: Box::new(RequestParts {
             method,
             uri,
             version,
             headers,
             extensions: http::Extensions::new(),
-        },
+        }),
         body,
         keep_alive,
         expect_continue: expect_continue && version == Version::HTTP_11,

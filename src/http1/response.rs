@@ -63,7 +63,7 @@ impl std::error::Error for HeadError {}
 pub(crate) struct Head {
     /// Status, version and headers (the framing headers as the upstream sent them, `2, 2`
     /// normalised to `2`; a `Connection` of only `keep-alive` / `close` left out but on a 101).
-    pub(crate) parts: ResponseParts,
+    pub(crate) parts: Box<ResponseParts>,
     /// How the body is delimited.
     pub(crate) body: Decoder,
     /// Whether the connection may carry another request after this response (HTTP/1.1 without
@@ -190,12 +190,12 @@ fn parse_with<const N: usize>(
             _ => !framing.close,
         };
     Ok(Some(Head {
-        parts: ResponseParts {
+        parts: Box::new(ResponseParts {
             status,
             version,
             headers,
             extensions: http::Extensions::new(),
-        },
+        }),
         body,
         reusable,
     }))

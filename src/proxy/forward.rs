@@ -284,7 +284,7 @@ fn prepare<'r>(
     fwd: &'r Forward,
     route: &Route,
     cx: &mut Ctx<'_>,
-    head: &mut Option<RequestParts>,
+    head: &mut Option<Box<RequestParts>>,
     client_body: &mut Option<ClientBody>,
 ) -> Result<Prepared<'r>, LocalReply> {
     // Only HTTP/1.1 switches protocols; elsewhere `Upgrade` is a hop-by-hop header and goes.
@@ -660,7 +660,7 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// The request of one try: the head itself for the last possible try (no copy on the common
 /// path), else a copy; a gRPC call's head tells the time left of the stream's limit `cap`.
 fn upstream_request(
-    head: &mut Option<RequestParts>,
+    head: &mut Option<Box<RequestParts>>,
     last: bool,
     body: UpBody,
     cap: Option<Instant>,

@@ -77,7 +77,7 @@ pub(super) struct Limits {
 pub(super) async fn forward(
     cluster: &Arc<Cluster>,
     hash: Option<u64>,
-    parts: RequestParts,
+    parts: Box<RequestParts>,
     proto: HeaderValue,
     on_upgrade: crate::http1::server::OnUpgrade,
     limits: Limits,
@@ -193,11 +193,11 @@ pub enum UpgradeError {
 pub async fn proxy(
     cluster: &Arc<Cluster>,
     ep: Arc<Endpoint>,
-    mut parts: RequestParts,
+    mut parts: Box<RequestParts>,
     upgrade: HeaderValue,
     downstream: crate::http1::server::OnUpgrade,
     tunnel: Tunnel<'_>,
-) -> Result<(ResponseParts, Option<Refusal>), UpgradeError> {
+) -> Result<(Box<ResponseParts>, Option<Refusal>), UpgradeError> {
     let cs = &cluster.stats;
     let stream = match Connector::of(cluster).connect(&ep).await {
         Ok(s) => s,
