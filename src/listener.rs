@@ -521,7 +521,8 @@ async fn serve_http(
     kill: CancellationToken,
     stats: &Arc<ListenerStats>,
 ) {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::new();
+    crate::http1::buffers::take(&mut buf);
     let far = h1.start + Duration::from_secs(365 * 24 * 3600);
     let header = timeouts.headers.map_or(far, |t| h1.start + t);
     let idle = timeouts.idle.map_or(far, |t| h1.start + t);

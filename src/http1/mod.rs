@@ -3,6 +3,7 @@
 //! I/O on any `AsyncRead + AsyncWrite`, no proxy policy; strict as RFC 9112 and Envoy's defaults
 //! (docs/architecture.md). hyper keeps HTTP/2, admin, OTLP and health checks.
 
+pub(crate) mod buffers;
 pub(crate) mod client;
 pub(crate) mod decode;
 pub(crate) mod encode;

@@ -31,6 +31,7 @@ use http::{HeaderMap, Method, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::buffers;
 use super::decode::Decoder;
 use super::encode::Encoder;
 use super::request::{self, BodyLength, Limits, Reject};
@@ -253,7 +254,7 @@ struct Shared<S> {
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Bytes read at once, and the most read ahead while a request is served.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = buffers::SIZE;
 
 impl<S: Io> Shared<S> {
     /// Reads more bytes into the buffer: Ready(Ok(0)) at the end of the stream.
@@ -261,7 +262,9 @@ impl<S: Io> Shared<S> {
         let Some(io) = self.io.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+        if self.rbuf.capacity() == 0 {
+            buffers::take(&mut self.rbuf);
+        } else if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
             self.rbuf.reserve(READ_CHUNK);
         }
         let r = tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf);
@@ -490,7 +493,8 @@ where
         broken: false,
         waiting: None,
     }));
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Held only while a response is written (see `buffers`).
+    let mut wbuf = BytesMut::new();
     let mut first = true;
     let mut last_start = config.start;
     let mut waiting_since = config.start;
@@ -640,6 +644,7 @@ where
             || (connect && parts.status.is_success()));
         // One pass over the fields: the framing ones are Tern's to write (a length only when
         // valid, never a transfer coding or connection options of the service's).
+        buffers::take(&mut wbuf);
         wbuf.clear();
         encode_status(parts.status, &mut wbuf);
         let mut declared = None;
@@ -710,7 +715,7 @@ where
         )
         .await;
         match written {
-            Ok(true) => {}
+            Ok(true) => buffers::give(&mut wbuf),
             Ok(false) => {
                 shutdown(&shared).await;
                 return End::ResponseBody;
@@ -795,6 +800,10 @@ async fn read_head<S: Io>(
             }
         }
         let nothing_yet = s.rbuf.is_empty();
+        if nothing_yet {
+            // Idle until the next head: the buffer waits with the spares, not the connection.
+            buffers::give(&mut s.rbuf);
+        }
         drop(s);
         if nothing_yet && drain.poll_started(cx) {
             return Poll::Ready(Err(End::Drained));
@@ -1264,6 +1273,28 @@ mod tests {
             out.extend_from_slice(&b[..n]);
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_gives_its_buffers_back() {
+        // The test's runtime runs the connection on this thread: its spares are these.
+        buffers::spares(true);
+        let (mut c, task) = connect(config(), Drain::default());
+        for path in ["/a", "/b", "/c"] {
+            let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+            c.write_all(req.as_bytes()).await.unwrap();
+            let out = read_until(&mut c, &format!("GET {path} ")).await;
+            assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+            // Answered and waiting for the next head: the read and the write buffer are back.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while buffers::spares(false) < 2 {
+                assert!(Instant::now() < deadline, "buffers not given back");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(buffers::spares(false), 2, "each request took them again");
+        }
+        drop(c);
+        assert!(matches!(task.await.unwrap(), End::Closed));
     }
 
     #[tokio::test]
