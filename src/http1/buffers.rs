@@ -5,19 +5,16 @@
 //!
 //! Why: a buffer of its own per connection is memory the connection holds while idle, and, with
 //! a few hundred busy connections, memory each request finds cold: each wrote its head into a
-//! different buffer. At most [`SPARE`] buffers wait per thread; the rest are freed. Upstream
-//! connections idling in their pool give theirs back too.
+//! different 8 KB. At most [`SPARE`] buffers wait per thread; the rest are freed.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-/// The size of a buffer: bytes read at once (what a typical response sends at once), and a head
-/// written at once.
-pub(crate) const SIZE: usize = 16 * 1024;
+/// The size of a buffer: bytes read at once, and a response head written at once.
+pub(crate) const SIZE: usize = 8 * 1024;
 
-/// Buffers kept per thread for the next connection (512 KB, of which a few lines each are
-/// touched by a small exchange).
+/// Buffers kept per thread for the next connection (256 KB).
 const SPARE: usize = 32;
 
 thread_local! {

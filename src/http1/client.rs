@@ -21,7 +21,6 @@ use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::buffers;
 use super::decode::Decoder;
 use super::encode::Encoder;
 use super::response::{self, HeadError};
@@ -29,7 +28,7 @@ use super::FramingError;
 use crate::message::{Fields, Request, RequestParts, Response};
 
 /// How much room a read asks for: one read takes what a typical response sends at once.
-const READ_SIZE: usize = buffers::SIZE;
+const READ_SIZE: usize = 16 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,21 +66,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin, G> Conn<S, G> {
             return false;
         }
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        // One byte is enough to tell (the connection is not used if it reads any).
-        let mut probe = [0u8; 1];
-        let mut probe = tokio::io::ReadBuf::new(&mut probe);
+        self.rbuf.reserve(READ_SIZE);
         matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf),
             Poll::Pending
         )
-    }
-
-    /// Gives the buffers back to the thread's spares while the connection idles in its pool
-    /// (see `buffers`); they are taken again when it carries a request.
-    pub(crate) fn idle(&mut self) {
-        buffers::give(&mut self.rbuf);
-        buffers::give(&mut self.wbuf);
-        self.wtail = BytesMut::new();
     }
 
     /// The stream, what was read past the response head, and the guard (an upgrade's tunnel).
@@ -114,9 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin, G> Conn<S, G> {
 
     /// Reads more into the read buffer; `Ok(0)`: the peer closed.
     fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() == 0 {
-            buffers::take(&mut self.rbuf);
-        } else if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
             self.rbuf.reserve(READ_SIZE);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
@@ -339,7 +326,6 @@ where
     // already does for the bodies it streams.
     let add_chunked =
         matches!(enc, Encoder::Chunked(_)) && !parts.headers.contains_key(TRANSFER_ENCODING);
-    buffers::take(&mut conn.wbuf);
     conn.wbuf.clear();
     conn.wtail.clear();
     conn.written = 0;
@@ -639,10 +625,6 @@ mod tests {
         assert_eq!(f.into_data().unwrap(), "ok");
         assert!(body.is_end_stream());
         let mut conn = body.take_reusable().expect("a clean connection");
-        // Idle in a pool: its read and write buffers wait with the thread's spares.
-        super::buffers::spares(true);
-        conn.idle();
-        assert_eq!(super::buffers::spares(false), 2);
         assert!(conn.is_idle_ok());
         let get = http::Request::get("/p")
             .body(Full::new(Bytes::new()))

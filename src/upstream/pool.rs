@@ -316,7 +316,7 @@ impl Lease {
 }
 
 impl H1Lease {
-    fn release(self, mut conn: Box<H1Conn>, now: Instant) {
+    fn release(self, conn: Box<H1Conn>, now: Instant) {
         let H1Lease {
             pool,
             uses,
@@ -328,7 +328,6 @@ impl H1Lease {
             // Its last request is done (`max_requests_per_connection`): it closes.
             return;
         }
-        conn.idle();
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         // Under the lock: a close racing with this release cannot leave a connection behind.
         if pool.closed.load(Relaxed) || idle.len() >= MAX_IDLE {
