@@ -37,20 +37,9 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n ${KEEP:-} ]] || rm -rf "$tmp"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-
-bport=$(port)
-body="proxy-bench backend OK. This is a fixed one-hundred-byte response body used for proxy benchmarking."
-mkdir -p "$tmp/backend"
-cat > "$tmp/backend/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $tmp/backend/pid; error_log $tmp/backend/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$bport; location / { default_type text/plain; return 200 "$body"; } } }
-EOF
-nginx -p "$tmp/backend" -c "$tmp/backend/nginx.conf" & pids+=($!)
-wait_http "http://127.0.0.1:$bport/"
+# shellcheck source=bench/backend.sh
+. bench/backend.sh
+start_backend
 
 # C keep-alive connections, each used twice, then N requests round-robin over them, one at a time.
 client() { # $1 = connections, $2 = requests after the warm-up, $3 = port

@@ -54,20 +54,9 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [[ -n $keep ]] || rm -rf "$tmp"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 600); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
-
-bport=$(port)
-body="proxy-bench backend OK. This is a fixed one-hundred-byte response body used for proxy benchmarking."
-mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $tmp/nginx/pid; error_log $tmp/nginx/error.log;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$bport; location / { default_type text/plain; return 200 "$body"; } } }
-EOF
-nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" & pids+=($!)
-wait_http "http://127.0.0.1:$bport/"
+# shellcheck source=bench/backend.sh
+. bench/backend.sh
+start_backend
 
 # One run of tern under $wrap, $1 requests sent over 8 keep-alive connections by a Python client
 # (fixed count, so runs differ only in the number of requests).
