@@ -25,22 +25,29 @@ thread_local! {
 #[inline]
 pub(crate) fn take(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
+        // `try_with`: a poll during the thread's teardown allocates instead of panicking.
         *buf = SPARES
-            .with(|s| s.borrow_mut().pop())
+            .try_with(|s| s.borrow_mut().pop())
+            .ok()
+            .flatten()
             .unwrap_or_else(|| BytesMut::with_capacity(SIZE));
     }
 }
 
-/// Takes `buf`'s buffer back when it is empty and nothing else points into it (a head or a body
-/// chunk still in use), leaving `buf` without one; else `buf` keeps it. A buffer grown past
-/// twice [`SIZE`] (a large head) is freed rather than kept.
+/// Takes `buf`'s buffer back when it is empty and rewound to a spare's size, leaving `buf`
+/// without one; else `buf` keeps it. One that grew (a large head, a body buffered whole) is
+/// freed rather than kept.
 #[inline]
 pub(crate) fn give(buf: &mut BytesMut) {
-    // `try_reclaim` rewinds to the start, which only a buffer nothing else points into can.
+    // `try_reclaim` moves an empty view back to the start of its allocation when no other view
+    // points into it (the head a request still holds, a body chunk not yet written). It also
+    // answers true, without that check, when the view has `SIZE` bytes free already: views are
+    // disjoint ranges, so such a buffer is safe to hand on, only not rewound.
     if buf.is_empty() && buf.capacity() != 0 && buf.try_reclaim(SIZE) {
         let b = std::mem::take(buf);
-        if b.capacity() <= 2 * SIZE {
-            SPARES.with(|s| {
+        // A spare is `SIZE` exactly; a view with more room sits in a grown allocation.
+        if b.capacity() == SIZE {
+            let _ = SPARES.try_with(|s| {
                 let mut s = s.borrow_mut();
                 if s.len() < SPARE {
                     s.push(b);
@@ -105,6 +112,18 @@ mod tests {
         give(&mut a);
         assert_eq!(a.capacity(), 0);
         assert_eq!(SPARES.with(|s| s.borrow().len()), 1);
+    }
+
+    #[test]
+    fn a_grown_buffer_is_freed_not_kept() {
+        spares(true);
+        let mut a = BytesMut::new();
+        take(&mut a);
+        a.extend_from_slice(&[b'x'; 5 * SIZE]);
+        a.clear();
+        give(&mut a);
+        assert_eq!(a.capacity(), 0, "not held by its connection either");
+        assert_eq!(spares(false), 0);
     }
 
     #[test]
