@@ -59,11 +59,10 @@ PY
 start() { # $1 = tern binary or "nginx", $2 = dir
   local what=$1 dir=$2 aport cg
   lport=$(port); aport=$(port)
-  cg=(taskset -c 0 valgrind --tool=cachegrind --cache-sim=yes --D1=32768,8,64 --I1=32768,8,64
-      --LL=524288,8,64 --cachegrind-out-file="$dir/cg.out")
-  # TOOL=callgrind: the same simulation with callers (callgrind_annotate --inclusive=yes).
-  [[ ${TOOL:-} != callgrind ]] || cg=(taskset -c 0 valgrind --tool=callgrind --cache-sim=yes
-      --D1=32768,8,64 --I1=32768,8,64 --LL=524288,8,64 --callgrind-out-file="$dir/cg.out")
+  # TOOL=callgrind: the same simulation with callers (callgrind_annotate --tree=caller).
+  local tool=${TOOL:-cachegrind}
+  cg=(taskset -c 0 valgrind --tool="$tool" --cache-sim=yes --D1=32768,8,64 --I1=32768,8,64
+      --LL=524288,8,64 --"$tool"-out-file="$dir/cg.out")
   if [[ $what == nginx ]]; then
     cat > "$dir/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; pid $dir/pid; error_log $dir/error.log;
@@ -87,7 +86,8 @@ EOF
   [[ $what != nginx ]] || ready=
   wait_http "http://127.0.0.1:$aport/$ready" >&2
 }
-# Runs one measurement; prints "Ir Dr D1mr+D1mw LLdm+... " totals from cachegrind's summary.
+# Runs one measurement; prints the run's totals: instructions, data references, and I1, D1, LLi
+# and LLd misses (the summary valgrind prints at exit).
 measure() { # $1 = what, $2 = connections, $3 = requests after the warm-up, $4 = dir
   mkdir -p "$4"
   local lport vp
@@ -109,8 +109,9 @@ whats=("${bins[@]}")
 [[ -z $nginx ]] || whats+=(nginx)
 for what in "${whats[@]}"; do
   for c in "${conns[@]}"; do
-    base=$(measure "$what" "$c" 0 "$tmp/$RANDOM-base")
-    full=$(measure "$what" "$c" "$requests" "$tmp/$RANDOM-full")
+    dir=$tmp/${what##*/}-$c
+    base=$(measure "$what" "$c" 0 "$dir-base")
+    full=$(measure "$what" "$c" "$requests" "$dir-full")
     python3 - "$what" "$c" "$requests" "$base" "$full" <<'PY'
 import sys
 what, c, n = sys.argv[1].rsplit("/", 1)[-1], int(sys.argv[2]), int(sys.argv[3])

@@ -543,7 +543,7 @@ pub(crate) struct Response<B> {
 
 /// What [`Request`] and [`Response`] share, as `http`'s types have it.
 macro_rules! message {
-    ($message:ident, $parts:ident, $head:ty) => {
+    ($message:ident, $parts:ty) => {
         impl<B> $message<B> {
             pub(crate) fn new(body: B) -> $message<B> {
                 $message {
@@ -553,12 +553,12 @@ macro_rules! message {
             }
 
             #[inline]
-            pub(crate) fn from_parts(head: $head, body: B) -> $message<B> {
+            pub(crate) fn from_parts(head: Box<$parts>, body: B) -> $message<B> {
                 $message { head, body }
             }
 
             #[inline]
-            pub(crate) fn into_parts(self) -> ($head, B) {
+            pub(crate) fn into_parts(self) -> (Box<$parts>, B) {
                 (self.head, self.body)
             }
 
@@ -596,8 +596,8 @@ macro_rules! message {
     };
 }
 
-message!(Request, RequestParts, Box<RequestParts>);
-message!(Response, ResponseParts, Box<ResponseParts>);
+message!(Request, RequestParts);
+message!(Response, ResponseParts);
 
 impl<B> Request<B> {
     #[inline]

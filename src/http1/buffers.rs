@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn a_given_buffer_is_the_next_taken_and_rewound() {
-        SPARES.with(|s| s.borrow_mut().clear());
+        spares(true);
         let mut a = BytesMut::new();
         take(&mut a);
         assert!(a.capacity() >= SIZE);
@@ -94,7 +94,7 @@ mod tests {
 
     #[test]
     fn a_buffer_still_pointed_into_or_not_empty_is_not_kept() {
-        SPARES.with(|s| s.borrow_mut().clear());
+        spares(true);
         let mut a = BytesMut::new();
         take(&mut a);
         a.extend_from_slice(b"abc");
@@ -106,12 +106,12 @@ mod tests {
             a.capacity() > 0,
             "`held` points into it: kept by its connection"
         );
-        assert_eq!(SPARES.with(|s| s.borrow().len()), 0);
+        assert_eq!(spares(false), 0);
         assert_eq!(&held[..], b"abc");
         drop(held);
         give(&mut a);
         assert_eq!(a.capacity(), 0);
-        assert_eq!(SPARES.with(|s| s.borrow().len()), 1);
+        assert_eq!(spares(false), 1);
     }
 
     #[test]
@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn spares_are_bounded() {
-        SPARES.with(|s| s.borrow_mut().clear());
+        spares(true);
         let mut bufs: Vec<BytesMut> = (0..SPARE + 5)
             .map(|_| {
                 let mut b = BytesMut::new();
@@ -139,6 +139,6 @@ mod tests {
         for b in &mut bufs {
             give(b);
         }
-        assert_eq!(SPARES.with(|s| s.borrow().len()), SPARE);
+        assert_eq!(spares(false), SPARE);
     }
 }
