@@ -388,7 +388,7 @@ route_configs:
             route:
               cluster: hang
               timeout: 30s
-              max_stream_duration: {{ grpc_timeout_header_max: 10s, grpc_timeout_header_offset: 100ms }}
+              max_stream_duration: {{ grpc_timeout_header_max: 10s, grpc_timeout_header_offset: 500ms }}
 clusters:
   - {{ name: ok, endpoints: [{{ address: "{ok}" }}] }}
   - {{ name: hang, endpoints: [{{ address: "{hang}" }}] }}
@@ -432,17 +432,17 @@ clusters:
     // A response that ends with trailers was read to its end: its connection is reused.
     assert_eq!(ok.conns.load(SeqCst), 1);
 
-    // A hanging upstream: the client's 300 ms less the offset, not the route's 30 s.
+    // A hanging upstream: the client's 800 ms less the offset, not the route's 30 s.
     let started = Instant::now();
-    let (head, _) = raw(port, "hang", &[("grpc-timeout", "300m")]).await;
+    let (head, _) = raw(port, "hang", &[("grpc-timeout", "800m")]).await;
     let took = started.elapsed();
     assert_eq!(head.headers["grpc-status"], "4");
     assert!(
-        took >= Duration::from_millis(190) && took < Duration::from_secs(5),
+        took >= Duration::from_millis(290) && took < Duration::from_secs(5),
         "{took:?}"
     );
-    // A tonic deadline: the offset has the proxy answer first, so the client sees the status
-    // (its own timer would report CANCELLED).
+    // A tonic deadline: the offset has the proxy answer 500 ms before the client's own timer
+    // would (it reports CANCELLED), so the client sees the proxy's status.
     let mut c = client(port, "hang").await;
     let mut req = tonic::Request::new(HealthCheckRequest {
         service: String::new(),
