@@ -10,7 +10,9 @@
 #
 # The image has no shell and no curl: health checks use `tern health` and `tern-sync health`.
 
-ARG RUST_VERSION=1.95
+# Exact: link/tern.order (the function order of tern's release link) names functions as this
+# toolchain mangles them; tests/link_order.rs checks that the two agree.
+ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src

@@ -15,9 +15,9 @@
 #   3. the bundled quickstart as a user starts it: 100 requests, the admin endpoint's pages
 #      (start-up, info logs, a worker per core).
 # Names are the linker's (mangled), so the file matches builds of the same source, toolchain
-# and Cargo.lock; a function it does not name is laid out after the named ones, as before. The
-# test `link_order_still_names_the_binary` (tests/link_order.rs) fails once too few of its names
-# are left, so regenerate it after a toolchain or dependency update.
+# and Cargo.lock; a function it does not name is laid out after the named ones, as before.
+# tests/link_order.rs fails when Cargo.lock or the Dockerfile's toolchain is not the one the
+# header names: run this again after a toolchain or dependency update.
 #
 # Usage: bench/orderfile.sh [--requests N]     (about 3 min after the release build)
 set -euo pipefail
@@ -30,8 +30,12 @@ while (($#)); do
   esac
 done
 for c in valgrind nginx curl python3 openssl; do
-  command -v $c >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind nginx curl openssl >/dev/null; break; }
+  command -v $c >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind nginx curl python3 openssl >/dev/null; break; }
 done
+# The release image's toolchain (the Dockerfile's RUST_VERSION): the names are that rustc's.
+want=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
+have=$(rustc --version | cut -d' ' -f2)
+[[ $have == "$want" ]] || { echo "rustc is $have, the Dockerfile builds with $want: run with that one" >&2; exit 1; }
 cargo build --release --bin tern >&2
 bin=$PWD/target/release/tern
 tmp=$(mktemp -d)
@@ -50,11 +54,13 @@ trace() { # $1 = config dir, $2 = load command, $3 = listen port, $4 = admin por
   GLIBC_TUNABLES=glibc.malloc.arena_max=1 valgrind --tool=callgrind --demangle=no \
     --callgrind-out-file="$out" "$bin" --config "$dir" "$@" >"$out.log" 2>&1 &
   local vp=$!
+  pids+=($vp)
   wait_http "http://127.0.0.1:$ap/ready"
   "$load" "$lp" "$ap"
   callgrind_control -d $vp >/dev/null
   # The dump is written as <output>.1 once the process next runs.
   for _ in $(seq 600); do [[ -s $out.1 ]] && break; sleep 0.1; done
+  [[ -s $out.1 ]] || { echo "no callgrind dump at $out.1" >&2; exit 1; }
   kill -TERM $vp; wait $vp || true
 }
 bench_load() {
@@ -108,11 +114,11 @@ trace config-examples/quickstart quickstart_load 10000 9901 "$tmp/quickstart.out
 mkdir -p link
 {
   echo "# tern's function order for the release link (build.rs); written by bench/orderfile.sh."
-  echo "# Made with these two; tests/link_order.rs fails when either changes:"
+  echo "# Made with these two; tests/link_order.rs fails when the Dockerfile's or Cargo.lock differs:"
   echo "# rustc $(rustc --version | cut -d' ' -f2-)"
-  echo "# Cargo.lock sha256 $(sha256sum Cargo.lock | cut -d' ' -f1)"
-} > link/tern.order
-python3 - "$bin" "$tmp/bench.out.1" "$tmp/tls.out.1" "$tmp/quickstart.out.1" >> link/tern.order <<'PY'
+  echo "# Cargo.lock sha256 $(tr -d '\r' < Cargo.lock | sha256sum | cut -d' ' -f1)"
+} > "$tmp/order"
+python3 - "$bin" "$tmp/bench.out.1" "$tmp/tls.out.1" "$tmp/quickstart.out.1" >> "$tmp/order" <<'PY'
 import collections, re, sys
 binary, runs = sys.argv[1], sys.argv[2:]
 seen = []
@@ -121,7 +127,9 @@ for path in runs:
     obs, fns, ob, fn = {}, {}, None, None
     skip = False  # the line after calls= is the call's inclusive cost, not this function's own
     for line in open(path):
-        if line.startswith(("ob=", "fn=", "cfn=", "cob=", "cfi=", "cfl=")):
+        # Objects and functions are numbered apart (and files apart again: fl= fi= fe= cfi= cfl=,
+        # not needed here); "(id) name" defines an id, "(id)" uses it.
+        if line.startswith(("ob=", "cob=", "fn=", "cfn=")):
             key, rest = line.split("=", 1)
             m = re.match(r"\((\d+)\)(?: (.*))?", rest.strip())
             table = obs if key in ("ob", "cob") else fns
@@ -150,4 +158,5 @@ for ir in seen:
             order.append(fn)
 print("\n".join(order))
 PY
+mv "$tmp/order" link/tern.order
 echo "link/tern.order: $(grep -vc '^#' link/tern.order) functions (request path first, then TLS, then start-up)" >&2
