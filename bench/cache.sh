@@ -41,19 +41,6 @@ trap cleanup EXIT
 . bench/backend.sh
 start_backend
 
-# C keep-alive connections, each used twice, then N requests round-robin over them, one at a time.
-client() { # $1 = connections, $2 = requests after the warm-up, $3 = port
-  python3 - "$@" <<'PY'
-import http.client, sys
-c, n, port = map(int, sys.argv[1:])
-conns = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(c)]
-for i in range(2 * c + n):
-    k = conns[i % c]
-    k.request("GET", "/")
-    r = k.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
-}
 # Starts the proxy named $1 under cachegrind in $2 (a fresh dir); sets lport and vp. Not in a
 # subshell: measure waits for it.
 start() { # $1 = tern binary or "nginx", $2 = dir
@@ -92,7 +79,7 @@ measure() { # $1 = what, $2 = connections, $3 = requests after the warm-up, $4 =
   mkdir -p "$4"
   local lport vp
   start "$1" "$4" >&2
-  client "$2" "$3" "$lport" >&2
+  round_robin "$2" "$3" "$lport" >&2
   kill -TERM "$vp"; wait "$vp" || true
   python3 - "$4/vg.log" <<'PY'
 import re, sys

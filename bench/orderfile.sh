@@ -63,18 +63,7 @@ trace() { # $1 = config dir, $2 = load command, $3 = listen port, $4 = admin por
   [[ -s $out.1 ]] || { echo "no callgrind dump at $out.1" >&2; exit 1; }
   kill -TERM $vp; wait $vp || true
 }
-bench_load() {
-  python3 - "$requests" "$1" <<'PY'
-import http.client, sys
-n, port = int(sys.argv[1]), int(sys.argv[2])
-cs = [http.client.HTTPConnection("127.0.0.1", port) for _ in range(8)]
-for i in range(n):
-    c = cs[i % 8]
-    c.request("GET", "/")
-    r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
-}
+bench_load() { round_robin 8 "$requests" "$1"; }
 tls_load() {
   python3 - "$1" <<'PY'
 import http.client, ssl, sys
